@@ -1,0 +1,183 @@
+"""The `apgrid` command line: launch, resume, status, query, analyze, list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+DESCRIPTION = """\
+apgrid runs adversarial-pruning grids: adversarially train dense models, prune them with each
+method at each sparsity, evaluate every model (clean, PGD, AutoAttack, FMN) on sharded test samples,
+and write the thin-ice statistics. Results go to MLflow (runs) and Parquet (one row per model and
+test sample) in the output folder.
+
+With no spec, `apgrid launch` runs the embedded demo: digits, local Ray, SQLite MLflow in the
+output folder."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="apgrid", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("launch", help="validate a spec and run its grid end to end",
+                       description="Validate SPEC (default: the embedded demo, grid/examples/demo.yaml) "
+                                   "and run dense -> prune -> evaluate -> analyze. Nothing is "
+                                   "started or written when the spec is invalid.")
+    p.add_argument("spec", nargs="?", help="grid spec YAML (default: the demo)")
+    p.add_argument("--output", "-o", help="output folder (overrides the spec's `output`)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and print the planned models, run nothing")
+
+    p = sub.add_parser("resume", help="continue an interrupted grid",
+                       description="Continue the grid in DIR: finished models (found by their "
+                                   "config hash) are skipped, interrupted trials restart from their "
+                                   "last epoch checkpoint, evaluated shards are kept.")
+    p.add_argument("dir", help="the grid's output folder")
+
+    p = sub.add_parser("status", help="stage and trials done / running / failed",
+                       description="Show each stage's state and, from MLflow, every run's status "
+                                   "and attempt number.")
+    p.add_argument("dir", help="the grid's output folder")
+
+    p = sub.add_parser("query", help="search the grid's MLflow runs",
+                       description="Search MLflow runs with a simple filter over tags and metrics, "
+                                   "e.g. --where \"method='hydra' and sparsity>=0.9\". Bare names "
+                                   "are looked up as tags (stage, model_id, method, arch, dataset, "
+                                   "sparsity, role, ...) or metrics (clean_acc, pgd_acc, aa_acc, ...).")
+    p.add_argument("dir", nargs="?", help="the grid's output folder")
+    p.add_argument("--tracking-uri", help="query this tracking server instead of DIR's")
+    p.add_argument("--experiment", help="experiment (grid) name; default: DIR's grid, or all")
+    p.add_argument("--where", default="", help="filter, e.g. \"method='hydra' and aa_acc>0.5\"")
+    p.add_argument("--columns", help="comma-separated columns to show")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    p = sub.add_parser("analyze", help="(re)write the report from the Parquet results",
+                       description="Rebuild OUTPUT/report (tables, figures, report.md) from the "
+                                   "per-sample Parquet files alone; needs no Ray.")
+    p.add_argument("dir", help="the grid's output folder")
+
+    p = sub.add_parser("list", help="list pruning methods, architectures or datasets")
+    p.add_argument("what", choices=("methods", "architectures", "datasets"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from grid.runner import GridError
+    from grid.spec import SpecError
+    from grid.query import QueryError
+    from grid.store import CheckpointError
+    try:
+        return COMMANDS[args.command](args) or 0
+    except (SpecError, GridError, CheckpointError, QueryError) as exc:
+        print(f"apgrid: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("apgrid: interrupted; `apgrid resume DIR` continues where it stopped", file=sys.stderr)
+        return 130
+
+
+def cmd_launch(args) -> int:
+    from grid.plan import all_models
+    from grid.runner import launch, preflight
+    from grid.spec import load_spec
+    spec = load_spec(args.spec, output=args.output)
+    if args.dry_run:
+        preflight(spec)
+        for plan in all_models(spec):
+            print(f"{plan.role:7s} {plan.model_id}")
+        return 0
+    launch(spec)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from grid.runner import resume
+    resume(args.dir)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from grid.runner import STAGES, read_state
+    from grid.tracking import Tracker
+    output = Path(args.dir).expanduser().resolve()
+    state = read_state(output)
+    print(f"grid {state['name']}  ({output})  driver runs: {state.get('driver_runs', 0)}")
+    for stage in STAGES:
+        print(f"  {stage:9s} {state.get('stages', {}).get(stage, 'pending')}")
+    if "tracking_uri" not in state:
+        return 0
+    tracker = Tracker(state["tracking_uri"], state["name"])
+    runs = tracker.client.search_runs([tracker.experiment_id], "tags.level = 'model'",
+                                      max_results=5000)
+    counts: dict[tuple[str, str], int] = {}
+    for run in runs:
+        key = (run.data.tags.get("stage", "?"), run.info.status)
+        counts[key] = counts.get(key, 0) + 1
+    print("  MLflow runs by stage and status:")
+    for (stage, status), n in sorted(counts.items()):
+        print(f"    {stage:9s} {status:9s} {n}")
+    retried = [r for r in runs if int(r.data.tags.get("attempt", "1")) > 1]
+    for run in retried:
+        print(f"    attempt {run.data.tags['attempt']}: {run.data.tags.get('model_id')} "
+              f"({run.data.tags.get('stage')}, {run.info.status})")
+    return 0
+
+
+def cmd_query(args) -> int:
+    from grid.query import format_runs, query_runs
+    if args.tracking_uri:
+        uri, experiment = args.tracking_uri, args.experiment
+    elif args.dir:
+        from grid.runner import read_state
+        state = read_state(Path(args.dir).expanduser().resolve())
+        uri, experiment = state["tracking_uri"], args.experiment or state["name"]
+    else:
+        from grid.runner import GridError
+        raise GridError("query: give the grid's output folder or --tracking-uri")
+    runs = query_runs(uri, experiment, args.where, args.columns)
+    print(format_runs(runs, args.format))
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from analysis.report import write_report
+    from grid.runner import read_state
+    from grid.store import read_samples
+    output = Path(args.dir).expanduser().resolve()
+    state = read_state(output)
+    samples = read_samples(output)
+    if samples.empty:
+        from grid.runner import GridError
+        raise GridError(f"analyze: {output} has no evaluated models yet")
+    paths = write_report(samples, output / "report", state["name"])
+    print(f"wrote {len(paths)} files; report: {paths['report.md']}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "methods":
+        from trainables.pruning import PRUNING_METHODS
+        print(f"{'method':12s} {'pipeline':8s} {'structured':10s} {'scope':6s} criterion")
+        for m in PRUNING_METHODS.values():
+            print(f"{m.name:12s} {m.pipeline:8s} {str(m.structured):10s} {m.scope:6s} {m.criterion}")
+            print(f"{'':12s} {m.description}")
+    elif args.what == "architectures":
+        from trainables.models import ARCHITECTURES
+        print("\n".join(ARCHITECTURES))
+    else:
+        from grid.spec import DATASETS
+        print("\n".join(DATASETS))
+    return 0
+
+
+COMMANDS = {"launch": cmd_launch, "resume": cmd_resume, "status": cmd_status, "query": cmd_query,
+            "analyze": cmd_analyze, "list": cmd_list}
+
+if __name__ == "__main__":
+    sys.exit(main())

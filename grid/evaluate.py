@@ -1,0 +1,128 @@
+"""The evaluate stage: test samples split into shards, processed by a pool of Ray actors.
+
+The test tensors go into Ray's object store once; each actor loads a model the first time it is
+given one of its shards and keeps it. Shards are written as they finish (a retried shard replaces
+its own file) and merged by sample index into the model's Parquet partition when all are in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import ray
+import torch
+
+from grid.plan import ModelPlan
+from grid.spec import GridSpec
+from grid.store import ModelStore, SampleStore
+from trainables import pruning
+from trainables.evaluation import EvalSettings, ThreatModel, evaluate_samples, shard_ranges
+from trainables.models import build_model, resolve_device
+
+
+@ray.remote(max_restarts=2, max_task_retries=2)
+class EvalWorker:
+    """Holds the test set and every model it has been given, each loaded once."""
+
+    def __init__(self, output: str, data: dict, threads: int, device: str):
+        torch.set_num_threads(max(1, threads))
+        self.store = ModelStore(Path(output))
+        self.data = data
+        self.device = resolve_device(device)
+        self.models: dict[str, torch.nn.Module] = {}
+
+    def _model(self, model_id: str, arch: str) -> torch.nn.Module:
+        if model_id not in self.models:
+            d = self.data
+            model = build_model(arch, d["x"].shape[1], d["num_classes"], d["mean"], d["std"])
+            state, masks = self.store.load_weights(model_id)
+            model.load_state_dict(state)
+            pruning.apply_masks(model, masks)
+            self.models = {model_id: model.to(self.device).eval()}  # keep the current model only
+        return self.models[model_id]
+
+    def evaluate(self, model_id: str, arch: str, signed: bool, start: int, end: int,
+                 threat: ThreatModel, settings: EvalSettings) -> pd.DataFrame:
+        model = self._model(model_id, arch)
+        x, y = self.data["x"][start:end], self.data["y"][start:end]
+        return evaluate_samples(model, x, y, start, threat, settings, signed, self.device)
+
+
+@dataclass
+class ShardTask:
+    plan: ModelPlan
+    start: int
+    end: int
+
+
+def metadata_columns(spec: GridSpec, plan: ModelPlan, card: dict) -> dict:
+    s, t = spec.evaluation.settings, spec.threat_model
+    return {"grid": spec.name, "model_id": plan.model_id, "dense_model_id": plan.dense_model_id,
+            "role": plan.role, "dataset": spec.dataset.name, "arch": plan.arch,
+            "method": plan.method, "sparsity": plan.sparsity,
+            "sparsity_measured": card.get("measured_sparsity", 0.0), "seed": plan.seed,
+            "norm": t.norm, "eps": t.eps, "pgd_steps": s.pgd_steps,
+            "autoattack_version": s.autoattack_version, "fmn_steps": s.fmn_steps,
+            "fmn_step_size": s.fmn_step_size, "eval_seed": s.seed}
+
+
+def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
+                   test_y: torch.Tensor, dataset_info: dict, on_model_done, log=print) -> None:
+    """Evaluate every plan whose Parquet partition is missing; call on_model_done(plan, rows)."""
+    output = spec.output_dir
+    samples, models = SampleStore(output, spec.name), ModelStore(output)
+    ranges = shard_ranges(len(test_y), spec.evaluation.settings.block_size, spec.evaluation.shards)
+    todo = [p for p in plans if not samples.is_done(p.model_id)]
+    tasks = [ShardTask(p, s, e) for p in todo for s, e in ranges
+             if not samples.shard_done(p.model_id, s, e)]
+    for plan in todo:  # models whose shards all survived a crash only need the merge
+        if all(samples.shard_done(plan.model_id, s, e) for s, e in ranges):
+            on_model_done(plan, samples.finalize(plan.model_id, ranges))
+    if not tasks:
+        return
+    res = spec.resources
+    data_ref = ray.put({"x": test_x, "y": test_y, **dataset_info})
+    n_actors = min(spec.evaluation.actors, len(tasks))
+    actors = [EvalWorker.options(num_cpus=res.actor_cpus, num_gpus=res.actor_gpus).remote(
+        str(output), data_ref, int(max(1, res.actor_cpus)), res.device) for _ in range(n_actors)]
+    log(f"[evaluate] {len(todo)} models x {len(ranges)} shards = {len(tasks)} shard tasks "
+        f"on {n_actors} actors")
+    cards = {p.model_id: models.card(p.model_id) for p in todo}
+    remaining = {p.model_id: sum(1 for t in tasks if t.plan.model_id == p.model_id) for p in todo}
+    queue, in_flight, done, started = list(tasks), {}, 0, time.time()
+    idle = list(actors)
+
+    def submit(actor, task):
+        ref = actor.evaluate.remote(task.plan.model_id, task.plan.arch, task.plan.role == "dense",
+                                    task.start, task.end, spec.threat_model,
+                                    spec.evaluation.settings)
+        in_flight[ref] = (actor, task)
+
+    while queue or in_flight:
+        while idle and queue:
+            submit(idle.pop(), queue.pop(0))
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        actor, task = in_flight.pop(ready[0])
+        try:
+            rows = ray.get(ready[0])
+        except ray.exceptions.RayActorError:
+            log(f"[evaluate] actor lost on {task.plan.model_id} [{task.start}, {task.end}); "
+                f"requeued")
+            queue.insert(0, task)
+            continue  # the dead actor is not returned to the idle list
+        rows = rows.assign(**metadata_columns(spec, task.plan, cards[task.plan.model_id]))
+        samples.write_shard(task.plan.model_id, task.start, task.end, rows)
+        idle.append(actor)
+        done += 1
+        remaining[task.plan.model_id] -= 1
+        log(f"[evaluate] {done}/{len(tasks)} shards  {task.plan.model_id} "
+            f"[{task.start}, {task.end})  {time.time() - started:.0f}s")
+        if remaining[task.plan.model_id] == 0:
+            on_model_done(task.plan, samples.finalize(task.plan.model_id, ranges))
+        if not idle and not in_flight and queue:
+            raise RuntimeError("every evaluation actor died; run `apgrid resume` to continue")
+    for actor in actors:
+        ray.kill(actor)

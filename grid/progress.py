@@ -1,0 +1,40 @@
+"""One line of progress per trial event, instead of Tune's full-screen tables."""
+
+from __future__ import annotations
+
+import time
+
+from ray.tune import Callback
+
+
+class StageProgress(Callback):
+    def __init__(self, stage: str, log=print):
+        self.stage, self.log = stage, log
+        self.started = time.time()
+        self.done = self.failed = 0
+
+    def _line(self, trial, what: str) -> None:
+        self.log(f"[{self.stage}] {trial.config['model']['model_id']}: {what} "
+                 f"({self.done} done, {self.failed} failed; {time.time() - self.started:.0f}s)")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._line(trial, "started")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "epoch" in result:
+            acc = result.get("test_clean_acc")
+            extra = f", clean acc {acc:.3f}" if isinstance(acc, float) else ""
+            phase = f" {result['phase']}" if "phase" in result else ""
+            self._line(trial, f"epoch {result['epoch']}{phase}, loss {result.get('train_loss', 0):.3f}"
+                              f"{extra}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        self._line(trial, "finished")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._line(trial, "failed; retrying from its last checkpoint")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.failed += 1
+        self._line(trial, "failed for good")

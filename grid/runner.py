@@ -1,0 +1,259 @@
+"""Launch and resume a grid: dense -> prune -> evaluate -> analyze.
+
+Finished work is found by its content-addressed id and skipped, so `resume` simply runs the stages
+again: a stage whose models all exist costs nothing, and an interrupted trial continues from its
+last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from grid import plan as planner
+from grid.spec import GridSpec, SpecError, load_spec
+from grid.store import ModelStore, SampleStore, atomic_write_json, read_samples
+from grid.tracking import Tracker, TrackingError, check_reachable
+
+STAGES = ("dense", "prune", "evaluate", "analyze")
+
+# Tune warns on every epoch checkpoint of small models; our own progress lines replace its tables.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+
+
+class GridError(RuntimeError):
+    """A problem with the user's input or environment: one line, exit code 2."""
+
+
+# -- the output folder -------------------------------------------------------------------------
+
+def _state_path(output: Path) -> Path:
+    return output / "grid.json"
+
+
+def read_state(output: Path) -> dict:
+    path = _state_path(output)
+    if not path.is_file():
+        raise GridError(f"output: {output} holds no apgrid grid (no grid.json)")
+    return json.loads(path.read_text())
+
+
+def _write_state(output: Path, state: dict) -> None:
+    atomic_write_json(_state_path(output), state)
+
+
+def preflight(spec: GridSpec) -> None:
+    """Everything that can be checked before a single file is written."""
+    output = spec.output_dir
+    if output.exists() and not output.is_dir():
+        raise GridError(f"output: {output} exists and is not a folder")
+    if _state_path(output).is_file():
+        owner = read_state(output)
+        if owner.get("fingerprint") != spec.fingerprint():
+            raise GridError(f"output: {output} belongs to another grid ('{owner.get('name')}'); "
+                            f"choose another --output, or `apgrid resume {output}`")
+    elif output.is_dir() and any(output.iterdir()):
+        raise GridError(f"output: {output} is not empty and holds no apgrid grid")
+    parent = output if output.exists() else next(p for p in output.parents if p.exists())
+    if not os.access(parent, os.W_OK):
+        raise GridError(f"output: {parent} is not writable")
+    try:
+        check_reachable(spec.resolved_tracking_uri)
+    except TrackingError as exc:
+        raise GridError(str(exc)) from None
+    from trainables.data import DatasetError, load_dataset
+    try:
+        load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
+    except DatasetError as exc:
+        raise GridError(str(exc)) from None
+
+
+def launch(spec: GridSpec, fault: dict | None = None, log=print) -> Path:
+    preflight(spec)
+    output = spec.output_dir
+    output.mkdir(parents=True, exist_ok=True)
+    if not _state_path(output).is_file():
+        (output / "spec.yaml").write_text(yaml.safe_dump(_spec_yaml(spec), sort_keys=False))
+        _write_state(output, {"name": spec.name, "fingerprint": spec.fingerprint(),
+                              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {},
+                              "driver_runs": 0})
+    return _run(spec, fault, log)
+
+
+def resume(output: str | Path, fault: dict | None = None, log=print) -> Path:
+    output = Path(output).expanduser().resolve()
+    read_state(output)
+    try:
+        spec = load_spec(output / "spec.yaml", output=str(output))
+    except SpecError as exc:
+        raise GridError(f"{output / 'spec.yaml'}: {exc}") from None
+    try:
+        check_reachable(spec.resolved_tracking_uri)
+    except TrackingError as exc:
+        raise GridError(str(exc)) from None
+    return _run(spec, fault, log)
+
+
+def _spec_yaml(spec: GridSpec) -> dict:
+    """The validated spec in the YAML layout load_spec reads (evaluation fields flattened)."""
+    d = spec.to_dict()
+    ev = d.pop("evaluation")
+    d["evaluation"] = {**ev["settings"], "shards": ev["shards"], "actors": ev["actors"]}
+    return d
+
+
+# -- the stages --------------------------------------------------------------------------------
+
+def _run(spec: GridSpec, fault: dict | None, log) -> Path:
+    import ray
+
+    output = spec.output_dir
+    state = read_state(output)
+    state["driver_runs"] = state.get("driver_runs", 0) + 1
+    _write_state(output, state)
+    tracker = Tracker(spec.resolved_tracking_uri, spec.name)
+    closed = tracker.close_stale_runs()
+    if closed:
+        log(f"[apgrid] closed {closed} MLflow runs left RUNNING by a killed driver as KILLED")
+    parent = tracker.grid_run(spec.fingerprint())
+    state.update(grid_run_id=parent, experiment_id=tracker.experiment_id,
+                 tracking_uri=spec.resolved_tracking_uri)
+    _write_state(output, state)
+    if not ray.is_initialized():
+        ray.init(address=spec.ray_address, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    started = time.time()
+    try:
+        for stage in STAGES:
+            _set_stage(output, stage, "running")
+            log(f"[apgrid] stage {stage} ({time.time() - started:.0f}s)")
+            STAGE_FUNCTIONS[stage](spec, tracker, parent, fault, log, state["driver_runs"])
+            _set_stage(output, stage, "done")
+    except BaseException:
+        tracker.end(parent, "FAILED")
+        raise
+    tracker.end(parent, "FINISHED")
+    log(f"[apgrid] grid '{spec.name}' finished in {time.time() - started:.0f}s; "
+        f"report: {output / 'report' / 'report.md'}")
+    return output
+
+
+def _set_stage(output: Path, stage: str, status: str) -> None:
+    state = read_state(output)
+    state.setdefault("stages", {})[stage] = status
+    _write_state(output, state)
+
+
+def _grid_config(spec: GridSpec) -> dict:
+    r = spec.resources
+    return {"output": str(spec.output_dir), "name": spec.name,
+            "dataset": dataclasses.asdict(spec.dataset),
+            "threat_model": dataclasses.asdict(spec.threat_model),
+            "device": r.device, "trial_cpus": r.trial_cpus}
+
+
+def _tune_stage(stage: str, trainable, plans, spec, tracker, parent, fault, log, attempt) -> None:
+    from ray import tune
+
+    from grid.progress import StageProgress
+    from grid.tracking import TrialTracking
+
+    store = ModelStore(spec.output_dir)
+    todo = [p for p in plans if not store.exists(p.model_id)]
+    log(f"[{stage}] {len(plans)} models, {len(plans) - len(todo)} already done, {len(todo)} to run")
+    if not todo:
+        return
+    r = spec.resources
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": r.trial_cpus, "gpu": r.trial_gpus}),
+        param_space={"model": tune.grid_search([p.to_dict() for p in todo]),
+                     "grid": _grid_config(spec), "fault": fault},
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(
+            name=f"{stage}-run{attempt}", storage_path=spec.storage_path, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[TrialTracking(tracker, parent, spec.dataset.name, stage),
+                       StageProgress(stage, log)]),
+    )
+    results = tuner.fit()
+    failed = [p.model_id for p in todo if not store.exists(p.model_id)]
+    if failed:
+        errors = [str(r.error).strip().splitlines()[-1][:200] for r in results if r.error]
+        raise RuntimeError(f"{stage}: {len(failed)} trials failed after {spec.max_failures} retries "
+                           f"({'; '.join(errors[:3])}); fix the cause and `apgrid resume "
+                           f"{spec.output_dir}`")
+
+
+def stage_dense(spec, tracker, parent, fault, log, attempt):
+    from grid.trials import dense_trial
+    _tune_stage("dense", dense_trial, planner.dense_models(spec), spec, tracker, parent, fault,
+                log, attempt)
+
+
+def stage_prune(spec, tracker, parent, fault, log, attempt):
+    from grid.trials import prune_trial
+    _tune_stage("prune", prune_trial, planner.pruned_models(spec), spec, tracker, parent, fault,
+                log, attempt)
+
+
+def stage_evaluate(spec, tracker, parent, fault, log, attempt):
+    from analysis.tables import summarize
+    from grid.evaluate import run_evaluation
+    from grid.tracking import model_tags
+    from trainables.data import load_dataset
+
+    ds = load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
+    n = spec.evaluation.settings.num_samples or len(ds.y_test)
+    samples = SampleStore(spec.output_dir, spec.name)
+    plans = planner.all_models(spec)
+    log(f"[evaluate] {len(plans)} models, {sum(samples.is_done(p.model_id) for p in plans)} "
+        f"already evaluated, {n} test samples each")
+    eval_params = {**dataclasses.asdict(spec.threat_model),
+                   **dataclasses.asdict(spec.evaluation.settings)}
+
+    def on_model_done(plan, rows):
+        metrics = summarize(rows, spec.threat_model.eps)
+        card = ModelStore(spec.output_dir).card(plan.model_id)
+        run_id = tracker.start_model_run(parent, plan, spec.dataset.name, "evaluate")
+        tracker.client.log_batch(run_id, params=_params(eval_params))
+        tracker.log_metrics(run_id, {**metrics, "measured_sparsity": card.get("measured_sparsity", 0),
+                                     **{f"train_{k}": v for k, v in card["metrics"].items()}})
+        tracker.client.set_tag(run_id, "samples_uri", str(samples.partition(plan.model_id)))
+        tracker.log_artifact(run_id, ModelStore(spec.output_dir).folder(plan.model_id) / "card.json")
+        tracker.log_artifact(run_id, samples.partition(plan.model_id) / "part-0.parquet", "samples")
+        tracker.end(run_id, "FINISHED")
+        log(f"[evaluate] {plan.model_id}: clean {metrics['clean_acc']:.3f}  "
+            f"PGD {metrics['pgd_acc']:.3f}  AA {metrics['aa_acc']:.3f}  "
+            f"FMN@eps {metrics['fmn_acc_at_eps']:.3f}")
+
+    run_evaluation(spec, plans, ds.x_test[:n], ds.y_test[:n],
+                   {"num_classes": ds.num_classes, "mean": ds.mean, "std": ds.std},
+                   on_model_done, log)
+
+
+def _params(d: dict):
+    from mlflow.entities import Param
+    return [Param(k, str(v)) for k, v in d.items()]
+
+
+def stage_analyze(spec, tracker, parent, fault, log, attempt):
+    from analysis.report import write_report
+
+    samples = read_samples(spec.output_dir)
+    ids = {p.model_id for p in planner.all_models(spec)}
+    samples = samples[samples["model_id"].isin(ids)]
+    paths = write_report(samples, spec.output_dir / "report", spec.name)
+    for path in paths.values():
+        tracker.log_artifact(parent, path, "report")
+    log(f"[analyze] wrote {len(paths)} files to {spec.output_dir / 'report'}")
+
+
+STAGE_FUNCTIONS = {"dense": stage_dense, "prune": stage_prune, "evaluate": stage_evaluate,
+                   "analyze": stage_analyze}

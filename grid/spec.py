@@ -1,0 +1,325 @@
+"""The grid spec: YAML validated into typed objects before anything starts.
+
+Every problem raises SpecError with one line that names the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.attacks import NORMS
+from trainables.evaluation import EvalSettings, ThreatModel
+from trainables.models import ARCHITECTURES
+from trainables.pruning import PRUNING_METHODS
+from trainables.training import TRAINERS, Recipe
+
+DATASETS = ("digits", "cifar10")
+AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
+EXAMPLES = Path(__file__).parent / "examples"
+DEFAULT_SPEC = EXAMPLES / "demo.yaml"
+
+
+class SpecError(ValueError):
+    """A spec problem, phrased as 'field: what is wrong; what is allowed'."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    architectures: tuple[str, ...] = ("digits-cnn",)
+    seeds: tuple[int, ...] = (0,)
+    recipe: Recipe = Recipe()
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    methods: tuple[str, ...] = ("lwm-local", "lwm-global", "hydra")
+    sparsities: tuple[float, ...] = (0.9, 0.95)
+    finetune: Recipe = Recipe(epochs=5, lr=0.01)
+    score: Recipe = Recipe(epochs=5, lr=0.1, weight_decay=1e-4)  # HYDRA's score phase
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    settings: EvalSettings = EvalSettings()
+    shards: int = 4
+    actors: int = 2
+
+
+@dataclass(frozen=True)
+class Resources:
+    trial_cpus: float = 1
+    trial_gpus: float = 0
+    actor_cpus: float = 1
+    actor_gpus: float = 0
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    name: str
+    output: str
+    tracking_uri: str | None = None
+    storage: str | None = None
+    ray_address: str | None = None
+    max_failures: int = 2
+    dataset: DatasetSpec = DatasetSpec()
+    threat_model: ThreatModel = ThreatModel()
+    dense: DenseSpec = DenseSpec()
+    prune: PruneSpec = PruneSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    resources: Resources = Resources()
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output).expanduser().resolve()
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        """Absolute URI: Tune changes each trial's working directory."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{self.output_dir / 'mlflow.db'}"
+
+    @property
+    def storage_path(self) -> str:
+        return self.storage or str(self.output_dir / "ray")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Identity of the grid's work: everything but where it is written and tracked."""
+        body = {k: v for k, v in self.to_dict().items()
+                if k not in ("output", "tracking_uri", "storage", "ray_address")}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+def load_spec(path: str | Path | None = None, output: str | None = None) -> GridSpec:
+    """Read and validate a YAML spec (the demo when path is None); `output` overrides spec.output."""
+    path = Path(path) if path else DEFAULT_SPEC
+    if not path.is_file():
+        raise SpecError(f"spec: no such file {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"spec: {path} is not valid YAML{where}: "
+                        f"{getattr(exc, 'problem', exc)}") from None
+    if output is not None:
+        raw = {**(raw or {}), "output": output}
+    return parse_spec(raw)
+
+
+def parse_spec(raw: Any) -> GridSpec:
+    if not isinstance(raw, dict):
+        raise SpecError("spec: the top level must be a mapping of fields (name, output, dataset, ...)")
+    _check_keys(raw, GridSpec, "")
+    for required in ("name", "output"):
+        if required not in raw:
+            raise SpecError(f"{required}: missing; it is required")
+    spec = GridSpec(
+        name=_name(raw["name"]),
+        output=_string(raw["output"], "output"),
+        tracking_uri=_optional_string(raw.get("tracking_uri"), "tracking_uri"),
+        storage=_optional_string(raw.get("storage"), "storage"),
+        ray_address=_optional_string(raw.get("ray_address"), "ray_address"),
+        max_failures=_int(raw.get("max_failures", 2), "max_failures", minimum=0),
+        dataset=_dataset(raw.get("dataset", {})),
+        threat_model=_threat(raw.get("threat_model", {})),
+        dense=_dense(raw.get("dense", {})),
+        prune=_prune(raw.get("prune", {})),
+        evaluation=_evaluation(raw.get("evaluation", {})),
+        resources=_resources(raw.get("resources", {})),
+    )
+    _check_cross_fields(spec)
+    return spec
+
+
+def _check_cross_fields(spec: GridSpec) -> None:
+    from trainables.data import DIGITS_TEST_SIZE
+    n = spec.evaluation.settings.num_samples
+    if spec.dataset.name == "digits" and n is not None and n > DIGITS_TEST_SIZE:
+        raise SpecError(f"evaluation.num_samples: {n} is more than the digits test split "
+                        f"({DIGITS_TEST_SIZE})")
+    if n is not None and spec.evaluation.shards > n:
+        raise SpecError(f"evaluation.shards: {spec.evaluation.shards} shards for {n} samples; "
+                        f"allowed: at most the number of samples")
+    if spec.dataset.name != "digits" and not spec.dataset.root and not spec.dataset.download:
+        raise SpecError(f"dataset.root: required for {spec.dataset.name} (a folder holding the data)")
+    if spec.dataset.root and not spec.dataset.download and not Path(spec.dataset.root).expanduser().is_dir():
+        raise SpecError(f"dataset.root: {spec.dataset.root} is not a folder")
+
+
+def _check_keys(raw: dict, cls, prefix: str, extra: tuple[str, ...] = ()) -> None:
+    allowed = [f.name for f in dataclasses.fields(cls)] + list(extra)
+    for key in raw:
+        if key not in allowed:
+            raise SpecError(f"{prefix}{key}: unknown field; allowed: {', '.join(allowed)}")
+
+
+def _mapping(value, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _name(value) -> str:
+    name = _string(value, "name")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise SpecError(f"name: '{name}' may hold only letters, digits, '-' and '_'")
+    return name
+
+
+def _string(value, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise SpecError(f"{where}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def _optional_string(value, where: str) -> str | None:
+    return None if value is None else _string(value, where)
+
+
+def _int(value, where: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{where}: must be a whole number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise SpecError(f"{where}: {value} is below the minimum {minimum}")
+    return value
+
+
+def _number(value, where: str, low: float, high: float, high_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{where}: must be a number, got {value!r}")
+    too_high = value >= high if high_open else value > high
+    if value < low or too_high:
+        bracket = ")" if high_open else "]"
+        raise SpecError(f"{where}: {value} is outside [{low}, {high}{bracket}")
+    return float(value)
+
+
+def _choice(value, where: str, allowed) -> str:
+    if value not in allowed:
+        raise SpecError(f"{where}: unknown '{value}'; allowed: {', '.join(sorted(allowed))}")
+    return value
+
+
+def _list(value, where: str) -> list:
+    value = [value] if not isinstance(value, list) else value
+    if not value:
+        raise SpecError(f"{where}: must list at least one value")
+    return value
+
+
+def _dataset(raw) -> DatasetSpec:
+    raw = _mapping(raw, "dataset")
+    _check_keys(raw, DatasetSpec, "dataset.")
+    return DatasetSpec(name=_choice(raw.get("name", "digits"), "dataset.name", DATASETS),
+                       root=_optional_string(raw.get("root"), "dataset.root"),
+                       download=bool(raw.get("download", False)))
+
+
+def _threat(raw) -> ThreatModel:
+    raw = _mapping(raw, "threat_model")
+    _check_keys(raw, ThreatModel, "threat_model.")
+    eps = raw.get("eps", ThreatModel.eps)
+    if isinstance(eps, str):  # "8/255" keeps the exact value the papers use
+        try:
+            num, den = (float(p) for p in eps.split("/"))
+            eps = num / den
+        except ValueError:
+            raise SpecError(f"threat_model.eps: '{eps}' is not a number or a fraction like 8/255") from None
+    eps = _number(eps, "threat_model.eps", 0.0, 1.0)
+    if eps == 0:
+        raise SpecError("threat_model.eps: must be above 0")
+    return ThreatModel(norm=_choice(raw.get("norm", "Linf"), "threat_model.norm", NORMS), eps=eps)
+
+
+def _recipe(raw, where: str, default: Recipe) -> Recipe:
+    raw = _mapping(raw, where)
+    _check_keys(raw, Recipe, f"{where}.")
+    values = {**dataclasses.asdict(default), **raw}
+    _choice(values["trainer"], f"{where}.trainer", TRAINERS)
+    for key in ("epochs", "batch_size", "pgd_steps"):
+        _int(values[key], f"{where}.{key}", minimum=1 if key != "epochs" else 0)
+    for key in ("lr", "momentum", "weight_decay"):
+        _number(values[key], f"{where}.{key}", 0.0, 10.0)
+    if values["step_size"] is not None:
+        _number(values["step_size"], f"{where}.step_size", 0.0, 1.0)
+    return Recipe(**values)
+
+
+def _dense(raw) -> DenseSpec:
+    raw = _mapping(raw, "dense")
+    _check_keys(raw, DenseSpec, "dense.")
+    archs = tuple(_choice(a, "dense.architectures", ARCHITECTURES)
+                  for a in _list(raw.get("architectures", ["digits-cnn"]), "dense.architectures"))
+    seeds = tuple(_int(s, "dense.seeds", minimum=0) for s in _list(raw.get("seeds", [0]), "dense.seeds"))
+    return DenseSpec(architectures=archs, seeds=seeds,
+                     recipe=_recipe(raw.get("recipe"), "dense.recipe", DenseSpec.recipe))
+
+
+def _prune(raw) -> PruneSpec:
+    raw = _mapping(raw, "prune")
+    _check_keys(raw, PruneSpec, "prune.")
+    methods = tuple(_choice(m, "prune.methods", PRUNING_METHODS)
+                    for m in _list(raw.get("methods", list(PruneSpec.methods)), "prune.methods"))
+    sparsities = tuple(_number(s, "prune.sparsities", 0.0, 1.0, high_open=True)
+                       for s in _list(raw.get("sparsities", list(PruneSpec.sparsities)),
+                                      "prune.sparsities"))
+    return PruneSpec(methods=methods, sparsities=sparsities,
+                     finetune=_recipe(raw.get("finetune"), "prune.finetune", PruneSpec.finetune),
+                     score=_recipe(raw.get("score"), "prune.score", PruneSpec.score))
+
+
+def _evaluation(raw) -> EvaluationSpec:
+    raw = _mapping(raw, "evaluation")
+    _check_keys(raw, EvalSettings, "evaluation.", extra=("shards", "actors"))
+    d = EvalSettings()
+    num = raw.get("num_samples")
+    step = raw.get("pgd_step_size")
+    settings = EvalSettings(
+        num_samples=None if num is None else _int(num, "evaluation.num_samples", minimum=1),
+        pgd_steps=_int(raw.get("pgd_steps", d.pgd_steps), "evaluation.pgd_steps", minimum=1),
+        pgd_step_size=None if step is None else _number(step, "evaluation.pgd_step_size", 0.0, 1.0),
+        autoattack_version=_choice(raw.get("autoattack_version", d.autoattack_version),
+                                   "evaluation.autoattack_version", AUTOATTACK_VERSIONS),
+        fmn_steps=_int(raw.get("fmn_steps", d.fmn_steps), "evaluation.fmn_steps", minimum=1),
+        fmn_step_size=_number(raw.get("fmn_step_size", d.fmn_step_size),
+                              "evaluation.fmn_step_size", 0.0, 100.0),
+        seed=_int(raw.get("seed", d.seed), "evaluation.seed", minimum=0),
+        block_size=_int(raw.get("block_size", d.block_size), "evaluation.block_size", minimum=1),
+        batch_size=_int(raw.get("batch_size", d.batch_size), "evaluation.batch_size", minimum=1),
+    )
+    return EvaluationSpec(settings=settings,
+                          shards=_int(raw.get("shards", 4), "evaluation.shards", minimum=1),
+                          actors=_int(raw.get("actors", 2), "evaluation.actors", minimum=1))
+
+
+def _resources(raw) -> Resources:
+    raw = _mapping(raw, "resources")
+    _check_keys(raw, Resources, "resources.")
+    d = Resources()
+    return Resources(
+        **{k: _number(raw.get(k, getattr(d, k)), f"resources.{k}", 0.0, 1024.0)
+           for k in ("trial_cpus", "trial_gpus", "actor_cpus", "actor_gpus")},
+        device=_choice(raw.get("device", d.device), "resources.device", ("auto", "cpu", "cuda")))

@@ -1,0 +1,132 @@
+"""Where results live in the output folder.
+
+    OUTPUT/models/<model_id>/model.pt      final weights + masks (torch.save; loaded weights_only)
+    OUTPUT/models/<model_id>/card.json     config, metrics, taxonomy
+    OUTPUT/samples/grid=<g>/model_id=<id>/part-0.parquet   one row per (model, test sample)
+    OUTPUT/samples/_staging/<id>/shard-<start>-<end>.parquet   shards before the merge
+
+Every write goes to a temporary name and is renamed into place, so a crash leaves either the old
+file or the new one, never half a file; a retried shard replaces its own file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupt or not a state dict."""
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: dict) -> None:
+    atomic_write_bytes(path, lambda fh: fh.write(json.dumps(data, indent=2, default=str).encode()))
+
+
+def load_state(path: Path) -> dict:
+    """torch.load with weights_only=True, turning every failure into one clear CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint: {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle of arbitrary objects, random bytes ...
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint: {path} cannot be loaded as weights ({reason})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint: {path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+class ModelStore:
+    def __init__(self, output: Path):
+        self.root = Path(output) / "models"
+
+    def folder(self, model_id: str) -> Path:
+        return self.root / model_id
+
+    def exists(self, model_id: str) -> bool:
+        return (self.folder(model_id) / "card.json").is_file()
+
+    def save(self, model_id: str, state_dict: dict, masks: dict, card: dict) -> None:
+        folder = self.folder(model_id)
+        atomic_write_bytes(folder / "model.pt",
+                           lambda fh: torch.save({"state_dict": state_dict, "masks": masks}, fh))
+        atomic_write_json(folder / "card.json", card)  # written last: its presence means done
+
+    def load_weights(self, model_id: str) -> tuple[dict, dict]:
+        state = load_state(self.folder(model_id) / "model.pt")
+        if "state_dict" not in state:
+            raise CheckpointError(f"checkpoint: {self.folder(model_id) / 'model.pt'} has no state_dict")
+        return state["state_dict"], state.get("masks", {})
+
+    def card(self, model_id: str) -> dict:
+        return json.loads((self.folder(model_id) / "card.json").read_text())
+
+
+class SampleStore:
+    def __init__(self, output: Path, grid_name: str):
+        self.root = Path(output) / "samples"
+        self.grid = grid_name
+
+    def partition(self, model_id: str) -> Path:
+        return self.root / f"grid={self.grid}" / f"model_id={model_id}"
+
+    def staging(self, model_id: str) -> Path:
+        return self.root / "_staging" / model_id
+
+    def shard_path(self, model_id: str, start: int, end: int) -> Path:
+        return self.staging(model_id) / f"shard-{start:07d}-{end:07d}.parquet"
+
+    def is_done(self, model_id: str) -> bool:
+        return (self.partition(model_id) / "part-0.parquet").is_file()
+
+    def shard_done(self, model_id: str, start: int, end: int) -> bool:
+        return self.shard_path(model_id, start, end).is_file()
+
+    def write_shard(self, model_id: str, start: int, end: int, rows: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(rows, preserve_index=False)
+        atomic_write_bytes(self.shard_path(model_id, start, end), lambda fh: pq.write_table(table, fh))
+
+    def finalize(self, model_id: str, ranges: list[tuple[int, int]]) -> pd.DataFrame:
+        """Merge the shards by sample index into the model's partition; check none is missing."""
+        frames = [pq.read_table(self.shard_path(model_id, s, e)).to_pandas() for s, e in ranges]
+        rows = pd.concat(frames, ignore_index=True).sort_values("sample_idx", ignore_index=True)
+        expected = sum(e - s for s, e in ranges)
+        if len(rows) != expected or rows["sample_idx"].duplicated().any():
+            raise RuntimeError(f"{model_id}: merged {len(rows)} rows for {expected} samples")
+        table = pa.Table.from_pandas(rows, preserve_index=False)
+        atomic_write_bytes(self.partition(model_id) / "part-0.parquet",
+                           lambda fh: pq.write_table(table, fh))
+        shutil.rmtree(self.staging(model_id), ignore_errors=True)
+        return rows
+
+
+def read_samples(output: Path) -> pd.DataFrame:
+    """Every per-sample row of a grid's output folder (hive partitions grid=/model_id=)."""
+    root = Path(output) / "samples"
+    files = sorted(root.glob("grid=*/model_id=*/part-0.parquet"))
+    if not files:
+        return pd.DataFrame()
+    return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)

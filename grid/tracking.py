@@ -1,0 +1,179 @@
+"""MLflow tracking, all of it from the driver process.
+
+Experiment = grid name; one grid run; one run per (model, stage) nested under it. Trials never talk
+to MLflow themselves: a Tune callback on the driver opens, fills and closes their runs, so concurrent
+trials cannot race on the SQLite schema and a crashed attempt is always closed as FAILED. Runs left
+RUNNING by a killed driver are closed as KILLED when the grid resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from ray.tune import Callback
+
+from grid.plan import ModelPlan
+from trainables.pruning import PRUNING_METHODS
+
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+class TrackingError(RuntimeError):
+    """The tracking server or store cannot be reached or written."""
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, before anything starts, when the tracking URI cannot be used."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if folder.exists() and not os.access(folder, os.W_OK):
+            raise TrackingError(f"tracking_uri: {folder} is not writable")
+        return  # created on first use, in the output folder
+    try:
+        _client(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"tracking_uri: {uri} is unreachable ({reason})") from None
+
+
+def model_tags(plan: ModelPlan, dataset: str, stage: str) -> dict[str, str]:
+    tags = {"stage": stage, "model_id": plan.model_id, "dense_model_id": plan.dense_model_id,
+            "role": plan.role, "method": plan.method, "arch": plan.arch, "dataset": dataset,
+            "sparsity": str(plan.sparsity), "seed": str(plan.seed), "config_hash": plan.config_hash}
+    if plan.role == "pruned":
+        m = PRUNING_METHODS[plan.method]
+        tags.update(pipeline=m.pipeline, structured=str(m.structured), scope=m.scope,
+                    criterion=m.criterion)
+    return tags
+
+
+def clean_metrics(metrics: dict) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[key.replace("/", "_")] = float(value)
+    return out
+
+
+class Tracker:
+    def __init__(self, uri: str, grid_name: str):
+        self.uri = uri
+        self.client = _client(uri)
+        self.grid_name = grid_name
+        try:
+            exp = self.client.get_experiment_by_name(grid_name)
+            self.experiment_id = (exp.experiment_id if exp is not None
+                                  else self.client.create_experiment(grid_name))
+        except Exception as exc:
+            raise TrackingError(f"tracking_uri: {uri} cannot be used ({str(exc)[:160]})") from None
+
+    def grid_run(self, fingerprint: str) -> str:
+        """The grid's parent run, created once and found again on resume."""
+        found = self.client.search_runs([self.experiment_id],
+                                        filter_string="tags.level = 'grid'", max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"grid-{self.grid_name}",
+                                     tags={"level": "grid", "grid": self.grid_name,
+                                           "fingerprint": fingerprint})
+        return run.info.run_id
+
+    def attempts(self, model_id: str, stage: str) -> int:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.model_id = '{model_id}' and tags.stage = '{stage}'")
+        return len(runs)
+
+    def start_model_run(self, parent: str, plan: ModelPlan, dataset: str, stage: str,
+                        extra_tags: dict | None = None) -> str:
+        attempt = self.attempts(plan.model_id, stage) + 1
+        tags = {"level": "model", "mlflow.parentRunId": parent, "grid": self.grid_name,
+                "attempt": str(attempt), **model_tags(plan, dataset, stage), **(extra_tags or {})}
+        run = self.client.create_run(self.experiment_id, run_name=f"{stage}:{plan.model_id}",
+                                     tags=tags)
+        self.client.log_param(run.info.run_id, "config_json", _short_json(plan.config))
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int | None = None) -> None:
+        from mlflow.entities import Metric
+        import time
+        now = int(time.time() * 1000)
+        batch = [Metric(k, v, now, step or 0) for k, v in clean_metrics(metrics).items()]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def close_stale_runs(self) -> int:
+        """Runs left RUNNING by a killed driver become KILLED (resume calls this first)."""
+        stale = self.client.search_runs([self.experiment_id],
+                                        filter_string="attributes.status = 'RUNNING' "
+                                                      "and tags.level = 'model'")
+        for run in stale:
+            self.client.set_tag(run.info.run_id, "ended_by", "resume: driver was killed")
+            self.end(run.info.run_id, "KILLED")
+        return len(stale)
+
+
+def _short_json(config: dict) -> str:
+    import json
+    text = json.dumps(config, sort_keys=True)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+class TrialTracking(Callback):
+    """Opens an MLflow run for every attempt of a Tune trial and closes it with the outcome."""
+
+    def __init__(self, tracker: Tracker, parent_run: str, dataset: str, stage: str):
+        self.tracker, self.parent, self.dataset, self.stage = tracker, parent_run, dataset, stage
+        self.runs: dict[str, str] = {}
+
+    def _run_for(self, trial) -> str:
+        if trial.trial_id not in self.runs:
+            plan = ModelPlan.from_dict(trial.config["model"])
+            self.runs[trial.trial_id] = self.tracker.start_model_run(
+                self.parent, plan, self.dataset, self.stage, {"ray_trial_id": trial.trial_id})
+        return self.runs[trial.trial_id]
+
+    def _close(self, trial, status: str) -> None:
+        run_id = self.runs.pop(trial.trial_id, None)
+        if run_id is not None:
+            self.tracker.end(run_id, status)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_for(trial)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self._run_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run_for(trial)
+        metrics = {k: v for k, v in result.items() if k not in ("done", "trial_id")
+                   and not k.startswith(("time_", "timestamp", "pid", "node_ip", "iterations"))}
+        self.tracker.log_metrics(run_id, metrics, step=result.get("training_iteration"))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._close(trial, "FINISHED")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._close(trial, "FAILED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._close(trial, "FAILED")

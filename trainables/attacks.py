@@ -1,0 +1,141 @@
+"""Attacks as plain functions: tensors in, tensors out (images in [0, 1]).
+
+PGD and FGSM-RS are written here (a dozen lines each, and training needs them in-loop); AutoAttack
+comes from `pyautoattack` and FMN from `secml-torch`, wrapped only to return per-sample results.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("Linf", "L2")
+
+
+def sample_noise(sample_idx: torch.Tensor, shape, seed: int, eps: float) -> torch.Tensor:
+    """Uniform noise in [-eps, eps] drawn from a generator seeded by (seed, sample index), so the
+    noise a sample gets does not depend on which batch or shard it lands in."""
+    noise = torch.empty((len(sample_idx), *shape))
+    for row, idx in enumerate(sample_idx.tolist()):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + int(idx))
+        noise[row] = torch.rand(shape, generator=gen) * 2 * eps - eps
+    return noise
+
+
+def _normalize_l2(g: torch.Tensor) -> torch.Tensor:
+    norms = g.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return g / norms.view(-1, *([1] * (g.dim() - 1)))
+
+
+def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "Linf":
+        return delta.clamp(-eps, eps)
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+    factor = (eps / norms).clamp(max=1.0)
+    return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
+        step_size: float, norm: str = "Linf", init_noise: torch.Tensor | None = None) -> torch.Tensor:
+    """PGD with cross-entropy (Madry et al. 2018, Sec. 2); `init_noise` is the random start."""
+    delta = torch.zeros_like(x) if init_noise is None else init_noise.to(x.device).clone()
+    delta = ((x + _project(delta, eps, norm)).clamp(0, 1) - x).detach()
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        step = grad.sign() if norm == "Linf" else _normalize_l2(grad)
+        delta = _project(delta.detach() + step_size * step, eps, norm)
+        delta = ((x + delta).clamp(0, 1) - x).detach()
+    return (x + delta).detach()
+
+
+def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+            step_size: float | None = None) -> torch.Tensor:
+    """FGSM with random start (Wong et al. 2020, Alg. 3: step 1.25 eps from a uniform start)."""
+    step_size = 1.25 * eps if step_size is None else step_size
+    delta = (torch.rand_like(x) * 2 - 1) * eps
+    return pgd(model, x, y, eps=eps, steps=1, step_size=step_size, init_noise=delta)
+
+
+def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{j != y} z_j: positive when correct, its size a proxy for distance to the boundary."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.clone()
+    others.scatter_(1, y[:, None], float("-inf"))
+    return true - others.max(dim=1).values
+
+
+# -- AutoAttack --------------------------------------------------------------------------------
+
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+               version: str, seed: int, batch_size: int = 500, device: str | torch.device = "cpu"):
+    """Per-sample AutoAttack: returns (robust flags, name of the attack that broke each sample or
+    None, adversarial points).
+
+    pyautoattack re-seeds every attack with `seed` and attacks only the still-robust samples, in
+    order, so running its ensemble one attack at a time on the survivors gives exactly the points
+    of `run_standard_evaluation` while recording which attack flipped each sample.
+    """
+    from pyautoattack import AutoAttack
+
+    model.eval()
+    adversary = AutoAttack(model, eps=eps, norm=norm, version=version, seed=seed, device=device)
+    adversary.verbose = False
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    ensemble = list(adversary.attacks_to_run)
+    with torch.no_grad():
+        robust = model(x.to(device)).argmax(1).cpu() == y
+    broken_by: list[str | None] = [None] * len(y)
+    x_adv = x.clone()
+    for attack in ensemble:
+        idx = torch.nonzero(robust).flatten()
+        if len(idx) == 0:
+            break
+        adversary.attacks_to_run = [attack]
+        adv, pred = adversary.run_standard_evaluation(x[idx], y[idx], batch_size=batch_size)
+        flipped = pred.cpu() != y[idx]
+        for i in idx[flipped].tolist():
+            broken_by[i] = attack
+        x_adv[idx[flipped]] = adv[flipped].cpu()
+        robust[idx[flipped]] = False
+    return robust, broken_by, x_adv
+
+
+# -- FMN ---------------------------------------------------------------------------------------
+
+def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    p = {"Linf": float("inf"), "L2": 2.0, "L1": 1.0}[norm]
+    return delta.flatten(1).norm(p=p, dim=1)
+
+
+def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, steps: int,
+        step_size: float, target: int | None = None, batch_size: int = 500):
+    """Fast Minimum-Norm attack (Pintor et al. 2021) via secml-torch's native FMN.
+
+    Untargeted (target=None): the smallest perturbation that changes the prediction away from y.
+    Targeted (target=c, one class for the batch): the smallest perturbation that makes it predict c.
+    Returns (distance, found, x_adv). A failed search returns the input itself, so `found` is checked
+    on the returned point and `distance` is NaN where nothing was found (never a fake 0).
+    """
+    from secmlt.adv.evasion.fmn import FMN
+    from secmlt.models.pytorch.base_pytorch_nn import BasePyTorchClassifier
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model.eval()
+    perturbation = {"Linf": "linf", "L2": "l2", "L1": "l1"}[norm]
+    attack = FMN(perturbation_model=perturbation, num_steps=steps, step_size=step_size,
+                 y_target=target, backend="native")
+    device = next(model.parameters()).device
+    loader = DataLoader(TensorDataset(x.to(device), y.to(device)), batch_size=batch_size)
+    x_adv = torch.cat([adv.detach().cpu() for adv, _ in attack(BasePyTorchClassifier(model), loader,
+                                                              stream=True)])
+    with torch.no_grad():
+        pred = model(x_adv.to(device)).argmax(1).cpu()
+    found = (pred == target) if target is not None else (pred != y)
+    distance = lp_norm(x_adv - x, norm)
+    distance[~found] = float("nan")
+    return distance, found, x_adv
