@@ -13,7 +13,7 @@ import re
 
 import pandas as pd
 
-CLAUSE = re.compile(r"^\s*([A-Za-z_][\w.|<>]*)\s*(=|!=|<=|>=|<|>)\s*(.+?)\s*$")
+CLAUSE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(=|!=|<=|>=|<|>)\s*(.+?)\s*$")
 DEFAULT_COLUMNS = ["stage", "model_id", "method", "arch", "sparsity", "seed", "status", "attempt",
                    "clean_acc", "pgd_acc", "aa_acc", "fmn_acc_at_eps", "measured_sparsity"]
 

@@ -223,8 +223,7 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
         card = ModelStore(spec.output_dir).card(plan.model_id)
         run_id = tracker.start_model_run(parent, plan, spec.dataset.name, "evaluate")
         tracker.client.log_batch(run_id, params=_params(eval_params))
-        tracker.log_metrics(run_id, {**metrics, "measured_sparsity": card.get("measured_sparsity", 0),
-                                     **{f"train_{k}": v for k, v in card["metrics"].items()}})
+        tracker.log_metrics(run_id, {**metrics, "measured_sparsity": card.get("measured_sparsity", 0)})
         tracker.client.set_tag(run_id, "samples_uri", str(samples.partition(plan.model_id)))
         tracker.log_artifact(run_id, ModelStore(spec.output_dir).folder(plan.model_id) / "card.json")
         tracker.log_artifact(run_id, samples.partition(plan.model_id) / "part-0.parquet", "samples")

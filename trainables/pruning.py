@@ -6,7 +6,6 @@ forward pass, so a pruned weight stays zero through any amount of fine-tuning.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -148,11 +147,14 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict with masks folded into the weights (loadable into an unpruned model)."""
-    plain = copy.deepcopy(model)
-    for _, m in prunable_layers(plain):
-        if prune.is_pruned(m) and hasattr(m, "weight_mask"):
-            prune.remove(m, "weight")
-    return {k: v.detach().cpu() for k, v in plain.state_dict().items()}
+    full, state = model.state_dict(), {}
+    for key, value in full.items():
+        if key.endswith(".weight_orig"):
+            stem = key[: -len("_orig")]
+            state[stem] = (value * full[stem + "_mask"]).detach().cpu()
+        elif not key.endswith(".weight_mask"):
+            state[key] = value.detach().cpu()
+    return state
 
 
 def measured_sparsity(model: nn.Module) -> float:

@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from trainables.data import load_digits
+from trainables.models import build_model
+from trainables.training import Recipe, make_optimizer, train_epoch
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def trained(digits):
+    """A digits CNN after 4 quick epochs of FGSM-RS training (eps 0.1)."""
+    torch.manual_seed(0)
+    model = build_model("digits-cnn", 1, 10, digits.mean, digits.std)
+    recipe = Recipe(trainer="fgsm-rs", epochs=4, lr=0.05, batch_size=64)
+    opt = make_optimizer(model.parameters(), recipe)
+    for epoch in range(recipe.epochs):
+        train_epoch(model, opt, digits.x_train, digits.y_train, recipe=recipe, eps=0.1,
+                    norm="Linf", seed=0, epoch=epoch, device="cpu")
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray cluster for the whole test session (ray.init costs seconds)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,79 @@
+"""Evaluation: shard-independence, AutoAttack equal to pyautoattack, FMN distances that are real."""
+import pandas as pd
+import pytest
+import torch
+from pyautoattack import AutoAttack
+
+from trainables.attacks import autoattack, fmn, lp_norm
+from trainables.evaluation import (EvalSettings, ThreatModel, block_ranges, evaluate_samples,
+                                   shard_ranges)
+
+THREAT = ThreatModel("Linf", 0.1)
+SETTINGS = EvalSettings(pgd_steps=5, fmn_steps=60, block_size=10, seed=3)
+N = 30
+
+
+def test_shard_ranges_cover_every_sample_once():
+    for n, block, shards in [(360, 60, 6), (361, 60, 4), (30, 10, 3), (7, 10, 3)]:
+        ranges = shard_ranges(n, block, shards)
+        covered = [i for s, e in ranges for i in range(s, e)]
+        assert covered == list(range(n))
+        assert all(s % block == 0 for s, _ in ranges)  # shards hold whole blocks
+    assert block_ranges(25, 47, 10) == [(25, 30), (30, 40), (40, 47)]
+
+
+def test_one_shard_equals_three_shards_row_for_row(trained, digits):
+    x, y = digits.x_test[:N], digits.y_test[:N]
+    whole = evaluate_samples(trained, x, y, 0, THREAT, SETTINGS, signed_fmn=True)
+    parts = [evaluate_samples(trained, x[s:e], y[s:e], s, THREAT, SETTINGS, signed_fmn=True)
+             for s, e in shard_ranges(N, SETTINGS.block_size, 3)]
+    sharded = pd.concat(parts, ignore_index=True)
+    assert len(shard_ranges(N, SETTINGS.block_size, 3)) == 3
+    pd.testing.assert_frame_equal(whole, sharded)
+    assert list(whole["sample_idx"]) == list(range(N))
+    # the attacks did real work: AA never above PGD, PGD never above clean
+    assert (whole["aa_correct"] <= whole["clean_correct"]).all()
+    assert whole["pgd_correct"].sum() <= whole["clean_correct"].sum()
+    assert whole["aa_correct"].sum() < whole["clean_correct"].sum()
+
+
+def test_autoattack_matches_pyautoattack_called_directly(trained, digits):
+    x, y = digits.x_test[:N], digits.y_test[:N]
+    robust, broken_by, x_adv = autoattack(trained, x, y, eps=0.1, norm="Linf",
+                                          version="standard", seed=7)
+    direct = AutoAttack(trained, eps=0.1, norm="Linf", version="standard", seed=7)
+    direct_adv, direct_pred = direct.run_standard_evaluation(x, y, batch_size=500)
+    assert torch.equal(robust, direct_pred == y)
+    assert torch.equal(x_adv, direct_adv)
+    assert (~robust).sum() > 0
+    clean_wrong = trained(x).argmax(1) != y
+    for i in range(N):  # broken_by names an attack exactly for samples correct clean, then lost
+        lost = bool(not robust[i] and not clean_wrong[i])
+        assert (broken_by[i] is not None) == lost
+        assert broken_by[i] in (None, "apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def test_fmn_point_flips_the_prediction_and_its_norm_is_the_distance(trained, digits):
+    x, y = digits.x_test[:N], digits.y_test[:N]
+    correct = trained(x).argmax(1) == y
+    x, y = x[correct], y[correct]
+    dist, found, x_adv = fmn(trained, x, y, norm="Linf", steps=100, step_size=1.0)
+    assert found.float().mean() > 0.9
+    with torch.no_grad():
+        pred = trained(x_adv).argmax(1)
+    assert torch.all(pred[found] != y[found])
+    assert torch.allclose(dist[found], lp_norm(x_adv - x, "Linf")[found])
+    assert torch.all(dist[found] > 0) and torch.all(dist[~found].isnan())
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_signed_fmn_is_negative_where_the_model_is_wrong(trained, digits):
+    x, y = digits.x_test[:120], digits.y_test[:120]
+    quick = EvalSettings(pgd_steps=1, fmn_steps=60, block_size=120, autoattack_version="rand")
+    rows = evaluate_samples(trained, x, y, 0, THREAT, quick, signed_fmn=True)
+    right, wrong = rows[rows.clean_correct], rows[~rows.clean_correct & rows.fmn_found]
+    assert len(wrong) > 0
+    assert (right.loc[right.fmn_found, "fmn_eps"] > 0).all()
+    assert (wrong["fmn_eps"] < 0).all()
+    unsigned = evaluate_samples(trained, x, y, 0, THREAT, quick, signed_fmn=False)
+    assert (unsigned.loc[~unsigned.clean_correct, "fmn_eps"] == 0).all()

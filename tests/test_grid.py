@@ -1,0 +1,153 @@
+"""End to end under Ray: a tiny grid with an injected crash, MLflow runs, Parquet rows, the report,
+`apgrid query`, a resume that redoes nothing, and an output folder that belongs to another grid."""
+import json
+
+import mlflow
+import pytest
+import yaml
+
+from grid.cli import main
+from grid.plan import all_models
+from grid.runner import launch, resume
+from grid.spec import parse_spec
+from grid.store import read_samples
+
+N_SAMPLES = 30
+
+
+def tiny_spec(output, **over):
+    raw = {
+        "name": "tiny", "output": str(output),
+        "threat_model": {"norm": "Linf", "eps": 0.1},
+        "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 3, "lr": 0.05, "batch_size": 64}},
+        "prune": {"methods": ["lwm-global", "hydra"], "sparsities": [0.9],
+                  "finetune": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128},
+                  "score": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128}},
+        "evaluation": {"num_samples": N_SAMPLES, "block_size": 10, "shards": 3, "actors": 2,
+                       "pgd_steps": 5, "fmn_steps": 50},
+        **over,
+    }
+    return parse_spec(raw)
+
+
+@pytest.fixture(scope="module")
+def finished_grid(ray_session, tmp_path_factory):
+    output = tmp_path_factory.mktemp("grid") / "out"
+    spec = tiny_spec(output)
+    fault = {"stage": "dense", "epoch": 1, "kind": "raise", "marker": str(output.parent / "faults")}
+    lines = []
+    launch(spec, fault=fault, log=lines.append)
+    return spec, output, lines
+
+
+def test_grid_writes_parquet_rows_once_per_model_and_sample(finished_grid):
+    spec, output, _ = finished_grid
+    samples = read_samples(output)
+    models = all_models(spec)
+    assert len(models) == 3
+    assert len(samples) == len(models) * N_SAMPLES
+    assert not samples.duplicated(["model_id", "sample_idx"]).any()
+    assert set(samples["model_id"]) == {m.model_id for m in models}
+    for column in ("grid", "dense_model_id", "role", "sparsity", "sparsity_measured", "label",
+                   "clean_correct", "logit_margin", "pgd_correct", "aa_correct", "aa_broken_by",
+                   "fmn_eps", "fmn_found", "norm", "eps", "autoattack_version"):
+        assert column in samples.columns, column
+    pruned = samples[samples.role == "pruned"]
+    assert pruned["sparsity_measured"].between(0.895, 0.905).all()
+    per_model = samples.groupby("model_id")[["pgd_correct", "aa_correct"]].sum()
+    assert (per_model["aa_correct"] <= per_model["pgd_correct"]).all()
+
+
+def test_crashed_trial_was_retried_from_its_checkpoint(finished_grid):
+    spec, output, lines = finished_grid
+    assert any("retrying from its last checkpoint" in line for line in lines)
+    mlflow.set_tracking_uri(spec.resolved_tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["tiny"],
+                              filter_string="tags.stage = 'dense'", output_format="list")
+    by_status = sorted((r.data.tags["attempt"], r.info.status) for r in runs)
+    assert by_status == [("1", "FAILED"), ("2", "FINISHED")]
+    retry = next(r for r in runs if r.info.status == "FINISHED")
+    client = mlflow.tracking.MlflowClient(spec.resolved_tracking_uri)
+    epochs = [m.value for m in client.get_metric_history(retry.info.run_id, "epoch")]
+    assert min(epochs) == 2 and max(epochs) == 3  # resumed after epoch 1, not from scratch
+
+
+def test_mlflow_runs_are_nested_tagged_and_closed(finished_grid):
+    spec, output, _ = finished_grid
+    mlflow.set_tracking_uri(spec.resolved_tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    grid_run = [r for r in runs if r.data.tags.get("level") == "grid"]
+    assert len(grid_run) == 1 and grid_run[0].info.status == "FINISHED"
+    evaluate = [r for r in runs if r.data.tags.get("stage") == "evaluate"]
+    assert len(evaluate) == 3
+    for run in runs:
+        assert run.info.status != "RUNNING"
+    for run in evaluate:
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == grid_run[0].info.run_id
+        for tag in ("model_id", "dense_model_id", "method", "arch", "dataset", "sparsity",
+                    "config_hash", "attempt"):
+            assert tag in tags
+        assert {"clean_acc", "pgd_acc", "aa_acc", "fmn_acc_at_eps"} <= set(run.data.metrics)
+    hydra = next(r for r in evaluate if r.data.tags["method"] == "hydra")
+    assert hydra.data.tags["pipeline"] == "A" and hydra.data.tags["scope"] == "local"
+
+
+def test_report_is_written(finished_grid):
+    _, output, _ = finished_grid
+    report = (output / "report" / "report.md").read_text()
+    assert "Table 1" in report and "Table 2" in report
+    assert len(list((output / "report").glob("*.png"))) == 1 + 2  # security curve + 2 fig2
+
+
+def test_query_lists_runs(finished_grid, capsys):
+    _, output, _ = finished_grid
+    assert main(["query", str(output), "--where", "method='hydra' and stage='evaluate'",
+                 "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1 and rows[0]["method"] == "hydra" and 0 <= rows[0]["aa_acc"] <= 1
+    assert main(["query", str(output), "--where", "sparsity>=0.5 and stage='prune'",
+                 "--format", "csv", "--columns", "model_id,status"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "model_id,status" and len(lines) == 3
+    assert main(["query", str(output), "--where", "colour='red'"]) == 2
+
+
+def test_status_shows_stages_and_attempts(finished_grid, capsys):
+    _, output, _ = finished_grid
+    assert main(["status", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert "analyze   done" in out and "attempt 2" in out
+
+
+def test_resume_of_a_finished_grid_redoes_nothing(finished_grid):
+    spec, output, _ = finished_grid
+    before = {p: p.stat().st_mtime_ns for p in output.glob("samples/**/*.parquet")}
+    lines = []
+    resume(output, log=lines.append)
+    assert any("0 to run" in line for line in lines if line.startswith("[dense]"))
+    assert any("0 to run" in line for line in lines if line.startswith("[prune]"))
+    after = {p: p.stat().st_mtime_ns for p in output.glob("samples/**/*.parquet")}
+    assert before == after
+    assert len(read_samples(output)) == 3 * N_SAMPLES
+
+
+def test_output_of_another_grid_is_refused(finished_grid, tmp_path, capsys):
+    _, output, _ = finished_grid
+    other = tmp_path / "other.yaml"
+    raw = yaml.safe_load((output / "spec.yaml").read_text())
+    raw["threat_model"]["eps"] = 0.2
+    other.write_text(yaml.safe_dump(raw))
+    files_before = sorted(output.rglob("*"))
+    assert main(["launch", str(other), "--output", str(output)]) == 2
+    assert "belongs to another grid" in capsys.readouterr().err
+    assert sorted(output.rglob("*")) == files_before
+
+
+def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
+    from grid.store import CheckpointError, ModelStore
+    store = ModelStore(tmp_path)
+    (store.folder("m")).mkdir(parents=True)
+    (store.folder("m") / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be loaded"):
+        store.load_weights("m")

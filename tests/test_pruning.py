@@ -1,0 +1,87 @@
+"""Pruning: exact sparsity for each method, masks that survive fine-tuning, HYDRA's score phase."""
+import copy
+
+import pytest
+import torch
+
+from trainables import pruning
+from trainables.training import Recipe, make_optimizer, train_epoch
+
+
+def finetune(model, digits, epochs=1):
+    recipe = Recipe(trainer="fgsm-rs", epochs=epochs, lr=0.05, batch_size=128)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
+    for epoch in range(epochs):
+        train_epoch(model, opt, digits.x_train, digits.y_train, recipe=recipe, eps=0.1,
+                    norm="Linf", seed=1, epoch=epoch, device="cpu")
+
+
+def layer_sparsities(model):
+    return [(m.weight == 0).float().mean().item() for _, m in pruning.prunable_layers(model)]
+
+
+@pytest.mark.parametrize("method", ["lwm-local", "lwm-global", "random"])
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.95])
+def test_one_shot_reaches_target_and_masks_survive_finetuning(trained, digits, method, sparsity):
+    model = copy.deepcopy(trained)
+    pruning.prune_one_shot(model, method, sparsity, seed=0)
+    assert pruning.measured_sparsity(model) == pytest.approx(sparsity, abs=0.005)
+    masks = pruning.masks_of(model)
+    finetune(model, digits)
+    for name, m in pruning.prunable_layers(model):
+        assert torch.all(m.weight[masks[name] == 0] == 0), name
+    assert pruning.measured_sparsity(model) == pytest.approx(sparsity, abs=0.005)
+
+
+def test_local_is_uniform_per_layer_and_global_is_not(trained):
+    local, glob = copy.deepcopy(trained), copy.deepcopy(trained)
+    pruning.prune_one_shot(local, "lwm-local", 0.9, seed=0)
+    pruning.prune_one_shot(glob, "lwm-global", 0.9, seed=0)
+    assert max(layer_sparsities(local)) - min(layer_sparsities(local)) < 0.01
+    assert max(layer_sparsities(glob)) - min(layer_sparsities(glob)) > 0.1
+    # global keeps exactly the largest |w| across layers
+    kept = torch.cat([m.weight_orig[m.weight_mask == 1].abs() for _, m in pruning.prunable_layers(glob)])
+    cut = torch.cat([m.weight_orig[m.weight_mask == 0].abs() for _, m in pruning.prunable_layers(glob)])
+    assert kept.min() >= cut.max()
+
+
+def test_hydra_scores_change_while_weights_stay_frozen(trained, digits):
+    model = copy.deepcopy(trained)
+    weights_before = {n: m.weight.detach().clone() for n, m in pruning.prunable_layers(model)}
+    scores = pruning.hydra_attach_scores(model, 0.9)
+    scores_before = [s.detach().clone() for s in scores]
+    # Sec. 3.4: scores start proportional to the weights
+    first = pruning.prunable_layers(model)[0][1]
+    ratio = scores_before[0] / first.parametrizations.weight.original
+    assert torch.allclose(ratio[torch.isfinite(ratio)], ratio[torch.isfinite(ratio)].flatten()[0])
+    recipe = Recipe(trainer="fgsm-rs", epochs=1, lr=0.1, batch_size=128)
+    opt = make_optimizer(scores, recipe)
+    train_epoch(model, opt, digits.x_train, digits.y_train, recipe=recipe, eps=0.1,
+                norm="Linf", seed=0, epoch=0, device="cpu")
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(scores_before, scores))
+    for name, m in pruning.prunable_layers(model):
+        assert torch.equal(m.parametrizations.weight.original, weights_before[name]), name
+    pruning.hydra_finalize(model)
+    assert pruning.measured_sparsity(model) == pytest.approx(0.9, abs=0.005)
+    masks = pruning.masks_of(model)
+    for name, m in pruning.prunable_layers(model):  # the kept weights are the top-k scores
+        assert torch.equal(m.weight_orig, weights_before[name])
+    finetune(model, digits)
+    for name, m in pruning.prunable_layers(model):
+        assert torch.all(m.weight[masks[name] == 0] == 0)
+
+
+def test_plain_state_dict_round_trip(trained):
+    model = copy.deepcopy(trained)
+    pruning.prune_one_shot(model, "lwm-global", 0.9, seed=0)
+    state, masks = pruning.plain_state_dict(model), pruning.masks_of(model)
+    fresh = copy.deepcopy(trained)
+    fresh.load_state_dict(state)
+    pruning.apply_masks(fresh, masks)
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_sparsity_outside_range_is_refused(trained):
+    with pytest.raises(ValueError, match="sparsity"):
+        pruning.prune_one_shot(copy.deepcopy(trained), "lwm-local", 1.0, seed=0)
