@@ -117,7 +117,9 @@ def _run(spec: GridSpec, fault: dict | None, log) -> Path:
     state = read_state(output)
     state["driver_runs"] = state.get("driver_runs", 0) + 1
     _write_state(output, state)
-    tracker = Tracker(spec.resolved_tracking_uri, spec.name)
+    local_store = spec.resolved_tracking_uri.startswith(("sqlite:", "file:"))
+    tracker = Tracker(spec.resolved_tracking_uri, spec.name,
+                      output / "mlartifacts" if local_store else None)
     closed = tracker.close_stale_runs()
     if closed:
         log(f"[apgrid] closed {closed} MLflow runs left RUNNING by a killed driver as KILLED")
@@ -211,7 +213,7 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
 
     ds = load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
     n = spec.evaluation.settings.num_samples or len(ds.y_test)
-    samples = SampleStore(spec.output_dir, spec.name)
+    samples, models = SampleStore(spec.output_dir, spec.name), ModelStore(spec.output_dir)
     plans = planner.all_models(spec)
     log(f"[evaluate] {len(plans)} models, {sum(samples.is_done(p.model_id) for p in plans)} "
         f"already evaluated, {n} test samples each")
@@ -220,12 +222,12 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
 
     def on_model_done(plan, rows):
         metrics = summarize(rows, spec.threat_model.eps)
-        card = ModelStore(spec.output_dir).card(plan.model_id)
         run_id = tracker.start_model_run(parent, plan, spec.dataset.name, "evaluate")
         tracker.client.log_batch(run_id, params=_params(eval_params))
-        tracker.log_metrics(run_id, {**metrics, "measured_sparsity": card.get("measured_sparsity", 0)})
+        tracker.log_metrics(run_id, {**metrics,
+                                     "measured_sparsity": float(rows["sparsity_measured"].iloc[0])})
         tracker.client.set_tag(run_id, "samples_uri", str(samples.partition(plan.model_id)))
-        tracker.log_artifact(run_id, ModelStore(spec.output_dir).folder(plan.model_id) / "card.json")
+        tracker.log_artifact(run_id, models.folder(plan.model_id) / "card.json")
         tracker.log_artifact(run_id, samples.partition(plan.model_id) / "part-0.parquet", "samples")
         tracker.end(run_id, "FINISHED")
         log(f"[evaluate] {plan.model_id}: clean {metrics['clean_acc']:.3f}  "

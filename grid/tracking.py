@@ -66,14 +66,18 @@ def clean_metrics(metrics: dict) -> dict[str, float]:
 
 
 class Tracker:
-    def __init__(self, uri: str, grid_name: str):
+    def __init__(self, uri: str, grid_name: str, artifact_root: Path | None = None):
+        """`artifact_root`: where a new experiment keeps its artifacts. Without it a SQLite store
+        would put them in ./mlruns of whatever folder apgrid was started from."""
         self.uri = uri
         self.client = _client(uri)
         self.grid_name = grid_name
+        location = artifact_root.resolve().as_uri() if artifact_root is not None else None
         try:
             exp = self.client.get_experiment_by_name(grid_name)
-            self.experiment_id = (exp.experiment_id if exp is not None
-                                  else self.client.create_experiment(grid_name))
+            self.experiment_id = (exp.experiment_id if exp is not None else
+                                  self.client.create_experiment(grid_name,
+                                                                artifact_location=location))
         except Exception as exc:
             raise TrackingError(f"tracking_uri: {uri} cannot be used ({str(exc)[:160]})") from None
 

@@ -93,6 +93,16 @@ def test_mlflow_runs_are_nested_tagged_and_closed(finished_grid):
     assert hydra.data.tags["pipeline"] == "A" and hydra.data.tags["scope"] == "local"
 
 
+def test_mlflow_artifacts_stay_inside_the_output_folder(finished_grid):
+    spec, output, _ = finished_grid
+    client = mlflow.tracking.MlflowClient(spec.resolved_tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.stage = 'evaluate'",
+                              output_format="list")
+    for run in runs:
+        assert run.info.artifact_uri.startswith((output / "mlartifacts").as_uri())
+        assert "card.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
 def test_report_is_written(finished_grid):
     _, output, _ = finished_grid
     report = (output / "report" / "report.md").read_text()
