@@ -1,7 +1,11 @@
 """Datasets as plain tensors: images in [0, 1], shape (N, C, H, W), integer labels.
 
-digits (scikit-learn, shipped in the package) is the embedded default; CIFAR-10 is read from the
-official binary release (`cifar-10-batches-bin/`) or from torchvision's layout (`cifar-10-batches-py/`).
+digits (scikit-learn, shipped in the package) is the embedded default. CIFAR-10 and CIFAR-100 are
+read from the official binary releases (`cifar-10-batches-bin/`, `cifar-100-binary/`) or from
+torchvision's layouts (`cifar-10-batches-py/`, `cifar-100-python/`); SVHN from torchvision's
+`train_32x32.mat` / `test_32x32.mat`. `download: true` fetches through torchvision. The files are
+parsed here rather than by torchvision's classes, which refuse any file whose MD5 differs (so the
+tests can use small files in the real formats).
 """
 
 from __future__ import annotations
@@ -36,8 +40,27 @@ class DatasetError(ValueError):
     """The dataset cannot be found or read; the message names the path."""
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a researcher needs to know before choosing ε: classes, image size, conventions."""
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    eps_conventions: str
+
+
+DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
+    DatasetInfo("digits", 10, (1, 8, 8), "Linf 0.1 (apgrid demo; pixels scaled from 0..16 to [0, 1])"),
+    DatasetInfo("cifar10", 10, (3, 32, 32), "Linf 8/255 (all three papers), L2 0.5"),
+    DatasetInfo("cifar100", 100, (3, 32, 32), "Linf 8/255 (compressed-models paper), L2 0.5"),
+    DatasetInfo("svhn", 10, (3, 32, 32), "Linf 8/255 (survey; HYDRA trains SVHN at 8/255)"),
+)}
+
+
 def load_dataset(name: str, root: str | None = None, download: bool = False) -> Dataset:
-    loaders = {"digits": lambda: load_digits(), "cifar10": lambda: load_cifar10(root, download)}
+    loaders = {"digits": lambda: load_digits(), "cifar10": lambda: load_cifar10(root, download),
+               "cifar100": lambda: load_cifar100(root, download),
+               "svhn": lambda: load_svhn(root, download)}
     if name not in loaders:
         raise DatasetError(f"dataset: unknown '{name}'; allowed: {', '.join(sorted(loaders))}")
     return loaders[name]()
@@ -77,34 +100,101 @@ def load_cifar10(root: str | None, download: bool = False) -> Dataset:
 
 def _read_cifar10_binary(folder: Path):
     """Official binary layout: records of 1 label byte + 3,072 pixel bytes (R, G, B planes)."""
-    def read(files):
-        raw = []
-        for name in files:
-            path = folder / name
-            if not path.is_file():
-                raise DatasetError(f"dataset.root: missing {path}")
-            data = np.fromfile(path, dtype=np.uint8)
-            if data.size % 3073:
-                raise DatasetError(f"dataset.root: {path} is truncated ({data.size} bytes)")
-            raw.append(data.reshape(-1, 3073))
-        records = np.concatenate(raw)
-        images = records[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
-        return images, records[:, 0].astype(np.int64)
+    train = [_read_records(folder / f"data_batch_{i}.bin", label_bytes=1) for i in range(1, 6)]
+    x_te, y_te = _read_records(folder / "test_batch.bin", label_bytes=1)
+    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_te, y_te)
 
-    x_tr, y_tr = read([f"data_batch_{i}.bin" for i in range(1, 6)])
-    x_te, y_te = read(["test_batch.bin"])
-    return x_tr, y_tr, x_te, y_te
+
+def _require_root(name: str, root: str | None, download: bool) -> Path:
+    if root is None:
+        raise DatasetError(f"dataset.root: {name} needs a folder holding its files")
+    path = Path(root).expanduser()
+    if download:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_cifar100(root: str | None, download: bool = False) -> Dataset:
+    """CIFAR-100 with its 100 fine labels."""
+    root_path = _require_root("cifar100", root, download)
+    if (root_path / "cifar-100-binary").is_dir():
+        folder = root_path / "cifar-100-binary"
+        x_tr, y_tr = _read_records(folder / "train.bin", label_bytes=2)
+        x_te, y_te = _read_records(folder / "test.bin", label_bytes=2)
+    else:
+        if not (root_path / "cifar-100-python").is_dir():
+            if not download:
+                raise DatasetError(f"dataset.root: no cifar-100-binary/ or cifar-100-python/ in "
+                                   f"{root_path} (fetch it, or set dataset.download: true)")
+            from torchvision.datasets import CIFAR100
+            CIFAR100(str(root_path), download=True)
+        x_tr, y_tr = _read_cifar_pickle(root_path / "cifar-100-python" / "train", "fine_labels")
+        x_te, y_te = _read_cifar_pickle(root_path / "cifar-100-python" / "test", "fine_labels")
+    ds = _from_numpy("cifar100", x_tr, y_tr, x_te, y_te, num_classes=100)
+    return ds
+
+
+def _read_records(path: Path, label_bytes: int):
+    """Binary CIFAR records: label byte(s) then 3,072 pixel bytes; CIFAR-100 stores
+    (coarse, fine) labels and apgrid uses the fine one."""
+    if not path.is_file():
+        raise DatasetError(f"dataset.root: missing {path}")
+    size = label_bytes + 3072
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size % size:
+        raise DatasetError(f"dataset.root: {path} is truncated ({data.size} bytes)")
+    records = data.reshape(-1, size)
+    images = records[:, label_bytes:].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
+    return images, records[:, label_bytes - 1].astype(np.int64)
+
+
+def _read_cifar_pickle(path: Path, label_key: str):
+    """torchvision's python layout (the official pickle files; trusted data, as torchvision does)."""
+    import pickle
+    if not path.is_file():
+        raise DatasetError(f"dataset.root: missing {path}")
+    try:
+        with open(path, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+        images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+    except Exception as exc:
+        raise DatasetError(f"dataset.root: {path} is not a CIFAR pickle ({type(exc).__name__})") from None
+    return images.astype(np.float32) / 255.0, labels
+
+
+def load_svhn(root: str | None, download: bool = False) -> Dataset:
+    """SVHN cropped digits (train split only, as the survey and HYDRA use it); label 10 means 0."""
+    from scipy.io import loadmat
+    root_path = _require_root("svhn", root, download)
+
+    def read(split):
+        path = root_path / f"{split}_32x32.mat"
+        if not path.is_file():
+            if not download:
+                raise DatasetError(f"dataset.root: missing {path} (fetch it, or set dataset.download: true)")
+            from torchvision.datasets import SVHN
+            SVHN(str(root_path), split=split, download=True)
+        try:
+            mat = loadmat(str(path))
+            images = np.transpose(mat["X"], (3, 2, 0, 1)).astype(np.float32) / 255.0  # HWCN -> NCHW
+            labels = mat["y"].astype(np.int64).reshape(-1) % 10
+        except Exception as exc:
+            raise DatasetError(f"dataset.root: {path} is not an SVHN .mat file ({type(exc).__name__})") from None
+        return images, labels
+
+    return _from_numpy("svhn", *read("train"), *read("test"), num_classes=10)
 
 
 def _read_cifar10_torchvision(root: Path, download: bool):
-    from torchvision.datasets import CIFAR10
-
-    def read(train):
-        ds = CIFAR10(str(root), train=train, download=download)
-        images = ds.data.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # NHWC uint8 -> NCHW
-        return images, np.asarray(ds.targets, dtype=np.int64)
-
-    return (*read(True), *read(False))
+    folder = root / "cifar-10-batches-py"
+    if not folder.is_dir():
+        from torchvision.datasets import CIFAR10
+        root.mkdir(parents=True, exist_ok=True)
+        CIFAR10(str(root), download=download)
+    train = [_read_cifar_pickle(folder / f"data_batch_{i}", "labels") for i in range(1, 6)]
+    x_te, y_te = _read_cifar_pickle(folder / "test_batch", "labels")
+    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_te, y_te)
 
 
 def _from_numpy(name, x_tr, y_tr, x_te, y_te, num_classes) -> Dataset:

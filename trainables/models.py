@@ -37,53 +37,179 @@ def cifar_cnn(in_channels: int, num_classes: int) -> nn.Module:
         nn.Flatten(), nn.Linear(128 * 4 * 4, 256), nn.ReLU(), nn.Linear(256, num_classes))
 
 
+def cifar_small(in_channels: int, num_classes: int) -> nn.Module:
+    """The smallest 32x32 CNN (~0.1M weights, ~3M multiply-adds): CPU-scale CIFAR-10 grids with
+    AutoAttack on 1,000 samples (cifar-cnn costs ten times more per query)."""
+    def block(c_in, c_out):
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*block(in_channels, 16), *block(16, 32), *block(32, 64),
+                         nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, c_in, c_out, stride):
+    def __init__(self, c_in, planes, stride):
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
+        self.conv1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = _shortcut(c_in, planes * self.expansion, stride)
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, c_in, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.shortcut = _shortcut(c_in, planes * 4, stride)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        return torch.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+def _shortcut(c_in, c_out, stride) -> nn.Module:
+    if stride == 1 and c_in == c_out:
+        return nn.Sequential()
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+
 class CifarResNet(nn.Module):
     """ResNet for 32x32 inputs (He et al. 2016, CIFAR variant: 3x3 stem, no max-pool)."""
 
-    def __init__(self, blocks_per_stage, in_channels=3, num_classes=10):
+    def __init__(self, block, blocks_per_stage, in_channels=3, num_classes=10):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         layers, c_in = [], 64
-        for i, (c_out, n) in enumerate(zip((64, 128, 256, 512), blocks_per_stage)):
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), blocks_per_stage)):
             for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                layers.append(BasicBlock(c_in, c_out, stride))
-                c_in = c_out
+                layers.append(block(c_in, planes, 2 if (i > 0 and j == 0) else 1))
+                c_in = planes * block.expansion
         self.layers = nn.Sequential(*layers)
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(c_in, num_classes)
 
     def forward(self, x):
         out = self.layers(torch.relu(self.bn1(self.conv1(x))))
         return self.linear(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
 
 
-VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+class WideBlock(nn.Module):
+    """Pre-activation wide basic block (Zagoruyko & Komodakis 2016)."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = (nn.Sequential() if stride == 1 and c_in == c_out
+                         else nn.Conv2d(c_in, c_out, 1, stride, bias=False))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(x))
+        short = x if isinstance(self.shortcut, nn.Sequential) else self.shortcut(out)
+        out = self.conv2(torch.relu(self.bn2(self.conv1(out))))
+        return out + short
 
 
-def vgg16_bn(in_channels: int, num_classes: int) -> nn.Module:
-    """VGG-16 with batch norm, CIFAR variant (one linear classifier on the 512-d feature)."""
+class WideResNet(nn.Module):
+    def __init__(self, depth, widen, in_channels=3, num_classes=10):
+        super().__init__()
+        n = (depth - 4) // 6
+        widths = (16, 16 * widen, 32 * widen, 64 * widen)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        blocks, c_in = [], widths[0]
+        for stage, c_out in enumerate(widths[1:]):
+            for j in range(n):
+                blocks.append(WideBlock(c_in, c_out, 2 if (stage > 0 and j == 0) else 1))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(c_in)
+        self.linear = nn.Linear(c_in, num_classes)
+
+    def forward(self, x):
+        out = torch.relu(self.bn(self.blocks(self.conv1(x))))
+        return self.linear(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, c_in, growth):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, 4 * growth, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4 * growth)
+        self.conv2 = nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        out = self.conv1(torch.relu(self.bn1(x)))
+        return torch.cat([self.conv2(torch.relu(self.bn2(out))), x], 1)
+
+
+class DenseNet(nn.Module):
+    """DenseNet-BC for 32x32 inputs (Huang et al. 2017; growth 32, compression 0.5)."""
+
+    def __init__(self, blocks=(6, 12, 24, 16), growth=32, in_channels=3, num_classes=10):
+        super().__init__()
+        c = 2 * growth
+        self.conv1 = nn.Conv2d(in_channels, c, 3, padding=1, bias=False)
+        stages = []
+        for i, n in enumerate(blocks):
+            for _ in range(n):
+                stages.append(DenseLayer(c, growth))
+                c += growth
+            if i < len(blocks) - 1:
+                stages += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False),
+                           nn.AvgPool2d(2)]
+                c //= 2
+        self.features = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(c)
+        self.linear = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        out = torch.relu(self.bn(self.features(self.conv1(x))))
+        return self.linear(torch.flatten(nn.functional.avg_pool2d(out, 4), 1))
+
+
+MOBILENET_CFG = (64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024)
+
+
+def mobilenet_v1(in_channels: int, num_classes: int) -> nn.Module:
+    """MobileNetV1 (Howard et al. 2017), CIFAR variant: stride-1 stem, depthwise-separable blocks."""
+    layers, c_in = [nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU()], 32
+    for item in MOBILENET_CFG:
+        c_out, stride = item if isinstance(item, tuple) else (item, 1)
+        layers += [nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False),
+                   nn.BatchNorm2d(c_in), nn.ReLU(),
+                   nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+        c_in = c_out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+
+
+VGG_CFGS = {
+    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+         512, 512, 512, 512, "M"),
+}
+
+
+def vgg_bn(depth: int, in_channels: int, num_classes: int) -> nn.Module:
+    """VGG with batch norm, CIFAR variant (one linear classifier on the 512-d feature)."""
     layers, c_in = [], in_channels
-    for v in VGG16_CFG:
+    for v in VGG_CFGS[depth]:
         if v == "M":
             layers.append(nn.MaxPool2d(2))
         else:
@@ -95,9 +221,20 @@ def vgg16_bn(in_channels: int, num_classes: int) -> nn.Module:
 ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "digits-cnn": digits_cnn,
     "cifar-cnn": cifar_cnn,
-    "resnet18": lambda c, k: CifarResNet((2, 2, 2, 2), c, k),
-    "vgg16": vgg16_bn,
+    "cifar-small": cifar_small,
+    "resnet18": lambda c, k: CifarResNet(BasicBlock, (2, 2, 2, 2), c, k),
+    "resnet34": lambda c, k: CifarResNet(BasicBlock, (3, 4, 6, 3), c, k),
+    "resnet50": lambda c, k: CifarResNet(Bottleneck, (3, 4, 6, 3), c, k),
+    "vgg16": lambda c, k: vgg_bn(16, c, k),
+    "vgg19": lambda c, k: vgg_bn(19, c, k),
+    "wrn-28-4": lambda c, k: WideResNet(28, 4, c, k),
+    "wrn-28-10": lambda c, k: WideResNet(28, 10, c, k),
+    "densenet121": lambda c, k: DenseNet((6, 12, 24, 16), 32, c, k),
+    "mobilenetv1": mobilenet_v1,
 }
+
+# Models meant for 32x32 inputs only; the small CNNs take any size their pooling allows.
+MIN_IMAGE_SIZE = {name: 32 for name in ARCHITECTURES if name not in ("digits-cnn",)}
 
 
 def build_model(arch: str, in_channels: int, num_classes: int, mean, std) -> nn.Module:
@@ -105,6 +242,37 @@ def build_model(arch: str, in_channels: int, num_classes: int, mean, std) -> nn.
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch: unknown '{arch}'; allowed: {', '.join(sorted(ARCHITECTURES))}")
     return nn.Sequential(Normalize(mean, std), ARCHITECTURES[arch](in_channels, num_classes))
+
+
+def fit_to_state(model: nn.Module, state: dict) -> nn.Module:
+    """Resize conv, linear and batch-norm layers to the shapes in `state` (a model whose filters
+    were physically removed by structured pruning), so that load_state_dict accepts it."""
+    for name, m in model.named_modules():
+        key = f"{name}.weight" if name else "weight"
+        if key not in state or tuple(state[key].shape) == tuple(getattr(m, "weight", torch.empty(0)).shape):
+            continue
+        shape = state[key].shape
+        if isinstance(m, nn.Conv2d):
+            depthwise = m.groups > 1 and m.groups == m.in_channels
+            m.out_channels = shape[0]
+            m.groups = shape[0] if depthwise else m.groups
+            m.in_channels = shape[0] if depthwise else shape[1] * m.groups
+        elif isinstance(m, nn.Linear):
+            m.out_features, m.in_features = shape
+        elif isinstance(m, nn.BatchNorm2d):
+            m.num_features = shape[0]
+            for buf in ("running_mean", "running_var"):
+                setattr(m, buf, torch.empty(shape))
+        else:
+            continue
+        m.weight = nn.Parameter(torch.empty(shape))
+        if getattr(m, "bias", None) is not None:
+            m.bias = nn.Parameter(torch.empty(state[f"{name}.bias"].shape))
+    return model
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
