@@ -39,13 +39,16 @@ def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
-        step_size: float, norm: str = "Linf", init_noise: torch.Tensor | None = None) -> torch.Tensor:
-    """PGD with cross-entropy (Madry et al. 2018, Sec. 2); `init_noise` is the random start."""
+        step_size: float, norm: str = "Linf", init_noise: torch.Tensor | None = None,
+        loss_fn=None) -> torch.Tensor:
+    """PGD maximising cross-entropy (Madry et al. 2018, Sec. 2), or `loss_fn(logits)` when given
+    (TRADES maximises a KL divergence); `init_noise` is the random start."""
+    loss_fn = loss_fn or (lambda logits: F.cross_entropy(logits, y))
     delta = torch.zeros_like(x) if init_noise is None else init_noise.to(x.device).clone()
     delta = ((x + _project(delta, eps, norm)).clamp(0, 1) - x).detach()
     for _ in range(steps):
         delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta), y)
+        loss = loss_fn(model(x + delta))
         (grad,) = torch.autograd.grad(loss, delta)
         step = grad.sign() if norm == "Linf" else _normalize_l2(grad)
         delta = _project(delta.detach() + step_size * step, eps, norm)

@@ -27,6 +27,7 @@ class ThreatModel:
 @dataclass(frozen=True)
 class EvalSettings:
     num_samples: int | None = None  # None: the whole test split
+    autoattack_samples: int | None = None  # AutoAttack on the first N only (None: all of them)
     pgd_steps: int = 10
     pgd_step_size: float | None = None  # default 2.5 eps / steps (Madry et al.)
     autoattack_version: str = "standard"
@@ -81,19 +82,34 @@ def evaluate_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, first_idx
     with torch.inference_mode():
         pgd_correct = (model(x_pgd).argmax(1).cpu() == y) & clean_correct
 
-    aa_robust, broken_by, _ = autoattack(
-        model, x, y, eps=threat.eps, norm=threat.norm, version=settings.autoattack_version,
-        seed=settings.seed * 1_000_003 + first_idx, batch_size=settings.batch_size, device=device)
+    aa_robust, broken_by = autoattack_subset(model, x, y, idx, threat, settings, device)
 
     fmn_eps, fmn_found = fmn_distances(model, x, y, clean_correct, threat, settings, signed_fmn)
     return pd.DataFrame({
         "sample_idx": idx.numpy(), "label": y.numpy(), "clean_pred": clean_pred.numpy(),
         "clean_correct": clean_correct.numpy(),
         "logit_margin": logit_margin(logits.float(), yd).cpu().numpy(),
-        "pgd_correct": pgd_correct.numpy(), "aa_correct": aa_robust.numpy(),
+        "pgd_correct": pgd_correct.numpy(), "aa_correct": aa_robust,
         "aa_broken_by": pd.array(broken_by, dtype="string"),
         "fmn_eps": fmn_eps.numpy(), "fmn_found": fmn_found.numpy(),
     })
+
+
+def autoattack_subset(model, x, y, idx, threat: ThreatModel, settings: EvalSettings, device):
+    """AutoAttack on the samples with index < autoattack_samples (all when None); the others get
+    <NA>, so AutoAttack on 1,000 samples and FMN on 10,000 can share one table."""
+    limit = settings.autoattack_samples
+    robust = pd.array([pd.NA] * len(y), dtype="boolean")
+    broken_by = pd.array([pd.NA] * len(y), dtype="string")
+    chosen = torch.arange(len(y)) if limit is None else torch.nonzero(idx < limit).flatten()
+    if len(chosen):
+        seed = settings.seed * 1_000_003 + int(idx[0])
+        ok, by, _ = autoattack(model, x[chosen], y[chosen], eps=threat.eps, norm=threat.norm,
+                               version=settings.autoattack_version, seed=seed,
+                               batch_size=settings.batch_size, device=device)
+        robust[chosen.numpy()] = ok.numpy()
+        broken_by[chosen.numpy()] = list(by)
+    return robust, broken_by
 
 
 def fmn_distances(model, x, y, clean_correct, threat: ThreatModel, settings: EvalSettings,

@@ -30,12 +30,41 @@ PRUNING_METHODS: dict[str, PruningMethod] = {m.name: m for m in (
                   "layer-wise magnitude: drop the smallest |w| of each layer, then fine-tune"),
     PruningMethod("lwm-global", "A", False, "global", "weight magnitude",
                   "global magnitude: one |w| threshold across all layers, then fine-tune"),
+    PruningMethod("lamp", "A", False, "global", "LAMP score",
+                  "LAMP (Lee et al. 2021): global ranking of layer-adaptive magnitude scores, i.e. "
+                  "LWM with a global LAMP allocation of per-layer sparsity, then fine-tune"),
     PruningMethod("random", "A", False, "local", "random",
                   "random unstructured masks per layer (a baseline), then fine-tune"),
     PruningMethod("hydra", "A", False, "local", "optimised importance score",
                   "HYDRA (Sehwag et al. 2020): learn scores under the adversarial loss with weights "
                   "frozen, keep the top-k per layer, then fine-tune the weights"),
+    PruningMethod("r-admm", "A", False, "local", "ADMM-optimised magnitude",
+                  "R-ADMM (Ye et al. 2019): adversarial ADMM phase pulling W towards the sparse "
+                  "set, hard prune, masked adversarial retraining; irregular or filter sparsity"),
+    PruningMethod("atmc", "D", False, "local", "ADMM-optimised magnitude + quantisation",
+                  "ATMC (Gui et al. 2019): adversarial training constrained to sparse, k-bit "
+                  "quantised weights by ADMM; model size recorded in bits"),
+    PruningMethod("filter-l1", "A", True, "local", "filter L1 norm",
+                  "structured: remove the filters of smallest L1 norm (Li et al. 2017) with "
+                  "torch-pruning, one-shot or iterative, fine-tuning after each step"),
+    PruningMethod("filter-l2", "A", True, "local", "filter L2 norm",
+                  "structured: remove the filters of smallest L2 norm, one-shot or iterative"),
+    PruningMethod("filter-gm", "A", True, "local", "geometric median (FPGM)",
+                  "structured: remove the filters closest to the geometric median of their layer "
+                  "(He et al. 2019), one-shot or iterative"),
+    PruningMethod("boundary-aware", "A", False, "global", "weight magnitude + boundary weighting",
+                  "apgrid's boundary-aware fine-tuning: global magnitude masks, then adversarial "
+                  "fine-tuning that up-weights samples near the dense model's decision boundary"),
 )}
+
+# Options a spec may set per method, with their defaults (validated in grid/spec.py).
+METHOD_OPTIONS: dict[str, dict] = {
+    "r-admm": {"rho": 1.0, "sparsity_type": "irregular", "layer_sparsity": {}},
+    "atmc": {"rho": 1.0, "bits": 8},
+    "filter-l1": {"steps": 1}, "filter-l2": {"steps": 1}, "filter-gm": {"steps": 1},
+    "boundary-aware": {"alpha": 2.0},
+}
+SEARCH_PHASE = ("hydra", "r-admm", "atmc")  # methods whose masks come from a trained phase
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -59,6 +88,29 @@ def prune_magnitude(model: nn.Module, sparsity: float, scope: str) -> None:
     else:
         for _, m in layers:
             prune.l1_unstructured(m, "weight", amount=sparsity)
+
+
+def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """LAMP score (Lee et al. 2021, Eq. 2): w_u^2 / sum_{v >= u} w_v^2 over the layer's weights
+    sorted by ascending magnitude; the largest weight of every layer scores 1."""
+    flat = weight.detach().flatten() ** 2
+    order = flat.argsort()
+    sorted_sq = flat[order]
+    tail = sorted_sq.flip(0).cumsum(0).flip(0)  # sum over v >= u
+    scores = torch.empty_like(flat)
+    scores[order] = sorted_sq / tail.clamp_min(1e-30)
+    return scores.view_as(weight)
+
+
+def prune_lamp(model: nn.Module, sparsity: float) -> None:
+    check_sparsity(sparsity)
+    layers = [m for _, m in prunable_layers(model)]
+    scores = [lamp_scores(m.weight) for m in layers]
+    flat = torch.cat([s.flatten() for s in scores])
+    keep = torch.zeros_like(flat)
+    keep[flat.topk(kept_count(flat.numel(), sparsity)).indices] = 1.0
+    for m, chunk in zip(layers, keep.split([s.numel() for s in scores])):
+        prune.custom_from_mask(m, "weight", chunk.view_as(m.weight))
 
 
 def prune_random(model: nn.Module, sparsity: float, seed: int) -> None:
@@ -157,23 +209,37 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def measured_sparsity(model: nn.Module) -> float:
-    """Fraction of zero weights over all prunable layers."""
-    zeros = total = 0
+def nonzero_count(model: nn.Module) -> int:
+    """Non-zero parameters (weights, biases, batch-norm affine), masks folded in."""
+    state = plain_state_dict(model)
+    names = {name.removesuffix("_orig") for name, _ in model.named_parameters()}
+    return sum(int((state[name] != 0).sum()) for name in names)
+
+
+def prunable_weight_count(model: nn.Module) -> int:
+    return sum(m.weight.numel() for _, m in prunable_layers(model))
+
+
+def measured_sparsity(model: nn.Module, dense_count: int | None = None) -> float:
+    """Fraction of the dense model's prunable weights (conv and linear) that are zero or, after
+    structured pruning, gone; `dense_count` is the dense model's prunable weight count."""
+    nonzero = total = 0
     for _, m in prunable_layers(model):
-        zeros += (m.weight == 0).sum().item()
+        nonzero += (m.weight != 0).sum().item()
         total += m.weight.numel()
-    return zeros / total
+    return 1 - nonzero / (dense_count or total)
 
 
 def prune_one_shot(model: nn.Module, method: str, sparsity: float, seed: int) -> None:
     """Apply the masks of a one-shot criterion (every method but HYDRA's score phase)."""
     if method == "lwm-local":
         prune_magnitude(model, sparsity, "local")
-    elif method == "lwm-global":
+    elif method in ("lwm-global", "boundary-aware"):  # boundary-aware changes the loss, not the mask
         prune_magnitude(model, sparsity, "global")
+    elif method == "lamp":
+        prune_lamp(model, sparsity)
     elif method == "random":
         prune_random(model, sparsity, seed)
     else:
         raise ValueError(f"method: '{method}' is not a one-shot criterion; "
-                         f"allowed: lwm-local, lwm-global, random")
+                         f"allowed: lwm-local, lwm-global, lamp, random")

@@ -14,20 +14,21 @@ from torch import nn
 
 from trainables.attacks import fgsm_rs, pgd
 
-TRAINERS = ("pgd", "fgsm-rs", "clean")
+TRAINERS = ("pgd", "trades", "fgsm-rs", "clean")
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How to (re)train: the adversarial trainer and its optimiser."""
-    trainer: str = "pgd"          # pgd (Madry et al. 2018) | fgsm-rs (Wong et al. 2020) | clean
+    trainer: str = "pgd"  # pgd (Madry et al. 2018) | trades (Zhang et al. 2019) | fgsm-rs (Wong et al. 2020) | clean
     epochs: int = 10
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 128
     pgd_steps: int = 7            # PGD-AT inner steps
-    step_size: float | None = None  # default: 2.5 eps / steps for PGD, 1.25 eps for FGSM-RS
+    step_size: float | None = None  # default: 2.5 eps / steps for PGD/TRADES, 1.25 eps for FGSM-RS
+    beta: float = 6.0             # TRADES trade-off between clean CE and the robust KL term
 
 
 def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
@@ -47,16 +48,38 @@ def adversarial_examples(model, x, y, recipe: Recipe, eps: float, norm: str) -> 
     if recipe.trainer == "fgsm-rs":
         return fgsm_rs(model, x, y, eps=eps, step_size=recipe.step_size)
     step = recipe.step_size or 2.5 * eps / recipe.pgd_steps
+    if recipe.trainer == "trades":  # maximise KL(f(x) || f(x')) from x + 0.001 N(0, I) (Alg. 1)
+        with torch.no_grad():
+            p_clean = F.softmax(model(x), dim=1)
+        kl = lambda logits: F.kl_div(F.log_softmax(logits, 1), p_clean, reduction="sum")  # noqa: E731
+        return pgd(model, x, y, eps=eps, steps=recipe.pgd_steps, step_size=step, norm=norm,
+                   init_noise=0.001 * torch.randn_like(x), loss_fn=kl)
     noise = (torch.rand_like(x) * 2 - 1) * eps
     return pgd(model, x, y, eps=eps, steps=recipe.pgd_steps, step_size=step, norm=norm,
                init_noise=noise)
 
 
+def per_sample_loss(model, x, x_adv, y, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss of each sample, and the logits it was computed on (for accuracy)."""
+    logits_adv = model(x_adv)
+    if recipe.trainer != "trades":
+        return F.cross_entropy(logits_adv, y, reduction="none"), logits_adv
+    # TRADES (Zhang et al. 2019, Eq. 5): CE(f(x), y) + beta * KL(f(x) || f(x_adv))
+    logits = model(x)
+    kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="none").sum(1)
+    return F.cross_entropy(logits, y, reduction="none") + recipe.beta * kl, logits_adv
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x_train: torch.Tensor,
                 y_train: torch.Tensor, *, recipe: Recipe, eps: float, norm: str, seed: int,
-                epoch: int, device: torch.device) -> dict:
+                epoch: int, device: torch.device, sample_weights: torch.Tensor | None = None,
+                penalty=None, after_step=None) -> dict:
     """One epoch of adversarial training on whatever `optimizer` holds (the weights, or HYDRA's
-    scores with the weights frozen); returns mean loss and accuracy on the adversarial batches."""
+    scores with the weights frozen); returns mean loss and accuracy on the adversarial batches.
+
+    sample_weights: a weight per training sample (boundary-aware fine-tuning); penalty(): a term
+    added to every batch loss (ADMM's rho/2 ||W - Z + U||^2); after_step(): run after every
+    optimiser step (projections)."""
     torch.manual_seed(seed * 10_007 + epoch)
     for group in optimizer.param_groups:
         group["lr"] = lr_at(recipe, epoch)
@@ -68,11 +91,15 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x_train: tor
         model.eval()  # craft attacks with fixed BN statistics, as in most AT code
         x_adv = adversarial_examples(model, x, y, recipe, eps, norm)
         model.train()
-        logits = model(x_adv)
-        loss = F.cross_entropy(logits, y)
+        losses, logits = per_sample_loss(model, x, x_adv, y, recipe)
+        if sample_weights is not None:
+            losses = losses * sample_weights[idx].to(device)
+        loss = losses.mean() + (penalty() if penalty else 0.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step:
+            after_step()
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)

@@ -1,0 +1,141 @@
+"""Every pruning method of the registry, run through PruneJob on digits: target sparsity (or the
+right filters removed), a model that still runs, and each method's own defining property."""
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from trainables import admm, pruning, structured
+from trainables.boundary import boundary_weights, linearized_distance
+from trainables.pipeline import PruneJob, PruneSettings
+from trainables.training import Recipe
+
+QUICK = Recipe(trainer="fgsm-rs", epochs=1, lr=0.01, batch_size=128)
+SEARCH = Recipe(trainer="fgsm-rs", epochs=1, lr=0.05, batch_size=128)
+UNSTRUCTURED = [m for m, spec in pruning.PRUNING_METHODS.items() if not spec.structured]
+STRUCTURED = [m for m, spec in pruning.PRUNING_METHODS.items() if spec.structured]
+
+
+def run_job(trained, digits, method, sparsity, options=None, finetune=QUICK, **callbacks):
+    model = copy.deepcopy(trained)
+    settings = PruneSettings(method=method, sparsity=sparsity, seed=0, eps=0.1, norm="Linf",
+                             finetune=finetune, search=SEARCH, options=options or {})
+    job = PruneJob(settings, model, digits, "cpu", **callbacks)
+    return job, job.run()
+
+
+@pytest.mark.parametrize("method", UNSTRUCTURED)
+@pytest.mark.parametrize("sparsity", [0.9, 0.95])
+def test_unstructured_method_reaches_target(trained, digits, method, sparsity):
+    job, metrics = run_job(trained, digits, method, sparsity)
+    assert metrics["measured_sparsity"] == pytest.approx(sparsity, abs=0.005)
+    assert pruning.measured_sparsity(job.model) == pytest.approx(sparsity, abs=0.005)
+    assert 0.1 <= metrics["test_clean_acc"] <= 1.0  # the pruned model still classifies
+    assert metrics["nonzero_params"] < pruning.nonzero_count(trained)
+
+
+@pytest.mark.parametrize("method", STRUCTURED)
+@pytest.mark.parametrize("ratio,steps", [(0.5, 1), (0.75, 2), (0.1, 1)])
+def test_structured_method_removes_the_right_filters(trained, digits, method, ratio, steps):
+    before = structured.filter_counts(trained)
+    job, metrics = run_job(trained, digits, method, ratio, {"steps": steps},
+                           finetune=Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128))
+    after = structured.filter_counts(job.model)
+    assert after == {n: structured.target_filters(c, ratio) for n, c in before.items()}
+    assert metrics["params"] < sum(p.numel() for p in trained.parameters())
+    assert job.model(digits.x_test[:5]).shape == (5, 10)
+
+
+def test_iterative_structured_prunes_between_finetuning_epochs(trained, digits):
+    seen = []
+    run_job(trained, digits, "filter-l1", 0.5, {"steps": 2},
+            finetune=Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128),
+            report=lambda metrics, state: seen.append(state["structured_steps"]))
+    assert seen == [1, 2]  # half the filters go before epoch 1, the rest before epoch 2
+
+
+def test_prune_job_resumed_mid_way_equals_uninterrupted(trained, digits):
+    """R-ADMM: stop after every epoch of both phases, resume from the saved state, same weights."""
+    states = []
+
+    def checkpoint(metrics, state):  # as the grid does: serialised at once
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        states.append(buffer.getvalue())
+
+    recipe = Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128)
+    job, _ = run_job(trained, digits, "r-admm", 0.9, finetune=recipe, report=checkpoint)
+    for cut in (1, 2):  # after the search phase's one epoch, after the first fine-tuning epoch
+        resumed = copy.deepcopy(trained)
+        settings = PruneSettings(method="r-admm", sparsity=0.9, seed=0, eps=0.1, norm="Linf",
+                                 finetune=recipe, search=SEARCH)
+        state = torch.load(io.BytesIO(states[cut - 1]), weights_only=True)
+        PruneJob(settings, resumed, digits, "cpu").run(state)
+        for a, b in zip(pruning.plain_state_dict(resumed).values(),
+                        pruning.plain_state_dict(job.model).values()):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_lamp_scores_follow_the_paper(trained):
+    """Lee et al. 2021, Sec. 3: the largest weight of each layer scores 1 (no layer is removed
+    whole), and within a layer the order is the order of |w|."""
+    model = copy.deepcopy(trained)
+    for _, m in pruning.prunable_layers(model):
+        s = pruning.lamp_scores(m.weight)
+        assert s.flatten()[m.weight.abs().flatten().argmax()] == pytest.approx(1.0)
+        order = m.weight.abs().flatten().argsort()
+        assert torch.all(s.flatten()[order].diff() >= -1e-7)
+    pruning.prune_lamp(model, 0.99)
+    for name, m in pruning.prunable_layers(model):
+        assert m.weight_mask.sum() >= 1, name
+        kept, cut = m.weight_orig[m.weight_mask == 1].abs(), m.weight_orig[m.weight_mask == 0].abs()
+        assert kept.min() >= cut.max()  # within a layer LAMP is magnitude pruning
+
+
+def test_admm_projections_and_convergence(trained, digits):
+    w = torch.randn(8, 4, 3, 3)
+    z = admm.project_irregular(w, 0.75)
+    assert (z != 0).sum() == 72 and torch.equal(z[z != 0], w[z != 0])
+    f = admm.project_filters(w, 0.5)
+    assert (f.flatten(1).abs().sum(1) > 0).sum() == 4
+    q = admm.quantize(w, 4)
+    assert q.unique().numel() <= 2 ** 4 - 1
+    # ADMM pulls W onto the sparse set: after the ADMM phase, hard pruning moves the weights far
+    # less than one-shot magnitude pruning of the dense model would (Ye et al. 2019, Sec. 3.2)
+    dense_gap = sum(float((m.weight - admm.project_irregular(m.weight, 0.9)).pow(2).sum().detach())
+                    for _, m in pruning.prunable_layers(trained))
+    settings = PruneSettings("r-admm", 0.9, 0, 0.1, "Linf", QUICK,
+                             Recipe(trainer="fgsm-rs", epochs=4, lr=0.01, batch_size=128))
+    residuals = []
+    PruneJob(settings, copy.deepcopy(trained), digits, "cpu",
+             report=lambda m, s: residuals.append(m.get("admm_residual"))).run()
+    assert residuals[3] < 0.2 * dense_gap, (residuals, dense_gap)
+
+
+def test_r_admm_filter_sparsity_and_layer_ratios(trained, digits):
+    job, _ = run_job(trained, digits, "r-admm", 0.5,
+                     {"sparsity_type": "filter", "layer_sparsity": {"1.0": 0.25}})
+    convs = [(n, m) for n, m in pruning.prunable_layers(job.model) if isinstance(m, nn.Conv2d)]
+    alive = {n: int((m.weight.flatten(1).abs().sum(1) > 0).sum()) for n, m in convs}
+    assert alive == {"1.0": 12, "1.2": 16}  # 16 filters at 25 %, 32 filters at 50 %
+
+
+def test_atmc_weights_are_sparse_and_quantised(trained, digits):
+    job, metrics = run_job(trained, digits, "atmc", 0.9, {"bits": 4})
+    assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
+    for _, m in pruning.prunable_layers(job.model):
+        assert m.weight.detach().unique().numel() <= 2 ** 4 - 1  # 15 levels incl. zero
+    dense_bits = admm.model_size_bits(job.model, 32)
+    assert metrics["model_size_bits"] < dense_bits / 4
+
+
+def test_boundary_weights_favour_samples_near_the_boundary(trained, digits):
+    d = linearized_distance(trained, digits.x_test, digits.y_test, "Linf", "cpu")
+    assert (d[trained(digits.x_test).argmax(1) != digits.y_test] < 0).all()
+    w = boundary_weights(d, eps=0.1, alpha=2.0)
+    assert w.mean() == pytest.approx(1.0)
+    near, far = d.abs().argmin(), d.abs().argmax()
+    assert w[near] > w[far]
+    assert torch.all(w[d.abs().argsort()].diff() <= 1e-6)  # decreasing in |d|

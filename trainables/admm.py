@@ -1,0 +1,115 @@
+"""ADMM pruning under adversarial loss: R-ADMM (Ye et al., ICCV 2019) and ATMC (Gui et al., NeurIPS 2019).
+
+Both solve  min_W L_adv(W)  s.t.  W in S  by splitting W = Z (Ye et al. 2019, Sec. 3.2):
+    W-step: SGD on L_adv(W) + sum_l rho/2 ||W_l - Z_l + U_l||^2   (one epoch)
+    Z-step: Z_l = Proj_S(W_l + U_l)
+    U-step: U_l = U_l + W_l - Z_l
+R-ADMM's S is the set of sparse weights (irregular: at most k non-zeros; filter: at most k non-zero
+filters); ATMC's S is sparse *and* k-bit quantised (Gui et al. 2019, Sec. 3, Eq. 4). After the ADMM
+phase the weights are hard-pruned to the support of Proj_S(W) and retrained under the mask.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainables.pruning import kept_count, prunable_layers
+
+
+def project_irregular(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Euclidean projection onto {at most k non-zeros}: keep the k largest |w|."""
+    keep = torch.zeros(w.numel(), device=w.device)
+    keep[w.abs().flatten().topk(kept_count(w.numel(), sparsity)).indices] = 1.0
+    return w * keep.view_as(w)
+
+
+def project_filters(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Projection onto {at most k non-zero filters}: keep the k output filters of largest L2 norm."""
+    norms = w.flatten(1).norm(dim=1)
+    keep = torch.zeros(len(norms), device=w.device)
+    keep[norms.topk(kept_count(len(norms), sparsity)).indices] = 1.0
+    return w * keep.view(-1, *([1] * (w.dim() - 1)))
+
+
+def quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric uniform k-bit quantisation, one scale per layer (zero stays zero)."""
+    levels = 2 ** (bits - 1) - 1
+    scale = w.abs().max().clamp_min(1e-12) / levels
+    return (w / scale).round().clamp(-levels, levels) * scale
+
+
+def make_projection(sparsity_type: str = "irregular", bits: int = 0):
+    """Proj_S for R-ADMM (sparsity_type) or ATMC (bits > 0: sparse then quantised)."""
+    def project(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+        z = project_filters(w, sparsity) if sparsity_type == "filter" else project_irregular(w, sparsity)
+        return quantize(z, bits) if bits else z
+    return project
+
+
+def admm_layers(model: nn.Module, sparsity_type: str) -> list[tuple[str, nn.Module]]:
+    """Filter sparsity applies to convolutions (a linear classifier keeps all its classes)."""
+    layers = prunable_layers(model)
+    return [(n, m) for n, m in layers if sparsity_type != "filter" or isinstance(m, nn.Conv2d)]
+
+
+class Admm:
+    """The Z and U variables of every constrained layer, and the three ADMM updates."""
+
+    def __init__(self, model: nn.Module, sparsity: float, layer_sparsity: dict[str, float],
+                 rho: float, project, sparsity_type: str = "irregular"):
+        self.layers = admm_layers(model, sparsity_type)
+        self.sparsity = {n: layer_sparsity.get(n, sparsity) for n, _ in self.layers}
+        self.rho, self.project = rho, project
+        self.z = {n: project(m.weight.detach(), self.sparsity[n]) for n, m in self.layers}
+        self.u = {n: torch.zeros_like(m.weight) for n, m in self.layers}
+
+    def penalty(self) -> torch.Tensor:
+        """sum_l rho/2 ||W_l - Z_l + U_l||^2, added to the adversarial loss in the W-step."""
+        return sum(0.5 * self.rho * (m.weight - self.z[n] + self.u[n]).pow(2).sum()
+                   for n, m in self.layers)
+
+    @torch.no_grad()
+    def update(self) -> float:
+        """Z- and U-steps; returns the primal residual sum_l ||W_l - Z_l||^2 (tends to 0)."""
+        residual = 0.0
+        for n, m in self.layers:
+            self.z[n] = self.project(m.weight + self.u[n], self.sparsity[n])
+            self.u[n] += m.weight - self.z[n]
+            residual += float((m.weight - self.z[n]).pow(2).sum())
+        return residual
+
+    def hard_masks(self) -> dict[str, torch.Tensor]:
+        """The support of Proj_S(W): the masks of the retraining phase."""
+        return {n: (self.project(m.weight.detach(), self.sparsity[n]) != 0).float()
+                for n, m in self.layers}
+
+    def state(self) -> dict:
+        return {"z": {n: t.cpu() for n, t in self.z.items()}, "u": {n: t.cpu() for n, t in self.u.items()}}
+
+    def load(self, state: dict, device) -> None:
+        self.z = {n: t.to(device) for n, t in state["z"].items()}
+        self.u = {n: t.to(device) for n, t in state["u"].items()}
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, bits: int) -> None:
+    """ATMC's final projection: the surviving weights of every prunable layer on a k-bit grid."""
+    for _, m in prunable_layers(model):
+        target = m.weight_orig if hasattr(m, "weight_orig") else m.weight
+        mask = getattr(m, "weight_mask", torch.ones_like(target))
+        target.copy_(quantize(target * mask, bits))
+
+
+def model_size_bits(model: nn.Module, bits: int = 32) -> int:
+    """Storage of the non-zero prunable weights at `bits` each, plus one 32-bit scale per layer
+    when quantised; everything else (biases, batch norm) at 32 bits. Index overhead is left out."""
+    from trainables.pruning import plain_state_dict
+    state = plain_state_dict(model)
+    prunable = {f"{n}.weight" for n, _ in prunable_layers(model)}
+    total = 0
+    for name, _ in model.named_parameters():
+        name = name.removesuffix("_orig")
+        nonzero = int((state[name] != 0).sum())
+        total += nonzero * bits + (32 if bits < 32 else 0) if name in prunable else nonzero * 32
+    return total
