@@ -61,7 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per-sample Parquet files alone; needs no Ray.")
     p.add_argument("dir", help="the grid's output folder")
 
-    p = sub.add_parser("list", help="list pruning methods, architectures or datasets")
+    p = sub.add_parser("list", help="list pruning methods, architectures or datasets",
+                       description="What a spec may name. methods: every pruning method with its "
+                                   "taxonomy (pipeline A after / B before / D during training, "
+                                   "structured or not, local or global scope, criterion) and the "
+                                   "options a spec may set for it. architectures: the CIFAR-variant "
+                                   "models and their parameter counts. datasets: classes, image "
+                                   "size and the eps conventions used with each.")
     p.add_argument("what", choices=("methods", "architectures", "datasets"))
     return parser
 
@@ -162,17 +168,25 @@ def cmd_analyze(args) -> int:
 
 def cmd_list(args) -> int:
     if args.what == "methods":
-        from trainables.pruning import PRUNING_METHODS
-        print(f"{'method':12s} {'pipeline':8s} {'structured':10s} {'scope':6s} criterion")
+        from trainables.pruning import METHOD_OPTIONS, PRUNING_METHODS
+        print(f"{'method':15s} {'pipeline':8s} {'structured':10s} {'scope':6s} criterion")
         for m in PRUNING_METHODS.values():
-            print(f"{m.name:12s} {m.pipeline:8s} {str(m.structured):10s} {m.scope:6s} {m.criterion}")
-            print(f"{'':12s} {m.description}")
+            print(f"{m.name:15s} {m.pipeline:8s} {str(m.structured):10s} {m.scope:6s} {m.criterion}")
+            print(f"{'':15s} {m.description}")
+            if m.name in METHOD_OPTIONS:
+                opts = ", ".join(f"{k}={v}" for k, v in METHOD_OPTIONS[m.name].items())
+                print(f"{'':15s} options: {opts}")
+        print("pipeline: A = prune after training, B = before training, D = during training "
+              "(Piras et al. 2024)")
     elif args.what == "architectures":
-        from trainables.models import ARCHITECTURES
-        print("\n".join(ARCHITECTURES))
+        from trainables.models import ARCHITECTURES, parameter_count
+        for name, make in ARCHITECTURES.items():
+            print(f"{name:12s} {parameter_count(make(3, 10)) / 1e6:7.2f}M parameters (3x32x32, 10 classes)")
     else:
-        from grid.spec import DATASETS
-        print("\n".join(DATASETS))
+        from trainables.data import DATASETS
+        for d in DATASETS.values():
+            shape = "x".join(map(str, d.image_shape))
+            print(f"{d.name:9s} {d.num_classes:3d} classes  {shape:8s}  eps: {d.eps_conventions}")
     return 0
 
 

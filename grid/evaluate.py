@@ -20,7 +20,7 @@ from grid.spec import GridSpec
 from grid.store import ModelStore, SampleStore
 from trainables import pruning
 from trainables.evaluation import EvalSettings, ThreatModel, evaluate_samples, shard_ranges
-from trainables.models import build_model, resolve_device
+from trainables.models import build_model, fit_to_state, resolve_device
 
 
 @ray.remote(max_restarts=2, max_task_retries=2)
@@ -39,6 +39,7 @@ class EvalWorker:
             d = self.data
             model = build_model(arch, d["x"].shape[1], d["num_classes"], d["mean"], d["std"])
             state, masks = self.store.load_weights(model_id)
+            fit_to_state(model, state)  # structured pruning removed filters
             model.load_state_dict(state)
             pruning.apply_masks(model, masks)
             self.models = {model_id: model.to(self.device).eval()}  # keep the current model only

@@ -55,20 +55,44 @@ def dense_models(spec: GridSpec) -> list[ModelPlan]:
 
 
 def pruned_models(spec: GridSpec) -> list[ModelPlan]:
+    from trainables.pruning import SEARCH_PHASE
     plans = []
     for dense in dense_models(spec):
         for method in spec.prune.methods:
-            for sparsity in spec.prune.sparsities:
-                config = {"dense": dense.model_id, "method": method, "sparsity": sparsity,
-                          "finetune": dataclasses.asdict(spec.prune.finetune)}
-                if method == "hydra":
-                    config["score"] = dataclasses.asdict(spec.prune.score)
+            if method.architectures is not None and dense.arch not in method.architectures:
+                continue
+            for sparsity in method.sparsities or spec.prune.sparsities:
+                config = {"dense": dense.model_id, "method": method.name, "sparsity": sparsity,
+                          "finetune": dataclasses.asdict(method.finetune or spec.prune.finetune)}
+                if method.name in SEARCH_PHASE:
+                    config["search"] = dataclasses.asdict(method.search or spec.prune.search)
+                if method.options:
+                    config["options"] = method.options
                 pct = f"{sparsity * 100:g}"
-                model_id = f"{method}-sp{pct}-{dense.arch}-seed{dense.seed}-{config_hash(config)[:8]}"
+                model_id = f"{method.name}-sp{pct}-{dense.arch}-seed{dense.seed}-{config_hash(config)[:8]}"
                 plans.append(ModelPlan(model_id, "pruned", dense.model_id, dense.arch, dense.seed,
-                                       method, sparsity, config))
+                                       method.name, sparsity, config))
+    return plans
+
+
+def checkpoint_models(spec: GridSpec) -> list[ModelPlan]:
+    """Models evaluated from user checkpoints; the id hashes the file's bytes, so a replaced file
+    is a new model and an unchanged one is never re-imported."""
+    ids = {}
+    for c in spec.checkpoints:
+        digest = hashlib.sha256(open(c.path, "rb").read()).hexdigest()
+        ids[c.name] = (f"ckpt-{c.name}-{digest[:8]}", digest)
+    plans = []
+    for c in spec.checkpoints:
+        model_id, digest = ids[c.name]
+        role = "pruned" if c.dense else "dense"
+        dense_id = ids[c.dense][0] if c.dense else model_id
+        config = {"checkpoint": c.path, "sha256": digest, "dataset": spec.dataset.name,
+                  "arch": c.arch}
+        plans.append(ModelPlan(model_id, role, dense_id, c.arch, 0, c.method if c.dense else "dense",
+                               c.sparsity, config))
     return plans
 
 
 def all_models(spec: GridSpec) -> list[ModelPlan]:
-    return dense_models(spec) + pruned_models(spec)
+    return dense_models(spec) + pruned_models(spec) + checkpoint_models(spec)

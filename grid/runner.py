@@ -17,10 +17,11 @@ import yaml
 
 from grid import plan as planner
 from grid.spec import GridSpec, SpecError, load_spec
-from grid.store import ModelStore, SampleStore, atomic_write_json, read_samples
+from grid.store import (ModelStore, SampleStore, atomic_write_json, read_samples,
+                        read_user_checkpoint)
 from grid.tracking import Tracker, TrackingError, check_reachable
 
-STAGES = ("dense", "prune", "evaluate", "analyze")
+STAGES = ("checkpoints", "dense", "prune", "evaluate", "analyze")
 
 # Tune warns on every epoch checkpoint of small models; our own progress lines replace its tables.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -69,9 +70,11 @@ def preflight(spec: GridSpec) -> None:
         raise GridError(str(exc)) from None
     from trainables.data import DatasetError, load_dataset
     try:
-        load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
+        ds = load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
     except DatasetError as exc:
         raise GridError(str(exc)) from None
+    for c in spec.checkpoints:  # raises CheckpointError (exit 2) before anything is written
+        read_user_checkpoint(Path(c.path), c.arch, ds.image_shape[0], ds.num_classes, ds.mean, ds.std)
 
 
 def launch(spec: GridSpec, fault: dict | None = None, log=print) -> Path:
@@ -193,6 +196,30 @@ def _tune_stage(stage: str, trainable, plans, spec, tracker, parent, fault, log,
                            f"{spec.output_dir}`")
 
 
+def stage_checkpoints(spec, tracker, parent, fault, log, attempt):
+    """Import the spec's user checkpoints into the model store (once; ids hash the file)."""
+    from trainables import pruning
+    from trainables.data import load_dataset
+    from trainables.models import parameter_count
+    plans = planner.checkpoint_models(spec)
+    store = ModelStore(spec.output_dir)
+    todo = [p for p in plans if not store.exists(p.model_id)]
+    if not todo:
+        return
+    ds = load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
+    for plan in todo:
+        model = read_user_checkpoint(Path(plan.config["checkpoint"]), plan.arch, ds.image_shape[0],
+                                     ds.num_classes, ds.mean, ds.std)
+        card = {"model_id": plan.model_id, "role": plan.role, "dense_model_id": plan.dense_model_id,
+                "arch": plan.arch, "seed": plan.seed, "method": plan.method,
+                "target_sparsity": plan.sparsity, "dataset": spec.dataset.name,
+                "config_hash": plan.config_hash, "config": plan.config, "metrics": {},
+                "measured_sparsity": pruning.measured_sparsity(model),
+                "params": parameter_count(model), "nonzero_params": pruning.nonzero_count(model)}
+        store.save(plan.model_id, pruning.plain_state_dict(model), {}, card)
+        log(f"[checkpoints] imported {plan.config['checkpoint']} as {plan.model_id}")
+
+
 def stage_dense(spec, tracker, parent, fault, log, attempt):
     from grid.trials import dense_trial
     _tune_stage("dense", dense_trial, planner.dense_models(spec), spec, tracker, parent, fault,
@@ -256,5 +283,5 @@ def stage_analyze(spec, tracker, parent, fault, log, attempt):
     log(f"[analyze] wrote {len(paths)} files to {spec.output_dir / 'report'}")
 
 
-STAGE_FUNCTIONS = {"dense": stage_dense, "prune": stage_prune, "evaluate": stage_evaluate,
+STAGE_FUNCTIONS = {"checkpoints": stage_checkpoints, "dense": stage_dense, "prune": stage_prune, "evaluate": stage_evaluate,
                    "analyze": stage_analyze}

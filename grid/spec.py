@@ -16,11 +16,11 @@ import yaml
 
 from trainables.attacks import NORMS
 from trainables.evaluation import EvalSettings, ThreatModel
+from trainables.data import DATASETS
 from trainables.models import ARCHITECTURES
-from trainables.pruning import PRUNING_METHODS
+from trainables.pruning import METHOD_OPTIONS, PRUNING_METHODS
 from trainables.training import TRAINERS, Recipe
 
-DATASETS = ("digits", "cifar10")
 AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
 EXAMPLES = Path(__file__).parent / "examples"
 DEFAULT_SPEC = EXAMPLES / "demo.yaml"
@@ -45,11 +45,34 @@ class DenseSpec:
 
 
 @dataclass(frozen=True)
+class MethodSpec:
+    """One pruning method of the grid, optionally limited to some architectures and sparsities."""
+    name: str
+    architectures: tuple[str, ...] | None = None  # None: every dense architecture
+    sparsities: tuple[float, ...] | None = None   # None: prune.sparsities
+    options: dict = field(default_factory=dict)   # method options (METHOD_OPTIONS), defaults filled
+    finetune: Recipe | None = None                 # None: prune.finetune
+    search: Recipe | None = None                   # None: prune.search
+
+
+@dataclass(frozen=True)
 class PruneSpec:
-    methods: tuple[str, ...] = ("lwm-local", "lwm-global", "hydra")
+    methods: tuple[MethodSpec, ...] = tuple(MethodSpec(m) for m in ("lwm-local", "lwm-global", "hydra"))
     sparsities: tuple[float, ...] = (0.9, 0.95)
     finetune: Recipe = Recipe(epochs=5, lr=0.01)
-    score: Recipe = Recipe(epochs=5, lr=0.1, weight_decay=1e-4)  # HYDRA's score phase
+    # the mask-search phase: HYDRA's score optimisation, the ADMM phase of R-ADMM and ATMC
+    search: Recipe = Recipe(epochs=5, lr=0.1, weight_decay=1e-4)
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """A trained model to evaluate without training it (e.g. a published AP checkpoint)."""
+    name: str
+    arch: str
+    path: str
+    dense: str | None = None       # name of the dense checkpoint this one was pruned from
+    method: str = "external"
+    sparsity: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +105,7 @@ class GridSpec:
     prune: PruneSpec = PruneSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     resources: Resources = Resources()
+    checkpoints: tuple[CheckpointSpec, ...] = ()
 
     @property
     def output_dir(self) -> Path:
@@ -147,6 +171,7 @@ def parse_spec(raw: Any) -> GridSpec:
         prune=_prune(raw.get("prune", {})),
         evaluation=_evaluation(raw.get("evaluation", {})),
         resources=_resources(raw.get("resources", {})),
+        checkpoints=_checkpoints(raw.get("checkpoints", [])),
     )
     _check_cross_fields(spec)
     return spec
@@ -165,6 +190,37 @@ def _check_cross_fields(spec: GridSpec) -> None:
         raise SpecError(f"dataset.root: required for {spec.dataset.name} (a folder holding the data)")
     if spec.dataset.root and not spec.dataset.download and not Path(spec.dataset.root).expanduser().is_dir():
         raise SpecError(f"dataset.root: {spec.dataset.root} is not a folder")
+    aa = spec.evaluation.settings.autoattack_samples
+    if n is not None and aa is not None and aa > n:
+        raise SpecError(f"evaluation.autoattack_samples: {aa} is more than num_samples ({n})")
+    for m in spec.prune.methods:
+        for arch in m.architectures or ():
+            if arch not in spec.dense.architectures:
+                raise SpecError(f"prune.methods.{m.name}.architectures: '{arch}' is not in "
+                                f"dense.architectures ({', '.join(spec.dense.architectures)})")
+        for layer in m.options.get("layer_sparsity", {}):
+            _check_layer_name(spec, m, layer)
+    names = [c.name for c in spec.checkpoints]
+    for c in spec.checkpoints:
+        if c.dense is not None and c.dense not in names:
+            raise SpecError(f"checkpoints.{c.name}.dense: '{c.dense}' is not a checkpoint name; "
+                            f"allowed: {', '.join(names)}")
+
+
+def _check_layer_name(spec: GridSpec, method: MethodSpec, layer: str) -> None:
+    import torch
+    from trainables.models import build_model
+    from trainables.pruning import prunable_layers
+    info = DATASETS[spec.dataset.name]
+    for arch in method.architectures or spec.dense.architectures:
+        with torch.device("meta"):
+            model = build_model(arch, info.image_shape[0], info.num_classes,
+                                [0.0] * info.image_shape[0], [1.0] * info.image_shape[0])
+        allowed = [n for n, _ in prunable_layers(model)]
+        if layer not in allowed:
+            shown = ", ".join(allowed[:8]) + (", ..." if len(allowed) > 8 else "")
+            raise SpecError(f"prune.methods.{method.name}.layer_sparsity: '{layer}' is not a "
+                            f"prunable layer of {arch}; allowed: {shown}")
 
 
 def _check_keys(raw: dict, cls, prefix: str, extra: tuple[str, ...] = ()) -> None:
@@ -261,8 +317,8 @@ def _recipe(raw, where: str, default: Recipe) -> Recipe:
     _choice(values["trainer"], f"{where}.trainer", TRAINERS)
     for key in ("epochs", "batch_size", "pgd_steps"):
         _int(values[key], f"{where}.{key}", minimum=1 if key != "epochs" else 0)
-    for key in ("lr", "momentum", "weight_decay"):
-        _number(values[key], f"{where}.{key}", 0.0, 10.0)
+    for key in ("lr", "momentum", "weight_decay", "beta"):
+        _number(values[key], f"{where}.{key}", 0.0, 100.0 if key == "beta" else 10.0)
     if values["step_size"] is not None:
         _number(values["step_size"], f"{where}.step_size", 0.0, 1.0)
     return Recipe(**values)
@@ -281,14 +337,94 @@ def _dense(raw) -> DenseSpec:
 def _prune(raw) -> PruneSpec:
     raw = _mapping(raw, "prune")
     _check_keys(raw, PruneSpec, "prune.")
-    methods = tuple(_choice(m, "prune.methods", PRUNING_METHODS)
-                    for m in _list(raw.get("methods", list(PruneSpec.methods)), "prune.methods"))
-    sparsities = tuple(_number(s, "prune.sparsities", 0.0, 1.0, high_open=True)
-                       for s in _list(raw.get("sparsities", list(PruneSpec.sparsities)),
-                                      "prune.sparsities"))
-    return PruneSpec(methods=methods, sparsities=sparsities,
-                     finetune=_recipe(raw.get("finetune"), "prune.finetune", PruneSpec.finetune),
-                     score=_recipe(raw.get("score"), "prune.score", PruneSpec.score))
+    default_methods = [m.name for m in PruneSpec.methods]
+    finetune = _recipe(raw.get("finetune"), "prune.finetune", PruneSpec.finetune)
+    search = _recipe(raw.get("search"), "prune.search", PruneSpec.search)
+    methods = tuple(_method(m, finetune, search)
+                    for m in _list(raw.get("methods", default_methods), "prune.methods"))
+    seen = [m.name for m in methods]
+    if len(set(seen)) != len(seen):
+        raise SpecError(f"prune.methods: a method is listed twice ({', '.join(seen)})")
+    return PruneSpec(methods=methods, sparsities=_sparsities(raw.get("sparsities", list(PruneSpec.sparsities)), "prune.sparsities"),
+                     finetune=finetune, search=search)
+
+
+def _sparsities(value, where: str) -> tuple[float, ...]:
+    return tuple(_number(s, where, 0.0, 1.0, high_open=True) for s in _list(value, where))
+
+
+def _method(raw, finetune: Recipe, search: Recipe) -> MethodSpec:
+    """A method name, or a mapping {name, architectures, sparsities, finetune, search, <options>};
+    a method's own recipe fields are laid over the grid's prune.finetune / prune.search."""
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    raw = _mapping(raw, "prune.methods")
+    name = _choice(raw.get("name"), "prune.methods", PRUNING_METHODS)
+    where = f"prune.methods.{name}"
+    defaults = METHOD_OPTIONS.get(name, {})
+    _check_keys(raw, MethodSpec, f"{where}.", extra=tuple(defaults))
+    given = {**_mapping(raw.get("options"), f"{where}.options"),
+             **{k: v for k, v in raw.items() if k in defaults}}
+    for key in given:
+        if key not in defaults:
+            raise SpecError(f"{where}.{key}: unknown option; allowed: {', '.join(defaults) or 'none'}")
+    options = {**defaults, **given}
+    archs = raw.get("architectures")
+    sparsities = raw.get("sparsities")
+    finetune_default, search_default = finetune, search
+    finetune, search = raw.get("finetune"), raw.get("search")
+    return MethodSpec(
+        name=name,
+        finetune=None if finetune is None else _recipe(finetune, f"{where}.finetune", finetune_default),
+        search=None if search is None else _recipe(search, f"{where}.search", search_default),
+        architectures=None if archs is None else tuple(
+            _choice(a, f"{where}.architectures", ARCHITECTURES) for a in _list(archs, f"{where}.architectures")),
+        sparsities=None if sparsities is None else _sparsities(sparsities, f"{where}.sparsities"),
+        options=_method_options(options, where))
+
+
+def _method_options(options: dict, where: str) -> dict:
+    if "rho" in options:
+        _number(options["rho"], f"{where}.rho", 0.0, 1e3)
+    if "bits" in options:
+        options["bits"] = _int(options["bits"], f"{where}.bits", minimum=0)
+        if not (options["bits"] == 0 or 2 <= options["bits"] <= 16):
+            raise SpecError(f"{where}.bits: {options['bits']} is not 0 (no quantisation) or 2..16")
+    if "sparsity_type" in options:
+        _choice(options["sparsity_type"], f"{where}.sparsity_type", ("irregular", "filter"))
+    if "layer_sparsity" in options:
+        layers = _mapping(options["layer_sparsity"], f"{where}.layer_sparsity")
+        options["layer_sparsity"] = {str(k): _number(v, f"{where}.layer_sparsity.{k}", 0.0, 1.0, high_open=True)
+                                     for k, v in layers.items()}
+    if "steps" in options:
+        _int(options["steps"], f"{where}.steps", minimum=1)
+    if "alpha" in options:
+        _number(options["alpha"], f"{where}.alpha", 0.0, 1e3)
+    return options
+
+
+def _checkpoints(raw) -> tuple[CheckpointSpec, ...]:
+    if raw in (None, []):
+        return ()
+    if not isinstance(raw, list):
+        raise SpecError("checkpoints: must be a list of {name, arch, path, dense, method, sparsity}")
+    out = []
+    for item in raw:
+        item = _mapping(item, "checkpoints")
+        _check_keys(item, CheckpointSpec, "checkpoints.")
+        for required in ("name", "arch", "path"):
+            if required not in item:
+                raise SpecError(f"checkpoints.{required}: missing; it is required")
+        name = _name(item["name"])
+        path = Path(_string(item["path"], f"checkpoints.{name}.path")).expanduser()
+        if not path.is_file():
+            raise SpecError(f"checkpoints.{name}.path: {path} is not a file")
+        out.append(CheckpointSpec(
+            name=name, arch=_choice(item["arch"], f"checkpoints.{name}.arch", ARCHITECTURES),
+            path=str(path.resolve()), dense=_optional_string(item.get("dense"), f"checkpoints.{name}.dense"),
+            method=_string(item.get("method", "external"), f"checkpoints.{name}.method"),
+            sparsity=_number(item.get("sparsity", 0.0), f"checkpoints.{name}.sparsity", 0.0, 1.0, high_open=True)))
+    return tuple(out)
 
 
 def _evaluation(raw) -> EvaluationSpec:
@@ -297,8 +433,10 @@ def _evaluation(raw) -> EvaluationSpec:
     d = EvalSettings()
     num = raw.get("num_samples")
     step = raw.get("pgd_step_size")
+    aa_num = raw.get("autoattack_samples")
     settings = EvalSettings(
         num_samples=None if num is None else _int(num, "evaluation.num_samples", minimum=1),
+        autoattack_samples=None if aa_num is None else _int(aa_num, "evaluation.autoattack_samples", minimum=1),
         pgd_steps=_int(raw.get("pgd_steps", d.pgd_steps), "evaluation.pgd_steps", minimum=1),
         pgd_step_size=None if step is None else _number(step, "evaluation.pgd_step_size", 0.0, 1.0),
         autoattack_version=_choice(raw.get("autoattack_version", d.autoattack_version),

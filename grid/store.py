@@ -130,3 +130,30 @@ def read_samples(output: Path) -> pd.DataFrame:
     if not files:
         return pd.DataFrame()
     return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+
+
+def read_user_checkpoint(path: Path, arch: str, in_channels: int, num_classes: int, mean, std):
+    """A user's checkpoint as an apgrid model (Normalize + net), loaded with weights_only=True.
+
+    Accepted: a plain state dict, or one under 'state_dict' / 'model'; keys may carry DataParallel's
+    'module.' prefix; a state dict of the bare network gets the dataset's normalisation in front.
+    """
+    from trainables.models import build_model, fit_to_state
+    state = load_state(Path(path))
+    for key in ("state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"checkpoint: {path} is not a state dict of tensors")
+    model = build_model(arch, in_channels, num_classes, mean, std)
+    if not any(k.startswith("1.") for k in state):  # the bare network: keep our Normalize layer
+        state = {**{f"0.{k}": v for k, v in model[0].state_dict().items()},
+                 **{f"1.{k}": v for k, v in state.items()}}
+    try:
+        fit_to_state(model, state)
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160]
+        raise CheckpointError(f"checkpoint: {path} does not fit architecture {arch} ({reason})") from None
+    return model

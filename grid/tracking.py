@@ -48,7 +48,7 @@ def model_tags(plan: ModelPlan, dataset: str, stage: str) -> dict[str, str]:
     tags = {"stage": stage, "model_id": plan.model_id, "dense_model_id": plan.dense_model_id,
             "role": plan.role, "method": plan.method, "arch": plan.arch, "dataset": dataset,
             "sparsity": str(plan.sparsity), "seed": str(plan.seed), "config_hash": plan.config_hash}
-    if plan.role == "pruned":
+    if plan.role == "pruned" and plan.method in PRUNING_METHODS:  # not for user checkpoints
         m = PRUNING_METHODS[plan.method]
         tags.update(pipeline=m.pipeline, structured=str(m.structured), scope=m.scope,
                     criterion=m.criterion)

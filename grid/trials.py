@@ -17,8 +17,10 @@ from ray import tune
 from grid.plan import ModelPlan
 from grid.store import ModelStore, atomic_write_bytes, load_state
 from trainables import pruning
+from trainables.admm import model_size_bits
 from trainables.data import load_dataset
-from trainables.models import build_model, resolve_device
+from trainables.models import build_model, parameter_count, resolve_device
+from trainables.pipeline import PruneJob, PruneSettings
 from trainables.pruning import PRUNING_METHODS
 from trainables.training import Recipe, accuracy, make_optimizer, train_epoch
 
@@ -110,81 +112,41 @@ def dense_trial(config: dict) -> None:
         last = epoch + 1 == recipe.epochs
         if last:
             store.save(plan.model_id, pruning.plain_state_dict(model), {},
-                       _card(plan, grid, metrics, {"measured_sparsity": 0.0}))
+                       _card(plan, grid, metrics, {"measured_sparsity": 0.0,
+                                                   "params": parameter_count(model),
+                                                   "nonzero_params": pruning.nonzero_count(model),
+                                                   "model_size_bits": model_size_bits(model)}))
         _report(store, plan.model_id, {**metrics, "done": int(last)},
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "epoch": epoch + 1})
 
 
 def prune_trial(config: dict) -> None:
-    """Prune a dense model: [HYDRA score phase] -> masks -> adversarial fine-tuning under masks.
+    """Prune a dense model: [mask search] -> masks or removed filters -> adversarial fine-tuning.
 
-    Epoch counter runs over both phases: epochs [0, S) score the weights (HYDRA only), epochs
-    [S, S + F) fine-tune them.
+    One epoch counter runs over both phases: epochs [0, S) are the search phase (HYDRA's scores,
+    the ADMM phase of R-ADMM and ATMC), epochs [S, S + F) fine-tune the pruned weights.
     """
     grid, plan, store = _context(config)
     if store.exists(plan.model_id):
         tune.report({"done": 1, **store.card(plan.model_id)["metrics"]})
         return
-    threat = grid["threat_model"]
-    finetune = Recipe(**plan.config["finetune"])
-    score = Recipe(**plan.config["score"]) if plan.method == "hydra" else None
-    score_epochs = score.epochs if score else 0
     ds, model, device = _data_and_model(grid, plan.arch, plan.seed)
     dense_state, _ = store.load_weights(plan.dense_model_id)
     model.load_state_dict(dense_state)
-
-    state = _restore(store, plan.model_id)
-    epoch = state["epoch"] if state else 0
-    if score and epoch < score_epochs:
-        params = pruning.hydra_attach_scores(model, plan.sparsity)
-        if state:
-            for p, saved in zip(params, state["scores"]):
-                p.data.copy_(saved)
-        optimizer = make_optimizer(params, score)
-        if state:
-            optimizer.load_state_dict(state["optimizer"])
-        for epoch in range(epoch, score_epochs):
-            _maybe_fail(config, "prune", epoch)
-            metrics = train_epoch(model, optimizer, ds.x_train, ds.y_train, recipe=score,
-                                  eps=threat["eps"], norm=threat["norm"], seed=plan.seed,
-                                  epoch=epoch, device=device)
-            _report(store, plan.model_id, {**metrics, "phase": "score", "epoch": epoch + 1, "done": 0},
-                    {"scores": [p.detach().cpu() for p in params],
-                     "optimizer": optimizer.state_dict(), "epoch": epoch + 1})
-        pruning.hydra_finalize(model)
-        state, epoch = None, score_epochs
-    elif state is not None:  # resuming fine-tuning: weights and masks come from the checkpoint
-        model.load_state_dict(state["model"])
-        pruning.apply_masks(model, state["masks"])
-    if not pruning.masks_of(model):
-        if plan.method == "hydra":  # resumed exactly at the phase boundary
-            raise RuntimeError("HYDRA resumed without masks")
-        pruning.prune_one_shot(model, plan.method, plan.sparsity, plan.seed)
-
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], finetune)
-    if state is not None and "model" in state:
-        optimizer.load_state_dict(state["optimizer"])
-    metrics = {"measured_sparsity": pruning.measured_sparsity(model)}
-    total = score_epochs + finetune.epochs
-    for epoch in range(max(epoch, score_epochs), total):
-        _maybe_fail(config, "prune", epoch)
-        metrics = train_epoch(model, optimizer, ds.x_train, ds.y_train, recipe=finetune,
-                              eps=threat["eps"], norm=threat["norm"], seed=plan.seed,
-                              epoch=epoch - score_epochs, device=device)
-        metrics.update(test_clean_acc=accuracy(model, ds.x_test, ds.y_test, device),
-                       measured_sparsity=pruning.measured_sparsity(model), epoch=epoch + 1)
-        if epoch + 1 == total:
-            _save_pruned(store, plan, grid, model, metrics)
-        _report(store, plan.model_id, {**metrics, "phase": "finetune", "done": int(epoch + 1 == total)},
-                {"model": pruning.plain_state_dict(model), "masks": pruning.masks_of(model),
-                 "optimizer": optimizer.state_dict(), "epoch": epoch + 1})
-    if finetune.epochs == 0:
-        metrics.update(test_clean_acc=accuracy(model, ds.x_test, ds.y_test, device))
-        _save_pruned(store, plan, grid, model, metrics)
-        tune.report({**metrics, "done": 1})
+    threat = grid["threat_model"]
+    job = PruneJob(
+        PruneSettings(method=plan.method, sparsity=plan.sparsity, seed=plan.seed,
+                      eps=threat["eps"], norm=threat["norm"],
+                      finetune=Recipe(**plan.config["finetune"]),
+                      search=Recipe(**plan.config["search"]) if "search" in plan.config else None,
+                      options=plan.config.get("options", {})),
+        model, ds, device,
+        report=lambda metrics, state: _report(store, plan.model_id, metrics, state),
+        before_epoch=lambda epoch: _maybe_fail(config, "prune", epoch),
+        on_finish=lambda model, metrics, extra: store.save(
+            plan.model_id, pruning.plain_state_dict(model), pruning.masks_of(model),
+            _card(plan, grid, metrics, extra)))
+    job.run(_restore(store, plan.model_id))
 
 
-def _save_pruned(store: ModelStore, plan: ModelPlan, grid: dict, model, metrics: dict) -> None:
-    store.save(plan.model_id, pruning.plain_state_dict(model), pruning.masks_of(model),
-               _card(plan, grid, metrics, {"measured_sparsity": pruning.measured_sparsity(model)}))

@@ -22,7 +22,7 @@ def tiny_spec(output, **over):
         "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 3, "lr": 0.05, "batch_size": 64}},
         "prune": {"methods": ["lwm-global", "hydra"], "sparsities": [0.9],
                   "finetune": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128},
-                  "score": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128}},
+                  "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128}},
         "evaluation": {"num_samples": N_SAMPLES, "block_size": 10, "shards": 3, "actors": 2,
                        "pgd_steps": 5, "fmn_steps": 50},
         **over,

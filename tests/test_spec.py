@@ -31,6 +31,21 @@ def test_demo_spec_is_valid():
     ({"dense": {"recipe": {"trainer": "sgd"}}}, "dense.recipe.trainer"),
     ({"colour": "blue"}, "colour"),
     ({"dataset": {"name": "cifar10"}}, "dataset.root"),
+    ({"prune": {"methods": [{"name": "atmc", "bits": 1}]}}, "prune.methods.atmc.bits"),
+    ({"prune": {"methods": [{"name": "r-admm", "sparsity_type": "rows"}]}},
+     "prune.methods.r-admm.sparsity_type"),
+    ({"prune": {"methods": [{"name": "r-admm", "layer_sparsity": {"nope": 0.5}}]}},
+     "prune.methods.r-admm.layer_sparsity"),
+    ({"prune": {"methods": [{"name": "hydra", "rho": 1}]}}, "prune.methods.hydra.rho"),
+    ({"prune": {"methods": [{"name": "hydra", "architectures": ["vgg16"]}]}},
+     "prune.methods.hydra.architectures"),
+    ({"prune": {"methods": ["hydra", "hydra"]}}, "prune.methods"),
+    ({"prune": {"methods": [{"name": "filter-l1", "sparsities": [1.0]}]}},
+     "prune.methods.filter-l1.sparsities"),
+    ({"prune": {"methods": [{"name": "hydra", "search": {"trainer": "trades", "beta": -1}}]}},
+     "prune.methods.hydra.search.beta"),
+    ({"evaluation": {"num_samples": 100, "autoattack_samples": 200}}, "evaluation.autoattack_samples"),
+    ({"checkpoints": [{"name": "x", "arch": "digits-cnn", "path": "/no/such.pt"}]}, "checkpoints.x.path"),
 ])
 def test_bad_field_is_named(patch, field):
     with pytest.raises(SpecError) as err:
@@ -75,8 +90,44 @@ def test_cli_missing_dataset_root_exits_2(tmp_path, capsys):
 
 
 def test_help_explains_each_command(capsys):
-    for command in ("launch", "resume", "status", "query", "analyze"):
+    for command in ("launch", "resume", "status", "query", "analyze", "list"):
         with pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
         assert exit_.value.code == 0
         assert len(capsys.readouterr().out) > 200
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in DEFAULT_SPEC.parent.glob("*.yaml")))
+def test_example_specs_validate(example, tmp_path):
+    """Every shipped example is a valid spec (its data folder pointed at an existing one)."""
+    import yaml
+    raw = yaml.safe_load((DEFAULT_SPEC.parent / example).read_text())
+    if raw.get("dataset", {}).get("root"):
+        raw["dataset"]["root"] = str(tmp_path)
+    spec = parse_spec(raw)
+    from grid.plan import all_models
+    assert len(all_models(spec)) >= 7
+
+
+def test_thin_ice_example_is_the_papers_twelve_models(tmp_path):
+    import yaml
+    from grid.plan import pruned_models
+    raw = yaml.safe_load((DEFAULT_SPEC.parent / "thin-ice.yaml").read_text())
+    raw["dataset"]["root"] = str(tmp_path)
+    pruned = pruned_models(parse_spec(raw))
+    pairs = sorted((p.method, p.arch, p.sparsity) for p in pruned)
+    assert len(pairs) == 12
+    assert {(m, a) for m, a, _ in pairs} == {
+        ("atmc", "resnet34"), ("atmc", "resnet18"), ("r-admm", "resnet18"), ("r-admm", "vgg16"),
+        ("hydra", "wrn-28-4"), ("hydra", "vgg16")}
+    hydra = next(p for p in pruned if p.method == "hydra")
+    assert hydra.config["finetune"]["trainer"] == "trades"  # the method's own recipe wins
+
+
+def test_method_mapping_sets_options_and_recipes():
+    spec = parse_spec({**GOOD, "prune": {"methods": [
+        {"name": "atmc", "bits": 4}, {"name": "filter-gm", "steps": 3, "sparsities": [0.5]}, "lamp"]}})
+    atmc, gm, lamp = spec.prune.methods
+    assert atmc.options == {"rho": 1.0, "bits": 4}
+    assert gm.options == {"steps": 3} and gm.sparsities == (0.5,)
+    assert lamp.options == {} and lamp.sparsities is None

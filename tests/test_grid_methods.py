@@ -1,0 +1,76 @@
+"""The new methods inside a real grid: R-ADMM, ATMC, structured filter pruning and boundary-aware
+fine-tuning as Tune trials, a user checkpoint evaluated without training, AutoAttack on a subset."""
+import mlflow
+import pytest
+import torch
+
+from grid.plan import all_models
+from grid.runner import launch
+from grid.spec import parse_spec
+from grid.store import ModelStore, read_samples
+
+N_SAMPLES, AA_SAMPLES = 20, 10
+
+
+@pytest.fixture(scope="module")
+def methods_grid(ray_session, tmp_path_factory, trained):
+    root = tmp_path_factory.mktemp("methods")
+    checkpoint = root / "user.pt"
+    # a bare network (no normalisation layer), as a published checkpoint would be
+    torch.save({"state_dict": trained[1].state_dict()}, checkpoint)
+    recipe = {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128}
+    spec = parse_spec({
+        "name": "methods", "output": str(root / "out"),
+        "threat_model": {"norm": "Linf", "eps": 0.1},
+        "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.05, "batch_size": 64}},
+        "prune": {"sparsities": [0.8], "finetune": recipe, "search": recipe, "methods": [
+            "r-admm", {"name": "atmc", "bits": 4}, {"name": "filter-l1", "sparsities": [0.5]},
+            "boundary-aware"]},
+        "evaluation": {"num_samples": N_SAMPLES, "autoattack_samples": AA_SAMPLES, "block_size": 10,
+                       "shards": 2, "actors": 2, "pgd_steps": 3, "fmn_steps": 30},
+        "checkpoints": [{"name": "user-dense", "arch": "digits-cnn", "path": str(checkpoint)}],
+    })
+    launch(spec, log=lambda line: None)
+    return spec
+
+
+def test_every_method_and_the_checkpoint_are_evaluated(methods_grid):
+    samples = read_samples(methods_grid.output_dir)
+    models = all_models(methods_grid)
+    assert len(models) == 6
+    assert len(samples) == 6 * N_SAMPLES and not samples.duplicated(["model_id", "sample_idx"]).any()
+    by_method = samples.groupby("method")["sparsity_measured"].first()
+    for method in ("r-admm", "atmc", "boundary-aware"):
+        assert by_method[method] == pytest.approx(0.8, abs=0.005)
+    assert by_method["filter-l1"] > 0.5  # filters gone, and the next layers' inputs with them
+
+
+def test_autoattack_runs_on_the_first_samples_only(methods_grid):
+    samples = read_samples(methods_grid.output_dir)
+    attacked = samples["aa_correct"].notna()
+    assert attacked.equals(samples["sample_idx"] < AA_SAMPLES)
+    assert samples["fmn_eps"].notna().all()
+
+
+def test_user_checkpoint_matches_the_weights_it_was_given(methods_grid, trained, digits):
+    store = ModelStore(methods_grid.output_dir)
+    plan = next(p for p in all_models(methods_grid) if p.model_id.startswith("ckpt-"))
+    state, _ = store.load_weights(plan.model_id)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(state[key], value), key
+    rows = read_samples(methods_grid.output_dir).query("model_id == @plan.model_id")
+    expected = (trained(digits.x_test[:N_SAMPLES]).argmax(1) == digits.y_test[:N_SAMPLES]).numpy()
+    assert (rows.sort_values("sample_idx")["clean_correct"].to_numpy() == expected).all()
+
+
+def test_cards_and_mlflow_record_taxonomy_and_costs(methods_grid):
+    store = ModelStore(methods_grid.output_dir)
+    cards = {p.method: store.card(p.model_id) for p in all_models(methods_grid)}
+    assert cards["filter-l1"]["taxonomy"]["structured"] is True
+    assert cards["filter-l1"]["params"] < cards["dense"]["params"] / 2
+    assert cards["atmc"]["model_size_bits"] < cards["r-admm"]["model_size_bits"] / 4
+    mlflow.set_tracking_uri(methods_grid.resolved_tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["methods"],
+                              filter_string="tags.stage = 'evaluate' and tags.method = 'r-admm'")
+    assert len(runs) == 1
+    assert runs["tags.pipeline"].iloc[0] == "A" and runs["tags.scope"].iloc[0] == "local"
