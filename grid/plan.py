@@ -42,6 +42,20 @@ class ModelPlan:
         return ModelPlan(**d)
 
 
+def model_card(plan: ModelPlan, dataset: str, metrics: dict, extra: dict | None = None) -> dict:
+    """The card.json written beside a model: its identity, config, metrics and taxonomy."""
+    from trainables.pruning import PRUNING_METHODS
+    card = {"model_id": plan.model_id, "role": plan.role, "dense_model_id": plan.dense_model_id,
+            "arch": plan.arch, "seed": plan.seed, "method": plan.method,
+            "target_sparsity": plan.sparsity, "dataset": dataset,
+            "config_hash": plan.config_hash, "config": plan.config, "metrics": metrics}
+    if plan.role == "pruned" and plan.method in PRUNING_METHODS:  # not for user checkpoints
+        m = PRUNING_METHODS[plan.method]
+        card["taxonomy"] = {"pipeline": m.pipeline, "structured": m.structured,
+                            "scope": m.scope, "criterion": m.criterion}
+    return {**card, **(extra or {})}
+
+
 def dense_models(spec: GridSpec) -> list[ModelPlan]:
     plans = []
     for arch in spec.dense.architectures:

@@ -210,12 +210,9 @@ def stage_checkpoints(spec, tracker, parent, fault, log, attempt):
     for plan in todo:
         model = read_user_checkpoint(Path(plan.config["checkpoint"]), plan.arch, ds.image_shape[0],
                                      ds.num_classes, ds.mean, ds.std)
-        card = {"model_id": plan.model_id, "role": plan.role, "dense_model_id": plan.dense_model_id,
-                "arch": plan.arch, "seed": plan.seed, "method": plan.method,
-                "target_sparsity": plan.sparsity, "dataset": spec.dataset.name,
-                "config_hash": plan.config_hash, "config": plan.config, "metrics": {},
-                "measured_sparsity": pruning.measured_sparsity(model),
-                "params": parameter_count(model), "nonzero_params": pruning.nonzero_count(model)}
+        card = planner.model_card(plan, spec.dataset.name, {}, {
+            "measured_sparsity": pruning.measured_sparsity(model), "params": parameter_count(model),
+            "nonzero_params": pruning.nonzero_count(model)})
         store.save(plan.model_id, pruning.plain_state_dict(model), {}, card)
         log(f"[checkpoints] imported {plan.config['checkpoint']} as {plan.model_id}")
 

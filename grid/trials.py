@@ -14,14 +14,13 @@ from pathlib import Path
 import torch
 from ray import tune
 
-from grid.plan import ModelPlan
+from grid.plan import ModelPlan, model_card
 from grid.store import ModelStore, atomic_write_bytes, load_state
 from trainables import pruning
 from trainables.admm import model_size_bits
 from trainables.data import load_dataset
 from trainables.models import build_model, parameter_count, resolve_device
 from trainables.pipeline import PruneJob, PruneSettings
-from trainables.pruning import PRUNING_METHODS
 from trainables.training import Recipe, accuracy, make_optimizer, train_epoch
 
 
@@ -75,18 +74,6 @@ def _restore(store: ModelStore, model_id: str) -> dict | None:
     return load_state(progress) if progress.is_file() else None
 
 
-def _card(plan: ModelPlan, grid: dict, metrics: dict, extra: dict | None = None) -> dict:
-    card = {"model_id": plan.model_id, "role": plan.role, "dense_model_id": plan.dense_model_id,
-            "arch": plan.arch, "seed": plan.seed, "method": plan.method,
-            "target_sparsity": plan.sparsity, "dataset": grid["dataset"]["name"],
-            "config_hash": plan.config_hash, "config": plan.config, "metrics": metrics}
-    if plan.role == "pruned":
-        m = PRUNING_METHODS[plan.method]
-        card["taxonomy"] = {"pipeline": m.pipeline, "structured": m.structured,
-                            "scope": m.scope, "criterion": m.criterion}
-    return {**card, **(extra or {})}
-
-
 def dense_trial(config: dict) -> None:
     grid, plan, store = _context(config)
     if store.exists(plan.model_id):
@@ -112,7 +99,7 @@ def dense_trial(config: dict) -> None:
         last = epoch + 1 == recipe.epochs
         if last:
             store.save(plan.model_id, pruning.plain_state_dict(model), {},
-                       _card(plan, grid, metrics, {"measured_sparsity": 0.0,
+                       model_card(plan, grid["dataset"]["name"], metrics, {"measured_sparsity": 0.0,
                                                    "params": parameter_count(model),
                                                    "nonzero_params": pruning.nonzero_count(model),
                                                    "model_size_bits": model_size_bits(model)}))
@@ -146,7 +133,7 @@ def prune_trial(config: dict) -> None:
         before_epoch=lambda epoch: _maybe_fail(config, "prune", epoch),
         on_finish=lambda model, metrics, extra: store.save(
             plan.model_id, pruning.plain_state_dict(model), pruning.masks_of(model),
-            _card(plan, grid, metrics, extra)))
+            model_card(plan, grid["dataset"]["name"], metrics, extra)))
     job.run(_restore(store, plan.model_id))
 
 
