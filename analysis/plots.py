@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.tables import security_curve  # noqa: E402
@@ -33,16 +34,21 @@ def thin_ice_scatter(joined: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def security_curves(samples: pd.DataFrame, threat_eps: float, path: Path) -> Path:
-    """Robust accuracy vs ε from FMN, every model of one architecture overlaid."""
+def security_curves(samples: pd.DataFrame, threat_eps: float, path: Path,
+                    aa_acc: dict[str, float] | None = None) -> Path:
+    """Robust accuracy vs ε from FMN, every model of one architecture overlaid; AutoAttack's
+    accuracy at the threat ε (when given) as a cross in the model's colour."""
     max_eps = max(threat_eps * 3, float(samples["fmn_eps"].abs().quantile(0.95)))
     grid = np.linspace(0, max_eps, 200)
     fig, ax = plt.subplots(figsize=(6, 4))
     for model_id, rows in samples.groupby("model_id", sort=False):
         first = rows.iloc[0]
         label = "dense" if first["role"] == "dense" else f"{first['method']} {first['sparsity']:.0%}"
-        ax.plot(grid, security_curve(rows, grid), lw=2 if first["role"] == "dense" else 1,
-                color="black" if first["role"] == "dense" else None, label=label)
+        (line,) = ax.plot(grid, security_curve(rows, grid), lw=2 if first["role"] == "dense" else 1,
+                          color="black" if first["role"] == "dense" else None, label=label)
+        aa = (aa_acc or {}).get(model_id, float("nan"))
+        if np.isfinite(aa):
+            ax.plot([threat_eps], [aa], marker="x", markersize=8, color=line.get_color())
     ax.axvline(threat_eps, color="tab:red", ls="--", lw=0.8, label=f"threat ε = {threat_eps:.4g}")
     ax.set_xlabel(f"ε ({samples['norm'].iloc[0]})")
     ax.set_ylabel("robust accuracy (FMN)")
@@ -57,3 +63,68 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+@torch.inference_mode()
+def _region(model, x0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, span: np.ndarray) -> np.ndarray:
+    """Predicted class at x0 + a u + b v for every (b, a) of the grid (rows b, columns a)."""
+    device = next(model.parameters()).device
+    a, b = np.meshgrid(span, span)
+    coeff_a = torch.as_tensor(a.ravel(), dtype=x0.dtype).view(-1, 1, 1, 1)
+    coeff_b = torch.as_tensor(b.ravel(), dtype=x0.dtype).view(-1, 1, 1, 1)
+    points = (x0 + coeff_a * u + coeff_b * v).clamp(0, 1)
+    preds = [model(points[i:i + 512].to(device)).argmax(1).cpu() for i in range(0, len(points), 512)]
+    return torch.cat(preds).numpy().reshape(a.shape)
+
+
+def decision_slices(dense, pruned, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+                    populations: list[str], title: str, path: Path, resolution: int = 41) -> Path:
+    """Figure 1 of the thin-ice paper as real 2-D slices: for each sample, the plane through it
+    spanned by its FMN direction on the dense model (u, horizontal) and a random orthogonal
+    direction (v); where the dense and the pruned model classify it correctly."""
+    fig, axes = plt.subplots(1, len(x), figsize=(max(5.0, 3.2 * len(x)), 3.4), squeeze=False)
+    gen = torch.Generator().manual_seed(0)
+    for ax, xi, yi, adv, pop in zip(axes[0], x, y, x_adv, populations):
+        u = adv - xi
+        size = float(u.abs().max()) or 1e-3
+        v = torch.randn(u.shape, generator=gen)
+        v -= (v * u).sum() / (u * u).sum().clamp_min(1e-12) * u  # orthogonal to u
+        v *= size / float(v.abs().max())
+        span = np.linspace(-2.5, 2.5, resolution)  # in units of the FMN step's Linf size
+        dense_ok = _region(dense, xi, u, v, span) == int(yi)
+        pruned_ok = _region(pruned, xi, u, v, span) == int(yi)
+        extent = (span[0] * size, span[-1] * size, span[0] * size, span[-1] * size)
+        ax.imshow(dense_ok, origin="lower", extent=extent, cmap="Greys", vmin=0, vmax=2.5, alpha=0.8)
+        ax.contour(span * size, span * size, dense_ok.astype(float), levels=[0.5], colors="black",
+                   linewidths=1.2)
+        ax.contour(span * size, span * size, pruned_ok.astype(float), levels=[0.5],
+                   colors="tab:red", linewidths=1.2, linestyles="--")
+        ax.plot([0], [0], marker="*", color=COLORS.get(pop, "tab:blue"), markersize=12)
+        ax.set_title(f"{pop}, label {int(yi)}", fontsize=9)
+        ax.set_xlabel("FMN direction (Linf)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("random orthogonal direction", fontsize=8)
+    fig.suptitle(f"{title}\nshaded: dense correct; black: dense boundary; red dashed: pruned",
+                 fontsize=8)
+    return _save(fig, path)
+
+
+def transfer_heatmap(table: pd.DataFrame, source: str, path: Path) -> Path:
+    """Accuracy of each target (columns) under each attack (rows) crafted on one source model."""
+    part = table[table["source"] == source]
+    pivot = part.pivot_table(index="attack", columns="target", values="adv_acc", sort=False)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * pivot.shape[1], 0.9 + 0.45 * pivot.shape[0]))
+    image = ax.imshow(pivot.to_numpy(), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    for (i, j), value in np.ndenumerate(pivot.to_numpy()):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(pivot.shape[1]), [_short(c) for c in pivot.columns], rotation=45,
+                  ha="right", fontsize=7)
+    ax.set_yticks(range(pivot.shape[0]), pivot.index, fontsize=8)
+    ax.set_title(f"accuracy on adversarial examples crafted on {_short(source)}", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    return _save(fig, path)
+
+
+def _short(model_id: str) -> str:
+    """Model ids end in a hash; the figure keeps the readable part."""
+    return model_id.rsplit("-", 1)[0]

@@ -1,86 +1,353 @@
-"""The analysis stage: tables, figures and OUTPUT/report/report.md from the per-sample Parquet."""
+"""The analysis stage: tables, figures and OUTPUT/report/{index.html, report.md} from the per-sample
+Parquet, plus (when the models can be loaded) model costs, transfer attacks and decision slices.
+
+The report is a list of sections (text, tables, figures) rendered twice: Markdown beside the PNGs,
+and one self-contained HTML page with the PNGs embedded, readable offline.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from analysis.tables import model_table, reevaluation_table, thin_ice_table
-from analysis.thin_ice import join_dense_pruned
 from analysis import plots
+from analysis.tables import (comparison_table, leaderboard, model_table, reevaluation_table,
+                             seed_table, thin_ice_table)
+from analysis.thin_ice import pruned_pairs
+from analysis.transfer import TRANSFER_ATTACKS
 
 
-def _markdown(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency)."""
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.2e}" if 0 < abs(v) < 1e-3 else floats.format(v)
-        return str(v)
-    head = "| " + " | ".join(df.columns) + " |"
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """What the analysis adds beyond the Parquet statistics: these read the stored models again."""
+    transfer_attacks: tuple[str, ...] = TRANSFER_ATTACKS  # crafted on each dense model; () for none
+    transfer_samples: int = 200       # the first N test samples
+    costs: bool = True                # parameters, size, measured latency of every model
+    cost_batch_size: int = 128
+    slice_samples: int = 2            # Figure 1: S10 and S01 samples sliced per pruned model
+    bootstrap_resamples: int = 1000   # for the AUC confidence intervals
+
+
+@dataclass
+class ModelAccess:
+    """How the analysis reaches the models and the test set (the grid supplies it)."""
+    load: Callable[[str], object]                 # model_id -> eval-mode nn.Module, masks folded in
+    test_data: Callable[[int], tuple]             # n -> (x, y) the first n test samples
+    input_shape: tuple[int, ...]
+    device: object                                # torch.device
+    cards: dict[str, dict] = field(default_factory=dict)
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class Section:
+    title: str
+    text: list[str] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)   # (caption, table)
+    figures: list[Path] = field(default_factory=list)
+
+
+def _cell(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)):
+        if np.isnan(v):
+            return "–"
+        return f"{v:.2e}" if 0 < abs(v) < 1e-3 else f"{v:.3f}"
+    return str(v)
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, rule, *body])
 
 
-def write_report(samples: pd.DataFrame, folder: Path, grid_name: str) -> dict[str, Path]:
-    """Write CSV tables, PNG figures and report.md; returns the paths written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    models = model_table(samples)
+def _html_table(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_markdown(title: str, sections: list[Section]) -> str:
+    lines = [f"# {title}", ""]
+    for s in sections:
+        lines += [f"## {s.title}", "", *[t + "\n" for t in s.text]]
+        for caption, table in s.tables:
+            lines += [f"**{caption}**" if caption else "", "",
+                      _markdown_table(table) if len(table) else "_(empty)_", ""]
+        lines += [f"![{p.stem}]({p.name})" for p in s.figures] + [""]
+    return "\n".join(lines)
+
+
+STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:12px;margin:.5em 0 1.5em;display:block;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f0f0f0}
+td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.3em}
+nav a{margin-right:1em}figure{display:inline-block;margin:.3em;max-width:620px;vertical-align:top}"""
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    def image(p: Path) -> str:
+        data = base64.b64encode(p.read_bytes()).decode()
+        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(p.stem)}">'
+
+    nav = "".join(f'<a href="#s{i}">{html.escape(s.title)}</a>' for i, s in enumerate(sections))
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1><nav>{nav}</nav>"]
+    for i, s in enumerate(sections):
+        parts.append(f'<section id="s{i}"><h2>{html.escape(s.title)}</h2>')
+        parts += [f"<p>{_inline(t)}</p>" for t in s.text]
+        for caption, table in s.tables:
+            if caption:
+                parts.append(f"<h3>{html.escape(caption)}</h3>")
+            parts.append(_html_table(table) if len(table) else "<p><em>(empty)</em></p>")
+        parts += [f"<figure>{image(p)}</figure>" for p in s.figures]
+        parts.append("</section>")
+    return "\n".join(parts + ["</body></html>"])
+
+
+def _inline(text: str) -> str:
+    """Escape, then turn the Markdown `code` and **bold** spans used in the texts into HTML."""
+    out = html.escape(text)
+    for mark, tag in (("**", "strong"), ("`", "code")):
+        pieces = out.split(mark)
+        out = "".join(p if i % 2 == 0 else f"<{tag}>{p}</{tag}>" for i, p in enumerate(pieces))
+    return out
+
+
+# -- the sections -------------------------------------------------------------------------------
+
+def _thin_ice_display(table2: pd.DataFrame) -> pd.DataFrame:
+    def auc(row, name):
+        return f"{row[f'auc_{name}']:.3f} [{row[f'ci_low_{name}']:.3f}, {row[f'ci_high_{name}']:.3f}]"
+    out = table2[["model_id", "method", "arch", "sparsity", "S00", "S01", "S10", "S11"]].copy()
+    out["AUC ε(S10)<ε(S11) [95% CI]"] = [auc(r, "S10<S11") for _, r in table2.iterrows()]
+    out["p (1-sided)"] = table2["p_S10<S11"]
+    out["p (2-sided)"] = table2["p2_S10<S11"]
+    out["AUC |ε(S01)|<|ε(S00)| [95% CI]"] = [auc(r, "|S01|<|S00|") for _, r in table2.iterrows()]
+    out["p (1-sided) "] = table2["p_|S01|<|S00|"]
+    out["p (2-sided) "] = table2["p2_|S01|<|S00|"]
+    out["McNemar p clean"] = table2["mcnemar_p_clean"]
+    out["McNemar p AA"] = table2["mcnemar_p_aa"]
+    return out
+
+
+def statistics_sections(samples: pd.DataFrame, models: pd.DataFrame, folder: Path,
+                        settings: AnalysisSettings) -> tuple[list[Section], dict[str, pd.DataFrame]]:
+    from trainables.pruning import PRUNING_METHODS
+
     table1 = reevaluation_table(models)
-    table2 = thin_ice_table(samples)
-    paths = {"models.csv": folder / "models.csv", "table1.csv": folder / "table1_reevaluation.csv",
-             "table2.csv": folder / "table2_thin_ice.csv"}
-    models.to_csv(paths["models.csv"], index=False)
-    table1.to_csv(paths["table1.csv"], index=False)
-    table2.to_csv(paths["table2.csv"], index=False)
+    table2 = thin_ice_table(samples, settings.bootstrap_resamples)
+    seeds = seed_table(models)
+    taxonomy = {m.name: {"pipeline": m.pipeline, "structured": m.structured, "scope": m.scope,
+                         "criterion": m.criterion} for m in PRUNING_METHODS.values()}
+    leader = leaderboard(models, taxonomy)
+    compare = comparison_table(leader)
+    tables = {"models": models, "table1_reevaluation": table1, "table2_thin_ice": table2,
+              "seeds": seeds, "leaderboard": leader, "comparisons": compare}
 
     eps = float(samples["eps"].iloc[0])
+    aa = dict(zip(models["model_id"], models["aa_acc"]))
+    curves = [plots.security_curves(rows, eps, folder / f"security_curve_{arch}.png", aa)
+              for arch, rows in samples.groupby("arch")]
+    scatters = [plots.thin_ice_scatter(joined, model_id, folder / f"fig2_{model_id}.png")
+                for model_id, _, joined in pruned_pairs(samples)]
+
+    weak = table1[table1["fmn_weaker_than_aa"]]["model_id"].tolist()
+    s1 = Section("Table 1: robustness as reported (PGD) vs AutoAttack", [
+        "`drop` = PGD accuracy − AutoAttack accuracy, on the samples AutoAttack ran on. "
+        "`fmn_acc_at_eps` is read off the FMN security curve at the threat ε."],
+        [("", table1)])
+    if weak:
+        s1.text.append(f"**FMN is weaker than AutoAttack** (higher accuracy at the threat ε) on: "
+                       f"{', '.join(weak)}. Its security curves overstate robustness there; raise "
+                       f"`evaluation.fmn_steps`.")
+    s2 = Section("Table 2: samples on thin ice", [
+        "Populations S_ab: a = dense model correct on the clean sample, b = pruned model correct "
+        "(shares of the test samples). ε = the dense model's signed FMN distance. AUC = P(first "
+        "population's ε < second's), with a 95 % percentile bootstrap interval "
+        f"({settings.bootstrap_resamples} resamples of each population). The paper's hypotheses are "
+        "directional, so the test is the **one-sided** Mann-Whitney U; the two-sided p is beside it. "
+        "McNemar: exact test that dense and pruned models err equally often (discordant pairs), on "
+        "clean and on AutoAttack correctness. Samples whose dense FMN found nothing are left out of "
+        "the AUCs (column `dense_fmn_not_found` of table2_thin_ice.csv)."],
+        [("", _thin_ice_display(table2))] if len(table2) else [],
+        scatters)
+    if not len(table2):
+        s2.text.append("_No pruned model with its dense parent evaluated._")
+    s2.title += " (Figure 2: dense logit margin vs ε per population)"
+    several = bool((seeds["seeds"] > 1).any())
+    s3 = Section("Across seeds", [
+        "Mean and standard deviation over seeds of each architecture × method × sparsity."
+        if several else "Every cell of this grid has one seed, so there is no spread to show; "
+        "add seeds to `dense.seeds` for mean ± std."], [("", seeds)] if several else [])
+    s4 = Section("Leaderboard (taxonomy)", [
+        "Per dataset × architecture × structure × sparsity, methods ranked by AutoAttack robust "
+        "accuracy (ties: clean accuracy), mean over seeds, with the survey's taxonomy. "
+        "The comparison table pits local vs global scope and criteria against each other on the "
+        "cells where both exist (best method of each group per cell)."],
+        [("Ranking", leader), ("Local vs global, criterion vs criterion", compare)])
+    s5 = Section("Security curves", [
+        "Robust accuracy vs ε from the per-sample FMN distances, dense (black) and pruned overlaid "
+        "per architecture; × marks AutoAttack's accuracy at the threat ε. A curve above its × at "
+        "the threat ε means FMN was weaker than AutoAttack there."], figures=curves)
+    return [s1, s2, s3, s4, s5], tables
+
+
+def cost_section(models: pd.DataFrame, access: ModelAccess, settings: AnalysisSettings,
+                 cache: Path) -> tuple[Section, pd.DataFrame]:
+    from analysis.costs import model_cost
+    from analysis.tables import cost_table
+
+    rows = []
+    for model_id in models["model_id"]:
+        def measure(model_id=model_id):
+            access.log(f"[analyze] costs of {model_id}")
+            return model_cost(access.load(model_id), access.input_shape, access.device,
+                              settings.cost_batch_size).as_dict()
+        cost = _cached(cache / "costs" / f"{model_id}.json", measure,
+                       {"batch": settings.cost_batch_size, "device": str(access.device)})
+        card = access.cards.get(model_id, {})
+        quantized = card.get("config", {}).get("options", {}).get("bits")  # ATMC's k bits
+        bits = card.get("metrics", {}).get("model_size_bits") if quantized else None
+        rows.append({"model_id": model_id, **cost, "quantized_bytes": bits / 8 if bits else np.nan})
+    table = cost_table(models, pd.DataFrame(rows))
+    text = ["Parameters and non-zeros counted on the stored weights; `file_MB` = the fp32 state dict "
+            "as saved, `sparse_MB` = one bit per weight plus the fp32 non-zeros, `quantized_MB` = "
+            "ATMC's k-bit size where recorded. Latency = median of 10 forward passes on a batch "
+            f"of {settings.cost_batch_size} on `{access.device}`; speed-up vs the dense parent.",
+            "**Structured pruning** removes filters: the dense file and the kernels really shrink. "
+            "**Unstructured** masks only zero weights: dense kernels run at the same speed, so a "
+            "speed-up near 1× is the honest result, and the size gain needs a sparse format."]
+    return Section("Cost of the models", text, [("", table)]), table
+
+
+def transfer_section(models: pd.DataFrame, access: ModelAccess, settings: AnalysisSettings,
+                     folder: Path, cache: Path, eps: float) -> tuple[Section, pd.DataFrame]:
+    from analysis.transfer import transfer_table
+
+    dense = models[models["role"] == "dense"]["model_id"].tolist()
+    targets = models["model_id"].tolist()
+    key = {"attacks": list(settings.transfer_attacks), "n": settings.transfer_samples,
+           "targets": targets, "eps": eps}
+
+    def compute():
+        x, y = access.test_data(settings.transfer_samples)
+        loaded = {m: access.load(m) for m in targets}
+        return transfer_table({m: loaded[m] for m in dense}, loaded, x, y, eps,
+                              settings.transfer_attacks, log=access.log).to_dict("records")
+    table = pd.DataFrame(_cached(cache / "transfer.json", compute, key))
+    figures = [plots.transfer_heatmap(table, source, folder / f"transfer_{source}.png")
+               for source in dense]
+    text = [f"Adversarial examples crafted on each dense (base) model — FGSM, BIM, PGD, APGD-CE "
+            f"and a universal perturbation within the threat ε; CW-L2 (κ = 5) and DeepFool-L2 "
+            f"unbounded — on the first {settings.transfer_samples} test samples, and each model's "
+            f"accuracy on them (`adv_acc`; the source's own row is the white-box accuracy). "
+            f"`fooled` = share of the samples the target got right clean that it gets wrong."]
+    matrix = table.pivot_table(index=["source", "attack"], columns="target", values="adv_acc",
+                               sort=False).reset_index() if len(table) else table
+    matrix.columns = [plots._short(str(c)) for c in matrix.columns]
+    return Section("Transfer attacks", text, [("accuracy on transferred examples", matrix),
+                                              ("every cell", table)], figures), table
+
+
+def slice_section(samples: pd.DataFrame, access: ModelAccess, settings: AnalysisSettings,
+                  folder: Path) -> Section:
+    import torch
+
+    from trainables.attacks import fmn
     figures = []
-    for arch, rows in samples.groupby("arch"):
-        figures.append(plots.security_curves(rows, eps, folder / f"security_curve_{arch}.png"))
-    by_model = dict(tuple(samples.groupby("model_id", sort=False)))
-    scatters = []
-    for model_id, pruned in by_model.items():
-        first = pruned.iloc[0]
-        if first["role"] == "pruned" and first["dense_model_id"] in by_model:
-            joined = join_dense_pruned(by_model[first["dense_model_id"]], pruned)
-            scatters.append(plots.thin_ice_scatter(joined, model_id, folder / f"fig2_{model_id}.png"))
-    for i, p in enumerate(figures + scatters):
-        paths[f"figure{i}"] = p
+    for model_id, first, joined in pruned_pairs(samples):
+        picked = pd.concat([joined[(joined["population"] == pop) & joined["eps_found"]]
+                            .head(settings.slice_samples) for pop in ("S10", "S01")])
+        if picked.empty:
+            continue
+        access.log(f"[analyze] decision slices of {model_id}")
+        x_all, y_all = access.test_data(int(picked["sample_idx"].max()) + 1)
+        idx = torch.from_numpy(np.array(picked["sample_idx"], dtype=np.int64))
+        x, y = x_all[idx], y_all[idx]
+        dense = access.load(first["dense_model_id"])
+        _, _, x_adv = fmn(dense, x, y, norm=str(first["norm"]), steps=int(first["fmn_steps"]),
+                          step_size=1.0)
+        figures.append(plots.decision_slices(dense, access.load(model_id), x, y, x_adv,
+                                             picked["population"].tolist(), model_id,
+                                             folder / f"fig1_{model_id}.png"))
+    return Section("Figure 1: decision regions around samples on thin ice", [
+        "The plane through each sample spanned by its FMN direction on the dense model and a random "
+        "orthogonal direction; axes in input units. S10 samples (lost by pruning) sit just inside "
+        "the dense boundary, which the pruned boundary (red) cuts across; S01 (gained) just outside."],
+        figures=figures)
+
+
+def _cached(path: Path, compute, key: dict):
+    """JSON cache keyed by the settings that produced it: reanalysing does not remeasure."""
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored["value"]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "value": value}, default=float))
+    return value
+
+
+# -- entry point --------------------------------------------------------------------------------
+
+def write_report(samples: pd.DataFrame, folder: Path, grid_name: str,
+                 settings: AnalysisSettings = AnalysisSettings(),
+                 access: ModelAccess | None = None) -> dict[str, Path]:
+    """Write CSV tables, PNG figures, report.md and a self-contained index.html; returns the
+    paths written. Without `access` (no models at hand) the sections that need models are left
+    out, and the report says so."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = folder.parent / "analysis_cache"
+    models = model_table(samples)
+    sections, tables = statistics_sections(samples, models, folder, settings)
+    eps = float(samples["eps"].iloc[0])
+    if access is None:
+        sections.append(Section("Costs, transfer attacks, decision slices", [
+            "Not computed: the models were not available to this analysis."]))
+    else:
+        sections.append(slice_section(samples, access, settings, folder))
+        if settings.transfer_attacks:
+            section, tables["transfer"] = transfer_section(models, access, settings, folder,
+                                                           cache, eps)
+            sections.append(section)
+        if settings.costs:
+            section, tables["costs"] = cost_section(models, access, settings, cache)
+            sections.append(section)
+    sections.append(Section("Models", [], [("", models)]))
 
     threat = f"{samples['norm'].iloc[0]}, ε = {eps:.6g}"
-    weak = table1[table1["fmn_weaker_than_aa"]]["model_id"].tolist()
-    lines = [
-        f"# apgrid report: {grid_name}", "",
+    intro = Section("Summary", [
         f"{len(models)} models ({(models['role'] == 'dense').sum()} dense, "
         f"{(models['role'] == 'pruned').sum()} pruned), {int(models['num_samples'].iloc[0])} test "
         f"samples each; threat model {threat}; AutoAttack "
         f"`{samples['autoattack_version'].iloc[0]}`, PGD-{int(samples['pgd_steps'].iloc[0])}, "
-        f"FMN {int(samples['fmn_steps'].iloc[0])} steps.", "",
-        "## Table 1: robustness as reported (PGD) vs AutoAttack", "",
-        "`drop` = PGD accuracy − AutoAttack accuracy. `fmn_acc_at_eps` is read off the FMN security "
-        "curve at the threat ε.", "",
-        _markdown(table1), "",
-    ]
-    if weak:
-        lines += [f"**FMN is weaker than AutoAttack** (higher accuracy at the threat ε) on: "
-                  f"{', '.join(weak)}. Its security curves overstate robustness there; raise "
-                  f"`evaluation.fmn_steps`.", ""]
-    lines += [
-        "## Table 2: samples on thin ice", "",
-        "Populations S_ab: a = dense model correct on the clean sample, b = pruned model correct. "
-        "ε = the dense model's signed FMN distance (negative where the dense model is wrong). "
-        "AUC = P(first population's ε < second's); p = one-sided Mann-Whitney U "
-        "(H1: the first is stochastically smaller). Samples where the dense FMN found nothing are "
-        "left out of the tests (`dense_fmn_not_found`).", "",
-        _markdown(table2) if len(table2) else "_No pruned model with its dense parent evaluated._", "",
-        "## Security curves", "",
-        *[f"![security curve]({p.name})" for p in figures], "",
-        "## Figure 2: dense logit margin vs ε per population", "",
-        *[f"![{p.stem}]({p.name})" for p in scatters], "",
-        "## Models", "", _markdown(models), "",
-    ]
+        f"FMN {int(samples['fmn_steps'].iloc[0])} steps. Every table is also a CSV beside this "
+        f"page; settings: {json.dumps(asdict(settings))}."])
+    sections.insert(0, intro)
+
+    paths = {}
+    for name, table in tables.items():
+        paths[f"{name}.csv"] = folder / f"{name}.csv"
+        table.to_csv(paths[f"{name}.csv"], index=False)
+    for i, figure in enumerate(f for s in sections for f in s.figures):
+        paths[f"figure{i}"] = figure
+    title = f"apgrid report: {grid_name}"
     paths["report.md"] = folder / "report.md"
-    paths["report.md"].write_text("\n".join(lines))
+    paths["report.md"].write_text(render_markdown(title, sections))
+    paths["index.html"] = folder / "index.html"
+    paths["index.html"].write_text(render_html(title, sections))
     return paths

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.thin_ice import join_dense_pruned, population_shares, thin_ice_tests
+from analysis.thin_ice import mcnemar, population_shares, pruned_pairs, thin_ice_tests
+from trainables.pruning import PRUNING_METHODS
 
 MODEL_COLUMNS = ["model_id", "dense_model_id", "role", "dataset", "arch", "method", "sparsity",
                  "sparsity_measured", "seed", "norm", "eps"]
@@ -49,28 +50,85 @@ def reevaluation_table(models: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
-def thin_ice_table(samples: pd.DataFrame) -> pd.DataFrame:
-    """Table 2 layout: for each pruned model vs its dense parent, population shares and the two
-    AUC / one-sided Mann-Whitney tests."""
-    by_model = dict(tuple(samples.groupby("model_id", sort=False)))
+def thin_ice_table(samples: pd.DataFrame, resamples: int = 1000) -> pd.DataFrame:
+    """Table 2 layout: for each pruned model vs its dense parent, population shares, the two AUC
+    tests with bootstrap 95 % intervals and one- and two-sided Mann-Whitney p-values, and McNemar's
+    test of dense-vs-pruned disagreement on clean and on AutoAttack correctness."""
     rows = []
-    for model_id, pruned in by_model.items():
-        first = pruned.iloc[0]
-        if first["role"] != "pruned" or first["dense_model_id"] not in by_model:
-            continue
-        joined = join_dense_pruned(by_model[first["dense_model_id"]], pruned)
-        shares = population_shares(joined)
-        tests = thin_ice_tests(joined)
-        rows.append({
-            "model_id": model_id, "method": first["method"], "arch": first["arch"],
-            "sparsity": first["sparsity"], **shares,
-            "auc_S10<S11": tests["S10<S11"].auc, "p_S10<S11": tests["S10<S11"].p_value,
-            "auc_|S01|<|S00|": tests["|S01|<|S00|"].auc,
-            "p_|S01|<|S00|": tests["|S01|<|S00|"].p_value,
-            "n_S10": tests["S10<S11"].n_x, "n_S11": tests["S10<S11"].n_y,
-            "n_S01": tests["|S01|<|S00|"].n_x, "n_S00": tests["|S01|<|S00|"].n_y,
-            "dense_fmn_not_found": int((~joined["eps_found"]).sum()),
-        })
+    for model_id, first, joined in pruned_pairs(samples):
+        tests = thin_ice_tests(joined, resamples)
+        row = {"model_id": model_id, "method": first["method"], "arch": first["arch"],
+               "sparsity": first["sparsity"], "seed": first.get("seed"), **population_shares(joined)}
+        for name, test in tests.items():
+            row.update({f"auc_{name}": test.auc, f"ci_low_{name}": test.ci_low,
+                        f"ci_high_{name}": test.ci_high, f"p_{name}": test.p_value,
+                        f"p2_{name}": test.p_two_sided})
+        row.update({"n_S10": tests["S10<S11"].n_x, "n_S11": tests["S10<S11"].n_y,
+                    "n_S01": tests["|S01|<|S00|"].n_x, "n_S00": tests["|S01|<|S00|"].n_y,
+                    "dense_fmn_not_found": int((~joined["eps_found"]).sum()),
+                    "mcnemar_p_clean": mcnemar(joined["dense_correct"], joined["pruned_correct"]).p_value})
+        both = joined[joined["dense_aa"].notna() & joined["pruned_aa"].notna()]
+        row["mcnemar_p_aa"] = (mcnemar(both["dense_aa"].astype(bool), both["pruned_aa"].astype(bool)).p_value
+                               if len(both) else float("nan"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seed_table(models: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds of each (arch, method, sparsity) cell; std is NaN with one seed."""
+    metrics = ["clean_acc", "pgd_acc", "aa_acc", "fmn_acc_at_eps"]
+    keys = ["arch", "role", "method", "sparsity"]
+    grouped = models.groupby(keys, dropna=False)[metrics]
+    table = grouped.mean().add_suffix("_mean").join(grouped.std().add_suffix("_std"))
+    table.insert(0, "seeds", models.groupby(keys, dropna=False).size())
+    return table.reset_index()
+
+
+def leaderboard(models: pd.DataFrame, taxonomy: dict[str, dict]) -> pd.DataFrame:
+    """The survey's leaderboard (Piras et al. 2024, Sec. 5): per dataset x architecture x structure
+    and sparsity, methods ranked by AutoAttack robust accuracy (then clean), with their taxonomy.
+    Mean over seeds; the dense model of each architecture is listed as the reference."""
+    pruned = models[models["role"] == "pruned"]
+    if pruned.empty:
+        return pd.DataFrame()
+    tax = pd.DataFrame([{"method": m, **taxonomy.get(m, {})} for m in pruned["method"].unique()])
+    for col in ("pipeline", "structured", "scope", "criterion"):
+        if col not in tax:
+            tax[col] = None
+    cells = (pruned.groupby(["dataset", "arch", "method", "sparsity"], as_index=False)
+             [["clean_acc", "aa_acc"]].mean().merge(tax, on="method", how="left"))
+    cells["structure"] = cells["structured"].map({True: "structured", False: "unstructured"}).fillna("?")
+    cells = cells.sort_values(["dataset", "arch", "structure", "sparsity", "aa_acc", "clean_acc"],
+                              ascending=[True, True, True, True, False, False])
+    cells["rank"] = cells.groupby(["dataset", "arch", "structure", "sparsity"]).cumcount() + 1
+    dense = models[models["role"] == "dense"].groupby("arch")[["clean_acc", "aa_acc"]].mean()
+    cells["dense_clean_acc"] = cells["arch"].map(dense["clean_acc"])
+    cells["dense_aa_acc"] = cells["arch"].map(dense["aa_acc"])
+    cells["clean / AA"] = [f"{c:.1%} / {a:.1%}" for c, a in zip(cells["clean_acc"], cells["aa_acc"])]
+    return cells[["dataset", "arch", "structure", "sparsity", "rank", "method", "pipeline", "scope",
+                  "criterion", "clean / AA", "clean_acc", "aa_acc", "dense_clean_acc",
+                  "dense_aa_acc"]].reset_index(drop=True)
+
+
+def comparison_table(leader: pd.DataFrame) -> pd.DataFrame:
+    """Local vs global scope and one criterion vs another, as the survey compares them: the mean
+    AutoAttack accuracy of each group over the cells (arch, structure, sparsity) where both exist."""
+    if leader.empty:
+        return pd.DataFrame()
+    rows = []
+    for factor in ("scope", "criterion"):
+        pivot = leader.pivot_table(index=["dataset", "arch", "structure", "sparsity"],
+                                   columns=factor, values="aa_acc", aggfunc="max")
+        for a in pivot.columns:
+            for b in pivot.columns:
+                if a >= b:
+                    continue
+                both = pivot[[a, b]].dropna()
+                if len(both):
+                    diff = both[a] - both[b]
+                    rows.append({"factor": factor, "a": a, "b": b, "cells": len(both),
+                                 "mean_aa_a": both[a].mean(), "mean_aa_b": both[b].mean(),
+                                 "a_wins": int((diff > 0).sum()), "b_wins": int((diff < 0).sum())})
     return pd.DataFrame(rows)
 
 
@@ -80,3 +138,25 @@ def security_curve(rows: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
     correct = rows["clean_correct"].astype(bool).to_numpy()
     dist = rows["fmn_eps"].astype(float).abs().fillna(np.inf).to_numpy()
     return np.array([(correct & (dist > e)).mean() for e in grid])
+
+
+def cost_table(models: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
+    """Model costs beside their dense parent's: sizes in MB, latency, and the real speed-up."""
+    t = models[["model_id", "dense_model_id", "role", "arch", "method", "sparsity"]].merge(
+        costs, on="model_id")
+    mb = 1024 ** 2
+    t["file_MB"] = t["file_bytes"] / mb
+    t["sparse_MB"] = t["sparse_bytes"] / mb
+    t["quantized_MB"] = t["quantized_bytes"] / mb
+    parent = t.set_index("model_id")
+    base = t["dense_model_id"].where(t["dense_model_id"].isin(parent.index), t["model_id"])
+    t["params_kept"] = t["nonzero"] / base.map(parent["nonzero"])
+    t["file_ratio"] = t["file_bytes"] / base.map(parent["file_bytes"])
+    t["speedup"] = base.map(parent["latency_ms"]) / t["latency_ms"]
+    structured = t["method"].map(lambda m: getattr(PRUNING_METHODS.get(m), "structured", None))
+    t["kind"] = np.where(t["role"] == "dense", "dense",
+                         np.where(structured == True, "structured: filters removed",  # noqa: E712
+                                  "unstructured: masks, dense kernels"))
+    return t[["model_id", "arch", "method", "sparsity", "kind", "parameters", "nonzero",
+              "params_kept", "file_MB", "sparse_MB", "quantized_MB", "file_ratio", "latency_ms",
+              "throughput", "speedup", "device"]]

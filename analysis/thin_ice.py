@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
+from scipy.stats import binomtest, bootstrap, mannwhitneyu
 
 POPULATIONS = ("S00", "S01", "S10", "S11")
 
@@ -32,15 +32,30 @@ def join_dense_pruned(dense: pd.DataFrame, pruned: pd.DataFrame) -> pd.DataFrame
         "eps": d["fmn_eps"].astype(float),
         "eps_found": d["fmn_found"].astype(bool),
         "dense_margin": d["logit_margin"].astype(float),
+        "dense_aa": d["aa_correct"].astype("boolean") if "aa_correct" in d else pd.NA,
+        "pruned_aa": p["aa_correct"].astype("boolean") if "aa_correct" in p else pd.NA,
     })
     joined["population"] = ("S" + joined["dense_correct"].astype(int).astype(str)
                             + joined["pruned_correct"].astype(int).astype(str))
     return joined.reset_index()
 
 
+def pruned_pairs(samples: pd.DataFrame):
+    """(model_id, its first row, joined rows) for every pruned model whose dense parent was
+    evaluated too, in the order the models appear."""
+    by_model = dict(tuple(samples.groupby("model_id", sort=False)))
+    for model_id, pruned in by_model.items():
+        first = pruned.iloc[0]
+        if first["role"] == "pruned" and first["dense_model_id"] in by_model:
+            yield model_id, first, join_dense_pruned(by_model[first["dense_model_id"]], pruned)
+
+
 def population_shares(joined: pd.DataFrame) -> dict[str, float]:
     counts = joined["population"].value_counts()
     return {pop: counts.get(pop, 0) / len(joined) for pop in POPULATIONS}
+
+
+NAN = float("nan")
 
 
 @dataclass(frozen=True)
@@ -49,23 +64,57 @@ class AucTest:
     p_value: float    # one-sided Mann-Whitney U, H1: X is stochastically smaller than Y
     n_x: int
     n_y: int
+    p_two_sided: float = NAN   # H1: the two distributions differ
+    ci_low: float = NAN        # bootstrap 95 % percentile interval of the AUC
+    ci_high: float = NAN
 
 
-def auc_smaller(x: np.ndarray, y: np.ndarray) -> AucTest:
-    """AUC that a value of x is smaller than one of y, with the Mann-Whitney U test behind it."""
+def _auc(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """AUC = U_y / (n_x n_y), vectorised over leading axes for the bootstrap."""
+    u_y = mannwhitneyu(y, x, axis=axis, method="asymptotic").statistic
+    return u_y / (x.shape[axis] * y.shape[axis])
+
+
+def auc_smaller(x: np.ndarray, y: np.ndarray, resamples: int = 1000, seed: int = 0) -> AucTest:
+    """AUC that a value of x is smaller than one of y, the Mann-Whitney U tests behind it and a
+    bootstrap confidence interval (x and y resampled independently; `resamples=0` skips it)."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     x, y = x[np.isfinite(x)], y[np.isfinite(y)]
     if len(x) == 0 or len(y) == 0:
-        return AucTest(float("nan"), float("nan"), len(x), len(y))
+        return AucTest(NAN, NAN, len(x), len(y))
     u_y, p = mannwhitneyu(y, x, alternative="greater")  # U of y = #pairs(y > x) + ties/2
-    return AucTest(u_y / (len(x) * len(y)), float(p), len(x), len(y))
+    two_sided = mannwhitneyu(y, x, alternative="two-sided").pvalue
+    low = high = NAN
+    if resamples and min(len(x), len(y)) >= 2:
+        ci = bootstrap((x, y), _auc, n_resamples=resamples, method="percentile", vectorized=True,
+                       batch=max(1, 2_000_000 // (len(x) + len(y))), rng=np.random.default_rng(seed))
+        low, high = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
+    return AucTest(float(u_y / (len(x) * len(y))), float(p), len(x), len(y), float(two_sided), low, high)
 
 
-def thin_ice_tests(joined: pd.DataFrame) -> dict[str, AucTest]:
+@dataclass(frozen=True)
+class McNemarTest:
+    lost: int         # dense right, pruned wrong (S10 for clean accuracy)
+    gained: int       # dense wrong, pruned right (S01)
+    p_value: float    # exact two-sided McNemar: binomial test of lost vs gained at 1/2
+
+
+def mcnemar(dense_correct: np.ndarray, pruned_correct: np.ndarray) -> McNemarTest:
+    """McNemar's exact test that dense and pruned models err equally often on paired samples
+    (McNemar 1947): only the discordant pairs carry information."""
+    d = np.asarray(dense_correct, dtype=bool)
+    p = np.asarray(pruned_correct, dtype=bool)
+    lost, gained = int((d & ~p).sum()), int((~d & p).sum())
+    if lost + gained == 0:
+        return McNemarTest(lost, gained, 1.0)
+    return McNemarTest(lost, gained, float(binomtest(lost, lost + gained, 0.5).pvalue))
+
+
+def thin_ice_tests(joined: pd.DataFrame, resamples: int = 1000) -> dict[str, AucTest]:
     """Table 2's two tests: ε(S10) < ε(S11) and |ε(S01)| < |ε(S00)| (samples whose dense FMN
     failed have no ε and are left out; their count is reported beside the table)."""
     eps = joined.set_index("population")["eps"]
     pick = lambda pop: eps[eps.index == pop].to_numpy()  # noqa: E731
-    return {"S10<S11": auc_smaller(pick("S10"), pick("S11")),
-            "|S01|<|S00|": auc_smaller(np.abs(pick("S01")), np.abs(pick("S00")))}
+    return {"S10<S11": auc_smaller(pick("S10"), pick("S11"), resamples),
+            "|S01|<|S00|": auc_smaller(np.abs(pick("S01")), np.abs(pick("S00")), resamples)}

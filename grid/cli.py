@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -56,10 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="comma-separated columns to show")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
-    p = sub.add_parser("analyze", help="(re)write the report from the Parquet results",
-                       description="Rebuild OUTPUT/report (tables, figures, report.md) from the "
-                                   "per-sample Parquet files alone; needs no Ray.")
+    p.add_argument("--table", help="print an analysis table written by `apgrid analyze` instead "
+                   "of runs: table1_reevaluation, table2_thin_ice, leaderboard, comparisons, "
+                   "seeds, costs, transfer, models")
+
+    p = sub.add_parser("analyze", help="(re)write the report from the results",
+                       description="Rebuild OUTPUT/report (index.html, report.md, a CSV per table, "
+                                   "PNG figures) from the per-sample Parquet files, and from the "
+                                   "stored models for costs, transfer attacks and decision slices "
+                                   "(settings: the spec's `analysis` section; measurements are "
+                                   "cached in OUTPUT/analysis_cache). Needs no Ray and no MLflow.")
     p.add_argument("dir", help="the grid's output folder")
+    p.add_argument("--models", nargs="+", metavar="PATTERN",
+                   help="only these model ids (shell patterns, e.g. 'prune-hydra-*'); their dense "
+                        "parents come along for the thin-ice statistics")
+    p.add_argument("--format", choices=("md", "html", "csv"), default="md",
+                   help="what to print once written: md the Markdown report, html the page's path, "
+                        "csv the main tables")
+    p.add_argument("--no-models", action="store_true",
+                   help="statistics from the Parquet only: skip costs, transfer and slices")
 
     p = sub.add_parser("list", help="list pruning methods, architectures or datasets",
                        description="What a spec may name. methods: every pruning method with its "
@@ -78,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     from grid.spec import SpecError
     from grid.query import QueryError
     from grid.store import CheckpointError
+    from grid.analyze import AnalysisError
     try:
         return COMMANDS[args.command](args) or 0
-    except (SpecError, GridError, CheckpointError, QueryError) as exc:
+    except (SpecError, GridError, CheckpointError, QueryError, AnalysisError) as exc:
         print(f"apgrid: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -136,7 +151,14 @@ def cmd_status(args) -> int:
 
 
 def cmd_query(args) -> int:
-    from grid.query import format_runs, query_runs
+    from grid.query import format_runs, query_runs, read_table
+    if args.table:
+        if not args.dir:
+            from grid.runner import GridError
+            raise GridError("query --table: give the grid's output folder")
+        print(format_runs(read_table(Path(args.dir).expanduser().resolve(), args.table,
+                                     args.where, args.columns), args.format))
+        return 0
     if args.tracking_uri:
         uri, experiment = args.tracking_uri, args.experiment
     elif args.dir:
@@ -152,17 +174,20 @@ def cmd_query(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from analysis.report import write_report
-    from grid.runner import read_state
-    from grid.store import read_samples
-    output = Path(args.dir).expanduser().resolve()
-    state = read_state(output)
-    samples = read_samples(output)
-    if samples.empty:
-        from grid.runner import GridError
-        raise GridError(f"analyze: {output} has no evaluated models yet")
-    paths = write_report(samples, output / "report", state["name"])
-    print(f"wrote {len(paths)} files; report: {paths['report.md']}")
+    from grid.analyze import analyze
+    from grid.runner import load_grid_spec
+    spec = load_grid_spec(Path(args.dir))
+    paths = analyze(spec, args.models, log=lambda m: print(m, file=sys.stderr),
+                    with_models=not args.no_models)
+    if args.format == "md":
+        print(paths["report.md"].read_text())
+    elif args.format == "html":
+        print(paths["index.html"])
+    else:
+        for name in ("table1_reevaluation", "table2_thin_ice", "leaderboard", "costs", "transfer"):
+            if f"{name}.csv" in paths:
+                print(f"# {name}\n{paths[f'{name}.csv'].read_text()}")
+    print(f"wrote {len(paths)} files to {paths['index.html'].parent}", file=sys.stderr)
     return 0
 
 

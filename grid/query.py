@@ -60,6 +60,27 @@ def query_runs(uri: str, experiment: str | None, where: str, columns: str | None
     return flat[cols].reset_index(drop=True)
 
 
+def read_table(output, name: str, where: str = "", columns: str | None = None) -> pd.DataFrame:
+    """An analysis table from OUTPUT/report, filtered like runs."""
+    path = output / "report" / f"{name}.csv"
+    if not path.is_file():
+        known = sorted(p.stem for p in (output / "report").glob("*.csv"))
+        raise QueryError(f"--table: {name} not in {output / 'report'}; "
+                         + (f"known: {', '.join(known)}" if known else "run `apgrid analyze` first"))
+    table = pd.read_csv(path)
+    for field, op, value in parse_where(where):
+        if field not in table.columns:
+            raise QueryError(f"--where: unknown field '{field}'; known: {', '.join(table.columns)}")
+        table = table[_compare(table[field], op, value)]
+    if columns:
+        cols = [c.strip() for c in columns.split(",")]
+        missing = [c for c in cols if c not in table.columns]
+        if missing:
+            raise QueryError(f"--columns: unknown {', '.join(missing)}; known: {', '.join(table.columns)}")
+        table = table[cols]
+    return table.reset_index(drop=True)
+
+
 def _flatten(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame(columns=DEFAULT_COLUMNS)

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from analysis.report import AnalysisSettings as AnalysisSpec
+from analysis.transfer import TRANSFER_ATTACKS
 from trainables.attacks import NORMS
 from trainables.evaluation import EvalSettings, ThreatModel
 from trainables.data import DATASETS
@@ -106,6 +108,7 @@ class GridSpec:
     evaluation: EvaluationSpec = EvaluationSpec()
     resources: Resources = Resources()
     checkpoints: tuple[CheckpointSpec, ...] = ()
+    analysis: AnalysisSpec = AnalysisSpec()
 
     @property
     def output_dir(self) -> Path:
@@ -128,7 +131,7 @@ class GridSpec:
     def fingerprint(self) -> str:
         """Identity of the grid's work: everything but where it is written and tracked."""
         body = {k: v for k, v in self.to_dict().items()
-                if k not in ("output", "tracking_uri", "storage", "ray_address")}
+                if k not in ("output", "tracking_uri", "storage", "ray_address", "analysis")}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -172,6 +175,7 @@ def parse_spec(raw: Any) -> GridSpec:
         evaluation=_evaluation(raw.get("evaluation", {})),
         resources=_resources(raw.get("resources", {})),
         checkpoints=_checkpoints(raw.get("checkpoints", [])),
+        analysis=_analysis(raw.get("analysis", {})),
     )
     _check_cross_fields(spec)
     return spec
@@ -273,6 +277,12 @@ def _number(value, where: str, low: float, high: float, high_open: bool = False)
     return float(value)
 
 
+def _bool(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{where}: {value!r} is not true or false")
+    return value
+
+
 def _choice(value, where: str, allowed) -> str:
     if value not in allowed:
         raise SpecError(f"{where}: unknown '{value}'; allowed: {', '.join(sorted(allowed))}")
@@ -289,8 +299,11 @@ def _list(value, where: str) -> list:
 def _dataset(raw) -> DatasetSpec:
     raw = _mapping(raw, "dataset")
     _check_keys(raw, DatasetSpec, "dataset.")
+    root = _optional_string(raw.get("root"), "dataset.root")
+    # Resolved against the launch directory, like `output`: Ray workers run elsewhere.
+    root = str(Path(root).expanduser().resolve()) if root else None
     return DatasetSpec(name=_choice(raw.get("name", "digits"), "dataset.name", DATASETS),
-                       root=_optional_string(raw.get("root"), "dataset.root"),
+                       root=root,
                        download=bool(raw.get("download", False)))
 
 
@@ -451,6 +464,26 @@ def _evaluation(raw) -> EvaluationSpec:
     return EvaluationSpec(settings=settings,
                           shards=_int(raw.get("shards", 4), "evaluation.shards", minimum=1),
                           actors=_int(raw.get("actors", 2), "evaluation.actors", minimum=1))
+
+
+def _analysis(raw) -> AnalysisSpec:
+    raw = _mapping(raw, "analysis")
+    _check_keys(raw, AnalysisSpec, "analysis.")
+    d = AnalysisSpec()
+    attacks = raw.get("transfer_attacks", d.transfer_attacks)
+    if not isinstance(attacks, (list, tuple)):
+        raise SpecError(f"analysis.transfer_attacks: a list; allowed names: {', '.join(TRANSFER_ATTACKS)}")
+    return AnalysisSpec(
+        transfer_attacks=tuple(_choice(a, "analysis.transfer_attacks", TRANSFER_ATTACKS) for a in attacks),
+        transfer_samples=_int(raw.get("transfer_samples", d.transfer_samples),
+                              "analysis.transfer_samples", minimum=1),
+        costs=_bool(raw.get("costs", d.costs), "analysis.costs"),
+        cost_batch_size=_int(raw.get("cost_batch_size", d.cost_batch_size),
+                             "analysis.cost_batch_size", minimum=1),
+        slice_samples=_int(raw.get("slice_samples", d.slice_samples), "analysis.slice_samples", minimum=0),
+        bootstrap_resamples=_int(raw.get("bootstrap_resamples", d.bootstrap_resamples),
+                                 "analysis.bootstrap_resamples", minimum=0),
+    )
 
 
 def _resources(raw) -> Resources:

@@ -29,6 +29,8 @@ def methods_grid(ray_session, tmp_path_factory, trained):
         "evaluation": {"num_samples": N_SAMPLES, "autoattack_samples": AA_SAMPLES, "block_size": 10,
                        "shards": 2, "actors": 2, "pgd_steps": 3, "fmn_steps": 30},
         "checkpoints": [{"name": "user-dense", "arch": "digits-cnn", "path": str(checkpoint)}],
+        "analysis": {"transfer_attacks": ["fgsm", "pgd"], "transfer_samples": 50,
+                     "bootstrap_resamples": 200},
     })
     launch(spec, log=lambda line: None)
     return spec
@@ -74,3 +76,17 @@ def test_cards_and_mlflow_record_taxonomy_and_costs(methods_grid):
                               filter_string="tags.stage = 'evaluate' and tags.method = 'r-admm'")
     assert len(runs) == 1
     assert runs["tags.pipeline"].iloc[0] == "A" and runs["tags.scope"].iloc[0] == "local"
+
+
+def test_cost_table_shows_what_structured_pruning_really_removes(methods_grid):
+    import pandas as pd
+    costs = pd.read_csv(methods_grid.output_dir / "report" / "costs.csv").set_index("method")
+    dense = costs.loc["dense"].iloc[0] if costs.loc["dense"].ndim > 1 else costs.loc["dense"]
+    filters = costs.loc["filter-l1"]
+    assert filters["kind"].startswith("structured") and filters["parameters"] < 0.6 * dense["parameters"]
+    assert filters["file_ratio"] < 0.6  # the file itself shrank
+    masks = costs.loc["r-admm"]
+    assert masks["kind"].startswith("unstructured") and masks["parameters"] == dense["parameters"]
+    assert masks["params_kept"] < 0.35 and masks["sparse_MB"] < 0.5 * masks["file_MB"]
+    assert costs.loc["atmc", "quantized_MB"] < 0.3 * costs.loc["atmc", "file_MB"]
+    assert (costs["latency_ms"] > 0).all()

@@ -1,0 +1,81 @@
+"""The analyze stage: the per-sample Parquet, plus the stored models for costs, transfer attacks and
+decision slices, into OUTPUT/report. Used by the grid's last stage and by `apgrid analyze`."""
+
+from __future__ import annotations
+
+import fnmatch
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch.nn.utils import prune
+
+from analysis.report import ModelAccess, write_report
+from grid.spec import GridSpec
+from grid.store import ModelStore, read_samples
+
+
+class AnalysisError(RuntimeError):
+    pass
+
+
+def select_models(samples, patterns: list[str] | None):
+    """Rows of the models whose id matches any pattern (shell-style), and their dense parents,
+    which the thin-ice statistics need."""
+    if not patterns:
+        return samples
+    ids = samples["model_id"].unique()
+    chosen = {m for m in ids if any(fnmatch.fnmatchcase(m, p) for p in patterns)}
+    if not chosen:
+        raise AnalysisError(f"--models: no model matches {' '.join(patterns)}; "
+                            f"known: {', '.join(sorted(ids))}")
+    parents = set(samples.loc[samples["model_id"].isin(chosen), "dense_model_id"].dropna())
+    return samples[samples["model_id"].isin(chosen | (parents & set(ids)))]
+
+
+def model_access(spec: GridSpec, log=print) -> ModelAccess:
+    """Loads stored models (masks folded into the weights) and the test set, once each."""
+    from trainables import pruning
+    from trainables.data import load_dataset
+    from trainables.models import build_model, fit_to_state, resolve_device
+
+    store = ModelStore(spec.output_dir)
+    device = resolve_device(spec.resources.device)
+    dataset = lru_cache(maxsize=1)(
+        lambda: load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download))
+
+    @lru_cache(maxsize=None)
+    def load(model_id: str) -> torch.nn.Module:
+        ds, card = dataset(), store.card(model_id)
+        model = build_model(card["arch"], ds.image_shape[0], ds.num_classes, ds.mean, ds.std)
+        state, masks = store.load_weights(model_id)
+        fit_to_state(model, state)
+        model.load_state_dict(state)
+        pruning.apply_masks(model, masks)
+        for _, layer in pruning.prunable_layers(model):
+            if prune.is_pruned(layer):
+                prune.remove(layer, "weight")  # fold: no mask multiply in the timed forward pass
+        return model.to(device).eval()
+
+    def test_data(n: int):
+        ds = dataset()
+        return ds.x_test[:n], ds.y_test[:n]
+
+    cards = {}
+    if store.root.is_dir():
+        cards = {p.name: store.card(p.name) for p in store.root.iterdir() if store.exists(p.name)}
+    return ModelAccess(load=load, test_data=test_data,
+                       input_shape=tuple(dataset().image_shape), device=device, cards=cards, log=log)
+
+
+def analyze(spec: GridSpec, models: list[str] | None = None, log=print,
+            with_models: bool = True) -> dict[str, Path]:
+    """Write OUTPUT/report for the grid's evaluated models (or those matching `models`)."""
+    from grid import plan as planner
+    samples = read_samples(spec.output_dir)
+    if samples.empty:
+        raise AnalysisError(f"analyze: {spec.output_dir} has no evaluated models yet")
+    ids = {p.model_id for p in planner.all_models(spec)}
+    samples = select_models(samples[samples["model_id"].isin(ids)], models)
+    access = model_access(spec, log) if with_models else None
+    return write_report(samples, spec.output_dir / "report", spec.name, spec.analysis, access)

@@ -1,0 +1,214 @@
+"""The analysis stage: statistics against scipy / statsmodels, the leaderboard, model costs, transfer
+attacks, and the report as Markdown, as a self-contained HTML page, and in a headless browser."""
+import base64
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import mannwhitneyu, norm
+from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+
+from analysis.costs import model_cost
+from analysis.report import AnalysisSettings, ModelAccess, write_report
+from analysis.tables import leaderboard, seed_table, thin_ice_table
+from analysis.thin_ice import auc_smaller, mcnemar
+from analysis.transfer import transfer_table
+from tests.test_statistics import fixture
+from trainables import pruning
+from trainables.data import load_dataset
+from trainables.models import build_model
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+def test_two_sided_p_and_mcnemar_equal_scipy_and_statsmodels():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(0, 1, 80), rng.normal(0.4, 1, 120)
+    test = auc_smaller(x, y, resamples=200)
+    assert test.p_two_sided == pytest.approx(mannwhitneyu(x, y, alternative="two-sided").pvalue)
+    dense, pruned = rng.random(300) < 0.8, rng.random(300) < 0.7
+    table = [[(dense & pruned).sum(), (dense & ~pruned).sum()],
+             [(~dense & pruned).sum(), (~dense & ~pruned).sum()]]
+    ours = mcnemar(dense, pruned)
+    assert ours.lost == table[0][1] and ours.gained == table[1][0]
+    assert ours.p_value == pytest.approx(sm_mcnemar(table, exact=True).pvalue)
+    assert mcnemar(dense, dense).p_value == 1.0
+
+
+def test_bootstrap_interval_covers_the_true_auc():
+    """For X ~ N(0,1), Y ~ N(d,1) the AUC P(X<Y) is Phi(d/sqrt 2); a 95 % interval should cover it
+    in about 95 % of the data sets (we accept 85 %, 40 draws), and shrink with more samples."""
+    true_auc = norm.cdf(0.5 / np.sqrt(2))
+    rng = np.random.default_rng(0)
+    covered, widths = 0, []
+    for _ in range(40):
+        t = auc_smaller(rng.normal(0, 1, 60), rng.normal(0.5, 1, 60), resamples=400,
+                        seed=int(rng.integers(1 << 30)))
+        assert t.ci_low <= t.auc <= t.ci_high
+        covered += t.ci_low <= true_auc <= t.ci_high
+        widths.append(t.ci_high - t.ci_low)
+    assert covered >= 34
+    big = auc_smaller(rng.normal(0, 1, 960), rng.normal(0.5, 1, 960), resamples=400)
+    assert big.ci_high - big.ci_low < 0.5 * np.median(widths)
+
+
+def samples_fixture():
+    """Two dense models (two archs, seeds) and pruned children, in the Parquet schema."""
+    frames = []
+    for arch, seed in (("digits-cnn", 0), ("digits-cnn", 1)):
+        dense, pruned = fixture(seed=seed, n=120)
+        common = {"dataset": "digits", "arch": arch, "seed": seed, "norm": "Linf", "eps": 0.1,
+                  "autoattack_version": "standard", "pgd_steps": 5, "fmn_steps": 50}
+        d_id = f"dense-{arch}-seed{seed}-aaaa"
+        rng = np.random.default_rng(seed)
+        for frame, model_id, role, method, sparsity in (
+                (dense, d_id, "dense", "dense", 0.0),
+                (pruned, f"prune-lwm-global-{seed}-bbbb", "pruned", "lwm-global", 0.9),
+                (pruned.assign(clean_correct=~pruned["clean_correct"] & (rng.random(120) < 0.3)),
+                 f"prune-filter-l1-{seed}-cccc", "pruned", "filter-l1", 0.5)):
+            correct = frame["clean_correct"].to_numpy()
+            frames.append(frame.assign(
+                model_id=model_id, dense_model_id=d_id, role=role, method=method, sparsity=sparsity,
+                sparsity_measured=sparsity, pgd_correct=correct & (rng.random(120) < 0.7),
+                aa_correct=pd.array(correct & (rng.random(120) < 0.6), dtype="boolean"),
+                fmn_eps=np.abs(frame["fmn_eps"]) + 0.01, **common))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_thin_ice_table_has_intervals_and_mcnemar():
+    table = thin_ice_table(samples_fixture(), resamples=200)
+    assert len(table) == 4
+    for _, row in table.iterrows():
+        assert row["ci_low_S10<S11"] <= row["auc_S10<S11"] <= row["ci_high_S10<S11"]
+        assert 0 <= row["mcnemar_p_clean"] <= 1 and 0 <= row["mcnemar_p_aa"] <= 1
+        assert row["p_S10<S11"] <= row["p2_S10<S11"] + 1e-12 or row["auc_S10<S11"] < 0.5
+
+
+def test_seed_table_and_leaderboard():
+    from analysis.tables import model_table
+    models = model_table(samples_fixture())
+    seeds = seed_table(models)
+    cell = seeds[(seeds["method"] == "lwm-global")].iloc[0]
+    values = models[models["method"] == "lwm-global"]["aa_acc"]
+    assert cell["seeds"] == 2
+    assert cell["aa_acc_mean"] == pytest.approx(values.mean())
+    assert cell["aa_acc_std"] == pytest.approx(values.std())
+    taxonomy = {m.name: {"pipeline": m.pipeline, "structured": m.structured, "scope": m.scope,
+                         "criterion": m.criterion} for m in pruning.PRUNING_METHODS.values()}
+    board = leaderboard(models, taxonomy)
+    assert set(board["structure"]) == {"structured", "unstructured"}
+    l1 = board[board["method"] == "filter-l1"].iloc[0]
+    assert l1["criterion"] == pruning.PRUNING_METHODS["filter-l1"].criterion and l1["scope"]
+    for _, group in board.groupby(["dataset", "arch", "structure", "sparsity"]):
+        assert list(group["rank"]) == list(range(1, len(group) + 1))
+        assert group["aa_acc"].is_monotonic_decreasing
+
+
+# -- costs and transfer ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def tiny_models(ds):
+    torch.manual_seed(0)
+    make = lambda: build_model("digits-cnn", 1, ds.num_classes, ds.mean, ds.std).eval()  # noqa: E731
+    dense = make()
+    masked = make()
+    masked.load_state_dict(dense.state_dict())
+    pruning.apply_masks(masked, {name: (layer.weight.abs() > layer.weight.abs().quantile(0.9)).float()
+                                 for name, layer in pruning.prunable_layers(masked)})
+    for _, layer in pruning.prunable_layers(masked):
+        torch.nn.utils.prune.remove(layer, "weight")
+    return dense, masked
+
+
+def test_costs_count_nonzeros_and_sizes(digits):
+    dense, masked = tiny_models(digits)
+    c_dense = model_cost(dense, (1, 8, 8), torch.device("cpu"), batch_size=16, repeats=3)
+    c_masked = model_cost(masked, (1, 8, 8), torch.device("cpu"), batch_size=16, repeats=3)
+    assert c_dense.parameters == c_masked.parameters == sum(p.numel() for p in dense.parameters())
+    assert c_masked.nonzero < 0.2 * c_dense.nonzero
+    assert c_masked.sparse_bytes < c_masked.file_bytes
+    assert c_masked.file_bytes > 0.99 * c_dense.file_bytes  # masks alone do not shrink the file
+    assert c_dense.latency_ms > 0 and c_dense.throughput > 0
+
+
+def test_transfer_table_white_box_is_strongest(digits):
+    dense, masked = tiny_models(digits)
+    x, y = digits.x_test[:40], digits.y_test[:40]
+    table = transfer_table({"dense": dense}, {"dense": dense, "masked": masked}, x, y, eps=0.3,
+                           attacks=("fgsm", "pgd"), log=lambda m: None)
+    assert len(table) == 4 and set(table["attack"]) == {"fgsm", "pgd"}
+    pgd = table[table["attack"] == "pgd"].set_index("target")
+    assert pgd.loc["dense", "white_box"] and pgd.loc["dense", "adv_acc"] <= pgd.loc["dense", "clean_acc"]
+    assert pgd.loc["dense", "linf_median"] <= 0.3 + 1e-6
+
+
+# -- the report ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, digits):
+    samples = samples_fixture()
+    dense, masked = tiny_models(digits)
+    models = {m: (dense if m.startswith("dense") else masked) for m in samples["model_id"].unique()}
+    access = ModelAccess(load=models.__getitem__,
+                         test_data=lambda n: (digits.x_test[:n], digits.y_test[:n]),
+                         input_shape=(1, 8, 8), device=torch.device("cpu"), log=lambda m: None)
+    settings = AnalysisSettings(transfer_attacks=("fgsm", "universal"), transfer_samples=30,
+                                cost_batch_size=16, slice_samples=1, bootstrap_resamples=100)
+    folder = tmp_path_factory.mktemp("report") / "report"
+    return folder, write_report(samples, folder, "fixture", settings, access)
+
+
+def test_report_has_every_section_table_and_csv(report):
+    folder, paths = report
+    md = paths["report.md"].read_text()
+    for title in ("Table 1", "Table 2", "Across seeds", "Leaderboard", "Security curves",
+                  "Figure 1", "Transfer attacks", "Cost of the models"):
+        assert f"## {title}" in md
+    for name in ("table1_reevaluation", "table2_thin_ice", "leaderboard", "seeds", "costs",
+                 "transfer", "models"):
+        assert not pd.read_csv(folder / f"{name}.csv").empty
+    costs = pd.read_csv(folder / "costs.csv")
+    assert (costs.loc[costs["kind"] != "dense", "params_kept"] < 0.5).all()
+
+
+def test_html_report_is_self_contained(report):
+    folder, paths = report
+    page = paths["index.html"].read_text()
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    pngs = sorted(folder.glob("*.png"))
+    assert len(images) == len(pngs) >= 1 + 4 + 4 + 2  # curves, fig2, fig1, transfer heat-maps
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert page.count("<table>") >= 8 and "src=\"http" not in page and "<script" not in page
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    """Debian's chromium loads the page: its DOM holds the tables and the decoded images."""
+    if not _chromium():
+        if os.environ.get("APGRID_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is required here (APGRID_REQUIRE_CHROMIUM) but not installed")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    _, paths = report
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=" + str(tmp_path / "p")]
+    dom = subprocess.run([_chromium(), *flags, "--dump-dom", paths["index.html"].as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<table>") >= 8 and dom.count("<img ") >= 11
+    assert "Table 2: samples on thin ice" in dom
+    shot = tmp_path / "page.png"
+    subprocess.run([_chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,2400",
+                    paths["index.html"].as_uri()], capture_output=True, timeout=120)
+    from PIL import Image
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.std() > 10  # not a blank page
