@@ -7,6 +7,7 @@ its own file) and merged by sample index into the model's Parquet partition when
 
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 
 from grid.plan import ModelPlan
 from grid.spec import GridSpec
+from grid.faults import maybe_fail
 from grid.store import ModelStore, SampleStore
 from trainables import pruning
 from trainables.evaluation import EvalSettings, ThreatModel, evaluate_samples, shard_ranges
@@ -27,8 +29,9 @@ from trainables.models import build_model, fit_to_state, resolve_device
 class EvalWorker:
     """Holds the test set and every model it has been given, each loaded once."""
 
-    def __init__(self, output: str, data: dict, threads: int, device: str):
+    def __init__(self, output: str, data: dict, threads: int, device: str, fault=None):
         torch.set_num_threads(max(1, threads))
+        self.fault = fault
         self.store = ModelStore(Path(output))
         self.data = data
         self.device = resolve_device(device)
@@ -45,9 +48,13 @@ class EvalWorker:
             self.models = {model_id: model.to(self.device).eval()}  # keep the current model only
         return self.models[model_id]
 
+    def peak_rss_mb(self) -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
     def evaluate(self, model_id: str, arch: str, signed: bool, start: int, end: int,
                  threat: ThreatModel, settings: EvalSettings) -> pd.DataFrame:
         model = self._model(model_id, arch)
+        maybe_fail(self.fault, "evaluate", start, model_id, key="shard")  # tests: die mid-shard
         x, y = self.data["x"][start:end], self.data["y"][start:end]
         return evaluate_samples(model, x, y, start, threat, settings, signed, self.device)
 
@@ -71,8 +78,11 @@ def metadata_columns(spec: GridSpec, plan: ModelPlan, card: dict) -> dict:
 
 
 def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
-                   test_y: torch.Tensor, dataset_info: dict, on_model_done, log=print) -> None:
-    """Evaluate every plan whose Parquet partition is missing; call on_model_done(plan, rows)."""
+                   test_y: torch.Tensor, dataset_info: dict, on_model_done, log=print,
+                   fault=None) -> None:
+    """Evaluate every plan whose Parquet partition is missing; call on_model_done(plan, rows).
+    A shard whose actor dies is retried by Ray on the restarted actor (max_task_retries); past
+    that, on a fresh actor that replaces the dead one."""
     output = spec.output_dir
     samples, models = SampleStore(output, spec.name), ModelStore(output)
     ranges = shard_ranges(len(test_y), spec.evaluation.settings.block_size, spec.evaluation.shards)
@@ -87,8 +97,12 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
     res = spec.resources
     data_ref = ray.put({"x": test_x, "y": test_y, **dataset_info})
     n_actors = min(spec.evaluation.actors, len(tasks))
-    actors = [EvalWorker.options(num_cpus=res.actor_cpus, num_gpus=res.actor_gpus).remote(
-        str(output), data_ref, int(max(1, res.actor_cpus)), res.device) for _ in range(n_actors)]
+
+    def new_actor():
+        return EvalWorker.options(num_cpus=res.actor_cpus, num_gpus=res.actor_gpus).remote(
+            str(output), data_ref, int(max(1, res.actor_cpus)), res.device, fault)
+    actors = [new_actor() for _ in range(n_actors)]
+    replacements = 2 * n_actors  # a shard that kills every actor it meets must not loop forever
     log(f"[evaluate] {len(todo)} models x {len(ranges)} shards = {len(tasks)} shard tasks "
         f"on {n_actors} actors")
     cards = {p.model_id: models.card(p.model_id) for p in todo}
@@ -111,8 +125,12 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
             rows = ray.get(ready[0])
         except ray.exceptions.RayActorError:
             log(f"[evaluate] actor lost on {task.plan.model_id} [{task.start}, {task.end}); "
-                f"requeued")
+                f"requeued on a new actor")
             queue.insert(0, task)
+            if replacements > 0:
+                replacements -= 1
+                actors.append(new_actor())
+                idle.append(actors[-1])
             continue  # the dead actor is not returned to the idle list
         rows = rows.assign(**metadata_columns(spec, task.plan, cards[task.plan.model_id]))
         samples.write_shard(task.plan.model_id, task.start, task.end, rows)
@@ -125,5 +143,12 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
             on_model_done(task.plan, samples.finalize(task.plan.model_id, ranges))
         if not idle and not in_flight and queue:
             raise RuntimeError("every evaluation actor died; run `apgrid resume` to continue")
+    peaks = []
     for actor in actors:
+        try:
+            peaks.append(ray.get(actor.peak_rss_mb.remote(), timeout=30))
+        except (ray.exceptions.RayError, TimeoutError):
+            pass  # a dead actor has nothing to report
         ray.kill(actor)
+    if peaks:
+        log(f"[evaluate] actors' peak RSS {max(peaks):.0f} MB (max of {len(peaks)})")

@@ -17,8 +17,7 @@ import yaml
 
 from grid import plan as planner
 from grid.spec import GridSpec, SpecError, load_spec
-from grid.store import (ModelStore, SampleStore, atomic_write_json, read_samples,
-                        read_user_checkpoint)
+from grid.store import ModelStore, SampleStore, atomic_write_json, read_user_checkpoint
 from grid.tracking import Tracker, TrackingError, check_reachable
 
 STAGES = ("checkpoints", "dense", "prune", "evaluate", "analyze")
@@ -89,13 +88,19 @@ def launch(spec: GridSpec, fault: dict | None = None, log=print) -> Path:
     return _run(spec, fault, log)
 
 
-def resume(output: str | Path, fault: dict | None = None, log=print) -> Path:
+def load_grid_spec(output: Path) -> GridSpec:
+    """The spec a grid's output folder was launched with."""
     output = Path(output).expanduser().resolve()
     read_state(output)
     try:
-        spec = load_spec(output / "spec.yaml", output=str(output))
+        return load_spec(output / "spec.yaml", output=str(output))
     except SpecError as exc:
         raise GridError(f"{output / 'spec.yaml'}: {exc}") from None
+
+
+def resume(output: str | Path, fault: dict | None = None, log=print) -> Path:
+    output = Path(output).expanduser().resolve()
+    spec = load_grid_spec(output)
     try:
         check_reachable(spec.resolved_tracking_uri)
     except TrackingError as exc:
@@ -232,7 +237,6 @@ def stage_prune(spec, tracker, parent, fault, log, attempt):
 def stage_evaluate(spec, tracker, parent, fault, log, attempt):
     from analysis.tables import summarize
     from grid.evaluate import run_evaluation
-    from grid.tracking import model_tags
     from trainables.data import load_dataset
 
     ds = load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
@@ -260,7 +264,7 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
 
     run_evaluation(spec, plans, ds.x_test[:n], ds.y_test[:n],
                    {"num_classes": ds.num_classes, "mean": ds.mean, "std": ds.std},
-                   on_model_done, log)
+                   on_model_done, log, fault)
 
 
 def _params(d: dict):
@@ -269,12 +273,9 @@ def _params(d: dict):
 
 
 def stage_analyze(spec, tracker, parent, fault, log, attempt):
-    from analysis.report import write_report
+    from grid.analyze import analyze
 
-    samples = read_samples(spec.output_dir)
-    ids = {p.model_id for p in planner.all_models(spec)}
-    samples = samples[samples["model_id"].isin(ids)]
-    paths = write_report(samples, spec.output_dir / "report", spec.name)
+    paths = analyze(spec, log=log)
     for path in paths.values():
         tracker.log_artifact(parent, path, "report")
     log(f"[analyze] wrote {len(paths)} files to {spec.output_dir / 'report'}")

@@ -7,13 +7,13 @@ and returns at once if that model already exists.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 import torch
 from ray import tune
 
+from grid.faults import maybe_fail
 from grid.plan import ModelPlan, model_card
 from grid.store import ModelStore, atomic_write_bytes, load_state
 from trainables import pruning
@@ -41,18 +41,7 @@ def _data_and_model(grid: dict, arch: str, seed: int):
 
 
 def _maybe_fail(config: dict, stage: str, epoch: int) -> None:
-    """Fault injection for the tests: fail once at (stage, epoch), remembered by a marker file."""
-    fault = config.get("fault")
-    if not fault or fault["stage"] != stage or fault["epoch"] != epoch:
-        return
-    marker = Path(fault["marker"]) / f"{config['model']['model_id']}-{stage}-{epoch}"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-    if fault.get("kind") == "exit":
-        os._exit(1)
-    raise RuntimeError(f"injected fault at {stage} epoch {epoch}")
+    maybe_fail(config.get("fault"), stage, epoch, config["model"]["model_id"])
 
 
 def _report(store: ModelStore, model_id: str, metrics: dict, state: dict) -> None:

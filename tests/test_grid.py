@@ -2,6 +2,8 @@
 `apgrid query`, a resume that redoes nothing, and an output folder that belongs to another grid."""
 import json
 
+import numpy as np
+
 import mlflow
 import pytest
 import yaml
@@ -25,6 +27,7 @@ def tiny_spec(output, **over):
                   "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128}},
         "evaluation": {"num_samples": N_SAMPLES, "block_size": 10, "shards": 3, "actors": 2,
                        "pgd_steps": 5, "fmn_steps": 50},
+        "analysis": {"transfer_samples": 50, "bootstrap_resamples": 200},
         **over,
     }
     return parse_spec(raw)
@@ -34,9 +37,12 @@ def tiny_spec(output, **over):
 def finished_grid(ray_session, tmp_path_factory):
     output = tmp_path_factory.mktemp("grid") / "out"
     spec = tiny_spec(output)
-    fault = {"stage": "dense", "epoch": 1, "kind": "raise", "marker": str(output.parent / "faults")}
+    marker = str(output.parent / "faults")
+    faults = [{"stage": "dense", "epoch": 1, "kind": "raise", "marker": marker},
+              {"stage": "prune", "epoch": 1, "kind": "exit", "marker": marker},  # os._exit(1)
+              {"stage": "evaluate", "shard": 10, "kind": "exit", "marker": marker}]
     lines = []
-    launch(spec, fault=fault, log=lines.append)
+    launch(spec, fault=faults, log=lines.append)
     return spec, output, lines
 
 
@@ -72,6 +78,47 @@ def test_crashed_trial_was_retried_from_its_checkpoint(finished_grid):
     assert min(epochs) == 2 and max(epochs) == 3  # resumed after epoch 1, not from scratch
 
 
+def test_trial_killed_by_os_exit_was_retried_from_its_checkpoint(finished_grid):
+    spec, output, _ = finished_grid
+    client = mlflow.tracking.MlflowClient(spec.resolved_tracking_uri)
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id], "tags.stage = 'prune' and tags.method = 'hydra'")
+    # HYDRA died at the start of its epoch 1, after its score-search epoch was checkpointed
+    assert sorted((r.data.tags["attempt"], r.info.status) for r in runs) == \
+        [("1", "FAILED"), ("2", "FINISHED")]
+    retry = next(r for r in runs if r.info.status == "FINISHED")
+    epochs = [m.value for m in client.get_metric_history(retry.info.run_id, "epoch")]
+    assert epochs == [2.0]  # resumed after the checkpointed epoch 1, not redone from scratch
+    assert [p.name.split("-")[0] for p in (output.parent / "faults").glob("*-prune-epoch1")] == ["hydra"]
+
+
+def test_evaluation_actor_killed_mid_shard_loses_and_doubles_nothing(finished_grid):
+    """Each model's actor died once on shard [10, 20); Ray restarted it and redid the shard. Its
+    rows equal an in-process evaluation of the same samples."""
+    from grid.store import ModelStore
+    from trainables import pruning
+    from trainables.data import load_dataset
+    from trainables.evaluation import evaluate_samples
+    from trainables.models import build_model
+    spec, output, _ = finished_grid
+    assert len(list((output.parent / "faults").glob("*-evaluate-shard10"))) == 3
+    samples = read_samples(output)
+    hydra = next(m for m in all_models(spec) if m.method == "hydra")
+    rows = samples[samples.model_id == hydra.model_id].set_index("sample_idx").loc[10:19]
+    ds = load_dataset("digits")
+    model = build_model("digits-cnn", 1, ds.num_classes, ds.mean, ds.std)
+    state, masks = ModelStore(output).load_weights(hydra.model_id)
+    model.load_state_dict(state)
+    pruning.apply_masks(model, masks)
+    direct = evaluate_samples(model.eval(), ds.x_test[10:20], ds.y_test[10:20], 10, spec.threat_model,
+                              spec.evaluation.settings, False, "cpu").set_index("sample_idx")
+    for column in ("clean_correct", "pgd_correct", "aa_correct", "fmn_found"):
+        assert rows[column].tolist() == direct[column].tolist(), column
+    for column in ("fmn_eps", "logit_margin"):  # other thread counts: float rounding only
+        np.testing.assert_allclose(rows[column].to_numpy(float), direct[column].to_numpy(float),
+                                   rtol=1e-5, atol=1e-6, err_msg=column)
+
+
 def test_mlflow_runs_are_nested_tagged_and_closed(finished_grid):
     spec, output, _ = finished_grid
     mlflow.set_tracking_uri(spec.resolved_tracking_uri)
@@ -103,11 +150,35 @@ def test_mlflow_artifacts_stay_inside_the_output_folder(finished_grid):
         assert "card.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
 
-def test_report_is_written(finished_grid):
-    _, output, _ = finished_grid
+def test_report_is_written_and_logged(finished_grid):
+    spec, output, _ = finished_grid
     report = (output / "report" / "report.md").read_text()
-    assert "Table 1" in report and "Table 2" in report
-    assert len(list((output / "report").glob("*.png"))) == 1 + 2  # security curve + 2 fig2
+    for title in ("Table 1", "Table 2", "Leaderboard", "Transfer attacks", "Cost of the models"):
+        assert f"## {title}" in report
+    pngs = {p.name.split("_")[0] for p in (output / "report").glob("*.png")}
+    assert {"security", "fig1", "fig2", "transfer"} <= pngs
+    assert (output / "report" / "index.html").stat().st_size > 10_000
+    client = mlflow.MlflowClient(spec.resolved_tracking_uri)
+    grid_run = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id],
+                                  "tags.level = 'grid'")[0]
+    logged = [a.path for a in client.list_artifacts(grid_run.info.run_id, "report")]
+    assert "report/index.html" in logged and "report/costs.csv" in logged
+
+
+def test_analyze_selects_models_and_prints_tables(finished_grid, capsys):
+    _, output, _ = finished_grid
+    assert main(["analyze", str(output), "--models", "hydra-*", "--format", "csv",
+                 "--no-models"]) == 0
+    out = capsys.readouterr().out
+    table2 = out.split("# table2_thin_ice\n")[1].split("\n# ")[0].strip().splitlines()
+    assert len(table2) == 2 and ",hydra," in table2[1]  # header + the one HYDRA model
+    assert main(["query", str(output), "--table", "table2_thin_ice", "--format", "json",
+                 "--columns", "method,S10"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in rows] == ["hydra"] and 0 <= rows[0]["S10"] <= 1
+    assert main(["analyze", str(output), "--models", "nothing-*"]) == 2
+    assert main(["query", str(output), "--table", "nonsense"]) == 2
+    main(["analyze", str(output)])  # leave the full report for the tests after this one
 
 
 def test_query_lists_runs(finished_grid, capsys):
@@ -119,7 +190,8 @@ def test_query_lists_runs(finished_grid, capsys):
     assert main(["query", str(output), "--where", "sparsity>=0.5 and stage='prune'",
                  "--format", "csv", "--columns", "model_id,status"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "model_id,status" and len(lines) == 3
+    assert lines[0] == "model_id,status" and len(lines) == 4  # hydra's failed attempt too
+    assert sum(line.endswith(",FAILED") for line in lines) == 1
     assert main(["query", str(output), "--where", "colour='red'"]) == 2
 
 

@@ -1,0 +1,96 @@
+"""The README's bad-input table, one test per row, through the command line as a user meets it:
+one line naming the field or file and what is allowed, exit code 2, nothing started, nothing
+written or overwritten."""
+import io
+import json
+
+import pytest
+import torch
+import yaml
+
+from grid.cli import main
+from trainables.models import build_model
+
+BASE = {"name": "bad", "dense": {"recipe": {"epochs": 1}}}
+
+
+def write_checkpoint(kind: str, folder):
+    path = folder / f"{kind}.pt"
+    model = build_model("digits-cnn", 1, 10, (0.5,), (0.5,))
+    if kind == "corrupt":
+        path.write_bytes(b"\x00garbage, not a checkpoint" * 10)
+    elif kind == "truncated":
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    elif kind == "pickled-module":  # a whole nn.Module: loads only with weights_only=False
+        torch.save(model, path)
+    elif kind == "wrong-arch":
+        torch.save(build_model("cifar-small", 3, 10, (0.5,) * 3, (0.5,) * 3).state_dict(), path)
+    return path
+
+
+CASES = {  # case: (spec patch or raw text, text the one-line error must contain)
+    "malformed YAML": ("name: bad\nprune: [unclosed\n", "spec:"),
+    "unknown key": ({"colour": "blue"}, "colour: unknown"),
+    "unknown method": ({"prune": {"methods": ["magic"]}}, "prune.methods"),
+    "unknown architecture": ({"dense": {"architectures": ["resnet1000"]}}, "dense.architectures"),
+    "unknown dataset": ({"dataset": {"name": "imagenet"}}, "dataset.name"),
+    "sparsity 1.0": ({"prune": {"sparsities": [1.0]}}, "prune.sparsities"),
+    "sparsity negative": ({"prune": {"sparsities": [-0.5]}}, "prune.sparsities"),
+    "eps negative": ({"threat_model": {"eps": -0.1}}, "threat_model.eps"),
+    "eps above 1": ({"threat_model": {"eps": 2}}, "threat_model.eps"),
+    "steps 0": ({"evaluation": {"fmn_steps": 0}}, "evaluation.fmn_steps"),
+    "epochs negative": ({"dense": {"recipe": {"epochs": -1}}}, "dense.recipe.epochs"),
+    "more shards than samples": ({"evaluation": {"num_samples": 4, "shards": 8}}, "evaluation.shards"),
+    "missing dataset root": ({"dataset": {"name": "cifar10", "root": "/no/such/folder"}}, "dataset.root"),
+    "unknown transfer attack": ({"analysis": {"transfer_attacks": ["laser"]}}, "analysis.transfer_attacks"),
+    "unreachable tracking URI": ({"tracking_uri": "http://127.0.0.1:9"}, "tracking_uri"),
+}
+CHECKPOINTS = ("corrupt", "truncated", "pickled-module", "wrong-arch")
+
+
+def run(tmp_path, capsys, content):
+    out = tmp_path / "out"
+    spec = tmp_path / "spec.yaml"
+    if isinstance(content, str):
+        spec.write_text(content + f"output: {out}\n")
+    else:
+        spec.write_text(yaml.safe_dump({**BASE, "output": str(out), **content}))
+    code = main(["launch", str(spec)])
+    err = capsys.readouterr().err.strip()
+    return code, err, out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
+    content, expected = CASES[case]
+    code, err, out = run(tmp_path, capsys, content)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("apgrid: error: ") and expected in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", CHECKPOINTS)
+def test_bad_checkpoint_is_refused_before_anything_is_written(kind, tmp_path, capsys):
+    path = write_checkpoint(kind, tmp_path)
+    code, err, out = run(tmp_path, capsys, {"checkpoints": [
+        {"name": "theirs", "arch": "digits-cnn", "path": str(path)}]})
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert str(path) in err and ("cannot be loaded" in err or "does not fit" in err), err
+    assert not out.exists()
+
+
+def test_output_of_another_grid_is_neither_used_nor_overwritten(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    state = {"name": "someone-else", "fingerprint": "0" * 16, "stages": {"dense": "done"}}
+    (out / "grid.json").write_text(json.dumps(state))
+    before = sorted(p.name for p in out.iterdir())
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**BASE, "output": str(out)}))
+    assert main(["launch", str(spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "belongs to another grid ('someone-else')" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert json.loads((out / "grid.json").read_text()) == state
