@@ -1,0 +1,292 @@
+"""Evaluation throughput: sharding scale-out, wrapper overhead, where the time goes, work avoided,
+and peak memory per actor. Prints a table per part and one JSON line with every figure.
+
+    python benchmarks/evaluation.py                      # digits, a model trained here (~5 min)
+    python benchmarks/evaluation.py --grid runs/cifar10-cpu --samples 200   # a grid's dense model
+
+Each timing is the median of --repeats runs; configurations alternate within a repeat, so drift
+on a noisy machine hits them alike. Targets (issue 6): scale-out efficiency >= 0.9, wrapper
+overhead <= 3 %, share of time in model forward/backward >= 90 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import platform
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainables.attacks import fmn as apgrid_fmn  # noqa: E402
+from trainables.data import load_dataset  # noqa: E402
+from trainables.evaluation import EvalSettings, ThreatModel, evaluate_samples  # noqa: E402
+
+
+@dataclass
+class Subject:
+    model: torch.nn.Module
+    ds: object
+    threat: ThreatModel
+    arch: str
+    dataset: dict          # the spec's dataset section
+    described: str
+
+
+def load_subject(args) -> Subject:
+    """The grid's first dense model, or a digits CNN adversarially trained here."""
+    from trainables.models import build_model
+    if args.grid:
+        from grid.runner import load_grid_spec
+        from grid.store import ModelStore
+        spec = load_grid_spec(Path(args.grid))
+        ds = load_dataset(spec.dataset.name, spec.dataset.root)
+        store = ModelStore(spec.output_dir)
+        model_id = next(p.name for p in sorted(store.root.iterdir()) if p.name.startswith("dense-"))
+        card = store.card(model_id)
+        model = build_model(card["arch"], ds.image_shape[0], ds.num_classes, ds.mean, ds.std)
+        model.load_state_dict(store.load_weights(model_id)[0])
+        return Subject(model.eval(), ds, spec.threat_model, card["arch"],
+                       {"name": spec.dataset.name, "root": spec.dataset.root},
+                       f"{model_id} ({spec.dataset.name})")
+    from trainables.training import Recipe, train_epoch
+    ds = load_dataset("digits")
+    torch.manual_seed(0)
+    model = build_model("digits-cnn", 1, ds.num_classes, ds.mean, ds.std)
+    recipe = Recipe(trainer="fgsm-rs", epochs=4, lr=0.05, batch_size=64)
+    threat = ThreatModel(norm="Linf", eps=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9)
+    for epoch in range(recipe.epochs):
+        train_epoch(model, opt, ds.x_train, ds.y_train, recipe=recipe, eps=threat.eps,
+                    norm=threat.norm, seed=0, epoch=epoch, device=torch.device("cpu"))
+    return Subject(model.eval(), ds, threat, "digits-cnn", {"name": "digits"},
+                   "digits-cnn trained here (FGSM-RS, 4 epochs)")
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+# -- 2. wrapper overhead ------------------------------------------------------------------------
+
+def wrapper_overhead(model, x, y, threat, settings, repeats):
+    from pyautoattack import AutoAttack
+    from secmlt.adv.evasion.fmn import FMN
+    from secmlt.models.pytorch.base_pytorch_nn import BasePyTorchClassifier
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def ours_aa():
+        from trainables.attacks import autoattack
+        return autoattack(model, x, y, eps=threat.eps, norm=threat.norm,
+                          version=settings.autoattack_version, seed=0, batch_size=len(y))
+
+    def plain_aa():
+        adversary = AutoAttack(model, eps=threat.eps, norm=threat.norm,
+                               version=settings.autoattack_version, seed=0, device="cpu")
+        adversary.verbose = False
+        return adversary.run_standard_evaluation(x, y, batch_size=len(y))
+
+    def ours_fmn():
+        return apgrid_fmn(model, x, y, norm=threat.norm, steps=settings.fmn_steps,
+                          step_size=settings.fmn_step_size, batch_size=len(y))
+
+    def plain_fmn():
+        attack = FMN(perturbation_model="linf", num_steps=settings.fmn_steps,
+                     step_size=settings.fmn_step_size, backend="native")
+        loader = DataLoader(TensorDataset(x, y), batch_size=len(y))
+        return [a for a, _ in attack(BasePyTorchClassifier(model), loader, stream=True)]
+
+    times = {k: [] for k in ("ours_aa", "plain_aa", "ours_fmn", "plain_fmn")}
+    for r in range(repeats):
+        order = [("ours_aa", ours_aa), ("plain_aa", plain_aa), ("ours_fmn", ours_fmn),
+                 ("plain_fmn", plain_fmn)]
+        for name, fn in (order if r % 2 == 0 else order[::-1]):
+            times[name].append(timed(fn)[0])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"aa_ours_s": med["ours_aa"], "aa_plain_s": med["plain_aa"],
+            "aa_overhead": med["ours_aa"] / med["plain_aa"] - 1,
+            "fmn_ours_s": med["ours_fmn"], "fmn_plain_s": med["plain_fmn"],
+            "fmn_overhead": med["ours_fmn"] / med["plain_fmn"] - 1}
+
+
+# -- 4. where the time goes; 5. work avoided ----------------------------------------------------
+
+class Counting(torch.nn.Module):
+    """Counts the samples pushed through the model, and those with a graph for a backward pass."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.forward_samples, self.backward_samples = model, 0, 0
+
+    def forward(self, x):
+        self.forward_samples += len(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.backward_samples += len(x)
+        return self.model(x)
+
+
+def profile_and_count(model, x, y, threat, settings):
+    counting = Counting(model).eval()
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    rows = evaluate_samples(counting, x, y, 0, threat, settings, True)
+    profiler.disable()
+    wall = time.perf_counter() - start
+    stats = pstats.Stats(profiler)
+    forward = backward = 0.0
+    for (file, _, func), (_, _, _, cumulative, _) in stats.stats.items():
+        if func == "forward" and file.endswith("benchmarks/evaluation.py"):
+            forward += cumulative          # the outermost model call, submodules included
+        elif func in ("grad", "backward") and "torch/autograd" in file:
+            backward += cumulative
+    profiled = sum(s[2] for s in stats.stats.values())  # every function's own time, summed
+    n = len(y)
+    robust_aa = int(rows["aa_correct"].astype(bool).sum())
+    clean = int(rows["clean_correct"].sum())
+    # Naive AutoAttack standard: every attack on every sample, all restarts, no early stop:
+    # APGD-CE 100 + APGD-T 9x100 + FAB-T 9x100 (x2 passes) + Square 5000 queries.
+    naive_aa = 100 + 900 + 1800 + 5000
+    return {"profiled_s": profiled, "wall_s": wall,
+            "model_share": (forward + backward) / profiled,
+            "forward_share": forward / profiled, "backward_share": backward / profiled,
+            "forward_passes_per_sample": counting.forward_samples / n,
+            "backward_passes_per_sample": counting.backward_samples / n,
+            "naive_passes_per_sample": naive_aa + settings.pgd_steps + 2 * settings.fmn_steps + 1,
+            "clean_correct": clean, "aa_robust": robust_aa}
+
+
+# -- 1. scale-out, 6. memory ----------------------------------------------------------------------
+
+def same_outcomes(a, b) -> bool:
+    """Per-sample outcomes equal; distances equal up to float rounding (thread counts differ)."""
+    import numpy as np
+    flags = ["clean_correct", "pgd_correct", "aa_correct", "fmn_found", "sample_idx"]
+    return all(a[c].astype(str).tolist() == b[c].astype(str).tolist() for c in flags) and \
+        np.allclose(a["fmn_eps"].astype(float), b["fmn_eps"].astype(float), rtol=1e-4, equal_nan=True)
+
+
+def scale_out(subject: Subject, x, y, settings, repeats):
+    """The grid's own evaluation path (Ray actors over shards) with 1 actor x 1 thread,
+    1 actor x 2 threads and 2 actors x 1 thread, on the same model and samples."""
+    import ray
+
+    from grid.evaluate import run_evaluation
+    from grid.plan import checkpoint_models
+    from grid.runner import stage_checkpoints
+    from grid.spec import parse_spec
+
+    model, threat, ds = subject.model, subject.threat, subject.ds
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    configs = {"1 actor x 1 thread": (1, 1), "1 actor x 2 threads": (1, 2), "2 actors x 1 thread": (2, 1)}
+    times = {k: [] for k in configs}
+    rows_seen, memory = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "model.pt"
+        torch.save(model.state_dict(), ckpt)
+        for r in range(repeats):
+            for name, (actors, threads) in (list(configs.items()) if r % 2 == 0 else
+                                            list(configs.items())[::-1]):
+                out = Path(tmp) / f"{r}-{actors}-{threads}"
+                ev = {"num_samples": len(y), "block_size": settings.block_size,
+                      "shards": max(4, 4 * actors), "actors": actors,
+                      "pgd_steps": settings.pgd_steps, "fmn_steps": settings.fmn_steps,
+                      "autoattack_version": settings.autoattack_version}
+                spec = parse_spec({"name": "bench", "output": str(out),
+                                   "threat_model": {"norm": threat.norm, "eps": threat.eps},
+                                   "evaluation": ev,
+                                   "resources": {"actor_cpus": threads, "trial_cpus": 1},
+                                   "checkpoints": [{"name": "m", "arch": subject.arch,
+                                                    "path": str(ckpt)}],
+                                   "dataset": subject.dataset})
+                stage_checkpoints(spec, None, None, None, lambda m: None, 1)
+                plans = checkpoint_models(spec)
+                got = {}
+                seconds, _ = timed(lambda: run_evaluation(
+                    spec, plans, x, y, {"num_classes": ds.num_classes, "mean": ds.mean, "std": ds.std},
+                    lambda p, rows: got.update(rows=rows),
+                    log=lambda m: memory.setdefault(name, []).append(m)))
+                times[name].append(seconds)
+                rows_seen[name] = got["rows"]
+    ray.shutdown()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    identical = all(same_outcomes(rows, rows_seen["1 actor x 1 thread"]) for rows in rows_seen.values())
+    speedup_vs_1x1 = med["1 actor x 1 thread"] / med["2 actors x 1 thread"]
+    speedup_vs_1x2 = med["1 actor x 2 threads"] / med["2 actors x 1 thread"]
+    peaks = [float(m.split("peak RSS ")[1].split(" MB")[0]) for lines in memory.values()
+             for m in lines if "peak RSS" in m]
+    return {**{f"{k} s": v for k, v in med.items()}, "speedup_vs_1x1": speedup_vs_1x1,
+            "efficiency_vs_1x1": speedup_vs_1x1 / 2, "speedup_vs_1x2": speedup_vs_1x2,
+            "efficiency_vs_1x2": speedup_vs_1x2 / 2, "rows_identical": identical,
+            "actor_peak_rss_mb": max(peaks) if peaks else float("nan")}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", help="take the first dense model (and dataset) of this grid")
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fmn-steps", type=int, default=100)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["scale", "wrapper", "profile"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    subject = load_subject(args)
+    model, ds, threat, described = subject.model, subject.ds, subject.threat, subject.described
+    x, y = ds.x_test[:args.samples], ds.y_test[:args.samples]
+    settings = EvalSettings(fmn_steps=args.fmn_steps, block_size=max(1, args.samples // 4),
+                            batch_size=args.samples)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s) " \
+              f"per process, torch {torch.__version__}, {platform.system()}"
+    print(f"model: {described}; {args.samples} samples; threat {threat.norm} eps={threat.eps:.4g}; "
+          f"AutoAttack {settings.autoattack_version}, FMN {settings.fmn_steps} steps; "
+          f"medians of {args.repeats}; {machine}")
+    result = {"model": described, "samples": args.samples, "repeats": args.repeats}
+
+    if "wrapper" not in args.skip:
+        w = wrapper_overhead(model, x, y, threat, settings, args.repeats)
+        result["wrapper"] = w
+        print("\n2. wrapper overhead (one process, 1 thread)       apgrid    plain    overhead  target")
+        print(f"   AutoAttack ({settings.autoattack_version})                  {w['aa_ours_s']:8.2f} "
+              f"{w['aa_plain_s']:8.2f}   {w['aa_overhead']:+7.1%}   <= +3 %")
+        print(f"   FMN                                           {w['fmn_ours_s']:8.2f} "
+              f"{w['fmn_plain_s']:8.2f}   {w['fmn_overhead']:+7.1%}   <= +3 %")
+    if "profile" not in args.skip:
+        p = profile_and_count(model, x, y, threat, settings)
+        result["profile"] = p
+        print("\n4. where the time goes (cProfile of one evaluate_samples call)")
+        print(f"   model forward {p['forward_share']:.1%} + backward {p['backward_share']:.1%} = "
+              f"{p['model_share']:.1%} of the profiled time (target >= 90 %)")
+        print("\n5. work avoided (samples through the model, per test sample)")
+        print(f"   forward {p['forward_passes_per_sample']:.0f}, with backward "
+              f"{p['backward_passes_per_sample']:.0f}; naive count "
+              f"{p['naive_passes_per_sample']:.0f} (every AutoAttack attack on every sample); "
+              f"{p['clean_correct']} clean-correct, {p['aa_robust']} AutoAttack-robust of {args.samples}")
+    if "scale" not in args.skip:
+        s = scale_out(subject, x, y, settings, args.repeats)
+        result["scale_out"] = s
+        print("\n1. sharding scale-out (the grid's Ray actors; AutoAttack + FMN + PGD)")
+        for k in ("1 actor x 1 thread s", "1 actor x 2 threads s", "2 actors x 1 thread s"):
+            print(f"   {k[:-2]:22s} {s[k]:8.2f} s")
+        print(f"   speed-up 2 actors vs 1x1: {s['speedup_vs_1x1']:.2f} (efficiency "
+              f"{s['efficiency_vs_1x1']:.2f}, target >= 0.9); vs 1x2 threads: "
+              f"{s['speedup_vs_1x2']:.2f} (efficiency {s['efficiency_vs_1x2']:.2f}); "
+              f"rows identical across configurations: {s['rows_identical']}")
+        print(f"\n6. peak resident memory of an evaluation actor: {s['actor_peak_rss_mb']:.0f} MB")
+    print(json.dumps(result, default=float))
+
+
+if __name__ == "__main__":
+    main()
