@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -192,7 +193,11 @@ def _tune_stage(stage: str, trainable, plans, spec, tracker, parent, fault, log,
             callbacks=[TrialTracking(tracker, parent, spec.dataset.name, stage),
                        StageProgress(stage, log)]),
     )
-    results = tuner.fit()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        results = tuner.fit()
+    finally:  # Tune leaves its own Ctrl-C handler behind, which would swallow it in evaluate
+        signal.signal(signal.SIGINT, previous)
     failed = [p.model_id for p in todo if not store.exists(p.model_id)]
     if failed:
         errors = [str(r.error).strip().splitlines()[-1][:200] for r in results if r.error]

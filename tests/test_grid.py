@@ -233,3 +233,9 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
     (store.folder("m") / "model.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be loaded"):
         store.load_weights("m")
+
+
+def test_ctrl_c_is_ours_again_after_the_tune_stages(finished_grid):
+    """Tune installs a SIGINT handler and leaves it; evaluate would then ignore Ctrl-C."""
+    import signal
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
