@@ -65,9 +65,10 @@ def _cell(v) -> str:
 
 
 def _markdown_table(df: pd.DataFrame) -> str:
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    esc = lambda text: str(text).replace("|", "\\|")  # noqa: E731  (|ε| in a header)
+    head = "| " + " | ".join(esc(c) for c in df.columns) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    body = ["| " + " | ".join(esc(_cell(v)) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, rule, *body])
 
 
