@@ -97,15 +97,18 @@ def decision_slices(dense, pruned, x: torch.Tensor, y: torch.Tensor, x_adv: torc
         ax.imshow(dense_ok, origin="lower", extent=extent, cmap="Greys", vmin=0, vmax=2.5, alpha=0.8)
         ax.contour(span * size, span * size, dense_ok.astype(float), levels=[0.5], colors="black",
                    linewidths=1.2)
-        ax.contour(span * size, span * size, pruned_ok.astype(float), levels=[0.5],
-                   colors="tab:red", linewidths=1.2, linestyles="--")
+        if pruned_ok.any():  # hatched where the pruned model is right; its boundary dashed
+            ax.contourf(span * size, span * size, pruned_ok.astype(float), levels=[0.5, 1.5],
+                        colors="none", hatches=["////"])
+            ax.contour(span * size, span * size, pruned_ok.astype(float), levels=[0.5],
+                       colors="tab:red", linewidths=1.2, linestyles="--")
         ax.plot([0], [0], marker="*", color=COLORS.get(pop, "tab:blue"), markersize=12)
         ax.set_title(f"{pop}, label {int(yi)}", fontsize=9)
         ax.set_xlabel("FMN direction (Linf)", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("random orthogonal direction", fontsize=8)
-    fig.suptitle(f"{title}\nshaded: dense correct; black: dense boundary; red dashed: pruned",
-                 fontsize=8)
+    fig.suptitle(f"{title}\nshaded: dense correct (black: its boundary); hatched: pruned correct "
+                 f"(red dashed: its boundary)", fontsize=8)
     return _save(fig, path)
 
 

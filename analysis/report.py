@@ -94,7 +94,7 @@ STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:
 table{border-collapse:collapse;font-size:12px;margin:.5em 0 1.5em;display:block;overflow-x:auto}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f0f0f0}
 td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.3em}
-nav a{margin-right:1em}figure{display:inline-block;margin:.3em;max-width:620px;vertical-align:top}"""
+nav a{margin-right:1em}figure{display:inline-block;margin:.3em;max-width:100%;vertical-align:top}"""
 
 
 def render_html(title: str, sections: list[Section]) -> str:
@@ -279,15 +279,20 @@ def slice_section(samples: pd.DataFrame, access: ModelAccess, settings: Analysis
         idx = torch.from_numpy(np.array(picked["sample_idx"], dtype=np.int64))
         x, y = x_all[idx], y_all[idx]
         dense = access.load(first["dense_model_id"])
-        _, _, x_adv = fmn(dense, x, y, norm=str(first["norm"]), steps=int(first["fmn_steps"]),
-                          step_size=1.0)
+        kwargs = dict(norm=str(first["norm"]), steps=int(first["fmn_steps"]), step_size=1.0)
+        # S10: the dense model is right, FMN towards its boundary; S01: it is wrong, targeted FMN
+        # towards the true label (the thin-ice paper's negative ε)
+        x_adv = torch.cat([fmn(dense, x[i:i + 1], y[i:i + 1], **kwargs,
+                               target=None if pop == "S10" else int(y[i]))[2]
+                           for i, pop in enumerate(picked["population"])])
         figures.append(plots.decision_slices(dense, access.load(model_id), x, y, x_adv,
                                              picked["population"].tolist(), model_id,
                                              folder / f"fig1_{model_id}.png"))
     return Section("Figure 1: decision regions around samples on thin ice", [
         "The plane through each sample spanned by its FMN direction on the dense model and a random "
-        "orthogonal direction; axes in input units. S10 samples (lost by pruning) sit just inside "
-        "the dense boundary, which the pruned boundary (red) cuts across; S01 (gained) just outside."],
+        "orthogonal direction (targeted at the true label for S01, as for their negative ε); axes "
+        "in input units. S10 samples (lost by pruning) sit just inside the dense boundary, which "
+        "the pruned boundary (red) cuts across; S01 (gained) just outside it."],
         figures=figures)
 
 
