@@ -21,18 +21,7 @@ from analysis import plots
 from analysis.tables import (comparison_table, leaderboard, model_table, reevaluation_table,
                              seed_table, thin_ice_table)
 from analysis.thin_ice import pruned_pairs
-from analysis.transfer import TRANSFER_ATTACKS
-
-
-@dataclass(frozen=True)
-class AnalysisSettings:
-    """What the analysis adds beyond the Parquet statistics: these read the stored models again."""
-    transfer_attacks: tuple[str, ...] = TRANSFER_ATTACKS  # crafted on each dense model; () for none
-    transfer_samples: int = 200       # the first N test samples
-    costs: bool = True                # parameters, size, measured latency of every model
-    cost_batch_size: int = 128
-    slice_samples: int = 2            # Figure 1: S10 and S01 samples sliced per pruned model
-    bootstrap_resamples: int = 1000   # for the AUC confidence intervals
+from analysis.settings import AnalysisSettings
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from analysis.report import AnalysisSettings as AnalysisSpec
+from analysis.settings import AnalysisSettings as AnalysisSpec
 from analysis.transfer import TRANSFER_ATTACKS
 from trainables.attacks import NORMS
 from trainables.evaluation import EvalSettings, ThreatModel
