@@ -140,8 +140,7 @@ def statistics_sections(samples: pd.DataFrame, models: pd.DataFrame, folder: Pat
     table1 = reevaluation_table(models)
     table2 = thin_ice_table(samples, settings.bootstrap_resamples)
     seeds = seed_table(models)
-    taxonomy = {m.name: {"pipeline": m.pipeline, "structured": m.structured, "scope": m.scope,
-                         "criterion": m.criterion} for m in PRUNING_METHODS.values()}
+    taxonomy = {m.name: m.taxonomy for m in PRUNING_METHODS.values()}
     leader = leaderboard(models, taxonomy)
     compare = comparison_table(leader)
     tables = {"models": models, "table1_reevaluation": table1, "table2_thin_ice": table2,

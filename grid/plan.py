@@ -50,9 +50,7 @@ def model_card(plan: ModelPlan, dataset: str, metrics: dict, extra: dict | None 
             "target_sparsity": plan.sparsity, "dataset": dataset,
             "config_hash": plan.config_hash, "config": plan.config, "metrics": metrics}
     if plan.role == "pruned" and plan.method in PRUNING_METHODS:  # not for user checkpoints
-        m = PRUNING_METHODS[plan.method]
-        card["taxonomy"] = {"pipeline": m.pipeline, "structured": m.structured,
-                            "scope": m.scope, "criterion": m.criterion}
+        card["taxonomy"] = PRUNING_METHODS[plan.method].taxonomy
     return {**card, **(extra or {})}
 
 

@@ -48,16 +48,7 @@ def query_runs(uri: str, experiment: str | None, where: str, columns: str | None
     except Exception as exc:
         raise GridError(f"tracking_uri: {uri} cannot be queried ({str(exc).splitlines()[0][:160]})") from None
     flat = _flatten(runs)
-    for name, op, value in clauses:
-        if name not in flat.columns:
-            raise QueryError(f"--where: unknown field '{name}'; known: {', '.join(sorted(flat.columns))}")
-        flat = flat[_compare(flat[name], op, value)]
-    cols = [c.strip() for c in columns.split(",")] if columns else \
-        [c for c in DEFAULT_COLUMNS if c in flat.columns]
-    missing = [c for c in cols if c not in flat.columns]
-    if missing:
-        raise QueryError(f"--columns: unknown {', '.join(missing)}; known: {', '.join(sorted(flat.columns))}")
-    return flat[cols].reset_index(drop=True)
+    return _select(flat, clauses, columns, [c for c in DEFAULT_COLUMNS if c in flat.columns])
 
 
 def read_table(output, name: str, where: str = "", columns: str | None = None) -> pd.DataFrame:
@@ -68,17 +59,21 @@ def read_table(output, name: str, where: str = "", columns: str | None = None) -
         raise QueryError(f"--table: {name} not in {output / 'report'}; "
                          + (f"known: {', '.join(known)}" if known else "run `apgrid analyze` first"))
     table = pd.read_csv(path)
-    for field, op, value in parse_where(where):
-        if field not in table.columns:
-            raise QueryError(f"--where: unknown field '{field}'; known: {', '.join(table.columns)}")
-        table = table[_compare(table[field], op, value)]
-    if columns:
-        cols = [c.strip() for c in columns.split(",")]
-        missing = [c for c in cols if c not in table.columns]
-        if missing:
-            raise QueryError(f"--columns: unknown {', '.join(missing)}; known: {', '.join(table.columns)}")
-        table = table[cols]
-    return table.reset_index(drop=True)
+    return _select(table, parse_where(where), columns, list(table.columns))
+
+
+def _select(table: pd.DataFrame, clauses, columns: str | None, default: list[str]) -> pd.DataFrame:
+    """Rows matching every clause, with the named columns (or `default`)."""
+    known = lambda: ", ".join(sorted(table.columns))  # noqa: E731
+    for name, op, value in clauses:
+        if name not in table.columns:
+            raise QueryError(f"--where: unknown field '{name}'; known: {known()}")
+        table = table[_compare(table[name], op, value)]
+    cols = [c.strip() for c in columns.split(",")] if columns else default
+    missing = [c for c in cols if c not in table.columns]
+    if missing:
+        raise QueryError(f"--columns: unknown {', '.join(missing)}; known: {known()}")
+    return table[cols].reset_index(drop=True)
 
 
 def _flatten(runs: pd.DataFrame) -> pd.DataFrame:

@@ -50,8 +50,7 @@ def model_tags(plan: ModelPlan, dataset: str, stage: str) -> dict[str, str]:
             "sparsity": str(plan.sparsity), "seed": str(plan.seed), "config_hash": plan.config_hash}
     if plan.role == "pruned" and plan.method in PRUNING_METHODS:  # not for user checkpoints
         m = PRUNING_METHODS[plan.method]
-        tags.update(pipeline=m.pipeline, structured=str(m.structured), scope=m.scope,
-                    criterion=m.criterion)
+        tags.update({key: str(value) for key, value in m.taxonomy.items()})
     return tags
 
 

@@ -98,8 +98,7 @@ def test_seed_table_and_leaderboard():
     assert cell["seeds"] == 2
     assert cell["aa_acc_mean"] == pytest.approx(values.mean())
     assert cell["aa_acc_std"] == pytest.approx(values.std())
-    taxonomy = {m.name: {"pipeline": m.pipeline, "structured": m.structured, "scope": m.scope,
-                         "criterion": m.criterion} for m in pruning.PRUNING_METHODS.values()}
+    taxonomy = {m.name: m.taxonomy for m in pruning.PRUNING_METHODS.values()}
     board = leaderboard(models, taxonomy)
     assert set(board["structure"]) == {"structured", "unstructured"}
     l1 = board[board["method"] == "filter-l1"].iloc[0]

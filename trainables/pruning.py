@@ -24,6 +24,11 @@ class PruningMethod:
     criterion: str
     description: str
 
+    @property
+    def taxonomy(self) -> dict:
+        return {"pipeline": self.pipeline, "structured": self.structured, "scope": self.scope,
+                "criterion": self.criterion}
+
 
 PRUNING_METHODS: dict[str, PruningMethod] = {m.name: m for m in (
     PruningMethod("lwm-local", "A", False, "local", "weight magnitude",
