@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 1    # stopped part-way by its environment (disk, tracking server, failing trials)
+EXIT_BAD_INPUT = 2  # bad input: nothing started, nothing written
 
 DESCRIPTION = """\
 apgrid runs adversarial-pruning grids: adversarially train dense models, prune them with each
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from grid.runner import GridError
+    from grid.runner import GridError, ResumableError
     from grid.spec import SpecError
     from grid.query import QueryError
     from grid.store import CheckpointError
@@ -98,6 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, GridError, CheckpointError, QueryError, AnalysisError) as exc:
         print(f"apgrid: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ResumableError as exc:
+        print(f"apgrid: error: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
+    except OSError as exc:  # outside a grid's stages: launching, `apgrid analyze`
+        from grid.runner import STORAGE_ERRNOS
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        print(f"apgrid: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_STOPPED
     except KeyboardInterrupt:
         print("apgrid: interrupted; `apgrid resume DIR` continues where it stopped", file=sys.stderr)
         return 130

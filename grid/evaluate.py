@@ -116,39 +116,52 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
                                     spec.evaluation.settings)
         in_flight[ref] = (actor, task)
 
-    while queue or in_flight:
-        while idle and queue:
-            submit(idle.pop(), queue.pop(0))
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        actor, task = in_flight.pop(ready[0])
-        try:
-            rows = ray.get(ready[0])
-        except ray.exceptions.RayActorError:
-            log(f"[evaluate] actor lost on {task.plan.model_id} [{task.start}, {task.end}); "
-                f"requeued on a new actor")
-            queue.insert(0, task)
-            if replacements > 0:
-                replacements -= 1
-                actors.append(new_actor())
-                idle.append(actors[-1])
-            continue  # the dead actor is not returned to the idle list
-        rows = rows.assign(**metadata_columns(spec, task.plan, cards[task.plan.model_id]))
-        samples.write_shard(task.plan.model_id, task.start, task.end, rows)
-        idle.append(actor)
-        done += 1
-        remaining[task.plan.model_id] -= 1
-        log(f"[evaluate] {done}/{len(tasks)} shards  {task.plan.model_id} "
-            f"[{task.start}, {task.end})  {time.time() - started:.0f}s")
-        if remaining[task.plan.model_id] == 0:
-            on_model_done(task.plan, samples.finalize(task.plan.model_id, ranges))
-        if not idle and not in_flight and queue:
-            raise RuntimeError("every evaluation actor died; run `apgrid resume` to continue")
-    peaks = []
-    for actor in actors:
-        try:
-            peaks.append(ray.get(actor.peak_rss_mb.remote(), timeout=30))
-        except (ray.exceptions.RayError, TimeoutError):
-            pass  # a dead actor has nothing to report
-        ray.kill(actor)
+    try:
+        while queue or in_flight:
+            while idle and queue:
+                submit(idle.pop(), queue.pop(0))
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            actor, task = in_flight.pop(ready[0])
+            try:
+                rows = ray.get(ready[0])
+            except ray.exceptions.RayActorError:
+                log(f"[evaluate] actor lost on {task.plan.model_id} [{task.start}, {task.end}); "
+                    f"requeued on a new actor")
+                queue.insert(0, task)
+                if replacements > 0:
+                    replacements -= 1
+                    actors.append(new_actor())
+                    idle.append(actors[-1])
+                continue  # the dead actor is not returned to the idle list
+            rows = rows.assign(**metadata_columns(spec, task.plan, cards[task.plan.model_id]))
+            maybe_fail(fault, "evaluate", task.start, task.plan.model_id, key="write")  # disk full
+            samples.write_shard(task.plan.model_id, task.start, task.end, rows)
+            idle.append(actor)
+            done += 1
+            remaining[task.plan.model_id] -= 1
+            log(f"[evaluate] {done}/{len(tasks)} shards  {task.plan.model_id} "
+                f"[{task.start}, {task.end})  {time.time() - started:.0f}s")
+            if remaining[task.plan.model_id] == 0:
+                on_model_done(task.plan, samples.finalize(task.plan.model_id, ranges))
+            if not idle and not in_flight and queue:
+                from grid.runner import ResumableError
+                raise ResumableError(f"evaluate: every evaluation actor died; `apgrid resume "
+                                     f"{output}` continues")
+        peaks = _stop(actors, report=True)
+    finally:  # a stopped evaluation must not leave actors holding CPUs in a long-lived Ray
+        _stop(actors, report=False)
     if peaks:
         log(f"[evaluate] actors' peak RSS {max(peaks):.0f} MB (max of {len(peaks)})")
+
+
+def _stop(actors, report: bool) -> list[float]:
+    """Kill the actors (again: a no-op); with `report`, first ask the live ones their peak RSS."""
+    peaks = []
+    for actor in actors:
+        if report:
+            try:
+                peaks.append(ray.get(actor.peak_rss_mb.remote(), timeout=30))
+            except (ray.exceptions.RayError, TimeoutError):
+                pass  # a dead actor has nothing to report
+        ray.kill(actor)
+    return peaks

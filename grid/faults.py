@@ -1,12 +1,15 @@
-"""Fault injection for the tests: fail once at a given point, remembered by a marker file.
+"""Fault injection for the tests: fail at a given point, remembered by a marker file.
 
-A fault is {"stage": dense|prune|evaluate, "epoch": N (trials) or "shard": START (evaluation),
-"kind": "raise" | "exit", "marker": FOLDER}; a grid takes one fault or a list of them. "exit" ends
-the process with os._exit(1), as a preempted or OOM-killed worker would.
+A fault is {"stage": dense|prune|evaluate, "epoch": N (trials), "shard": START (inside an
+evaluation actor) or "write": START (when the driver writes that shard's rows), "kind": "raise" |
+"exit" | "disk-full", "times": how often it fires (default 1), "marker": FOLDER}; a grid takes one
+fault or a list of them. "exit" ends the process with os._exit(1), as a preempted or OOM-killed
+worker would; "disk-full" raises the OSError (ENOSPC) that a full disk gives.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -16,10 +19,13 @@ def maybe_fail(faults, stage: str, at: int, name: str, key: str = "epoch") -> No
         if fault["stage"] != stage or fault.get(key) != at:
             continue
         marker = Path(fault["marker"]) / f"{name}-{stage}-{key}{at}"
-        if marker.exists():
+        fired = int(marker.read_text() or 0) if marker.exists() else 0
+        if fired >= fault.get("times", 1):
             continue
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        marker.write_text(str(fired + 1))
         if fault.get("kind") == "exit":
             os._exit(1)
+        if fault.get("kind") == "disk-full":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(marker.parent / name))
         raise RuntimeError(f"injected fault at {stage} {key} {at}")

@@ -7,7 +7,20 @@ import time
 from ray.tune import Callback
 
 
-class StageProgress(Callback):
+class DriverCallback(Callback):
+    """A Tune callback that writes through the driver's `log` function. Tune pickles its
+    callbacks into the experiment state; the log function (a closure, a GUI hook) is left out."""
+
+    log = staticmethod(print)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "log"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+class StageProgress(DriverCallback):
     def __init__(self, stage: str, log=print):
         self.stage, self.log = stage, log
         self.started = time.time()

@@ -8,6 +8,7 @@ last epoch checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ import yaml
 from grid import plan as planner
 from grid.spec import GridSpec, SpecError, load_spec
 from grid.store import ModelStore, SampleStore, atomic_write_json, read_user_checkpoint
-from grid.tracking import Tracker, TrackingError, check_reachable
+from grid.tracking import Tracker, TrackingError, check_reachable, short_reason
 
 STAGES = ("checkpoints", "dense", "prune", "evaluate", "analyze")
 
@@ -30,6 +31,16 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 
 class GridError(RuntimeError):
     """A problem with the user's input or environment: one line, exit code 2."""
+
+
+class ResumableError(RuntimeError):
+    """The grid stopped part-way (disk full, tracking server gone, trials failing every retry);
+    finished work is kept and `apgrid resume` continues: one line, exit code 1."""
+
+
+# Errors of the storage itself, as opposed to bugs: a full disk or quota, a read-only or
+# permission-less output folder, a file-size limit.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 # -- the output folder -------------------------------------------------------------------------
@@ -121,38 +132,59 @@ def _spec_yaml(spec: GridSpec) -> dict:
 
 def _run(spec: GridSpec, fault: dict | None, log) -> Path:
     import ray
+    from mlflow.exceptions import MlflowException
 
     output = spec.output_dir
-    state = read_state(output)
-    state["driver_runs"] = state.get("driver_runs", 0) + 1
-    _write_state(output, state)
     local_store = spec.resolved_tracking_uri.startswith(("sqlite:", "file:"))
-    tracker = Tracker(spec.resolved_tracking_uri, spec.name,
-                      output / "mlartifacts" if local_store else None)
-    closed = tracker.close_stale_runs()
-    if closed:
-        log(f"[apgrid] closed {closed} MLflow runs left RUNNING by a killed driver as KILLED")
-    parent = tracker.grid_run(spec.fingerprint())
-    state.update(grid_run_id=parent, experiment_id=tracker.experiment_id,
-                 tracking_uri=spec.resolved_tracking_uri)
-    _write_state(output, state)
-    if not ray.is_initialized():
-        ray.init(address=spec.ray_address, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+    stage, tracker, parent = "start", None, None
     started = time.time()
     try:
+        state = read_state(output)
+        state["driver_runs"] = state.get("driver_runs", 0) + 1
+        _write_state(output, state)
+        tracker = Tracker(spec.resolved_tracking_uri, spec.name,
+                          output / "mlartifacts" if local_store else None)
+        closed = tracker.close_stale_runs()
+        if closed:
+            log(f"[apgrid] closed {closed} MLflow runs left RUNNING by a killed driver as KILLED")
+        parent = tracker.grid_run(spec.fingerprint())
+        state.update(grid_run_id=parent, experiment_id=tracker.experiment_id,
+                     tracking_uri=spec.resolved_tracking_uri)
+        _write_state(output, state)
+        if not ray.is_initialized():
+            ray.init(address=spec.ray_address, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
         for stage in STAGES:
             _set_stage(output, stage, "running")
             log(f"[apgrid] stage {stage} ({time.time() - started:.0f}s)")
             STAGE_FUNCTIONS[stage](spec, tracker, parent, fault, log, state["driver_runs"])
             _set_stage(output, stage, "done")
-    except BaseException:
-        tracker.end(parent, "FAILED")
+        tracker.end(parent, "FINISHED")
+    except BaseException as exc:
+        _end_quietly(tracker, parent)
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            where = exc.filename or output
+            raise ResumableError(f"{stage}: cannot write {where}: {exc.strerror}; finished work "
+                                 f"is kept: free space or fix permissions, then "
+                                 f"`apgrid resume {output}`") from exc
+        if isinstance(exc, (TrackingError, MlflowException)):
+            raise ResumableError(f"{stage}: MLflow at {spec.resolved_tracking_uri} failed "
+                                 f"({short_reason(exc)}); finished work is kept in {output}: "
+                                 f"bring the tracking server back, then `apgrid resume {output}`"
+                                 ) from exc
         raise
-    tracker.end(parent, "FINISHED")
     log(f"[apgrid] grid '{spec.name}' finished in {time.time() - started:.0f}s; "
         f"report: {output / 'report' / 'report.md'}")
     return output
+
+
+def _end_quietly(tracker: Tracker | None, parent: str | None) -> None:
+    """Mark the grid run FAILED if the tracking store still answers; the real error matters more."""
+    if tracker is not None and parent is not None:
+        try:
+            tracker.end(parent, "FAILED")
+        except Exception:
+            pass
 
 
 def _set_stage(output: Path, stage: str, status: str) -> None:
@@ -178,32 +210,55 @@ def _tune_stage(stage: str, trainable, plans, spec, tracker, parent, fault, log,
     store = ModelStore(spec.output_dir)
     todo = [p for p in plans if not store.exists(p.model_id)]
     log(f"[{stage}] {len(plans)} models, {len(plans) - len(todo)} already done, {len(todo)} to run")
-    if not todo:
-        return
-    r = spec.resources
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": r.trial_cpus, "gpu": r.trial_gpus}),
-        param_space={"model": tune.grid_search([p.to_dict() for p in todo]),
-                     "grid": _grid_config(spec), "fault": fault},
-        tune_config=tune.TuneConfig(num_samples=1),
-        run_config=tune.RunConfig(
-            name=f"{stage}-run{attempt}", storage_path=spec.storage_path, verbose=0,
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[TrialTracking(tracker, parent, spec.dataset.name, stage),
-                       StageProgress(stage, log)]),
-    )
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        results = tuner.fit()
-    finally:  # Tune leaves its own Ctrl-C handler behind, which would swallow it in evaluate
-        signal.signal(signal.SIGINT, previous)
+    if todo:
+        r = spec.resources
+        tracking = TrialTracking(tracker, parent, spec.dataset.name, stage, log)
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": r.trial_cpus, "gpu": r.trial_gpus}),
+            param_space={"model": tune.grid_search([p.to_dict() for p in todo]),
+                         "grid": _grid_config(spec), "fault": fault},
+            tune_config=tune.TuneConfig(num_samples=1),
+            run_config=tune.RunConfig(
+                name=f"{stage}-run{attempt}", storage_path=spec.storage_path, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[tracking, StageProgress(stage, log)]),
+        )
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            results = tuner.fit()
+        finally:  # Tune leaves its own Ctrl-C handler behind, which would swallow it in evaluate
+            signal.signal(signal.SIGINT, previous)
+    _sync_runs(tracker, parent, spec, stage, [p for p in plans if store.exists(p.model_id)],
+               lambda plan, run_id: tracker.log_metrics(
+                   run_id, store.card(plan.model_id).get("metrics", {})), log)
     failed = [p.model_id for p in todo if not store.exists(p.model_id)]
     if failed:
-        errors = [str(r.error).strip().splitlines()[-1][:200] for r in results if r.error]
-        raise RuntimeError(f"{stage}: {len(failed)} trials failed after {spec.max_failures} retries "
-                           f"({'; '.join(errors[:3])}); fix the cause and `apgrid resume "
-                           f"{spec.output_dir}`")
+        errors = [short_reason(Exception(str(r.error).strip().splitlines()[-1]))
+                  for r in results if r.error]
+        raise ResumableError(f"{stage}: {len(failed)} trials failed after {spec.max_failures} "
+                             f"retries ({'; '.join(errors[:3])}); fix the cause, then `apgrid "
+                             f"resume {spec.output_dir}`")
+
+
+def _sync_runs(tracker, parent, spec, stage: str, done_plans, fill, log) -> None:
+    """Make MLflow agree with the output folder, the source of truth: every finished model gets a
+    FINISHED run for this stage. Runs whose closing call was lost (tracking outage, driver killed
+    between a trial's end and its callback) are closed as FAILED first. `fill(plan, run_id)` logs
+    a run's contents."""
+    if not done_plans:
+        return
+    lost = tracker.close_running(stage, "its stage ended while MLflow could not be told")
+    finished = tracker.finished_models(stage)
+    missing = [p for p in done_plans if p.model_id not in finished]
+    for plan in missing:
+        run_id = tracker.start_model_run(parent, plan, spec.dataset.name, stage,
+                                         {"logged_by": "sync from the output folder"})
+        fill(plan, run_id)
+        tracker.end(run_id, "FINISHED")
+    if lost or missing:
+        log(f"[{stage}] MLflow synced with the output folder: {len(missing)} runs logged, "
+            f"{lost} left open closed as FAILED")
 
 
 def stage_checkpoints(spec, tracker, parent, fault, log, attempt):
@@ -253,23 +308,38 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
     eval_params = {**dataclasses.asdict(spec.threat_model),
                    **dataclasses.asdict(spec.evaluation.settings)}
 
-    def on_model_done(plan, rows):
-        metrics = summarize(rows, spec.threat_model.eps)
-        run_id = tracker.start_model_run(parent, plan, spec.dataset.name, "evaluate")
+    outage = []
+
+    def log_run(plan, run_id, rows):
         tracker.client.log_batch(run_id, params=_params(eval_params))
-        tracker.log_metrics(run_id, {**metrics,
+        tracker.log_metrics(run_id, {**summarize(rows, spec.threat_model.eps),
                                      "measured_sparsity": float(rows["sparsity_measured"].iloc[0])})
         tracker.client.set_tag(run_id, "samples_uri", str(samples.partition(plan.model_id)))
         tracker.log_artifact(run_id, models.folder(plan.model_id) / "card.json")
         tracker.log_artifact(run_id, samples.partition(plan.model_id) / "part-0.parquet", "samples")
-        tracker.end(run_id, "FINISHED")
+
+    def on_model_done(plan, rows):
+        metrics = summarize(rows, spec.threat_model.eps)
         log(f"[evaluate] {plan.model_id}: clean {metrics['clean_acc']:.3f}  "
             f"PGD {metrics['pgd_acc']:.3f}  AA {metrics['aa_acc']:.3f}  "
             f"FMN@eps {metrics['fmn_acc_at_eps']:.3f}")
+        if outage:
+            return  # logged by the sync below once the server answers
+        try:
+            run_id = tracker.start_model_run(parent, plan, spec.dataset.name, "evaluate")
+            log_run(plan, run_id, rows)
+            tracker.end(run_id, "FINISHED")
+        except Exception as exc:  # the evaluation goes on; its Parquet is the source of truth
+            outage.append(short_reason(exc))
+            log(f"[evaluate] MLflow failed ({outage[0]}); evaluation goes on, its runs are "
+                f"logged when the tracking server answers again")
 
     run_evaluation(spec, plans, ds.x_test[:n], ds.y_test[:n],
                    {"num_classes": ds.num_classes, "mean": ds.mean, "std": ds.std},
                    on_model_done, log, fault)
+    _sync_runs(tracker, parent, spec, "evaluate",
+               [p for p in plans if samples.is_done(p.model_id)],
+               lambda plan, run_id: log_run(plan, run_id, samples.read(plan.model_id)), log)
 
 
 def _params(d: dict):

@@ -102,6 +102,9 @@ class SampleStore:
     def is_done(self, model_id: str) -> bool:
         return (self.partition(model_id) / "part-0.parquet").is_file()
 
+    def read(self, model_id: str) -> pd.DataFrame:
+        return pq.read_table(self.partition(model_id) / "part-0.parquet").to_pandas()
+
     def shard_done(self, model_id: str, start: int, end: int) -> bool:
         return self.shard_path(model_id, start, end).is_file()
 

@@ -12,9 +12,9 @@ import math
 import os
 from pathlib import Path
 
-from ray.tune import Callback
 
 from grid.plan import ModelPlan
+from grid.progress import DriverCallback
 from trainables.pruning import PRUNING_METHODS
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -23,6 +23,11 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 class TrackingError(RuntimeError):
     """The tracking server or store cannot be reached or written."""
+
+
+def short_reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def _client(uri: str):
@@ -40,8 +45,7 @@ def check_reachable(uri: str) -> None:
     try:
         _client(uri).search_experiments(max_results=1)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"tracking_uri: {uri} is unreachable ({reason})") from None
+        raise TrackingError(f"tracking_uri: {uri} is unreachable ({short_reason(exc)})") from None
 
 
 def model_tags(plan: ModelPlan, dataset: str, stage: str) -> dict[str, str]:
@@ -124,6 +128,23 @@ class Tracker:
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def finished_models(self, stage: str) -> set[str]:
+        """Model ids with a FINISHED run for `stage`."""
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=50_000,
+            filter_string=f"tags.stage = '{stage}' and attributes.status = 'FINISHED'")
+        return {run.data.tags.get("model_id") for run in runs}
+
+    def close_running(self, stage: str, why: str) -> int:
+        """Runs of `stage` still RUNNING once the stage is over (their closing call was lost)."""
+        stale = self.client.search_runs(
+            [self.experiment_id], max_results=50_000,
+            filter_string=f"tags.stage = '{stage}' and attributes.status = 'RUNNING'")
+        for run in stale:
+            self.client.set_tag(run.info.run_id, "ended_by", why)
+            self.end(run.info.run_id, "FAILED")
+        return len(stale)
+
     def close_stale_runs(self) -> int:
         """Runs left RUNNING by a killed driver become KILLED (resume calls this first)."""
         stale = self.client.search_runs([self.experiment_id],
@@ -141,12 +162,28 @@ def _short_json(config: dict) -> str:
     return text if len(text) <= 6000 else text[:5997] + "..."
 
 
-class TrialTracking(Callback):
-    """Opens an MLflow run for every attempt of a Tune trial and closes it with the outcome."""
+class TrialTracking(DriverCallback):
+    """Opens an MLflow run for every attempt of a Tune trial and closes it with the outcome.
 
-    def __init__(self, tracker: Tracker, parent_run: str, dataset: str, stage: str):
+    A tracking server that goes away does not stop the training: the first failed call is
+    reported, later ones are skipped, and the runner logs the missing runs from the model cards
+    once the server answers again (at the end of the stage, or on `apgrid resume`)."""
+
+    def __init__(self, tracker: Tracker, parent_run: str, dataset: str, stage: str, log=print):
         self.tracker, self.parent, self.dataset, self.stage = tracker, parent_run, dataset, stage
         self.runs: dict[str, str] = {}
+        self.log = log
+        self.outage: str | None = None
+
+    def _safely(self, call, *args) -> None:
+        if self.outage is not None:
+            return
+        try:
+            call(*args)
+        except Exception as exc:  # MLflow wraps connection and database errors alike
+            self.outage = short_reason(exc)
+            self.log(f"[{self.stage}] MLflow failed ({self.outage}); training goes on, its runs "
+                     f"are logged when the tracking server answers again")
 
     def _run_for(self, trial) -> str:
         if trial.trial_id not in self.runs:
@@ -160,23 +197,25 @@ class TrialTracking(Callback):
         if run_id is not None:
             self.tracker.end(run_id, status)
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_for(trial)
-
-    def on_trial_restore(self, iteration, trials, trial, **info):
-        self._run_for(trial)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self._run_for(trial)
+    def _log_result(self, trial, result) -> None:
         metrics = {k: v for k, v in result.items() if k not in ("done", "trial_id")
                    and not k.startswith(("time_", "timestamp", "pid", "node_ip", "iterations"))}
-        self.tracker.log_metrics(run_id, metrics, step=result.get("training_iteration"))
+        self.tracker.log_metrics(self._run_for(trial), metrics, step=result.get("training_iteration"))
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._safely(self._run_for, trial)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self._safely(self._run_for, trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._safely(self._log_result, trial, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._close(trial, "FINISHED")
+        self._safely(self._close, trial, "FINISHED")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._close(trial, "FAILED")
+        self._safely(self._close, trial, "FAILED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._close(trial, "FAILED")
+        self._safely(self._close, trial, "FAILED")

@@ -101,15 +101,16 @@ def postgres_cluster():
 
 
 def small_grid(output, tracking_uri=None, methods=("lwm-global",), **over):
-    return tiny_spec(output, tracking_uri=tracking_uri,
-                     dense={"recipe": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.05, "batch_size": 64}},
-                     prune={"methods": list(methods), "sparsities": [0.9],
-                            "finetune": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128},
-                            "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128}},
-                     evaluation={"num_samples": 20, "block_size": 10, "shards": 2, "actors": 2,
-                                 "pgd_steps": 2, "fmn_steps": 20},
-                     analysis={"transfer_attacks": [], "costs": False, "slice_samples": 0,
-                               "bootstrap_resamples": 0}, **over)
+    sections = {
+        "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.05, "batch_size": 64}},
+        "prune": {"methods": list(methods), "sparsities": [0.9],
+                  "finetune": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128},
+                  "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128}},
+        "evaluation": {"num_samples": 20, "block_size": 10, "shards": 2, "actors": 2,
+                       "pgd_steps": 2, "fmn_steps": 20},
+        "analysis": {"transfer_attacks": [], "costs": False, "slice_samples": 0,
+                     "bootstrap_resamples": 0}}
+    return tiny_spec(output, tracking_uri=tracking_uri, **{**sections, **over})
 
 
 def grid_against(uri: str, output: Path, capsys):

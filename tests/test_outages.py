@@ -1,0 +1,154 @@
+"""The grid's environment failing part-way: a full disk while results are written, a full disk
+that fails a trial on every retry, and the MLflow server going away mid-grid. Each time: one clear
+error, finished work kept, and `apgrid resume` finishing the grid with every result exactly once,
+in the Parquet and in MLflow."""
+import contextlib
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from grid import runner
+from grid.cli import main
+from grid.runner import ResumableError, launch, read_state, resume
+from grid.store import read_samples
+from tests.test_tracking_server import free_port, small_grid, wait_for
+
+N_SAMPLES = 20  # small_grid's evaluation.num_samples
+
+
+def assert_complete(output: Path, uri: str, models: int) -> None:
+    """Every (model, sample) row once; one FINISHED run per model and stage; none left open."""
+    rows = read_samples(output)
+    assert len(rows) == models * N_SAMPLES
+    assert not rows.duplicated(["model_id", "sample_idx"]).any()
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    model_runs = runs[runs["tags.level"] == "model"]
+    assert "RUNNING" not in set(runs["status"])
+    finished = model_runs[model_runs["status"] == "FINISHED"]
+    for stage, count in [("dense", 1), ("prune", models - 1), ("evaluate", models)]:
+        per_model = finished[finished["tags.stage"] == stage].groupby("tags.model_id").size()
+        assert len(per_model) == count and (per_model == 1).all(), (stage, per_model)
+    grid_run = runs[runs["tags.level"] == "grid"]
+    assert list(grid_run["status"]) == ["FINISHED"]
+
+
+def test_disk_full_while_writing_results_then_resume(ray_session, tmp_path):
+    output = tmp_path / "out"
+    spec = small_grid(output, evaluation={"num_samples": N_SAMPLES, "block_size": 10, "shards": 2,
+                                          "actors": 1, "pgd_steps": 2, "fmn_steps": 20})
+    fault = [{"stage": "evaluate", "write": 10, "kind": "disk-full", "marker": str(tmp_path / "f")}]
+    with pytest.raises(ResumableError) as failed:
+        launch(spec, fault=fault, log=lambda m: None)
+    message = str(failed.value)
+    assert message.startswith("evaluate: cannot write ") and "No space left on device" in message
+    assert f"apgrid resume {output}" in message and "\n" not in message
+    assert read_state(output)["stages"]["evaluate"] == "running"
+
+    lines: list[str] = []
+    resume(output, log=lines.append)
+    assert any("[prune] 1 models, 1 already done, 0 to run" in line for line in lines)
+    # one actor works in order: the dense model's first shard was written before the disk filled
+    assert any("= 3 shard tasks" in line for line in lines), lines
+    assert_complete(output, spec.resolved_tracking_uri, models=2)
+
+
+def test_disk_full_on_every_retry_of_a_trial_then_resume(ray_session, tmp_path):
+    output = tmp_path / "out"
+    spec = small_grid(output, max_failures=1)
+    fault = [{"stage": "prune", "epoch": 0, "kind": "disk-full", "times": 2,
+              "marker": str(tmp_path / "f")}]
+    with pytest.raises(ResumableError) as failed:
+        launch(spec, fault=fault, log=lambda m: None)
+    message = str(failed.value)
+    assert message.startswith("prune: 1 trials failed after 1 retries (")
+    assert "No space left on device" in message and f"apgrid resume {output}" in message
+
+    lines: list[str] = []
+    resume(output, log=lines.append)
+    assert any("[dense] 1 models, 1 already done, 0 to run" in line for line in lines)
+    uri = spec.resolved_tracking_uri
+    assert_complete(output, uri, models=2)
+    prune = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.stage = 'prune'")
+    assert sorted(zip(prune["tags.attempt"], prune["status"])) == [
+        ("1", "FAILED"), ("2", "FAILED"), ("3", "FINISHED")]
+
+
+def test_cli_reports_a_full_disk_in_one_line_with_exit_code_1(ray_session, tmp_path, monkeypatch,
+                                                             capsys):
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "models"))
+    monkeypatch.setitem(runner.STAGE_FUNCTIONS, "dense", disk_full)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "tiny", "output": str(tmp_path / "out"), "threat_model": {"norm": "Linf", "eps": 0.1},
+        "prune": {"methods": ["lwm-global"], "sparsities": [0.9]}}))
+    assert main(["launch", str(spec_file)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's own INFO lines
+    assert err == (f"apgrid: error: dense: cannot write {tmp_path / 'out' / 'models'}: No space "
+                   f"left on device; finished work is kept: free space or fix permissions, then "
+                   f"`apgrid resume {tmp_path / 'out'}`")
+
+
+class Server:
+    """`mlflow server` on a fixed port and SQLite file, so that it can be stopped and restarted."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.port = folder, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = self.folder / "mlflow-server.log"
+        with open(log, "a") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--backend-store-uri",
+                 f"sqlite:///{self.folder / 'mlflow.db'}", "--artifacts-destination",
+                 str(self.folder / "artifacts"), "--workers", "1"],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(f"{self.uri}/health", self.process, log)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, 9)  # gone at once, like a crashed or preempted server
+            self.process.wait(timeout=30)
+
+
+def test_tracking_server_going_away_mid_grid_then_resume(ray_session, tmp_path):
+    server = Server(tmp_path)
+    server.start()
+    try:
+        output = tmp_path / "out"
+        spec = small_grid(output, tracking_uri=server.uri)
+        lines: list[str] = []
+
+        def log(line: str) -> None:  # the server dies as soon as the first pruning trial starts
+            lines.append(line)
+            if line.startswith("[prune]") and "started" in line:
+                server.stop()
+        with pytest.raises(ResumableError) as failed:
+            launch(spec, log=log)
+        message = str(failed.value)
+        assert message.startswith(f"prune: MLflow at {server.uri} failed (")
+        assert f"apgrid resume {output}" in message
+        assert any("training goes on" in line for line in lines)  # the trial was not stopped
+        assert read_state(output)["stages"] == {"checkpoints": "done", "dense": "done",
+                                                "prune": "running"}
+        assert len(list((output / "models").glob("lwm-global-*"))) == 1  # its work was kept
+
+        server.start()
+        lines.clear()
+        resume(output, log=lines.append)
+        assert any("[prune] 1 models, 1 already done, 0 to run" in line for line in lines)
+        assert any("MLflow synced with the output folder: 1 runs logged" in line for line in lines)
+        assert_complete(output, server.uri, models=2)
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()
