@@ -28,6 +28,14 @@ def test_wrn_28_4_is_the_5_8m_model():
         assert parameter_count(ARCHITECTURES["wrn-28-4"](3, 10)) == pytest.approx(5.85e6, rel=0.01)
 
 
+def test_cifar_tiny_is_cifar_small_without_pooling():
+    """Same weights (156,298), stride-2 convolutions instead of max-pooling."""
+    tiny, small = ARCHITECTURES["cifar-tiny"](3, 10), ARCHITECTURES["cifar-small"](3, 10)
+    assert parameter_count(tiny) == parameter_count(small) == 156_298
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in tiny.modules())
+    assert tiny(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenetv1", "densenet121", "wrn-28-4"])
 def test_filter_pruned_model_reloads_from_plain_state_dict(arch):
     torch.manual_seed(0)
