@@ -13,6 +13,7 @@ from grid.plan import all_models
 from grid.runner import launch, resume
 from grid.spec import parse_spec
 from grid.store import read_samples
+from tests.conftest import SIGINT_AT_START  # imported at collection, before any test runs Tune
 
 N_SAMPLES = 30
 
@@ -236,6 +237,7 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
 
 
 def test_ctrl_c_is_ours_again_after_the_tune_stages(finished_grid):
-    """Tune installs a SIGINT handler and leaves it; evaluate would then ignore Ctrl-C."""
+    """Tune installs a SIGINT handler and leaves it; evaluate would then ignore Ctrl-C. The handler
+    must be the one this process started with (SIG_IGN when run as a background job)."""
     import signal
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is SIGINT_AT_START

@@ -39,40 +39,36 @@ def assert_complete(output: Path, uri: str, models: int) -> None:
     assert list(grid_run["status"]) == ["FINISHED"]
 
 
-def test_disk_full_while_writing_results_then_resume(ray_session, tmp_path):
-    output = tmp_path / "out"
-    spec = small_grid(output, evaluation={"num_samples": N_SAMPLES, "block_size": 10, "shards": 2,
-                                          "actors": 1, "pgd_steps": 2, "fmn_steps": 20})
-    fault = [{"stage": "evaluate", "write": 10, "kind": "disk-full", "marker": str(tmp_path / "f")}]
+def test_disk_full_in_a_trial_then_while_writing_results_resumed_each_time(ray_session, tmp_path):
+    output, marker = tmp_path / "out", str(tmp_path / "faults")
+    spec = small_grid(output, max_failures=1,
+                      evaluation={"num_samples": N_SAMPLES, "block_size": 10, "shards": 2,
+                                  "actors": 1, "pgd_steps": 2, "fmn_steps": 20})
+    # 1. the disk is full on every attempt of the pruning trial
+    trial_fault = [{"stage": "prune", "epoch": 0, "kind": "disk-full", "times": 2, "marker": marker}]
     with pytest.raises(ResumableError) as failed:
-        launch(spec, fault=fault, log=lambda m: None)
+        launch(spec, fault=trial_fault, log=lambda m: None)
+    message = str(failed.value)
+    assert message.startswith("prune: 1 trials failed after 1 retries (")
+    assert "No space left on device" in message and f"apgrid resume {output}" in message
+
+    # 2. resumed; now the disk fills while the driver writes the dense model's second shard
+    write_fault = [{"stage": "evaluate", "write": 10, "kind": "disk-full", "marker": marker}]
+    lines: list[str] = []
+    with pytest.raises(ResumableError) as failed:
+        resume(output, fault=write_fault, log=lines.append)
+    assert any("[dense] 1 models, 1 already done, 0 to run" in line for line in lines)
     message = str(failed.value)
     assert message.startswith("evaluate: cannot write ") and "No space left on device" in message
     assert f"apgrid resume {output}" in message and "\n" not in message
     assert read_state(output)["stages"]["evaluate"] == "running"
 
-    lines: list[str] = []
+    # 3. resumed with room again: only the missing work is done
+    lines.clear()
     resume(output, log=lines.append)
     assert any("[prune] 1 models, 1 already done, 0 to run" in line for line in lines)
     # one actor works in order: the dense model's first shard was written before the disk filled
     assert any("= 3 shard tasks" in line for line in lines), lines
-    assert_complete(output, spec.resolved_tracking_uri, models=2)
-
-
-def test_disk_full_on_every_retry_of_a_trial_then_resume(ray_session, tmp_path):
-    output = tmp_path / "out"
-    spec = small_grid(output, max_failures=1)
-    fault = [{"stage": "prune", "epoch": 0, "kind": "disk-full", "times": 2,
-              "marker": str(tmp_path / "f")}]
-    with pytest.raises(ResumableError) as failed:
-        launch(spec, fault=fault, log=lambda m: None)
-    message = str(failed.value)
-    assert message.startswith("prune: 1 trials failed after 1 retries (")
-    assert "No space left on device" in message and f"apgrid resume {output}" in message
-
-    lines: list[str] = []
-    resume(output, log=lines.append)
-    assert any("[dense] 1 models, 1 already done, 0 to run" in line for line in lines)
     uri = spec.resolved_tracking_uri
     assert_complete(output, uri, models=2)
     prune = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.stage = 'prune'")
