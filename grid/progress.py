@@ -43,7 +43,8 @@ class StageProgress(DriverCallback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
-        self._line(trial, "finished")
+        rss = (trial.last_result or {}).get("peak_rss_mb")
+        self._line(trial, f"finished, peak RSS {rss:.0f} MB" if isinstance(rss, float) else "finished")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._line(trial, "failed; retrying from its last checkpoint")

@@ -7,6 +7,7 @@ and returns at once if that model already exists.
 
 from __future__ import annotations
 
+import resource
 import tempfile
 from pathlib import Path
 
@@ -48,9 +49,10 @@ def _report(store: ModelStore, model_id: str, metrics: dict, state: dict) -> Non
     """Report an epoch with its checkpoint: to Tune (for FailureConfig retries) and to the model's
     progress file (for a resumed grid after the driver itself died)."""
     atomic_write_bytes(store.folder(model_id) / "progress.pt", lambda fh: torch.save(state, fh))
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(state, Path(tmp) / "state.pt")
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        tune.report({**metrics, "peak_rss_mb": peak_rss_mb}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def _restore(store: ModelStore, model_id: str) -> dict | None:
