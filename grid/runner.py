@@ -234,8 +234,7 @@ def _tune_stage(stage: str, trainable, plans, spec, tracker, parent, fault, log,
                    run_id, store.card(plan.model_id).get("metrics", {})), log)
     failed = [p.model_id for p in todo if not store.exists(p.model_id)]
     if failed:
-        errors = [short_reason(Exception(str(r.error).strip().splitlines()[-1]))
-                  for r in results if r.error]
+        errors = [str(r.error).strip().splitlines()[-1][:160] for r in results if r.error]
         raise ResumableError(f"{stage}: {len(failed)} trials failed after {spec.max_failures} "
                              f"retries ({'; '.join(errors[:3])}); fix the cause, then `apgrid "
                              f"resume {spec.output_dir}`")
