@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from grid.errors import STORAGE_ERRNOS, GridError, ResumableError
+
 EXIT_STOPPED = 1    # stopped part-way by its environment (disk, tracking server, failing trials)
 EXIT_BAD_INPUT = 2  # bad input: nothing started, nothing written
 
@@ -89,7 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from grid.runner import GridError, ResumableError
     from grid.spec import SpecError
     from grid.query import QueryError
     from grid.store import CheckpointError
@@ -103,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"apgrid: error: {exc}", file=sys.stderr)
         return EXIT_STOPPED
     except OSError as exc:  # outside a grid's stages: launching, `apgrid analyze`
-        from grid.runner import STORAGE_ERRNOS
         if exc.errno not in STORAGE_ERRNOS:
             raise
         print(f"apgrid: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
@@ -164,7 +164,6 @@ def cmd_query(args) -> int:
     from grid.query import format_runs, query_runs, read_table
     if args.table:
         if not args.dir:
-            from grid.runner import GridError
             raise GridError("query --table: give the grid's output folder")
         print(format_runs(read_table(Path(args.dir).expanduser().resolve(), args.table,
                                      args.where, args.columns), args.format))
@@ -176,7 +175,6 @@ def cmd_query(args) -> int:
         state = read_state(Path(args.dir).expanduser().resolve())
         uri, experiment = state["tracking_uri"], args.experiment or state["name"]
     else:
-        from grid.runner import GridError
         raise GridError("query: give the grid's output folder or --tracking-uri")
     runs = query_runs(uri, experiment, args.where, args.columns)
     print(format_runs(runs, args.format))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import ray
 import torch
 
+from grid.errors import ResumableError
 from grid.plan import ModelPlan
 from grid.spec import GridSpec
 from grid.faults import maybe_fail
@@ -52,11 +53,22 @@ class EvalWorker:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
     def evaluate(self, model_id: str, arch: str, signed: bool, start: int, end: int,
-                 threat: ThreatModel, settings: EvalSettings) -> pd.DataFrame:
+                 threat: ThreatModel, settings: EvalSettings) -> tuple[pd.DataFrame, float]:
+        """The shard's rows and the seconds it took here (queueing and transfer excluded)."""
+        began = time.perf_counter()
         model = self._model(model_id, arch)
         maybe_fail(self.fault, "evaluate", start, model_id, key="shard")  # tests: die mid-shard
         x, y = self.data["x"][start:end], self.data["y"][start:end]
-        return evaluate_samples(model, x, y, start, threat, settings, signed, self.device)
+        rows = evaluate_samples(model, x, y, start, threat, settings, signed, self.device)
+        return rows, time.perf_counter() - began
+
+
+@dataclass
+class EvaluationReport:
+    """What one run_evaluation measured: the seconds each shard took on its actor and the actors'
+    peak resident memory (benchmarks read these; the grid only logs them)."""
+    shard_seconds: list[float] = field(default_factory=list)
+    actor_peak_rss_mb: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -79,7 +91,7 @@ def metadata_columns(spec: GridSpec, plan: ModelPlan, card: dict) -> dict:
 
 def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
                    test_y: torch.Tensor, dataset_info: dict, on_model_done, log=print,
-                   fault=None) -> None:
+                   fault=None) -> EvaluationReport:
     """Evaluate every plan whose Parquet partition is missing; call on_model_done(plan, rows).
     A shard whose actor dies is retried by Ray on the restarted actor (max_task_retries); past
     that, on a fresh actor that replaces the dead one."""
@@ -92,8 +104,9 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
     for plan in todo:  # models whose shards all survived a crash only need the merge
         if all(samples.shard_done(plan.model_id, s, e) for s, e in ranges):
             on_model_done(plan, samples.finalize(plan.model_id, ranges))
+    report = EvaluationReport()
     if not tasks:
-        return
+        return report
     res = spec.resources
     data_ref = ray.put({"x": test_x, "y": test_y, **dataset_info})
     n_actors = min(spec.evaluation.actors, len(tasks))
@@ -123,7 +136,7 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             actor, task = in_flight.pop(ready[0])
             try:
-                rows = ray.get(ready[0])
+                rows, seconds = ray.get(ready[0])
             except ray.exceptions.RayActorError:
                 log(f"[evaluate] actor lost on {task.plan.model_id} [{task.start}, {task.end}); "
                     f"requeued on a new actor")
@@ -137,21 +150,24 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
             maybe_fail(fault, "evaluate", task.start, task.plan.model_id, key="write")  # disk full
             samples.write_shard(task.plan.model_id, task.start, task.end, rows)
             idle.append(actor)
+            report.shard_seconds.append(seconds)
             done += 1
             remaining[task.plan.model_id] -= 1
             log(f"[evaluate] {done}/{len(tasks)} shards  {task.plan.model_id} "
-                f"[{task.start}, {task.end})  {time.time() - started:.0f}s")
+                f"[{task.start}, {task.end}) in {seconds:.1f}s  ({time.time() - started:.0f}s "
+                f"elapsed)")
             if remaining[task.plan.model_id] == 0:
                 on_model_done(task.plan, samples.finalize(task.plan.model_id, ranges))
             if not idle and not in_flight and queue:
-                from grid.runner import ResumableError
                 raise ResumableError(f"evaluate: every evaluation actor died; `apgrid resume "
                                      f"{output}` continues")
-        peaks = _stop(actors, report=True)
+        report.actor_peak_rss_mb = _stop(actors, report=True)
     finally:  # a stopped evaluation must not leave actors holding CPUs in a long-lived Ray
         _stop(actors, report=False)
+    peaks = report.actor_peak_rss_mb
     if peaks:
         log(f"[evaluate] actors' peak RSS {max(peaks):.0f} MB (max of {len(peaks)})")
+    return report
 
 
 def _stop(actors, report: bool) -> list[float]:

@@ -13,6 +13,8 @@ import re
 
 import pandas as pd
 
+from grid.errors import GridError
+
 CLAUSE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(=|!=|<=|>=|<|>)\s*(.+?)\s*$")
 DEFAULT_COLUMNS = ["stage", "model_id", "method", "arch", "sparsity", "seed", "status", "attempt",
                    "clean_acc", "pgd_acc", "aa_acc", "fmn_acc_at_eps", "measured_sparsity"]
@@ -38,7 +40,6 @@ def parse_where(where: str) -> list[tuple[str, str, str]]:
 def query_runs(uri: str, experiment: str | None, where: str, columns: str | None) -> pd.DataFrame:
     import mlflow
 
-    from grid.runner import GridError
     clauses = parse_where(where)
     mlflow.set_tracking_uri(uri)
     try:

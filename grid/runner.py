@@ -8,7 +8,6 @@ last epoch checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from grid import plan as planner
+from grid.errors import STORAGE_ERRNOS, GridError, ResumableError
 from grid.spec import GridSpec, SpecError, load_spec
 from grid.store import ModelStore, SampleStore, atomic_write_json, read_user_checkpoint
 from grid.tracking import Tracker, TrackingError, check_reachable, short_reason
@@ -27,20 +27,6 @@ STAGES = ("checkpoints", "dense", "prune", "evaluate", "analyze")
 # Tune warns on every epoch checkpoint of small models; our own progress lines replace its tables.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-
-
-class GridError(RuntimeError):
-    """A problem with the user's input or environment: one line, exit code 2."""
-
-
-class ResumableError(RuntimeError):
-    """The grid stopped part-way (disk full, tracking server gone, trials failing every retry);
-    finished work is kept and `apgrid resume` continues: one line, exit code 1."""
-
-
-# Errors of the storage itself, as opposed to bugs: a full disk or quota, a read-only or
-# permission-less output folder, a file-size limit.
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 # -- the output folder -------------------------------------------------------------------------

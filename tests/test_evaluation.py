@@ -1,6 +1,5 @@
 """Evaluation: shard-independence, AutoAttack equal to pyautoattack, FMN distances that are real."""
 import pandas as pd
-import pytest
 import torch
 from pyautoattack import AutoAttack
 

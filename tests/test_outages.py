@@ -15,7 +15,8 @@ import yaml
 
 from grid import runner
 from grid.cli import main
-from grid.runner import ResumableError, launch, read_state, resume
+from grid.errors import ResumableError
+from grid.runner import launch, read_state, resume
 from grid.store import read_samples
 from tests.test_tracking_server import free_port, small_grid, wait_for
 
