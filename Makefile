@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ test: $(STAMP)  ## fast tests (digits, CPU)
 
 test-slow: $(STAMP)  ## slow tests too (CIFAR-10 needs ../shared/scripts/fetch-cifar10)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+bench: $(STAMP)  ## issue 6's benchmarks, one run (needs finished runs/cifar10-cpu and runs/demo)
+	mkdir -p runs/bench
+	$(BIN)/python benchmarks/evaluation.py --grid runs/cifar10-cpu --block-size 100 \
+		--scale-samples 400 | tee runs/bench/evaluation.txt
+	$(BIN)/python benchmarks/orchestration.py runs/cifar10-cpu --samples 250 --aa-samples 250 \
+		--block-size 250 --no-ideal | tee runs/bench/orchestration-cifar10.txt
+	$(BIN)/python benchmarks/orchestration.py runs/demo | tee runs/bench/orchestration-demo.txt
 
 clean:
 	rm -rf runs .pytest_cache

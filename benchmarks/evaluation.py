@@ -157,6 +157,22 @@ def replay_model_time(model, calls) -> float:
     return time.perf_counter() - start
 
 
+def projected_share(arch: str, subject: Subject, calls, attack_own_s: float, sampled: int) -> dict:
+    """The model share the same evaluation would have with a costlier model of `arch`.
+
+    The attacks' own work (the time outside model passes) depends on the batch shapes and the
+    iteration counts, not on the model, so it is carried over from the measured run; the model's
+    passes are replayed through `arch` on an evenly spaced sample of the recorded calls. The
+    trajectory is held fixed: a model that is more robust keeps more samples under attack."""
+    from trainables.models import build_model
+    ds = subject.ds
+    other = build_model(arch, ds.image_shape[0], ds.num_classes, ds.mean, ds.std).eval()
+    every = max(1, len(calls) // sampled)
+    replay_s = replay_model_time(other, calls[::every]) * every
+    return {"arch": arch, "model_replay_s": replay_s, "calls_replayed": len(calls[::every]),
+            "model_share": replay_s / (replay_s + attack_own_s)}
+
+
 def profile_and_count(model, x, y, threat, settings):
     counting = Counting(model).eval()
     profiler = cProfile.Profile()
@@ -190,10 +206,38 @@ def profile_and_count(model, x, y, threat, settings):
             "forward_passes_per_sample": counting.forward_samples / n,
             "backward_passes_per_sample": counting.backward_samples / n,
             "naive_passes_per_sample": naive_aa + settings.pgd_steps + 2 * settings.fmn_steps + 1,
-            "clean_correct": clean, "aa_robust": robust_aa}
+            "clean_correct": clean, "aa_robust": robust_aa, "calls": counting.calls}
 
 
 # -- 1. scale-out, 6. memory ----------------------------------------------------------------------
+
+def _evaluate_block(arch: str, data: tuple, state: dict, x, y, threat, settings) -> float:
+    """Seconds for one plain evaluate_samples call on one thread, in a process of its own."""
+    from trainables.models import build_model
+    torch.set_num_threads(1)
+    model = build_model(arch, *data)
+    model.load_state_dict(state)
+    start = time.perf_counter()
+    evaluate_samples(model.eval(), x, y, 0, threat, settings, True)
+    return time.perf_counter() - start
+
+
+def machine_ceiling(subject: Subject, x, y, settings) -> float:
+    """The scale-out this machine allows at best for this work, with no Ray: the same evaluation
+    (the first block) in one plain process alone, then in two at once (one thread each); alone /
+    the slower of the two. Shared caches, memory bandwidth and the host's other tenants show here."""
+    import multiprocessing
+    ds = subject.ds
+    first = slice(0, settings.block_size)
+    job = (subject.arch, (ds.image_shape[0], ds.num_classes, ds.mean, ds.std),
+           subject.model.state_dict(), x[first], y[first], subject.threat, settings)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        alone = pool.apply(_evaluate_block, job)
+    with ctx.Pool(2) as pool:
+        together = max(pool.starmap(_evaluate_block, [job, job]))
+    return alone / together
+
 
 def same_outcomes(a, b) -> bool:
     """Per-sample outcomes equal; distances equal up to float rounding (thread counts differ)."""
@@ -217,7 +261,8 @@ def scale_out(subject: Subject, x, y, settings, repeats):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     configs = {"1 actor x 1 thread": (1, 1), "1 actor x 2 threads": (1, 2), "2 actors x 1 thread": (2, 1)}
     times = {k: [] for k in configs}
-    rows_seen, memory = {}, {}
+    busy = {k: [] for k in configs}     # summed shard seconds on the actors
+    rows_seen, peaks = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "model.pt"
         torch.save(model.state_dict(), ckpt)
@@ -226,7 +271,7 @@ def scale_out(subject: Subject, x, y, settings, repeats):
                                             list(configs.items())[::-1]):
                 out = Path(tmp) / f"{r}-{actors}-{threads}"
                 ev = {"num_samples": len(y), "block_size": settings.block_size,
-                      "shards": max(4, 4 * actors), "actors": actors,
+                      "shards": len(y), "actors": actors,  # one shard per block
                       "pgd_steps": settings.pgd_steps, "fmn_steps": settings.fmn_steps,
                       "autoattack_version": settings.autoattack_version}
                 spec = parse_spec({"name": "bench", "output": str(out),
@@ -239,22 +284,32 @@ def scale_out(subject: Subject, x, y, settings, repeats):
                 stage_checkpoints(spec, None, None, None, lambda m: None, 1)
                 plans = checkpoint_models(spec)
                 got = {}
-                seconds, _ = timed(lambda: run_evaluation(
+                seconds, report = timed(lambda: run_evaluation(
                     spec, plans, x, y, {"num_classes": ds.num_classes, "mean": ds.mean, "std": ds.std},
-                    lambda p, rows: got.update(rows=rows),
-                    log=lambda m: memory.setdefault(name, []).append(m)))
+                    lambda p, rows: got.update(rows=rows), log=lambda m: None))
                 times[name].append(seconds)
+                busy[name].append(sum(report.shard_seconds))
+                peaks += report.actor_peak_rss_mb
                 rows_seen[name] = got["rows"]
     ray.shutdown()
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_busy = {k: statistics.median(v) for k, v in busy.items()}
     identical = all(same_outcomes(rows, rows_seen["1 actor x 1 thread"]) for rows in rows_seen.values())
-    speedup_vs_1x1 = med["1 actor x 1 thread"] / med["2 actors x 1 thread"]
-    speedup_vs_1x2 = med["1 actor x 2 threads"] / med["2 actors x 1 thread"]
-    peaks = [float(m.split("peak RSS ")[1].split(" MB")[0]) for lines in memory.values()
-             for m in lines if "peak RSS" in m]
-    return {**{f"{k} s": v for k, v in med.items()}, "speedup_vs_1x1": speedup_vs_1x1,
-            "efficiency_vs_1x1": speedup_vs_1x1 / 2, "speedup_vs_1x2": speedup_vs_1x2,
-            "efficiency_vs_1x2": speedup_vs_1x2 / 2, "rows_identical": identical,
+    one, two = med["1 actor x 1 thread"], med["2 actors x 1 thread"]
+    # Where the 2-actor run loses against a perfect halving: its actors compute slower when both
+    # cores are busy (contention), or one idles while the other finishes (the blocks' imbalance),
+    # or neither (the driver, Ray's scheduling and the merge).
+    contention = med_busy["2 actors x 1 thread"] / med_busy["1 actor x 1 thread"] - 1
+    idle_tail = two / (med_busy["2 actors x 1 thread"] / 2) - 1
+    return {**{f"{k} s": v for k, v in med.items()}, "speedup_vs_1x1": one / two,
+            "efficiency_vs_1x1": one / two / 2,
+            "speedup_vs_1x2": med["1 actor x 2 threads"] / two,
+            "efficiency_vs_1x2": med["1 actor x 2 threads"] / two / 2,
+            "shard_slowdown_2_actors": contention, "makespan_over_busy_half": idle_tail,
+            "blocks": -(-len(y) // settings.block_size),
+            "machine_ceiling": statistics.median(machine_ceiling(subject, x, y, settings)
+                                                 for _ in range(repeats)),
+            "rows_identical": identical,
             "actor_peak_rss_mb": max(peaks) if peaks else float("nan")}
 
 
@@ -265,6 +320,17 @@ def main():
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fmn-steps", type=int, default=100)
+    parser.add_argument("--block-size", type=int, default=EvalSettings.block_size,
+                        help="samples per block (default: the grid's, %(default)s); scale-out "
+                             "runs one shard per block")
+    parser.add_argument("--scale-samples", type=int,
+                        help="samples for the scale-out part (default: 4 blocks' worth, so that "
+                             "2 actors share 4 shards)")
+    parser.add_argument("--project", nargs="*", default=["resnet18"], metavar="ARCH",
+                        help="also give the model share projected for these architectures "
+                             "(default: resnet18)")
+    parser.add_argument("--project-calls", type=int, default=200,
+                        help="model calls replayed per projection (evenly spaced; default 200)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["scale", "wrapper", "profile"])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -272,12 +338,12 @@ def main():
     subject = load_subject(args)
     model, ds, threat, described = subject.model, subject.ds, subject.threat, subject.described
     x, y = ds.x_test[:args.samples], ds.y_test[:args.samples]
-    settings = EvalSettings(fmn_steps=args.fmn_steps, block_size=max(1, args.samples // 4),
-                            batch_size=args.samples)
+    settings = EvalSettings(fmn_steps=args.fmn_steps, block_size=args.block_size)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s) " \
               f"per process, torch {torch.__version__}, {platform.system()}"
     print(f"model: {described}; {args.samples} samples; threat {threat.norm} eps={threat.eps:.4g}; "
-          f"AutoAttack {settings.autoattack_version}, FMN {settings.fmn_steps} steps; "
+          f"blocks of {settings.block_size}; AutoAttack {settings.autoattack_version}, "
+          f"FMN {settings.fmn_steps} steps; "
           f"medians of {args.repeats}; {machine}")
     result = {"model": described, "samples": args.samples, "repeats": args.repeats}
 
@@ -291,27 +357,41 @@ def main():
               f"{w['fmn_plain_s']:8.2f}   {w['fmn_overhead']:+7.1%}   <= +3 %")
     if "profile" not in args.skip:
         p = profile_and_count(model, x, y, threat, settings)
+        calls = p.pop("calls")
+        attack_own = p["bare_s"] - p["model_replay_s"]
+        p["projected"] = [projected_share(arch, subject, calls, attack_own, args.project_calls)
+                          for arch in args.project]
         result["profile"] = p
         print("\n4. where the time goes (cProfile of one evaluate_samples call)")
         print(f"   cProfile: model forward {p['forward_share']:.1%} + backward "
               f"{p['backward_share']:.1%} = {p['model_share']:.1%} of the profiled time")
         print(f"   replay: the same model passes alone take {p['model_replay_s']:.1f} s of the bare "
               f"{p['bare_s']:.1f} s = {p['model_share_replay']:.1%} (target >= 90 %)")
+        for proj in p["projected"]:
+            print(f"   projected for {proj['arch']}: its passes would take {proj['model_replay_s']:.1f} s "
+                  f"beside the attacks' own {attack_own:.1f} s = {proj['model_share']:.1%} "
+                  f"(same calls; {proj['calls_replayed']} replayed)")
         print("\n5. work avoided (samples through the model, per test sample)")
         print(f"   forward {p['forward_passes_per_sample']:.0f}, with backward "
               f"{p['backward_passes_per_sample']:.0f}; naive count "
               f"{p['naive_passes_per_sample']:.0f} (every AutoAttack attack on every sample); "
               f"{p['clean_correct']} clean-correct, {p['aa_robust']} AutoAttack-robust of {args.samples}")
     if "scale" not in args.skip:
-        s = scale_out(subject, x, y, settings, args.repeats)
+        n = args.scale_samples or 4 * settings.block_size
+        s = scale_out(subject, ds.x_test[:n], ds.y_test[:n], settings, args.repeats)
         result["scale_out"] = s
-        print("\n1. sharding scale-out (the grid's Ray actors; AutoAttack + FMN + PGD)")
+        print(f"\n1. sharding scale-out (the grid's Ray actors; AutoAttack + FMN + PGD; {n} samples)")
         for k in ("1 actor x 1 thread s", "1 actor x 2 threads s", "2 actors x 1 thread s"):
             print(f"   {k[:-2]:22s} {s[k]:8.2f} s")
         print(f"   speed-up 2 actors vs 1x1: {s['speedup_vs_1x1']:.2f} (efficiency "
               f"{s['efficiency_vs_1x1']:.2f}, target >= 0.9); vs 1x2 threads: "
               f"{s['speedup_vs_1x2']:.2f} (efficiency {s['efficiency_vs_1x2']:.2f}); "
               f"rows identical across configurations: {s['rows_identical']}")
+        print(f"   the loss: each shard {s['shard_slowdown_2_actors']:+.1%} slower with both cores "
+              f"busy; the run {s['makespan_over_busy_half']:+.1%} longer than its actors' busy "
+              f"time / 2 (idle tail across {s['blocks']} blocks, Ray, merge)")
+        print(f"   this machine's ceiling: two plain 1-thread processes evaluating the first block "
+              f"at once run at {s['machine_ceiling']:.2f} of the speed of one alone (no Ray)")
         print(f"\n6. peak resident memory of an evaluation actor: {s['actor_peak_rss_mb']:.0f} MB")
     print(json.dumps(result, default=float))
 

@@ -41,13 +41,15 @@ from trainables.models import build_model, fit_to_state, resolve_device  # noqa:
 COLUMNS = ["model_id", "sample_idx", "clean_pred", "pgd_correct", "aa_correct", "fmn_eps"]
 
 
-def benchmark_spec(grid: Path, output: Path, samples: int | None, aa_samples: int | None):
+def benchmark_spec(grid: Path, output: Path, samples: int | None, aa_samples: int | None,
+                   block_size: int | None = None):
     """The grid's spec writing to `output`, on the first `samples` test samples."""
     spec = load_grid_spec(grid)
     s = spec.evaluation.settings
     n = samples or s.num_samples
     aa = min(n, aa_samples or s.autoattack_samples or n)
-    settings = dataclasses.replace(s, num_samples=n, autoattack_samples=aa)
+    settings = dataclasses.replace(s, num_samples=n, autoattack_samples=aa,
+                                   block_size=block_size or s.block_size)
     return dataclasses.replace(spec, output=str(output), tracking_uri=None, storage=None,
                                evaluation=dataclasses.replace(spec.evaluation, settings=settings))
 
@@ -113,6 +115,7 @@ def main():
     parser.add_argument("grid", help="a finished grid's output folder (its models are evaluated)")
     parser.add_argument("--samples", type=int, help="test samples (default: the spec's)")
     parser.add_argument("--aa-samples", type=int, help="AutoAttack samples (default: the spec's)")
+    parser.add_argument("--block-size", type=int, help="samples per block (default: the spec's)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-ideal", action="store_true", help="skip the 1-thread plain run")
     parser.add_argument("--verbose", action="store_true", help="show apgrid's progress lines")
@@ -128,25 +131,30 @@ def main():
     times = {"apgrid": [], "plain": [], "plain_1_thread": []}
     identical = True
     for r in range(args.repeats):  # configurations alternate, so drift hits them alike
-        spec = benchmark_spec(Path(args.grid), tmp / f"apgrid{r}", args.samples, args.aa_samples)
+        spec = benchmark_spec(Path(args.grid), tmp / f"apgrid{r}", args.samples, args.aa_samples,
+                              args.block_size)
         actors = spec.evaluation.actors
-        times["apgrid"].append(apgrid_stage(Path(args.grid), spec, log))
-        times["plain"].append(plain_process(Path(args.grid), spec, tmp / f"plain{r}", actors))
-        identical &= same_rows(spec.output_dir, tmp / f"plain{r}")
+        runs = [("apgrid", lambda: apgrid_stage(Path(args.grid), spec, log)),
+                ("plain", lambda: plain_process(Path(args.grid), spec, tmp / f"plain{r}", actors))]
         if not args.no_ideal:
-            times["plain_1_thread"].append(
-                plain_process(Path(args.grid), spec, tmp / f"plain1t{r}", 1))
+            runs.append(("plain_1_thread",
+                         lambda: plain_process(Path(args.grid), spec, tmp / f"plain1t{r}", 1)))
+        for name, run in (runs if r % 2 == 0 else runs[::-1]):
+            times[name].append(run())
+        identical &= same_rows(spec.output_dir, tmp / f"plain{r}")
     med = {k: statistics.median(v) for k, v in times.items() if v}
     s = spec.evaluation.settings
     models = len(planner.all_models(spec))
     result = {"grid": str(args.grid), "models": models, "samples": s.num_samples,
-              "autoattack_samples": s.autoattack_samples, "actors": actors,
+              "autoattack_samples": s.autoattack_samples, "block_size": s.block_size,
+              "actors": actors,
               "repeats": args.repeats, "ray_init_s": ray_init_s,
               **{f"{k}_s": v for k, v in med.items()},
               "overhead_vs_plain": med["apgrid"] / med["plain"] - 1, "rows_identical": identical,
               "cpus": os.cpu_count(), "torch": torch.__version__, "machine": platform.machine()}
     print(f"{args.grid}: {models} models x {s.num_samples} samples (AutoAttack on "
-          f"{s.autoattack_samples}), FMN {s.fmn_steps} steps; {actors} actors; "
+          f"{s.autoattack_samples}), blocks of {s.block_size}, FMN {s.fmn_steps} steps; "
+          f"{actors} actors; "
           f"{os.cpu_count()} CPUs; medians of {args.repeats}")
     print(f"   apgrid evaluate stage (Ray actors, Parquet, MLflow)  {med['apgrid']:8.1f} s")
     print(f"   plain process, {actors} threads                       {med['plain']:8.1f} s")
