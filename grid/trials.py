@@ -26,6 +26,7 @@ from trainables.training import Recipe, accuracy, make_optimizer, train_epoch
 
 
 def _context(config: dict):
+    _reset_peak_rss()
     grid = config["grid"]
     plan = ModelPlan.from_dict(config["model"])
     store = ModelStore(Path(grid["output"]))
@@ -39,6 +40,16 @@ def _data_and_model(grid: dict, arch: str, seed: int):
     torch.manual_seed(seed)  # the dense model's initial weights
     model = build_model(arch, ds.image_shape[0], ds.num_classes, ds.mean, ds.std).to(device)
     return ds, model, device
+
+
+def _reset_peak_rss() -> None:
+    """Restart the process's peak RSS at its current RSS (Linux, proc(5): clear_refs "5"). Ray
+    reuses a worker process for later trials; without this they would report the peak of the
+    trials before them."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the peak is then the process's lifetime peak
 
 
 def _maybe_fail(config: dict, stage: str, epoch: int) -> None:
