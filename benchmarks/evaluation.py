@@ -2,7 +2,7 @@
 and peak memory per actor. Prints a table per part and one JSON line with every figure.
 
     python benchmarks/evaluation.py                      # digits, a model trained here (~5 min)
-    python benchmarks/evaluation.py --grid runs/cifar10-cpu --samples 200   # a grid's dense model
+    python benchmarks/evaluation.py --grid runs/cifar10-cpu --block-size 100 --scale-samples 400
 
 Each timing is the median of --repeats runs; configurations alternate within a repeat, so drift
 on a noisy machine hits them alike. Targets (issue 6): scale-out efficiency >= 0.9, wrapper
@@ -317,9 +317,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", help="take the first dense model (and dataset) of this grid")
-    parser.add_argument("--samples", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--fmn-steps", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=100,
+                        help="test samples for the wrapper and profile parts (default 100)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (default 3)")
+    parser.add_argument("--fmn-steps", type=int, default=100, help="FMN steps (default 100)")
     parser.add_argument("--block-size", type=int, default=EvalSettings.block_size,
                         help="samples per block (default: the grid's, %(default)s); scale-out "
                              "runs one shard per block")
