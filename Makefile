@@ -30,7 +30,8 @@ bench: $(STAMP)  ## issue 6's benchmarks, one run (needs finished runs/cifar10-c
 		--scale-samples 400 | tee runs/bench/evaluation.txt
 	$(BIN)/python benchmarks/orchestration.py runs/cifar10-cpu --samples 250 --aa-samples 250 \
 		--block-size 250 --no-ideal | tee runs/bench/orchestration-cifar10.txt
-	$(BIN)/python benchmarks/orchestration.py runs/demo | tee runs/bench/orchestration-demo.txt
+	$(BIN)/python benchmarks/orchestration.py runs/demo --samples 120 --no-ideal \
+		| tee runs/bench/orchestration-demo.txt
 
 clean:
 	rm -rf runs .pytest_cache
