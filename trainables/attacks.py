@@ -130,12 +130,18 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, steps:
 
     model.eval()
     perturbation = {"Linf": "linf", "L2": "l2", "L1": "l1"}[norm]
-    attack = FMN(perturbation_model=perturbation, num_steps=steps, step_size=step_size,
-                 y_target=target, backend="native")
     device = next(model.parameters()).device
-    loader = DataLoader(TensorDataset(x.to(device), y.to(device)), batch_size=batch_size)
-    x_adv = torch.cat([adv.detach().cpu() for adv, _ in attack(BasePyTorchClassifier(model), loader,
-                                                              stream=True)])
+    classifier, x_adv = BasePyTorchClassifier(model), []
+    for start in range(0, len(y), batch_size):
+        # a fresh attack per batch: secml-torch 1.x keeps per-batch state sized by the first
+        # batch and fails on a shorter last one (tests/test_evaluation.py)
+        attack = FMN(perturbation_model=perturbation, num_steps=steps, step_size=step_size,
+                     y_target=target, backend="native")
+        chunk = slice(start, start + batch_size)
+        loader = DataLoader(TensorDataset(x[chunk].to(device), y[chunk].to(device)),
+                            batch_size=batch_size)
+        x_adv += [adv.detach().cpu() for adv, _ in attack(classifier, loader, stream=True)]
+    x_adv = torch.cat(x_adv)
     with torch.no_grad():
         pred = model(x_adv.to(device)).argmax(1).cpu()
     found = (pred == target) if target is not None else (pred != y)
