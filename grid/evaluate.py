@@ -7,9 +7,10 @@ its own file) and merged by sample index into the model's Parquet partition when
 
 from __future__ import annotations
 
+import os
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,9 @@ from grid.spec import GridSpec
 from grid.faults import maybe_fail
 from grid.store import ModelStore, SampleStore
 from trainables import pruning
-from trainables.evaluation import EvalSettings, ThreatModel, evaluate_samples, shard_ranges
+from trainables.evaluation import (EvalSettings, ThreatModel, attack_bytes_per_sample,
+                                   effective_batch_size, evaluate_samples, fit_batch_size,
+                                   memory_budget, shard_ranges)
 from trainables.models import build_model, fit_to_state, resolve_device
 
 
@@ -30,18 +33,33 @@ from trainables.models import build_model, fit_to_state, resolve_device
 class EvalWorker:
     """Holds the test set and every model it has been given, each loaded once."""
 
-    def __init__(self, output: str, data: dict, threads: int, device: str, fault=None):
+    def __init__(self, output: str, data: dict, threads: int, device: str, gpus: float = 0,
+                 fault=None):
         torch.set_num_threads(max(1, threads))
+        self.threads, self.gpus = threads, gpus
         self.fault = fault
         self.store = ModelStore(Path(output))
         self.data = data
         self.device = resolve_device(device)
         self.models: dict[str, torch.nn.Module] = {}
 
+    def _build(self, arch: str) -> torch.nn.Module:
+        d = self.data
+        return build_model(arch, d["x"].shape[1], d["num_classes"], d["mean"], d["std"])
+
+    def batch_size_for(self, arch: str, block_size: int) -> tuple[int, int, int]:
+        """(batch size, estimated bytes per sample, budget) for `arch`'s dense model on this
+        actor's share of its device: its GPUs, or its CPUs' share of the node's memory."""
+        model = self._build(arch).to(self.device).eval()
+        per_sample = attack_bytes_per_sample(model, tuple(self.data["x"].shape[1:]))
+        share = (self.gpus or 1.0) if self.device.type == "cuda" else \
+            self.threads / (os.cpu_count() or 1)
+        budget = memory_budget(self.device, share)
+        return fit_batch_size(block_size, per_sample, budget), per_sample, budget
+
     def _model(self, model_id: str, arch: str) -> torch.nn.Module:
         if model_id not in self.models:
-            d = self.data
-            model = build_model(arch, d["x"].shape[1], d["num_classes"], d["mean"], d["std"])
+            model = self._build(arch)
             state, masks = self.store.load_weights(model_id)
             fit_to_state(model, state)  # structured pruning removed filters
             model.load_state_dict(state)
@@ -78,7 +96,7 @@ class ShardTask:
     end: int
 
 
-def metadata_columns(spec: GridSpec, plan: ModelPlan, card: dict) -> dict:
+def metadata_columns(spec: GridSpec, plan: ModelPlan, card: dict, batch_size: int) -> dict:
     s, t = spec.evaluation.settings, spec.threat_model
     return {"grid": spec.name, "model_id": plan.model_id, "dense_model_id": plan.dense_model_id,
             "role": plan.role, "dataset": spec.dataset.name, "arch": plan.arch,
@@ -86,7 +104,30 @@ def metadata_columns(spec: GridSpec, plan: ModelPlan, card: dict) -> dict:
             "sparsity_measured": card.get("measured_sparsity", 0.0), "seed": plan.seed,
             "norm": t.norm, "eps": t.eps, "pgd_steps": s.pgd_steps,
             "autoattack_version": s.autoattack_version, "fmn_steps": s.fmn_steps,
-            "fmn_step_size": s.fmn_step_size, "eval_seed": s.seed}
+            "fmn_step_size": s.fmn_step_size, "eval_seed": s.seed, "eval_batch_size": batch_size}
+
+
+def resolve_batch_sizes(spec: GridSpec, archs: list[str], samples: SampleStore, actor,
+                        log=print) -> dict[str, int]:
+    """Samples per model call for each architecture, fixed for the whole grid (the batch seeds
+    AutoAttack): a number from the spec; else the one recorded in rows already written, so a
+    resumed grid keeps it; else the actor's estimate for the dense model on the grid's device."""
+    settings = spec.evaluation.settings
+    if settings.batch_size != "auto":
+        return {arch: effective_batch_size(settings) for arch in archs}
+    recorded = samples.recorded_batch_sizes()
+    sizes = {}
+    for arch in archs:
+        if arch in recorded:
+            sizes[arch] = recorded[arch]
+            log(f"[evaluate] batch size {arch}: {sizes[arch]}, as its rows already written")
+            continue
+        sizes[arch], per_sample, budget = ray.get(
+            actor.batch_size_for.remote(arch, settings.block_size))
+        log(f"[evaluate] batch size {arch}: {sizes[arch]} (block {settings.block_size}; "
+            f"~{per_sample / 2**20:.1f} MB a sample in an attack step, "
+            f"{budget / 2**20:.0f} MB budget per actor)")
+    return sizes
 
 
 def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
@@ -113,8 +154,11 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
 
     def new_actor():
         return EvalWorker.options(num_cpus=res.actor_cpus, num_gpus=res.actor_gpus).remote(
-            str(output), data_ref, int(max(1, res.actor_cpus)), res.device, fault)
+            str(output), data_ref, int(max(1, res.actor_cpus)), res.device, res.actor_gpus, fault)
     actors = [new_actor() for _ in range(n_actors)]
+    batch_sizes = resolve_batch_sizes(spec, sorted({p.arch for p in todo}), samples, actors[0], log)
+    settings = {arch: replace(spec.evaluation.settings, batch_size=n)
+                for arch, n in batch_sizes.items()}
     replacements = 2 * n_actors  # a shard that kills every actor it meets must not loop forever
     log(f"[evaluate] {len(todo)} models x {len(ranges)} shards = {len(tasks)} shard tasks "
         f"on {n_actors} actors")
@@ -126,7 +170,7 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
     def submit(actor, task):
         ref = actor.evaluate.remote(task.plan.model_id, task.plan.arch, task.plan.role == "dense",
                                     task.start, task.end, spec.threat_model,
-                                    spec.evaluation.settings)
+                                    settings[task.plan.arch])
         in_flight[ref] = (actor, task)
 
     try:
@@ -146,7 +190,8 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
                     actors.append(new_actor())
                     idle.append(actors[-1])
                 continue  # the dead actor is not returned to the idle list
-            rows = rows.assign(**metadata_columns(spec, task.plan, cards[task.plan.model_id]))
+            rows = rows.assign(**metadata_columns(spec, task.plan, cards[task.plan.model_id],
+                                                  batch_sizes[task.plan.arch]))
             maybe_fail(fault, "evaluate", task.start, task.plan.model_id, key="write")  # disk full
             samples.write_shard(task.plan.model_id, task.start, task.end, rows)
             idle.append(actor)

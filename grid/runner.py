@@ -296,7 +296,9 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
     outage = []
 
     def log_run(plan, run_id, rows):
-        tracker.client.log_batch(run_id, params=_params(eval_params))
+        chosen = {"eval_batch_size": int(rows["eval_batch_size"].iloc[0])} \
+            if "eval_batch_size" in rows else {}  # rows written before it was recorded lack it
+        tracker.client.log_batch(run_id, params=_params({**eval_params, **chosen}))
         tracker.log_metrics(run_id, {**summarize(rows, spec.threat_model.eps),
                                      "measured_sparsity": float(rows["sparsity_measured"].iloc[0])})
         tracker.client.set_tag(run_id, "samples_uri", str(samples.partition(plan.model_id)))

@@ -459,11 +459,20 @@ def _evaluation(raw) -> EvaluationSpec:
                               "evaluation.fmn_step_size", 0.0, 100.0),
         seed=_int(raw.get("seed", d.seed), "evaluation.seed", minimum=0),
         block_size=_int(raw.get("block_size", d.block_size), "evaluation.block_size", minimum=1),
-        batch_size=_int(raw.get("batch_size", d.batch_size), "evaluation.batch_size", minimum=1),
+        batch_size=_batch_size(raw.get("batch_size", d.batch_size)),
     )
     return EvaluationSpec(settings=settings,
                           shards=_int(raw.get("shards", 4), "evaluation.shards", minimum=1),
                           actors=_int(raw.get("actors", 2), "evaluation.actors", minimum=1))
+
+
+def _batch_size(value) -> int | str:
+    """'auto' (the whole block unless memory forbids; see trainables.evaluation) or a number."""
+    if value == "auto":
+        return value
+    if isinstance(value, str):
+        raise SpecError(f"evaluation.batch_size: 'auto' or a whole number, got {value!r}")
+    return _int(value, "evaluation.batch_size", minimum=1)
 
 
 def _analysis(raw) -> AnalysisSpec:

@@ -112,6 +112,20 @@ class SampleStore:
         table = pa.Table.from_pandas(rows, preserve_index=False)
         atomic_write_bytes(self.shard_path(model_id, start, end), lambda fh: pq.write_table(table, fh))
 
+    def recorded_batch_sizes(self) -> dict[str, int]:
+        """{arch: eval_batch_size} from the rows already written (merged or staged), so a resumed
+        grid keeps the batch size its first run chose (it seeds AutoAttack)."""
+        files = [*self.root.glob(f"grid={self.grid}/model_id=*/part-0.parquet"),
+                 *self.root.glob("_staging/*/shard-*.parquet")]
+        sizes = {}
+        for f in files:
+            schema = pq.read_schema(f)
+            if "eval_batch_size" in schema.names and "arch" in schema.names:
+                row = pq.read_table(f, columns=["arch", "eval_batch_size"]).slice(0, 1).to_pylist()
+                if row:
+                    sizes.setdefault(row[0]["arch"], int(row[0]["eval_batch_size"]))
+        return sizes
+
     def finalize(self, model_id: str, ranges: list[tuple[int, int]]) -> pd.DataFrame:
         """Merge the shards by sample index into the model's partition; check none is missing."""
         frames = [pq.read_table(self.shard_path(model_id, s, e)).to_pandas() for s, e in ranges]

@@ -1,11 +1,16 @@
 """Evaluation: shard-independence, AutoAttack equal to pyautoattack, FMN distances that are real."""
+import dataclasses
+
 import pandas as pd
+import pytest
 import torch
 from pyautoattack import AutoAttack
 
 from trainables.attacks import autoattack, fmn, lp_norm
-from trainables.evaluation import (EvalSettings, ThreatModel, block_ranges, evaluate_samples,
+from trainables.evaluation import (EvalSettings, ThreatModel, attack_bytes_per_sample,
+                                   auto_batch_size, block_ranges, evaluate_samples, fit_batch_size,
                                    shard_ranges)
+from trainables.models import build_model
 
 THREAT = ThreatModel("Linf", 0.1)
 SETTINGS = EvalSettings(pgd_steps=5, fmn_steps=60, block_size=10, seed=3)
@@ -76,3 +81,59 @@ def test_signed_fmn_is_negative_where_the_model_is_wrong(trained, digits):
     assert (wrong["fmn_eps"] < 0).all()
     unsigned = evaluate_samples(trained, x, y, 0, THREAT, quick, signed_fmn=False)
     assert (unsigned.loc[~unsigned.clean_correct, "fmn_eps"] == 0).all()
+
+
+def test_fit_batch_size_takes_the_whole_block_or_the_fewest_equal_batches_that_fit():
+    assert fit_batch_size(250, bytes_per_sample=10, budget_bytes=10_000) == 250
+    for fits in (249, 200, 125, 124, 77, 1):
+        batch = fit_batch_size(250, bytes_per_sample=10, budget_bytes=10 * fits)
+        pieces = -(-250 // batch)
+        assert batch <= fits  # within the budget ...
+        assert pieces == -(-250 // fits)  # ... in the fewest calls the budget allows
+    with pytest.raises(MemoryError, match="evaluation.batch_size"):
+        fit_batch_size(250, bytes_per_sample=100, budget_bytes=99)
+
+
+def test_attack_memory_estimate_covers_what_autograd_keeps_per_sample():
+    tiny = build_model("cifar-tiny", 3, 10, [0.5] * 3, [0.25] * 3).eval()
+    for arch in ("resnet18", "vgg16"):
+        model = build_model(arch, 3, 10, [0.5] * 3, [0.25] * 3).eval()
+        estimate = attack_bytes_per_sample(model, (3, 32, 32))
+        kept = saved_for_backward_per_sample(model, (3, 32, 32))
+        inputs = 16 * 4 * 3 * 32 * 32  # the attack's copies of the input
+        assert kept <= estimate <= 2 * kept + inputs, arch
+        assert estimate > 10 * attack_bytes_per_sample(tiny, (3, 32, 32))  # ~ layers x width
+    resnet = build_model("resnet18", 3, 10, [0.5] * 3, [0.25] * 3).eval()
+    ratio = attack_bytes_per_sample(resnet, (3, 64, 64)) / attack_bytes_per_sample(resnet, (3, 32, 32))
+    assert 3.5 < ratio < 4.5  # activations grow with the pixels
+
+
+def saved_for_backward_per_sample(model, shape, batch=8) -> float:
+    """Bytes of the per-sample tensors autograd saves in a forward pass (weights excluded)."""
+    saved = {}
+
+    def pack(t):
+        if t.dim() and t.shape[0] == batch:
+            saved[(t.data_ptr(), tuple(t.shape))] = t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.rand(batch, *shape, requires_grad=True))
+    return sum(saved.values()) / batch
+
+
+def test_auto_batch_on_cpu_is_the_whole_block_for_a_small_model(trained):
+    assert auto_batch_size(trained, (1, 8, 8), 250, torch.device("cpu")) == 250
+
+
+def test_batch_size_changes_no_pgd_clean_or_fmn_result(trained, digits):
+    """Clean, PGD (its start is per sample) and FMN are per-sample computations, so a block split
+    into batches gives their rows; only AutoAttack, re-seeded per batch, may differ."""
+    x, y = digits.x_test[:N], digits.y_test[:N]
+    one = dataclasses.replace(SETTINGS, block_size=N, batch_size="auto", autoattack_samples=1)
+    split = dataclasses.replace(one, batch_size=7)
+    whole = evaluate_samples(trained, x, y, 0, THREAT, one, signed_fmn=True)
+    parts = evaluate_samples(trained, x, y, 0, THREAT, split, signed_fmn=True)
+    for column in ("clean_pred", "pgd_correct", "fmn_found"):
+        assert whole[column].tolist() == parts[column].tolist(), column
+    for column in ("logit_margin", "fmn_eps"):
+        pd.testing.assert_series_equal(whole[column], parts[column], rtol=1e-5, atol=1e-6)

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 
 import mlflow
 import pytest
@@ -59,6 +60,7 @@ def test_grid_writes_parquet_rows_once_per_model_and_sample(finished_grid):
                    "clean_correct", "logit_margin", "pgd_correct", "aa_correct", "aa_broken_by",
                    "fmn_eps", "fmn_found", "norm", "eps", "autoattack_version"):
         assert column in samples.columns, column
+    assert (samples["eval_batch_size"] == 10).all()  # auto on CPU: the whole block of 10
     pruned = samples[samples.role == "pruned"]
     assert pruned["sparsity_measured"].between(0.895, 0.905).all()
     per_model = samples.groupby("model_id")[["pgd_correct", "aa_correct"]].sum()
@@ -137,6 +139,8 @@ def test_mlflow_runs_are_nested_tagged_and_closed(finished_grid):
                     "config_hash", "attempt"):
             assert tag in tags
         assert {"clean_acc", "pgd_acc", "aa_acc", "fmn_acc_at_eps"} <= set(run.data.metrics)
+        assert run.data.params["batch_size"] == "auto"
+        assert run.data.params["eval_batch_size"] == "10"
     hydra = next(r for r in evaluate if r.data.tags["method"] == "hydra")
     assert hydra.data.tags["pipeline"] == "A" and hydra.data.tags["scope"] == "local"
 
@@ -213,6 +217,22 @@ def test_resume_of_a_finished_grid_redoes_nothing(finished_grid):
     after = {p: p.stat().st_mtime_ns for p in output.glob("samples/**/*.parquet")}
     assert before == after
     assert len(read_samples(output)) == 3 * N_SAMPLES
+
+
+def test_resumed_grid_keeps_the_batch_size_its_rows_record(tmp_path):
+    """The batch seeds AutoAttack: a resume must reuse the first run's choice, not a new estimate
+    (the actor is never asked: None stands in for it)."""
+    from grid.evaluate import resolve_batch_sizes
+    from grid.store import SampleStore
+    spec = tiny_spec(tmp_path / "out")
+    store = SampleStore(spec.output_dir, spec.name)
+    store.write_shard("m1", 0, 10, pd.DataFrame({"sample_idx": range(10), "arch": "digits-cnn",
+                                                 "eval_batch_size": 5}))
+    lines = []
+    assert resolve_batch_sizes(spec, ["digits-cnn"], store, None, lines.append) == {"digits-cnn": 5}
+    assert "as its rows already written" in lines[0]
+    fixed = tiny_spec(tmp_path / "out", evaluation={"block_size": 10, "batch_size": 64})
+    assert resolve_batch_sizes(fixed, ["digits-cnn"], store, None) == {"digits-cnn": 10}
 
 
 def test_output_of_another_grid_is_refused(finished_grid, tmp_path, capsys):

@@ -28,6 +28,8 @@ def test_demo_spec_is_valid():
     ({"evaluation": {"pgd_steps": 0}}, "evaluation.pgd_steps"),
     ({"evaluation": {"num_samples": 5, "shards": 6}}, "evaluation.shards"),
     ({"evaluation": {"autoattack_version": "turbo"}}, "evaluation.autoattack_version"),
+    ({"evaluation": {"batch_size": "big"}}, "evaluation.batch_size"),
+    ({"evaluation": {"batch_size": 0}}, "evaluation.batch_size"),
     ({"dense": {"recipe": {"trainer": "sgd"}}}, "dense.recipe.trainer"),
     ({"colour": "blue"}, "colour"),
     ({"dataset": {"name": "cifar10"}}, "dataset.root"),

@@ -8,7 +8,9 @@ same way wherever it runs: one shard or many give identical rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import os
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -38,7 +40,9 @@ class EvalSettings:
     # queries), so larger blocks spread them over more samples. benchmarks/evaluation.py on a
     # CIFAR CNN, one thread: 0.95 s/sample at 25, 0.45 at 100, 0.36 at 250 and 500.
     block_size: int = 250
-    batch_size: int = 500
+    # Samples per model call: "auto" gives the whole block unless it would not fit the worker's
+    # memory (auto_batch_size). Like the block, it seeds AutoAttack (re-seeded per batch).
+    batch_size: int | str = "auto"
 
 
 def block_ranges(start: int, end: int, block_size: int) -> list[tuple[int, int]]:
@@ -59,6 +63,9 @@ def evaluate_samples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: 
                      threat: ThreatModel, settings: EvalSettings, signed_fmn: bool,
                      device: torch.device | str = "cpu") -> pd.DataFrame:
     """Evaluate samples start .. start+len(y)-1 block by block; one row per sample."""
+    if settings.batch_size == "auto":
+        batch = auto_batch_size(model, tuple(x.shape[1:]), settings.block_size, torch.device(device))
+        settings = replace(settings, batch_size=batch)
     frames = []
     for b_start, b_end in block_ranges(start, start + len(y), settings.block_size):
         sl = slice(b_start - start, b_end - start)
@@ -67,23 +74,99 @@ def evaluate_samples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: 
     return pd.concat(frames, ignore_index=True)
 
 
+# -- batch size ----------------------------------------------------------------------------------
+
+def attack_bytes_per_sample(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Estimated memory one sample takes in an attack step: every layer's output, kept for the
+    backward pass (gradients are freed as it goes), plus the attack's own copies of the input
+    (APGD keeps about a dozen: current, best, gradient, momentum). On CPU the growth of the peak
+    RSS of a forward-backward at batch 128 was 5.6 MB a sample for ResNet-18 (estimate 5.6)."""
+    sizes = []
+
+    def record(_module, _inputs, output):
+        if torch.is_tensor(output):
+            sizes.append(output.numel() * output.element_size())
+
+    leaves = [m for m in model.modules() if not any(m.children())]
+    hooks = [m.register_forward_hook(record) for m in leaves]
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(sizes) + 16 * 4 * math.prod(input_shape)
+
+
+def memory_budget(device: torch.device, share: float = 1.0) -> int:
+    """Half this worker's share of its device's memory (the other half: weights, kernels'
+    workspace, the data). CUDA: the card's total; CPU: what the OS reports available now."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        total = _available_ram()
+    return int(0.5 * min(1.0, share) * total)
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")  # macOS, BSD
+
+
+def fit_batch_size(block_size: int, bytes_per_sample: int, budget_bytes: int) -> int:
+    """The whole block when it fits the budget, else the block cut into the fewest equal batches
+    that do. AutoAttack's iteration counts are per batch, so every extra batch costs a full run of
+    its attacks: fewer, larger batches are faster on any device."""
+    fits = budget_bytes // max(1, bytes_per_sample)
+    if fits < 1:
+        raise MemoryError(f"one sample needs ~{bytes_per_sample / 2**20:.0f} MB in an attack step, "
+                          f"more than this worker's {budget_bytes / 2**20:.0f} MB; give the "
+                          f"evaluation actors more memory (resources.actor_gpus) or set "
+                          f"evaluation.batch_size")
+    return math.ceil(block_size / math.ceil(block_size / fits))
+
+
+def auto_batch_size(model: nn.Module, input_shape: tuple[int, ...], block_size: int,
+                    device: torch.device, share: float = 1.0) -> int:
+    """The batch size for `model` on `device` when this worker has `share` of the device."""
+    return fit_batch_size(block_size, attack_bytes_per_sample(model, input_shape),
+                          memory_budget(device, share))
+
+
+def effective_batch_size(settings: EvalSettings) -> int:
+    """The samples per model call a fixed batch_size gives (a block is never split further)."""
+    return min(int(settings.batch_size), settings.block_size)
+
+
 def evaluate_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, first_idx: int,
                    threat: ThreatModel, settings: EvalSettings, signed_fmn: bool,
                    device: torch.device | str = "cpu") -> pd.DataFrame:
     model.eval()
     idx = torch.arange(first_idx, first_idx + len(y))
-    xd, yd = x.to(device), y.to(device)
-    with torch.inference_mode():
-        logits = model(xd)
-    clean_pred = logits.argmax(1).cpu()
-    clean_correct = clean_pred == y
-
+    size = int(settings.batch_size)
+    batches = [slice(i, i + size) for i in range(0, len(y), size)]
     step = settings.pgd_step_size or 2.5 * threat.eps / settings.pgd_steps
     noise = sample_noise(idx, x.shape[1:], settings.seed, threat.eps)
-    x_pgd = pgd(model, xd, yd, eps=threat.eps, steps=settings.pgd_steps, step_size=step,
-                norm=threat.norm, init_noise=noise)
-    with torch.inference_mode():
-        pgd_correct = (model(x_pgd).argmax(1).cpu() == y) & clean_correct
+    logits, pgd_pred = [], []
+    for b in batches:  # PGD's start is per sample, so batching never changes its points
+        xd, yd = x[b].to(device), y[b].to(device)
+        with torch.inference_mode():
+            logits.append(model(xd).float().cpu())
+        x_pgd = pgd(model, xd, yd, eps=threat.eps, steps=settings.pgd_steps, step_size=step,
+                    norm=threat.norm, init_noise=noise[b])
+        with torch.inference_mode():
+            pgd_pred.append(model(x_pgd).argmax(1).cpu())
+    logits = torch.cat(logits)
+    clean_pred = logits.argmax(1)
+    clean_correct = clean_pred == y
+    pgd_correct = (torch.cat(pgd_pred) == y) & clean_correct
 
     aa_robust, broken_by = autoattack_subset(model, x, y, idx, threat, settings, device)
 
@@ -91,7 +174,7 @@ def evaluate_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, first_idx
     return pd.DataFrame({
         "sample_idx": idx.numpy(), "label": y.numpy(), "clean_pred": clean_pred.numpy(),
         "clean_correct": clean_correct.numpy(),
-        "logit_margin": logit_margin(logits.float(), yd).cpu().numpy(),
+        "logit_margin": logit_margin(logits, y).numpy(),
         "pgd_correct": pgd_correct.numpy(), "aa_correct": aa_robust,
         "aa_broken_by": pd.array(broken_by, dtype="string"),
         "fmn_eps": fmn_eps.numpy(), "fmn_found": fmn_found.numpy(),
