@@ -27,7 +27,7 @@ test-slow: $(STAMP)  ## slow tests too (CIFAR-10 needs ../shared/scripts/fetch-c
 bench: $(STAMP)  ## issue 6's benchmarks, one run (needs finished runs/cifar10-cpu and runs/demo)
 	mkdir -p runs/bench
 	$(BIN)/python benchmarks/evaluation.py --grid runs/cifar10-cpu --block-size 100 \
-		--scale-samples 400 | tee runs/bench/evaluation.txt
+		--scale-samples 400 --batch-sizes 100 50 25 | tee runs/bench/evaluation.txt
 	$(BIN)/python benchmarks/orchestration.py runs/cifar10-cpu --samples 250 --aa-samples 250 \
 		--block-size 250 --no-ideal | tee runs/bench/orchestration-cifar10.txt
 	$(BIN)/python benchmarks/orchestration.py runs/demo --samples 120 --no-ideal \

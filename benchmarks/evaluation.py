@@ -1,12 +1,13 @@
 """Evaluation throughput: sharding scale-out, wrapper overhead, where the time goes, work avoided,
-and peak memory per actor. Prints a table per part and one JSON line with every figure.
+peak memory per actor and batch size. Prints a table per part and one JSON line with every figure.
 
     python benchmarks/evaluation.py                      # digits, a model trained here (~5 min)
     python benchmarks/evaluation.py --grid runs/cifar10-cpu --block-size 100 --scale-samples 400
 
 Each timing is the median of --repeats runs; configurations alternate within a repeat, so drift
 on a noisy machine hits them alike. Targets (issue 6): scale-out efficiency >= 0.9, wrapper
-overhead <= 3 %, share of time in model forward/backward >= 90 %.
+overhead <= 3 %, share of time in model forward/backward >= 90 %. Part 7 has no target: it shows
+why `batch_size: auto` keeps the whole block.
 """
 
 from __future__ import annotations
@@ -313,6 +314,20 @@ def scale_out(subject: Subject, x, y, settings, repeats):
             "actor_peak_rss_mb": max(peaks) if peaks else float("nan")}
 
 
+# -- 7. batch size within a block ---------------------------------------------------------------
+
+def batch_sizes(model, x, y, threat, settings, sizes, repeats) -> list[dict]:
+    """One block evaluated at several batch sizes (alternating within each repeat)."""
+    import dataclasses
+    times = {n: [] for n in sizes}
+    for _ in range(repeats):
+        for n in sizes:
+            chosen = dataclasses.replace(settings, block_size=len(y), batch_size=n)
+            times[n].append(timed(lambda: evaluate_samples(model, x, y, 0, threat, chosen, True))[0])
+    return [{"batch_size": n, "seconds": statistics.median(t), "s_per_sample": statistics.median(t) / len(y)}
+            for n, t in times.items()]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -332,7 +347,11 @@ def main():
                              "(default: resnet18)")
     parser.add_argument("--project-calls", type=int, default=200,
                         help="model calls replayed per projection (evenly spaced; default 200)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["scale", "wrapper", "profile"])
+    parser.add_argument("--batch-sizes", type=int, nargs="*", metavar="N",
+                        help="batch sizes to time on one block (default: the block, a half and "
+                             "a quarter of it)")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["scale", "wrapper", "profile", "batch"])
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -394,6 +413,17 @@ def main():
         print(f"   this machine's ceiling: two plain 1-thread processes evaluating the first block "
               f"at once run at {s['machine_ceiling']:.2f} of the speed of one alone (no Ray)")
         print(f"\n6. peak resident memory of an evaluation actor: {s['actor_peak_rss_mb']:.0f} MB")
+    if "batch" not in args.skip:
+        block = min(settings.block_size, len(ds.y_test))
+        sizes = args.batch_sizes or [block, block // 2, block // 4]
+        b = batch_sizes(model, ds.x_test[:block], ds.y_test[:block], threat, settings, sizes,
+                        args.repeats)
+        result["batch_sizes"] = b
+        print(f"\n7. batch size within one block of {block} (AutoAttack's iterations are per batch)")
+        for row in b:
+            print(f"   batch {row['batch_size']:5d}: {row['seconds']:8.2f} s  "
+                  f"{row['s_per_sample']:.3f} s/sample  ({row['seconds'] / b[0]['seconds']:.2f}x "
+                  f"the first)")
     print(json.dumps(result, default=float))
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import ray
 import torch
 
-from grid.errors import ResumableError
+from grid.errors import GridError, ResumableError
 from grid.plan import ModelPlan
 from grid.spec import GridSpec
 from grid.faults import maybe_fail
@@ -122,8 +122,13 @@ def resolve_batch_sizes(spec: GridSpec, archs: list[str], samples: SampleStore, 
             sizes[arch] = recorded[arch]
             log(f"[evaluate] batch size {arch}: {sizes[arch]}, as its rows already written")
             continue
-        sizes[arch], per_sample, budget = ray.get(
-            actor.batch_size_for.remote(arch, settings.block_size))
+        try:
+            sizes[arch], per_sample, budget = ray.get(
+                actor.batch_size_for.remote(arch, settings.block_size))
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, MemoryError):
+                raise GridError(f"evaluate: {arch}: {exc.cause}") from None
+            raise
         log(f"[evaluate] batch size {arch}: {sizes[arch]} (block {settings.block_size}; "
             f"~{per_sample / 2**20:.1f} MB a sample in an attack step, "
             f"{budget / 2**20:.0f} MB budget per actor)")
@@ -156,9 +161,6 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
         return EvalWorker.options(num_cpus=res.actor_cpus, num_gpus=res.actor_gpus).remote(
             str(output), data_ref, int(max(1, res.actor_cpus)), res.device, res.actor_gpus, fault)
     actors = [new_actor() for _ in range(n_actors)]
-    batch_sizes = resolve_batch_sizes(spec, sorted({p.arch for p in todo}), samples, actors[0], log)
-    settings = {arch: replace(spec.evaluation.settings, batch_size=n)
-                for arch, n in batch_sizes.items()}
     replacements = 2 * n_actors  # a shard that kills every actor it meets must not loop forever
     log(f"[evaluate] {len(todo)} models x {len(ranges)} shards = {len(tasks)} shard tasks "
         f"on {n_actors} actors")
@@ -174,6 +176,10 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
         in_flight[ref] = (actor, task)
 
     try:
+        batch_sizes = resolve_batch_sizes(spec, sorted({p.arch for p in todo}), samples, actors[0],
+                                          log)
+        settings = {arch: replace(spec.evaluation.settings, batch_size=n)
+                    for arch, n in batch_sizes.items()}
         while queue or in_flight:
             while idle and queue:
                 submit(idle.pop(), queue.pop(0))

@@ -235,6 +235,27 @@ def test_resumed_grid_keeps_the_batch_size_its_rows_record(tmp_path):
     assert resolve_batch_sizes(fixed, ["digits-cnn"], store, None) == {"digits-cnn": 10}
 
 
+def test_a_block_too_big_for_memory_is_one_clear_grid_error(tmp_path, ray_session):
+    """An actor that finds no batch fits raises MemoryError; the driver must turn it into one
+    GridError naming the architecture, not a Ray traceback."""
+    import ray
+    from grid.errors import GridError
+    from grid.evaluate import resolve_batch_sizes
+    from grid.store import SampleStore
+
+    @ray.remote(num_cpus=0)
+    class NoRoom:
+        def batch_size_for(self, arch, block_size):
+            raise MemoryError("one sample needs 9 GB; set evaluation.batch_size")
+
+    spec = tiny_spec(tmp_path / "out")
+    store = SampleStore(spec.output_dir, spec.name)
+    actor = NoRoom.remote()
+    with pytest.raises(GridError, match=r"^evaluate: digits-cnn: .*evaluation\.batch_size"):
+        resolve_batch_sizes(spec, ["digits-cnn"], store, actor)
+    ray.kill(actor)
+
+
 def test_output_of_another_grid_is_refused(finished_grid, tmp_path, capsys):
     _, output, _ = finished_grid
     other = tmp_path / "other.yaml"
