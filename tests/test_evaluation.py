@@ -9,7 +9,7 @@ from pyautoattack import AutoAttack
 from trainables.attacks import autoattack, fmn, lp_norm
 from trainables.evaluation import (EvalSettings, ThreatModel, attack_bytes_per_sample,
                                    auto_batch_size, block_ranges, evaluate_samples, fit_batch_size,
-                                   shard_ranges)
+                                   memory_budget, shard_ranges)
 from trainables.models import build_model
 
 THREAT = ThreatModel("Linf", 0.1)
@@ -123,6 +123,20 @@ def saved_for_backward_per_sample(model, shape, batch=8) -> float:
 
 def test_auto_batch_on_cpu_is_the_whole_block_for_a_small_model(trained):
     assert auto_batch_size(trained, (1, 8, 8), 250, torch.device("cpu")) == 250
+
+
+def test_auto_batch_on_a_gpu_share_splits_the_block_only_when_the_share_is_small(monkeypatch):
+    """The CUDA branch with no GPU here: an 80 GB card reported by a stand-in. A whole card or a
+    quarter of it holds a ResNet-50 block of 250 (~31 MB a sample); a tenth does not."""
+    import types
+    card = types.SimpleNamespace(total_memory=80 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: card)
+    resnet50 = build_model("resnet50", 3, 10, [0.5] * 3, [0.25] * 3).eval()
+    gpu = torch.device("cuda", 0)
+    assert memory_budget(gpu, 0.25) == 10 * 2**30
+    assert auto_batch_size(resnet50, (3, 32, 32), 250, gpu, share=1.0) == 250
+    assert auto_batch_size(resnet50, (3, 32, 32), 250, gpu, share=0.25) == 250
+    assert auto_batch_size(resnet50, (3, 32, 32), 250, gpu, share=0.1) == 125
 
 
 def test_batch_size_changes_no_pgd_clean_or_fmn_result(trained, digits):
