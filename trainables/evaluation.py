@@ -128,7 +128,8 @@ def fit_batch_size(block_size: int, bytes_per_sample: int, budget_bytes: int) ->
     if fits < 1:
         raise MemoryError(f"one sample needs ~{bytes_per_sample / 2**20:.0f} MB in an attack step, "
                           f"more than this worker's {budget_bytes / 2**20:.0f} MB; give the "
-                          f"evaluation actors more memory (resources.actor_gpus) or set "
+                          f"evaluation actors more memory (resources.actor_gpus on a GPU, "
+                          f"actor_cpus on CPU) or set "
                           f"evaluation.batch_size")
     return math.ceil(block_size / math.ceil(block_size / fits))
 
