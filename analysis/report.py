@@ -328,7 +328,8 @@ def write_report(samples: pd.DataFrame, folder: Path, grid_name: str,
         f"{len(models)} models ({(models['role'] == 'dense').sum()} dense, "
         f"{(models['role'] == 'pruned').sum()} pruned), {int(models['num_samples'].iloc[0])} test "
         f"samples each; threat model {threat}; AutoAttack "
-        f"`{samples['autoattack_version'].iloc[0]}`, PGD-{int(samples['pgd_steps'].iloc[0])}, "
+        f"`{samples['autoattack_version'].iloc[0]}`{_autoattack_subset(samples)}, "
+        f"PGD-{int(samples['pgd_steps'].iloc[0])}, "
         f"FMN {int(samples['fmn_steps'].iloc[0])} steps. Every table is also a CSV beside this "
         f"page; settings: {json.dumps(asdict(settings))}."])
     sections.insert(0, intro)
@@ -345,3 +346,14 @@ def write_report(samples: pd.DataFrame, folder: Path, grid_name: str,
     paths["index.html"] = folder / "index.html"
     paths["index.html"].write_text(render_html(title, sections))
     return paths
+
+
+def _autoattack_subset(samples: pd.DataFrame) -> str:
+    """' (apgd-ce, apgd-t only)' when the grid ran part of the version's ensemble, else ''."""
+    from trainables.attacks import AUTOATTACK_ENSEMBLES
+    if "autoattack_attacks" not in samples:  # rows written before the column existed: all ran
+        return ""
+    ran = samples["autoattack_attacks"].iloc[0].split(",")
+    if tuple(ran) == AUTOATTACK_ENSEMBLES[samples["autoattack_version"].iloc[0]]:
+        return ""
+    return f" ({', '.join(ran)} only)"

@@ -103,7 +103,8 @@ def metadata_columns(spec: GridSpec, plan: ModelPlan, card: dict, batch_size: in
             "method": plan.method, "sparsity": plan.sparsity,
             "sparsity_measured": card.get("measured_sparsity", 0.0), "seed": plan.seed,
             "norm": t.norm, "eps": t.eps, "pgd_steps": s.pgd_steps,
-            "autoattack_version": s.autoattack_version, "fmn_steps": s.fmn_steps,
+            "autoattack_version": s.autoattack_version,
+            "autoattack_attacks": s.autoattack_ensemble, "fmn_steps": s.fmn_steps,
             "fmn_step_size": s.fmn_step_size, "eval_seed": s.seed, "eval_batch_size": batch_size}
 
 

@@ -291,7 +291,8 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
     log(f"[evaluate] {len(plans)} models, {sum(samples.is_done(p.model_id) for p in plans)} "
         f"already evaluated, {n} test samples each")
     eval_params = {**dataclasses.asdict(spec.threat_model),
-                   **dataclasses.asdict(spec.evaluation.settings)}
+                   **dataclasses.asdict(spec.evaluation.settings),
+                   "autoattack_attacks": spec.evaluation.settings.autoattack_ensemble}
 
     outage = []
 

@@ -16,14 +16,14 @@ import yaml
 
 from analysis.settings import AnalysisSettings as AnalysisSpec
 from analysis.transfer import TRANSFER_ATTACKS
-from trainables.attacks import NORMS
+from trainables.attacks import AUTOATTACK_ENSEMBLES, NORMS
 from trainables.evaluation import EvalSettings, ThreatModel
 from trainables.data import DATASETS
 from trainables.models import ARCHITECTURES
 from trainables.pruning import METHOD_OPTIONS, PRUNING_METHODS
 from trainables.training import TRAINERS, Recipe
 
-AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
+AUTOATTACK_VERSIONS = tuple(AUTOATTACK_ENSEMBLES)
 EXAMPLES = Path(__file__).parent / "examples"
 DEFAULT_SPEC = EXAMPLES / "demo.yaml"
 
@@ -132,6 +132,9 @@ class GridSpec:
         """Identity of the grid's work: everything but where it is written and tracked."""
         body = {k: v for k, v in self.to_dict().items()
                 if k not in ("output", "tracking_uri", "storage", "ray_address", "analysis")}
+        settings = body["evaluation"]["settings"]
+        if settings["autoattack_attacks"] is None:  # added later: grids launched before keep theirs
+            del settings["autoattack_attacks"]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -447,13 +450,15 @@ def _evaluation(raw) -> EvaluationSpec:
     num = raw.get("num_samples")
     step = raw.get("pgd_step_size")
     aa_num = raw.get("autoattack_samples")
+    version = _choice(raw.get("autoattack_version", d.autoattack_version),
+                      "evaluation.autoattack_version", AUTOATTACK_VERSIONS)
     settings = EvalSettings(
         num_samples=None if num is None else _int(num, "evaluation.num_samples", minimum=1),
         autoattack_samples=None if aa_num is None else _int(aa_num, "evaluation.autoattack_samples", minimum=1),
         pgd_steps=_int(raw.get("pgd_steps", d.pgd_steps), "evaluation.pgd_steps", minimum=1),
         pgd_step_size=None if step is None else _number(step, "evaluation.pgd_step_size", 0.0, 1.0),
-        autoattack_version=_choice(raw.get("autoattack_version", d.autoattack_version),
-                                   "evaluation.autoattack_version", AUTOATTACK_VERSIONS),
+        autoattack_version=version,
+        autoattack_attacks=_autoattack_attacks(raw.get("autoattack_attacks"), version),
         fmn_steps=_int(raw.get("fmn_steps", d.fmn_steps), "evaluation.fmn_steps", minimum=1),
         fmn_step_size=_number(raw.get("fmn_step_size", d.fmn_step_size),
                               "evaluation.fmn_step_size", 0.0, 100.0),
@@ -464,6 +469,19 @@ def _evaluation(raw) -> EvaluationSpec:
     return EvaluationSpec(settings=settings,
                           shards=_int(raw.get("shards", 4), "evaluation.shards", minimum=1),
                           actors=_int(raw.get("actors", 2), "evaluation.actors", minimum=1))
+
+
+def _autoattack_attacks(value, version: str) -> tuple[str, ...] | None:
+    """A subset of the version's ensemble, kept in the version's order (None: all of it)."""
+    if value is None:
+        return None
+    ensemble = AUTOATTACK_ENSEMBLES[version]
+    names = _list(value, "evaluation.autoattack_attacks")
+    for name in names:
+        if name not in ensemble:
+            raise SpecError(f"evaluation.autoattack_attacks: '{name}' is not in AutoAttack "
+                            f"{version}'s ensemble; allowed: {', '.join(ensemble)}")
+    return tuple(a for a in ensemble if a in names)
 
 
 def _batch_size(value) -> int | str:

@@ -14,6 +14,7 @@ import yaml
 
 from grid.runner import launch, read_state
 from grid.store import read_samples
+from tests.test_grid import QUICK_AA
 
 COLUMNS = ["model_id", "sample_idx", "clean_pred", "clean_correct", "logit_margin", "pgd_correct",
            "aa_correct", "fmn_eps", "fmn_found"]
@@ -33,7 +34,7 @@ def grid_raw(output):
                       "finetune": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.01, "batch_size": 128},
                       "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128}},
             "evaluation": {"num_samples": 20, "block_size": 5, "shards": 4, "actors": 2,
-                           "pgd_steps": 2, "fmn_steps": 20},
+                           "pgd_steps": 2, "fmn_steps": 20, "autoattack_attacks": QUICK_AA},
             "analysis": {"transfer_attacks": ["fgsm", "pgd", "universal"], "transfer_samples": 100,
                          "bootstrap_resamples": 100}}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pyautoattack import AutoAttack
 
-from trainables.attacks import autoattack, fmn, lp_norm
+from trainables.attacks import AUTOATTACK_ENSEMBLES, autoattack, fmn, lp_norm
 from trainables.evaluation import (EvalSettings, ThreatModel, attack_bytes_per_sample,
                                    auto_batch_size, block_ranges, evaluate_samples, fit_batch_size,
                                    memory_budget, shard_ranges)
@@ -55,6 +55,20 @@ def test_autoattack_matches_pyautoattack_called_directly(trained, digits):
         lost = bool(not robust[i] and not clean_wrong[i])
         assert (broken_by[i] is not None) == lost
         assert broken_by[i] in (None, "apgd-ce", "apgd-t", "fab-t", "square")
+    # the ensemble's first two attacks alone break exactly the samples they broke in the full run
+    quick, quick_by, _ = autoattack(trained, x, y, eps=0.1, norm="Linf", version="standard",
+                                    seed=7, attacks=("apgd-t", "apgd-ce"))
+    assert {"apgd-ce", "apgd-t"} & set(broken_by)  # the comparison below is not vacuous
+    assert quick_by == [b if b in ("apgd-ce", "apgd-t") else None for b in broken_by]
+    assert torch.equal(quick, robust | torch.tensor([b in ("fab-t", "square") for b in broken_by]))
+
+
+def test_autoattack_ensembles_are_pyautoattacks():
+    model = build_model("digits-cnn", 1, 10, [0.5], [0.25])
+    for version, ensemble in AUTOATTACK_ENSEMBLES.items():
+        for norm in ("Linf", "L2"):
+            library = AutoAttack(model, eps=0.1, norm=norm, version=version, seed=0)
+            assert tuple(library.attacks_to_run) == ensemble, (version, norm)
 
 
 def test_fmn_point_flips_the_prediction_and_its_norm_is_the_distance(trained, digits):
@@ -73,7 +87,8 @@ def test_fmn_point_flips_the_prediction_and_its_norm_is_the_distance(trained, di
 
 def test_signed_fmn_is_negative_where_the_model_is_wrong(trained, digits):
     x, y = digits.x_test[:120], digits.y_test[:120]
-    quick = EvalSettings(pgd_steps=1, fmn_steps=60, block_size=120, autoattack_version="rand")
+    quick = EvalSettings(pgd_steps=1, fmn_steps=60, block_size=120,  # FMN is what is tested here
+                         autoattack_attacks=("apgd-ce",))
     rows = evaluate_samples(trained, x, y, 0, THREAT, quick, signed_fmn=True)
     right, wrong = rows[rows.clean_correct], rows[~rows.clean_correct & rows.fmn_found]
     assert len(wrong) > 0

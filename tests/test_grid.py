@@ -17,6 +17,7 @@ from grid.store import read_samples
 from tests.conftest import SIGINT_AT_START  # imported at collection, before any test runs Tune
 
 N_SAMPLES = 30
+QUICK_AA = ["apgd-ce", "apgd-t"]
 
 
 def tiny_spec(output, **over):
@@ -27,8 +28,10 @@ def tiny_spec(output, **over):
         "prune": {"methods": ["lwm-global", "hydra"], "sparsities": [0.9],
                   "finetune": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128},
                   "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128}},
+        # AutoAttack's two APGD attacks only: these grids test the orchestration, and Square's
+        # 5,000 queries would triple the evaluate stage (test_evaluation covers the full ensemble)
         "evaluation": {"num_samples": N_SAMPLES, "block_size": 10, "shards": 3, "actors": 2,
-                       "pgd_steps": 5, "fmn_steps": 50},
+                       "pgd_steps": 5, "fmn_steps": 50, "autoattack_attacks": QUICK_AA},
         "analysis": {"transfer_samples": 50, "bootstrap_resamples": 200},
         **over,
     }
@@ -61,6 +64,8 @@ def test_grid_writes_parquet_rows_once_per_model_and_sample(finished_grid):
                    "fmn_eps", "fmn_found", "norm", "eps", "autoattack_version"):
         assert column in samples.columns, column
     assert (samples["eval_batch_size"] == 10).all()  # auto on CPU: the whole block of 10
+    assert (samples["autoattack_attacks"] == "apgd-ce,apgd-t").all()
+    assert set(samples["aa_broken_by"].dropna()) <= {"apgd-ce", "apgd-t"}
     pruned = samples[samples.role == "pruned"]
     assert pruned["sparsity_measured"].between(0.895, 0.905).all()
     per_model = samples.groupby("model_id")[["pgd_correct", "aa_correct"]].sum()
@@ -141,6 +146,7 @@ def test_mlflow_runs_are_nested_tagged_and_closed(finished_grid):
         assert {"clean_acc", "pgd_acc", "aa_acc", "fmn_acc_at_eps"} <= set(run.data.metrics)
         assert run.data.params["batch_size"] == "auto"
         assert run.data.params["eval_batch_size"] == "10"
+        assert run.data.params["autoattack_attacks"] == "apgd-ce,apgd-t"
     hydra = next(r for r in evaluate if r.data.tags["method"] == "hydra")
     assert hydra.data.tags["pipeline"] == "A" and hydra.data.tags["scope"] == "local"
 
@@ -158,6 +164,7 @@ def test_mlflow_artifacts_stay_inside_the_output_folder(finished_grid):
 def test_report_is_written_and_logged(finished_grid):
     spec, output, _ = finished_grid
     report = (output / "report" / "report.md").read_text()
+    assert "AutoAttack `standard` (apgd-ce, apgd-t only)" in report
     for title in ("Table 1", "Table 2", "Leaderboard", "Transfer attacks", "Cost of the models"):
         assert f"## {title}" in report
     pngs = {p.name.split("_")[0] for p in (output / "report").glob("*.png")}

@@ -50,6 +50,7 @@ def test_every_method_and_the_checkpoint_are_evaluated(methods_grid):
 def test_autoattack_runs_on_the_first_samples_only(methods_grid):
     samples = read_samples(methods_grid.output_dir)
     attacked = samples["aa_correct"].notna()
+    assert (samples["autoattack_attacks"] == "apgd-ce,apgd-t,fab-t,square").all()  # all by default
     assert attacked.equals(samples["sample_idx"] < AA_SAMPLES)
     assert samples["fmn_eps"].notna().all()
 

@@ -18,6 +18,7 @@ from grid.cli import main
 from grid.errors import ResumableError
 from grid.runner import launch, read_state, resume
 from grid.store import read_samples
+from tests.test_grid import QUICK_AA
 from tests.test_tracking_server import free_port, small_grid, wait_for
 
 N_SAMPLES = 20  # small_grid's evaluation.num_samples
@@ -44,7 +45,8 @@ def test_disk_full_in_a_trial_then_while_writing_results_resumed_each_time(ray_s
     output, marker = tmp_path / "out", str(tmp_path / "faults")
     spec = small_grid(output, max_failures=1,
                       evaluation={"num_samples": N_SAMPLES, "block_size": 10, "shards": 2,
-                                  "actors": 1, "pgd_steps": 2, "fmn_steps": 20})
+                                  "actors": 1, "pgd_steps": 2, "fmn_steps": 20,
+                                  "autoattack_attacks": QUICK_AA})
     # 1. the disk is full on every attempt of the pruning trial
     trial_fault = [{"stage": "prune", "epoch": 0, "kind": "disk-full", "times": 2, "marker": marker}]
     with pytest.raises(ResumableError) as failed:

@@ -19,7 +19,7 @@ import pytest
 
 from grid.cli import main
 from grid.runner import launch
-from tests.test_grid import tiny_spec
+from tests.test_grid import QUICK_AA, tiny_spec
 
 
 def free_port() -> int:
@@ -107,7 +107,7 @@ def small_grid(output, tracking_uri=None, methods=("lwm-global",), **over):
                   "finetune": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128},
                   "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128}},
         "evaluation": {"num_samples": 20, "block_size": 10, "shards": 2, "actors": 2,
-                       "pgd_steps": 2, "fmn_steps": 20},
+                       "pgd_steps": 2, "fmn_steps": 20, "autoattack_attacks": QUICK_AA},
         "analysis": {"transfer_attacks": [], "costs": False, "slice_samples": 0,
                      "bootstrap_resamples": 0}}
     return tiny_spec(output, tracking_uri=tracking_uri, **{**sections, **over})

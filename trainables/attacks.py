@@ -74,14 +74,25 @@ def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 # -- AutoAttack --------------------------------------------------------------------------------
 
+# The attacks each pyautoattack version runs, in its order (AutoAttack._set_version; a test checks
+# these against the library), so a spec can name a subset without building a model.
+AUTOATTACK_ENSEMBLES = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
+
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
-               version: str, seed: int, batch_size: int = 500, device: str | torch.device = "cpu"):
+               version: str, seed: int, batch_size: int = 500, device: str | torch.device = "cpu",
+               attacks: tuple[str, ...] | None = None):
     """Per-sample AutoAttack: returns (robust flags, name of the attack that broke each sample or
     None, adversarial points).
 
     pyautoattack re-seeds every attack with `seed` and attacks only the still-robust samples, in
     order, so running its ensemble one attack at a time on the survivors gives exactly the points
     of `run_standard_evaluation` while recording which attack flipped each sample.
+    `attacks` keeps only those of the version's ensemble, with the version's settings and order:
+    the first k attacks of an ensemble then break exactly the samples they break in the full run.
     """
     from pyautoattack import AutoAttack
 
@@ -89,7 +100,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     adversary = AutoAttack(model, eps=eps, norm=norm, version=version, seed=seed, device=device)
     adversary.verbose = False
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
-    ensemble = list(adversary.attacks_to_run)
+    ensemble = [a for a in adversary.attacks_to_run if attacks is None or a in attacks]
     with torch.no_grad():
         robust = model(x.to(device)).argmax(1).cpu() == y
     broken_by: list[str | None] = [None] * len(y)

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from trainables.attacks import autoattack, fmn, logit_margin, pgd, sample_noise
+from trainables.attacks import AUTOATTACK_ENSEMBLES, autoattack, fmn, logit_margin, pgd, sample_noise
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class EvalSettings:
     pgd_steps: int = 10
     pgd_step_size: float | None = None  # default 2.5 eps / steps (Madry et al.)
     autoattack_version: str = "standard"
+    # A subset of the version's attacks (None: all). APGD-CE + APGD-T is the usual quick screen;
+    # rows and report name the attacks that ran.
+    autoattack_attacks: tuple[str, ...] | None = None
     fmn_steps: int = 200
     fmn_step_size: float = 1.0
     seed: int = 0
@@ -43,6 +46,11 @@ class EvalSettings:
     # Samples per model call: "auto" gives the whole block unless it would not fit the worker's
     # memory (auto_batch_size). Like the block, it seeds AutoAttack (re-seeded per batch).
     batch_size: int | str = "auto"
+
+    @property
+    def autoattack_ensemble(self) -> str:
+        """The AutoAttack attacks that run, in order, comma-separated (rows and runs record it)."""
+        return ",".join(self.autoattack_attacks or AUTOATTACK_ENSEMBLES[self.autoattack_version])
 
 
 def block_ranges(start: int, end: int, block_size: int) -> list[tuple[int, int]]:
@@ -193,7 +201,8 @@ def autoattack_subset(model, x, y, idx, threat: ThreatModel, settings: EvalSetti
         seed = settings.seed * 1_000_003 + int(idx[0])
         ok, by, _ = autoattack(model, x[chosen], y[chosen], eps=threat.eps, norm=threat.norm,
                                version=settings.autoattack_version, seed=seed,
-                               batch_size=settings.batch_size, device=device)
+                               batch_size=settings.batch_size, device=device,
+                               attacks=settings.autoattack_attacks)
         robust[chosen.numpy()] = ok.numpy()
         broken_by[chosen.numpy()] = list(by)
     return robust, broken_by
