@@ -472,7 +472,8 @@ def _evaluation(raw) -> EvaluationSpec:
 
 
 def _autoattack_attacks(value, version: str) -> tuple[str, ...] | None:
-    """A subset of the version's ensemble, kept in the version's order (None: all of it)."""
+    """A subset of the version's ensemble, kept in the version's order (None: all of it, however
+    it is written, so that naming every attack is the same grid as naming none)."""
     if value is None:
         return None
     ensemble = AUTOATTACK_ENSEMBLES[version]
@@ -481,7 +482,8 @@ def _autoattack_attacks(value, version: str) -> tuple[str, ...] | None:
         if name not in ensemble:
             raise SpecError(f"evaluation.autoattack_attacks: '{name}' is not in AutoAttack "
                             f"{version}'s ensemble; allowed: {', '.join(ensemble)}")
-    return tuple(a for a in ensemble if a in names)
+    chosen = tuple(a for a in ensemble if a in names)
+    return None if chosen == ensemble else chosen
 
 
 def _batch_size(value) -> int | str:

@@ -66,6 +66,18 @@ def test_eps_fraction_is_exact():
     assert spec.threat_model.eps == 8 / 255
 
 
+def test_autoattack_attacks_keep_the_versions_order_and_all_of_them_is_the_default():
+    def attacks(value, version="standard"):
+        ev = {"autoattack_version": version, "autoattack_attacks": value}
+        return parse_spec({**GOOD, "evaluation": ev})
+    assert attacks(["square", "apgd-ce"]).evaluation.settings.autoattack_attacks == ("apgd-ce", "square")
+    assert attacks("apgd-t").evaluation.settings.autoattack_ensemble == "apgd-t"
+    every = attacks(["square", "fab-t", "apgd-t", "apgd-ce"])
+    assert every.evaluation.settings.autoattack_attacks is None
+    assert every.fingerprint() == parse_spec(GOOD).fingerprint()  # the same work, the same grid
+    assert attacks(None, "rand").evaluation.settings.autoattack_ensemble == "apgd-ce,apgd-dlr"
+
+
 @pytest.mark.parametrize("text, field", [
     ("name: t\noutput: OUT\nprune: {sparsities: [1.5]}\n", "prune.sparsities"),
     ("name: t\noutput: OUT\nprune: [unclosed\n", "spec:"),
