@@ -240,6 +240,31 @@ def machine_ceiling(subject: Subject, x, y, settings) -> float:
     return alone / together
 
 
+def ray_side_cpu() -> dict[int, float]:
+    """{pid: CPU seconds} of this driver and Ray's own processes (raylet, GCS, agents, idle
+    workers), not of the evaluation actors, from /proc (Linux; empty elsewhere). The difference
+    of two readings is what Ray and the driver took from the actors' cores."""
+    import glob
+    import os
+    tick = os.sysconf("SC_CLK_TCK")
+    seen = {}
+    for folder in glob.glob("/proc/[0-9]*"):
+        try:
+            cmd = Path(folder, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = Path(folder, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(folder[6:])
+        ray_own = ("/ray/" in cmd or cmd.startswith("ray::")) and not cmd.startswith("ray::EvalWorker")
+        if ray_own or pid == os.getpid():
+            seen[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return seen
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
 def same_outcomes(a, b) -> bool:
     """Per-sample outcomes equal; distances equal up to float rounding (thread counts differ)."""
     import numpy as np
@@ -263,6 +288,7 @@ def scale_out(subject: Subject, x, y, settings, repeats):
     configs = {"1 actor x 1 thread": (1, 1), "1 actor x 2 threads": (1, 2), "2 actors x 1 thread": (2, 1)}
     times = {k: [] for k in configs}
     busy = {k: [] for k in configs}     # summed shard seconds on the actors
+    ray_cpu = {k: [] for k in configs}  # share of the 2 cores Ray and the driver took
     rows_seen, peaks = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "model.pt"
@@ -285,10 +311,12 @@ def scale_out(subject: Subject, x, y, settings, repeats):
                 stage_checkpoints(spec, None, None, None, lambda m: None, 1)
                 plans = checkpoint_models(spec)
                 got = {}
+                ray_before = ray_side_cpu()
                 seconds, report = timed(lambda: run_evaluation(
                     spec, plans, x, y, {"num_classes": ds.num_classes, "mean": ds.mean, "std": ds.std},
                     lambda p, rows: got.update(rows=rows), log=lambda m: None))
                 times[name].append(seconds)
+                ray_cpu[name].append(cpu_used(ray_before, ray_side_cpu()) / (seconds * 2))
                 busy[name].append(sum(report.shard_seconds))
                 peaks += report.actor_peak_rss_mb
                 rows_seen[name] = got["rows"]
@@ -307,6 +335,7 @@ def scale_out(subject: Subject, x, y, settings, repeats):
             "speedup_vs_1x2": med["1 actor x 2 threads"] / two,
             "efficiency_vs_1x2": med["1 actor x 2 threads"] / two / 2,
             "shard_slowdown_2_actors": contention, "makespan_over_busy_half": idle_tail,
+            "ray_side_cpu_share_2_actors": statistics.median(ray_cpu["2 actors x 1 thread"]),
             "blocks": -(-len(y) // settings.block_size),
             "machine_ceiling": statistics.median(machine_ceiling(subject, x, y, settings)
                                                  for _ in range(repeats)),
@@ -410,6 +439,8 @@ def main():
         print(f"   the loss: each shard {s['shard_slowdown_2_actors']:+.1%} slower with both cores "
               f"busy; the run {s['makespan_over_busy_half']:+.1%} longer than its actors' busy "
               f"time / 2 (idle tail across {s['blocks']} blocks, Ray, merge)")
+        print(f"   Ray's own processes and the driver used {s['ray_side_cpu_share_2_actors']:.1%} "
+              f"of the 2 cores during the 2-actor runs")
         print(f"   this machine's ceiling: two plain 1-thread processes evaluating the first block "
               f"at once run at {s['machine_ceiling']:.2f} of the speed of one alone (no Ray)")
         print(f"\n6. peak resident memory of an evaluation actor: {s['actor_peak_rss_mb']:.0f} MB")

@@ -197,11 +197,13 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
                     actors.append(new_actor())
                     idle.append(actors[-1])
                 continue  # the dead actor is not returned to the idle list
+            idle.append(actor)
+            while idle and queue:  # its next shard first: the actor works while the driver writes
+                submit(idle.pop(), queue.pop(0))
             rows = rows.assign(**metadata_columns(spec, task.plan, cards[task.plan.model_id],
                                                   batch_sizes[task.plan.arch]))
             maybe_fail(fault, "evaluate", task.start, task.plan.model_id, key="write")  # disk full
             samples.write_shard(task.plan.model_id, task.start, task.end, rows)
-            idle.append(actor)
             report.shard_seconds.append(seconds)
             done += 1
             remaining[task.plan.model_id] -= 1
