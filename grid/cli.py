@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("launch", help="validate a spec and run its grid end to end",
                        description="Validate SPEC (default: the embedded demo, grid/examples/demo.yaml) "
                                    "and run dense -> prune -> evaluate -> analyze. Nothing is "
-                                   "started or written when the spec is invalid.")
+                                   "started or written when the spec is invalid. Into the output "
+                                   "folder of the same grid (only resources, max_failures, "
+                                   "evaluation.actors, tracking, storage or analysis changed), it "
+                                   "continues that grid with the new settings, redoing nothing.")
     p.add_argument("spec", nargs="?", help="grid spec YAML (default: the demo)")
     p.add_argument("--output", "-o", help="output folder (overrides the spec's `output`)")
     p.add_argument("--dry-run", action="store_true",

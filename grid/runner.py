@@ -18,11 +18,13 @@ import yaml
 
 from grid import plan as planner
 from grid.errors import STORAGE_ERRNOS, GridError, ResumableError
-from grid.spec import GridSpec, SpecError, load_spec
-from grid.store import ModelStore, SampleStore, atomic_write_json, read_user_checkpoint
+from grid.spec import HOW_IT_RUNS, WHERE_AND_REPORT, GridSpec, SpecError, load_spec
+from grid.store import (ModelStore, SampleStore, atomic_write_bytes, atomic_write_json,
+                        read_user_checkpoint)
 from grid.tracking import Tracker, TrackingError, check_reachable, short_reason
 
 STAGES = ("checkpoints", "dense", "prune", "evaluate", "analyze")
+NOT_IDENTITY = WHERE_AND_REPORT + HOW_IT_RUNS + ("evaluation.actors",)  # spec fields, as prefixes
 
 # Tune warns on every epoch checkpoint of small models; our own progress lines replace its tables.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -53,9 +55,11 @@ def preflight(spec: GridSpec) -> None:
         raise GridError(f"output: {output} exists and is not a folder")
     if _state_path(output).is_file():
         owner = read_state(output)
-        if owner.get("fingerprint") != spec.fingerprint():
-            raise GridError(f"output: {output} belongs to another grid ('{owner.get('name')}'); "
-                            f"choose another --output, or `apgrid resume {output}`")
+        if owner.get("fingerprint") not in (spec.fingerprint(), spec.fingerprint(legacy=True)):
+            differ = [c for c in _spec_changes(output, spec) if not c.startswith(NOT_IDENTITY)]
+            why = f"; it differs in {'; '.join(differ[:3])}" if differ else ""
+            raise GridError(f"output: {output} belongs to another grid ('{owner.get('name')}'"
+                            f"{why}); choose another --output, or `apgrid resume {output}`")
     elif output.is_dir() and any(output.iterdir()):
         raise GridError(f"output: {output} is not empty and holds no apgrid grid")
     parent = output if output.exists() else next(p for p in output.parents if p.exists())
@@ -75,15 +79,42 @@ def preflight(spec: GridSpec) -> None:
 
 
 def launch(spec: GridSpec, fault: dict | None = None, log=print) -> Path:
+    """Run a new grid, or continue the same grid in its output folder with this spec's resources,
+    tracking and analysis settings (a grid moved to a GPU cluster keeps its finished work)."""
     preflight(spec)
     output = spec.output_dir
     output.mkdir(parents=True, exist_ok=True)
-    if not _state_path(output).is_file():
-        (output / "spec.yaml").write_text(yaml.safe_dump(_spec_yaml(spec), sort_keys=False))
-        _write_state(output, {"name": spec.name, "fingerprint": spec.fingerprint(),
-                              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {},
-                              "driver_runs": 0})
+    existing = _state_path(output).is_file()
+    if existing:
+        changes = _spec_changes(output, spec)
+        if changes:
+            log(f"[apgrid] continuing grid '{spec.name}' in {output} with its finished work; "
+                f"changed: {'; '.join(changes)}")
+    text = yaml.safe_dump(_spec_yaml(spec), sort_keys=False)  # what `resume` will run with
+    atomic_write_bytes(output / "spec.yaml", lambda f: f.write(text.encode()))
+    state = read_state(output) if existing else {
+        "name": spec.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {},
+        "driver_runs": 0}
+    _write_state(output, {**state, "fingerprint": spec.fingerprint()})  # a legacy one updated
     return _run(spec, fault, log)
+
+
+def _spec_changes(output: Path, spec: GridSpec) -> list[str]:
+    """What `spec` changes against the spec the grid in `output` was launched with."""
+    before = output / "spec.yaml"
+    if not before.is_file():
+        return []
+    old = yaml.safe_load(before.read_text()) or {}
+    new = yaml.safe_load(yaml.safe_dump(_spec_yaml(spec)))  # tuples as the YAML's lists
+    return _changes({**old, "output": None}, {**new, "output": None})
+
+
+def _changes(old, new, prefix: str = "") -> list[str]:
+    """'field: old -> new' for every leaf that differs between two specs' YAML layouts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for key in dict.fromkeys([*old, *new])
+                for change in _changes(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {old} -> {new}"]
 
 
 def load_grid_spec(output: Path) -> GridSpec:

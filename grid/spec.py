@@ -26,6 +26,10 @@ from trainables.training import TRAINERS, Recipe
 AUTOATTACK_VERSIONS = tuple(AUTOATTACK_ENSEMBLES)
 EXAMPLES = Path(__file__).parent / "examples"
 DEFAULT_SPEC = EXAMPLES / "demo.yaml"
+# Spec fields outside a grid's identity (GridSpec.fingerprint): changing them on an existing grid
+# keeps its finished work. Shards stay inside: they fix the ranges that partial results are kept in.
+WHERE_AND_REPORT = ("output", "tracking_uri", "storage", "ray_address", "analysis")
+HOW_IT_RUNS = ("resources", "max_failures")  # and evaluation.actors
 
 
 class SpecError(ValueError):
@@ -128,10 +132,15 @@ class GridSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def fingerprint(self) -> str:
-        """Identity of the grid's work: everything but where it is written and tracked."""
-        body = {k: v for k, v in self.to_dict().items()
-                if k not in ("output", "tracking_uri", "storage", "ray_address", "analysis")}
+    def fingerprint(self, legacy: bool = False) -> str:
+        """Identity of the grid's work: what it computes, not where it is written or tracked nor
+        what it runs on, so a grid can move to other machines and keep its finished work.
+        `legacy`: the identity grids launched before 2026-11-23 recorded (resources included)."""
+        body = self.to_dict()
+        for key in WHERE_AND_REPORT + (() if legacy else HOW_IT_RUNS):
+            del body[key]
+        if not legacy:
+            del body["evaluation"]["actors"]
         settings = body["evaluation"]["settings"]
         if settings["autoattack_attacks"] is None:  # added later: grids launched before keep theirs
             del settings["autoattack_attacks"]

@@ -11,8 +11,8 @@ import yaml
 
 from grid.cli import main
 from grid.plan import all_models
-from grid.runner import launch, resume
-from grid.spec import parse_spec
+from grid.runner import launch, load_grid_spec, preflight, resume
+from grid.spec import load_spec, parse_spec
 from grid.store import read_samples
 from tests.conftest import SIGINT_AT_START  # imported at collection, before any test runs Tune
 
@@ -271,8 +271,43 @@ def test_output_of_another_grid_is_refused(finished_grid, tmp_path, capsys):
     other.write_text(yaml.safe_dump(raw))
     files_before = sorted(output.rglob("*"))
     assert main(["launch", str(other), "--output", str(output)]) == 2
-    assert "belongs to another grid" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "belongs to another grid ('tiny'; it differs in threat_model.eps: 0.1 -> 0.2)" in err
     assert sorted(output.rglob("*")) == files_before
+
+
+def test_a_grid_moved_to_other_resources_continues_with_its_finished_work(finished_grid, tmp_path):
+    """Resources, retries and the number of actors are how a grid runs, not what it computes: a
+    launch into the same folder with new ones redoes nothing, and `resume` then uses them."""
+    spec, output, _ = finished_grid
+    moved = yaml.safe_load((output / "spec.yaml").read_text())
+    moved["resources"]["actor_cpus"] = 0.5
+    moved["evaluation"]["actors"] = 1
+    moved["max_failures"] = 5
+    (tmp_path / "moved.yaml").write_text(yaml.safe_dump(moved))
+    finished = [*output.glob("models/*/model.pt"), *output.glob("samples/**/*.parquet")]
+    before = {p: p.stat().st_mtime_ns for p in finished}
+    lines = []
+    launch(load_spec(tmp_path / "moved.yaml", output=str(output)), log=lines.append)
+    changed = next(line for line in lines if "continuing grid 'tiny'" in line)
+    assert changed.split("changed: ")[1] == ("max_failures: 2 -> 5; resources.actor_cpus: 1.0 -> "
+                                             "0.5; evaluation.actors: 2 -> 1")
+    assert len(before) == 6 and {p: p.stat().st_mtime_ns for p in finished} == before
+    assert any("3 models, 3 already evaluated" in line for line in lines)
+    assert load_grid_spec(output).resources.actor_cpus == 0.5  # what `resume` runs with now
+
+
+def test_a_grid_launched_before_resources_left_the_fingerprint_is_still_its_own(tmp_path):
+    spec = tiny_spec(tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "grid.json").write_text(json.dumps(
+        {"name": "tiny", "fingerprint": spec.fingerprint(legacy=True), "stages": {}}))
+    preflight(spec)  # no GridError: the same grid
+    assert spec.fingerprint(legacy=True) != spec.fingerprint()
+    other = tiny_spec(tmp_path / "out", resources={"actor_cpus": 2})
+    assert other.fingerprint() == spec.fingerprint()
+    assert tiny_spec(tmp_path / "out", threat_model={"norm": "Linf", "eps": 0.2}).fingerprint() \
+        != spec.fingerprint()
 
 
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
