@@ -108,11 +108,12 @@ def metadata_columns(spec: GridSpec, plan: ModelPlan, card: dict, batch_size: in
             "fmn_step_size": s.fmn_step_size, "eval_seed": s.seed, "eval_batch_size": batch_size}
 
 
-def resolve_batch_sizes(spec: GridSpec, archs: list[str], samples: SampleStore, actor,
+def resolve_batch_sizes(spec: GridSpec, archs: list[str], samples: SampleStore, actors: list,
                         log=print) -> dict[str, int]:
     """Samples per model call for each architecture, fixed for the whole grid (the batch seeds
     AutoAttack): a number from the spec; else the one recorded in rows already written, so a
-    resumed grid keeps it; else the actor's estimate for the dense model on the grid's device."""
+    resumed grid keeps it; else the smallest of the actors' estimates for the dense model, so it
+    fits the smallest card (or memory share) any of them landed on."""
     settings = spec.evaluation.settings
     if settings.batch_size != "auto":
         return {arch: effective_batch_size(settings) for arch in archs}
@@ -124,16 +125,33 @@ def resolve_batch_sizes(spec: GridSpec, archs: list[str], samples: SampleStore, 
             log(f"[evaluate] batch size {arch}: {sizes[arch]}, as its rows already written")
             continue
         try:
-            sizes[arch], per_sample, budget = ray.get(
-                actor.batch_size_for.remote(arch, settings.block_size))
+            estimates = ray.get([a.batch_size_for.remote(arch, settings.block_size) for a in actors])
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, MemoryError):
                 raise GridError(f"evaluate: {arch}: {exc.cause}") from None
             raise
+        sizes[arch], per_sample, budget = min(estimates, key=lambda e: (e[0], e[2]))
+        of = f"smallest of {len(actors)} actors' " if len(actors) > 1 else ""
         log(f"[evaluate] batch size {arch}: {sizes[arch]} (block {settings.block_size}; "
             f"~{per_sample / 2**20:.1f} MB a sample in an attack step, "
-            f"{budget / 2**20:.0f} MB budget per actor)")
+            f"{of}{budget / 2**20:.0f} MB budget per actor)")
     return sizes
+
+
+def out_of_memory(exc: ray.exceptions.RayTaskError, task: "ShardTask", batch_size: int,
+                  spec: GridSpec) -> ResumableError | None:
+    """A shard that ran out of (GPU) memory, as one line saying how to go on; None otherwise.
+    The batch size is part of the results, so the fix is more memory per actor, not a smaller
+    batch: resources are not part of a grid's identity and may change."""
+    if not isinstance(exc.cause, (torch.OutOfMemoryError, MemoryError)):
+        return None
+    cause = str(exc.cause).strip().splitlines()[0] if str(exc.cause).strip() else "out of memory"
+    return ResumableError(
+        f"evaluate: {task.plan.model_id} [{task.start}, {task.end}) ran out of memory at batch "
+        f"size {batch_size} ({cause[:160]}); give each actor more memory (a larger "
+        f"resources.actor_gpus, so fewer actors share a card, or actor_cpus) and `apgrid launch "
+        f"SPEC --output {spec.output_dir}` to continue (`apgrid resume` if another process held "
+        f"the memory); finished shards are kept")
 
 
 def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
@@ -168,6 +186,7 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
     cards = {p.model_id: models.card(p.model_id) for p in todo}
     remaining = {p.model_id: sum(1 for t in tasks if t.plan.model_id == p.model_id) for p in todo}
     queue, in_flight, done, started = list(tasks), {}, 0, time.time()
+    stopping = None  # an out-of-memory error, raised once the shards in flight are written
     idle = list(actors)
 
     def submit(actor, task):
@@ -177,7 +196,7 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
         in_flight[ref] = (actor, task)
 
     try:
-        batch_sizes = resolve_batch_sizes(spec, sorted({p.arch for p in todo}), samples, actors[0],
+        batch_sizes = resolve_batch_sizes(spec, sorted({p.arch for p in todo}), samples, actors,
                                           log)
         settings = {arch: replace(spec.evaluation.settings, batch_size=n)
                     for arch, n in batch_sizes.items()}
@@ -188,6 +207,16 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
             actor, task = in_flight.pop(ready[0])
             try:
                 rows, seconds = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as exc:
+                oom = out_of_memory(exc, task, batch_sizes[task.plan.arch], spec)
+                if oom is None:
+                    raise
+                if stopping is None:
+                    log(f"[evaluate] {oom}; writing the {len(in_flight)} shards in flight first")
+                stopping = stopping or oom
+                queue.clear()  # the other actors' shards in flight are still written
+                idle.append(actor)
+                continue
             except ray.exceptions.RayActorError:
                 log(f"[evaluate] actor lost on {task.plan.model_id} [{task.start}, {task.end}); "
                     f"requeued on a new actor")
@@ -215,6 +244,8 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
             if not idle and not in_flight and queue:
                 raise ResumableError(f"evaluate: every evaluation actor died; `apgrid resume "
                                      f"{output}` continues")
+        if stopping:
+            raise stopping
         report.actor_peak_rss_mb = _stop(actors, report=True)
     finally:  # a stopped evaluation must not leave actors holding CPUs in a long-lived Ray
         _stop(actors, report=False)

@@ -2,9 +2,10 @@
 
 A fault is {"stage": dense|prune|evaluate, "epoch": N (trials), "shard": START (inside an
 evaluation actor) or "write": START (when the driver writes that shard's rows), "kind": "raise" |
-"exit" | "disk-full", "times": how often it fires (default 1), "marker": FOLDER}; a grid takes one
+"exit" | "disk-full" | "oom", "times": how often it fires (default 1), "marker": FOLDER}; a grid takes one
 fault or a list of them. "exit" ends the process with os._exit(1), as a preempted or OOM-killed
-worker would; "disk-full" raises the OSError (ENOSPC) that a full disk gives.
+worker would; "disk-full" raises the OSError (ENOSPC) that a full disk gives; "oom" raises the
+torch.OutOfMemoryError of a CUDA allocation that does not fit.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def maybe_fail(faults, stage: str, at: int, name: str, key: str = "epoch") -> No
         marker.write_text(str(fired + 1))
         if fault.get("kind") == "exit":
             os._exit(1)
+        if fault.get("kind") == "oom":  # what a CUDA allocation past the card's memory raises
+            import torch
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
         if fault.get("kind") == "disk-full":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(marker.parent / name))
         raise RuntimeError(f"injected fault at {stage} {key} {at}")

@@ -236,10 +236,10 @@ def test_resumed_grid_keeps_the_batch_size_its_rows_record(tmp_path):
     store.write_shard("m1", 0, 10, pd.DataFrame({"sample_idx": range(10), "arch": "digits-cnn",
                                                  "eval_batch_size": 5}))
     lines = []
-    assert resolve_batch_sizes(spec, ["digits-cnn"], store, None, lines.append) == {"digits-cnn": 5}
+    assert resolve_batch_sizes(spec, ["digits-cnn"], store, [None], lines.append) == {"digits-cnn": 5}
     assert "as its rows already written" in lines[0]
     fixed = tiny_spec(tmp_path / "out", evaluation={"block_size": 10, "batch_size": 64})
-    assert resolve_batch_sizes(fixed, ["digits-cnn"], store, None) == {"digits-cnn": 10}
+    assert resolve_batch_sizes(fixed, ["digits-cnn"], store, [None]) == {"digits-cnn": 10}
 
 
 def test_a_block_too_big_for_memory_is_one_clear_grid_error(tmp_path, ray_session):
@@ -259,8 +259,34 @@ def test_a_block_too_big_for_memory_is_one_clear_grid_error(tmp_path, ray_sessio
     store = SampleStore(spec.output_dir, spec.name)
     actor = NoRoom.remote()
     with pytest.raises(GridError, match=r"^evaluate: digits-cnn: .*evaluation\.batch_size"):
-        resolve_batch_sizes(spec, ["digits-cnn"], store, actor)
+        resolve_batch_sizes(spec, ["digits-cnn"], store, [actor])
     ray.kill(actor)
+
+
+def test_the_batch_size_fits_the_actor_with_the_least_memory(tmp_path, ray_session):
+    """On a cluster of mixed cards the actors' budgets differ; the grid's one batch size must fit
+    the smallest, or the actor on it runs out of memory mid-grid."""
+    import ray
+    from grid.evaluate import resolve_batch_sizes
+    from grid.store import SampleStore
+
+    @ray.remote(num_cpus=0)
+    class Card:
+        def __init__(self, budget):
+            self.budget = budget
+
+        def batch_size_for(self, arch, block_size):
+            from trainables.evaluation import fit_batch_size
+            return fit_batch_size(block_size, 2**20, self.budget), 2**20, self.budget
+
+    spec = tiny_spec(tmp_path / "out", evaluation={"block_size": 100})
+    store = SampleStore(spec.output_dir, spec.name)
+    cards = [Card.remote(200 * 2**20), Card.remote(60 * 2**20), Card.remote(120 * 2**20)]
+    lines = []
+    assert resolve_batch_sizes(spec, ["digits-cnn"], store, cards, lines.append) == {"digits-cnn": 50}
+    assert "smallest of 3 actors' 60 MB budget per actor" in lines[0]
+    for card in cards:
+        ray.kill(card)
 
 
 def test_output_of_another_grid_is_refused(finished_grid, tmp_path, capsys):

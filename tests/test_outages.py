@@ -1,5 +1,6 @@
 """The grid's environment failing part-way: a full disk while results are written, a full disk
-that fails a trial on every retry, and the MLflow server going away mid-grid. Each time: one clear
+that fails a trial on every retry, an actor out of GPU memory, and the MLflow server going away
+mid-grid. Each time: one clear
 error, finished work kept, and `apgrid resume` finishing the grid with every result exactly once,
 in the Parquet and in MLflow."""
 import contextlib
@@ -43,10 +44,9 @@ def assert_complete(output: Path, uri: str, models: int) -> None:
 
 def test_disk_full_in_a_trial_then_while_writing_results_resumed_each_time(ray_session, tmp_path):
     output, marker = tmp_path / "out", str(tmp_path / "faults")
-    spec = small_grid(output, max_failures=1,
-                      evaluation={"num_samples": N_SAMPLES, "block_size": 10, "shards": 2,
-                                  "actors": 1, "pgd_steps": 2, "fmn_steps": 20,
-                                  "autoattack_attacks": QUICK_AA})
+    evaluation = {"num_samples": N_SAMPLES, "block_size": 10, "shards": 2, "actors": 1,
+                  "pgd_steps": 2, "fmn_steps": 20, "autoattack_attacks": QUICK_AA}
+    spec = small_grid(output, max_failures=1, evaluation=evaluation)
     # 1. the disk is full on every attempt of the pruning trial
     trial_fault = [{"stage": "prune", "epoch": 0, "kind": "disk-full", "times": 2, "marker": marker}]
     with pytest.raises(ResumableError) as failed:
@@ -66,12 +66,28 @@ def test_disk_full_in_a_trial_then_while_writing_results_resumed_each_time(ray_s
     assert f"apgrid resume {output}" in message and "\n" not in message
     assert read_state(output)["stages"]["evaluate"] == "running"
 
-    # 3. resumed with room again: only the missing work is done
+    # 3. continued on 2 actors, one of which runs out of GPU memory on the shard it is given
+    # (the dense model's [10, 20)); the other actor's shard in flight is still written
+    oom_fault = [{"stage": "evaluate", "shard": 10, "kind": "oom", "marker": marker}]
+    two_actors = small_grid(output, max_failures=1,
+                            evaluation={**evaluation, "actors": 2})
+    lines.clear()
+    with pytest.raises(ResumableError) as failed:
+        launch(two_actors, fault=oom_fault, log=lines.append)
+    message = str(failed.value)
+    assert message.startswith("evaluate: dense-") and "[10, 20) ran out of memory at batch size 10" \
+        in message and "CUDA out of memory" in message and "\n" not in message
+    assert "resources.actor_gpus" in message and f"--output {output}`" in message
+    assert any("writing the 1 shards in flight first" in line for line in lines), lines
+    assert read_state(output)["stages"]["evaluate"] == "running"
+
+    # 4. resumed: only the missing work is done
     lines.clear()
     resume(output, log=lines.append)
     assert any("[prune] 1 models, 1 already done, 0 to run" in line for line in lines)
-    # one actor works in order: the dense model's first shard was written before the disk filled
-    assert any("= 3 shard tasks" in line for line in lines), lines
+    # the dense model's first shard was written before the disk filled, the pruned model's first
+    # while the other actor ran out of memory
+    assert any("= 2 shard tasks" in line for line in lines), lines
     uri = spec.resolved_tracking_uri
     assert_complete(output, uri, models=2)
     prune = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.stage = 'prune'")
