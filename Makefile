@@ -32,6 +32,9 @@ bench: $(STAMP)  ## issue 6's benchmarks, one run (needs finished runs/cifar10-c
 		--block-size 250 --no-ideal | tee runs/bench/orchestration-cifar10.txt
 	$(BIN)/python benchmarks/orchestration.py runs/demo --samples 120 --no-ideal \
 		| tee runs/bench/orchestration-demo.txt
+	$(BIN)/python benchmarks/evaluation.py --dataset cifar10 --root data/cifar10 --arch resnet18 \
+		--train-samples 5000 --epochs 3 --eps 0.0314 --samples 50 --threads 2 --project \
+		--skip scale wrapper batch | tee runs/bench/profile-resnet18.txt
 
 clean:
 	rm -rf runs .pytest_cache

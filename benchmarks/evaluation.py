@@ -3,6 +3,8 @@ peak memory per actor and batch size. Prints a table per part and one JSON line 
 
     python benchmarks/evaluation.py                      # digits, a model trained here (~5 min)
     python benchmarks/evaluation.py --grid runs/cifar10-cpu --block-size 100 --scale-samples 400
+    python benchmarks/evaluation.py --dataset cifar10 --root data/cifar10 --arch resnet18 \\
+        --train-samples 5000 --epochs 3 --eps 0.0314 --samples 10 --skip scale wrapper batch
 
 Each timing is the median of --repeats runs; configurations alternate within a repeat, so drift
 on a noisy machine hits them alike. Targets (issue 6): scale-out efficiency >= 0.9, wrapper
@@ -44,7 +46,8 @@ class Subject:
 
 
 def load_subject(args) -> Subject:
-    """The grid's first dense model, or a digits CNN adversarially trained here."""
+    """The grid's first dense model, or one adversarially trained here (FGSM-RS) on the first
+    --train-samples of --dataset: by default a digits CNN in about a minute."""
     from trainables.models import build_model
     if args.grid:
         from grid.runner import load_grid_spec
@@ -60,17 +63,25 @@ def load_subject(args) -> Subject:
                        {"name": spec.dataset.name, "root": spec.dataset.root},
                        f"{model_id} ({spec.dataset.name})")
     from trainables.training import Recipe, train_epoch
-    ds = load_dataset("digits")
+    ds = load_dataset(args.dataset, args.root)
     torch.manual_seed(0)
-    model = build_model("digits-cnn", 1, ds.num_classes, ds.mean, ds.std)
-    recipe = Recipe(trainer="fgsm-rs", epochs=4, lr=0.05, batch_size=64)
-    threat = ThreatModel(norm="Linf", eps=0.1)
+    model = build_model(args.arch, ds.image_shape[0], ds.num_classes, ds.mean, ds.std)
+    recipe = Recipe(trainer="fgsm-rs", epochs=args.epochs, lr=0.05, batch_size=64)
+    threat = ThreatModel(norm="Linf", eps=args.eps)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9)
+    n = min(args.train_samples or len(ds.y_train), len(ds.y_train))
+    began = time.perf_counter()
+    torch.set_num_threads(args.train_threads)
     for epoch in range(recipe.epochs):
-        train_epoch(model, opt, ds.x_train, ds.y_train, recipe=recipe, eps=threat.eps,
+        train_epoch(model, opt, ds.x_train[:n], ds.y_train[:n], recipe=recipe, eps=threat.eps,
                     norm=threat.norm, seed=0, epoch=epoch, device=torch.device("cpu"))
-    return Subject(model.eval(), ds, threat, "digits-cnn", {"name": "digits"},
-                   "digits-cnn trained here (FGSM-RS, 4 epochs)")
+    torch.set_num_threads(args.threads)
+    print(f"trained {args.arch} on {n} {args.dataset} samples ({args.epochs} epochs FGSM-RS) in "
+          f"{time.perf_counter() - began:.0f} s", flush=True)
+    return Subject(model.eval(), ds, threat, args.arch,
+                   {"name": args.dataset, **({"root": args.root} if args.root else {})},
+                   f"{args.arch} trained here ({args.dataset}, {n} samples, FGSM-RS, "
+                   f"{args.epochs} epochs)")
 
 
 def timed(fn):
@@ -128,19 +139,38 @@ def wrapper_overhead(model, x, y, threat, settings, repeats):
 # -- 4. where the time goes; 5. work avoided ----------------------------------------------------
 
 class Counting(torch.nn.Module):
-    """Counts the samples pushed through the model, and those with a graph for a backward pass."""
+    """Counts the samples pushed through the model, and those with a graph for a backward pass,
+    and times the model's passes where they happen: each forward call, and each backward from
+    the moment autograd reaches the model's output to the moment it reaches its input (tensor
+    hooks; the attack's loss and its own ops fall outside both)."""
 
     def __init__(self, model):
         super().__init__()
         self.model, self.forward_samples, self.backward_samples = model, 0, 0
         self.calls: list[tuple[tuple, bool]] = []  # (input shape, with a graph) of every call
+        self.forward_s = self.backward_s = 0.0
+        self._backward_began = None
 
     def forward(self, x):
         graph = torch.is_grad_enabled() and x.requires_grad
         self.forward_samples += len(x)
         self.backward_samples += len(x) if graph else 0
         self.calls.append((tuple(x.shape), graph))
-        return self.model(x)
+        start = time.perf_counter()
+        out = self.model(x)
+        self.forward_s += time.perf_counter() - start
+        if graph:
+            out.register_hook(self._reached_output)
+            x.register_hook(self._reached_input)
+        return out
+
+    def _reached_output(self, grad):
+        self._backward_began = time.perf_counter()
+
+    def _reached_input(self, grad):
+        if self._backward_began is not None:
+            self.backward_s += time.perf_counter() - self._backward_began
+            self._backward_began = None
 
 
 def replay_model_time(model, calls) -> float:
@@ -174,14 +204,29 @@ def projected_share(arch: str, subject: Subject, calls, attack_own_s: float, sam
             "model_share": replay_s / (replay_s + attack_own_s)}
 
 
-def profile_and_count(model, x, y, threat, settings):
+def profile_and_count(model, x, y, threat, settings, cross_check: bool):
+    """The model's share of one evaluate_samples call, timed in place (Counting); with
+    `cross_check`, also by cProfile (which taxes every Python call, the model's modules included)
+    and by replaying the recorded calls alone (outside the attack, so with warmer caches)."""
     counting = Counting(model).eval()
+    wall, rows = timed(lambda: evaluate_samples(counting, x, y, 0, threat, settings, True))
+    n = len(y)
+    # Naive AutoAttack standard: every attack on every sample, all restarts, no early stop:
+    # APGD-CE 100 + APGD-T 9x100 + FAB-T 9x100 (x2 passes) + Square 5000 queries.
+    naive_aa = 100 + 900 + 1800 + 5000
+    result = {"wall_s": wall, "forward_s": counting.forward_s, "backward_s": counting.backward_s,
+              "model_share": (counting.forward_s + counting.backward_s) / wall,
+              "forward_passes_per_sample": counting.forward_samples / n,
+              "backward_passes_per_sample": counting.backward_samples / n,
+              "naive_passes_per_sample": naive_aa + settings.pgd_steps + 2 * settings.fmn_steps + 1,
+              "clean_correct": int(rows["clean_correct"].sum()),
+              "aa_robust": int(rows["aa_correct"].astype(bool).sum()), "calls": counting.calls}
+    if not cross_check:
+        return result
     profiler = cProfile.Profile()
-    start = time.perf_counter()
     profiler.enable()
-    rows = evaluate_samples(counting, x, y, 0, threat, settings, True)
+    evaluate_samples(Counting(model).eval(), x, y, 0, threat, settings, True)
     profiler.disable()
-    wall = time.perf_counter() - start
     stats = pstats.Stats(profiler)
     forward = backward = 0.0
     for (file, _, func), (_, _, _, cumulative, _) in stats.stats.items():
@@ -190,24 +235,9 @@ def profile_and_count(model, x, y, threat, settings):
         elif func in ("grad", "backward") and "torch/autograd" in file:
             backward += cumulative
     profiled = sum(s[2] for s in stats.stats.values())  # every function's own time, summed
-    # cProfile taxes every Python call, so it understates the model's share; without it: the same
-    # evaluation timed bare, and the model's passes replayed alone.
-    bare, _ = timed(lambda: evaluate_samples(model, x, y, 0, threat, settings, True))
     model_alone = replay_model_time(model, counting.calls)
-    n = len(y)
-    robust_aa = int(rows["aa_correct"].astype(bool).sum())
-    clean = int(rows["clean_correct"].sum())
-    # Naive AutoAttack standard: every attack on every sample, all restarts, no early stop:
-    # APGD-CE 100 + APGD-T 9x100 + FAB-T 9x100 (x2 passes) + Square 5000 queries.
-    naive_aa = 100 + 900 + 1800 + 5000
-    return {"profiled_s": profiled, "wall_s": wall,
-            "model_share": (forward + backward) / profiled,
-            "forward_share": forward / profiled, "backward_share": backward / profiled,
-            "bare_s": bare, "model_replay_s": model_alone, "model_share_replay": model_alone / bare,
-            "forward_passes_per_sample": counting.forward_samples / n,
-            "backward_passes_per_sample": counting.backward_samples / n,
-            "naive_passes_per_sample": naive_aa + settings.pgd_steps + 2 * settings.fmn_steps + 1,
-            "clean_correct": clean, "aa_robust": robust_aa, "calls": counting.calls}
+    return {**result, "cprofile_share": (forward + backward) / profiled,
+            "model_replay_s": model_alone, "model_share_replay": model_alone / wall}
 
 
 # -- 1. scale-out, 6. memory ----------------------------------------------------------------------
@@ -361,9 +391,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", help="take the first dense model (and dataset) of this grid")
+    trained = parser.add_argument_group("without --grid: a model trained here")
+    trained.add_argument("--dataset", default="digits", help="dataset (default digits)")
+    trained.add_argument("--root", help="its folder, as the spec's dataset.root (CIFAR-10: the "
+                                        "folder holding cifar-10-batches-bin/)")
+    trained.add_argument("--arch", default="digits-cnn", help="architecture (default digits-cnn)")
+    trained.add_argument("--train-samples", type=int,
+                         help="train on the first N training samples (default all)")
+    trained.add_argument("--epochs", type=int, default=4, help="FGSM-RS epochs (default 4)")
+    trained.add_argument("--eps", type=float, default=0.1,
+                         help="Linf radius, for training and evaluation (default 0.1; CIFAR: 8/255 "
+                              "= 0.0314)")
+    trained.add_argument("--train-threads", type=int, default=2,
+                         help="threads while training (default 2; the timed parts use 1)")
     parser.add_argument("--samples", type=int, default=100,
                         help="test samples for the wrapper and profile parts (default 100)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (default 3)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for the wrapper, profile and batch parts (default 1; "
+                             "scale-out sets its own)")
     parser.add_argument("--fmn-steps", type=int, default=100, help="FMN steps (default 100)")
     parser.add_argument("--block-size", type=int, default=EvalSettings.block_size,
                         help="samples per block (default: the grid's, %(default)s); scale-out "
@@ -376,13 +422,16 @@ def main():
                              "(default: resnet18)")
     parser.add_argument("--project-calls", type=int, default=200,
                         help="model calls replayed per projection (evenly spaced; default 200)")
+    parser.add_argument("--cross-check", action="store_true",
+                        help="part 4: also measure the model share by cProfile and by replaying "
+                             "the model calls alone (two more evaluations' time)")
     parser.add_argument("--batch-sizes", type=int, nargs="*", metavar="N",
                         help="batch sizes to time on one block (default: the block, a half and "
                              "a quarter of it)")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["scale", "wrapper", "profile", "batch"])
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
 
     subject = load_subject(args)
     model, ds, threat, described = subject.model, subject.ds, subject.threat, subject.described
@@ -405,17 +454,20 @@ def main():
         print(f"   FMN                                           {w['fmn_ours_s']:8.2f} "
               f"{w['fmn_plain_s']:8.2f}   {w['fmn_overhead']:+7.1%}   <= +3 %")
     if "profile" not in args.skip:
-        p = profile_and_count(model, x, y, threat, settings)
+        p = profile_and_count(model, x, y, threat, settings, args.cross_check)
         calls = p.pop("calls")
-        attack_own = p["bare_s"] - p["model_replay_s"]
+        attack_own = p["wall_s"] - p["forward_s"] - p["backward_s"]
         p["projected"] = [projected_share(arch, subject, calls, attack_own, args.project_calls)
                           for arch in args.project]
         result["profile"] = p
-        print("\n4. where the time goes (cProfile of one evaluate_samples call)")
-        print(f"   cProfile: model forward {p['forward_share']:.1%} + backward "
-              f"{p['backward_share']:.1%} = {p['model_share']:.1%} of the profiled time")
-        print(f"   replay: the same model passes alone take {p['model_replay_s']:.1f} s of the bare "
-              f"{p['bare_s']:.1f} s = {p['model_share_replay']:.1%} (target >= 90 %)")
+        print("\n4. where the time goes (one evaluate_samples call, the model's passes timed in place)")
+        print(f"   model forward {p['forward_s']:.1f} s + backward {p['backward_s']:.1f} s of "
+              f"{p['wall_s']:.1f} s = {p['model_share']:.1%} (target >= 90 %); the attacks' own "
+              f"work {attack_own:.1f} s")
+        if args.cross_check:
+            print(f"   cross-checks: cProfile {p['cprofile_share']:.1%} (taxes the model's Python "
+                  f"calls too); the recorded calls replayed alone {p['model_replay_s']:.1f} s = "
+                  f"{p['model_share_replay']:.1%} (caches warmer than inside the attack)")
         for proj in p["projected"]:
             print(f"   projected for {proj['arch']}: its passes would take {proj['model_replay_s']:.1f} s "
                   f"beside the attacks' own {attack_own:.1f} s = {proj['model_share']:.1%} "
