@@ -211,7 +211,7 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
                 oom = out_of_memory(exc, task, batch_sizes[task.plan.arch], spec)
                 if oom is None:
                     raise
-                if stopping is None:
+                if stopping is None and in_flight:
                     log(f"[evaluate] {oom}; writing the {len(in_flight)} shards in flight first")
                 stopping = stopping or oom
                 queue.clear()  # the other actors' shards in flight are still written

@@ -2,8 +2,8 @@
 
 A fault is {"stage": dense|prune|evaluate, "epoch": N (trials), "shard": START (inside an
 evaluation actor) or "write": START (when the driver writes that shard's rows), "kind": "raise" |
-"exit" | "disk-full" | "oom", "times": how often it fires (default 1), "marker": FOLDER}; a grid takes one
-fault or a list of them. "exit" ends the process with os._exit(1), as a preempted or OOM-killed
+"exit" | "disk-full" | "oom", "times": how often it fires (default 1), "marker": FOLDER}; a grid
+takes one fault or a list of them. "exit" ends the process with os._exit(1), as a preempted or OOM-killed
 worker would; "disk-full" raises the OSError (ENOSPC) that a full disk gives; "oom" raises the
 torch.OutOfMemoryError of a CUDA allocation that does not fit.
 """
