@@ -116,7 +116,10 @@ def transfer_heatmap(table: pd.DataFrame, source: str, path: Path) -> Path:
     """Accuracy of each target (columns) under each attack (rows) crafted on one source model."""
     part = table[table["source"] == source]
     pivot = part.pivot_table(index="attack", columns="target", values="adv_acc", sort=False)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * pivot.shape[1], 0.9 + 0.45 * pivot.shape[0]))
+    # height: the rows, the title, and the target names written at 45 degrees below them
+    label_room = 0.05 * max(len(_short(c)) for c in pivot.columns)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * pivot.shape[1],
+                                    1.0 + 0.45 * pivot.shape[0] + label_room))
     image = ax.imshow(pivot.to_numpy(), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for (i, j), value in np.ndenumerate(pivot.to_numpy()):
         ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)

@@ -211,3 +211,15 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     from PIL import Image
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10  # not a blank page
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_transfer_heatmap_leaves_room_for_one_attack_and_long_model_names(tmp_path):
+    """A one-row heatmap used to be too short for its 45-degree target names: matplotlib gave up
+    on the layout (a warning) and the names ran off the figure."""
+    from analysis.plots import transfer_heatmap
+    targets = ["dense-cifar-tiny-s0-1a2b3c4d", "prune-boundary-aware-cifar-tiny-s0-sp0.95-5e6f7a8b"]
+    table = pd.DataFrame({"source": targets[0], "attack": "fgsm", "target": targets,
+                          "adv_acc": [0.4, 0.6]})
+    path = transfer_heatmap(table, targets[0], tmp_path / "heat.png")
+    assert path.stat().st_size > 0
