@@ -4,7 +4,8 @@ peak memory per actor and batch size. Prints a table per part and one JSON line 
     python benchmarks/evaluation.py                      # digits, a model trained here (~5 min)
     python benchmarks/evaluation.py --grid runs/cifar10-cpu --block-size 100 --scale-samples 400
     python benchmarks/evaluation.py --dataset cifar10 --root data/cifar10 --arch resnet18 \\
-        --train-samples 5000 --epochs 3 --eps 0.0314 --samples 10 --skip scale wrapper batch
+        --train-samples 5000 --epochs 3 --eps 0.0314 --samples 50 --threads 2 --project \\
+        --skip scale wrapper batch                        # part 4 on a ResNet-18 (~35 min)
 
 Each timing is the median of --repeats runs; configurations alternate within a repeat, so drift
 on a noisy machine hits them alike. Targets (issue 6): scale-out efficiency >= 0.9, wrapper
