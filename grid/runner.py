@@ -18,13 +18,12 @@ import yaml
 
 from grid import plan as planner
 from grid.errors import STORAGE_ERRNOS, GridError, ResumableError
-from grid.spec import HOW_IT_RUNS, WHERE_AND_REPORT, GridSpec, SpecError, load_spec
+from grid.spec import NOT_IDENTITY, GridSpec, SpecError, load_spec
 from grid.store import (ModelStore, SampleStore, atomic_write_bytes, atomic_write_json,
                         read_user_checkpoint)
 from grid.tracking import Tracker, TrackingError, check_reachable, short_reason
 
 STAGES = ("checkpoints", "dense", "prune", "evaluate", "analyze")
-NOT_IDENTITY = WHERE_AND_REPORT + HOW_IT_RUNS + ("evaluation.actors",)  # spec fields, as prefixes
 
 # Tune warns on every epoch checkpoint of small models; our own progress lines replace its tables.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

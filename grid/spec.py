@@ -29,7 +29,8 @@ DEFAULT_SPEC = EXAMPLES / "demo.yaml"
 # Spec fields outside a grid's identity (GridSpec.fingerprint): changing them on an existing grid
 # keeps its finished work. Shards stay inside: they fix the ranges that partial results are kept in.
 WHERE_AND_REPORT = ("output", "tracking_uri", "storage", "ray_address", "analysis")
-HOW_IT_RUNS = ("resources", "max_failures")  # and evaluation.actors
+HOW_IT_RUNS = ("resources", "max_failures", "evaluation.actors")
+NOT_IDENTITY = WHERE_AND_REPORT + HOW_IT_RUNS  # dotted paths into the spec's layout
 
 
 class SpecError(ValueError):
@@ -137,10 +138,12 @@ class GridSpec:
         what it runs on, so a grid can move to other machines and keep its finished work.
         `legacy`: the identity grids launched before 2026-11-23 recorded (resources included)."""
         body = self.to_dict()
-        for key in WHERE_AND_REPORT + (() if legacy else HOW_IT_RUNS):
-            del body[key]
-        if not legacy:
-            del body["evaluation"]["actors"]
+        for path in WHERE_AND_REPORT if legacy else NOT_IDENTITY:
+            *parents, leaf = path.split(".")
+            node = body
+            for key in parents:
+                node = node[key]
+            del node[leaf]
         settings = body["evaluation"]["settings"]
         if settings["autoattack_attacks"] is None:  # added later: grids launched before keep theirs
             del settings["autoattack_attacks"]
