@@ -21,6 +21,12 @@ With no spec, `apgrid launch` runs the embedded demo: digits, local Ray, SQLite 
 output folder."""
 
 
+def add_until(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--until", choices=["dense", "prune", "evaluate"], metavar="STAGE",
+                        help="stop after this stage (dense, prune or evaluate), e.g. train on GPUs "
+                             "now and evaluate later; `apgrid resume DIR` runs the rest")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="apgrid", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,12 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="output folder (overrides the spec's `output`)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate and print the planned models, run nothing")
+    add_until(p)
 
     p = sub.add_parser("resume", help="continue an interrupted grid",
                        description="Continue the grid in DIR: finished models (found by their "
                                    "config hash) are skipped, interrupted trials restart from their "
                                    "last epoch checkpoint, evaluated shards are kept.")
     p.add_argument("dir", help="the grid's output folder")
+    add_until(p)
 
     p = sub.add_parser("status", help="stage and trials done / running / failed",
                        description="Show each stage's state and, from MLflow, every run's status "
@@ -126,13 +134,13 @@ def cmd_launch(args) -> int:
         for plan in all_models(spec):
             print(f"{plan.role:7s} {plan.model_id}")
         return 0
-    launch(spec)
+    launch(spec, until=args.until)
     return 0
 
 
 def cmd_resume(args) -> int:
     from grid.runner import resume
-    resume(args.dir)
+    resume(args.dir, until=args.until)
     return 0
 
 

@@ -77,9 +77,10 @@ def preflight(spec: GridSpec) -> None:
         read_user_checkpoint(Path(c.path), c.arch, ds.image_shape[0], ds.num_classes, ds.mean, ds.std)
 
 
-def launch(spec: GridSpec, fault: dict | None = None, log=print) -> Path:
+def launch(spec: GridSpec, fault: dict | None = None, log=print, until: str | None = None) -> Path:
     """Run a new grid, or continue the same grid in its output folder with this spec's resources,
-    tracking and analysis settings (a grid moved to a GPU cluster keeps its finished work)."""
+    tracking and analysis settings (a grid moved to a GPU cluster keeps its finished work).
+    `until` stops after that stage (train here, evaluate elsewhere); `resume` runs the rest."""
     preflight(spec)
     output = spec.output_dir
     output.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,7 @@ def launch(spec: GridSpec, fault: dict | None = None, log=print) -> Path:
         "name": spec.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {},
         "driver_runs": 0}
     _write_state(output, {**state, "fingerprint": spec.fingerprint()})  # a legacy one updated
-    return _run(spec, fault, log)
+    return _run(spec, fault, log, until)
 
 
 def _spec_changes(output: Path, spec: GridSpec) -> list[str]:
@@ -126,14 +127,15 @@ def load_grid_spec(output: Path) -> GridSpec:
         raise GridError(f"{output / 'spec.yaml'}: {exc}") from None
 
 
-def resume(output: str | Path, fault: dict | None = None, log=print) -> Path:
+def resume(output: str | Path, fault: dict | None = None, log=print,
+           until: str | None = None) -> Path:
     output = Path(output).expanduser().resolve()
     spec = load_grid_spec(output)
     try:
         check_reachable(spec.resolved_tracking_uri)
     except TrackingError as exc:
         raise GridError(str(exc)) from None
-    return _run(spec, fault, log)
+    return _run(spec, fault, log, until)
 
 
 def _spec_yaml(spec: GridSpec) -> dict:
@@ -146,10 +148,13 @@ def _spec_yaml(spec: GridSpec) -> dict:
 
 # -- the stages --------------------------------------------------------------------------------
 
-def _run(spec: GridSpec, fault: dict | None, log) -> Path:
+def _run(spec: GridSpec, fault: dict | None, log, until: str | None = None) -> Path:
     import ray
     from mlflow.exceptions import MlflowException
 
+    if until is not None and until not in STAGES:
+        raise GridError(f"until: unknown stage '{until}'; stages: {', '.join(STAGES)}")
+    stages = STAGES[:STAGES.index(until) + 1] if until else STAGES
     output = spec.output_dir
     local_store = spec.resolved_tracking_uri.startswith(("sqlite:", "file:"))
     stage, tracker, parent = "start", None, None
@@ -170,11 +175,12 @@ def _run(spec: GridSpec, fault: dict | None, log) -> Path:
         if not ray.is_initialized():
             ray.init(address=spec.ray_address, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
-        for stage in STAGES:
+        for stage in stages:
             _set_stage(output, stage, "running")
             log(f"[apgrid] stage {stage} ({time.time() - started:.0f}s)")
             STAGE_FUNCTIONS[stage](spec, tracker, parent, fault, log, state["driver_runs"])
             _set_stage(output, stage, "done")
+        tracker.client.set_tag(parent, "last_stage", stages[-1])
         tracker.end(parent, "FINISHED")
     except BaseException as exc:
         _end_quietly(tracker, parent)
@@ -189,6 +195,11 @@ def _run(spec: GridSpec, fault: dict | None, log) -> Path:
                                  f"bring the tracking server back, then `apgrid resume {output}`"
                                  ) from exc
         raise
+    if stages != STAGES:
+        rest = " -> ".join(STAGES[len(stages):])
+        log(f"[apgrid] grid '{spec.name}' stopped after {stages[-1]} as asked, in "
+            f"{time.time() - started:.0f}s; `apgrid resume {output}` runs {rest}")
+        return output
     log(f"[apgrid] grid '{spec.name}' finished in {time.time() - started:.0f}s; "
         f"report: {output / 'report' / 'report.md'}")
     return output

@@ -47,8 +47,15 @@ def finished_grid(ray_session, tmp_path_factory):
               {"stage": "prune", "epoch": 1, "kind": "exit", "marker": marker},  # os._exit(1)
               {"stage": "evaluate", "shard": 10, "kind": "exit", "marker": marker}]
     lines = []
+    launch(spec, fault=faults, log=lines.append, until="prune")  # trained now, evaluated later
+    STOPPED_AFTER_PRUNE.update(state=json.loads((output / "grid.json").read_text()),
+                               parquet=list(output.glob("samples/**/*.parquet")),
+                               last_line=lines[-1])
     launch(spec, fault=faults, log=lines.append)
     return spec, output, lines
+
+
+STOPPED_AFTER_PRUNE = {}  # the fixture's grid as `--until prune` left it
 
 
 def test_grid_writes_parquet_rows_once_per_model_and_sample(finished_grid):
@@ -212,6 +219,21 @@ def test_status_shows_stages_and_attempts(finished_grid, capsys):
     assert main(["status", str(output)]) == 0
     out = capsys.readouterr().out
     assert "analyze   done" in out and "attempt 2" in out
+
+
+def test_a_grid_stopped_after_prune_has_its_models_and_nothing_evaluated(finished_grid):
+    spec, output, lines = finished_grid
+    stopped = STOPPED_AFTER_PRUNE
+    assert stopped["state"]["stages"] == {"checkpoints": "done", "dense": "done", "prune": "done"}
+    assert stopped["parquet"] == []
+    assert "stopped after prune as asked" in stopped["last_line"]
+    assert "runs evaluate -> analyze" in stopped["last_line"]
+    # the second launch trained nothing again, and the grid run ended as a whole grid
+    assert [line for line in lines if line.startswith("[prune]") and "2 already done" in line]
+    client = mlflow.MlflowClient(spec.resolved_tracking_uri)
+    grid_run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                                  "tags.level = 'grid'")[0]
+    assert grid_run.data.tags["last_stage"] == "analyze" and grid_run.info.status == "FINISHED"
 
 
 def test_resume_of_a_finished_grid_redoes_nothing(finished_grid):
