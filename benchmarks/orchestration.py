@@ -1,4 +1,4 @@
-"""Orchestration overhead: a finished grid's evaluation stage run by apgrid (Ray actors, the test
+"""Orchestration overhead: a grid's evaluation stage run by apgrid (Ray actors, the test
 set in the object store, Parquet shards merged per model, one MLflow run per model) against the
 same evaluations called in one plain Python process (a loop over the models, one Parquet file per
 model). Same models, samples, settings and seeds; the outcomes must come out identical (FMN
@@ -112,7 +112,8 @@ def same_rows(apgrid_out: Path, plain_out: Path) -> bool:
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("grid", help="a finished grid's output folder (its models are evaluated)")
+    parser.add_argument("grid", help="a grid's output folder with its models trained (launched "
+                        "with `--until prune` is enough); its models are evaluated here")
     parser.add_argument("--samples", type=int, help="test samples (default: the spec's)")
     parser.add_argument("--aa-samples", type=int, help="AutoAttack samples (default: the spec's)")
     parser.add_argument("--block-size", type=int, help="samples per block (default: the spec's)")

@@ -180,7 +180,8 @@ def _run(spec: GridSpec, fault: dict | None, log, until: str | None = None) -> P
             log(f"[apgrid] stage {stage} ({time.time() - started:.0f}s)")
             STAGE_FUNCTIONS[stage](spec, tracker, parent, fault, log, state["driver_runs"])
             _set_stage(output, stage, "done")
-        tracker.client.set_tag(parent, "last_stage", stages[-1])
+        done = [s for s in STAGES if read_state(output)["stages"].get(s) == "done"]
+        tracker.client.set_tag(parent, "last_stage", done[-1])  # a finished grid's stays analyze
         tracker.end(parent, "FINISHED")
     except BaseException as exc:
         _end_quietly(tracker, parent)

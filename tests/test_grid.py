@@ -50,12 +50,18 @@ def finished_grid(ray_session, tmp_path_factory):
     launch(spec, fault=faults, log=lines.append, until="prune")  # trained now, evaluated later
     STOPPED_AFTER_PRUNE.update(state=json.loads((output / "grid.json").read_text()),
                                parquet=list(output.glob("samples/**/*.parquet")),
-                               last_line=lines[-1])
+                               last_line=lines[-1], grid_run=_grid_run(spec))
     launch(spec, fault=faults, log=lines.append)
     return spec, output, lines
 
 
 STOPPED_AFTER_PRUNE = {}  # the fixture's grid as `--until prune` left it
+
+
+def _grid_run(spec):
+    client = mlflow.MlflowClient(spec.resolved_tracking_uri)
+    experiment = client.get_experiment_by_name(spec.name).experiment_id
+    return client.search_runs([experiment], "tags.level = 'grid'")[0]
 
 
 def test_grid_writes_parquet_rows_once_per_model_and_sample(finished_grid):
@@ -228,11 +234,11 @@ def test_a_grid_stopped_after_prune_has_its_models_and_nothing_evaluated(finishe
     assert stopped["parquet"] == []
     assert "stopped after prune as asked" in stopped["last_line"]
     assert "runs evaluate -> analyze" in stopped["last_line"]
+    assert stopped["grid_run"].data.tags["last_stage"] == "prune"
+    assert stopped["grid_run"].info.status == "FINISHED"
     # the second launch trained nothing again, and the grid run ended as a whole grid
     assert [line for line in lines if line.startswith("[prune]") and "2 already done" in line]
-    client = mlflow.MlflowClient(spec.resolved_tracking_uri)
-    grid_run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
-                                  "tags.level = 'grid'")[0]
+    grid_run = _grid_run(spec)
     assert grid_run.data.tags["last_stage"] == "analyze" and grid_run.info.status == "FINISHED"
 
 
