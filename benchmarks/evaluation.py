@@ -292,6 +292,21 @@ def ray_side_cpu() -> dict[int, float]:
     return seen
 
 
+def steal_and_total() -> tuple[float, float]:
+    """Jiffies the hypervisor gave to other guests (steal) and all jiffies, over every CPU, from
+    /proc/stat (Linux; zeros elsewhere): a VM's noisy neighbours show here."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except OSError:
+        return 0.0, 0.0
+    return fields[7], sum(fields)
+
+
+def steal_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total else 0.0
+
+
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
@@ -320,6 +335,8 @@ def scale_out(subject: Subject, x, y, settings, repeats):
     times = {k: [] for k in configs}
     busy = {k: [] for k in configs}     # summed shard seconds on the actors
     ray_cpu = {k: [] for k in configs}  # share of the 2 cores Ray and the driver took
+    actor_cpu = {k: [] for k in configs}  # the actors' CPU seconds / their shards' seconds
+    steal = {k: [] for k in configs}    # share of the CPUs the hypervisor gave elsewhere
     rows_seen, peaks = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "model.pt"
@@ -342,13 +359,15 @@ def scale_out(subject: Subject, x, y, settings, repeats):
                 stage_checkpoints(spec, None, None, None, lambda m: None, 1)
                 plans = checkpoint_models(spec)
                 got = {}
-                ray_before = ray_side_cpu()
+                ray_before, steal_before = ray_side_cpu(), steal_and_total()
                 seconds, report = timed(lambda: run_evaluation(
                     spec, plans, x, y, {"num_classes": ds.num_classes, "mean": ds.mean, "std": ds.std},
                     lambda p, rows: got.update(rows=rows), log=lambda m: None))
                 times[name].append(seconds)
                 ray_cpu[name].append(cpu_used(ray_before, ray_side_cpu()) / (seconds * 2))
+                steal[name].append(steal_share(steal_before, steal_and_total()))
                 busy[name].append(sum(report.shard_seconds))
+                actor_cpu[name].append(sum(report.shard_cpu_seconds) / sum(report.shard_seconds))
                 peaks += report.actor_peak_rss_mb
                 rows_seen[name] = got["rows"]
     ray.shutdown()
@@ -367,6 +386,10 @@ def scale_out(subject: Subject, x, y, settings, repeats):
             "efficiency_vs_1x2": med["1 actor x 2 threads"] / two / 2,
             "shard_slowdown_2_actors": contention, "makespan_over_busy_half": idle_tail,
             "ray_side_cpu_share_2_actors": statistics.median(ray_cpu["2 actors x 1 thread"]),
+            "actor_cpu_per_shard_second_1_actor": statistics.median(actor_cpu["1 actor x 1 thread"]),
+            "actor_cpu_per_shard_second_2_actors": statistics.median(actor_cpu["2 actors x 1 thread"]),
+            "steal_share_1_actor": statistics.median(steal["1 actor x 1 thread"]),
+            "steal_share_2_actors": statistics.median(steal["2 actors x 1 thread"]),
             "blocks": -(-len(y) // settings.block_size),
             "machine_ceiling": statistics.median(machine_ceiling(subject, x, y, settings)
                                                  for _ in range(repeats)),
@@ -494,6 +517,11 @@ def main():
               f"time / 2 (idle tail across {s['blocks']} blocks, Ray, merge)")
         print(f"   Ray's own processes and the driver used {s['ray_side_cpu_share_2_actors']:.1%} "
               f"of the 2 cores during the 2-actor runs")
+        print(f"   an actor's CPU seconds per shard second (1.00: it had its core throughout; "
+              f"below: it waited for one): 1 actor {s['actor_cpu_per_shard_second_1_actor']:.2f}, "
+              f"2 actors {s['actor_cpu_per_shard_second_2_actors']:.2f}; steal time (the "
+              f"hypervisor serving other guests): {s['steal_share_1_actor']:.1%} of the CPUs "
+              f"with 1 actor, {s['steal_share_2_actors']:.1%} with 2")
         print(f"   this machine's ceiling: two plain 1-thread processes evaluating the first block "
               f"at once run at {s['machine_ceiling']:.2f} of the speed of one alone (no Ray)")
         print(f"\n6. peak resident memory of an evaluation actor: {s['actor_peak_rss_mb']:.0f} MB")

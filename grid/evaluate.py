@@ -33,25 +33,26 @@ from trainables.models import build_model, fit_to_state, resolve_device
 class EvalWorker:
     """Holds the test set and every model it has been given, each loaded once."""
 
-    def __init__(self, output: str, data: dict, threads: int, device: str, gpus: float = 0,
-                 fault=None):
+    def __init__(self, output: str, dataset_info: dict, threads: int, device: str,
+                 gpus: float = 0, fault=None):
         torch.set_num_threads(max(1, threads))
         self.threads, self.gpus = threads, gpus
         self.fault = fault
         self.store = ModelStore(Path(output))
-        self.data = data
+        self.info = dataset_info  # image shape, classes, normalisation: what models are built from
+        self.data = None  # the test set itself, fetched from the object store by the first shard
         self.device = resolve_device(device)
         self.models: dict[str, torch.nn.Module] = {}
 
     def _build(self, arch: str) -> torch.nn.Module:
-        d = self.data
-        return build_model(arch, d["x"].shape[1], d["num_classes"], d["mean"], d["std"])
+        d = self.info
+        return build_model(arch, d["image_shape"][0], d["num_classes"], d["mean"], d["std"])
 
     def batch_size_for(self, arch: str, block_size: int) -> tuple[int, int, int]:
         """(batch size, estimated bytes per sample, budget) for `arch`'s dense model on this
         actor's share of its device: its GPUs, or its CPUs' share of the node's memory."""
         model = self._build(arch).to(self.device).eval()
-        per_sample = attack_bytes_per_sample(model, tuple(self.data["x"].shape[1:]))
+        per_sample = attack_bytes_per_sample(model, tuple(self.info["image_shape"]))
         share = (self.gpus or 1.0) if self.device.type == "cuda" else \
             self.threads / (os.cpu_count() or 1)
         budget = memory_budget(self.device, share)
@@ -70,22 +71,30 @@ class EvalWorker:
     def peak_rss_mb(self) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
-    def evaluate(self, model_id: str, arch: str, signed: bool, start: int, end: int,
-                 threat: ThreatModel, settings: EvalSettings) -> tuple[pd.DataFrame, float]:
-        """The shard's rows and the seconds it took here (queueing and transfer excluded)."""
-        began = time.perf_counter()
+    def evaluate(self, data: list, model_id: str, arch: str, signed: bool, start: int, end: int,
+                 threat: ThreatModel, settings: EvalSettings) -> tuple[pd.DataFrame, float, float]:
+        """The shard's rows, the seconds it took here (queueing and transfer excluded) and the CPU
+        seconds this process spent meanwhile (below the seconds: it waited for a core).
+        `data` is [the test set's ref]: each call carries it, so a restarted actor fetches it
+        again, and the constructor takes none (Ray warns that restarts may fail when it does,
+        ray#53727). The list keeps Ray from fetching the whole set for every shard."""
+        began, cpu_began = time.perf_counter(), time.process_time()
+        if self.data is None:
+            self.data = ray.get(data[0])
         model = self._model(model_id, arch)
         maybe_fail(self.fault, "evaluate", start, model_id, key="shard")  # tests: die mid-shard
         x, y = self.data["x"][start:end], self.data["y"][start:end]
         rows = evaluate_samples(model, x, y, start, threat, settings, signed, self.device)
-        return rows, time.perf_counter() - began
+        return rows, time.perf_counter() - began, time.process_time() - cpu_began
 
 
 @dataclass
 class EvaluationReport:
-    """What one run_evaluation measured: the seconds each shard took on its actor and the actors'
-    peak resident memory (benchmarks read these; the grid only logs them)."""
+    """What one run_evaluation measured: the seconds each shard took on its actor, the CPU seconds
+    its actor spent meanwhile, and the actors' peak resident memory (benchmarks read these; the
+    grid only logs them)."""
     shard_seconds: list[float] = field(default_factory=list)
+    shard_cpu_seconds: list[float] = field(default_factory=list)
     actor_peak_rss_mb: list[float] = field(default_factory=list)
 
 
@@ -173,12 +182,13 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
     if not tasks:
         return report
     res = spec.resources
-    data_ref = ray.put({"x": test_x, "y": test_y, **dataset_info})
+    data_ref = ray.put({"x": test_x, "y": test_y})
+    info = {**dataset_info, "image_shape": tuple(test_x.shape[1:])}
     n_actors = min(spec.evaluation.actors, len(tasks))
 
     def new_actor():
         return EvalWorker.options(num_cpus=res.actor_cpus, num_gpus=res.actor_gpus).remote(
-            str(output), data_ref, int(max(1, res.actor_cpus)), res.device, res.actor_gpus, fault)
+            str(output), info, int(max(1, res.actor_cpus)), res.device, res.actor_gpus, fault)
     actors = [new_actor() for _ in range(n_actors)]
     replacements = 2 * n_actors  # a shard that kills every actor it meets must not loop forever
     log(f"[evaluate] {len(todo)} models x {len(ranges)} shards = {len(tasks)} shard tasks "
@@ -190,7 +200,8 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
     idle = list(actors)
 
     def submit(actor, task):
-        ref = actor.evaluate.remote(task.plan.model_id, task.plan.arch, task.plan.role == "dense",
+        ref = actor.evaluate.remote([data_ref], task.plan.model_id, task.plan.arch,
+                                    task.plan.role == "dense",
                                     task.start, task.end, spec.threat_model,
                                     settings[task.plan.arch])
         in_flight[ref] = (actor, task)
@@ -206,7 +217,7 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             actor, task = in_flight.pop(ready[0])
             try:
-                rows, seconds = ray.get(ready[0])
+                rows, seconds, cpu_seconds = ray.get(ready[0])
             except ray.exceptions.RayTaskError as exc:
                 oom = out_of_memory(exc, task, batch_sizes[task.plan.arch], spec)
                 if oom is None:
@@ -234,6 +245,7 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
             maybe_fail(fault, "evaluate", task.start, task.plan.model_id, key="write")  # disk full
             samples.write_shard(task.plan.model_id, task.start, task.end, rows)
             report.shard_seconds.append(seconds)
+            report.shard_cpu_seconds.append(cpu_seconds)
             done += 1
             remaining[task.plan.model_id] -= 1
             log(f"[evaluate] {done}/{len(tasks)} shards  {task.plan.model_id} "

@@ -81,6 +81,7 @@ def launch(spec: GridSpec, fault: dict | None = None, log=print, until: str | No
     """Run a new grid, or continue the same grid in its output folder with this spec's resources,
     tracking and analysis settings (a grid moved to a GPU cluster keeps its finished work).
     `until` stops after that stage (train here, evaluate elsewhere); `resume` runs the rest."""
+    stages = stages_until(until)
     preflight(spec)
     output = spec.output_dir
     output.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def launch(spec: GridSpec, fault: dict | None = None, log=print, until: str | No
         "name": spec.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {},
         "driver_runs": 0}
     _write_state(output, {**state, "fingerprint": spec.fingerprint()})  # a legacy one updated
-    return _run(spec, fault, log, until)
+    return _run(spec, fault, log, stages)
 
 
 def _spec_changes(output: Path, spec: GridSpec) -> list[str]:
@@ -129,13 +130,23 @@ def load_grid_spec(output: Path) -> GridSpec:
 
 def resume(output: str | Path, fault: dict | None = None, log=print,
            until: str | None = None) -> Path:
+    stages = stages_until(until)
     output = Path(output).expanduser().resolve()
     spec = load_grid_spec(output)
     try:
         check_reachable(spec.resolved_tracking_uri)
     except TrackingError as exc:
         raise GridError(str(exc)) from None
-    return _run(spec, fault, log, until)
+    return _run(spec, fault, log, stages)
+
+
+def stages_until(until: str | None) -> tuple[str, ...]:
+    """The stages up to and including `until` (all of them for None)."""
+    if until is None:
+        return STAGES
+    if until not in STAGES:
+        raise GridError(f"--until: unknown stage '{until}'; stages: {', '.join(STAGES)}")
+    return STAGES[:STAGES.index(until) + 1]
 
 
 def _spec_yaml(spec: GridSpec) -> dict:
@@ -148,13 +159,10 @@ def _spec_yaml(spec: GridSpec) -> dict:
 
 # -- the stages --------------------------------------------------------------------------------
 
-def _run(spec: GridSpec, fault: dict | None, log, until: str | None = None) -> Path:
+def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAGES) -> Path:
     import ray
     from mlflow.exceptions import MlflowException
 
-    if until is not None and until not in STAGES:
-        raise GridError(f"until: unknown stage '{until}'; stages: {', '.join(STAGES)}")
-    stages = STAGES[:STAGES.index(until) + 1] if until else STAGES
     output = spec.output_dir
     local_store = spec.resolved_tracking_uri.startswith(("sqlite:", "file:"))
     stage, tracker, parent = "start", None, None

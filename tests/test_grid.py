@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from grid.cli import main
+from grid.errors import GridError
 from grid.plan import all_models
 from grid.runner import launch, load_grid_spec, preflight, resume
 from grid.spec import load_spec, parse_spec
@@ -240,6 +241,12 @@ def test_a_grid_stopped_after_prune_has_its_models_and_nothing_evaluated(finishe
     assert [line for line in lines if line.startswith("[prune]") and "2 already done" in line]
     grid_run = _grid_run(spec)
     assert grid_run.data.tags["last_stage"] == "analyze" and grid_run.info.status == "FINISHED"
+
+
+def test_an_unknown_until_stage_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(GridError, match="unknown stage 'train'"):
+        launch(tiny_spec(tmp_path / "out"), until="train")
+    assert not (tmp_path / "out").exists()
 
 
 def test_resume_of_a_finished_grid_redoes_nothing(finished_grid):
