@@ -78,9 +78,9 @@ class EvalWorker:
         `data` is [the test set's ref]: each call carries it, so a restarted actor fetches it
         again, and the constructor takes none (Ray warns that restarts may fail when it does,
         ray#53727). The list keeps Ray from fetching the whole set for every shard."""
-        began, cpu_began = time.perf_counter(), time.process_time()
         if self.data is None:
             self.data = ray.get(data[0])
+        began, cpu_began = time.perf_counter(), time.process_time()
         model = self._model(model_id, arch)
         maybe_fail(self.fault, "evaluate", start, model_id, key="shard")  # tests: die mid-shard
         x, y = self.data["x"][start:end], self.data["y"][start:end]
