@@ -325,7 +325,7 @@ def write_report(samples: pd.DataFrame, folder: Path, grid_name: str,
 
     threat = f"{samples['norm'].iloc[0]}, ε = {eps:.6g}"
     intro = Section("Summary", [
-        f"{len(models)} models ({(models['role'] == 'dense').sum()} dense, "
+        f"{len(models)} model{'s' * (len(models) != 1)} ({(models['role'] == 'dense').sum()} dense, "
         f"{(models['role'] == 'pruned').sum()} pruned), {int(models['num_samples'].iloc[0])} test "
         f"samples each; threat model {threat}; AutoAttack "
         f"`{samples['autoattack_version'].iloc[0]}`{_autoattack_subset(samples)}, "

@@ -368,8 +368,10 @@ def _prune(raw) -> PruneSpec:
     default_methods = [m.name for m in PruneSpec.methods]
     finetune = _recipe(raw.get("finetune"), "prune.finetune", PruneSpec.finetune)
     search = _recipe(raw.get("search"), "prune.search", PruneSpec.search)
-    methods = tuple(_method(m, finetune, search)
-                    for m in _list(raw.get("methods", default_methods), "prune.methods"))
+    listed = raw.get("methods", default_methods)
+    # an empty list is a dense-only grid: the dense models are trained and evaluated, none pruned
+    methods = () if listed == [] else tuple(_method(m, finetune, search)
+                                            for m in _list(listed, "prune.methods"))
     seen = [m.name for m in methods]
     if len(set(seen)) != len(seen):
         raise SpecError(f"prune.methods: a method is listed twice ({', '.join(seen)})")

@@ -385,3 +385,16 @@ def test_ctrl_c_is_ours_again_after_the_tune_stages(finished_grid):
     must be the one this process started with (SIG_IGN when run as a background job)."""
     import signal
     assert signal.getsignal(signal.SIGINT) is SIGINT_AT_START
+
+
+def test_a_dense_only_grid_trains_evaluates_and_reports_its_dense_models(tmp_path, ray_session):
+    spec = tiny_spec(tmp_path / "out", prune={"methods": []},
+                     evaluation={"num_samples": 10, "block_size": 10, "shards": 1, "actors": 1,
+                                 "pgd_steps": 5, "fmn_steps": 20, "autoattack_attacks": ["apgd-ce"]})
+    lines = []
+    launch(spec, log=lines.append)
+    assert any(line.startswith("[prune] 0 models") for line in lines)
+    samples = read_samples(spec.output_dir)
+    assert set(samples["role"]) == {"dense"} and len(samples) == 10
+    report = (spec.output_dir / "report" / "report.md").read_text()
+    assert "1 model (1 dense, 0 pruned)" in report and "No pruned model" in report

@@ -149,3 +149,12 @@ def test_method_mapping_sets_options_and_recipes():
     assert atmc.options == {"rho": 1.0, "bits": 4}
     assert gm.options == {"steps": 3} and gm.sparsities == (0.5,)
     assert lamp.options == {} and lamp.sparsities is None
+
+
+def test_an_empty_method_list_is_a_dense_only_grid():
+    from grid.plan import all_models
+    spec = parse_spec({**GOOD, "dense": {"seeds": [0, 1]}, "prune": {"methods": []}})
+    assert spec.prune.methods == ()
+    assert [p.role for p in all_models(spec)] == ["dense", "dense"]
+    with pytest.raises(SpecError, match="prune.methods"):  # a null is a typo, not a choice
+        parse_spec({**GOOD, "prune": {"methods": None}})
