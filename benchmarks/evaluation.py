@@ -16,7 +16,9 @@ why `batch_size: auto` keeps the whole block.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
+import functools
 import json
 import platform
 import pstats
@@ -151,6 +153,11 @@ class Counting(torch.nn.Module):
         self.calls: list[tuple[tuple, bool]] = []  # (input shape, with a graph) of every call
         self.forward_s = self.backward_s = 0.0
         self._backward_began = None
+        self.attack = "clean, other"  # set by attributed(): the attack now running
+        self.model_s_by_attack: dict[str, float] = {}
+
+    def _add(self, seconds):
+        self.model_s_by_attack[self.attack] = self.model_s_by_attack.get(self.attack, 0.0) + seconds
 
     def forward(self, x):
         graph = torch.is_grad_enabled() and x.requires_grad
@@ -160,6 +167,7 @@ class Counting(torch.nn.Module):
         start = time.perf_counter()
         out = self.model(x)
         self.forward_s += time.perf_counter() - start
+        self._add(time.perf_counter() - start)
         if graph:
             out.register_hook(self._reached_output)
             x.register_hook(self._reached_input)
@@ -171,7 +179,45 @@ class Counting(torch.nn.Module):
     def _reached_input(self, grad):
         if self._backward_began is not None:
             self.backward_s += time.perf_counter() - self._backward_began
+            self._add(time.perf_counter() - self._backward_began)
             self._backward_began = None
+
+
+@contextlib.contextmanager
+def attributed(counting: Counting, wall_by_attack: dict[str, float]):
+    """Label the time of each attack of evaluate_samples (PGD, each of AutoAttack's, FMN): their
+    entry points are wrapped for the duration, so `counting` files the model's passes under the
+    attack running, and `wall_by_attack` gets each attack's wall time."""
+    import pyautoattack.autopgd_base as apgd
+    import pyautoattack.fab_base as fab
+    import pyautoattack.square as square
+
+    import trainables.evaluation as ev
+    entry_points = [(ev, "pgd", "PGD"), (ev, "fmn", "FMN"),
+                    (apgd.APGDAttack, "perturb", "APGD-CE"),
+                    (apgd.APGDAttack_targeted, "perturb", "APGD-T"),
+                    (fab.FABAttack, "perturb", "FAB-T"), (square.SquareAttack, "perturb", "Square")]
+
+    def labelled(fn, label):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            outer, counting.attack = counting.attack, label
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                wall_by_attack[label] = wall_by_attack.get(label, 0.0) + time.perf_counter() - start
+                counting.attack = outer
+        return run
+
+    originals = [(owner, name, owner.__dict__[name]) for owner, name, _ in entry_points]
+    try:
+        for owner, name, label in entry_points:
+            setattr(owner, name, labelled(getattr(owner, name), label))
+        yield
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
 
 
 def replay_model_time(model, calls) -> float:
@@ -209,8 +255,12 @@ def profile_and_count(model, x, y, threat, settings, cross_check: bool):
     """The model's share of one evaluate_samples call, timed in place (Counting); with
     `cross_check`, also by cProfile (which taxes every Python call, the model's modules included)
     and by replaying the recorded calls alone (outside the attack, so with warmer caches)."""
-    counting = Counting(model).eval()
-    wall, rows = timed(lambda: evaluate_samples(counting, x, y, 0, threat, settings, True))
+    counting, wall_by_attack = Counting(model).eval(), {}
+    with attributed(counting, wall_by_attack):
+        wall, rows = timed(lambda: evaluate_samples(counting, x, y, 0, threat, settings, True))
+    wall_by_attack["clean, other"] = wall - sum(wall_by_attack.values())
+    by_attack = {k: {"wall_s": v, "model_s": counting.model_s_by_attack.get(k, 0.0)}
+                 for k, v in wall_by_attack.items()}
     n = len(y)
     # Naive AutoAttack standard: every attack on every sample, all restarts, no early stop:
     # APGD-CE 100 + APGD-T 9x100 + FAB-T 9x100 (x2 passes) + Square 5000 queries.
@@ -221,7 +271,8 @@ def profile_and_count(model, x, y, threat, settings, cross_check: bool):
               "backward_passes_per_sample": counting.backward_samples / n,
               "naive_passes_per_sample": naive_aa + settings.pgd_steps + 2 * settings.fmn_steps + 1,
               "clean_correct": int(rows["clean_correct"].sum()),
-              "aa_robust": int(rows["aa_correct"].astype(bool).sum()), "calls": counting.calls}
+              "aa_robust": int(rows["aa_correct"].astype(bool).sum()), "by_attack": by_attack,
+              "calls": counting.calls}
     if not cross_check:
         return result
     profiler = cProfile.Profile()
@@ -334,6 +385,7 @@ def scale_out(subject: Subject, x, y, settings, repeats):
     configs = {"1 actor x 1 thread": (1, 1), "1 actor x 2 threads": (1, 2), "2 actors x 1 thread": (2, 1)}
     times = {k: [] for k in configs}
     busy = {k: [] for k in configs}     # summed shard seconds on the actors
+    startup = {k: [] for k in configs}  # seconds before the first shard: actors up, batch sizes
     ray_cpu = {k: [] for k in configs}  # share of the 2 cores Ray and the driver took
     actor_cpu = {k: [] for k in configs}  # the actors' CPU seconds / their shards' seconds
     steal = {k: [] for k in configs}    # share of the CPUs the hypervisor gave elsewhere
@@ -367,6 +419,7 @@ def scale_out(subject: Subject, x, y, settings, repeats):
                 ray_cpu[name].append(cpu_used(ray_before, ray_side_cpu()) / (seconds * 2))
                 steal[name].append(steal_share(steal_before, steal_and_total()))
                 busy[name].append(sum(report.shard_seconds))
+                startup[name].append(report.startup_seconds)
                 actor_cpu[name].append(sum(report.shard_cpu_seconds) / sum(report.shard_seconds))
                 peaks += report.actor_peak_rss_mb
                 rows_seen[name] = got["rows"]
@@ -376,15 +429,19 @@ def scale_out(subject: Subject, x, y, settings, repeats):
     identical = all(same_outcomes(rows, rows_seen["1 actor x 1 thread"]) for rows in rows_seen.values())
     one, two = med["1 actor x 1 thread"], med["2 actors x 1 thread"]
     # Where the 2-actor run loses against a perfect halving: its actors compute slower when both
-    # cores are busy (contention), or one idles while the other finishes (the blocks' imbalance),
-    # or neither (the driver, Ray's scheduling and the merge).
+    # cores are busy (contention), the actors start and size their batches before any shard runs
+    # (start-up), or one idles while the other finishes (the blocks' imbalance), or neither (the
+    # driver, Ray's scheduling and the merge).
     contention = med_busy["2 actors x 1 thread"] / med_busy["1 actor x 1 thread"] - 1
-    idle_tail = two / (med_busy["2 actors x 1 thread"] / 2) - 1
+    med_startup = {k: statistics.median(v) for k, v in startup.items()}
+    idle_tail = (two - med_startup["2 actors x 1 thread"]) / (med_busy["2 actors x 1 thread"] / 2) - 1
     return {**{f"{k} s": v for k, v in med.items()}, "speedup_vs_1x1": one / two,
             "efficiency_vs_1x1": one / two / 2,
             "speedup_vs_1x2": med["1 actor x 2 threads"] / two,
             "efficiency_vs_1x2": med["1 actor x 2 threads"] / two / 2,
             "shard_slowdown_2_actors": contention, "makespan_over_busy_half": idle_tail,
+            "startup_s_1_actor": med_startup["1 actor x 1 thread"],
+            "startup_s_2_actors": med_startup["2 actors x 1 thread"],
             "ray_side_cpu_share_2_actors": statistics.median(ray_cpu["2 actors x 1 thread"]),
             "actor_cpu_per_shard_second_1_actor": statistics.median(actor_cpu["1 actor x 1 thread"]),
             "actor_cpu_per_shard_second_2_actors": statistics.median(actor_cpu["2 actors x 1 thread"]),
@@ -488,6 +545,10 @@ def main():
         print(f"   model forward {p['forward_s']:.1f} s + backward {p['backward_s']:.1f} s of "
               f"{p['wall_s']:.1f} s = {p['model_share']:.1%} (target >= 90 %); the attacks' own "
               f"work {attack_own:.1f} s")
+        print("   by attack          wall s   model s   the attack's own s")
+        for name, t in p["by_attack"].items():
+            print(f"   {name:<16} {t['wall_s']:8.1f}  {t['model_s']:8.1f}  "
+                  f"{t['wall_s'] - t['model_s']:8.1f}")
         if args.cross_check:
             print(f"   cross-checks: cProfile {p['cprofile_share']:.1%} (taxes the model's Python "
                   f"calls too); the recorded calls replayed alone {p['model_replay_s']:.1f} s = "
@@ -513,8 +574,12 @@ def main():
               f"{s['speedup_vs_1x2']:.2f} (efficiency {s['efficiency_vs_1x2']:.2f}); "
               f"rows identical across configurations: {s['rows_identical']}")
         print(f"   the loss: each shard {s['shard_slowdown_2_actors']:+.1%} slower with both cores "
-              f"busy; the run {s['makespan_over_busy_half']:+.1%} longer than its actors' busy "
-              f"time / 2 (idle tail across {s['blocks']} blocks, Ray, merge)")
+              f"busy; {s['startup_s_2_actors']:.1f} s before the first shard (actors started, batch "
+              f"size chosen; {s['startup_s_1_actor']:.1f} s with 1 actor); after it, the run "
+              f"{s['makespan_over_busy_half']:+.1%} longer than its actors' busy time / 2 (idle "
+              f"tail across {s['blocks']} blocks, Ray, merge)")
+        print(f"   with the shards at their 1-actor speed (the contention taken out), the efficiency "
+              f"would be {s['efficiency_vs_1x1'] * (1 + s['shard_slowdown_2_actors']):.2f}")
         print(f"   Ray's own processes and the driver used {s['ray_side_cpu_share_2_actors']:.1%} "
               f"of the 2 cores during the 2-actor runs")
         print(f"   an actor's CPU seconds per shard second (1.00: it had its core throughout; "

@@ -91,8 +91,10 @@ class EvalWorker:
 @dataclass
 class EvaluationReport:
     """What one run_evaluation measured: the seconds each shard took on its actor, the CPU seconds
-    its actor spent meanwhile, and the actors' peak resident memory (benchmarks read these; the
-    grid only logs them)."""
+    its actor spent meanwhile, the actors' peak resident memory, and the seconds before the first
+    shard was sent (actors started, batch sizes chosen). Benchmarks read these; the grid logs the
+    peak memory."""
+    startup_seconds: float = 0.0
     shard_seconds: list[float] = field(default_factory=list)
     shard_cpu_seconds: list[float] = field(default_factory=list)
     actor_peak_rss_mb: list[float] = field(default_factory=list)
@@ -178,7 +180,7 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
     for plan in todo:  # models whose shards all survived a crash only need the merge
         if all(samples.shard_done(plan.model_id, s, e) for s, e in ranges):
             on_model_done(plan, samples.finalize(plan.model_id, ranges))
-    report = EvaluationReport()
+    report, began = EvaluationReport(), time.perf_counter()
     if not tasks:
         return report
     res = spec.resources
@@ -211,6 +213,7 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
                                           log)
         settings = {arch: replace(spec.evaluation.settings, batch_size=n)
                     for arch, n in batch_sizes.items()}
+        report.startup_seconds = time.perf_counter() - began
         while queue or in_flight:
             while idle and queue:
                 submit(idle.pop(), queue.pop(0))
