@@ -166,8 +166,9 @@ class Counting(torch.nn.Module):
         self.calls.append((tuple(x.shape), graph))
         start = time.perf_counter()
         out = self.model(x)
-        self.forward_s += time.perf_counter() - start
-        self._add(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.forward_s += seconds
+        self._add(seconds)
         if graph:
             out.register_hook(self._reached_output)
             x.register_hook(self._reached_input)
@@ -178,8 +179,9 @@ class Counting(torch.nn.Module):
 
     def _reached_input(self, grad):
         if self._backward_began is not None:
-            self.backward_s += time.perf_counter() - self._backward_began
-            self._add(time.perf_counter() - self._backward_began)
+            seconds = time.perf_counter() - self._backward_began
+            self.backward_s += seconds
+            self._add(seconds)
             self._backward_began = None
 
 
