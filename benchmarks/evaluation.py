@@ -141,6 +141,8 @@ def wrapper_overhead(model, x, y, threat, settings, repeats):
 
 # -- 4. where the time goes; 5. work avoided ----------------------------------------------------
 
+OUTSIDE_ATTACKS = "clean, other"  # part 4's row for model time outside any wrapped attack
+
 class Counting(torch.nn.Module):
     """Counts the samples pushed through the model, and those with a graph for a backward pass,
     and times the model's passes where they happen: each forward call, and each backward from
@@ -153,7 +155,7 @@ class Counting(torch.nn.Module):
         self.calls: list[tuple[tuple, bool]] = []  # (input shape, with a graph) of every call
         self.forward_s = self.backward_s = 0.0
         self._backward_began = None
-        self.attack = "clean, other"  # set by attributed(): the attack now running
+        self.attack = OUTSIDE_ATTACKS  # set by attributed(): the attack now running
         self.model_s_by_attack: dict[str, float] = {}
 
     def _add(self, seconds):
@@ -260,7 +262,7 @@ def profile_and_count(model, x, y, threat, settings, cross_check: bool):
     counting, wall_by_attack = Counting(model).eval(), {}
     with attributed(counting, wall_by_attack):
         wall, rows = timed(lambda: evaluate_samples(counting, x, y, 0, threat, settings, True))
-    wall_by_attack["clean, other"] = wall - sum(wall_by_attack.values())
+    wall_by_attack[OUTSIDE_ATTACKS] = wall - sum(wall_by_attack.values())
     by_attack = {k: {"wall_s": v, "model_s": counting.model_s_by_attack.get(k, 0.0)}
                  for k, v in wall_by_attack.items()}
     n = len(y)
