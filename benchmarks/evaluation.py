@@ -143,6 +143,7 @@ def wrapper_overhead(model, x, y, threat, settings, repeats):
 
 OUTSIDE_ATTACKS = "clean, other"  # part 4's row for model time outside any wrapped attack
 
+
 class Counting(torch.nn.Module):
     """Counts the samples pushed through the model, and those with a graph for a backward pass,
     and times the model's passes where they happen: each forward call, and each backward from
