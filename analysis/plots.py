@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.tables import security_curve  # noqa: E402
-from analysis.thin_ice import POPULATIONS  # noqa: E402
+from apgrid.analysis.tables import security_curve  # noqa: E402
+from apgrid.analysis.thin_ice import POPULATIONS  # noqa: E402
 
 COLORS = {"S00": "tab:gray", "S01": "tab:green", "S10": "tab:red", "S11": "tab:blue"}
 

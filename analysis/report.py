@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import plots
-from analysis.tables import (comparison_table, leaderboard, model_table, reevaluation_table,
+from apgrid.analysis import plots
+from apgrid.analysis.tables import (comparison_table, leaderboard, model_table, reevaluation_table,
                              seed_table, thin_ice_table)
-from analysis.thin_ice import pruned_pairs
-from analysis.settings import AnalysisSettings
+from apgrid.analysis.thin_ice import pruned_pairs
+from apgrid.analysis.settings import AnalysisSettings
 
 
 @dataclass
@@ -135,7 +135,7 @@ def _thin_ice_display(table2: pd.DataFrame) -> pd.DataFrame:
 
 def statistics_sections(samples: pd.DataFrame, models: pd.DataFrame, folder: Path,
                         settings: AnalysisSettings) -> tuple[list[Section], dict[str, pd.DataFrame]]:
-    from trainables.pruning import PRUNING_METHODS
+    from apgrid.trainables.pruning import PRUNING_METHODS
 
     table1 = reevaluation_table(models)
     table2 = thin_ice_table(samples, settings.bootstrap_resamples)
@@ -196,8 +196,8 @@ def statistics_sections(samples: pd.DataFrame, models: pd.DataFrame, folder: Pat
 
 def cost_section(models: pd.DataFrame, access: ModelAccess, settings: AnalysisSettings,
                  cache: Path) -> tuple[Section, pd.DataFrame]:
-    from analysis.costs import model_cost
-    from analysis.tables import cost_table
+    from apgrid.analysis.costs import model_cost
+    from apgrid.analysis.tables import cost_table
 
     rows = []
     for model_id in models["model_id"]:
@@ -224,7 +224,7 @@ def cost_section(models: pd.DataFrame, access: ModelAccess, settings: AnalysisSe
 
 def transfer_section(models: pd.DataFrame, access: ModelAccess, settings: AnalysisSettings,
                      folder: Path, cache: Path, eps: float) -> tuple[Section, pd.DataFrame]:
-    from analysis.transfer import transfer_table
+    from apgrid.analysis.transfer import transfer_table
 
     dense = models[models["role"] == "dense"]["model_id"].tolist()
     targets = models["model_id"].tolist()
@@ -255,7 +255,7 @@ def slice_section(samples: pd.DataFrame, access: ModelAccess, settings: Analysis
                   folder: Path) -> Section:
     import torch
 
-    from trainables.attacks import fmn
+    from apgrid.trainables.attacks import fmn
     figures = []
     for model_id, first, joined in pruned_pairs(samples):
         picked = pd.concat([joined[(joined["population"] == pop) & joined["eps_found"]]
@@ -350,7 +350,7 @@ def write_report(samples: pd.DataFrame, folder: Path, grid_name: str,
 
 def _autoattack_subset(samples: pd.DataFrame) -> str:
     """' (apgd-ce, apgd-t only)' when the grid ran part of the version's ensemble, else ''."""
-    from trainables.attacks import AUTOATTACK_ENSEMBLES
+    from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES
     if "autoattack_attacks" not in samples:  # rows written before the column existed: all ran
         return ""
     ran = samples["autoattack_attacks"].iloc[0].split(",")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from analysis.transfer import TRANSFER_ATTACKS
+from apgrid.analysis.transfer import TRANSFER_ATTACKS
 
 
 @dataclass(frozen=True)

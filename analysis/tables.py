@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.thin_ice import mcnemar, population_shares, pruned_pairs, thin_ice_tests
-from trainables.pruning import PRUNING_METHODS
+from apgrid.analysis.thin_ice import mcnemar, population_shares, pruned_pairs, thin_ice_tests
+from apgrid.trainables.pruning import PRUNING_METHODS
 
 MODEL_COLUMNS = ["model_id", "dense_model_id", "role", "dataset", "arch", "method", "sparsity",
                  "sparsity_measured", "seed", "norm", "eps"]

@@ -33,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainables.attacks import fmn as apgrid_fmn  # noqa: E402
-from trainables.data import load_dataset  # noqa: E402
-from trainables.evaluation import EvalSettings, ThreatModel, evaluate_samples  # noqa: E402
+from apgrid.trainables.attacks import fmn as apgrid_fmn  # noqa: E402
+from apgrid.trainables.data import load_dataset  # noqa: E402
+from apgrid.trainables.evaluation import EvalSettings, ThreatModel, evaluate_samples  # noqa: E402
 
 
 @dataclass
@@ -51,10 +51,10 @@ class Subject:
 def load_subject(args) -> Subject:
     """The grid's first dense model, or one adversarially trained here (FGSM-RS) on the first
     --train-samples of --dataset: by default a digits CNN in about a minute."""
-    from trainables.models import build_model
+    from apgrid.trainables.models import build_model
     if args.grid:
-        from grid.runner import load_grid_spec
-        from grid.store import ModelStore
+        from apgrid.grid.runner import load_grid_spec
+        from apgrid.grid.store import ModelStore
         spec = load_grid_spec(Path(args.grid))
         ds = load_dataset(spec.dataset.name, spec.dataset.root)
         store = ModelStore(spec.output_dir)
@@ -65,7 +65,7 @@ def load_subject(args) -> Subject:
         return Subject(model.eval(), ds, spec.threat_model, card["arch"],
                        {"name": spec.dataset.name, "root": spec.dataset.root},
                        f"{model_id} ({spec.dataset.name})")
-    from trainables.training import Recipe, train_epoch
+    from apgrid.trainables.training import Recipe, train_epoch
     ds = load_dataset(args.dataset, args.root)
     torch.manual_seed(0)
     model = build_model(args.arch, ds.image_shape[0], ds.num_classes, ds.mean, ds.std)
@@ -102,7 +102,7 @@ def wrapper_overhead(model, x, y, threat, settings, repeats):
     from torch.utils.data import DataLoader, TensorDataset
 
     def ours_aa(x=x, y=y):
-        from trainables.attacks import autoattack
+        from apgrid.trainables.attacks import autoattack
         return autoattack(model, x, y, eps=threat.eps, norm=threat.norm,
                           version=settings.autoattack_version, seed=0, batch_size=len(y))
 
@@ -197,7 +197,7 @@ def attributed(counting: Counting, wall_by_attack: dict[str, float]):
     import pyautoattack.fab_base as fab
     import pyautoattack.square as square
 
-    import trainables.evaluation as ev
+    import apgrid.trainables.evaluation as ev
     entry_points = [(ev, "pgd", "PGD"), (ev, "fmn", "FMN"),
                     (apgd.APGDAttack, "perturb", "APGD-CE"),
                     (apgd.APGDAttack_targeted, "perturb", "APGD-T"),
@@ -247,7 +247,7 @@ def projected_share(arch: str, subject: Subject, calls, attack_own_s: float, sam
     iteration counts, not on the model, so it is carried over from the measured run; the model's
     passes are replayed through `arch` on an evenly spaced sample of the recorded calls. The
     trajectory is held fixed: a model that is more robust keeps more samples under attack."""
-    from trainables.models import build_model
+    from apgrid.trainables.models import build_model
     ds = subject.ds
     other = build_model(arch, ds.image_shape[0], ds.num_classes, ds.mean, ds.std).eval()
     every = max(1, len(calls) // sampled)
@@ -301,7 +301,7 @@ def profile_and_count(model, x, y, threat, settings, cross_check: bool):
 
 def _evaluate_block(arch: str, data: tuple, state: dict, x, y, threat, settings) -> float:
     """Seconds for one plain evaluate_samples call on one thread, in a process of its own."""
-    from trainables.models import build_model
+    from apgrid.trainables.models import build_model
     torch.set_num_threads(1)
     model = build_model(arch, *data)
     model.load_state_dict(state)
@@ -380,10 +380,10 @@ def scale_out(subject: Subject, x, y, settings, repeats):
     1 actor x 2 threads and 2 actors x 1 thread, on the same model and samples."""
     import ray
 
-    from grid.evaluate import run_evaluation
-    from grid.plan import checkpoint_models
-    from grid.runner import stage_checkpoints
-    from grid.spec import parse_spec
+    from apgrid.grid.evaluate import run_evaluation
+    from apgrid.grid.plan import checkpoint_models
+    from apgrid.grid.runner import stage_checkpoints
+    from apgrid.grid.spec import parse_spec
 
     model, threat, ds = subject.model, subject.threat, subject.ds
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -30,13 +30,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grid import plan as planner  # noqa: E402
-from grid.runner import load_grid_spec  # noqa: E402
-from grid.store import ModelStore  # noqa: E402
-from trainables import pruning  # noqa: E402
-from trainables.data import load_dataset  # noqa: E402
-from trainables.evaluation import evaluate_samples  # noqa: E402
-from trainables.models import build_model, fit_to_state, resolve_device  # noqa: E402
+from apgrid.grid import plan as planner  # noqa: E402
+from apgrid.grid.runner import load_grid_spec  # noqa: E402
+from apgrid.grid.store import ModelStore  # noqa: E402
+from apgrid.trainables import pruning  # noqa: E402
+from apgrid.trainables.data import load_dataset  # noqa: E402
+from apgrid.trainables.evaluation import evaluate_samples  # noqa: E402
+from apgrid.trainables.models import build_model, fit_to_state, resolve_device  # noqa: E402
 
 COLUMNS = ["model_id", "sample_idx", "clean_pred", "pgd_correct", "aa_correct", "fmn_eps"]
 
@@ -59,8 +59,8 @@ def apgrid_stage(grid: Path, spec, log) -> float:
     links to the grid's trained models."""
     import ray
 
-    from grid.runner import stage_evaluate
-    from grid.tracking import Tracker
+    from apgrid.grid.runner import stage_evaluate
+    from apgrid.grid.tracking import Tracker
     output = spec.output_dir
     output.mkdir(parents=True)
     (output / "models").symlink_to(Path(grid).resolve() / "models")
@@ -99,7 +99,7 @@ def same_rows(apgrid_out: Path, plain_out: Path) -> bool:
     moves FMN's 200-step path a little (2 of 900 CIFAR samples beyond 1e-4)."""
     import numpy as np
 
-    from grid.store import read_samples
+    from apgrid.grid.store import read_samples
     ours = read_samples(apgrid_out)[COLUMNS].sort_values(COLUMNS[:2], ignore_index=True)
     plain = pd.concat([pd.read_parquet(p) for p in sorted(plain_out.glob("*.parquet"))])
     plain = plain[COLUMNS].sort_values(COLUMNS[:2], ignore_index=True)

@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 from torch.nn.utils import prune
 
-from analysis.report import ModelAccess, write_report
-from grid.spec import GridSpec
-from grid.store import ModelStore, read_samples
+from apgrid.errors import ApgridError
+from apgrid.analysis.report import ModelAccess, write_report
+from apgrid.grid.spec import GridSpec
+from apgrid.grid.store import ModelStore, read_samples
 
 
-class AnalysisError(RuntimeError):
+class AnalysisError(ApgridError, RuntimeError):
     pass
 
 
@@ -35,9 +36,9 @@ def select_models(samples, patterns: list[str] | None):
 
 def model_access(spec: GridSpec, log=print) -> ModelAccess:
     """Loads stored models (masks folded into the weights) and the test set, once each."""
-    from trainables import pruning
-    from trainables.data import load_dataset
-    from trainables.models import build_model, fit_to_state, resolve_device
+    from apgrid.trainables import pruning
+    from apgrid.trainables.data import load_dataset
+    from apgrid.trainables.models import build_model, fit_to_state, resolve_device
 
     store = ModelStore(spec.output_dir)
     device = resolve_device(spec.resources.device)
@@ -71,7 +72,7 @@ def model_access(spec: GridSpec, log=print) -> ModelAccess:
 def analyze(spec: GridSpec, models: list[str] | None = None, log=print,
             with_models: bool = True) -> dict[str, Path]:
     """Write OUTPUT/report for the grid's evaluated models (or those matching `models`)."""
-    from grid import plan as planner
+    from apgrid.grid import plan as planner
     samples = read_samples(spec.output_dir)
     if samples.empty:
         raise AnalysisError(f"analyze: {spec.output_dir} has no evaluated models yet")

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from grid.errors import STORAGE_ERRNOS, GridError, ResumableError
+from apgrid.errors import ApgridError
+from apgrid.grid.errors import STORAGE_ERRNOS, GridError
 
 EXIT_STOPPED = 1    # stopped part-way by its environment (disk, tracking server, failing trials)
 EXIT_BAD_INPUT = 2  # bad input: nothing started, nothing written
@@ -30,6 +31,8 @@ def add_until(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="apgrid", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    from apgrid import __version__
+    parser.add_argument("--version", action="version", version=f"apgrid {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("launch", help="validate a spec and run its grid end to end",
@@ -102,18 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from grid.spec import SpecError
-    from grid.query import QueryError
-    from grid.store import CheckpointError
-    from grid.analyze import AnalysisError
     try:
         return COMMANDS[args.command](args) or 0
-    except (SpecError, GridError, CheckpointError, QueryError, AnalysisError) as exc:
+    except ApgridError as exc:  # bad input (2) or a grid stopped by its environment (1)
         print(f"apgrid: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ResumableError as exc:
-        print(f"apgrid: error: {exc}", file=sys.stderr)
-        return EXIT_STOPPED
+        return exc.exit_code
     except OSError as exc:  # outside a grid's stages: launching, `apgrid analyze`
         if exc.errno not in STORAGE_ERRNOS:
             raise
@@ -125,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_launch(args) -> int:
-    from grid.plan import all_models
-    from grid.runner import launch, preflight
-    from grid.spec import load_spec
+    from apgrid.grid.plan import all_models
+    from apgrid.grid.runner import launch, preflight
+    from apgrid.grid.spec import load_spec
     spec = load_spec(args.spec, output=args.output)
     if args.dry_run:
         preflight(spec)
@@ -139,14 +135,14 @@ def cmd_launch(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from grid.runner import resume
+    from apgrid.grid.runner import resume
     resume(args.dir, until=args.until)
     return 0
 
 
 def cmd_status(args) -> int:
-    from grid.runner import STAGES, read_state
-    from grid.tracking import Tracker
+    from apgrid.grid.runner import STAGES, read_state
+    from apgrid.grid.tracking import Tracker
     output = Path(args.dir).expanduser().resolve()
     state = read_state(output)
     print(f"grid {state['name']}  ({output})  driver runs: {state.get('driver_runs', 0)}")
@@ -155,8 +151,7 @@ def cmd_status(args) -> int:
     if "tracking_uri" not in state:
         return 0
     tracker = Tracker(state["tracking_uri"], state["name"])
-    runs = tracker.client.search_runs([tracker.experiment_id], "tags.level = 'model'",
-                                      max_results=5000)
+    runs = tracker.runs("tags.level = 'model'")
     counts: dict[tuple[str, str], int] = {}
     for run in runs:
         key = (run.data.tags.get("stage", "?"), run.info.status)
@@ -172,7 +167,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_query(args) -> int:
-    from grid.query import format_runs, query_runs, read_table
+    from apgrid.grid.query import format_runs, query_runs, read_table
     if args.table:
         if not args.dir:
             raise GridError("query --table: give the grid's output folder")
@@ -182,7 +177,7 @@ def cmd_query(args) -> int:
     if args.tracking_uri:
         uri, experiment = args.tracking_uri, args.experiment
     elif args.dir:
-        from grid.runner import read_state
+        from apgrid.grid.runner import read_state
         state = read_state(Path(args.dir).expanduser().resolve())
         uri, experiment = state["tracking_uri"], args.experiment or state["name"]
     else:
@@ -193,8 +188,8 @@ def cmd_query(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from grid.analyze import analyze
-    from grid.runner import load_grid_spec
+    from apgrid.grid.analyze import analyze
+    from apgrid.grid.runner import load_grid_spec
     spec = load_grid_spec(Path(args.dir))
     paths = analyze(spec, args.models, log=lambda m: print(m, file=sys.stderr),
                     with_models=not args.no_models)
@@ -212,7 +207,7 @@ def cmd_analyze(args) -> int:
 
 def cmd_list(args) -> int:
     if args.what == "methods":
-        from trainables.pruning import METHOD_OPTIONS, PRUNING_METHODS
+        from apgrid.trainables.pruning import METHOD_OPTIONS, PRUNING_METHODS
         print(f"{'method':15s} {'pipeline':8s} {'structured':10s} {'scope':6s} criterion")
         for m in PRUNING_METHODS.values():
             print(f"{m.name:15s} {m.pipeline:8s} {str(m.structured):10s} {m.scope:6s} {m.criterion}")
@@ -223,11 +218,11 @@ def cmd_list(args) -> int:
         print("pipeline: A = prune after training, B = before training, D = during training "
               "(Piras et al. 2024)")
     elif args.what == "architectures":
-        from trainables.models import ARCHITECTURES, parameter_count
+        from apgrid.trainables.models import ARCHITECTURES, parameter_count
         for name, make in ARCHITECTURES.items():
             print(f"{name:12s} {parameter_count(make(3, 10)) / 1e6:7.2f}M parameters (3x32x32, 10 classes)")
     else:
-        from trainables.data import DATASETS
+        from apgrid.trainables.data import DATASETS
         for d in DATASETS.values():
             shape = "x".join(map(str, d.image_shape))
             print(f"{d.name:9s} {d.num_classes:3d} classes  {shape:8s}  eps: {d.eps_conventions}")

@@ -17,16 +17,17 @@ import pandas as pd
 import ray
 import torch
 
-from grid.errors import GridError, ResumableError
-from grid.plan import ModelPlan
-from grid.spec import GridSpec
-from grid.faults import maybe_fail
-from grid.store import ModelStore, SampleStore
-from trainables import pruning
-from trainables.evaluation import (EvalSettings, ThreatModel, attack_bytes_per_sample,
+from apgrid.errors import short_reason
+from apgrid.grid.errors import GridError, ResumableError
+from apgrid.grid.plan import ModelPlan
+from apgrid.grid.spec import GridSpec
+from apgrid.grid.faults import maybe_fail
+from apgrid.grid.store import ModelStore, SampleStore
+from apgrid.trainables import pruning
+from apgrid.trainables.evaluation import (EvalSettings, ThreatModel, attack_bytes_per_sample,
                                    effective_batch_size, evaluate_samples, fit_batch_size,
                                    memory_budget, shard_ranges)
-from trainables.models import build_model, fit_to_state, resolve_device
+from apgrid.trainables.models import build_model, fit_to_state, resolve_device
 
 
 @ray.remote(max_restarts=2, max_task_retries=2)
@@ -156,10 +157,10 @@ def out_of_memory(exc: ray.exceptions.RayTaskError, task: "ShardTask", batch_siz
     batch: resources are not part of a grid's identity and may change."""
     if not isinstance(exc.cause, (torch.OutOfMemoryError, MemoryError)):
         return None
-    cause = str(exc.cause).strip().splitlines()[0] if str(exc.cause).strip() else "out of memory"
+    cause = short_reason(exc.cause) if str(exc.cause).strip() else "out of memory"
     return ResumableError(
         f"evaluate: {task.plan.model_id} [{task.start}, {task.end}) ran out of memory at batch "
-        f"size {batch_size} ({cause[:160]}); give each actor more memory (a larger "
+        f"size {batch_size} ({cause}); give each actor more memory (a larger "
         f"resources.actor_gpus, so fewer actors share a card, or actor_cpus) and `apgrid launch "
         f"SPEC --output {spec.output_dir}` to continue (`apgrid resume` if another process held "
         f"the memory); finished shards are kept")

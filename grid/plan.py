@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from grid.spec import GridSpec
+from apgrid.grid.spec import GridSpec
 
 
 def config_hash(config: dict) -> str:
@@ -44,7 +44,7 @@ class ModelPlan:
 
 def model_card(plan: ModelPlan, dataset: str, metrics: dict, extra: dict | None = None) -> dict:
     """The card.json written beside a model: its identity, config, metrics and taxonomy."""
-    from trainables.pruning import PRUNING_METHODS
+    from apgrid.trainables.pruning import PRUNING_METHODS
     card = {"model_id": plan.model_id, "role": plan.role, "dense_model_id": plan.dense_model_id,
             "arch": plan.arch, "seed": plan.seed, "method": plan.method,
             "target_sparsity": plan.sparsity, "dataset": dataset,
@@ -67,7 +67,7 @@ def dense_models(spec: GridSpec) -> list[ModelPlan]:
 
 
 def pruned_models(spec: GridSpec) -> list[ModelPlan]:
-    from trainables.pruning import SEARCH_PHASE
+    from apgrid.trainables.pruning import SEARCH_PHASE
     plans = []
     for dense in dense_models(spec):
         for method in spec.prune.methods:

@@ -1,105 +1,317 @@
-"""`apgrid query`: a small filter language over MLflow runs, on top of mlflow.search_runs.
+"""`apgrid query`: MLflow's own filter syntax over a grid's runs, filtered by the tracking server.
 
-    method='hydra' and sparsity>=0.9 and aa_acc>0.5
+    tags.method = 'hydra' and metrics.aa_acc > 0.5          MLflow's syntax, passed through
+    method = 'hydra' and sparsity >= 0.9 and aa_acc > 0.5   apgrid's short names as aliases
+    method IN ('hydra', 'lwm-global') or arch LIKE 'resnet%'
 
-Each clause is NAME OP VALUE (OP one of = != < <= > >=), joined by `and`. Quoted values compare as
-tags; numbers compare as metrics when NAME is a metric, else as numeric tags (compared in Python,
-since MLflow stores tags as strings).
+MLflow's search takes `and` only, compares tags and params as text (=, !=, LIKE, ILIKE) and
+metrics as numbers. What it cannot express is done correctly here, never answered with an empty
+table: `or` runs each side on the server and unites the runs; `IN` / `NOT IN` over tags and params
+become `or` / `and` of equalities. Parentheses cannot group clauses (MLflow has no grouping):
+refused in one line. Short names: a metric apgrid logs (aa_acc, clean_acc, sparsity, ...) reads
+`metrics.NAME`, a run attribute (status, run_name, ...) `attributes.NAME`, any other apgrid tag
+`tags.NAME`; an unknown short name is refused, and the prefixed forms reach anything MLflow holds.
+`--table` filters a report CSV with the same syntax.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import pandas as pd
 
-from grid.errors import GridError
+from apgrid.errors import ApgridError, short_reason
+from apgrid.grid.errors import GridError
 
-CLAUSE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(=|!=|<=|>=|<|>)\s*(.+?)\s*$")
 DEFAULT_COLUMNS = ["stage", "model_id", "method", "arch", "sparsity", "seed", "status", "attempt",
                    "clean_acc", "pgd_acc", "aa_acc", "fmn_acc_at_eps", "measured_sparsity"]
+# Short names apgrid writes: tags on every model run, metrics of the stages, run attributes.
+TAG_NAMES = ("stage", "model_id", "dense_model_id", "role", "method", "arch", "dataset", "seed",
+             "config_hash", "pipeline", "structured", "scope", "criterion", "attempt", "level",
+             "grid", "ray_trial_id", "samples_uri", "logged_by", "ended_by")
+METRIC_NAMES = ("sparsity", "clean_acc", "pgd_acc", "aa_acc", "pgd_acc_on_aa_samples",
+                "aa_samples", "fmn_acc_at_eps", "fmn_found_rate", "num_samples",
+                "measured_sparsity", "test_clean_acc", "train_loss", "train_adv_acc", "epoch",
+                "params", "nonzero_params", "model_size_bits", "peak_rss_mb", "admm_residual")
+ATTRIBUTE_NAMES = ("status", "run_name", "run_id", "start_time", "end_time", "user_id",
+                   "artifact_uri")
+PREFIXES = ("tags.", "tag.", "metrics.", "metric.", "params.", "param.", "attributes.",
+            "attribute.", "attr.", "run.", "datasets.", "dataset.")
+
+TOKEN = re.compile(r"""\s*(?:
+    (?P<string>'(?:[^']|'')*'|"(?:[^"]|"")*")
+  | (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)
+  | (?P<op>!=|<>|<=|>=|=|<|>)
+  | (?P<open>\() | (?P<close>\)) | (?P<comma>,)
+  | (?P<name>(?:[A-Za-z_][\w]*\.)?(?:`[^`]+`|"[^"]+"|[A-Za-z_][\w.\-]*))
+)""", re.VERBOSE)
+WORDS = {"and", "or", "in", "not", "like", "ilike", "is", "null"}
 
 
-class QueryError(ValueError):
+class QueryError(ApgridError, ValueError):
     pass
 
 
-def parse_where(where: str) -> list[tuple[str, str, str]]:
-    if not where.strip():
-        return []
-    clauses = []
-    for part in re.split(r"\s+and\s+", where.strip(), flags=re.IGNORECASE):
-        m = CLAUSE.match(part)
+@dataclass(frozen=True)
+class Clause:
+    name: str            # as written: a short name or a prefixed MLflow key
+    op: str              # = != < <= > >= LIKE ILIKE IN NOT IN IS NULL IS NOT NULL
+    values: tuple = ()   # the literal(s): str or float
+
+    def mlflow(self, name: str) -> str:
+        if self.op in ("IS NULL", "IS NOT NULL"):
+            return f"{name} {self.op}"
+        if self.op in ("IN", "NOT IN"):
+            return f"{name} {self.op} ({', '.join(_literal(v) for v in self.values)})"
+        return f"{name} {self.op} {_literal(self.values[0])}"
+
+
+def _literal(value) -> str:
+    return repr(value) if isinstance(value, float) else "'" + value.replace("'", "''") + "'"
+
+
+def tokenize(where: str) -> list[tuple[str, str]]:
+    tokens, pos = [], 0
+    while pos < len(where.rstrip()):
+        m = TOKEN.match(where, pos)
         if not m:
-            raise QueryError(f"--where: cannot read '{part}'; expected NAME OP VALUE, "
-                             f"OP one of = != < <= > >=")
-        clauses.append(m.groups())
-    return clauses
+            raise QueryError(f"--where: cannot read {where[pos:pos + 20].strip()!r}; expected "
+                             f"NAME OP VALUE clauses joined by and / or")
+        kind = m.lastgroup
+        text = m.group(kind)
+        if kind == "name" and text.lower() in WORDS:
+            kind, text = "word", text.lower()
+        tokens.append((kind, text))
+        pos = m.end()
+    return tokens
+
+
+def parse_where(where: str) -> list[list[Clause]]:
+    """The filter as a disjunction of conjunctions: [[clause and clause] or [clause] ...]."""
+    tokens = tokenize(where)
+    groups, clauses, i = [], [], 0
+    if not tokens:
+        return []
+    while True:
+        clause, i = _clause(tokens, i)
+        clauses.append(clause)
+        if i == len(tokens):
+            return groups + [clauses]
+        kind, text = tokens[i]
+        if (kind, text) == ("word", "and"):
+            i += 1
+        elif (kind, text) == ("word", "or"):
+            groups.append(clauses)
+            clauses, i = [], i + 1
+        elif kind in ("open", "close"):
+            raise QueryError("--where: parentheses can only hold an IN list; MLflow filters "
+                             "cannot group clauses, write them out with and / or")
+        else:
+            raise QueryError(f"--where: expected 'and' or 'or' before {text!r}")
+        if i == len(tokens):
+            raise QueryError("--where: the filter ends with 'and' / 'or'")
+
+
+def _clause(tokens, i) -> tuple[Clause, int]:
+    def at(j):
+        return tokens[j] if j < len(tokens) else ("end", "")
+    kind, name = at(i)
+    if kind == "open":
+        raise QueryError("--where: parentheses can only hold an IN list; MLflow filters cannot "
+                         "group clauses, write them out with and / or")
+    if kind != "name":
+        raise QueryError(f"--where: expected a field name, got {name or 'the end'!r}")
+    kind, text = at(i + 1)
+    if kind == "op":
+        value = _value(at(i + 2))
+        return Clause(name, "!=" if text == "<>" else text, (value,)), i + 3
+    words = []
+    j = i + 1
+    while at(j)[0] == "word" and at(j)[1] in ("not", "in", "like", "ilike", "is", "null"):
+        words.append(at(j)[1])
+        j += 1
+    op = " ".join(words).upper()
+    if op in ("IS NULL", "IS NOT NULL"):
+        return Clause(name, op), j
+    if op in ("LIKE", "ILIKE"):
+        value = _value(at(j))
+        if not isinstance(value, str):
+            raise QueryError(f"--where: {op} needs a quoted pattern, e.g. {name} {op} 'res%'")
+        return Clause(name, op, (value,)), j + 1
+    if op in ("IN", "NOT IN"):
+        if at(j)[0] != "open":
+            raise QueryError(f"--where: {op} needs a list in parentheses, e.g. {name} {op} ('a', 'b')")
+        values, j = [], j + 1
+        while True:
+            values.append(_value(at(j)))
+            kind = at(j + 1)[0]
+            j += 2
+            if kind == "close":
+                return Clause(name, op, tuple(values)), j
+            if kind != "comma":
+                raise QueryError(f"--where: the {op} list of {name} is not closed")
+    raise QueryError(f"--where: expected an operator after {name} (= != < <= > >= LIKE ILIKE "
+                     f"IN NOT IN IS NULL)")
+
+
+def _value(token):
+    kind, text = token
+    if kind == "string":
+        return text[1:-1].replace(text[0] * 2, text[0])
+    if kind == "number":
+        return float(text)
+    raise QueryError(f"--where: expected a value (a number or a quoted text), got "
+                     f"{text or 'the end'!r}")
+
+
+# -- MLflow -----------------------------------------------------------------------------------------
+
+def mlflow_name(clause: Clause) -> str:
+    """The MLflow key of a clause's field: prefixed names as written, short names resolved."""
+    name = clause.name
+    if name.lower().startswith(PREFIXES):
+        return name
+    if name in METRIC_NAMES:
+        return f"metrics.{name}"
+    if name in ATTRIBUTE_NAMES:
+        return f"attributes.{name}"
+    if name in TAG_NAMES:
+        return f"tags.{name}"
+    raise QueryError(f"--where: unknown field '{name}'; short names: "
+                     f"{', '.join(sorted(TAG_NAMES + METRIC_NAMES + ATTRIBUTE_NAMES))} (or MLflow's "
+                     f"own: tags.NAME, metrics.NAME, params.NAME, attributes.NAME)")
+
+
+def mlflow_filters(groups: list[list[Clause]]) -> list[str]:
+    """One MLflow filter string per conjunction; IN over tags and params (which MLflow's search
+    does not take) becomes one conjunction per value, NOT IN an `and` of inequalities."""
+    filters = []
+    for group in groups or [[]]:
+        expanded = [[]]
+        for clause in group:
+            name = mlflow_name(clause)
+            native_in = name.lower().startswith(("attributes.", "attribute.", "attr.", "run.",
+                                                 "datasets.", "dataset."))
+            if clause.op == "IN" and not native_in:
+                expanded = [parts + [Clause(clause.name, "=", (v,)).mlflow(name)]
+                            for parts in expanded for v in clause.values]
+            elif clause.op == "NOT IN" and not native_in:
+                expanded = [parts + [Clause(clause.name, "!=", (v,)).mlflow(name)
+                                     for v in clause.values] for parts in expanded]
+            else:
+                expanded = [parts + [clause.mlflow(name)] for parts in expanded]
+        filters += [" and ".join(["tags.level = 'model'", *parts]) for parts in expanded]
+    return filters
 
 
 def query_runs(uri: str, experiment: str | None, where: str, columns: str | None) -> pd.DataFrame:
+    """The grid's model runs that match `where`, filtered by the tracking server, page by page."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    clauses = parse_where(where)
-    mlflow.set_tracking_uri(uri)
+    filters = mlflow_filters(parse_where(where))
+    client = mlflow.MlflowClient(uri)
     try:
-        names = [experiment] if experiment else None
-        runs = mlflow.search_runs(experiment_names=names, search_all_experiments=names is None,
-                                  filter_string="tags.level = 'model'", max_results=50000)
+        if experiment:
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise QueryError(f"--experiment: no experiment '{experiment}' at {uri}")
+            ids = [found.experiment_id]
+        else:
+            ids = [e.experiment_id for e in client.search_experiments()]
+        runs = {}
+        for text in filters:
+            token = None
+            while True:
+                page = client.search_runs(ids, filter_string=text, max_results=1000,
+                                          page_token=token)
+                runs.update((run.info.run_id, run) for run in page)
+                token = page.token
+                if not token:
+                    break
+    except MlflowException as exc:
+        if exc.error_code == "INVALID_PARAMETER_VALUE":  # the filter, not the server
+            raise QueryError(f"--where: MLflow refused it ({short_reason(exc)})") from None
+        raise GridError(f"tracking_uri: {uri} cannot be queried ({short_reason(exc)})") from None
+    except QueryError:
+        raise
     except Exception as exc:
-        raise GridError(f"tracking_uri: {uri} cannot be queried ({str(exc).splitlines()[0][:160]})") from None
-    flat = _flatten(runs)
-    return _select(flat, clauses, columns, [c for c in DEFAULT_COLUMNS if c in flat.columns])
+        raise GridError(f"tracking_uri: {uri} cannot be queried ({short_reason(exc)})") from None
+    flat = _flatten(sorted(runs.values(), key=lambda r: r.info.start_time))
+    return _columns(flat, columns, [c for c in DEFAULT_COLUMNS if c in flat.columns])
 
+
+def _flatten(runs) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        row = {"run_id": run.info.run_id, "status": run.info.status,
+               "start_time": run.info.start_time}
+        row.update({k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")})
+        row.update(run.data.params)
+        row.update(run.data.metrics)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else DEFAULT_COLUMNS)
+
+
+# -- report tables ----------------------------------------------------------------------------------
 
 def read_table(output, name: str, where: str = "", columns: str | None = None) -> pd.DataFrame:
-    """An analysis table from OUTPUT/report, filtered like runs."""
+    """An analysis table from OUTPUT/report, filtered with the same syntax."""
     path = output / "report" / f"{name}.csv"
     if not path.is_file():
         known = sorted(p.stem for p in (output / "report").glob("*.csv"))
         raise QueryError(f"--table: {name} not in {output / 'report'}; "
                          + (f"known: {', '.join(known)}" if known else "run `apgrid analyze` first"))
     table = pd.read_csv(path)
-    return _select(table, parse_where(where), columns, list(table.columns))
+    groups = parse_where(where)
+    if groups:
+        keep = pd.Series(False, index=table.index)
+        for group in groups:
+            match = pd.Series(True, index=table.index)
+            for clause in group:
+                match &= _matches(table, clause)
+            keep |= match
+        table = table[keep]
+    return _columns(table, columns, list(table.columns))
 
 
-def _select(table: pd.DataFrame, clauses, columns: str | None, default: list[str]) -> pd.DataFrame:
-    """Rows matching every clause, with the named columns (or `default`)."""
-    known = lambda: ", ".join(sorted(table.columns))  # noqa: E731
-    for name, op, value in clauses:
-        if name not in table.columns:
-            raise QueryError(f"--where: unknown field '{name}'; known: {known()}")
-        table = table[_compare(table[name], op, value)]
+def _matches(table: pd.DataFrame, clause: Clause) -> pd.Series:
+    name = clause.name.split(".", 1)[1] if clause.name.lower().startswith(PREFIXES) else clause.name
+    name = name.strip("`\"")
+    if name not in table.columns:
+        raise QueryError(f"--where: unknown field '{clause.name}'; known: "
+                         f"{', '.join(sorted(table.columns))}")
+    column = table[name]
+    numeric = clause.values and all(isinstance(v, float) for v in clause.values)
+    if numeric:
+        column = pd.to_numeric(column, errors="coerce")
+    else:
+        column = column.astype("string")
+    op, values = clause.op, clause.values
+    if op == "IS NULL":
+        return column.isna()
+    if op == "IS NOT NULL":
+        return column.notna()
+    if op in ("IN", "NOT IN"):
+        hit = column.isin(values)
+        return (hit if op == "IN" else ~hit).fillna(False).astype(bool)
+    if op in ("LIKE", "ILIKE"):
+        pattern = "^" + "".join(".*" if c == "%" else "." if c == "_" else re.escape(c)
+                                for c in values[0]) + "$"
+        return column.str.match(pattern, case=op == "LIKE").fillna(False).astype(bool)
+    ops = {"=": column.eq, "!=": column.ne, "<": column.lt, "<=": column.le, ">": column.gt,
+           ">=": column.ge}
+    return ops[op](values[0]).fillna(False).astype(bool)
+
+
+def _columns(table: pd.DataFrame, columns: str | None, default: list[str]) -> pd.DataFrame:
     cols = [c.strip() for c in columns.split(",")] if columns else default
     missing = [c for c in cols if c not in table.columns]
     if missing:
-        raise QueryError(f"--columns: unknown {', '.join(missing)}; known: {known()}")
+        raise QueryError(f"--columns: unknown {', '.join(missing)}; known: "
+                         f"{', '.join(sorted(map(str, table.columns)))}")
     return table[cols].reset_index(drop=True)
-
-
-def _flatten(runs: pd.DataFrame) -> pd.DataFrame:
-    if runs.empty:
-        return pd.DataFrame(columns=DEFAULT_COLUMNS)
-    out = pd.DataFrame({"run_id": runs["run_id"], "status": runs["status"],
-                        "start_time": runs["start_time"]})
-    for col in runs.columns:
-        for prefix in ("tags.", "metrics.", "params."):
-            if col.startswith(prefix) and not col.startswith("tags.mlflow."):
-                out[col[len(prefix):]] = runs[col]
-    return out
-
-
-def _compare(series: pd.Series, op: str, raw: str) -> pd.Series:
-    value: object = raw.strip("'\"")
-    if raw[0] not in "'\"":
-        try:
-            value = float(raw)
-            series = pd.to_numeric(series, errors="coerce")
-        except ValueError:
-            pass
-    ops = {"=": series.eq, "!=": series.ne, "<": series.lt, "<=": series.le, ">": series.gt,
-           ">=": series.ge}
-    return ops[op](value).fillna(False).astype(bool)
 
 
 def format_runs(runs: pd.DataFrame, fmt: str) -> str:

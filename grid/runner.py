@@ -16,12 +16,13 @@ from pathlib import Path
 
 import yaml
 
-from grid import plan as planner
-from grid.errors import STORAGE_ERRNOS, GridError, ResumableError
-from grid.spec import NOT_IDENTITY, GridSpec, SpecError, load_spec
-from grid.store import (ModelStore, SampleStore, atomic_write_bytes, atomic_write_json,
+from apgrid.grid import plan as planner
+from apgrid.grid.errors import STORAGE_ERRNOS, GridError, ResumableError
+from apgrid.grid.spec import NOT_IDENTITY, GridSpec, SpecError, load_spec
+from apgrid.grid.store import (ModelStore, SampleStore, atomic_write_bytes, atomic_write_json,
                         read_user_checkpoint)
-from grid.tracking import Tracker, TrackingError, check_reachable, short_reason
+from apgrid.errors import short_reason
+from apgrid.grid.tracking import Tracker, TrackingError, check_reachable
 
 STAGES = ("checkpoints", "dense", "prune", "evaluate", "analyze")
 
@@ -68,7 +69,7 @@ def preflight(spec: GridSpec) -> None:
         check_reachable(spec.resolved_tracking_uri)
     except TrackingError as exc:
         raise GridError(str(exc)) from None
-    from trainables.data import DatasetError, load_dataset
+    from apgrid.trainables.data import DatasetError, load_dataset
     try:
         ds = load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
     except DatasetError as exc:
@@ -189,7 +190,7 @@ def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAG
             STAGE_FUNCTIONS[stage](spec, tracker, parent, fault, log, state["driver_runs"])
             _set_stage(output, stage, "done")
         done = [s for s in STAGES if read_state(output)["stages"].get(s) == "done"]
-        tracker.client.set_tag(parent, "last_stage", done[-1])  # a finished grid's stays analyze
+        tracker.set_tag(parent, "last_stage", done[-1])  # a finished grid's stays analyze
         tracker.end(parent, "FINISHED")
     except BaseException as exc:
         _end_quietly(tracker, parent)
@@ -240,8 +241,8 @@ def _grid_config(spec: GridSpec) -> dict:
 def _tune_stage(stage: str, trainable, plans, spec, tracker, parent, fault, log, attempt) -> None:
     from ray import tune
 
-    from grid.progress import StageProgress
-    from grid.tracking import TrialTracking
+    from apgrid.grid.progress import StageProgress
+    from apgrid.grid.tracking import TrialTracking
 
     store = ModelStore(spec.output_dir)
     todo = [p for p in plans if not store.exists(p.model_id)]
@@ -270,7 +271,7 @@ def _tune_stage(stage: str, trainable, plans, spec, tracker, parent, fault, log,
                    run_id, store.card(plan.model_id).get("metrics", {})), log)
     failed = [p.model_id for p in todo if not store.exists(p.model_id)]
     if failed:
-        errors = [str(r.error).strip().splitlines()[-1][:160] for r in results if r.error]
+        errors = [short_reason(str(r.error).strip().splitlines()[-1]) for r in results if r.error]
         raise ResumableError(f"{stage}: {len(failed)} trials failed after {spec.max_failures} "
                              f"retries ({'; '.join(errors[:3])}); fix the cause, then `apgrid "
                              f"resume {spec.output_dir}`")
@@ -298,9 +299,9 @@ def _sync_runs(tracker, parent, spec, stage: str, done_plans, fill, log) -> None
 
 def stage_checkpoints(spec, tracker, parent, fault, log, attempt):
     """Import the spec's user checkpoints into the model store (once; ids hash the file)."""
-    from trainables import pruning
-    from trainables.data import load_dataset
-    from trainables.models import parameter_count
+    from apgrid.trainables import pruning
+    from apgrid.trainables.data import load_dataset
+    from apgrid.trainables.models import parameter_count
     plans = planner.checkpoint_models(spec)
     store = ModelStore(spec.output_dir)
     todo = [p for p in plans if not store.exists(p.model_id)]
@@ -318,21 +319,21 @@ def stage_checkpoints(spec, tracker, parent, fault, log, attempt):
 
 
 def stage_dense(spec, tracker, parent, fault, log, attempt):
-    from grid.trials import dense_trial
+    from apgrid.grid.trials import dense_trial
     _tune_stage("dense", dense_trial, planner.dense_models(spec), spec, tracker, parent, fault,
                 log, attempt)
 
 
 def stage_prune(spec, tracker, parent, fault, log, attempt):
-    from grid.trials import prune_trial
+    from apgrid.grid.trials import prune_trial
     _tune_stage("prune", prune_trial, planner.pruned_models(spec), spec, tracker, parent, fault,
                 log, attempt)
 
 
 def stage_evaluate(spec, tracker, parent, fault, log, attempt):
-    from analysis.tables import summarize
-    from grid.evaluate import run_evaluation
-    from trainables.data import load_dataset
+    from apgrid.analysis.tables import summarize
+    from apgrid.grid.evaluate import run_evaluation
+    from apgrid.trainables.data import load_dataset
 
     ds = load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
     n = spec.evaluation.settings.num_samples or len(ds.y_test)
@@ -349,10 +350,10 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
     def log_run(plan, run_id, rows):
         chosen = {"eval_batch_size": int(rows["eval_batch_size"].iloc[0])} \
             if "eval_batch_size" in rows else {}  # rows written before it was recorded lack it
-        tracker.client.log_batch(run_id, params=_params({**eval_params, **chosen}))
+        tracker.log_params(run_id, {**eval_params, **chosen})
         tracker.log_metrics(run_id, {**summarize(rows, spec.threat_model.eps),
                                      "measured_sparsity": float(rows["sparsity_measured"].iloc[0])})
-        tracker.client.set_tag(run_id, "samples_uri", str(samples.partition(plan.model_id)))
+        tracker.set_tag(run_id, "samples_uri", samples.partition(plan.model_id))
         tracker.log_artifact(run_id, models.folder(plan.model_id) / "card.json")
         tracker.log_artifact(run_id, samples.partition(plan.model_id) / "part-0.parquet", "samples")
 
@@ -380,13 +381,8 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
                lambda plan, run_id: log_run(plan, run_id, samples.read(plan.model_id)), log)
 
 
-def _params(d: dict):
-    from mlflow.entities import Param
-    return [Param(k, str(v)) for k, v in d.items()]
-
-
 def stage_analyze(spec, tracker, parent, fault, log, attempt):
-    from grid.analyze import analyze
+    from apgrid.grid.analyze import analyze
 
     paths = analyze(spec, log=log)
     for path in paths.values():

@@ -6,22 +6,26 @@ Every problem raises SpecError with one line that names the field and what is al
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from analysis.settings import AnalysisSettings as AnalysisSpec
-from analysis.transfer import TRANSFER_ATTACKS
-from trainables.attacks import AUTOATTACK_ENSEMBLES, NORMS
-from trainables.evaluation import EvalSettings, ThreatModel
-from trainables.data import DATASETS
-from trainables.models import ARCHITECTURES
-from trainables.pruning import METHOD_OPTIONS, PRUNING_METHODS
-from trainables.training import TRAINERS, Recipe
+from apgrid.errors import ApgridError
+
+from apgrid.analysis.settings import AnalysisSettings as AnalysisSpec
+from apgrid.analysis.transfer import TRANSFER_ATTACKS
+from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES, NORMS
+from apgrid.trainables.evaluation import EvalSettings, ThreatModel
+from apgrid.trainables.data import DATASETS
+from apgrid.trainables.models import ARCHITECTURES
+from apgrid.trainables.pruning import METHOD_OPTIONS, PRUNING_METHODS
+from apgrid.trainables.training import TRAINERS, Recipe
 
 AUTOATTACK_VERSIONS = tuple(AUTOATTACK_ENSEMBLES)
 EXAMPLES = Path(__file__).parent / "examples"
@@ -33,7 +37,7 @@ HOW_IT_RUNS = ("resources", "max_failures", "evaluation.actors")
 NOT_IDENTITY = WHERE_AND_REPORT + HOW_IT_RUNS  # dotted paths into the spec's layout
 
 
-class SpecError(ValueError):
+class SpecError(ApgridError, ValueError):
     """A spec problem, phrased as 'field: what is wrong; what is allowed'."""
 
 
@@ -158,12 +162,16 @@ def load_spec(path: str | Path | None = None, output: str | None = None) -> Grid
     if not path.is_file():
         raise SpecError(f"spec: no such file {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"spec: {path} is not a YAML text file (not UTF-8)") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"spec: {path} is not valid YAML{where}: "
-                        f"{getattr(exc, 'problem', exc)}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise SpecError(f"spec: {path} is not valid YAML{where}: {problem[:160]}") from None
     if output is not None:
         raw = {**(raw or {}), "output": output}
     return parse_spec(raw)
@@ -197,7 +205,7 @@ def parse_spec(raw: Any) -> GridSpec:
 
 
 def _check_cross_fields(spec: GridSpec) -> None:
-    from trainables.data import DIGITS_TEST_SIZE
+    from apgrid.trainables.data import DIGITS_TEST_SIZE
     n = spec.evaluation.settings.num_samples
     if spec.dataset.name == "digits" and n is not None and n > DIGITS_TEST_SIZE:
         raise SpecError(f"evaluation.num_samples: {n} is more than the digits test split "
@@ -219,6 +227,7 @@ def _check_cross_fields(spec: GridSpec) -> None:
                                 f"dense.architectures ({', '.join(spec.dense.architectures)})")
         for layer in m.options.get("layer_sparsity", {}):
             _check_layer_name(spec, m, layer)
+    _check_architectures(spec)
     names = [c.name for c in spec.checkpoints]
     for c in spec.checkpoints:
         if c.dense is not None and c.dense not in names:
@@ -226,10 +235,41 @@ def _check_cross_fields(spec: GridSpec) -> None:
                             f"allowed: {', '.join(names)}")
 
 
+def _check_architectures(spec: GridSpec) -> None:
+    """Refuse, before anything starts, an architecture that cannot take the dataset's images
+    (a digits CNN on CIFAR-10 would fail only at run time, after its retries)."""
+    name = spec.dataset.name
+    for where, arch in [*(("dense.architectures", a) for a in spec.dense.architectures),
+                        *((f"checkpoints.{c.name}.arch", c.arch) for c in spec.checkpoints)]:
+        if not takes_images(arch, name):
+            shape = "x".join(map(str, DATASETS[name].image_shape))
+            fits = [a for a in ARCHITECTURES if takes_images(a, name)]
+            raise SpecError(f"{where}: {arch} cannot take {name}'s {shape} images; allowed for "
+                            f"{name}: {', '.join(fits)}")
+
+
+@functools.lru_cache(maxsize=None)
+def takes_images(arch: str, dataset: str) -> bool:
+    """Whether the architecture's forward pass accepts the dataset's images and gives one logit
+    per class (tried on the meta device: shapes only, no memory, no arithmetic)."""
+    import torch
+
+    from apgrid.trainables.models import build_model
+    info = DATASETS[dataset]
+    channels = info.image_shape[0]
+    try:
+        with torch.device("meta"):
+            model = build_model(arch, channels, info.num_classes, [0.0] * channels, [1.0] * channels)
+            out = model(torch.empty(2, *info.image_shape))
+    except (RuntimeError, ValueError):
+        return False
+    return tuple(out.shape) == (2, info.num_classes)
+
+
 def _check_layer_name(spec: GridSpec, method: MethodSpec, layer: str) -> None:
     import torch
-    from trainables.models import build_model
-    from trainables.pruning import prunable_layers
+    from apgrid.trainables.models import build_model
+    from apgrid.trainables.pruning import prunable_layers
     info = DATASETS[spec.dataset.name]
     for arch in method.architectures or spec.dense.architectures:
         with torch.device("meta"):
@@ -238,15 +278,26 @@ def _check_layer_name(spec: GridSpec, method: MethodSpec, layer: str) -> None:
         allowed = [n for n, _ in prunable_layers(model)]
         if layer not in allowed:
             shown = ", ".join(allowed[:8]) + (", ..." if len(allowed) > 8 else "")
-            raise SpecError(f"prune.methods.{method.name}.layer_sparsity: '{layer}' is not a "
+            raise SpecError(f"prune.methods.{method.name}.layer_sparsity: {_show(layer)} is not a "
                             f"prunable layer of {arch}; allowed: {shown}")
+
+
+def _show(value, limit: int = 60) -> str:
+    """A value as a message shows it: on one line, quoted when text, cut when long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _key(key) -> str:
+    """A mapping key as a field name in a message (odd keys shown as values, on one line)."""
+    return key if isinstance(key, str) and key.isprintable() and key.isascii() else _show(key)
 
 
 def _check_keys(raw: dict, cls, prefix: str, extra: tuple[str, ...] = ()) -> None:
     allowed = [f.name for f in dataclasses.fields(cls)] + list(extra)
     for key in raw:
         if key not in allowed:
-            raise SpecError(f"{prefix}{key}: unknown field; allowed: {', '.join(allowed)}")
+            raise SpecError(f"{prefix}{_key(key)}: unknown field; allowed: {', '.join(allowed)}")
 
 
 def _mapping(value, where: str) -> dict:
@@ -259,14 +310,16 @@ def _mapping(value, where: str) -> dict:
 
 def _name(value) -> str:
     name = _string(value, "name")
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise SpecError(f"name: '{name}' may hold only letters, digits, '-' and '_'")
+    if not (name.isascii() and name.replace("-", "").replace("_", "").isalnum()):
+        raise SpecError(f"name: {_show(name)} may hold only letters, digits, '-' and '_'")
     return name
 
 
 def _string(value, where: str) -> str:
     if not isinstance(value, str) or not value:
-        raise SpecError(f"{where}: must be a non-empty string, got {value!r}")
+        raise SpecError(f"{where}: must be a non-empty string, got {_show(value)}")
+    if not value.isprintable():  # control characters, NUL: no path, URI or name holds them
+        raise SpecError(f"{where}: {_show(value)} holds control characters")
     return value
 
 
@@ -274,33 +327,42 @@ def _optional_string(value, where: str) -> str | None:
     return None if value is None else _string(value, where)
 
 
-def _int(value, where: str, minimum: int | None = None) -> int:
+MAX_INT = 2**31 - 1   # counts, sizes, steps: what torch and Ray take as C ints
+MAX_SEED = 2**32 - 1  # seeds: what numpy and torch generators accept
+
+
+def _int(value, where: str, minimum: int | None = None, maximum: int = MAX_INT) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{where}: must be a whole number, got {value!r}")
+        raise SpecError(f"{where}: must be a whole number, got {_show(value)}")
     if minimum is not None and value < minimum:
-        raise SpecError(f"{where}: {value} is below the minimum {minimum}")
+        raise SpecError(f"{where}: {_show(value)} is below the minimum {minimum}")
+    if value > maximum:
+        raise SpecError(f"{where}: {_show(value)} is above the maximum {maximum}")
     return value
 
 
 def _number(value, where: str, low: float, high: float, high_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{where}: must be a number, got {value!r}")
+        raise SpecError(f"{where}: must be a number, got {_show(value)}")
+    if not math.isfinite(value):
+        raise SpecError(f"{where}: {_show(value)} is not a finite number")
     too_high = value >= high if high_open else value > high
     if value < low or too_high:
         bracket = ")" if high_open else "]"
-        raise SpecError(f"{where}: {value} is outside [{low}, {high}{bracket}")
+        raise SpecError(f"{where}: {_show(value)} is outside [{low}, {high}{bracket}")
     return float(value)
 
 
 def _bool(value, where: str) -> bool:
     if not isinstance(value, bool):
-        raise SpecError(f"{where}: {value!r} is not true or false")
+        raise SpecError(f"{where}: {_show(value)} is not true or false")
     return value
 
 
 def _choice(value, where: str, allowed) -> str:
-    if value not in allowed:
-        raise SpecError(f"{where}: unknown '{value}'; allowed: {', '.join(sorted(allowed))}")
+    if not isinstance(value, str) or value not in allowed:
+        what = f"unknown {_show(value)}" if isinstance(value, str) else f"{_show(value)} is not a name"
+        raise SpecError(f"{where}: {what}; allowed: {', '.join(sorted(allowed))}")
     return value
 
 
@@ -319,7 +381,7 @@ def _dataset(raw) -> DatasetSpec:
     root = str(Path(root).expanduser().resolve()) if root else None
     return DatasetSpec(name=_choice(raw.get("name", "digits"), "dataset.name", DATASETS),
                        root=root,
-                       download=bool(raw.get("download", False)))
+                       download=_bool(raw.get("download", False), "dataset.download"))
 
 
 def _threat(raw) -> ThreatModel:
@@ -330,21 +392,24 @@ def _threat(raw) -> ThreatModel:
         try:
             num, den = (float(p) for p in eps.split("/"))
             eps = num / den
-        except ValueError:
-            raise SpecError(f"threat_model.eps: '{eps}' is not a number or a fraction like 8/255") from None
+        except (ValueError, ZeroDivisionError):
+            raise SpecError(f"threat_model.eps: {_show(eps)} is not a number or a fraction like "
+                            f"8/255") from None
     eps = _number(eps, "threat_model.eps", 0.0, 1.0)
     if eps == 0:
         raise SpecError("threat_model.eps: must be above 0")
     return ThreatModel(norm=_choice(raw.get("norm", "Linf"), "threat_model.norm", NORMS), eps=eps)
 
 
-def _recipe(raw, where: str, default: Recipe) -> Recipe:
+def _recipe(raw, where: str, default: Recipe, min_epochs: int = 1) -> Recipe:
+    """A recipe laid over `default`. Pretraining and the search phase need an epoch; fine-tuning
+    may have none (`min_epochs` 0: the pruned model as the criterion left it)."""
     raw = _mapping(raw, where)
     _check_keys(raw, Recipe, f"{where}.")
     values = {**dataclasses.asdict(default), **raw}
     _choice(values["trainer"], f"{where}.trainer", TRAINERS)
     for key in ("epochs", "batch_size", "pgd_steps"):
-        _int(values[key], f"{where}.{key}", minimum=1 if key != "epochs" else 0)
+        _int(values[key], f"{where}.{key}", minimum=min_epochs if key == "epochs" else 1)
     for key in ("lr", "momentum", "weight_decay", "beta"):
         _number(values[key], f"{where}.{key}", 0.0, 100.0 if key == "beta" else 10.0)
     if values["step_size"] is not None:
@@ -357,7 +422,8 @@ def _dense(raw) -> DenseSpec:
     _check_keys(raw, DenseSpec, "dense.")
     archs = tuple(_choice(a, "dense.architectures", ARCHITECTURES)
                   for a in _list(raw.get("architectures", ["digits-cnn"]), "dense.architectures"))
-    seeds = tuple(_int(s, "dense.seeds", minimum=0) for s in _list(raw.get("seeds", [0]), "dense.seeds"))
+    seeds = tuple(_int(s, "dense.seeds", minimum=0, maximum=MAX_SEED)
+                  for s in _list(raw.get("seeds", [0]), "dense.seeds"))
     return DenseSpec(architectures=archs, seeds=seeds,
                      recipe=_recipe(raw.get("recipe"), "dense.recipe", DenseSpec.recipe))
 
@@ -366,7 +432,7 @@ def _prune(raw) -> PruneSpec:
     raw = _mapping(raw, "prune")
     _check_keys(raw, PruneSpec, "prune.")
     default_methods = [m.name for m in PruneSpec.methods]
-    finetune = _recipe(raw.get("finetune"), "prune.finetune", PruneSpec.finetune)
+    finetune = _recipe(raw.get("finetune"), "prune.finetune", PruneSpec.finetune, min_epochs=0)
     search = _recipe(raw.get("search"), "prune.search", PruneSpec.search)
     listed = raw.get("methods", default_methods)
     # an empty list is a dense-only grid: the dense models are trained and evaluated, none pruned
@@ -405,7 +471,8 @@ def _method(raw, finetune: Recipe, search: Recipe) -> MethodSpec:
     finetune, search = raw.get("finetune"), raw.get("search")
     return MethodSpec(
         name=name,
-        finetune=None if finetune is None else _recipe(finetune, f"{where}.finetune", finetune_default),
+        finetune=None if finetune is None else _recipe(finetune, f"{where}.finetune",
+                                                       finetune_default, min_epochs=0),
         search=None if search is None else _recipe(search, f"{where}.search", search_default),
         architectures=None if archs is None else tuple(
             _choice(a, f"{where}.architectures", ARCHITECTURES) for a in _list(archs, f"{where}.architectures")),
@@ -476,7 +543,7 @@ def _evaluation(raw) -> EvaluationSpec:
         fmn_steps=_int(raw.get("fmn_steps", d.fmn_steps), "evaluation.fmn_steps", minimum=1),
         fmn_step_size=_number(raw.get("fmn_step_size", d.fmn_step_size),
                               "evaluation.fmn_step_size", 0.0, 100.0),
-        seed=_int(raw.get("seed", d.seed), "evaluation.seed", minimum=0),
+        seed=_int(raw.get("seed", d.seed), "evaluation.seed", minimum=0, maximum=MAX_SEED),
         block_size=_int(raw.get("block_size", d.block_size), "evaluation.block_size", minimum=1),
         batch_size=_batch_size(raw.get("batch_size", d.batch_size)),
     )
@@ -494,7 +561,7 @@ def _autoattack_attacks(value, version: str) -> tuple[str, ...] | None:
     names = _list(value, "evaluation.autoattack_attacks")
     for name in names:
         if name not in ensemble:
-            raise SpecError(f"evaluation.autoattack_attacks: '{name}' is not in AutoAttack "
+            raise SpecError(f"evaluation.autoattack_attacks: {_show(name)} is not in AutoAttack "
                             f"{version}'s ensemble; allowed: {', '.join(ensemble)}")
     chosen = tuple(a for a in ensemble if a in names)
     return None if chosen == ensemble else chosen

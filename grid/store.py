@@ -22,9 +22,48 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from apgrid.errors import ApgridError, short_reason
 
-class CheckpointError(ValueError):
+
+class CheckpointError(ApgridError, ValueError):
     """A checkpoint that is missing, truncated, corrupt or not a state dict."""
+
+
+# The per-sample table: one row per (model, test sample). `grid` and `model_id` are the hive
+# partition keys (folder names grid=<g>/model_id=<id>), so the files hold the other columns and
+# pandas, pyarrow.dataset(partitioning="hive"), DuckDB and Polars read the folder as one table.
+PARTITION_COLUMNS = ("grid", "model_id")
+SAMPLE_SCHEMA = pa.schema([
+    ("sample_idx", pa.int64()), ("label", pa.int64()), ("clean_pred", pa.int64()),
+    ("clean_correct", pa.bool_()), ("logit_margin", pa.float32()),
+    ("pgd_correct", pa.bool_()),
+    ("aa_correct", pa.bool_()),            # null where AutoAttack did not run (autoattack_samples)
+    ("aa_broken_by", pa.string()),         # the AutoAttack attack that flipped it; null if robust
+    ("fmn_eps", pa.float32()),             # NaN where FMN found nothing; signed on dense models
+    ("fmn_found", pa.bool_()),
+    ("dense_model_id", pa.string()), ("role", pa.string()), ("dataset", pa.string()),
+    ("arch", pa.string()), ("method", pa.string()), ("sparsity", pa.float64()),
+    ("sparsity_measured", pa.float64()), ("seed", pa.int64()), ("norm", pa.string()),
+    ("eps", pa.float64()), ("pgd_steps", pa.int64()), ("autoattack_version", pa.string()),
+    ("autoattack_attacks", pa.string()), ("fmn_steps", pa.int64()),
+    ("fmn_step_size", pa.float64()), ("eval_seed", pa.int64()), ("eval_batch_size", pa.int64()),
+])
+
+
+def _file_table(rows: pd.DataFrame) -> pa.Table:
+    """The rows as stored in a partition file: the schema's columns and types, partition keys out."""
+    return pa.Table.from_pandas(rows.drop(columns=list(PARTITION_COLUMNS), errors="ignore"),
+                                schema=SAMPLE_SCHEMA, preserve_index=False)
+
+
+def _read_partition_file(path: Path, grid: str, model_id: str) -> pd.DataFrame:
+    """A partition file as rows with their partition keys; files written before the keys left the
+    files (they held `grid` and `model_id` as columns) read the same."""
+    rows = pq.read_table(path).to_pandas()
+    rows = rows.drop(columns=[c for c in PARTITION_COLUMNS if c in rows.columns])
+    rows.insert(0, "model_id", model_id)
+    rows.insert(0, "grid", grid)
+    return rows
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -52,8 +91,7 @@ def load_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle of arbitrary objects, random bytes ...
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint: {path} cannot be loaded as weights ({reason})") from None
+        raise CheckpointError(f"checkpoint: {path} cannot be loaded as weights ({short_reason(exc)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint: {path} holds a {type(state).__name__}, not a state dict")
     return state
@@ -103,7 +141,7 @@ class SampleStore:
         return (self.partition(model_id) / "part-0.parquet").is_file()
 
     def read(self, model_id: str) -> pd.DataFrame:
-        return pq.read_table(self.partition(model_id) / "part-0.parquet").to_pandas()
+        return _read_partition_file(self.partition(model_id) / "part-0.parquet", self.grid, model_id)
 
     def shard_done(self, model_id: str, start: int, end: int) -> bool:
         return self.shard_path(model_id, start, end).is_file()
@@ -133,20 +171,23 @@ class SampleStore:
         expected = sum(e - s for s, e in ranges)
         if len(rows) != expected or rows["sample_idx"].duplicated().any():
             raise RuntimeError(f"{model_id}: merged {len(rows)} rows for {expected} samples")
-        table = pa.Table.from_pandas(rows, preserve_index=False)
+        table = _file_table(rows)
         atomic_write_bytes(self.partition(model_id) / "part-0.parquet",
                            lambda fh: pq.write_table(table, fh))
         shutil.rmtree(self.staging(model_id), ignore_errors=True)
-        return rows
+        return self.read(model_id)
 
 
 def read_samples(output: Path) -> pd.DataFrame:
-    """Every per-sample row of a grid's output folder (hive partitions grid=/model_id=)."""
+    """Every per-sample row of a grid's output folder (hive partitions grid=/model_id=), with the
+    partition keys as plain string columns."""
     root = Path(output) / "samples"
     files = sorted(root.glob("grid=*/model_id=*/part-0.parquet"))
     if not files:
         return pd.DataFrame()
-    return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+    return pd.concat([_read_partition_file(f, f.parent.parent.name.removeprefix("grid="),
+                                           f.parent.name.removeprefix("model_id="))
+                      for f in files], ignore_index=True)
 
 
 def read_user_checkpoint(path: Path, arch: str, in_channels: int, num_classes: int, mean, std):
@@ -155,7 +196,7 @@ def read_user_checkpoint(path: Path, arch: str, in_channels: int, num_classes: i
     Accepted: a plain state dict, or one under 'state_dict' / 'model'; keys may carry DataParallel's
     'module.' prefix; a state dict of the bare network gets the dataset's normalisation in front.
     """
-    from trainables.models import build_model, fit_to_state
+    from apgrid.trainables.models import build_model, fit_to_state
     state = load_state(Path(path))
     for key in ("state_dict", "model"):
         if isinstance(state.get(key), dict):
@@ -171,6 +212,6 @@ def read_user_checkpoint(path: Path, arch: str, in_channels: int, num_classes: i
         fit_to_state(model, state)
         model.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0][:160]
-        raise CheckpointError(f"checkpoint: {path} does not fit architecture {arch} ({reason})") from None
+        raise CheckpointError(f"checkpoint: {path} does not fit architecture {arch} "
+                              f"({short_reason(exc)})") from None
     return model

@@ -13,21 +13,20 @@ import os
 from pathlib import Path
 
 
-from grid.plan import ModelPlan
-from grid.progress import DriverCallback
-from trainables.pruning import PRUNING_METHODS
+from apgrid.errors import ApgridError, short_reason
+from apgrid.grid.plan import ModelPlan
+from apgrid.grid.progress import DriverCallback
+from apgrid.trainables.pruning import PRUNING_METHODS
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
-class TrackingError(RuntimeError):
+PAGE_SIZE = 1000  # runs per search call; every search pages until the store has no more
+
+
+class TrackingError(ApgridError, RuntimeError):
     """The tracking server or store cannot be reached or written."""
-
-
-def short_reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def _client(uri: str):
@@ -82,7 +81,7 @@ class Tracker:
                                   self.client.create_experiment(grid_name,
                                                                 artifact_location=location))
         except Exception as exc:
-            raise TrackingError(f"tracking_uri: {uri} cannot be used ({str(exc)[:160]})") from None
+            raise TrackingError(f"tracking_uri: {uri} cannot be used ({short_reason(exc)})") from None
 
     def grid_run(self, fingerprint: str) -> str:
         """The grid's parent run, created once and found again on resume."""
@@ -98,11 +97,20 @@ class Tracker:
                                            "fingerprint": fingerprint})
         return run.info.run_id
 
+    def runs(self, filter_string: str) -> list:
+        """Every run of the grid's experiment matching an MLflow filter, page by page (a store
+        answers at most a page of runs per call; a large grid has more)."""
+        found, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                           max_results=PAGE_SIZE, page_token=token)
+            found += list(page)
+            token = page.token
+            if not token:
+                return found
+
     def attempts(self, model_id: str, stage: str) -> int:
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.model_id = '{model_id}' and tags.stage = '{stage}'")
-        return len(runs)
+        return len(self.runs(f"tags.model_id = '{model_id}' and tags.stage = '{stage}'"))
 
     def start_model_run(self, parent: str, plan: ModelPlan, dataset: str, stage: str,
                         extra_tags: dict | None = None) -> str:
@@ -112,6 +120,8 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=f"{stage}:{plan.model_id}",
                                      tags=tags)
         self.client.log_param(run.info.run_id, "config_json", _short_json(plan.config))
+        # a number MLflow filters on (tags are text): `metrics.sparsity >= 0.9`, `apgrid query`
+        self.log_metrics(run.info.run_id, {"sparsity": plan.sparsity})
         return run.info.run_id
 
     def log_metrics(self, run_id: str, metrics: dict, step: int | None = None) -> None:
@@ -122,6 +132,13 @@ class Tracker:
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def set_tag(self, run_id: str, key: str, value) -> None:
+        self.client.set_tag(run_id, key, str(value))
+
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path=folder)
 
@@ -130,16 +147,12 @@ class Tracker:
 
     def finished_models(self, stage: str) -> set[str]:
         """Model ids with a FINISHED run for `stage`."""
-        runs = self.client.search_runs(
-            [self.experiment_id], max_results=50_000,
-            filter_string=f"tags.stage = '{stage}' and attributes.status = 'FINISHED'")
+        runs = self.runs(f"tags.stage = '{stage}' and attributes.status = 'FINISHED'")
         return {run.data.tags.get("model_id") for run in runs}
 
     def close_running(self, stage: str, why: str) -> int:
         """Runs of `stage` still RUNNING once the stage is over (their closing call was lost)."""
-        stale = self.client.search_runs(
-            [self.experiment_id], max_results=50_000,
-            filter_string=f"tags.stage = '{stage}' and attributes.status = 'RUNNING'")
+        stale = self.runs(f"tags.stage = '{stage}' and attributes.status = 'RUNNING'")
         for run in stale:
             self.client.set_tag(run.info.run_id, "ended_by", why)
             self.end(run.info.run_id, "FAILED")
@@ -147,9 +160,7 @@ class Tracker:
 
     def close_stale_runs(self) -> int:
         """Runs left RUNNING by a killed driver become KILLED (resume calls this first)."""
-        stale = self.client.search_runs([self.experiment_id],
-                                        filter_string="attributes.status = 'RUNNING' "
-                                                      "and tags.level = 'model'")
+        stale = self.runs("attributes.status = 'RUNNING' and tags.level = 'model'")
         for run in stale:
             self.client.set_tag(run.info.run_id, "ended_by", "resume: driver was killed")
             self.end(run.info.run_id, "KILLED")

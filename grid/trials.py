@@ -14,15 +14,15 @@ from pathlib import Path
 import torch
 from ray import tune
 
-from grid.faults import maybe_fail
-from grid.plan import ModelPlan, model_card
-from grid.store import ModelStore, atomic_write_bytes, load_state
-from trainables import pruning
-from trainables.admm import model_size_bits
-from trainables.data import load_dataset
-from trainables.models import build_model, parameter_count, resolve_device
-from trainables.pipeline import PruneJob, PruneSettings
-from trainables.training import Recipe, accuracy, make_optimizer, train_epoch
+from apgrid.grid.faults import maybe_fail
+from apgrid.grid.plan import ModelPlan, model_card
+from apgrid.grid.store import ModelStore, atomic_write_bytes, load_state
+from apgrid.trainables import pruning
+from apgrid.trainables.admm import model_size_bits
+from apgrid.trainables.data import load_dataset
+from apgrid.trainables.models import build_model, parameter_count, resolve_device
+from apgrid.trainables.pipeline import PruneJob, PruneSettings
+from apgrid.trainables.training import Recipe, accuracy, make_optimizer, train_epoch
 
 
 def _context(config: dict):

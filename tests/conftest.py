@@ -3,9 +3,9 @@ import signal
 import pytest
 import torch
 
-from trainables.data import load_digits
-from trainables.models import build_model
-from trainables.training import Recipe, make_optimizer, train_epoch
+from apgrid.trainables.data import load_digits
+from apgrid.trainables.models import build_model
+from apgrid.trainables.training import Recipe, make_optimizer, train_epoch
 
 
 SIGINT_AT_START = signal.getsignal(signal.SIGINT)  # before any test starts Ray or Tune

@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from grid.cli import main
-from trainables.models import build_model
+from apgrid.grid.cli import main
+from apgrid.trainables.models import build_model
 
 BASE = {"name": "bad", "dense": {"recipe": {"epochs": 1}}}
 

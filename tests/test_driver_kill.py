@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from grid.runner import launch, read_state
-from grid.store import read_samples
+from apgrid.grid.runner import launch, read_state
+from apgrid.grid.store import read_samples
 from tests.test_grid import QUICK_AA
 
 COLUMNS = ["model_id", "sample_idx", "clean_pred", "clean_correct", "logit_margin", "pgd_correct",
@@ -42,7 +42,7 @@ def grid_raw(output):
 def run_until(args: list[str], needle: str | None, log: list[str]) -> bool:
     """Run `apgrid ARGS` as its own process group; SIGKILL the driver once `needle` shows in its
     output (then whatever Ray processes it left). Returns True when it was killed."""
-    proc = subprocess.Popen([sys.executable, "-m", "grid.cli", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "apgrid.grid.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:
@@ -63,7 +63,7 @@ def run_until(args: list[str], needle: str | None, log: list[str]) -> bool:
 @pytest.fixture(scope="module")
 def reference(ray_session, tmp_path_factory):
     output = tmp_path_factory.mktemp("reference") / "out"
-    from grid.spec import parse_spec
+    from apgrid.grid.spec import parse_spec
     launch(parse_spec(grid_raw(output)), log=lambda m: None)
     return read_samples(output)
 

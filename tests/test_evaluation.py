@@ -6,11 +6,11 @@ import pytest
 import torch
 from pyautoattack import AutoAttack
 
-from trainables.attacks import AUTOATTACK_ENSEMBLES, autoattack, fmn, lp_norm
-from trainables.evaluation import (EvalSettings, ThreatModel, attack_bytes_per_sample,
+from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES, autoattack, fmn, lp_norm
+from apgrid.trainables.evaluation import (EvalSettings, ThreatModel, attack_bytes_per_sample,
                                    auto_batch_size, block_ranges, evaluate_samples, fit_batch_size,
                                    memory_budget, shard_ranges)
-from trainables.models import build_model
+from apgrid.trainables.models import build_model
 
 THREAT = ThreatModel("Linf", 0.1)
 SETTINGS = EvalSettings(pgd_steps=5, fmn_steps=60, block_size=10, seed=3)

@@ -9,12 +9,12 @@ import mlflow
 import pytest
 import yaml
 
-from grid.cli import main
-from grid.errors import GridError
-from grid.plan import all_models
-from grid.runner import launch, load_grid_spec, preflight, resume
-from grid.spec import load_spec, parse_spec
-from grid.store import read_samples
+from apgrid.grid.cli import main
+from apgrid.grid.errors import GridError
+from apgrid.grid.plan import all_models
+from apgrid.grid.runner import launch, load_grid_spec, preflight, resume
+from apgrid.grid.spec import load_spec, parse_spec
+from apgrid.grid.store import read_samples
 from tests.conftest import SIGINT_AT_START  # imported at collection, before any test runs Tune
 
 N_SAMPLES = 30
@@ -84,6 +84,8 @@ def test_grid_writes_parquet_rows_once_per_model_and_sample(finished_grid):
     assert pruned["sparsity_measured"].between(0.895, 0.905).all()
     per_model = samples.groupby("model_id")[["pgd_correct", "aa_correct"]].sum()
     assert (per_model["aa_correct"] <= per_model["pgd_correct"]).all()
+    opened = pd.read_parquet(output / "samples")  # the standard one-liner reads the folder
+    assert len(opened) == len(samples) and set(opened["model_id"].astype(str)) == set(samples["model_id"])
 
 
 def test_crashed_trial_was_retried_from_its_checkpoint(finished_grid):
@@ -117,11 +119,11 @@ def test_trial_killed_by_os_exit_was_retried_from_its_checkpoint(finished_grid):
 def test_evaluation_actor_killed_mid_shard_loses_and_doubles_nothing(finished_grid):
     """Each model's actor died once on shard [10, 20); Ray restarted it and redid the shard. Its
     rows equal an in-process evaluation of the same samples."""
-    from grid.store import ModelStore
-    from trainables import pruning
-    from trainables.data import load_dataset
-    from trainables.evaluation import evaluate_samples
-    from trainables.models import build_model
+    from apgrid.grid.store import ModelStore
+    from apgrid.trainables import pruning
+    from apgrid.trainables.data import load_dataset
+    from apgrid.trainables.evaluation import evaluate_samples
+    from apgrid.trainables.models import build_model
     spec, output, _ = finished_grid
     assert len(list((output.parent / "faults").glob("*-evaluate-shard10"))) == 3
     samples = read_samples(output)
@@ -264,8 +266,8 @@ def test_resume_of_a_finished_grid_redoes_nothing(finished_grid):
 def test_resumed_grid_keeps_the_batch_size_its_rows_record(tmp_path):
     """The batch seeds AutoAttack: a resume must reuse the first run's choice, not a new estimate
     (the actor is never asked: None stands in for it)."""
-    from grid.evaluate import resolve_batch_sizes
-    from grid.store import SampleStore
+    from apgrid.grid.evaluate import resolve_batch_sizes
+    from apgrid.grid.store import SampleStore
     spec = tiny_spec(tmp_path / "out")
     store = SampleStore(spec.output_dir, spec.name)
     store.write_shard("m1", 0, 10, pd.DataFrame({"sample_idx": range(10), "arch": "digits-cnn",
@@ -281,9 +283,9 @@ def test_a_block_too_big_for_memory_is_one_clear_grid_error(tmp_path, ray_sessio
     """An actor that finds no batch fits raises MemoryError; the driver must turn it into one
     GridError naming the architecture, not a Ray traceback."""
     import ray
-    from grid.errors import GridError
-    from grid.evaluate import resolve_batch_sizes
-    from grid.store import SampleStore
+    from apgrid.grid.errors import GridError
+    from apgrid.grid.evaluate import resolve_batch_sizes
+    from apgrid.grid.store import SampleStore
 
     @ray.remote(num_cpus=0)
     class NoRoom:
@@ -302,8 +304,8 @@ def test_the_batch_size_fits_the_actor_with_the_least_memory(tmp_path, ray_sessi
     """On a cluster of mixed cards the actors' budgets differ; the grid's one batch size must fit
     the smallest, or the actor on it runs out of memory mid-grid."""
     import ray
-    from grid.evaluate import resolve_batch_sizes
-    from grid.store import SampleStore
+    from apgrid.grid.evaluate import resolve_batch_sizes
+    from apgrid.grid.store import SampleStore
 
     @ray.remote(num_cpus=0)
     class Card:
@@ -311,7 +313,7 @@ def test_the_batch_size_fits_the_actor_with_the_least_memory(tmp_path, ray_sessi
             self.budget = budget
 
         def batch_size_for(self, arch, block_size):
-            from trainables.evaluation import fit_batch_size
+            from apgrid.trainables.evaluation import fit_batch_size
             return fit_batch_size(block_size, 2**20, self.budget), 2**20, self.budget
 
     spec = tiny_spec(tmp_path / "out", evaluation={"block_size": 100})
@@ -372,7 +374,7 @@ def test_a_grid_launched_before_resources_left_the_fingerprint_is_still_its_own(
 
 
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
-    from grid.store import CheckpointError, ModelStore
+    from apgrid.grid.store import CheckpointError, ModelStore
     store = ModelStore(tmp_path)
     (store.folder("m")).mkdir(parents=True)
     (store.folder("m") / "model.pt").write_bytes(b"not a checkpoint")

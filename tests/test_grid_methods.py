@@ -4,10 +4,10 @@ import mlflow
 import pytest
 import torch
 
-from grid.plan import all_models
-from grid.runner import launch
-from grid.spec import parse_spec
-from grid.store import ModelStore, read_samples
+from apgrid.grid.plan import all_models
+from apgrid.grid.runner import launch
+from apgrid.grid.spec import parse_spec
+from apgrid.grid.store import ModelStore, read_samples
 
 N_SAMPLES, AA_SAMPLES = 20, 10
 

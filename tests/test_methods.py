@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainables import admm, pruning, structured
-from trainables.boundary import boundary_weights, linearized_distance
-from trainables.pipeline import PruneJob, PruneSettings
-from trainables.training import Recipe
+from apgrid.trainables import admm, pruning, structured
+from apgrid.trainables.boundary import boundary_weights, linearized_distance
+from apgrid.trainables.pipeline import PruneJob, PruneSettings
+from apgrid.trainables.training import Recipe
 
 QUICK = Recipe(trainer="fgsm-rs", epochs=1, lr=0.01, batch_size=128)
 SEARCH = Recipe(trainer="fgsm-rs", epochs=1, lr=0.05, batch_size=128)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainables import data, structured
-from trainables.models import ARCHITECTURES, build_model, fit_to_state, parameter_count
+from apgrid.trainables import data, structured
+from apgrid.trainables.models import ARCHITECTURES, build_model, fit_to_state, parameter_count
 
 # Published / reference counts for 10 classes (kuangliu/pytorch-cifar variants; WRN-28-10 from
 # Zagoruyko & Komodakis 2016, 36.5M).

@@ -14,11 +14,11 @@ import mlflow
 import pytest
 import yaml
 
-from grid import runner
-from grid.cli import main
-from grid.errors import ResumableError
-from grid.runner import launch, read_state, resume
-from grid.store import read_samples
+from apgrid.grid import runner
+from apgrid.grid.cli import main
+from apgrid.grid.errors import ResumableError
+from apgrid.grid.runner import launch, read_state, resume
+from apgrid.grid.store import read_samples
 from tests.test_grid import QUICK_AA
 from tests.test_tracking_server import free_port, small_grid, wait_for
 

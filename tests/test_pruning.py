@@ -4,8 +4,8 @@ import copy
 import pytest
 import torch
 
-from trainables import pruning
-from trainables.training import Recipe, make_optimizer, train_epoch
+from apgrid.trainables import pruning
+from apgrid.trainables.training import Recipe, make_optimizer, train_epoch
 
 
 def finetune(model, digits, epochs=1):

@@ -13,15 +13,15 @@ import torch
 from scipy.stats import mannwhitneyu, norm
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
-from analysis.costs import model_cost
-from analysis.report import AnalysisSettings, ModelAccess, write_report
-from analysis.tables import leaderboard, seed_table, thin_ice_table
-from analysis.thin_ice import auc_smaller, mcnemar
-from analysis.transfer import transfer_table
+from apgrid.analysis.costs import model_cost
+from apgrid.analysis.report import AnalysisSettings, ModelAccess, write_report
+from apgrid.analysis.tables import leaderboard, seed_table, thin_ice_table
+from apgrid.analysis.thin_ice import auc_smaller, mcnemar
+from apgrid.analysis.transfer import transfer_table
 from tests.test_statistics import fixture
-from trainables import pruning
-from trainables.data import load_dataset
-from trainables.models import build_model
+from apgrid.trainables import pruning
+from apgrid.trainables.data import load_dataset
+from apgrid.trainables.models import build_model
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def test_thin_ice_table_has_intervals_and_mcnemar():
 
 
 def test_seed_table_and_leaderboard():
-    from analysis.tables import model_table
+    from apgrid.analysis.tables import model_table
     models = model_table(samples_fixture())
     seeds = seed_table(models)
     cell = seeds[(seeds["method"] == "lwm-global")].iloc[0]
@@ -217,7 +217,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 def test_transfer_heatmap_leaves_room_for_one_attack_and_long_model_names(tmp_path):
     """A one-row heatmap used to be too short for its 45-degree target names: matplotlib gave up
     on the layout (a warning) and the names ran off the figure."""
-    from analysis.plots import transfer_heatmap
+    from apgrid.analysis.plots import transfer_heatmap
     targets = ["dense-cifar-tiny-s0-1a2b3c4d", "prune-boundary-aware-cifar-tiny-s0-sp0.95-5e6f7a8b"]
     table = pd.DataFrame({"source": targets[0], "attack": "fgsm", "target": targets,
                           "adv_acc": [0.4, 0.6]})

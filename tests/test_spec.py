@@ -3,8 +3,8 @@ import textwrap
 
 import pytest
 
-from grid.cli import main
-from grid.spec import DEFAULT_SPEC, SpecError, load_spec, parse_spec
+from apgrid.grid.cli import main
+from apgrid.grid.spec import DEFAULT_SPEC, SpecError, load_spec, parse_spec
 
 GOOD = {"name": "t", "output": "out"}
 
@@ -123,13 +123,13 @@ def test_example_specs_validate(example, tmp_path):
     if raw.get("dataset", {}).get("root"):
         raw["dataset"]["root"] = str(tmp_path)
     spec = parse_spec(raw)
-    from grid.plan import all_models
+    from apgrid.grid.plan import all_models
     assert len(all_models(spec)) >= 7
 
 
 def test_thin_ice_example_is_the_papers_twelve_models(tmp_path):
     import yaml
-    from grid.plan import pruned_models
+    from apgrid.grid.plan import pruned_models
     raw = yaml.safe_load((DEFAULT_SPEC.parent / "thin-ice.yaml").read_text())
     raw["dataset"]["root"] = str(tmp_path)
     pruned = pruned_models(parse_spec(raw))
@@ -152,7 +152,7 @@ def test_method_mapping_sets_options_and_recipes():
 
 
 def test_an_empty_method_list_is_a_dense_only_grid():
-    from grid.plan import all_models
+    from apgrid.grid.plan import all_models
     spec = parse_spec({**GOOD, "dense": {"seeds": [0, 1]}, "prune": {"methods": []}})
     assert spec.prune.methods == ()
     assert [p.role for p in all_models(spec)] == ["dense", "dense"]

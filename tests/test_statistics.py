@@ -5,8 +5,8 @@ import pytest
 from scipy.stats import mannwhitneyu
 from sklearn.metrics import roc_auc_score
 
-from analysis.tables import security_curve, thin_ice_table
-from analysis.thin_ice import auc_smaller, join_dense_pruned, population_shares, thin_ice_tests
+from apgrid.analysis.tables import security_curve, thin_ice_table
+from apgrid.analysis.thin_ice import auc_smaller, join_dense_pruned, population_shares, thin_ice_tests
 
 
 def fixture(seed=0, n=400):

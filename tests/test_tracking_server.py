@@ -17,8 +17,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from grid.cli import main
-from grid.runner import launch
+from apgrid.grid.cli import main
+from apgrid.grid.runner import launch
 from tests.test_grid import QUICK_AA, tiny_spec
 
 

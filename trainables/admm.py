@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainables.pruning import kept_count, prunable_layers
+from apgrid.trainables.pruning import kept_count, prunable_layers
 
 
 def project_irregular(w: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -104,7 +104,7 @@ def quantize_model(model: nn.Module, bits: int) -> None:
 def model_size_bits(model: nn.Module, bits: int = 32) -> int:
     """Storage of the non-zero prunable weights at `bits` each, plus one 32-bit scale per layer
     when quantised; everything else (biases, batch norm) at 32 bits. Index overhead is left out."""
-    from trainables.pruning import plain_state_dict
+    from apgrid.trainables.pruning import plain_state_dict
     state = plain_state_dict(model)
     prunable = {f"{n}.weight" for n, _ in prunable_layers(model)}
     total = 0

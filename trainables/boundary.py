@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainables.attacks import logit_margin
+from apgrid.trainables.attacks import logit_margin
 
 
 def linearized_distance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,

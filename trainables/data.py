@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from apgrid.errors import ApgridError
+
 DIGITS_TEST_SIZE = 360  # fixed stratified split: 1,437 train / 360 test
 DIGITS_SPLIT_SEED = 0
 
@@ -36,7 +38,7 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
-class DatasetError(ValueError):
+class DatasetError(ApgridError, ValueError):
     """The dataset cannot be found or read; the message names the path."""
 
 

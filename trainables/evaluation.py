@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from trainables.attacks import AUTOATTACK_ENSEMBLES, autoattack, fmn, logit_margin, pgd, sample_noise
+from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES, autoattack, fmn, logit_margin, pgd, sample_noise
 
 
 @dataclass(frozen=True)

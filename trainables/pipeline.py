@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trainables import pruning, structured
-from trainables.admm import Admm, make_projection, model_size_bits, quantize_model
-from trainables.boundary import boundary_weights, linearized_distance
-from trainables.data import Dataset
-from trainables.models import fit_to_state, parameter_count
-from trainables.pruning import METHOD_OPTIONS, PRUNING_METHODS, SEARCH_PHASE
-from trainables.training import Recipe, accuracy, make_optimizer, train_epoch
+from apgrid.trainables import pruning, structured
+from apgrid.trainables.admm import Admm, make_projection, model_size_bits, quantize_model
+from apgrid.trainables.boundary import boundary_weights, linearized_distance
+from apgrid.trainables.data import Dataset
+from apgrid.trainables.models import fit_to_state, parameter_count
+from apgrid.trainables.pruning import METHOD_OPTIONS, PRUNING_METHODS, SEARCH_PHASE
+from apgrid.trainables.training import Recipe, accuracy, make_optimizer, train_epoch
 
 
 @dataclass(frozen=True)

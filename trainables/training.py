@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.attacks import fgsm_rs, pgd
+from apgrid.trainables.attacks import fgsm_rs, pgd
 
 TRAINERS = ("pgd", "trades", "fgsm-rs", "clean")
 
