@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c  # a benchmark that fails fails `make bench`, despite its `| tee`
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test check lint bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,16 @@ demo: $(STAMP)  ## run the embedded demo grid into runs/demo
 	$(BIN)/apgrid launch --output runs/demo
 	$(BIN)/apgrid query runs/demo --where "stage='evaluate'"
 
-test: $(STAMP)  ## fast tests (digits, CPU)
+test: $(STAMP)  ## every test (digits, CPU): what .ci/run runs
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)  ## slow tests too (CIFAR-10 needs ../shared/scripts/fetch-cifar10)
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+check: $(STAMP)  ## the developer's loop: lint, unit tests and one small end-to-end grid (< 4 min)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)  ## ruff: lint and formatting
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)  ## issue 6's benchmarks in one run (~2 h on 2 cores; needs data/cifar10), into runs/bench
 	mkdir -p runs/bench

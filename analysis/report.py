@@ -135,7 +135,7 @@ def _thin_ice_display(table2: pd.DataFrame) -> pd.DataFrame:
 
 def statistics_sections(samples: pd.DataFrame, models: pd.DataFrame, folder: Path,
                         settings: AnalysisSettings) -> tuple[list[Section], dict[str, pd.DataFrame]]:
-    from apgrid.trainables.pruning import PRUNING_METHODS
+    from apgrid.trainables.methods import PRUNING_METHODS
 
     table1 = reevaluation_table(models)
     table2 = thin_ice_table(samples, settings.bootstrap_resamples)

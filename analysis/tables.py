@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from apgrid.analysis.thin_ice import mcnemar, population_shares, pruned_pairs, thin_ice_tests
-from apgrid.trainables.pruning import PRUNING_METHODS
+from apgrid.trainables.methods import PRUNING_METHODS
 
 MODEL_COLUMNS = ["model_id", "dense_model_id", "role", "dataset", "arch", "method", "sparsity",
                  "sparsity_measured", "seed", "norm", "eps"]

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 TRANSFER_ATTACKS = ("fgsm", "bim", "pgd", "apgd", "cw", "deepfool", "universal")
-BOUNDED = {"fgsm", "bim", "pgd", "apgd", "universal"}  # within the Linf threat ε
 
 
 def _secml(attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size=250) -> torch.Tensor:

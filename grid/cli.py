@@ -207,13 +207,15 @@ def cmd_analyze(args) -> int:
 
 def cmd_list(args) -> int:
     if args.what == "methods":
-        from apgrid.trainables.pruning import METHOD_OPTIONS, PRUNING_METHODS
+        from apgrid.trainables.methods import PRUNING_METHODS
         print(f"{'method':15s} {'pipeline':8s} {'structured':10s} {'scope':6s} criterion")
         for m in PRUNING_METHODS.values():
             print(f"{m.name:15s} {m.pipeline:8s} {str(m.structured):10s} {m.scope:6s} {m.criterion}")
             print(f"{'':15s} {m.description}")
-            if m.name in METHOD_OPTIONS:
-                opts = ", ".join(f"{k}={v}" for k, v in METHOD_OPTIONS[m.name].items())
+            if m.search_phase:
+                print(f"{'':15s} search phase: takes the spec's prune.search recipe")
+            if m.options:
+                opts = ", ".join(f"{k}={v}" for k, v in m.defaults().items())
                 print(f"{'':15s} options: {opts}")
         print("pipeline: A = prune after training, B = before training, D = during training "
               "(Piras et al. 2024)")

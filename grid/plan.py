@@ -44,7 +44,7 @@ class ModelPlan:
 
 def model_card(plan: ModelPlan, dataset: str, metrics: dict, extra: dict | None = None) -> dict:
     """The card.json written beside a model: its identity, config, metrics and taxonomy."""
-    from apgrid.trainables.pruning import PRUNING_METHODS
+    from apgrid.trainables.methods import PRUNING_METHODS
     card = {"model_id": plan.model_id, "role": plan.role, "dense_model_id": plan.dense_model_id,
             "arch": plan.arch, "seed": plan.seed, "method": plan.method,
             "target_sparsity": plan.sparsity, "dataset": dataset,
@@ -67,7 +67,7 @@ def dense_models(spec: GridSpec) -> list[ModelPlan]:
 
 
 def pruned_models(spec: GridSpec) -> list[ModelPlan]:
-    from apgrid.trainables.pruning import SEARCH_PHASE
+    from apgrid.trainables.methods import PRUNING_METHODS
     plans = []
     for dense in dense_models(spec):
         for method in spec.prune.methods:
@@ -76,7 +76,7 @@ def pruned_models(spec: GridSpec) -> list[ModelPlan]:
             for sparsity in method.sparsities or spec.prune.sparsities:
                 config = {"dense": dense.model_id, "method": method.name, "sparsity": sparsity,
                           "finetune": dataclasses.asdict(method.finetune or spec.prune.finetune)}
-                if method.name in SEARCH_PHASE:
+                if PRUNING_METHODS[method.name].search_phase:
                     config["search"] = dataclasses.asdict(method.search or spec.prune.search)
                 if method.options:
                     config["options"] = method.options

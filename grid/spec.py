@@ -24,7 +24,7 @@ from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES, NORMS
 from apgrid.trainables.evaluation import EvalSettings, ThreatModel
 from apgrid.trainables.data import DATASETS
 from apgrid.trainables.models import ARCHITECTURES
-from apgrid.trainables.pruning import METHOD_OPTIONS, PRUNING_METHODS
+from apgrid.trainables.methods import PRUNING_METHODS, LayerSparsity, OptionError
 from apgrid.trainables.training import TRAINERS, Recipe
 
 AUTOATTACK_VERSIONS = tuple(AUTOATTACK_ENSEMBLES)
@@ -61,7 +61,7 @@ class MethodSpec:
     name: str
     architectures: tuple[str, ...] | None = None  # None: every dense architecture
     sparsities: tuple[float, ...] | None = None   # None: prune.sparsities
-    options: dict = field(default_factory=dict)   # method options (METHOD_OPTIONS), defaults filled
+    options: dict = field(default_factory=dict)   # the method's options, defaults filled in
     finetune: Recipe | None = None                 # None: prune.finetune
     search: Recipe | None = None                   # None: prune.search
 
@@ -225,8 +225,10 @@ def _check_cross_fields(spec: GridSpec) -> None:
             if arch not in spec.dense.architectures:
                 raise SpecError(f"prune.methods.{m.name}.architectures: '{arch}' is not in "
                                 f"dense.architectures ({', '.join(spec.dense.architectures)})")
-        for layer in m.options.get("layer_sparsity", {}):
-            _check_layer_name(spec, m, layer)
+        for key, option in PRUNING_METHODS[m.name].options.items():
+            if isinstance(option, LayerSparsity):
+                for layer in m.options[key]:
+                    _check_layer_name(spec, m, key, layer)
     _check_architectures(spec)
     names = [c.name for c in spec.checkpoints]
     for c in spec.checkpoints:
@@ -266,7 +268,7 @@ def takes_images(arch: str, dataset: str) -> bool:
     return tuple(out.shape) == (2, info.num_classes)
 
 
-def _check_layer_name(spec: GridSpec, method: MethodSpec, layer: str) -> None:
+def _check_layer_name(spec: GridSpec, method: MethodSpec, key: str, layer: str) -> None:
     import torch
     from apgrid.trainables.models import build_model
     from apgrid.trainables.pruning import prunable_layers
@@ -278,7 +280,7 @@ def _check_layer_name(spec: GridSpec, method: MethodSpec, layer: str) -> None:
         allowed = [n for n, _ in prunable_layers(model)]
         if layer not in allowed:
             shown = ", ".join(allowed[:8]) + (", ..." if len(allowed) > 8 else "")
-            raise SpecError(f"prune.methods.{method.name}.layer_sparsity: {_show(layer)} is not a "
+            raise SpecError(f"prune.methods.{method.name}.{key}: {_show(layer)} is not a "
                             f"prunable layer of {arch}; allowed: {shown}")
 
 
@@ -457,14 +459,14 @@ def _method(raw, finetune: Recipe, search: Recipe) -> MethodSpec:
     raw = _mapping(raw, "prune.methods")
     name = _choice(raw.get("name"), "prune.methods", PRUNING_METHODS)
     where = f"prune.methods.{name}"
-    defaults = METHOD_OPTIONS.get(name, {})
-    _check_keys(raw, MethodSpec, f"{where}.", extra=tuple(defaults))
+    entry = PRUNING_METHODS[name]
+    _check_keys(raw, MethodSpec, f"{where}.", extra=tuple(entry.options))
     given = {**_mapping(raw.get("options"), f"{where}.options"),
-             **{k: v for k, v in raw.items() if k in defaults}}
-    for key in given:
-        if key not in defaults:
-            raise SpecError(f"{where}.{key}: unknown option; allowed: {', '.join(defaults) or 'none'}")
-    options = {**defaults, **given}
+             **{k: v for k, v in raw.items() if k in entry.options}}
+    try:
+        options = entry.check_options(given, where)
+    except OptionError as exc:
+        raise SpecError(str(exc)) from None
     archs = raw.get("architectures")
     sparsities = raw.get("sparsities")
     finetune_default, search_default = finetune, search
@@ -477,27 +479,7 @@ def _method(raw, finetune: Recipe, search: Recipe) -> MethodSpec:
         architectures=None if archs is None else tuple(
             _choice(a, f"{where}.architectures", ARCHITECTURES) for a in _list(archs, f"{where}.architectures")),
         sparsities=None if sparsities is None else _sparsities(sparsities, f"{where}.sparsities"),
-        options=_method_options(options, where))
-
-
-def _method_options(options: dict, where: str) -> dict:
-    if "rho" in options:
-        _number(options["rho"], f"{where}.rho", 0.0, 1e3)
-    if "bits" in options:
-        options["bits"] = _int(options["bits"], f"{where}.bits", minimum=0)
-        if not (options["bits"] == 0 or 2 <= options["bits"] <= 16):
-            raise SpecError(f"{where}.bits: {options['bits']} is not 0 (no quantisation) or 2..16")
-    if "sparsity_type" in options:
-        _choice(options["sparsity_type"], f"{where}.sparsity_type", ("irregular", "filter"))
-    if "layer_sparsity" in options:
-        layers = _mapping(options["layer_sparsity"], f"{where}.layer_sparsity")
-        options["layer_sparsity"] = {str(k): _number(v, f"{where}.layer_sparsity.{k}", 0.0, 1.0, high_open=True)
-                                     for k, v in layers.items()}
-    if "steps" in options:
-        _int(options["steps"], f"{where}.steps", minimum=1)
-    if "alpha" in options:
-        _number(options["alpha"], f"{where}.alpha", 0.0, 1e3)
-    return options
+        options=options)
 
 
 def _checkpoints(raw) -> tuple[CheckpointSpec, ...]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from apgrid.errors import ApgridError, short_reason
 from apgrid.grid.plan import ModelPlan
 from apgrid.grid.progress import DriverCallback
-from apgrid.trainables.pruning import PRUNING_METHODS
+from apgrid.trainables.methods import PRUNING_METHODS
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")

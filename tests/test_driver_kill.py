@@ -16,6 +16,8 @@ from apgrid.grid.runner import launch, read_state
 from apgrid.grid.store import read_samples
 from tests.test_grid import QUICK_AA
 
+pytestmark = pytest.mark.slow  # end-to-end grids beyond test_grid's: `make test`, not `make check`
+
 COLUMNS = ["model_id", "sample_idx", "clean_pred", "clean_correct", "logit_margin", "pgd_correct",
            "aa_correct", "fmn_eps", "fmn_found"]
 KILL_POINTS = [  # (stage, a line of the driver's output after which it is killed)

@@ -389,6 +389,7 @@ def test_ctrl_c_is_ours_again_after_the_tune_stages(finished_grid):
     assert signal.getsignal(signal.SIGINT) is SIGINT_AT_START
 
 
+@pytest.mark.slow
 def test_a_dense_only_grid_trains_evaluates_and_reports_its_dense_models(tmp_path, ray_session):
     spec = tiny_spec(tmp_path / "out", prune={"methods": []},
                      evaluation={"num_samples": 10, "block_size": 10, "shards": 1, "actors": 1,

@@ -9,6 +9,8 @@ from apgrid.grid.runner import launch
 from apgrid.grid.spec import parse_spec
 from apgrid.grid.store import ModelStore, read_samples
 
+pytestmark = pytest.mark.slow  # end-to-end grids beyond test_grid's: `make test`, not `make check`
+
 N_SAMPLES, AA_SAMPLES = 20, 10
 
 

@@ -8,14 +8,15 @@ import torch
 from torch import nn
 
 from apgrid.trainables import admm, pruning, structured
+from apgrid.trainables.methods import PRUNING_METHODS
 from apgrid.trainables.boundary import boundary_weights, linearized_distance
 from apgrid.trainables.pipeline import PruneJob, PruneSettings
 from apgrid.trainables.training import Recipe
 
 QUICK = Recipe(trainer="fgsm-rs", epochs=1, lr=0.01, batch_size=128)
 SEARCH = Recipe(trainer="fgsm-rs", epochs=1, lr=0.05, batch_size=128)
-UNSTRUCTURED = [m for m, spec in pruning.PRUNING_METHODS.items() if not spec.structured]
-STRUCTURED = [m for m, spec in pruning.PRUNING_METHODS.items() if spec.structured]
+UNSTRUCTURED = [m for m, spec in PRUNING_METHODS.items() if not spec.structured]
+STRUCTURED = [m for m, spec in PRUNING_METHODS.items() if spec.structured]
 
 
 def run_job(trained, digits, method, sparsity, options=None, finetune=QUICK, **callbacks):
@@ -139,3 +140,36 @@ def test_boundary_weights_favour_samples_near_the_boundary(trained, digits):
     near, far = d.abs().argmin(), d.abs().argmax()
     assert w[near] > w[far]
     assert torch.all(w[d.abs().argsort()].diff() <= 1e-6)  # decreasing in |d|
+
+
+@pytest.fixture
+def toy_method():
+    """A method added as one registry entry, removed again after the test."""
+    from apgrid.trainables.methods import PruningMethod, Whole, register
+
+    @register
+    class SmallestOfEachRow(PruningMethod):
+        name, pipeline, scope, criterion = "toy-rows", "A", "local", "row magnitude"
+        description = "a test's method: magnitude pruning, local"
+        options = {"repeat": Whole(1, 1, 3)}
+
+        def prune(self, job):
+            pruning.prune_magnitude(job.model, job.s.sparsity, "local")
+    yield SmallestOfEachRow
+    del PRUNING_METHODS["toy-rows"]
+
+
+def test_a_method_is_one_registry_entry(toy_method, trained, digits, capsys):
+    from apgrid.grid.cli import main
+    from apgrid.grid.plan import pruned_models
+    from apgrid.grid.spec import SpecError, parse_spec
+    spec = parse_spec({"name": "t", "output": "out", "prune": {"methods": [
+        {"name": "toy-rows", "repeat": 2}]}})
+    (plan,) = [p for p in pruned_models(spec) if p.sparsity == 0.9]
+    assert plan.config["options"] == {"repeat": 2}
+    with pytest.raises(SpecError, match="prune.methods.toy-rows.repeat"):
+        parse_spec({"name": "t", "output": "out", "prune": {"methods": [{"name": "toy-rows", "repeat": 9}]}})
+    job, metrics = run_job(trained, digits, "toy-rows", 0.9)
+    assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
+    assert main(["list", "methods"]) == 0
+    assert "toy-rows" in capsys.readouterr().out

@@ -22,6 +22,8 @@ from apgrid.grid.store import read_samples
 from tests.test_grid import QUICK_AA
 from tests.test_tracking_server import free_port, small_grid, wait_for
 
+pytestmark = pytest.mark.slow  # end-to-end grids beyond test_grid's: `make test`, not `make check`
+
 N_SAMPLES = 20  # small_grid's evaluation.num_samples
 
 

@@ -16,6 +16,11 @@ def finetune(model, digits, epochs=1):
                     norm="Linf", seed=1, epoch=epoch, device="cpu")
 
 
+ONE_SHOT = {"lwm-local": lambda model, s: pruning.prune_magnitude(model, s, "local"),
+            "lwm-global": lambda model, s: pruning.prune_magnitude(model, s, "global"),
+            "random": lambda model, s: pruning.prune_random(model, s, seed=0)}
+
+
 def layer_sparsities(model):
     return [(m.weight == 0).float().mean().item() for _, m in pruning.prunable_layers(model)]
 
@@ -24,7 +29,7 @@ def layer_sparsities(model):
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.95])
 def test_one_shot_reaches_target_and_masks_survive_finetuning(trained, digits, method, sparsity):
     model = copy.deepcopy(trained)
-    pruning.prune_one_shot(model, method, sparsity, seed=0)
+    ONE_SHOT[method](model, sparsity)
     assert pruning.measured_sparsity(model) == pytest.approx(sparsity, abs=0.005)
     masks = pruning.masks_of(model)
     finetune(model, digits)
@@ -35,8 +40,8 @@ def test_one_shot_reaches_target_and_masks_survive_finetuning(trained, digits, m
 
 def test_local_is_uniform_per_layer_and_global_is_not(trained):
     local, glob = copy.deepcopy(trained), copy.deepcopy(trained)
-    pruning.prune_one_shot(local, "lwm-local", 0.9, seed=0)
-    pruning.prune_one_shot(glob, "lwm-global", 0.9, seed=0)
+    ONE_SHOT["lwm-local"](local, 0.9)
+    ONE_SHOT["lwm-global"](glob, 0.9)
     assert max(layer_sparsities(local)) - min(layer_sparsities(local)) < 0.01
     assert max(layer_sparsities(glob)) - min(layer_sparsities(glob)) > 0.1
     # global keeps exactly the largest |w| across layers
@@ -61,10 +66,16 @@ def test_hydra_scores_change_while_weights_stay_frozen(trained, digits):
     assert any(not torch.equal(a, b.detach()) for a, b in zip(scores_before, scores))
     for name, m in pruning.prunable_layers(model):
         assert torch.equal(m.parametrizations.weight.original, weights_before[name]), name
+    learned = {n: s.detach().abs().clone() for (n, _), s in zip(pruning.prunable_layers(model), scores)}
     pruning.hydra_finalize(model)
     assert pruning.measured_sparsity(model) == pytest.approx(0.9, abs=0.005)
     masks = pruning.masks_of(model)
-    for name, m in pruning.prunable_layers(model):  # the kept weights are the top-k scores
+    for name, m in pruning.prunable_layers(model):
+        # Sec. 3.3: each layer keeps the weights of its k largest |scores|, the weights themselves
+        # as the dense model had them
+        k = int(masks[name].sum())
+        assert k == pruning.kept_count(m.weight_orig.numel(), 0.9)
+        assert learned[name][masks[name] == 1].min() >= learned[name][masks[name] == 0].max(), name
         assert torch.equal(m.weight_orig, weights_before[name])
     finetune(model, digits)
     for name, m in pruning.prunable_layers(model):
@@ -73,7 +84,7 @@ def test_hydra_scores_change_while_weights_stay_frozen(trained, digits):
 
 def test_plain_state_dict_round_trip(trained):
     model = copy.deepcopy(trained)
-    pruning.prune_one_shot(model, "lwm-global", 0.9, seed=0)
+    ONE_SHOT["lwm-global"](model, 0.9)
     state, masks = pruning.plain_state_dict(model), pruning.masks_of(model)
     fresh = copy.deepcopy(trained)
     fresh.load_state_dict(state)
@@ -84,4 +95,4 @@ def test_plain_state_dict_round_trip(trained):
 
 def test_sparsity_outside_range_is_refused(trained):
     with pytest.raises(ValueError, match="sparsity"):
-        pruning.prune_one_shot(copy.deepcopy(trained), "lwm-local", 1.0, seed=0)
+        ONE_SHOT["lwm-local"](copy.deepcopy(trained), 1.0)

@@ -20,6 +20,7 @@ from apgrid.analysis.thin_ice import auc_smaller, mcnemar
 from apgrid.analysis.transfer import transfer_table
 from tests.test_statistics import fixture
 from apgrid.trainables import pruning
+from apgrid.trainables.methods import PRUNING_METHODS
 from apgrid.trainables.data import load_dataset
 from apgrid.trainables.models import build_model
 
@@ -98,11 +99,11 @@ def test_seed_table_and_leaderboard():
     assert cell["seeds"] == 2
     assert cell["aa_acc_mean"] == pytest.approx(values.mean())
     assert cell["aa_acc_std"] == pytest.approx(values.std())
-    taxonomy = {m.name: m.taxonomy for m in pruning.PRUNING_METHODS.values()}
+    taxonomy = {m.name: m.taxonomy for m in PRUNING_METHODS.values()}
     board = leaderboard(models, taxonomy)
     assert set(board["structure"]) == {"structured", "unstructured"}
     l1 = board[board["method"] == "filter-l1"].iloc[0]
-    assert l1["criterion"] == pruning.PRUNING_METHODS["filter-l1"].criterion and l1["scope"]
+    assert l1["criterion"] == PRUNING_METHODS["filter-l1"].criterion and l1["scope"]
     for _, group in board.groupby(["dataset", "arch", "structure", "sparsity"]):
         assert list(group["rank"]) == list(range(1, len(group) + 1))
         assert group["aa_acc"].is_monotonic_decreasing

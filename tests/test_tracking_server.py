@@ -21,6 +21,8 @@ from apgrid.grid.cli import main
 from apgrid.grid.runner import launch
 from tests.test_grid import QUICK_AA, tiny_spec
 
+pytestmark = pytest.mark.slow  # end-to-end grids beyond test_grid's: `make test`, not `make check`
+
 
 def free_port() -> int:
     with socket.socket() as s:

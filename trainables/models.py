@@ -244,10 +244,6 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "mobilenetv1": mobilenet_v1,
 }
 
-# Models meant for 32x32 inputs only; the small CNNs take any size their pooling allows.
-MIN_IMAGE_SIZE = {name: 32 for name in ARCHITECTURES if name not in ("digits-cnn",)}
-
-
 def build_model(arch: str, in_channels: int, num_classes: int, mean, std) -> nn.Module:
     """A fresh model whose first layer normalises [0, 1] inputs with the dataset's mean/std."""
     if arch not in ARCHITECTURES:

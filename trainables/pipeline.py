@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 import torch
 
 from apgrid.trainables import pruning, structured
-from apgrid.trainables.admm import Admm, make_projection, model_size_bits, quantize_model
-from apgrid.trainables.boundary import boundary_weights, linearized_distance
+from apgrid.trainables.admm import model_size_bits
 from apgrid.trainables.data import Dataset
+from apgrid.trainables.methods import method as pruning_method
 from apgrid.trainables.models import fit_to_state, parameter_count
-from apgrid.trainables.pruning import METHOD_OPTIONS, PRUNING_METHODS, SEARCH_PHASE
 from apgrid.trainables.training import Recipe, accuracy, make_optimizer, train_epoch
 
 
@@ -29,7 +28,7 @@ class PruneSettings:
     eps: float
     norm: str
     finetune: Recipe
-    search: Recipe | None = None   # required by the methods in SEARCH_PHASE
+    search: Recipe | None = None   # required by methods with a search phase
     options: dict = field(default_factory=dict)
 
 
@@ -38,25 +37,24 @@ def _ignore(*args):
 
 
 class PruneJob:
-    """Prunes `model` (holding the dense weights, on `device`) as `settings` say."""
+    """Prunes `model` (holding the dense weights, on `device`) as `settings` say, calling the
+    method's hooks (trainables/methods.py)."""
 
     def __init__(self, settings: PruneSettings, model: torch.nn.Module, ds: Dataset, device,
                  report=_ignore, before_epoch=_ignore, on_finish=_ignore):
-        if settings.method in SEARCH_PHASE and settings.search is None:
+        self.method = pruning_method(settings.method)
+        if self.method.search_phase and settings.search is None:
             raise ValueError(f"{settings.method}: needs a search recipe")
         self.s, self.model, self.ds, self.device = settings, model, ds, device
         self.report, self.before_epoch, self.on_finish = report, before_epoch, on_finish
-        self.options = {**METHOD_OPTIONS.get(settings.method, {}), **settings.options}
+        self.options = {**self.method.defaults(), **settings.options}
         self.finetune = settings.finetune
-        self.search = settings.search if settings.method in SEARCH_PHASE else None
+        self.search = settings.search if self.method.search_phase else None
         self.search_epochs = self.search.epochs if self.search else 0
         self.total = self.search_epochs + self.finetune.epochs
         self.dense_count = pruning.prunable_weight_count(model)
         self.original_filters = structured.filter_counts(model)
-        self.sample_weights = None
-        if settings.method == "boundary-aware":  # from the dense model, before any pruning
-            distance = linearized_distance(model, ds.x_train, ds.y_train, settings.norm, device)
-            self.sample_weights = boundary_weights(distance, settings.eps, self.options["alpha"])
+        self.sample_weights = self.method.sample_weights(self)  # from the dense model
 
     def train(self, optimizer, recipe, epoch, offset=0, **kwargs) -> dict:
         self.before_epoch(epoch)
@@ -72,56 +70,15 @@ class PruneJob:
             self.model.to(self.device)
             pruning.apply_masks(self.model, state["masks"])
         elif self.search:
-            self.search_phase(state)
+            self.method.search(self, state)
             state = None
         elif not self.is_structured:
-            pruning.prune_one_shot(self.model, self.s.method, self.s.sparsity, self.s.seed)
+            self.method.prune(self)
         return self.finetune_phase(state)
 
     @property
     def is_structured(self) -> bool:
-        return PRUNING_METHODS[self.s.method].structured
-
-    # -- search phase ------------------------------------------------------------------------
-
-    def search_phase(self, state: dict | None) -> None:
-        if self.s.method == "hydra":
-            self.hydra_search(state)
-        else:
-            self.admm_search(state)
-
-    def hydra_search(self, state) -> None:
-        params = pruning.hydra_attach_scores(self.model, self.s.sparsity)
-        optimizer = make_optimizer(params, self.search)
-        if state:
-            for p, saved in zip(params, state["scores"]):
-                p.data.copy_(saved)
-            optimizer.load_state_dict(state["optimizer"])
-        for epoch in range(state["epoch"] if state else 0, self.search_epochs):
-            metrics = self.train(optimizer, self.search, epoch)
-            self.report({**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
-                        {"scores": [p.detach().cpu() for p in params],
-                         "optimizer": optimizer.state_dict(), "epoch": epoch + 1})
-        pruning.hydra_finalize(self.model)
-
-    def admm_search(self, state) -> None:
-        o = self.options
-        kind = o.get("sparsity_type", "irregular")
-        admm = Admm(self.model, self.s.sparsity, o.get("layer_sparsity", {}), o["rho"],
-                    make_projection(kind, o.get("bits", 0)), kind)
-        optimizer = make_optimizer(self.model.parameters(), self.search)
-        if state:
-            self.model.load_state_dict(state["model"])
-            admm.load(state["admm"], self.device)
-            optimizer.load_state_dict(state["optimizer"])
-        for epoch in range(state["epoch"] if state else 0, self.search_epochs):
-            metrics = self.train(optimizer, self.search, epoch, penalty=admm.penalty)
-            metrics["admm_residual"] = admm.update()
-            self.report({**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
-                        {"model": {k: v.cpu() for k, v in self.model.state_dict().items()},
-                         "admm": admm.state(), "optimizer": optimizer.state_dict(),
-                         "epoch": epoch + 1})
-        pruning.apply_masks(self.model, admm.hard_masks())
+        return self.method.structured
 
     # -- fine-tuning -------------------------------------------------------------------------
 
@@ -131,9 +88,7 @@ class PruneJob:
         ratios = structured.iterative_ratios(self.s.sparsity, steps)
         due = structured.step_epochs(self.finetune.epochs, steps)
         while done_steps < steps and due[done_steps] <= finetune_epoch:
-            structured.prune_filters(self.model, structured.CRITERIA[self.s.method],
-                                     ratios[done_steps], self.original_filters,
-                                     self.ds.x_train[:1].to(self.device))
+            self.method.prune_filters(self, ratios[done_steps])
             done_steps += 1
         return done_steps
 
@@ -178,12 +133,10 @@ class PruneJob:
 
     def finish(self, metrics: dict) -> dict:
         """ATMC's final quantisation, the model's costs, then `on_finish` (which saves it)."""
-        bits = self.options.get("bits", 0) if self.s.method == "atmc" else 0
-        if bits:
-            quantize_model(self.model, bits)
+        bits = self.method.finish(self)
         metrics = {**metrics, "test_clean_acc": self.test_accuracy(),
                    "measured_sparsity": pruning.measured_sparsity(self.model, self.dense_count),
-                   "model_size_bits": model_size_bits(self.model, bits or 32),
+                   "model_size_bits": model_size_bits(self.model, bits),
                    "params": parameter_count(self.model),
                    "nonzero_params": pruning.nonzero_count(self.model)}
         extra = {"measured_sparsity": metrics["measured_sparsity"],

@@ -1,4 +1,4 @@
-"""Unstructured pruning methods and the masks they leave.
+"""Unstructured pruning criteria and the masks they leave (the methods: trainables/methods.py).
 
 Masks are applied with `torch.nn.utils.prune`, which recomputes weight = weight_orig * mask on every
 forward pass, so a pruned weight stays zero through any amount of fine-tuning.
@@ -7,69 +7,10 @@ forward pass, so a pruned weight stays zero through any amount of fine-tuning.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
-
-
-@dataclass(frozen=True)
-class PruningMethod:
-    """A registry entry with the survey's taxonomy (Piras et al. 2024, Sec. 3)."""
-    name: str
-    pipeline: str      # A: prune after training, B: before training, D: during training
-    structured: bool
-    scope: str         # local: same sparsity per layer; global: one ranking across layers
-    criterion: str
-    description: str
-
-    @property
-    def taxonomy(self) -> dict:
-        return {"pipeline": self.pipeline, "structured": self.structured, "scope": self.scope,
-                "criterion": self.criterion}
-
-
-PRUNING_METHODS: dict[str, PruningMethod] = {m.name: m for m in (
-    PruningMethod("lwm-local", "A", False, "local", "weight magnitude",
-                  "layer-wise magnitude: drop the smallest |w| of each layer, then fine-tune"),
-    PruningMethod("lwm-global", "A", False, "global", "weight magnitude",
-                  "global magnitude: one |w| threshold across all layers, then fine-tune"),
-    PruningMethod("lamp", "A", False, "global", "LAMP score",
-                  "LAMP (Lee et al. 2021): global ranking of layer-adaptive magnitude scores, i.e. "
-                  "LWM with a global LAMP allocation of per-layer sparsity, then fine-tune"),
-    PruningMethod("random", "A", False, "local", "random",
-                  "random unstructured masks per layer (a baseline), then fine-tune"),
-    PruningMethod("hydra", "A", False, "local", "optimised importance score",
-                  "HYDRA (Sehwag et al. 2020): learn scores under the adversarial loss with weights "
-                  "frozen, keep the top-k per layer, then fine-tune the weights"),
-    PruningMethod("r-admm", "A", False, "local", "ADMM-optimised magnitude",
-                  "R-ADMM (Ye et al. 2019): adversarial ADMM phase pulling W towards the sparse "
-                  "set, hard prune, masked adversarial retraining; irregular or filter sparsity"),
-    PruningMethod("atmc", "D", False, "local", "ADMM-optimised magnitude + quantisation",
-                  "ATMC (Gui et al. 2019): adversarial training constrained to sparse, k-bit "
-                  "quantised weights by ADMM; model size recorded in bits"),
-    PruningMethod("filter-l1", "A", True, "local", "filter L1 norm",
-                  "structured: remove the filters of smallest L1 norm (Li et al. 2017) with "
-                  "torch-pruning, one-shot or iterative, fine-tuning after each step"),
-    PruningMethod("filter-l2", "A", True, "local", "filter L2 norm",
-                  "structured: remove the filters of smallest L2 norm, one-shot or iterative"),
-    PruningMethod("filter-gm", "A", True, "local", "geometric median (FPGM)",
-                  "structured: remove the filters closest to the geometric median of their layer "
-                  "(He et al. 2019), one-shot or iterative"),
-    PruningMethod("boundary-aware", "A", False, "global", "weight magnitude + boundary weighting",
-                  "apgrid's boundary-aware fine-tuning: global magnitude masks, then adversarial "
-                  "fine-tuning that up-weights samples near the dense model's decision boundary"),
-)}
-
-# Options a spec may set per method, with their defaults (validated in grid/spec.py).
-METHOD_OPTIONS: dict[str, dict] = {
-    "r-admm": {"rho": 1.0, "sparsity_type": "irregular", "layer_sparsity": {}},
-    "atmc": {"rho": 1.0, "bits": 8},
-    "filter-l1": {"steps": 1}, "filter-l2": {"steps": 1}, "filter-gm": {"steps": 1},
-    "boundary-aware": {"alpha": 2.0},
-}
-SEARCH_PHASE = ("hydra", "r-admm", "atmc")  # methods whose masks come from a trained phase
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -175,10 +116,6 @@ def hydra_attach_scores(model: nn.Module, sparsity: float) -> list[nn.Parameter]
     return scores
 
 
-def hydra_scores(model: nn.Module) -> list[torch.Tensor]:
-    return [m.parametrizations.weight[0].scores for _, m in prunable_layers(model)]
-
-
 def hydra_finalize(model: nn.Module) -> None:
     """Turn learned scores into fixed masks and unfreeze the weights for fine-tuning."""
     for _, m in prunable_layers(model):
@@ -233,18 +170,3 @@ def measured_sparsity(model: nn.Module, dense_count: int | None = None) -> float
         nonzero += (m.weight != 0).sum().item()
         total += m.weight.numel()
     return 1 - nonzero / (dense_count or total)
-
-
-def prune_one_shot(model: nn.Module, method: str, sparsity: float, seed: int) -> None:
-    """Apply the masks of a one-shot criterion (every method but HYDRA's score phase)."""
-    if method == "lwm-local":
-        prune_magnitude(model, sparsity, "local")
-    elif method in ("lwm-global", "boundary-aware"):  # boundary-aware changes the loss, not the mask
-        prune_magnitude(model, sparsity, "global")
-    elif method == "lamp":
-        prune_lamp(model, sparsity)
-    elif method == "random":
-        prune_random(model, sparsity, seed)
-    else:
-        raise ValueError(f"method: '{method}' is not a one-shot criterion; "
-                         f"allowed: lwm-local, lwm-global, lamp, random")

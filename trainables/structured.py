@@ -12,9 +12,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-CRITERIA = {"filter-l1": "l1", "filter-l2": "l2", "filter-gm": "fpgm"}
-
-
 def _importance(criterion: str):
     import torch_pruning as tp
     if criterion == "l1":

@@ -1,0 +1,330 @@
+"""The pruning methods: one registry entry each, as Torch-Pruning writes a pruner, one class whose
+hooks the prune pipeline (trainables/pipeline.py) calls.
+
+A method states its taxonomy (the survey's: Piras et al. 2024, Sec. 3), its options with their
+defaults and checks, and overrides only the hooks it needs:
+
+    search(job, state)    a trained phase that yields the masks (HYDRA's scores, ADMM); methods
+                          with one set `search_phase = True` and get the grid's search recipe
+    prune(job)            one-shot masks of an unstructured criterion, before fine-tuning
+    prune_filters(job, ratio)   structured methods: remove filters, on the iterative schedule
+    sample_weights(job)   a weight per training sample for the fine-tuning loss
+    finish(job)           last changes before the model is saved (ATMC's quantisation); returns
+                          the bits per stored weight
+
+Adding a method is one class here (decorated with @register) and a test of the property its paper
+states; the spec, `apgrid list methods`, the pipeline, model cards and MLflow tags all read it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from apgrid.trainables import pruning, structured
+
+# -- options ---------------------------------------------------------------------------------------
+
+
+class OptionError(ValueError):
+    """An option value the method cannot take; the message starts with the option's field."""
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass(frozen=True)
+class Number:
+    default: float
+    low: float
+    high: float
+
+    def check(self, value, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise OptionError(f"{where}: must be a number, got {_show(value)}")
+        if not math.isfinite(value) or not self.low <= value <= self.high:
+            raise OptionError(f"{where}: {_show(value)} is outside [{self.low}, {self.high}]")
+        return float(value)
+
+
+@dataclass(frozen=True)
+class Whole:
+    default: int
+    minimum: int
+    maximum: int = 2**31 - 1
+    also: tuple[int, ...] = ()   # values allowed outside [minimum, maximum] (ATMC: 0 = no quantisation)
+
+    def check(self, value, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise OptionError(f"{where}: must be a whole number, got {_show(value)}")
+        if value not in self.also and not self.minimum <= value <= self.maximum:
+            extra = "".join(f"{v} or " for v in self.also)
+            raise OptionError(f"{where}: {_show(value)} is not {extra}{self.minimum}..{self.maximum}")
+        return value
+
+
+@dataclass(frozen=True)
+class Choice:
+    default: str
+    allowed: tuple[str, ...]
+
+    def check(self, value, where: str) -> str:
+        if not isinstance(value, str) or value not in self.allowed:
+            raise OptionError(f"{where}: unknown {_show(value)}; allowed: {', '.join(self.allowed)}")
+        return value
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """Per-layer sparsities {layer name: sparsity in [0, 1)}; the spec checks the names against
+    each architecture's prunable layers."""
+    default: dict = field(default_factory=dict)
+
+    def check(self, value, where: str) -> dict:
+        if not isinstance(value, dict):
+            raise OptionError(f"{where}: must be a mapping of layer names to sparsities")
+        out = {}
+        for layer, sparsity in value.items():
+            ok = isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool)
+            if not ok or not math.isfinite(sparsity) or not 0 <= sparsity < 1:
+                raise OptionError(f"{where}.{layer}: {_show(sparsity)} is outside [0.0, 1.0)")
+            out[str(layer)] = float(sparsity)
+        return out
+
+
+# -- the base class and the registry ----------------------------------------------------------
+
+
+class PruningMethod:
+    name: ClassVar[str]
+    pipeline: ClassVar[str]        # A: prune after training, B: before training, D: during training
+    structured: ClassVar[bool] = False
+    scope: ClassVar[str]           # local: same sparsity per layer; global: one ranking across layers
+    criterion: ClassVar[str]
+    description: ClassVar[str]
+    options: ClassVar[dict[str, Any]] = {}
+    search_phase: ClassVar[bool] = False
+
+    @property
+    def taxonomy(self) -> dict:
+        return {"pipeline": self.pipeline, "structured": self.structured, "scope": self.scope,
+                "criterion": self.criterion}
+
+    def defaults(self) -> dict:
+        return {key: option.default for key, option in self.options.items()}
+
+    def check_options(self, given: dict, where: str) -> dict:
+        """The options with defaults filled in; raises OptionError naming the field."""
+        for key in given:
+            if key not in self.options:
+                raise OptionError(f"{where}.{key}: unknown option; allowed: "
+                                  f"{', '.join(self.options) or 'none'}")
+        return {**self.defaults(),
+                **{key: self.options[key].check(value, f"{where}.{key}") for key, value in given.items()}}
+
+    # hooks -------------------------------------------------------------------------------------
+
+    def search(self, job, state: dict | None) -> None:
+        raise NotImplementedError(f"{self.name} has no search phase")
+
+    def prune(self, job) -> None:
+        """One-shot masks of an unstructured criterion."""
+
+    def prune_filters(self, job, ratio: float) -> None:
+        raise NotImplementedError(f"{self.name} is not structured")
+
+    def sample_weights(self, job):
+        return None
+
+    def finish(self, job) -> int:
+        return 32
+
+
+PRUNING_METHODS: dict[str, PruningMethod] = {}
+
+
+def register(cls: type[PruningMethod]) -> type[PruningMethod]:
+    PRUNING_METHODS[cls.name] = cls()
+    return cls
+
+
+def method(name: str) -> PruningMethod:
+    if name not in PRUNING_METHODS:
+        raise ValueError(f"method: unknown '{name}'; allowed: {', '.join(sorted(PRUNING_METHODS))}")
+    return PRUNING_METHODS[name]
+
+
+# -- one-shot unstructured criteria -----------------------------------------------------------
+
+
+@register
+class LayerwiseMagnitude(PruningMethod):
+    name, pipeline, scope, criterion = "lwm-local", "A", "local", "weight magnitude"
+    description = "layer-wise magnitude: drop the smallest |w| of each layer, then fine-tune"
+
+    def prune(self, job) -> None:
+        pruning.prune_magnitude(job.model, job.s.sparsity, "local")
+
+
+@register
+class GlobalMagnitude(PruningMethod):
+    name, pipeline, scope, criterion = "lwm-global", "A", "global", "weight magnitude"
+    description = "global magnitude: one |w| threshold across all layers, then fine-tune"
+
+    def prune(self, job) -> None:
+        pruning.prune_magnitude(job.model, job.s.sparsity, "global")
+
+
+@register
+class Lamp(PruningMethod):
+    name, pipeline, scope, criterion = "lamp", "A", "global", "LAMP score"
+    description = ("LAMP (Lee et al. 2021): global ranking of layer-adaptive magnitude scores, i.e. "
+                   "LWM with a global LAMP allocation of per-layer sparsity, then fine-tune")
+
+    def prune(self, job) -> None:
+        pruning.prune_lamp(job.model, job.s.sparsity)
+
+
+@register
+class RandomMasks(PruningMethod):
+    name, pipeline, scope, criterion = "random", "A", "local", "random"
+    description = "random unstructured masks per layer (a baseline), then fine-tune"
+
+    def prune(self, job) -> None:
+        pruning.prune_random(job.model, job.s.sparsity, job.s.seed)
+
+
+@register
+class BoundaryAware(GlobalMagnitude):
+    name, pipeline, scope = "boundary-aware", "A", "global"
+    criterion = "weight magnitude + boundary weighting"
+    description = ("apgrid's boundary-aware fine-tuning: global magnitude masks, then adversarial "
+                   "fine-tuning that up-weights samples near the dense model's decision boundary")
+    options = {"alpha": Number(2.0, 0.0, 1e3)}
+
+    def sample_weights(self, job):
+        """From the dense model, before any pruning (trainables/boundary.py)."""
+        from apgrid.trainables.boundary import boundary_weights, linearized_distance
+        distance = linearized_distance(job.model, job.ds.x_train, job.ds.y_train, job.s.norm,
+                                       job.device)
+        return boundary_weights(distance, job.s.eps, job.options["alpha"])
+
+
+# -- a trained search phase -------------------------------------------------------------------
+
+
+@register
+class Hydra(PruningMethod):
+    name, pipeline, scope = "hydra", "A", "local"
+    criterion = "optimised importance score"
+    description = ("HYDRA (Sehwag et al. 2020): learn scores under the adversarial loss with weights "
+                   "frozen, keep the top-k per layer, then fine-tune the weights")
+    search_phase = True
+
+    def search(self, job, state) -> None:
+        from apgrid.trainables.training import make_optimizer
+        params = pruning.hydra_attach_scores(job.model, job.s.sparsity)
+        optimizer = make_optimizer(params, job.search)
+        if state:
+            for p, saved in zip(params, state["scores"]):
+                p.data.copy_(saved)
+            optimizer.load_state_dict(state["optimizer"])
+        for epoch in range(state["epoch"] if state else 0, job.search_epochs):
+            metrics = job.train(optimizer, job.search, epoch)
+            job.report({**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
+                       {"scores": [p.detach().cpu() for p in params],
+                        "optimizer": optimizer.state_dict(), "epoch": epoch + 1})
+        pruning.hydra_finalize(job.model)
+
+
+class AdmmMethod(PruningMethod):
+    """The ADMM phase shared by R-ADMM and ATMC (trainables/admm.py), then hard masks."""
+    search_phase = True
+
+    def admm(self, job):
+        from apgrid.trainables.admm import Admm, make_projection
+        o = job.options
+        kind = o.get("sparsity_type", "irregular")
+        return Admm(job.model, job.s.sparsity, o.get("layer_sparsity", {}), o["rho"],
+                    make_projection(kind, o.get("bits", 0)), kind)
+
+    def search(self, job, state) -> None:
+        from apgrid.trainables.training import make_optimizer
+        admm = self.admm(job)
+        optimizer = make_optimizer(job.model.parameters(), job.search)
+        if state:
+            job.model.load_state_dict(state["model"])
+            admm.load(state["admm"], job.device)
+            optimizer.load_state_dict(state["optimizer"])
+        for epoch in range(state["epoch"] if state else 0, job.search_epochs):
+            metrics = job.train(optimizer, job.search, epoch, penalty=admm.penalty)
+            metrics["admm_residual"] = admm.update()
+            job.report({**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
+                       {"model": {k: v.cpu() for k, v in job.model.state_dict().items()},
+                        "admm": admm.state(), "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1})
+        pruning.apply_masks(job.model, admm.hard_masks())
+
+
+@register
+class RobustAdmm(AdmmMethod):
+    name, pipeline, scope = "r-admm", "A", "local"
+    criterion = "ADMM-optimised magnitude"
+    description = ("R-ADMM (Ye et al. 2019): adversarial ADMM phase pulling W towards the sparse "
+                   "set, hard prune, masked adversarial retraining; irregular or filter sparsity")
+    options = {"rho": Number(1.0, 0.0, 1e3),
+               "sparsity_type": Choice("irregular", ("irregular", "filter")),
+               "layer_sparsity": LayerSparsity()}
+
+
+@register
+class Atmc(AdmmMethod):
+    name, pipeline, scope = "atmc", "D", "local"
+    criterion = "ADMM-optimised magnitude + quantisation"
+    description = ("ATMC (Gui et al. 2019): adversarial training constrained to sparse, k-bit "
+                   "quantised weights by ADMM; model size recorded in bits")
+    options = {"rho": Number(1.0, 0.0, 1e3), "bits": Whole(8, 2, 16, also=(0,))}
+
+    def finish(self, job) -> int:
+        from apgrid.trainables.admm import quantize_model
+        bits = job.options["bits"]
+        if bits:
+            quantize_model(job.model, bits)
+        return bits or 32
+
+
+# -- structured: filters removed --------------------------------------------------------------
+
+
+class FilterPruning(PruningMethod):
+    """Filters removed with torch-pruning (trainables/structured.py), one-shot or in `steps`."""
+    pipeline, scope, structured = "A", "local", True
+    options = {"steps": Whole(1, 1)}
+    importance: ClassVar[str]   # torch-pruning importance: l1, l2, fpgm
+
+    def prune_filters(self, job, ratio: float) -> None:
+        structured.prune_filters(job.model, self.importance, ratio, job.original_filters,
+                                 job.ds.x_train[:1].to(job.device))
+
+
+@register
+class FilterL1(FilterPruning):
+    name, criterion, importance = "filter-l1", "filter L1 norm", "l1"
+    description = ("structured: remove the filters of smallest L1 norm (Li et al. 2017) with "
+                   "torch-pruning, one-shot or iterative, fine-tuning after each step")
+
+
+@register
+class FilterL2(FilterPruning):
+    name, criterion, importance = "filter-l2", "filter L2 norm", "l2"
+    description = "structured: remove the filters of smallest L2 norm, one-shot or iterative"
+
+
+@register
+class FilterGeometricMedian(FilterPruning):
+    name, criterion, importance = "filter-gm", "geometric median (FPGM)", "fpgm"
+    description = ("structured: remove the filters closest to the geometric median of their layer "
+                   "(He et al. 2019), one-shot or iterative")
