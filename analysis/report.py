@@ -228,11 +228,12 @@ def transfer_section(models: pd.DataFrame, access: ModelAccess, settings: Analys
 
     dense = models[models["role"] == "dense"]["model_id"].tolist()
     targets = models["model_id"].tolist()
-    key = {"attacks": list(settings.transfer_attacks), "n": settings.transfer_samples,
+    n = settings.transfer_samples or int(models["num_samples"].min())  # default: every evaluated
+    key = {"attacks": list(settings.transfer_attacks), "n": n,
            "targets": targets, "eps": eps}
 
     def compute():
-        x, y = access.test_data(settings.transfer_samples)
+        x, y = access.test_data(n)
         loaded = {m: access.load(m) for m in targets}
         return transfer_table({m: loaded[m] for m in dense}, loaded, x, y, eps,
                               settings.transfer_attacks, log=access.log).to_dict("records")
@@ -241,8 +242,9 @@ def transfer_section(models: pd.DataFrame, access: ModelAccess, settings: Analys
                for source in dense]
     text = [f"Adversarial examples crafted on each dense (base) model — FGSM, BIM, PGD, APGD-CE "
             f"and a universal perturbation within the threat ε; CW-L2 (κ = 5) and DeepFool-L2 "
-            f"unbounded — on the first {settings.transfer_samples} test samples, and each model's "
-            f"accuracy on them (`adv_acc`; the source's own row is the white-box accuracy). "
+            f"unbounded — on the first {n} test samples, and each model's "
+            f"accuracy on them (`adv_acc`, with its 95 % Wilson interval `adv_acc_low`–"
+            f"`adv_acc_high`; the source's own row is the white-box accuracy). "
             f"`fooled` = share of the samples the target got right clean that it gets wrong."]
     matrix = table.pivot_table(index=["source", "attack"], columns="target", values="adv_acc",
                                sort=False).reset_index() if len(table) else table

@@ -90,6 +90,13 @@ ATTACKS: dict[str, Callable] = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "apgd": ap
                                 "deepfool": deepfool, "universal": universal}
 
 
+def proportion_interval(successes: int, n: int) -> tuple[float, float]:
+    """95 % Wilson score interval of an accuracy (good coverage at any n and near 0 or 1)."""
+    from scipy.stats import binomtest
+    ci = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 @torch.inference_mode()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> np.ndarray:
     """Per-sample correctness of a model on x."""
@@ -116,9 +123,11 @@ def transfer_rows(source_id: str, attack: str, x: torch.Tensor, x_adv: torch.Ten
     for target_id, model in targets.items():
         clean = accuracy(model, x, y)
         adv = accuracy(model, x_adv, y)
+        low, high = proportion_interval(int(adv.sum()), len(y))
         rows.append({"source": source_id, "attack": attack, "target": target_id,
                      "white_box": target_id == source_id, "samples": len(y),
                      "clean_acc": clean.mean(), "adv_acc": adv.mean(),
+                     "adv_acc_low": low, "adv_acc_high": high,
                      "fooled": float((clean & ~adv).sum() / max(1, clean.sum())),
                      "linf_median": float(delta.abs().amax(1).median()),
                      "l2_median": float(delta.norm(dim=1).median())})

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 from apgrid.grid.spec import GridSpec
+from apgrid.trainables.training import Recipe, recipe_config
 
 
 def config_hash(config: dict) -> str:
@@ -54,36 +55,61 @@ def model_card(plan: ModelPlan, dataset: str, metrics: dict, extra: dict | None 
     return {**card, **(extra or {})}
 
 
+def dense_plan(spec: GridSpec, arch: str, seed: int, recipe: Recipe) -> ModelPlan:
+    config = {"dataset": spec.dataset.name, "arch": arch, "seed": seed,
+              "threat_model": dataclasses.asdict(spec.threat_model),
+              "recipe": recipe_config(recipe), **_validation(spec)}
+    model_id = f"dense-{arch}-seed{seed}-{config_hash(config)[:8]}"
+    return ModelPlan(model_id, "dense", model_id, arch, seed, "dense", 0.0, config)
+
+
+def _validation(spec: GridSpec) -> dict:
+    """The validation split changes the training data, so it is part of a trained model's config."""
+    return {"validation": spec.dataset.validation} if spec.dataset.validation else {}
+
+
+def _applies(method, arch: str) -> bool:
+    return method.architectures is None or arch in method.architectures
+
+
 def dense_models(spec: GridSpec) -> list[ModelPlan]:
-    plans = []
+    """Every dense parent the grid needs: one per (arch, seed, recipe), the recipe being each
+    method's (its paper's parent) or dense.recipe; equal recipes are one model."""
+    plans = {}
     for arch in spec.dense.architectures:
-        for seed in spec.dense.seeds:
-            config = {"dataset": spec.dataset.name, "arch": arch, "seed": seed,
-                      "threat_model": dataclasses.asdict(spec.threat_model),
-                      "recipe": dataclasses.asdict(spec.dense.recipe)}
-            model_id = f"dense-{arch}-seed{seed}-{config_hash(config)[:8]}"
-            plans.append(ModelPlan(model_id, "dense", model_id, arch, seed, "dense", 0.0, config))
-    return plans
+        recipes = [m.dense_recipe(spec) for m in spec.prune.methods if _applies(m, arch)]
+        for recipe in recipes or [spec.dense.recipe]:
+            for seed in spec.dense.seeds:
+                plan = dense_plan(spec, arch, seed, recipe)
+                plans.setdefault(plan.model_id, plan)
+    return list(plans.values())
 
 
 def pruned_models(spec: GridSpec) -> list[ModelPlan]:
     from apgrid.trainables.methods import PRUNING_METHODS
     plans = []
-    for dense in dense_models(spec):
-        for method in spec.prune.methods:
-            if method.architectures is not None and dense.arch not in method.architectures:
-                continue
-            for sparsity in method.sparsities or spec.prune.sparsities:
-                config = {"dense": dense.model_id, "method": method.name, "sparsity": sparsity,
-                          "finetune": dataclasses.asdict(method.finetune or spec.prune.finetune)}
-                if PRUNING_METHODS[method.name].search_phase:
-                    config["search"] = dataclasses.asdict(method.search or spec.prune.search)
-                if method.options:
-                    config["options"] = method.options
-                pct = f"{sparsity * 100:g}"
-                model_id = f"{method.name}-sp{pct}-{dense.arch}-seed{dense.seed}-{config_hash(config)[:8]}"
-                plans.append(ModelPlan(model_id, "pruned", dense.model_id, dense.arch, dense.seed,
-                                       method.name, sparsity, config))
+    for arch in spec.dense.architectures:
+        for seed in spec.dense.seeds:
+            for method in (m for m in spec.prune.methods if _applies(m, arch)):
+                plans += _pruned(spec, dense_plan(spec, arch, seed, method.dense_recipe(spec)),
+                                 method, PRUNING_METHODS[method.name].search_phase)
+    return plans
+
+
+def _pruned(spec: GridSpec, dense: ModelPlan, method, search_phase: bool) -> list[ModelPlan]:
+    plans = []
+    for sparsity in method.sparsities or spec.prune.sparsities:
+        config = {"dense": dense.model_id, "method": method.name, "sparsity": sparsity,
+                  "finetune": recipe_config(method.finetune or spec.prune.finetune),
+                  **_validation(spec)}
+        if search_phase:
+            config["search"] = recipe_config(method.search or spec.prune.search)
+        if method.options:
+            config["options"] = method.options
+        pct = f"{sparsity * 100:g}"
+        model_id = f"{method.name}-sp{pct}-{dense.arch}-seed{dense.seed}-{config_hash(config)[:8]}"
+        plans.append(ModelPlan(model_id, "pruned", dense.model_id, dense.arch, dense.seed,
+                               method.name, sparsity, config))
     return plans
 
 

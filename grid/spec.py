@@ -25,7 +25,7 @@ from apgrid.trainables.evaluation import EvalSettings, ThreatModel
 from apgrid.trainables.data import DATASETS
 from apgrid.trainables.models import ARCHITECTURES
 from apgrid.trainables.methods import PRUNING_METHODS, LayerSparsity, OptionError
-from apgrid.trainables.training import TRAINERS, Recipe
+from apgrid.trainables.training import AUGMENTATIONS, NEUTRAL, SELECTIONS, TRAINERS, Recipe
 
 AUTOATTACK_VERSIONS = tuple(AUTOATTACK_ENSEMBLES)
 EXAMPLES = Path(__file__).parent / "examples"
@@ -46,6 +46,7 @@ class DatasetSpec:
     name: str = "digits"
     root: str | None = None
     download: bool = False
+    validation: int = 0   # training samples held out for model selection (recipe select: best)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class MethodSpec:
     options: dict = field(default_factory=dict)   # the method's options, defaults filled in
     finetune: Recipe | None = None                 # None: prune.finetune
     search: Recipe | None = None                   # None: prune.search
+    dense: Recipe | None = None                    # the parent's recipe; None: dense.recipe
+
+    def dense_recipe(self, spec: "GridSpec") -> Recipe:
+        """The recipe of the dense parent this method prunes (its paper's: HYDRA a TRADES parent)."""
+        return self.dense or spec.dense.recipe
 
 
 @dataclass(frozen=True)
@@ -141,7 +147,7 @@ class GridSpec:
         """Identity of the grid's work: what it computes, not where it is written or tracked nor
         what it runs on, so a grid can move to other machines and keep its finished work.
         `legacy`: the identity grids launched before 2026-11-23 recorded (resources included)."""
-        body = self.to_dict()
+        body = _without_neutral(self.to_dict())
         for path in WHERE_AND_REPORT if legacy else NOT_IDENTITY:
             *parents, leaf = path.split(".")
             node = body
@@ -152,6 +158,19 @@ class GridSpec:
         if settings["autoattack_attacks"] is None:  # added later: grids launched before keep theirs
             del settings["autoattack_attacks"]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _without_neutral(body):
+    """The spec's layout less the fields added after grids were launched, where they hold the value
+    that computes what those grids computed (recipes' NEUTRAL fields, no validation split, no
+    per-method dense recipe): such grids keep their identity."""
+    if isinstance(body, dict):
+        neutral = {**NEUTRAL, "validation": 0, "dense": None}
+        return {k: _without_neutral(v) for k, v in body.items()
+                if not (k in neutral and neutral[k] == v)}
+    if isinstance(body, (list, tuple)):
+        return [_without_neutral(v) for v in body]
+    return body
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -184,6 +203,9 @@ def parse_spec(raw: Any) -> GridSpec:
     for required in ("name", "output"):
         if required not in raw:
             raise SpecError(f"{required}: missing; it is required")
+    dataset = _dataset(raw.get("dataset", {}))
+    augment = DATASETS[dataset.name].augment
+    dense = _dense(raw.get("dense", {}), augment)
     spec = GridSpec(
         name=_name(raw["name"]),
         output=_string(raw["output"], "output"),
@@ -191,10 +213,10 @@ def parse_spec(raw: Any) -> GridSpec:
         storage=_optional_string(raw.get("storage"), "storage"),
         ray_address=_optional_string(raw.get("ray_address"), "ray_address"),
         max_failures=_int(raw.get("max_failures", 2), "max_failures", minimum=0),
-        dataset=_dataset(raw.get("dataset", {})),
+        dataset=dataset,
         threat_model=_threat(raw.get("threat_model", {})),
-        dense=_dense(raw.get("dense", {})),
-        prune=_prune(raw.get("prune", {})),
+        dense=dense,
+        prune=_prune(raw.get("prune", {}), augment, dense.recipe),
         evaluation=_evaluation(raw.get("evaluation", {})),
         resources=_resources(raw.get("resources", {})),
         checkpoints=_checkpoints(raw.get("checkpoints", [])),
@@ -230,11 +252,35 @@ def _check_cross_fields(spec: GridSpec) -> None:
                 for layer in m.options[key]:
                     _check_layer_name(spec, m, key, layer)
     _check_architectures(spec)
+    _check_recipes(spec)
     names = [c.name for c in spec.checkpoints]
     for c in spec.checkpoints:
         if c.dense is not None and c.dense not in names:
             raise SpecError(f"checkpoints.{c.name}.dense: '{c.dense}' is not a checkpoint name; "
                             f"allowed: {', '.join(names)}")
+
+
+def _recipes(spec: GridSpec):
+    """Every recipe of the spec with its field name."""
+    yield "dense.recipe", spec.dense.recipe
+    yield "prune.finetune", spec.prune.finetune
+    yield "prune.search", spec.prune.search
+    for m in spec.prune.methods:
+        for part in ("dense", "finetune", "search"):
+            if getattr(m, part) is not None:
+                yield f"prune.methods.{m.name}.{part}", getattr(m, part)
+
+
+def _check_recipes(spec: GridSpec) -> None:
+    for where, recipe in _recipes(spec):
+        if recipe.trainer == "fgsm-rs" and spec.threat_model.norm != "Linf":
+            # Wong et al. 2020 define FGSM-RS for Linf (a signed gradient step from a uniform start)
+            raise SpecError(f"{where}.trainer: fgsm-rs is an Linf attack and the threat model is "
+                            f"{spec.threat_model.norm}; allowed under {spec.threat_model.norm}: "
+                            f"pgd, trades, clean")
+        if recipe.select == "best" and spec.dataset.validation == 0:
+            raise SpecError(f"{where}.select: best needs a validation split; set "
+                            f"dataset.validation to the number of training samples to hold out")
 
 
 def _check_architectures(spec: GridSpec) -> None:
@@ -383,6 +429,7 @@ def _dataset(raw) -> DatasetSpec:
     root = str(Path(root).expanduser().resolve()) if root else None
     return DatasetSpec(name=_choice(raw.get("name", "digits"), "dataset.name", DATASETS),
                        root=root,
+                       validation=_int(raw.get("validation", 0), "dataset.validation", minimum=0),
                        download=_bool(raw.get("download", False), "dataset.download"))
 
 
@@ -403,13 +450,19 @@ def _threat(raw) -> ThreatModel:
     return ThreatModel(norm=_choice(raw.get("norm", "Linf"), "threat_model.norm", NORMS), eps=eps)
 
 
-def _recipe(raw, where: str, default: Recipe, min_epochs: int = 1) -> Recipe:
+def _recipe(raw, where: str, default: Recipe, min_epochs: int = 1,
+            augment: str | None = None) -> Recipe:
     """A recipe laid over `default`. Pretraining and the search phase need an epoch; fine-tuning
-    may have none (`min_epochs` 0: the pruned model as the criterion left it)."""
+    may have none (`min_epochs` 0: the pruned model as the criterion left it). `augment`: the
+    dataset's default augmentation, for a grid-level recipe that does not name one."""
     raw = _mapping(raw, where)
     _check_keys(raw, Recipe, f"{where}.")
     values = {**dataclasses.asdict(default), **raw}
+    if augment is not None and "augment" not in raw:
+        values["augment"] = augment
     _choice(values["trainer"], f"{where}.trainer", TRAINERS)
+    _choice(values["augment"], f"{where}.augment", AUGMENTATIONS)
+    _choice(values["select"], f"{where}.select", SELECTIONS)
     for key in ("epochs", "batch_size", "pgd_steps"):
         _int(values[key], f"{where}.{key}", minimum=min_epochs if key == "epochs" else 1)
     for key in ("lr", "momentum", "weight_decay", "beta"):
@@ -419,7 +472,7 @@ def _recipe(raw, where: str, default: Recipe, min_epochs: int = 1) -> Recipe:
     return Recipe(**values)
 
 
-def _dense(raw) -> DenseSpec:
+def _dense(raw, augment: str) -> DenseSpec:
     raw = _mapping(raw, "dense")
     _check_keys(raw, DenseSpec, "dense.")
     archs = tuple(_choice(a, "dense.architectures", ARCHITECTURES)
@@ -427,18 +480,20 @@ def _dense(raw) -> DenseSpec:
     seeds = tuple(_int(s, "dense.seeds", minimum=0, maximum=MAX_SEED)
                   for s in _list(raw.get("seeds", [0]), "dense.seeds"))
     return DenseSpec(architectures=archs, seeds=seeds,
-                     recipe=_recipe(raw.get("recipe"), "dense.recipe", DenseSpec.recipe))
+                     recipe=_recipe(raw.get("recipe"), "dense.recipe", DenseSpec.recipe,
+                                    augment=augment))
 
 
-def _prune(raw) -> PruneSpec:
+def _prune(raw, augment: str, dense: Recipe) -> PruneSpec:
     raw = _mapping(raw, "prune")
     _check_keys(raw, PruneSpec, "prune.")
     default_methods = [m.name for m in PruneSpec.methods]
-    finetune = _recipe(raw.get("finetune"), "prune.finetune", PruneSpec.finetune, min_epochs=0)
-    search = _recipe(raw.get("search"), "prune.search", PruneSpec.search)
+    finetune = _recipe(raw.get("finetune"), "prune.finetune", PruneSpec.finetune, min_epochs=0,
+                       augment=augment)
+    search = _recipe(raw.get("search"), "prune.search", PruneSpec.search, augment=augment)
     listed = raw.get("methods", default_methods)
     # an empty list is a dense-only grid: the dense models are trained and evaluated, none pruned
-    methods = () if listed == [] else tuple(_method(m, finetune, search)
+    methods = () if listed == [] else tuple(_method(m, finetune, search, dense)
                                             for m in _list(listed, "prune.methods"))
     seen = [m.name for m in methods]
     if len(set(seen)) != len(seen):
@@ -451,9 +506,10 @@ def _sparsities(value, where: str) -> tuple[float, ...]:
     return tuple(_number(s, where, 0.0, 1.0, high_open=True) for s in _list(value, where))
 
 
-def _method(raw, finetune: Recipe, search: Recipe) -> MethodSpec:
-    """A method name, or a mapping {name, architectures, sparsities, finetune, search, <options>};
-    a method's own recipe fields are laid over the grid's prune.finetune / prune.search."""
+def _method(raw, finetune: Recipe, search: Recipe, dense: Recipe) -> MethodSpec:
+    """A method name, or a mapping {name, architectures, sparsities, finetune, search, dense,
+    <options>}; a method's own recipe fields are laid over the grid's prune.finetune /
+    prune.search / dense.recipe (`dense`: the parent it prunes is trained with that recipe)."""
     if isinstance(raw, str):
         raw = {"name": raw}
     raw = _mapping(raw, "prune.methods")
@@ -470,9 +526,10 @@ def _method(raw, finetune: Recipe, search: Recipe) -> MethodSpec:
     archs = raw.get("architectures")
     sparsities = raw.get("sparsities")
     finetune_default, search_default = finetune, search
-    finetune, search = raw.get("finetune"), raw.get("search")
+    finetune, search, own_dense = raw.get("finetune"), raw.get("search"), raw.get("dense")
     return MethodSpec(
         name=name,
+        dense=None if own_dense is None else _recipe(own_dense, f"{where}.dense", dense),
         finetune=None if finetune is None else _recipe(finetune, f"{where}.finetune",
                                                        finetune_default, min_epochs=0),
         search=None if search is None else _recipe(search, f"{where}.search", search_default),
@@ -567,8 +624,8 @@ def _analysis(raw) -> AnalysisSpec:
         raise SpecError(f"analysis.transfer_attacks: a list; allowed names: {', '.join(TRANSFER_ATTACKS)}")
     return AnalysisSpec(
         transfer_attacks=tuple(_choice(a, "analysis.transfer_attacks", TRANSFER_ATTACKS) for a in attacks),
-        transfer_samples=_int(raw.get("transfer_samples", d.transfer_samples),
-                              "analysis.transfer_samples", minimum=1),
+        transfer_samples=None if raw.get("transfer_samples") is None else _int(
+            raw["transfer_samples"], "analysis.transfer_samples", minimum=1),
         costs=_bool(raw.get("costs", d.costs), "analysis.costs"),
         cost_batch_size=_int(raw.get("cost_batch_size", d.cost_batch_size),
                              "analysis.cost_batch_size", minimum=1),

@@ -19,10 +19,10 @@ from apgrid.grid.plan import ModelPlan, model_card
 from apgrid.grid.store import ModelStore, atomic_write_bytes, load_state
 from apgrid.trainables import pruning
 from apgrid.trainables.admm import model_size_bits
-from apgrid.trainables.data import load_dataset
+from apgrid.trainables.data import load_dataset, with_validation
 from apgrid.trainables.models import build_model, parameter_count, resolve_device
-from apgrid.trainables.pipeline import PruneJob, PruneSettings
-from apgrid.trainables.training import Recipe, accuracy, make_optimizer, train_epoch
+from apgrid.trainables.pipeline import DenseJob, PruneJob, PruneSettings
+from apgrid.trainables.training import Recipe
 
 
 def _context(config: dict):
@@ -34,7 +34,8 @@ def _context(config: dict):
 
 
 def _data_and_model(grid: dict, arch: str, seed: int):
-    ds = load_dataset(grid["dataset"]["name"], grid["dataset"]["root"], grid["dataset"]["download"])
+    d = grid["dataset"]
+    ds = with_validation(load_dataset(d["name"], d["root"], d["download"]), d.get("validation", 0))
     device = resolve_device(grid["device"])
     torch.set_num_threads(max(1, int(grid["trial_cpus"])))
     torch.manual_seed(seed)  # the dense model's initial weights
@@ -77,37 +78,25 @@ def _restore(store: ModelStore, model_id: str) -> dict | None:
 
 
 def dense_trial(config: dict) -> None:
+    """Adversarially train a dense model (trainables.pipeline.DenseJob), checkpointing each epoch."""
     grid, plan, store = _context(config)
     if store.exists(plan.model_id):
         tune.report({"done": 1, **store.card(plan.model_id)["metrics"]})
         return
-    recipe = Recipe(**plan.config["recipe"])
     threat = plan.config["threat_model"]
     ds, model, device = _data_and_model(grid, plan.arch, plan.seed)
-    optimizer = make_optimizer(model.parameters(), recipe)
-    start = 0
-    if (state := _restore(store, plan.model_id)) is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["epoch"]
-    metrics = {}
-    for epoch in range(start, recipe.epochs):
-        _maybe_fail(config, "dense", epoch)
-        metrics = train_epoch(model, optimizer, ds.x_train, ds.y_train, recipe=recipe,
-                              eps=threat["eps"], norm=threat["norm"], seed=plan.seed, epoch=epoch,
-                              device=device)
-        metrics["test_clean_acc"] = accuracy(model, ds.x_test, ds.y_test, device)
-        metrics["epoch"] = epoch + 1
-        last = epoch + 1 == recipe.epochs
-        if last:
-            store.save(plan.model_id, pruning.plain_state_dict(model), {},
-                       model_card(plan, grid["dataset"]["name"], metrics, {"measured_sparsity": 0.0,
-                                                   "params": parameter_count(model),
-                                                   "nonzero_params": pruning.nonzero_count(model),
-                                                   "model_size_bits": model_size_bits(model)}))
-        _report(store, plan.model_id, {**metrics, "done": int(last)},
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "epoch": epoch + 1})
+
+    def save(model, metrics, extra):
+        store.save(plan.model_id, pruning.plain_state_dict(model), {},
+                   model_card(plan, grid["dataset"]["name"], metrics, {
+                       "measured_sparsity": 0.0, "params": parameter_count(model),
+                       "nonzero_params": pruning.nonzero_count(model),
+                       "model_size_bits": model_size_bits(model), **extra}))
+
+    DenseJob(Recipe(**plan.config["recipe"]), threat["eps"], threat["norm"], plan.seed, model, ds,
+             device, report=lambda metrics, state: _report(store, plan.model_id, metrics, state),
+             before_epoch=lambda epoch: _maybe_fail(config, "dense", epoch),
+             on_finish=save).run(_restore(store, plan.model_id))
 
 
 def prune_trial(config: dict) -> None:

@@ -149,6 +149,15 @@ def test_transfer_table_white_box_is_strongest(digits):
     pgd = table[table["attack"] == "pgd"].set_index("target")
     assert pgd.loc["dense", "white_box"] and pgd.loc["dense", "adv_acc"] <= pgd.loc["dense", "clean_acc"]
     assert pgd.loc["dense", "linf_median"] <= 0.3 + 1e-6
+    assert (table["adv_acc_low"] <= table["adv_acc"]).all() and (table["adv_acc"] <= table["adv_acc_high"]).all()
+
+
+def test_transfer_interval_is_wilsons_and_narrows_with_samples():
+    from apgrid.analysis.transfer import proportion_interval
+    low, high = proportion_interval(40, 100)  # Wilson (1927): 0.4 +- ~0.094 at n = 100
+    assert low == pytest.approx(0.3094, abs=1e-3) and high == pytest.approx(0.4980, abs=1e-3)
+    assert proportion_interval(400, 1000)[1] - proportion_interval(400, 1000)[0] < high - low
+    assert proportion_interval(0, 50)[0] == 0.0 and proportion_interval(50, 50)[1] == 1.0
 
 
 # -- the report ------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]  # per channel, used by the normalisation layer inside the model
     std: tuple[float, ...]
+    x_val: torch.Tensor | None = None  # held out of the training set (with_validation)
+    y_val: torch.Tensor | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -49,13 +51,17 @@ class DatasetInfo:
     num_classes: int
     image_shape: tuple[int, int, int]
     eps_conventions: str
+    augment: str  # the references' training augmentation (a recipe's default)
 
 
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
-    DatasetInfo("digits", 10, (1, 8, 8), "Linf 0.1 (apgrid demo; pixels scaled from 0..16 to [0, 1])"),
-    DatasetInfo("cifar10", 10, (3, 32, 32), "Linf 8/255 (all three papers), L2 0.5"),
-    DatasetInfo("cifar100", 100, (3, 32, 32), "Linf 8/255 (compressed-models paper), L2 0.5"),
-    DatasetInfo("svhn", 10, (3, 32, 32), "Linf 8/255 (survey; HYDRA trains SVHN at 8/255)"),
+    DatasetInfo("digits", 10, (1, 8, 8), "Linf 0.1 (apgrid demo; pixels scaled from 0..16 to [0, 1])",
+                "none"),
+    DatasetInfo("cifar10", 10, (3, 32, 32), "Linf 8/255 (all three papers), L2 0.5", "crop-flip"),
+    DatasetInfo("cifar100", 100, (3, 32, 32), "Linf 8/255 (compressed-models paper), L2 0.5",
+                "crop-flip"),
+    # digits are not mirror-symmetric: SVHN trains with crops only
+    DatasetInfo("svhn", 10, (3, 32, 32), "Linf 8/255 (survey; HYDRA trains SVHN at 8/255)", "crop"),
 )}
 
 
@@ -66,6 +72,23 @@ def load_dataset(name: str, root: str | None = None, download: bool = False) -> 
     if name not in loaders:
         raise DatasetError(f"dataset: unknown '{name}'; allowed: {', '.join(sorted(loaders))}")
     return loaders[name]()
+
+
+VALIDATION_SPLIT_SEED = 0  # one split for every model of every grid: models compare on equal data
+
+
+def with_validation(ds: Dataset, size: int) -> Dataset:
+    """The dataset with `size` training samples held out as a validation split (a fixed seeded
+    draw), for model selection and the catastrophic-overfitting check; never the test set."""
+    if size <= 0:
+        return ds
+    if size >= len(ds.y_train):
+        raise DatasetError(f"dataset.validation: {size} is not below the {len(ds.y_train)} "
+                           f"training samples of {ds.name}")
+    order = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(VALIDATION_SPLIT_SEED))
+    val, train = order[:size].sort().values, order[size:].sort().values
+    return Dataset(**{**ds.__dict__, "x_train": ds.x_train[train], "y_train": ds.y_train[train],
+                      "x_val": ds.x_train[val], "y_val": ds.y_train[val]})
 
 
 def load_digits() -> Dataset:

@@ -1,9 +1,15 @@
-"""The prune stage of one model as a resumable sequence of epochs, without Ray or MLflow.
+"""The dense and prune stages of one model as resumable sequences of epochs, without Ray or MLflow.
 
-[mask search] -> masks or removed filters -> adversarial fine-tuning. One epoch counter runs over
-both phases: epochs [0, S) are the search phase (HYDRA's scores, the ADMM phase of R-ADMM and
-ATMC), epochs [S, S + F) fine-tune the pruned weights. After every epoch `report(metrics, state)`
-receives a state from which `run(state)` continues exactly where it stopped.
+DenseJob: adversarial training of the dense model. PruneJob: [mask search] -> masks or removed
+filters -> adversarial fine-tuning; one epoch counter runs over both phases: epochs [0, S) are the
+search phase (HYDRA's scores, the ADMM phase of R-ADMM and ATMC), epochs [S, S + F) fine-tune the
+pruned weights. After every epoch `report(metrics, state)` receives a state from which
+`run(state)` continues exactly where it stopped; `on_finish(model, metrics, extra)` saves the model.
+
+With a validation split (dataset.validation) every epoch is scored by PGD-10 accuracy on it:
+`select: best` keeps the best epoch's weights (the references' habit, e.g. HYDRA's), and a
+collapse below a fifth of the best score is reported as catastrophic overfitting (Wong et al.
+2020, Sec. 5). The test set is never used to choose anything.
 """
 
 from __future__ import annotations
@@ -17,7 +23,112 @@ from apgrid.trainables.admm import model_size_bits
 from apgrid.trainables.data import Dataset
 from apgrid.trainables.methods import method as pruning_method
 from apgrid.trainables.models import fit_to_state, parameter_count
-from apgrid.trainables.training import Recipe, accuracy, make_optimizer, train_epoch
+from apgrid.trainables.training import (Recipe, accuracy, make_optimizer, robust_accuracy,
+                                        train_epoch)
+
+COLLAPSE = 0.2  # validation PGD accuracy below this share of its best: catastrophic overfitting
+
+
+class Selection:
+    """The epochs' validation scores: the best epoch's weights (for select: best) and the first
+    epoch of a collapse. Part of every epoch checkpoint, so a resumed job selects the same."""
+
+    def __init__(self, state: dict | None = None):
+        state = state or {}
+        self.best_score = state.get("best_score", -1.0)
+        self.best_epoch = state.get("best_epoch", 0)
+        self.best_weights = state.get("best_weights")
+        self.overfit_epoch = state.get("overfit_epoch")
+
+    def state(self) -> dict:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch,
+                "best_weights": self.best_weights, "overfit_epoch": self.overfit_epoch}
+
+    def update(self, epoch: int, score: float, model, keep: bool) -> bool:
+        """Record an epoch's score; True when it is the first collapse."""
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, epoch
+            if keep:
+                self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            return False
+        collapsed = self.overfit_epoch is None and score < COLLAPSE * self.best_score
+        if collapsed:
+            self.overfit_epoch = epoch
+        return collapsed
+
+    def restore_best(self, model) -> None:
+        if self.best_weights is not None:
+            model.load_state_dict(self.best_weights)
+
+
+def validation_metrics(model, ds: Dataset, eps: float, norm: str, device) -> dict:
+    """Clean and PGD-10 accuracy on the validation split (none without one)."""
+    if ds.x_val is None:
+        return {}
+    return {"val_clean_acc": accuracy(model, ds.x_val, ds.y_val, device),
+            "val_pgd_acc": robust_accuracy(model, ds.x_val, ds.y_val, eps=eps, norm=norm,
+                                           device=device)}
+
+
+def selection_record(recipe: Recipe, selection: Selection, epochs: int) -> dict:
+    """What a model card says about the epoch it kept and any collapse."""
+    kept = selection.best_epoch if recipe.select == "best" and selection.best_weights is not None \
+        else epochs
+    return {"selected_epoch": kept, "select": recipe.select,
+            "catastrophic_overfitting_epoch": selection.overfit_epoch}
+
+
+def _ignore(*args):
+    return None
+
+
+class DenseJob:
+    """Adversarially trains `model` (freshly initialised, on `device`) with `recipe`."""
+
+    def __init__(self, recipe: Recipe, eps: float, norm: str, seed: int, model: torch.nn.Module,
+                 ds: Dataset, device, report=_ignore, before_epoch=_ignore, on_finish=_ignore):
+        self.recipe, self.eps, self.norm, self.seed = recipe, eps, norm, seed
+        self.model, self.ds, self.device = model, ds, device
+        self.report, self.before_epoch, self.on_finish = report, before_epoch, on_finish
+
+    def run(self, state: dict | None = None) -> dict:
+        optimizer = make_optimizer(self.model.parameters(), self.recipe)
+        start = 0
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start = state["epoch"]
+        selection = Selection(state.get("selection") if state else None)
+        metrics = {}
+        for epoch in range(start, self.recipe.epochs):
+            self.before_epoch(epoch)
+            metrics = train_epoch(self.model, optimizer, self.ds.x_train, self.ds.y_train,
+                                  recipe=self.recipe, eps=self.eps, norm=self.norm, seed=self.seed,
+                                  epoch=epoch, device=self.device)
+            metrics.update(validation_metrics(self.model, self.ds, self.eps, self.norm, self.device))
+            if "val_pgd_acc" in metrics:
+                metrics["catastrophic_overfitting"] = int(selection.update(
+                    epoch + 1, metrics["val_pgd_acc"], self.model, self.recipe.select == "best"))
+            metrics["epoch"] = epoch + 1
+            last = epoch + 1 == self.recipe.epochs
+            if last:
+                checkpoint = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                if self.recipe.select == "best":
+                    selection.restore_best(self.model)
+                metrics["test_clean_acc"] = accuracy(self.model, self.ds.x_test, self.ds.y_test,
+                                                     self.device)
+                self.on_finish(self.model, metrics, selection_record(self.recipe, selection,
+                                                                     self.recipe.epochs))
+                state_model = checkpoint
+            else:
+                if self.ds.x_val is None:  # progress for a grid without a validation split
+                    metrics["test_clean_acc"] = accuracy(self.model, self.ds.x_test,
+                                                         self.ds.y_test, self.device)
+                state_model = self.model.state_dict()
+            self.report({**metrics, "done": int(last)},
+                        {"model": state_model, "optimizer": optimizer.state_dict(),
+                         "epoch": epoch + 1, "selection": selection.state()})
+        return metrics
 
 
 @dataclass(frozen=True)
@@ -30,10 +141,6 @@ class PruneSettings:
     finetune: Recipe
     search: Recipe | None = None   # required by methods with a search phase
     options: dict = field(default_factory=dict)
-
-
-def _ignore(*args):
-    return None
 
 
 class PruneJob:
@@ -104,25 +211,36 @@ class PruneJob:
         optimizer = self.optimizer()
         if state is not None and done_steps == before:  # same parameters as when saved
             optimizer.load_state_dict(state["optimizer"])
+        self.selection = Selection(state.get("selection") if state else None)
+        keep = self.finetune.select == "best"
         metrics = {}
         for epoch in range(epoch, self.total):
             if self.is_structured:
                 before = done_steps
                 done_steps = self.prune_filters_until(epoch - self.search_epochs, done_steps)
-                if done_steps != before:  # new parameters: a fresh optimiser
-                    optimizer = self.optimizer()
+                if done_steps != before:  # new parameters: a fresh optimiser, and only epochs
+                    optimizer = self.optimizer()  # after the last step are candidates
+                    self.selection = Selection()
             metrics = self.train(optimizer, self.finetune, epoch, offset=self.search_epochs,
                                  sample_weights=self.sample_weights)
+            metrics.update(validation_metrics(self.model, self.ds, self.s.eps, self.s.norm,
+                                              self.device))
+            if "val_pgd_acc" in metrics:
+                metrics["catastrophic_overfitting"] = int(self.selection.update(
+                    epoch + 1, metrics["val_pgd_acc"], self.model, keep))
             metrics["epoch"] = epoch + 1
             last = epoch + 1 == self.total
+            saved = {"model": pruning.plain_state_dict(self.model),
+                     "masks": pruning.masks_of(self.model), "optimizer": optimizer.state_dict(),
+                     "epoch": epoch + 1, "structured_steps": done_steps,
+                     "selection": self.selection.state()}
             if last:
+                if keep:
+                    self.selection.restore_best(self.model)
                 metrics = self.finish(metrics)
-            else:
+            elif self.ds.x_val is None:  # progress for a grid without a validation split
                 metrics["test_clean_acc"] = self.test_accuracy()
-            self.report({**metrics, "phase": "finetune", "done": int(last)},
-                        {"model": pruning.plain_state_dict(self.model),
-                         "masks": pruning.masks_of(self.model), "optimizer": optimizer.state_dict(),
-                         "epoch": epoch + 1, "structured_steps": done_steps})
+            self.report({**metrics, "phase": "finetune", "done": int(last)}, saved)
         if self.finetune.epochs == 0:
             metrics = self.finish({})
             self.report({**metrics, "done": 1}, {})
@@ -142,6 +260,8 @@ class PruneJob:
         extra = {"measured_sparsity": metrics["measured_sparsity"],
                  "params": metrics["params"], "nonzero_params": metrics["nonzero_params"],
                  "model_size_bits": metrics["model_size_bits"], "options": self.options,
-                 "filters": structured.filter_counts(self.model) if self.is_structured else None}
+                 "filters": structured.filter_counts(self.model) if self.is_structured else None,
+                 **selection_record(self.finetune, getattr(self, "selection", Selection()),
+                                    self.total)}
         self.on_finish(self.model, metrics, extra)
         return metrics

@@ -1,7 +1,8 @@
 """Adversarial training, one epoch at a time.
 
-Every epoch seeds its own shuffling and attack noise from (seed, epoch), so a run resumed from an
-epoch checkpoint continues exactly as an uninterrupted one would.
+Every epoch seeds its own shuffling and attack noise from (seed, epoch), and every batch its data
+augmentation from (seed, epoch, batch), so a run resumed from an epoch checkpoint continues
+exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from torch import nn
 from apgrid.trainables.attacks import fgsm_rs, pgd
 
 TRAINERS = ("pgd", "trades", "fgsm-rs", "clean")
+# Data augmentation as the references train: CIFAR with random crop (padding 4) and horizontal flip,
+# SVHN with crop only (HYDRA's data loaders; Madry et al. 2018; Rice et al. 2020), digits with none.
+AUGMENTATIONS = ("none", "crop", "crop-flip")
+SELECTIONS = ("last", "best")  # best: highest PGD accuracy on the validation split
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,39 @@ class Recipe:
     pgd_steps: int = 7            # PGD-AT inner steps
     step_size: float | None = None  # default: 2.5 eps / steps for PGD/TRADES, 1.25 eps for FGSM-RS
     beta: float = 6.0             # TRADES trade-off between clean CE and the robust KL term
+    augment: str = "none"         # none | crop | crop-flip (the spec's default depends on the dataset)
+    select: str = "last"          # last | best (on the validation split; dataset.validation > 0)
+
+
+# Fields added after models were first trained: at these values a recipe computes what it computed
+# before they existed, so they stay out of its config (and of the content-addressed model ids).
+NEUTRAL = {"augment": "none", "select": "last"}
+
+
+def recipe_config(recipe: "Recipe") -> dict:
+    """The recipe as a model's config records it (see NEUTRAL)."""
+    from dataclasses import asdict
+    return {k: v for k, v in asdict(recipe).items() if NEUTRAL.get(k, object()) != v}
+
+
+def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator,
+                  padding: int = 4) -> torch.Tensor:
+    """Random crop of the zero-padded image back to its size (torchvision's RandomCrop(size,
+    padding=4)) and, for crop-flip, a horizontal flip with probability 1/2, per sample."""
+    if kind == "none":
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    rows = (top[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (left[:, None] + torch.arange(w))[:, None, None, :]
+    out = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
+                 rows, cols]
+    if kind == "crop-flip":
+        flip = torch.rand(n, generator=generator) < 0.5
+        out[flip] = out[flip].flip(-1)
+    return out
 
 
 def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
@@ -85,9 +123,13 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x_train: tor
         group["lr"] = lr_at(recipe, epoch)
     order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed + epoch))
     total_loss, correct, seen = 0.0, 0, 0
-    for start in range(0, len(order), recipe.batch_size):
+    for batch, start in enumerate(range(0, len(order), recipe.batch_size)):
         idx = order[start:start + recipe.batch_size]
-        x, y = x_train[idx].to(device), y_train[idx].to(device)
+        x = x_train[idx]
+        if recipe.augment != "none":
+            seed_of_batch = (seed * 1_000_003 + epoch) * 1_000_003 + batch
+            x = augment_batch(x, recipe.augment, torch.Generator().manual_seed(seed_of_batch))
+        x, y = x.to(device), y_train[idx].to(device)
         model.eval()  # craft attacks with fixed BN statistics, as in most AT code
         x_adv = adversarial_examples(model, x, y, recipe, eps, norm)
         model.train()
@@ -105,6 +147,23 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x_train: tor
         seen += len(y)
     model.eval()
     return {"train_loss": total_loss / seen, "train_adv_acc": correct / seen}
+
+
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+                    device, steps: int = 10, batch_size: int = 500) -> float:
+    """PGD-`steps` accuracy (step 2.5 eps / steps, random start seeded once): the validation score
+    of model selection and of the catastrophic-overfitting check."""
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        noise = (torch.rand(xb.shape, generator=gen) * 2 - 1) * eps
+        adv = pgd(model, xb.to(device), yb.to(device), eps=eps, steps=steps,
+                  step_size=2.5 * eps / steps, norm=norm, init_noise=noise)
+        with torch.inference_mode():
+            correct += (model(adv).argmax(1).cpu() == yb).sum().item()
+    return correct / max(1, len(y))
 
 
 @torch.inference_mode()

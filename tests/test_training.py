@@ -1,0 +1,143 @@
+"""Training as the references train: augmentation seeded by (seed, epoch, batch), a validation split
+for model selection (never the test set), catastrophic overfitting flagged, exact resume."""
+import copy
+import io
+
+import pytest
+import torch
+
+from apgrid.grid.spec import SpecError, parse_spec
+from apgrid.trainables.data import Dataset, with_validation
+from apgrid.trainables.models import build_model
+from apgrid.trainables.pipeline import DenseJob, Selection
+from apgrid.trainables.training import Recipe, augment_batch
+
+GOOD = {"name": "t", "output": "out"}
+
+
+def tiny_cifar(n=256, seed=0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return Dataset("cifar10", x, y, x[:64], y[:64], 10, (0.5,) * 3, (0.25,) * 3)
+
+
+def test_crop_is_a_window_of_the_zero_padded_image_and_flip_mirrors_it():
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    out = augment_batch(x, "crop", torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(2):
+        hits = [(a, b) for a in range(9) for b in range(9)
+                if torch.equal(padded[i, :, a:a + 32, b:b + 32], out[i])]
+        assert len(hits) == 1
+    flips = torch.stack([augment_batch(x, "crop-flip", torch.Generator().manual_seed(s))
+                         for s in range(40)])
+    mirrored = sum(int(any(torch.equal(padded[0, :, a:a + 32, b:b + 32].flip(-1), f[0])
+                           for a in range(9) for b in range(9))) for f in flips)
+    assert 8 < mirrored < 32  # about half of them, per sample
+    assert torch.equal(augment_batch(x, "none", torch.Generator()), x)
+
+
+def test_augmentation_is_fixed_by_seed_epoch_and_batch():
+    x = torch.rand(8, 3, 32, 32)
+    a = augment_batch(x, "crop-flip", torch.Generator().manual_seed(5))
+    b = augment_batch(x, "crop-flip", torch.Generator().manual_seed(5))
+    c = augment_batch(x, "crop-flip", torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_each_dataset_trains_with_its_references_augmentation(tmp_path):
+    def augment(name):
+        return parse_spec({**GOOD, "dataset": {"name": name, "root": str(tmp_path)},
+                           "dense": {"architectures": ["cifar-tiny"]}})
+    assert augment("cifar10").dense.recipe.augment == "crop-flip"
+    assert augment("cifar100").prune.finetune.augment == "crop-flip"
+    assert augment("svhn").prune.search.augment == "crop"
+    assert parse_spec(GOOD).dense.recipe.augment == "none"  # digits
+    own = parse_spec({**GOOD, "dense": {"recipe": {"augment": "crop"}}})
+    assert own.dense.recipe.augment == "crop"
+
+
+def test_validation_split_is_fixed_disjoint_and_out_of_the_training_set():
+    ds = tiny_cifar()
+    a, b = with_validation(ds, 40), with_validation(ds, 40)
+    assert torch.equal(a.x_val, b.x_val) and len(a.y_train) == 216 and len(a.y_val) == 40
+    rows = {tuple(r[:3, 0, 0].tolist()) for r in a.x_train}
+    assert not any(tuple(r[:3, 0, 0].tolist()) in rows for r in a.x_val)
+
+
+def dense_job(ds, recipe, **callbacks):
+    torch.manual_seed(0)
+    model = build_model("cifar-tiny", 3, 10, ds.mean, ds.std)
+    return DenseJob(recipe, 8 / 255, "Linf", 0, model, ds, "cpu", **callbacks)
+
+
+def test_dense_job_resumed_from_any_epoch_trains_exactly_as_uninterrupted():
+    ds = with_validation(tiny_cifar(), 32)
+    recipe = Recipe(trainer="fgsm-rs", epochs=3, lr=0.05, batch_size=64, augment="crop-flip",
+                    select="best")
+    states = []
+
+    def keep(metrics, state):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        states.append(buffer.getvalue())
+    whole = dense_job(ds, recipe, report=keep)
+    whole.run()
+    for cut in (1, 2):
+        resumed = dense_job(ds, recipe)
+        resumed.run(torch.load(io.BytesIO(states[cut - 1]), weights_only=True))
+        for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+            assert torch.equal(a, b), (cut, name)
+
+
+def test_select_best_keeps_the_best_validation_epoch():
+    ds = with_validation(tiny_cifar(), 32)
+    reports, saved = [], {}
+    recipe = Recipe(trainer="fgsm-rs", epochs=4, lr=0.2, batch_size=64, select="best")
+
+    def finish(model, metrics, extra):
+        saved.update(extra, weights=copy.deepcopy(model.state_dict()))
+    job = dense_job(ds, recipe, report=lambda m, s: reports.append((m, s)), on_finish=finish)
+    job.run()
+    scores = [m["val_pgd_acc"] for m, _ in reports]
+    best = max(range(4), key=lambda i: (scores[i], -i))  # the first of equal scores
+    assert saved["selected_epoch"] == best + 1 and saved["select"] == "best"
+    kept = reports[best][1]["selection"]["best_weights"]
+    for key, value in saved["weights"].items():
+        assert torch.equal(value, kept[key]), key
+    assert "test_clean_acc" not in reports[0][0]  # the test set is not looked at while training
+
+
+def test_a_collapse_of_validation_pgd_accuracy_is_catastrophic_overfitting():
+    selection, model = Selection(), torch.nn.Linear(2, 2)
+    flags = [selection.update(epoch, score, model, keep=False)
+             for epoch, score in enumerate([0.30, 0.45, 0.40, 0.05, 0.02], start=1)]
+    assert flags == [False, False, False, True, False] and selection.overfit_epoch == 4
+    assert selection.best_epoch == 2
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"threat_model": {"norm": "L2", "eps": 0.5}, "dense": {"recipe": {"trainer": "fgsm-rs"}}},
+     "dense.recipe.trainer"),
+    ({"dense": {"recipe": {"select": "best"}}}, "dense.recipe.select"),
+    ({"dense": {"recipe": {"augment": "mixup"}}}, "dense.recipe.augment"),
+    ({"dataset": {"validation": -1}}, "dataset.validation"),
+])
+def test_recipes_the_references_do_not_define_are_refused(patch, field):
+    with pytest.raises(SpecError) as err:
+        parse_spec({**GOOD, **patch})
+    assert str(err.value).startswith(field + ":")
+
+
+def test_each_method_prunes_its_papers_parent_and_equal_recipes_share_one():
+    from apgrid.grid.plan import dense_models, pruned_models
+    spec = parse_spec({**GOOD, "prune": {"sparsities": [0.9], "methods": [
+        "lwm-global", {"name": "hydra", "dense": {"trainer": "trades"}},
+        {"name": "lamp", "dense": {"trainer": "pgd"}}]}})
+    dense = dense_models(spec)
+    assert sorted(p.config["recipe"]["trainer"] for p in dense) == ["pgd", "trades"]
+    parents = {p.method: p.dense_model_id for p in pruned_models(spec)}
+    trades = next(p.model_id for p in dense if p.config["recipe"]["trainer"] == "trades")
+    assert parents["hydra"] == trades
+    assert parents["lwm-global"] == parents["lamp"] != trades  # pgd is dense.recipe's trainer
