@@ -73,6 +73,19 @@ def analyze(spec: GridSpec, models: list[str] | None = None, log=print,
             with_models: bool = True) -> dict[str, Path]:
     """Write OUTPUT/report for the grid's evaluated models (or those matching `models`)."""
     from apgrid.grid import plan as planner
+    # Small tensor operations oversubscribe the cores at torch's default thread count when other
+    # processes share the machine (14 s quiet, several minutes under load); trials and actors
+    # set theirs, and the analysis takes a trial's share.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(spec.resources.trial_cpus)))
+    try:
+        return _analyze(spec, models, log, with_models)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _analyze(spec: GridSpec, models, log, with_models: bool) -> dict[str, Path]:
+    from apgrid.grid import plan as planner
     samples = read_samples(spec.output_dir)
     if samples.empty:
         raise AnalysisError(f"analyze: {spec.output_dir} has no evaluated models yet")
