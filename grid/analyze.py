@@ -72,7 +72,6 @@ def model_access(spec: GridSpec, log=print) -> ModelAccess:
 def analyze(spec: GridSpec, models: list[str] | None = None, log=print,
             with_models: bool = True) -> dict[str, Path]:
     """Write OUTPUT/report for the grid's evaluated models (or those matching `models`)."""
-    from apgrid.grid import plan as planner
     # Small tensor operations oversubscribe the cores at torch's default thread count when other
     # processes share the machine (14 s quiet, several minutes under load); trials and actors
     # set theirs, and the analysis takes a trial's share.

@@ -33,7 +33,7 @@ TAG_NAMES = ("stage", "model_id", "dense_model_id", "role", "method", "arch", "d
 METRIC_NAMES = ("sparsity", "clean_acc", "pgd_acc", "aa_acc", "pgd_acc_on_aa_samples",
                 "aa_samples", "fmn_acc_at_eps", "fmn_found_rate", "num_samples",
                 "measured_sparsity", "test_clean_acc", "train_loss", "train_adv_acc", "epoch",
-                "params", "nonzero_params", "model_size_bits", "peak_rss_mb", "admm_residual")
+                "parameters", "nonzero_parameters", "model_size_bits", "peak_rss_mb", "admm_residual")
 ATTRIBUTE_NAMES = ("status", "run_name", "run_id", "start_time", "end_time", "user_id",
                    "artifact_uri")
 PREFIXES = ("tags.", "tag.", "metrics.", "metric.", "params.", "param.", "attributes.",

@@ -22,7 +22,7 @@ from apgrid.grid.spec import NOT_IDENTITY, GridSpec, SpecError, load_spec
 from apgrid.grid.store import (ModelStore, SampleStore, atomic_write_bytes, atomic_write_json,
                         read_user_checkpoint)
 from apgrid.errors import short_reason
-from apgrid.grid.tracking import Tracker, TrackingError, check_reachable
+from apgrid.grid.tracking import Tracker, TrackingError, check_reachable, grid_params
 
 STAGES = ("checkpoints", "dense", "prune", "evaluate", "analyze")
 
@@ -174,10 +174,12 @@ def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAG
         _write_state(output, state)
         tracker = Tracker(spec.resolved_tracking_uri, spec.name,
                           output / "mlartifacts" if local_store else None)
+        tracker.grid_params = grid_params(spec.dataset, spec.threat_model)
         closed = tracker.close_stale_runs()
         if closed:
             log(f"[apgrid] closed {closed} MLflow runs left RUNNING by a killed driver as KILLED")
         parent = tracker.grid_run(spec.fingerprint())
+        tracker.log_artifact(parent, output / "spec.yaml")  # the validated spec the grid ran
         state.update(grid_run_id=parent, experiment_id=tracker.experiment_id,
                      tracking_uri=spec.resolved_tracking_uri)
         _write_state(output, state)
@@ -301,7 +303,6 @@ def stage_checkpoints(spec, tracker, parent, fault, log, attempt):
     """Import the spec's user checkpoints into the model store (once; ids hash the file)."""
     from apgrid.trainables import pruning
     from apgrid.trainables.data import load_dataset
-    from apgrid.trainables.models import parameter_count
     plans = planner.checkpoint_models(spec)
     store = ModelStore(spec.output_dir)
     todo = [p for p in plans if not store.exists(p.model_id)]
@@ -311,9 +312,7 @@ def stage_checkpoints(spec, tracker, parent, fault, log, attempt):
     for plan in todo:
         model = read_user_checkpoint(Path(plan.config["checkpoint"]), plan.arch, ds.image_shape[0],
                                      ds.num_classes, ds.mean, ds.std)
-        card = planner.model_card(plan, spec.dataset.name, {}, {
-            "measured_sparsity": pruning.measured_sparsity(model), "params": parameter_count(model),
-            "nonzero_params": pruning.nonzero_count(model)})
+        card = planner.model_card(plan, spec.dataset.name, {}, pruning.model_facts(model))
         store.save(plan.model_id, pruning.plain_state_dict(model), {}, card)
         log(f"[checkpoints] imported {plan.config['checkpoint']} as {plan.model_id}")
 
@@ -341,14 +340,14 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
     plans = planner.all_models(spec)
     log(f"[evaluate] {len(plans)} models, {sum(samples.is_done(p.model_id) for p in plans)} "
         f"already evaluated, {n} test samples each")
-    eval_params = {**dataclasses.asdict(spec.threat_model),
-                   **dataclasses.asdict(spec.evaluation.settings),
-                   "autoattack_attacks": spec.evaluation.settings.autoattack_ensemble}
+    eval_params = {f"evaluation.{k}": v for k, v in {
+        **dataclasses.asdict(spec.evaluation.settings),
+        "autoattack_attacks": spec.evaluation.settings.autoattack_ensemble}.items()}
 
     outage = []
 
     def log_run(plan, run_id, rows):
-        chosen = {"eval_batch_size": int(rows["eval_batch_size"].iloc[0])} \
+        chosen = {"evaluation.batch_size": int(rows["eval_batch_size"].iloc[0])} \
             if "eval_batch_size" in rows else {}  # rows written before it was recorded lack it
         tracker.log_params(run_id, {**eval_params, **chosen})
         tracker.log_metrics(run_id, {**summarize(rows, spec.threat_model.eps),

@@ -73,6 +73,8 @@ class Tracker:
         would put them in ./mlruns of whatever folder apgrid was started from."""
         self.uri = uri
         self.client = _client(uri)
+        self.source = source_tags()
+        self.grid_params: dict[str, str] = {}  # set by the runner: grid_params(spec...)
         self.grid_name = grid_name
         location = artifact_root.resolve().as_uri() if artifact_root is not None else None
         try:
@@ -94,7 +96,7 @@ class Tracker:
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=f"grid-{self.grid_name}",
                                      tags={"level": "grid", "grid": self.grid_name,
-                                           "fingerprint": fingerprint})
+                                           "fingerprint": fingerprint, **self.source})
         return run.info.run_id
 
     def runs(self, filter_string: str) -> list:
@@ -116,10 +118,12 @@ class Tracker:
                         extra_tags: dict | None = None) -> str:
         attempt = self.attempts(plan.model_id, stage) + 1
         tags = {"level": "model", "mlflow.parentRunId": parent, "grid": self.grid_name,
-                "attempt": str(attempt), **model_tags(plan, dataset, stage), **(extra_tags or {})}
+                "attempt": str(attempt), **self.source, **model_tags(plan, dataset, stage),
+                **(extra_tags or {})}
         run = self.client.create_run(self.experiment_id, run_name=f"{stage}:{plan.model_id}",
                                      tags=tags)
-        self.client.log_param(run.info.run_id, "config_json", _short_json(plan.config))
+        self.log_params(run.info.run_id, {**self.grid_params, **flat_params(plan)})
+        self.client.log_dict(run.info.run_id, plan.config, "config.json")
         # a number MLflow filters on (tags are text): `metrics.sparsity >= 0.9`, `apgrid query`
         self.log_metrics(run.info.run_id, {"sparsity": plan.sparsity})
         return run.info.run_id
@@ -167,10 +171,59 @@ class Tracker:
         return len(stale)
 
 
-def _short_json(config: dict) -> str:
-    import json
-    text = json.dumps(config, sort_keys=True)
-    return text if len(text) <= 6000 else text[:5997] + "..."
+# What Ray Tune adds to every reported result: bookkeeping, not a model's metrics.
+TUNE_KEYS = {"done", "trial_id", "training_iteration", "should_checkpoint", "checkpoint_dir_name",
+             "timestamp", "date", "time_this_iter_s", "time_total_s", "time_since_restore",
+             "iterations_since_restore", "pid", "hostname", "node_ip", "experiment_tag", "config"}
+PLAN_PREFIX = {"dense": "dense", "pruned": "prune"}
+
+
+def flat_params(plan: ModelPlan) -> dict[str, str]:
+    """The model's own config as MLflow params with dotted names (dense.recipe.lr, prune.method,
+    prune.sparsity, prune.finetune.epochs, prune.options.rho, ...), so runs filter and compare in
+    the UI; the grid's dataset and threat model come from Tracker.grid_params."""
+    config = {k: v for k, v in plan.config.items()
+              if k not in ("dataset", "threat_model", "validation")}
+    prefix = "checkpoint" if "checkpoint" in config else PLAN_PREFIX.get(plan.role, plan.role)
+    if plan.role == "pruned" and "dense" in config:
+        config["dense_model_id"] = config.pop("dense")
+    return {k: _param(v) for k, v in _flatten(prefix, config).items()}
+
+
+def grid_params(dataset, threat_model) -> dict[str, str]:
+    """The params every model run of a grid shares: its dataset and threat model."""
+    out = {"dataset.name": dataset.name, "dataset.validation": dataset.validation,
+           "threat_model.norm": threat_model.norm, "threat_model.eps": threat_model.eps}
+    return {k: _param(v) for k, v in out.items()}
+
+
+def _flatten(prefix: str, value) -> dict:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(f"{prefix}.{key}", item).items()}
+    return {prefix: value}
+
+
+def _param(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return "null" if value is None else str(value)
+
+
+def source_tags() -> dict[str, str]:
+    """apgrid's version, and the git commit of its source when it runs from a checkout."""
+    import subprocess
+
+    from apgrid import __version__
+    tags = {"apgrid.version": __version__}
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5)
+        if commit.returncode == 0:
+            tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
 
 
 class TrialTracking(DriverCallback):
@@ -209,9 +262,8 @@ class TrialTracking(DriverCallback):
             self.tracker.end(run_id, status)
 
     def _log_result(self, trial, result) -> None:
-        metrics = {k: v for k, v in result.items() if k not in ("done", "trial_id")
-                   and not k.startswith(("time_", "timestamp", "pid", "node_ip", "iterations"))}
-        self.tracker.log_metrics(self._run_for(trial), metrics, step=result.get("training_iteration"))
+        metrics = {k: v for k, v in result.items() if k not in TUNE_KEYS}
+        self.tracker.log_metrics(self._run_for(trial), metrics, step=result.get("epoch"))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._safely(self._run_for, trial)

@@ -18,9 +18,8 @@ from apgrid.grid.faults import maybe_fail
 from apgrid.grid.plan import ModelPlan, model_card
 from apgrid.grid.store import ModelStore, atomic_write_bytes, load_state
 from apgrid.trainables import pruning
-from apgrid.trainables.admm import model_size_bits
 from apgrid.trainables.data import load_dataset, with_validation
-from apgrid.trainables.models import build_model, parameter_count, resolve_device
+from apgrid.trainables.models import build_model, resolve_device
 from apgrid.trainables.pipeline import DenseJob, PruneJob, PruneSettings
 from apgrid.trainables.training import Recipe
 
@@ -88,10 +87,8 @@ def dense_trial(config: dict) -> None:
 
     def save(model, metrics, extra):
         store.save(plan.model_id, pruning.plain_state_dict(model), {},
-                   model_card(plan, grid["dataset"]["name"], metrics, {
-                       "measured_sparsity": 0.0, "params": parameter_count(model),
-                       "nonzero_params": pruning.nonzero_count(model),
-                       "model_size_bits": model_size_bits(model), **extra}))
+                   model_card(plan, grid["dataset"]["name"], metrics,
+                              {**pruning.model_facts(model), **extra}))
 
     DenseJob(Recipe(**plan.config["recipe"]), threat["eps"], threat["norm"], plan.seed, model, ds,
              device, report=lambda metrics, state: _report(store, plan.model_id, metrics, state),

@@ -160,11 +160,37 @@ def test_mlflow_runs_are_nested_tagged_and_closed(finished_grid):
                     "config_hash", "attempt"):
             assert tag in tags
         assert {"clean_acc", "pgd_acc", "aa_acc", "fmn_acc_at_eps"} <= set(run.data.metrics)
-        assert run.data.params["batch_size"] == "auto"
-        assert run.data.params["eval_batch_size"] == "10"
-        assert run.data.params["autoattack_attacks"] == "apgd-ce,apgd-t"
+        assert run.data.params["evaluation.batch_size"] == "10"  # auto, resolved
+        assert run.data.params["evaluation.autoattack_attacks"] == "apgd-ce,apgd-t"
+        assert run.data.params["evaluation.seed"] == "0" and "seed" not in run.data.params
+        assert run.data.params["threat_model.eps"] == "0.1"
     hydra = next(r for r in evaluate if r.data.tags["method"] == "hydra")
     assert hydra.data.tags["pipeline"] == "A" and hydra.data.tags["scope"] == "local"
+
+
+def test_mlflow_runs_read_as_mlflow_users_expect(finished_grid):
+    """The resolved config as dotted params that MLflow's own search filters on, the code version
+    as tags, no Tune bookkeeping among the metrics, the spec an artifact of the grid run."""
+    spec, output, _ = finished_grid
+    mlflow.set_tracking_uri(spec.resolved_tracking_uri)
+    hydra = mlflow.search_runs(experiment_names=["tiny"], output_format="list", filter_string=(
+        "params.prune.sparsity = '0.9' and tags.method = 'hydra' and tags.stage = 'evaluate'"))
+    assert len(hydra) == 1 and hydra[0].data.metrics["aa_acc"] >= 0
+    params = hydra[0].data.params
+    assert params["prune.method"] == "hydra" and params["prune.finetune.epochs"] == "1"
+    assert params["prune.search.lr"] == "0.1" and params["dataset.name"] == "digits"
+    dense = mlflow.search_runs(experiment_names=["tiny"], output_format="list",
+                               filter_string="tags.stage = 'dense' and attributes.status = 'FINISHED'")
+    assert dense[0].data.params["dense.recipe.trainer"] == "fgsm-rs"
+    assert dense[0].data.params["dense.seed"] == "0"
+    every = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    for run in every:
+        assert run.data.tags["apgrid.version"]
+        assert len(run.data.tags.get("mlflow.source.git.commit", "x" * 40)) == 40
+        assert not {"should_checkpoint", "training_iteration", "time_total_s", "params"} & set(run.data.metrics)
+    grid = next(r for r in every if r.data.tags["level"] == "grid")
+    client = mlflow.MlflowClient(spec.resolved_tracking_uri)
+    assert "spec.yaml" in [a.path for a in client.list_artifacts(grid.info.run_id)]
 
 
 def test_mlflow_artifacts_stay_inside_the_output_folder(finished_grid):

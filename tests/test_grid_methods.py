@@ -72,7 +72,7 @@ def test_cards_and_mlflow_record_taxonomy_and_costs(methods_grid):
     store = ModelStore(methods_grid.output_dir)
     cards = {p.method: store.card(p.model_id) for p in all_models(methods_grid)}
     assert cards["filter-l1"]["taxonomy"]["structured"] is True
-    assert cards["filter-l1"]["params"] < cards["dense"]["params"] / 2
+    assert cards["filter-l1"]["parameters"] < cards["dense"]["parameters"] / 2
     assert cards["atmc"]["model_size_bits"] < cards["r-admm"]["model_size_bits"] / 4
     mlflow.set_tracking_uri(methods_grid.resolved_tracking_uri)
     runs = mlflow.search_runs(experiment_names=["methods"],

@@ -34,7 +34,7 @@ def test_unstructured_method_reaches_target(trained, digits, method, sparsity):
     assert metrics["measured_sparsity"] == pytest.approx(sparsity, abs=0.005)
     assert pruning.measured_sparsity(job.model) == pytest.approx(sparsity, abs=0.005)
     assert 0.1 <= metrics["test_clean_acc"] <= 1.0  # the pruned model still classifies
-    assert metrics["nonzero_params"] < pruning.nonzero_count(trained)
+    assert metrics["nonzero_parameters"] < pruning.nonzero_count(trained)
 
 
 @pytest.mark.parametrize("method", STRUCTURED)
@@ -45,7 +45,7 @@ def test_structured_method_removes_the_right_filters(trained, digits, method, ra
                            finetune=Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128))
     after = structured.filter_counts(job.model)
     assert after == {n: structured.target_filters(c, ratio) for n, c in before.items()}
-    assert metrics["params"] < sum(p.numel() for p in trained.parameters())
+    assert metrics["parameters"] < sum(p.numel() for p in trained.parameters())
     assert job.model(digits.x_test[:5]).shape == (5, 10)
 
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 from apgrid.trainables import pruning, structured
-from apgrid.trainables.admm import model_size_bits
 from apgrid.trainables.data import Dataset
 from apgrid.trainables.methods import method as pruning_method
-from apgrid.trainables.models import fit_to_state, parameter_count
+from apgrid.trainables.models import fit_to_state
 from apgrid.trainables.training import (Recipe, accuracy, make_optimizer, robust_accuracy,
                                         train_epoch)
 
@@ -251,15 +250,9 @@ class PruneJob:
 
     def finish(self, metrics: dict) -> dict:
         """ATMC's final quantisation, the model's costs, then `on_finish` (which saves it)."""
-        bits = self.method.finish(self)
-        metrics = {**metrics, "test_clean_acc": self.test_accuracy(),
-                   "measured_sparsity": pruning.measured_sparsity(self.model, self.dense_count),
-                   "model_size_bits": model_size_bits(self.model, bits),
-                   "params": parameter_count(self.model),
-                   "nonzero_params": pruning.nonzero_count(self.model)}
-        extra = {"measured_sparsity": metrics["measured_sparsity"],
-                 "params": metrics["params"], "nonzero_params": metrics["nonzero_params"],
-                 "model_size_bits": metrics["model_size_bits"], "options": self.options,
+        facts = pruning.model_facts(self.model, self.dense_count, self.method.finish(self))
+        metrics = {**metrics, "test_clean_acc": self.test_accuracy(), **facts}
+        extra = {**facts, "options": self.options,
                  "filters": structured.filter_counts(self.model) if self.is_structured else None,
                  **selection_record(self.finetune, getattr(self, "selection", Selection()),
                                     self.total)}

@@ -158,6 +158,17 @@ def nonzero_count(model: nn.Module) -> int:
     return sum(int((state[name] != 0).sum()) for name in names)
 
 
+def model_facts(model: nn.Module, dense_count: int | None = None, bits: int = 32) -> dict:
+    """What a model card and its run record of any model: measured sparsity (of the dense
+    parent's prunable weights when `dense_count` is given), parameters, non-zeros and the storage
+    of its non-zero weights at `bits` each."""
+    from apgrid.trainables.admm import model_size_bits
+    return {"measured_sparsity": measured_sparsity(model, dense_count),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "nonzero_parameters": nonzero_count(model),
+            "model_size_bits": model_size_bits(model, bits)}
+
+
 def prunable_weight_count(model: nn.Module) -> int:
     return sum(m.weight.numel() for _, m in prunable_layers(model))
 
