@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="output folder (overrides the spec's `output`)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate and print the planned models, run nothing")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
+                   help="override a spec field, validated like the file, e.g. --set "
+                        "dense.seeds=[0,1] --set evaluation.num_samples=100 (repeatable; VALUE is "
+                        "read as YAML)")
     add_until(p)
 
     p = sub.add_parser("resume", help="continue an interrupted grid",
@@ -92,14 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-models", action="store_true",
                    help="statistics from the Parquet only: skip costs, transfer and slices")
 
-    p = sub.add_parser("list", help="list pruning methods, architectures or datasets",
+    p = sub.add_parser("compare", help="two grids or two models, sample by sample",
+                       description="Compare evaluations on their shared test samples: two grids' "
+                                   "output folders (models paired by id, e.g. a grid before and "
+                                   "after a change), or two models of the grid in --grid. Per "
+                                   "pair: accuracies (clean, PGD, AutoAttack), how many samples "
+                                   "differ, McNemar's exact test on AutoAttack correctness, and "
+                                   "FMN distances that differ.")
+    p.add_argument("a", help="a grid's output folder, or a model id (with --grid)")
+    p.add_argument("b", help="another grid's output folder, or another model id (with --grid)")
+    p.add_argument("--grid", help="the output folder holding models A and B")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    p = sub.add_parser("list", help="list pruning methods, architectures, datasets or examples",
                        description="What a spec may name. methods: every pruning method with its "
                                    "taxonomy (pipeline A after / B before / D during training, "
                                    "structured or not, local or global scope, criterion) and the "
                                    "options a spec may set for it. architectures: the CIFAR-variant "
                                    "models and their parameter counts. datasets: classes, image "
                                    "size and the eps conventions used with each.")
-    p.add_argument("what", choices=("methods", "architectures", "datasets"))
+    p.add_argument("what", choices=("methods", "architectures", "datasets", "examples"))
     return parser
 
 
@@ -124,11 +140,13 @@ def cmd_launch(args) -> int:
     from apgrid.grid.plan import all_models
     from apgrid.grid.runner import launch, preflight
     from apgrid.grid.spec import load_spec
-    spec = load_spec(args.spec, output=args.output)
+    spec = load_spec(args.spec, output=args.output, overrides=args.overrides)
     if args.dry_run:
-        preflight(spec)
+        preflight(spec, dry_run=True)
+        from apgrid.grid.plan import describe
         for plan in all_models(spec):
             print(f"{plan.role:7s} {plan.model_id}")
+        print(describe(spec))
         return 0
     launch(spec, until=args.until)
     return 0
@@ -141,7 +159,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from apgrid.grid.runner import STAGES, read_state
+    from apgrid.grid.state import STAGES, read_state
     from apgrid.grid.tracking import Tracker
     output = Path(args.dir).expanduser().resolve()
     state = read_state(output)
@@ -177,7 +195,7 @@ def cmd_query(args) -> int:
     if args.tracking_uri:
         uri, experiment = args.tracking_uri, args.experiment
     elif args.dir:
-        from apgrid.grid.runner import read_state
+        from apgrid.grid.state import read_state
         state = read_state(Path(args.dir).expanduser().resolve())
         uri, experiment = state["tracking_uri"], args.experiment or state["name"]
     else:
@@ -223,6 +241,13 @@ def cmd_list(args) -> int:
         from apgrid.trainables.models import ARCHITECTURES, parameter_count
         for name, make in ARCHITECTURES.items():
             print(f"{name:12s} {parameter_count(make(3, 10)) / 1e6:7.2f}M parameters (3x32x32, 10 classes)")
+    elif args.what == "examples":
+        from apgrid.grid.spec import EXAMPLES
+        for path in sorted(EXAMPLES.glob("*.yaml")):
+            first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines()
+                          if line.startswith("#")), "")
+            print(f"{path.name:26s} {first}")
+        print(f"(in {EXAMPLES}; `apgrid launch {EXAMPLES / 'NAME.yaml'}`)")
     else:
         from apgrid.trainables.data import DATASETS
         for d in DATASETS.values():
@@ -231,8 +256,42 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from apgrid.analysis.compare import compare_models
+    from apgrid.grid.query import format_runs
+    from apgrid.grid.store import read_samples
+
+    def rows_of(folder) -> "pd.DataFrame":
+        rows = read_samples(Path(folder).expanduser().resolve())
+        if rows.empty:
+            raise GridError(f"compare: {folder} has no evaluated models")
+        return rows
+
+    if args.grid:
+        rows = rows_of(args.grid)
+        ids = set(rows["model_id"])
+        for model in (args.a, args.b):
+            if model not in ids:
+                raise GridError(f"compare: no model '{model}' in {args.grid}; models: "
+                                f"{', '.join(sorted(ids))}")
+        table = compare_models(rows, rows, [(args.a, args.b)])
+    else:
+        for folder in (args.a, args.b):
+            if not (Path(folder) / "grid.json").is_file():
+                raise GridError(f"compare: {folder} is not a grid's output folder (give two "
+                                f"folders, or two model ids with --grid DIR)")
+        a, b = rows_of(args.a), rows_of(args.b)
+        shared = sorted(set(a["model_id"]) & set(b["model_id"]))
+        if not shared:
+            raise GridError("compare: the two grids share no model id (the same configs give the "
+                            "same ids); compare two models with --grid DIR A B")
+        table = compare_models(a, b, [(m, m) for m in shared])
+    print(format_runs(table, args.format))
+    return 0
+
+
 COMMANDS = {"launch": cmd_launch, "resume": cmd_resume, "status": cmd_status, "query": cmd_query,
-            "analyze": cmd_analyze, "list": cmd_list}
+            "analyze": cmd_analyze, "list": cmd_list, "compare": cmd_compare}
 
 if __name__ == "__main__":
     sys.exit(main())

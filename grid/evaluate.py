@@ -22,6 +22,7 @@ from apgrid.grid.errors import GridError, ResumableError
 from apgrid.grid.plan import ModelPlan
 from apgrid.grid.spec import GridSpec
 from apgrid.grid.faults import maybe_fail
+from apgrid.grid.progress import eta
 from apgrid.grid.store import ModelStore, SampleStore
 from apgrid.trainables import pruning
 from apgrid.trainables.evaluation import (EvalSettings, ThreatModel, attack_bytes_per_sample,
@@ -252,9 +253,10 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
             report.shard_cpu_seconds.append(cpu_seconds)
             done += 1
             remaining[task.plan.model_id] -= 1
+            elapsed = time.time() - started
             log(f"[evaluate] {done}/{len(tasks)} shards  {task.plan.model_id} "
-                f"[{task.start}, {task.end}) in {seconds:.1f}s  ({time.time() - started:.0f}s "
-                f"elapsed)")
+                f"[{task.start}, {task.end}) in {seconds:.1f}s  ({elapsed:.0f}s elapsed"
+                f"{eta(elapsed, done, len(tasks))})")
             if remaining[task.plan.model_id] == 0:
                 on_model_done(task.plan, samples.finalize(task.plan.model_id, ranges))
             if not idle and not in_flight and queue:

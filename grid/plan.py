@@ -134,3 +134,25 @@ def checkpoint_models(spec: GridSpec) -> list[ModelPlan]:
 
 def all_models(spec: GridSpec) -> list[ModelPlan]:
     return dense_models(spec) + pruned_models(spec) + checkpoint_models(spec)
+
+
+def describe(spec: GridSpec) -> str:
+    """The plan in a few lines: trials, shards and the evaluation's model passes (from the
+    per-sample pass counts benchmark part 5 measured), without reading any data."""
+    from apgrid.trainables.data import DATASETS
+    from apgrid.trainables.evaluation import shard_ranges
+    dense, pruned, ckpt = dense_models(spec), pruned_models(spec), checkpoint_models(spec)
+    ev = spec.evaluation
+    n = ev.settings.num_samples or DATASETS[spec.dataset.name].test_size
+    shards = len(shard_ranges(n, ev.settings.block_size, ev.shards))
+    models = len(dense) + len(pruned) + len(ckpt)
+    aa = min(n, ev.settings.autoattack_samples or n)
+    # per sample: PGD-k and the clean pass; FMN ~2 passes a step (one forward, one backward);
+    # AutoAttack standard ~2,500 passes (benchmarks/results: 1,907 forward + 583 backward)
+    passes = models * (n * (ev.settings.pgd_steps * 2 + 1 + 2 * ev.settings.fmn_steps) + aa * 2490)
+    def count(k, what):
+        return f"{k} {what}{'s' * (k != 1)}"
+    return (f"plan: {count(models, 'model')} ({count(len(dense), 'dense trial')}, "
+            f"{count(len(pruned), 'prune trial')}, {count(len(ckpt), 'checkpoint')}); evaluation: {n} test samples each (AutoAttack on {aa}), "
+            f"{shards} shards a model = {models * shards} shard tasks on {ev.actors} actors, "
+            f"~{passes / 1e6:.1f}M model passes (forward or backward, one sample each)")

@@ -20,15 +20,25 @@ class DriverCallback(Callback):
         self.__dict__.update(state)
 
 
+def eta(elapsed: float, done: int, total: int) -> str:
+    """', ETA 5m' from the pace so far (nothing before the first unit of work is done)."""
+    if done == 0 or done >= total:
+        return ""
+    seconds = elapsed / done * (total - done)
+    return f", ETA {seconds / 60:.0f}m" if seconds >= 90 else f", ETA {seconds:.0f}s"
+
+
 class StageProgress(DriverCallback):
-    def __init__(self, stage: str, log=print):
-        self.stage, self.log = stage, log
+    def __init__(self, stage: str, log=print, total: int = 0):
+        self.stage, self.log, self.total = stage, log, total
         self.started = time.time()
         self.done = self.failed = 0
 
     def _line(self, trial, what: str) -> None:
+        elapsed = time.time() - self.started
         self.log(f"[{self.stage}] {trial.config['model']['model_id']}: {what} "
-                 f"({self.done} done, {self.failed} failed; {time.time() - self.started:.0f}s)")
+                 f"({self.done}/{self.total} done, {self.failed} failed; {elapsed:.0f}s"
+                 f"{eta(elapsed, self.done + self.failed, self.total)})")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._line(trial, "started")

@@ -206,7 +206,15 @@ def mlflow_filters(groups: list[list[Clause]]) -> list[str]:
 
 
 def query_runs(uri: str, experiment: str | None, where: str, columns: str | None) -> pd.DataFrame:
-    """The grid's model runs that match `where`, filtered by the tracking server, page by page."""
+    """The grid's model runs that match `where`, filtered by the tracking server, page by page,
+    with the named columns (default: DEFAULT_COLUMNS)."""
+    flat = search_model_runs(uri, experiment, where)
+    return _columns(flat, columns, [c for c in DEFAULT_COLUMNS if c in flat.columns])
+
+
+def search_model_runs(uri: str, experiment: str | None, where: str = "") -> pd.DataFrame:
+    """Every column of the model runs matching `where`: run_id, status, start_time, tags,
+    params and metrics by their names."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -238,8 +246,7 @@ def query_runs(uri: str, experiment: str | None, where: str, columns: str | None
         raise
     except Exception as exc:
         raise GridError(f"tracking_uri: {uri} cannot be queried ({short_reason(exc)})") from None
-    flat = _flatten(sorted(runs.values(), key=lambda r: r.info.start_time))
-    return _columns(flat, columns, [c for c in DEFAULT_COLUMNS if c in flat.columns])
+    return _flatten(sorted(runs.values(), key=lambda r: r.info.start_time))
 
 
 def _flatten(runs) -> pd.DataFrame:

@@ -8,7 +8,6 @@ last epoch checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import time
@@ -18,42 +17,26 @@ import yaml
 
 from apgrid.grid import plan as planner
 from apgrid.grid.errors import STORAGE_ERRNOS, GridError, ResumableError
+from apgrid.grid.state import STAGES, read_state, set_stage, state_path, write_state
 from apgrid.grid.spec import NOT_IDENTITY, GridSpec, SpecError, load_spec
-from apgrid.grid.store import (ModelStore, SampleStore, atomic_write_bytes, atomic_write_json,
-                        read_user_checkpoint)
+from apgrid.grid.store import (ModelStore, SampleStore, atomic_write_bytes, read_user_checkpoint)
 from apgrid.errors import short_reason
 from apgrid.grid.tracking import Tracker, TrackingError, check_reachable, grid_params
 
-STAGES = ("checkpoints", "dense", "prune", "evaluate", "analyze")
 
 # Tune warns on every epoch checkpoint of small models; our own progress lines replace its tables.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 
 
-# -- the output folder -------------------------------------------------------------------------
-
-def _state_path(output: Path) -> Path:
-    return output / "grid.json"
-
-
-def read_state(output: Path) -> dict:
-    path = _state_path(output)
-    if not path.is_file():
-        raise GridError(f"output: {output} holds no apgrid grid (no grid.json)")
-    return json.loads(path.read_text())
-
-
-def _write_state(output: Path, state: dict) -> None:
-    atomic_write_json(_state_path(output), state)
-
-
-def preflight(spec: GridSpec) -> None:
-    """Everything that can be checked before a single file is written."""
+def preflight(spec: GridSpec, dry_run: bool = False) -> None:
+    """Everything that can be checked before a single file is written. A dry run checks the spec,
+    the output folder and the checkpoints, but reads no data and asks no tracking server (a
+    cluster's spec can be planned on a laptop)."""
     output = spec.output_dir
     if output.exists() and not output.is_dir():
         raise GridError(f"output: {output} exists and is not a folder")
-    if _state_path(output).is_file():
+    if state_path(output).is_file():
         owner = read_state(output)
         if owner.get("fingerprint") not in (spec.fingerprint(), spec.fingerprint(legacy=True)):
             differ = [c for c in _spec_changes(output, spec) if not c.startswith(NOT_IDENTITY)]
@@ -65,17 +48,22 @@ def preflight(spec: GridSpec) -> None:
     parent = output if output.exists() else next(p for p in output.parents if p.exists())
     if not os.access(parent, os.W_OK):
         raise GridError(f"output: {parent} is not writable")
+    from apgrid.trainables.data import DATASETS, load_dataset
+    info = DATASETS[spec.dataset.name]
+    for c in spec.checkpoints:  # raises CheckpointError (exit 2) before anything is written
+        channels = info.image_shape[0]
+        read_user_checkpoint(Path(c.path), c.arch, channels, info.num_classes, (0.0,) * channels,
+                             (1.0,) * channels)
+    if dry_run:
+        return
+    root = spec.dataset.root
+    if root and not spec.dataset.download and not Path(root).is_dir():
+        raise GridError(f"dataset.root: {root} is not a folder")
     try:
         check_reachable(spec.resolved_tracking_uri)
     except TrackingError as exc:
         raise GridError(str(exc)) from None
-    from apgrid.trainables.data import DatasetError, load_dataset
-    try:
-        ds = load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
-    except DatasetError as exc:
-        raise GridError(str(exc)) from None
-    for c in spec.checkpoints:  # raises CheckpointError (exit 2) before anything is written
-        read_user_checkpoint(Path(c.path), c.arch, ds.image_shape[0], ds.num_classes, ds.mean, ds.std)
+    load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)  # DatasetError: exit 2
 
 
 def launch(spec: GridSpec, fault: dict | None = None, log=print, until: str | None = None) -> Path:
@@ -86,7 +74,7 @@ def launch(spec: GridSpec, fault: dict | None = None, log=print, until: str | No
     preflight(spec)
     output = spec.output_dir
     output.mkdir(parents=True, exist_ok=True)
-    existing = _state_path(output).is_file()
+    existing = state_path(output).is_file()
     if existing:
         changes = _spec_changes(output, spec)
         if changes:
@@ -97,7 +85,7 @@ def launch(spec: GridSpec, fault: dict | None = None, log=print, until: str | No
     state = read_state(output) if existing else {
         "name": spec.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {},
         "driver_runs": 0}
-    _write_state(output, {**state, "fingerprint": spec.fingerprint()})  # a legacy one updated
+    write_state(output, {**state, "fingerprint": spec.fingerprint()})  # a legacy one updated
     return _run(spec, fault, log, stages)
 
 
@@ -171,7 +159,7 @@ def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAG
     try:
         state = read_state(output)
         state["driver_runs"] = state.get("driver_runs", 0) + 1
-        _write_state(output, state)
+        write_state(output, state)
         tracker = Tracker(spec.resolved_tracking_uri, spec.name,
                           output / "mlartifacts" if local_store else None)
         tracker.grid_params = grid_params(spec.dataset, spec.threat_model)
@@ -182,15 +170,15 @@ def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAG
         tracker.log_artifact(parent, output / "spec.yaml")  # the validated spec the grid ran
         state.update(grid_run_id=parent, experiment_id=tracker.experiment_id,
                      tracking_uri=spec.resolved_tracking_uri)
-        _write_state(output, state)
+        write_state(output, state)
         if not ray.is_initialized():
             ray.init(address=spec.ray_address, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
         for stage in stages:
-            _set_stage(output, stage, "running")
+            set_stage(output, stage, "running")
             log(f"[apgrid] stage {stage} ({time.time() - started:.0f}s)")
             STAGE_FUNCTIONS[stage](spec, tracker, parent, fault, log, state["driver_runs"])
-            _set_stage(output, stage, "done")
+            set_stage(output, stage, "done")
         done = [s for s in STAGES if read_state(output)["stages"].get(s) == "done"]
         tracker.set_tag(parent, "last_stage", done[-1])  # a finished grid's stays analyze
         tracker.end(parent, "FINISHED")
@@ -226,12 +214,6 @@ def _end_quietly(tracker: Tracker | None, parent: str | None) -> None:
             pass
 
 
-def _set_stage(output: Path, stage: str, status: str) -> None:
-    state = read_state(output)
-    state.setdefault("stages", {})[stage] = status
-    _write_state(output, state)
-
-
 def _grid_config(spec: GridSpec) -> dict:
     r = spec.resources
     return {"output": str(spec.output_dir), "name": spec.name,
@@ -261,7 +243,7 @@ def _tune_stage(stage: str, trainable, plans, spec, tracker, parent, fault, log,
                 name=f"{stage}-run{attempt}", storage_path=spec.storage_path, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[tracking, StageProgress(stage, log)]),
+                callbacks=[tracking, StageProgress(stage, log, len(todo))]),
         )
         previous = signal.getsignal(signal.SIGINT)
         try:

@@ -175,8 +175,10 @@ def _without_neutral(body):
 
 # -- parsing ------------------------------------------------------------------------------------
 
-def load_spec(path: str | Path | None = None, output: str | None = None) -> GridSpec:
-    """Read and validate a YAML spec (the demo when path is None); `output` overrides spec.output."""
+def load_spec(path: str | Path | None = None, output: str | None = None,
+              overrides: list[str] = ()) -> GridSpec:
+    """Read and validate a YAML spec (the demo when path is None); `output` overrides spec.output,
+    and each override 'key.path=value' (value read as YAML) the field it names."""
     path = Path(path) if path else DEFAULT_SPEC
     if not path.is_file():
         raise SpecError(f"spec: no such file {path}")
@@ -191,9 +193,30 @@ def load_spec(path: str | Path | None = None, output: str | None = None) -> Grid
         where = f" line {mark.line + 1}" if mark else ""
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
         raise SpecError(f"spec: {path} is not valid YAML{where}: {problem[:160]}") from None
+    for override in overrides:
+        raw = _override(raw, override)
     if output is not None:
         raw = {**(raw or {}), "output": output}
     return parse_spec(raw)
+
+
+def _override(raw, text: str) -> dict:
+    """The spec with one field set: 'evaluation.num_samples=100', 'dense.seeds=[0, 1]'."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set: {_show(text)} is not KEY.PATH=VALUE")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        raise SpecError(f"--set {key}: {_show(value)} is not a YAML value") from None
+    raw = dict(raw) if isinstance(raw, dict) else {}
+    node, parts = raw, key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        node[part] = dict(child) if isinstance(child, dict) else {}
+        node = node[part]
+    node[parts[-1]] = parsed
+    return raw
 
 
 def parse_spec(raw: Any) -> GridSpec:
@@ -237,8 +260,6 @@ def _check_cross_fields(spec: GridSpec) -> None:
                         f"allowed: at most the number of samples")
     if spec.dataset.name != "digits" and not spec.dataset.root and not spec.dataset.download:
         raise SpecError(f"dataset.root: required for {spec.dataset.name} (a folder holding the data)")
-    if spec.dataset.root and not spec.dataset.download and not Path(spec.dataset.root).expanduser().is_dir():
-        raise SpecError(f"dataset.root: {spec.dataset.root} is not a folder")
     aa = spec.evaluation.settings.autoattack_samples
     if n is not None and aa is not None and aa > n:
         raise SpecError(f"evaluation.autoattack_samples: {aa} is more than num_samples ({n})")

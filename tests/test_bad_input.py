@@ -43,7 +43,11 @@ CASES = {  # case: (spec patch or raw text, text the one-line error must contain
     "steps 0": ({"evaluation": {"fmn_steps": 0}}, "evaluation.fmn_steps"),
     "epochs negative": ({"dense": {"recipe": {"epochs": -1}}}, "dense.recipe.epochs"),
     "more shards than samples": ({"evaluation": {"num_samples": 4, "shards": 8}}, "evaluation.shards"),
-    "missing dataset root": ({"dataset": {"name": "cifar10", "root": "/no/such/folder"}}, "dataset.root"),
+    "missing dataset root": ({"dataset": {"name": "cifar10", "root": "/no/such/folder"},
+                              "dense": {"architectures": ["cifar-tiny"]}}, "dataset.root"),
+    "architecture that cannot take the images": ({"dataset": {"name": "cifar10", "root": "/tmp"}},
+                                                 "dense.architectures: digits-cnn cannot take"),
+    "binary spec file": (b"\x7fELF\x02\x01\x01\x00\xff\xfe", "not a YAML text file"),
     "unknown transfer attack": ({"analysis": {"transfer_attacks": ["laser"]}}, "analysis.transfer_attacks"),
     "unreachable tracking URI": ({"tracking_uri": "http://127.0.0.1:9"}, "tracking_uri"),
 }
@@ -53,7 +57,9 @@ CHECKPOINTS = ("corrupt", "truncated", "pickled-module", "wrong-arch")
 def run(tmp_path, capsys, content):
     out = tmp_path / "out"
     spec = tmp_path / "spec.yaml"
-    if isinstance(content, str):
+    if isinstance(content, bytes):
+        spec.write_bytes(content)
+    elif isinstance(content, str):
         spec.write_text(content + f"output: {out}\n")
     else:
         spec.write_text(yaml.safe_dump({**BASE, "output": str(out), **content}))

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from apgrid.grid.runner import launch, read_state
+from apgrid.grid.runner import launch
+from apgrid.grid.state import read_state
 from apgrid.grid.store import read_samples
 from tests.test_grid import QUICK_AA
 

@@ -427,3 +427,41 @@ def test_a_dense_only_grid_trains_evaluates_and_reports_its_dense_models(tmp_pat
     assert set(samples["role"]) == {"dense"} and len(samples) == 10
     report = (spec.output_dir / "report" / "report.md").read_text()
     assert "1 model (1 dense, 0 pruned)" in report and "No pruned model" in report
+
+
+def test_the_readmes_python_api_example_runs(finished_grid, capsys):
+    import re
+    from pathlib import Path
+    spec, output, _ = finished_grid
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- api-example -->\s*```python\n(.*?)```", readme, re.S).group(1)
+    namespace = {}
+    exec(code.replace('"runs/demo"', repr(str(output))), namespace)
+    assert len(namespace["models"]) == 3 and set(namespace["hydra"]["method"]) == {"hydra"}
+    assert len(namespace["hydra"]) == N_SAMPLES
+    out = capsys.readouterr().out
+    assert "aa_acc" in out and out.count("hydra") >= 2
+    import apgrid
+    g = apgrid.open(output)
+    assert "tiny" in repr(g) and len(g.table("table2_thin_ice")) == 2
+    with pytest.raises(GridError, match="no column 'colour'"):
+        g.samples(colour="red")
+
+
+def test_compare_two_grids_and_two_models(finished_grid, capsys, tmp_path):
+    import shutil
+    spec, output, _ = finished_grid
+    copy = tmp_path / "copy"
+    shutil.copytree(output / "samples", copy / "samples")
+    shutil.copy(output / "grid.json", copy / "grid.json")
+    assert main(["compare", str(output), str(copy), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3 and all(r["shared_samples"] == N_SAMPLES for r in rows)
+    assert all(r["aa_differ"] == 0 and r["fmn_eps_differ"] == 0 and r["aa_mcnemar_p"] == 1.0
+               for r in rows)  # the same rows: nothing differs
+    dense, hydra = (next(p.model_id for p in all_models(spec) if p.method == m)
+                    for m in ("dense", "hydra"))
+    assert main(["compare", dense, hydra, "--grid", str(output), "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["model_a"] == dense and row["aa_only_a"] + row["aa_only_b"] == row["aa_differ"]
+    assert main(["compare", dense, "nope", "--grid", str(output)]) == 2

@@ -17,7 +17,8 @@ import yaml
 from apgrid.grid import runner
 from apgrid.grid.cli import main
 from apgrid.grid.errors import ResumableError
-from apgrid.grid.runner import launch, read_state, resume
+from apgrid.grid.runner import launch, resume
+from apgrid.grid.state import read_state
 from apgrid.grid.store import read_samples
 from tests.test_grid import QUICK_AA
 from tests.test_tracking_server import free_port, small_grid, wait_for

@@ -158,3 +158,40 @@ def test_an_empty_method_list_is_a_dense_only_grid():
     assert [p.role for p in all_models(spec)] == ["dense", "dense"]
     with pytest.raises(SpecError, match="prune.methods"):  # a null is a typo, not a choice
         parse_spec({**GOOD, "prune": {"methods": None}})
+
+
+def test_set_overrides_are_validated_like_the_file(tmp_path, capsys):
+    spec = load_spec(None, output=str(tmp_path / "o"), overrides=["dense.seeds=[0, 1]",
+                                                                   "evaluation.num_samples=100"])
+    assert spec.dense.seeds == (0, 1) and spec.evaluation.settings.num_samples == 100
+    assert main(["launch", "--set", "prune.sparsities=[1.5]", "--output", str(tmp_path / "o")]) == 2
+    assert "prune.sparsities" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_plans_a_cluster_spec_without_its_data(tmp_path, capsys):
+    """A spec whose data lives on a cluster (no such folder here) is validated and planned."""
+    assert main(["launch", "--dry-run", str(DEFAULT_SPEC.parent / "thin-ice.yaml"), "--set",
+                 "dataset.root=/mnt/apgrid/no-such-data", "--output", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("pruned ") == 12 and "plan: 17 models (5 dense trials, 12 prune trials" in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_dataset_that_cannot_be_downloaded_is_one_line(tmp_path, monkeypatch):
+    import torchvision.datasets as tv
+
+    from apgrid.trainables.data import DatasetError, load_dataset
+
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+    monkeypatch.setattr(tv, "CIFAR10", offline)
+    with pytest.raises(DatasetError, match=r"^dataset.download: cifar10 could not be downloaded") as err:
+        load_dataset("cifar10", str(tmp_path), download=True)
+    assert "\n" not in str(err.value)
+
+
+def test_list_examples_names_every_shipped_spec(capsys):
+    assert main(["list", "examples"]) == 0
+    out = capsys.readouterr().out
+    assert all(p.name in out for p in DEFAULT_SPEC.parent.glob("*.yaml"))

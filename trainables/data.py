@@ -52,16 +52,19 @@ class DatasetInfo:
     image_shape: tuple[int, int, int]
     eps_conventions: str
     augment: str  # the references' training augmentation (a recipe's default)
+    test_size: int  # samples in the test split
 
 
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
     DatasetInfo("digits", 10, (1, 8, 8), "Linf 0.1 (apgrid demo; pixels scaled from 0..16 to [0, 1])",
-                "none"),
-    DatasetInfo("cifar10", 10, (3, 32, 32), "Linf 8/255 (all three papers), L2 0.5", "crop-flip"),
+                "none", 360),
+    DatasetInfo("cifar10", 10, (3, 32, 32), "Linf 8/255 (all three papers), L2 0.5", "crop-flip",
+                10_000),
     DatasetInfo("cifar100", 100, (3, 32, 32), "Linf 8/255 (compressed-models paper), L2 0.5",
-                "crop-flip"),
+                "crop-flip", 10_000),
     # digits are not mirror-symmetric: SVHN trains with crops only
-    DatasetInfo("svhn", 10, (3, 32, 32), "Linf 8/255 (survey; HYDRA trains SVHN at 8/255)", "crop"),
+    DatasetInfo("svhn", 10, (3, 32, 32), "Linf 8/255 (survey; HYDRA trains SVHN at 8/255)", "crop",
+                26_032),
 )}
 
 
@@ -152,7 +155,7 @@ def load_cifar100(root: str | None, download: bool = False) -> Dataset:
                 raise DatasetError(f"dataset.root: no cifar-100-binary/ or cifar-100-python/ in "
                                    f"{root_path} (fetch it, or set dataset.download: true)")
             from torchvision.datasets import CIFAR100
-            CIFAR100(str(root_path), download=True)
+            _download(lambda: CIFAR100(str(root_path), download=True), "cifar100", root_path)
         x_tr, y_tr = _read_cifar_pickle(root_path / "cifar-100-python" / "train", "fine_labels")
         x_te, y_te = _read_cifar_pickle(root_path / "cifar-100-python" / "test", "fine_labels")
     ds = _from_numpy("cifar100", x_tr, y_tr, x_te, y_te, num_classes=100)
@@ -199,7 +202,7 @@ def load_svhn(root: str | None, download: bool = False) -> Dataset:
             if not download:
                 raise DatasetError(f"dataset.root: missing {path} (fetch it, or set dataset.download: true)")
             from torchvision.datasets import SVHN
-            SVHN(str(root_path), split=split, download=True)
+            _download(lambda: SVHN(str(root_path), split=split, download=True), "svhn", root_path)
         try:
             mat = loadmat(str(path))
             images = np.transpose(mat["X"], (3, 2, 0, 1))  # HWCN -> NCHW, uint8
@@ -216,10 +219,21 @@ def _read_cifar10_torchvision(root: Path, download: bool):
     if not folder.is_dir():
         from torchvision.datasets import CIFAR10
         root.mkdir(parents=True, exist_ok=True)
-        CIFAR10(str(root), download=download)
+        _download(lambda: CIFAR10(str(root), download=download), "cifar10", root)
     train = [_read_cifar_pickle(folder / f"data_batch_{i}", "labels") for i in range(1, 6)]
     x_te, y_te = _read_cifar_pickle(folder / "test_batch", "labels")
     return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_te, y_te)
+
+
+def _download(fetch, name: str, root: Path) -> None:
+    """torchvision's download, its failures (no network, a refused or truncated file) as one line."""
+    try:
+        fetch()
+    except Exception as exc:
+        from apgrid.errors import short_reason
+        raise DatasetError(f"dataset.download: {name} could not be downloaded into {root} "
+                           f"({short_reason(exc)}); fetch it on a machine with a network and "
+                           f"point dataset.root at it") from None
 
 
 def _images(x: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,74 @@
+"""The Python API behind `apgrid.open` and `apgrid.launch`: a grid's results as DataFrames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from apgrid.grid.errors import GridError
+
+
+class Grid:
+    """A grid's output folder, read: per-sample rows, models, MLflow runs, report tables."""
+
+    def __init__(self, output: str | Path):
+        from apgrid.grid.state import read_state
+        self.output = Path(output).expanduser().resolve()
+        self.state = read_state(self.output)
+        self.name = self.state["name"]
+
+    def __repr__(self) -> str:
+        done = [s for s, status in self.state.get("stages", {}).items() if status == "done"]
+        return f"Grid({self.name!r}, {str(self.output)!r}, done: {', '.join(done) or 'nothing'})"
+
+    @property
+    def spec(self):
+        """The validated spec the grid was launched with (apgrid.grid.spec.GridSpec)."""
+        from apgrid.grid.runner import load_grid_spec
+        return load_grid_spec(self.output)
+
+    def samples(self, **where) -> pd.DataFrame:
+        """One row per (model, test sample); keyword filters keep rows whose column equals the
+        value, or is one of a list of values: g.samples(method=["hydra", "lamp"], sparsity=0.9)."""
+        from apgrid.grid.store import read_samples
+        rows = read_samples(self.output)
+        for column, value in where.items():
+            if column not in rows.columns:
+                raise GridError(f"samples: no column '{column}'; columns: {', '.join(rows.columns)}")
+            values = value if isinstance(value, (list, tuple, set)) else [value]
+            rows = rows[rows[column].isin(values)]
+        return rows.reset_index(drop=True)
+
+    def models(self) -> pd.DataFrame:
+        """One row per evaluated model: identity, taxonomy-free summary metrics (clean_acc,
+        pgd_acc, aa_acc, fmn_acc_at_eps, ...), as the report's `models` table."""
+        from apgrid.analysis.tables import model_table
+        rows = self.samples()
+        return model_table(rows) if len(rows) else pd.DataFrame()
+
+    def runs(self, where: str = "") -> pd.DataFrame:
+        """The grid's MLflow model runs matching an MLflow filter (apgrid query's syntax)."""
+        from apgrid.grid.query import search_model_runs
+        return search_model_runs(self.state["tracking_uri"], self.name, where)
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A report table (table1_reevaluation, table2_thin_ice, leaderboard, ...); run
+        `apgrid analyze` (or the grid's analyze stage) first."""
+        from apgrid.grid.query import read_table
+        return read_table(self.output, name)
+
+    @property
+    def report(self) -> Path:
+        return self.output / "report" / "index.html"
+
+
+def launch(spec=None, output=None, until: str | None = None, log=print) -> Grid:
+    """Validate and run a grid (see apgrid.launch)."""
+    from apgrid.grid.runner import launch as run
+    from apgrid.grid.spec import load_spec, parse_spec
+    if isinstance(spec, dict):
+        parsed = parse_spec({**spec, **({"output": str(output)} if output else {})})
+    else:
+        parsed = load_spec(spec, output=None if output is None else str(output))
+    return Grid(run(parsed, log=log, until=until))
