@@ -50,7 +50,11 @@ class Grid:
     def runs(self, where: str = "") -> pd.DataFrame:
         """The grid's MLflow model runs matching an MLflow filter (apgrid query's syntax)."""
         from apgrid.grid.query import search_model_runs
-        return search_model_runs(self.state["tracking_uri"], self.name, where)
+        from apgrid.grid.state import tracking_uri
+        uri = tracking_uri(self.output, self.state)
+        if uri is None:
+            raise GridError(f"runs: {self.output} has no MLflow runs yet")
+        return search_model_runs(uri, self.name, where)
 
     def table(self, name: str) -> pd.DataFrame:
         """A report table (table1_reevaluation, table2_thin_ice, leaderboard, ...); run

@@ -159,16 +159,18 @@ def cmd_resume(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from apgrid.grid.state import STAGES, read_state
+    from apgrid.grid.state import STAGES, read_state, tracking_uri
     from apgrid.grid.tracking import Tracker
     output = Path(args.dir).expanduser().resolve()
     state = read_state(output)
     print(f"grid {state['name']}  ({output})  driver runs: {state.get('driver_runs', 0)}")
     for stage in STAGES:
         print(f"  {stage:9s} {state.get('stages', {}).get(stage, 'pending')}")
-    if "tracking_uri" not in state:
+    uri = tracking_uri(output, state)
+    if uri is None:
+        print("  MLflow: no runs logged yet")
         return 0
-    tracker = Tracker(state["tracking_uri"], state["name"])
+    tracker = Tracker(uri, state["name"], create=False)
     runs = tracker.runs("tags.level = 'model'")
     counts: dict[tuple[str, str], int] = {}
     for run in runs:
@@ -195,9 +197,12 @@ def cmd_query(args) -> int:
     if args.tracking_uri:
         uri, experiment = args.tracking_uri, args.experiment
     elif args.dir:
-        from apgrid.grid.state import read_state
-        state = read_state(Path(args.dir).expanduser().resolve())
-        uri, experiment = state["tracking_uri"], args.experiment or state["name"]
+        from apgrid.grid.state import read_state, tracking_uri
+        output = Path(args.dir).expanduser().resolve()
+        state = read_state(output)
+        uri, experiment = tracking_uri(output, state), args.experiment or state["name"]
+        if uri is None:
+            raise GridError(f"query: {output} has no MLflow runs yet")
     else:
         raise GridError("query: give the grid's output folder or --tracking-uri")
     runs = query_runs(uri, experiment, args.where, args.columns)

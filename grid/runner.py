@@ -169,7 +169,7 @@ def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAG
         parent = tracker.grid_run(spec.fingerprint())
         tracker.log_artifact(parent, output / "spec.yaml")  # the validated spec the grid ran
         state.update(grid_run_id=parent, experiment_id=tracker.experiment_id,
-                     tracking_uri=spec.resolved_tracking_uri)
+                     tracking_uri=spec.tracking_uri)  # None: the folder's own SQLite store
         write_state(output, state)
         if not ray.is_initialized():
             ray.init(address=spec.ray_address, include_dashboard=False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 import json
 import math
 from dataclasses import dataclass, field
@@ -232,7 +233,9 @@ def parse_spec(raw: Any) -> GridSpec:
     spec = GridSpec(
         name=_name(raw["name"]),
         output=_string(raw["output"], "output"),
-        tracking_uri=_optional_string(raw.get("tracking_uri"), "tracking_uri"),
+        # default: MLflow's own variable, else a SQLite store in the output folder
+        tracking_uri=_optional_string(
+            raw.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None, "tracking_uri"),
         storage=_optional_string(raw.get("storage"), "storage"),
         ray_address=_optional_string(raw.get("ray_address"), "ray_address"),
         max_failures=_int(raw.get("max_failures", 2), "max_failures", minimum=0),

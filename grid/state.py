@@ -30,6 +30,20 @@ def write_state(output: Path, state: dict) -> None:
     atomic_write_json(state_path(output), state)
 
 
+def tracking_uri(output: Path, state: dict) -> str | None:
+    """The grid's MLflow store: the URI it was launched with, or, for the default store, the
+    SQLite file inside the folder as it is now (a copied or moved folder queries its own store).
+    None when the grid has no store yet."""
+    uri = state.get("tracking_uri")
+    own = Path(output) / "mlflow.db"
+    # older grids recorded the default store by its absolute path
+    default = uri is None or (uri.startswith("sqlite:///") and uri.endswith("/mlflow.db")
+                              and own.is_file())
+    if not default:
+        return uri
+    return f"sqlite:///{own}" if own.is_file() else None
+
+
 def set_stage(output: Path, stage: str, status: str) -> None:
     state = read_state(output)
     state.setdefault("stages", {})[stage] = status

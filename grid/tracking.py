@@ -68,9 +68,11 @@ def clean_metrics(metrics: dict) -> dict[str, float]:
 
 
 class Tracker:
-    def __init__(self, uri: str, grid_name: str, artifact_root: Path | None = None):
+    def __init__(self, uri: str, grid_name: str, artifact_root: Path | None = None,
+                 create: bool = True):
         """`artifact_root`: where a new experiment keeps its artifacts. Without it a SQLite store
-        would put them in ./mlruns of whatever folder apgrid was started from."""
+        would put them in ./mlruns of whatever folder apgrid was started from. `create=False`
+        (readers: status) never creates the experiment; a missing one raises TrackingError."""
         self.uri = uri
         self.client = _client(uri)
         self.source = source_tags()
@@ -79,9 +81,13 @@ class Tracker:
         location = artifact_root.resolve().as_uri() if artifact_root is not None else None
         try:
             exp = self.client.get_experiment_by_name(grid_name)
+            if exp is None and not create:
+                raise TrackingError(f"tracking_uri: {uri} has no experiment '{grid_name}'")
             self.experiment_id = (exp.experiment_id if exp is not None else
                                   self.client.create_experiment(grid_name,
                                                                 artifact_location=location))
+        except TrackingError:
+            raise
         except Exception as exc:
             raise TrackingError(f"tracking_uri: {uri} cannot be used ({short_reason(exc)})") from None
 

@@ -11,6 +11,13 @@ from apgrid.trainables.training import Recipe, make_optimizer, train_epoch
 SIGINT_AT_START = signal.getsignal(signal.SIGINT)  # before any test starts Ray or Tune
 
 
+@pytest.fixture(autouse=True)
+def no_ambient_tracking_uri(monkeypatch):
+    """apgrid honours MLFLOW_TRACKING_URI when a spec sets none, and MLflow's fluent
+    set_tracking_uri sets that variable: no test may leak it into the next one's grids."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+
+
 @pytest.fixture(scope="session")
 def digits():
     return load_digits()

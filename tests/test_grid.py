@@ -465,3 +465,35 @@ def test_compare_two_grids_and_two_models(finished_grid, capsys, tmp_path):
     (row,) = json.loads(capsys.readouterr().out)
     assert row["model_a"] == dense and row["aa_only_a"] + row["aa_only_b"] == row["aa_differ"]
     assert main(["compare", dense, "nope", "--grid", str(output)]) == 2
+
+
+def test_a_copied_output_folder_queries_its_own_store(finished_grid, tmp_path, capsys):
+    import shutil
+    spec, output, _ = finished_grid
+    copy = tmp_path / "moved"
+    shutil.copytree(output, copy, ignore=shutil.ignore_patterns("ray"))
+    client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    hydra = client.search_runs([experiment], "tags.method = 'hydra' and tags.stage = 'evaluate'")
+    client.delete_run(hydra[0].info.run_id)  # only the copy's store knows
+    assert main(["query", str(copy), "--where", "stage = 'evaluate'", "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert main(["query", str(output), "--where", "stage = 'evaluate'", "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3
+    assert main(["status", str(copy)]) == 0
+    assert "evaluate  FINISHED  2" in capsys.readouterr().out
+
+
+def test_status_of_a_grid_without_runs_creates_no_store(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "grid.json").write_text(json.dumps({"name": "fresh", "stages": {}}))
+    assert main(["status", str(tmp_path / "out")]) == 0
+    assert "no runs logged yet" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["grid.json", "out"]
+
+
+def test_mlflow_tracking_uri_is_honoured_when_the_spec_sets_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tiny_spec(tmp_path / "o").resolved_tracking_uri == "http://mlflow.example:5000"
+    assert tiny_spec(tmp_path / "o", tracking_uri="sqlite:///x.db").tracking_uri == "sqlite:///x.db"
