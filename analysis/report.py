@@ -134,10 +134,11 @@ def _thin_ice_display(table2: pd.DataFrame) -> pd.DataFrame:
 
 
 def statistics_sections(samples: pd.DataFrame, models: pd.DataFrame, folder: Path,
-                        settings: AnalysisSettings) -> tuple[list[Section], dict[str, pd.DataFrame]]:
+                        settings: AnalysisSettings, reported: dict | None = None
+                        ) -> tuple[list[Section], dict[str, pd.DataFrame]]:
     from apgrid.trainables.methods import PRUNING_METHODS
 
-    table1 = reevaluation_table(models)
+    table1 = reevaluation_table(models, reported)
     table2 = thin_ice_table(samples, settings.bootstrap_resamples)
     seeds = seed_table(models)
     taxonomy = {m.name: m.taxonomy for m in PRUNING_METHODS.values()}
@@ -154,8 +155,11 @@ def statistics_sections(samples: pd.DataFrame, models: pd.DataFrame, folder: Pat
                 for model_id, _, joined in pruned_pairs(samples)]
 
     weak = table1[table1["fmn_weaker_than_aa"]]["model_id"].tolist()
-    s1 = Section("Table 1: robustness as reported (PGD) vs AutoAttack", [
-        "`drop` = PGD accuracy − AutoAttack accuracy, on the samples AutoAttack ran on. "
+    s1 = Section("Table 1: robustness as reported vs AutoAttack", [
+        "`drop_reported_minus_aa` = the robust accuracy the model's paper reported (`reported_robust`, "
+        "with its attack) − AutoAttack's on the same model: the thin-ice paper's drop, for checkpoints "
+        "whose entry carries `reported`. `pgd10_minus_aa` = apgrid's PGD accuracy − AutoAttack's on "
+        "the samples AutoAttack ran on: a different quantity (no paper reported it). "
         "`fmn_acc_at_eps` is read off the FMN security curve at the threat ε."],
         [("", table1)])
     if weak:
@@ -302,14 +306,14 @@ def _cached(path: Path, compute, key: dict):
 
 def write_report(samples: pd.DataFrame, folder: Path, grid_name: str,
                  settings: AnalysisSettings = AnalysisSettings(),
-                 access: ModelAccess | None = None) -> dict[str, Path]:
+                 access: ModelAccess | None = None, reported: dict | None = None) -> dict[str, Path]:
     """Write CSV tables, PNG figures, report.md and a self-contained index.html; returns the
     paths written. Without `access` (no models at hand) the sections that need models are left
     out, and the report says so."""
     folder.mkdir(parents=True, exist_ok=True)
     cache = folder.parent / "analysis_cache"
     models = model_table(samples)
-    sections, tables = statistics_sections(samples, models, folder, settings)
+    sections, tables = statistics_sections(samples, models, folder, settings, reported)
     eps = float(samples["eps"].iloc[0])
     if access is None:
         sections.append(Section("Costs, transfer attacks, decision slices", [

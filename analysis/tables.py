@@ -41,11 +41,19 @@ def model_table(samples: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["role", "arch", "method", "sparsity", "seed"], ignore_index=True)
 
 
-def reevaluation_table(models: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 layout: robust accuracy as the original papers report it (PGD) vs AutoAttack."""
+def reevaluation_table(models: pd.DataFrame, reported: dict | None = None) -> pd.DataFrame:
+    """Table 1 of the thin-ice paper: the robust accuracy a model's paper reported against
+    AutoAttack's on the same model, and the drop reported - AutoAttack (the paper's quantity).
+    A model with no reported number (trained by apgrid) has no drop; its PGD-10 - AutoAttack gap
+    on the same samples is another quantity and is named so."""
+    reported = reported or {}
     t = models[["model_id", "method", "arch", "sparsity", "sparsity_measured", "clean_acc",
                 "pgd_acc", "aa_acc", "fmn_acc_at_eps"]].copy()
-    t["drop"] = models["pgd_acc_on_aa_samples"] - t["aa_acc"]  # on the same samples
+    t["reported_clean"] = [reported.get(m, {}).get("clean", np.nan) for m in t["model_id"]]
+    t["reported_robust"] = [reported.get(m, {}).get("robust", np.nan) for m in t["model_id"]]
+    t["reported_attack"] = [reported.get(m, {}).get("attack", "") for m in t["model_id"]]
+    t["drop_reported_minus_aa"] = t["reported_robust"] - t["aa_acc"]
+    t["pgd10_minus_aa"] = models["pgd_acc_on_aa_samples"] - t["aa_acc"]  # on the same samples
     t["fmn_weaker_than_aa"] = t["fmn_acc_at_eps"] > t["aa_acc"]
     return t
 

@@ -60,8 +60,7 @@ def load_subject(args) -> Subject:
         store = ModelStore(spec.output_dir)
         model_id = next(p.name for p in sorted(store.root.iterdir()) if p.name.startswith("dense-"))
         card = store.card(model_id)
-        model = build_model(card["arch"], ds.image_shape[0], ds.num_classes, ds.mean, ds.std)
-        model.load_state_dict(store.load_weights(model_id)[0])
+        model = store.load_model(model_id, ds.image_shape, ds.num_classes)
         return Subject(model.eval(), ds, spec.threat_model, card["arch"],
                        {"name": spec.dataset.name, "root": spec.dataset.root},
                        f"{model_id} ({spec.dataset.name})")

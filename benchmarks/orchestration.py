@@ -33,10 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from apgrid.grid import plan as planner  # noqa: E402
 from apgrid.grid.runner import load_grid_spec  # noqa: E402
 from apgrid.grid.store import ModelStore  # noqa: E402
-from apgrid.trainables import pruning  # noqa: E402
 from apgrid.trainables.data import load_dataset  # noqa: E402
 from apgrid.trainables.evaluation import evaluate_samples  # noqa: E402
-from apgrid.trainables.models import build_model, fit_to_state, resolve_device  # noqa: E402
+from apgrid.trainables.models import resolve_device  # noqa: E402
 
 COLUMNS = ["model_id", "sample_idx", "clean_pred", "pgd_correct", "aa_correct", "fmn_eps"]
 
@@ -83,11 +82,7 @@ def plain_process(grid: Path, spec, out: Path, threads: int) -> float:
     device = resolve_device(spec.resources.device)
     out.mkdir(parents=True, exist_ok=True)
     for plan in planner.all_models(spec):
-        model = build_model(plan.arch, x.shape[1], ds.num_classes, ds.mean, ds.std)
-        state, masks = store.load_weights(plan.model_id)
-        fit_to_state(model, state)
-        model.load_state_dict(state)
-        pruning.apply_masks(model, masks)
+        model = store.load_model(plan.model_id, ds.image_shape, ds.num_classes)
         rows = evaluate_samples(model.to(device).eval(), x, y, 0, spec.threat_model, settings,
                                 plan.role == "dense", device)
         rows.assign(model_id=plan.model_id).to_parquet(out / f"{plan.model_id}.parquet")

@@ -38,7 +38,7 @@ def model_access(spec: GridSpec, log=print) -> ModelAccess:
     """Loads stored models (masks folded into the weights) and the test set, once each."""
     from apgrid.trainables import pruning
     from apgrid.trainables.data import load_dataset
-    from apgrid.trainables.models import build_model, fit_to_state, resolve_device
+    from apgrid.trainables.models import resolve_device
 
     store = ModelStore(spec.output_dir)
     device = resolve_device(spec.resources.device)
@@ -47,12 +47,8 @@ def model_access(spec: GridSpec, log=print) -> ModelAccess:
 
     @lru_cache(maxsize=None)
     def load(model_id: str) -> torch.nn.Module:
-        ds, card = dataset(), store.card(model_id)
-        model = build_model(card["arch"], ds.image_shape[0], ds.num_classes, ds.mean, ds.std)
-        state, masks = store.load_weights(model_id)
-        fit_to_state(model, state)
-        model.load_state_dict(state)
-        pruning.apply_masks(model, masks)
+        ds = dataset()
+        model = store.load_model(model_id, ds.image_shape, ds.num_classes)
         for _, layer in pruning.prunable_layers(model):
             if prune.is_pruned(layer):
                 prune.remove(layer, "weight")  # fold: no mask multiply in the timed forward pass
@@ -91,4 +87,8 @@ def _analyze(spec: GridSpec, models, log, with_models: bool) -> dict[str, Path]:
     ids = {p.model_id for p in planner.all_models(spec)}
     samples = select_models(samples[samples["model_id"].isin(ids)], models)
     access = model_access(spec, log) if with_models else None
-    return write_report(samples, spec.output_dir / "report", spec.name, spec.analysis, access)
+    store = ModelStore(spec.output_dir)
+    reported = {m: store.card(m).get("reported") for m in samples["model_id"].unique()
+                if store.exists(m) and store.card(m).get("reported")}
+    return write_report(samples, spec.output_dir / "report", spec.name, spec.analysis, access,
+                        reported)

@@ -96,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-models", action="store_true",
                    help="statistics from the Parquet only: skip costs, transfer and slices")
 
+    p = sub.add_parser("export", help="one RobustBench model-info JSON per evaluated model",
+                       description="Write OUTDIR/<model_id>.json for every evaluated model of the "
+                                   "grid in DIR, in RobustBench's model-info shape (clean and "
+                                   "AutoAttack accuracy, threat model, eps, architecture, what "
+                                   "its paper reported) plus apgrid's fields (method, sparsity, "
+                                   "taxonomy, FMN distance quantiles), for a leaderboard.")
+    p.add_argument("dir", help="the grid's output folder")
+    p.add_argument("outdir", help="where the JSON files go")
+
     p = sub.add_parser("compare", help="two grids or two models, sample by sample",
                        description="Compare evaluations on their shared test samples: two grids' "
                                    "output folders (models paired by id, e.g. a grid before and "
@@ -261,12 +270,28 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from apgrid.analysis.export import export
+    from apgrid.grid.state import read_state
+    from apgrid.grid.store import ModelStore, read_samples
+    output = Path(args.dir).expanduser().resolve()
+    read_state(output)
+    samples = read_samples(output)
+    if samples.empty:
+        raise GridError(f"export: {output} has no evaluated models yet")
+    store = ModelStore(output)
+    cards = {m: store.card(m) for m in samples["model_id"].unique() if store.exists(m)}
+    paths = export(samples, cards, Path(args.outdir).expanduser())
+    print(f"wrote {len(paths)} model-info files to {Path(args.outdir).expanduser()}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from apgrid.analysis.compare import compare_models
     from apgrid.grid.query import format_runs
     from apgrid.grid.store import read_samples
 
-    def rows_of(folder) -> "pd.DataFrame":
+    def rows_of(folder):
         rows = read_samples(Path(folder).expanduser().resolve())
         if rows.empty:
             raise GridError(f"compare: {folder} has no evaluated models")
@@ -296,7 +321,8 @@ def cmd_compare(args) -> int:
 
 
 COMMANDS = {"launch": cmd_launch, "resume": cmd_resume, "status": cmd_status, "query": cmd_query,
-            "analyze": cmd_analyze, "list": cmd_list, "compare": cmd_compare}
+            "analyze": cmd_analyze, "list": cmd_list, "compare": cmd_compare,
+            "export": cmd_export}
 
 if __name__ == "__main__":
     sys.exit(main())

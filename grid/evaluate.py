@@ -24,11 +24,10 @@ from apgrid.grid.spec import GridSpec
 from apgrid.grid.faults import maybe_fail
 from apgrid.grid.progress import eta
 from apgrid.grid.store import ModelStore, SampleStore
-from apgrid.trainables import pruning
 from apgrid.trainables.evaluation import (EvalSettings, ThreatModel, attack_bytes_per_sample,
                                    effective_batch_size, evaluate_samples, fit_batch_size,
                                    memory_budget, shard_ranges)
-from apgrid.trainables.models import build_model, fit_to_state, resolve_device
+from apgrid.trainables.models import build_model, resolve_device
 
 
 @ray.remote(max_restarts=2, max_task_retries=2)
@@ -62,11 +61,7 @@ class EvalWorker:
 
     def _model(self, model_id: str, arch: str) -> torch.nn.Module:
         if model_id not in self.models:
-            model = self._build(arch)
-            state, masks = self.store.load_weights(model_id)
-            fit_to_state(model, state)  # structured pruning removed filters
-            model.load_state_dict(state)
-            pruning.apply_masks(model, masks)
+            model = self.store.load_model(model_id, self.info["image_shape"], self.info["num_classes"])
             self.models = {model_id: model.to(self.device).eval()}  # keep the current model only
         return self.models[model_id]
 

@@ -93,6 +93,10 @@ def pruned_models(spec: GridSpec) -> list[ModelPlan]:
             for method in (m for m in spec.prune.methods if _applies(m, arch)):
                 plans += _pruned(spec, dense_plan(spec, arch, seed, method.dense_recipe(spec)),
                                  method, PRUNING_METHODS[method.name].search_phase)
+    prunable = {c.name for c in spec.checkpoints if c.prune}
+    for parent in (p for p in checkpoint_models(spec) if p.config["name"] in prunable):
+        for method in (m for m in spec.prune.methods if _applies(m, parent.arch)):
+            plans += _pruned(spec, parent, method, PRUNING_METHODS[method.name].search_phase)
     return plans
 
 
@@ -116,17 +120,23 @@ def _pruned(spec: GridSpec, dense: ModelPlan, method, search_phase: bool) -> lis
 def checkpoint_models(spec: GridSpec) -> list[ModelPlan]:
     """Models evaluated from user checkpoints; the id hashes the file's bytes, so a replaced file
     is a new model and an unchanged one is never re-imported."""
-    ids = {}
+    ids, configs = {}, {}
     for c in spec.checkpoints:
         digest = hashlib.sha256(open(c.path, "rb").read()).hexdigest()
-        ids[c.name] = (f"ckpt-{c.name}-{digest[:8]}", digest)
+        config = {"checkpoint": c.path, "sha256": digest, "dataset": spec.dataset.name,
+                  "arch": c.arch, "name": c.name}
+        # what changes the imported model besides the file: its normalisation, HYDRA's sparsity
+        how = {k: v for k, v in (("normalization", c.normalization), ("sparsity", c.sparsity))
+               if v not in (None, 0.0)}
+        key = digest if not how else config_hash({"sha256": digest, **how})
+        configs[c.name] = {**config, **how}
+        ids[c.name] = (f"ckpt-{c.name}-{key[:8]}", digest)
     plans = []
     for c in spec.checkpoints:
         model_id, digest = ids[c.name]
         role = "pruned" if c.dense else "dense"
         dense_id = ids[c.dense][0] if c.dense else model_id
-        config = {"checkpoint": c.path, "sha256": digest, "dataset": spec.dataset.name,
-                  "arch": c.arch}
+        config = configs[c.name]
         plans.append(ModelPlan(model_id, role, dense_id, c.arch, 0, c.method if c.dense else "dense",
                                c.sparsity, config))
     return plans

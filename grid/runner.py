@@ -19,7 +19,8 @@ from apgrid.grid import plan as planner
 from apgrid.grid.errors import STORAGE_ERRNOS, GridError, ResumableError
 from apgrid.grid.state import STAGES, read_state, set_stage, state_path, write_state
 from apgrid.grid.spec import NOT_IDENTITY, GridSpec, SpecError, load_spec
-from apgrid.grid.store import (ModelStore, SampleStore, atomic_write_bytes, read_user_checkpoint)
+from apgrid.grid.store import ModelStore, SampleStore, atomic_write_bytes
+from apgrid.trainables.checkpoints import published_model
 from apgrid.errors import short_reason
 from apgrid.grid.tracking import Tracker, TrackingError, check_reachable, grid_params
 
@@ -52,8 +53,7 @@ def preflight(spec: GridSpec, dry_run: bool = False) -> None:
     info = DATASETS[spec.dataset.name]
     for c in spec.checkpoints:  # raises CheckpointError (exit 2) before anything is written
         channels = info.image_shape[0]
-        read_user_checkpoint(Path(c.path), c.arch, channels, info.num_classes, (0.0,) * channels,
-                             (1.0,) * channels)
+        published_model(c.path, c.arch, channels, info.num_classes, c.normalization, c.sparsity)
     if dry_run:
         return
     root = spec.dataset.root
@@ -291,11 +291,15 @@ def stage_checkpoints(spec, tracker, parent, fault, log, attempt):
     if not todo:
         return
     ds = load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
+    entries = {c.name: c for c in spec.checkpoints}
     for plan in todo:
-        model = read_user_checkpoint(Path(plan.config["checkpoint"]), plan.arch, ds.image_shape[0],
-                                     ds.num_classes, ds.mean, ds.std)
-        card = planner.model_card(plan, spec.dataset.name, {}, pruning.model_facts(model))
-        store.save(plan.model_id, pruning.plain_state_dict(model), {}, card)
+        entry = entries[plan.config["name"]]
+        model, masks = published_model(entry.path, entry.arch, ds.image_shape[0], ds.num_classes,
+                                       entry.normalization, entry.sparsity)
+        pruning.apply_masks(model, masks)
+        card = planner.model_card(plan, spec.dataset.name, {}, {
+            **pruning.model_facts(model), "reported": entry.reported})
+        store.save(plan.model_id, pruning.plain_state_dict(model), pruning.masks_of(model), card)
         log(f"[checkpoints] imported {plan.config['checkpoint']} as {plan.model_id}")
 
 

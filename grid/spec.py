@@ -90,7 +90,13 @@ class CheckpointSpec:
     path: str
     dense: str | None = None       # name of the dense checkpoint this one was pruned from
     method: str = "external"
-    sparsity: float = 0.0
+    sparsity: float = 0.0          # pruned fraction (HYDRA's popup_scores keep the rest)
+    # the input normalisation a bare network was trained with: "none" or {mean, std}; None for
+    # a checkpoint that carries apgrid's normalisation layer (an apgrid model)
+    normalization: str | dict | None = None
+    # what its paper reported: {clean, robust, attack}; Table 1 shows reported - AutoAttack
+    reported: dict | None = None
+    prune: bool = False            # a dense checkpoint the grid's methods prune, as a trained parent
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,8 @@ def parse_spec(raw: Any) -> GridSpec:
     dataset = _dataset(raw.get("dataset", {}))
     augment = DATASETS[dataset.name].augment
     dense = _dense(raw.get("dense", {}), augment)
+    if "dense" not in raw and raw.get("checkpoints"):  # a grid of checkpoints trains nothing
+        dense = dataclasses.replace(dense, architectures=())
     spec = GridSpec(
         name=_name(raw["name"]),
         output=_string(raw["output"], "output"),
@@ -266,9 +274,14 @@ def _check_cross_fields(spec: GridSpec) -> None:
     aa = spec.evaluation.settings.autoattack_samples
     if n is not None and aa is not None and aa > n:
         raise SpecError(f"evaluation.autoattack_samples: {aa} is more than num_samples ({n})")
+    parents = {*spec.dense.architectures, *(c.arch for c in spec.checkpoints if c.prune)}
+    for c in spec.checkpoints:
+        if c.prune and c.dense is not None:
+            raise SpecError(f"checkpoints.{c.name}.prune: only a dense checkpoint is pruned by the "
+                            f"grid's methods; this one names its dense parent ({c.dense})")
     for m in spec.prune.methods:
         for arch in m.architectures or ():
-            if arch not in spec.dense.architectures:
+            if arch not in parents:
                 raise SpecError(f"prune.methods.{m.name}.architectures: '{arch}' is not in "
                                 f"dense.architectures ({', '.join(spec.dense.architectures)})")
         for key, option in PRUNING_METHODS[m.name].options.items():
@@ -277,6 +290,11 @@ def _check_cross_fields(spec: GridSpec) -> None:
                     _check_layer_name(spec, m, key, layer)
     _check_architectures(spec)
     _check_recipes(spec)
+    channels = DATASETS[spec.dataset.name].image_shape[0]
+    for c in spec.checkpoints:
+        if isinstance(c.normalization, dict) and len(c.normalization["mean"]) != channels:
+            raise SpecError(f"checkpoints.{c.name}.normalization: {len(c.normalization['mean'])} "
+                            f"values for {spec.dataset.name}'s {channels} channels")
     names = [c.name for c in spec.checkpoints]
     for c in spec.checkpoints:
         if c.dense is not None and c.dense not in names:
@@ -579,12 +597,46 @@ def _checkpoints(raw) -> tuple[CheckpointSpec, ...]:
         path = Path(_string(item["path"], f"checkpoints.{name}.path")).expanduser()
         if not path.is_file():
             raise SpecError(f"checkpoints.{name}.path: {path} is not a file")
+        where = f"checkpoints.{name}"
         out.append(CheckpointSpec(
-            name=name, arch=_choice(item["arch"], f"checkpoints.{name}.arch", ARCHITECTURES),
-            path=str(path.resolve()), dense=_optional_string(item.get("dense"), f"checkpoints.{name}.dense"),
-            method=_string(item.get("method", "external"), f"checkpoints.{name}.method"),
-            sparsity=_number(item.get("sparsity", 0.0), f"checkpoints.{name}.sparsity", 0.0, 1.0, high_open=True)))
+            name=name, arch=_choice(item["arch"], f"{where}.arch", ARCHITECTURES),
+            path=str(path.resolve()), dense=_optional_string(item.get("dense"), f"{where}.dense"),
+            method=_string(item.get("method", "external"), f"{where}.method"),
+            sparsity=_number(item.get("sparsity", 0.0), f"{where}.sparsity", 0.0, 1.0, high_open=True),
+            normalization=_normalization(item.get("normalization"), f"{where}.normalization"),
+            reported=_reported(item.get("reported"), f"{where}.reported"),
+            prune=_bool(item.get("prune", False), f"{where}.prune")))
     return tuple(out)
+
+
+def _normalization(value, where: str):
+    if value is None or value == "none":
+        return value
+    value = _mapping(value, where)
+    if set(value) != {"mean", "std"}:
+        raise SpecError(f"{where}: 'none' or {{mean: [...], std: [...]}}, got {_show(value)}")
+    out = {}
+    for key in ("mean", "std"):
+        numbers = _list(value[key], f"{where}.{key}")
+        out[key] = [_number(v, f"{where}.{key}", 0.0 if key == "mean" else 1e-6, 1.0) for v in numbers]
+    if len(out["mean"]) != len(out["std"]):
+        raise SpecError(f"{where}: mean and std need one value per channel each")
+    return out
+
+
+def _reported(value, where: str):
+    """What the checkpoint's paper reported: accuracies in [0, 1] and the attack's name."""
+    if value is None:
+        return None
+    value = _mapping(value, where)
+    for key in value:
+        if key not in ("clean", "robust", "attack", "source"):
+            raise SpecError(f"{where}.{_key(key)}: unknown field; allowed: clean, robust, attack, source")
+    out = {k: _number(value[k], f"{where}.{k}", 0.0, 1.0) for k in ("clean", "robust") if k in value}
+    for k in ("attack", "source"):
+        if k in value:
+            out[k] = _string(value[k], f"{where}.{k}")
+    return out
 
 
 def _evaluation(raw) -> EvaluationSpec:

@@ -22,11 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from apgrid.errors import ApgridError, short_reason
-
-
-class CheckpointError(ApgridError, ValueError):
-    """A checkpoint that is missing, truncated, corrupt or not a state dict."""
+from apgrid.trainables.checkpoints import CheckpointError, load_state
 
 
 # The per-sample table: one row per (model, test sample). `grid` and `model_id` are the hive
@@ -84,19 +80,6 @@ def atomic_write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, lambda fh: fh.write(json.dumps(data, indent=2, default=str).encode()))
 
 
-def load_state(path: Path) -> dict:
-    """torch.load with weights_only=True, turning every failure into one clear CheckpointError."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint: {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, pickle of arbitrary objects, random bytes ...
-        raise CheckpointError(f"checkpoint: {path} cannot be loaded as weights ({short_reason(exc)})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint: {path} holds a {type(state).__name__}, not a state dict")
-    return state
-
-
 class ModelStore:
     def __init__(self, output: Path):
         self.root = Path(output) / "models"
@@ -118,6 +101,20 @@ class ModelStore:
         if "state_dict" not in state:
             raise CheckpointError(f"checkpoint: {self.folder(model_id) / 'model.pt'} has no state_dict")
         return state["state_dict"], state.get("masks", {})
+
+    def load_model(self, model_id: str, image_shape, num_classes: int) -> torch.nn.Module:
+        """The stored model with its masks applied (models stored before the published layout
+        are renamed by position; trainables/checkpoints.py)."""
+        from apgrid.trainables import pruning
+        from apgrid.trainables.checkpoints import fit
+        from apgrid.trainables.models import build_model
+        arch = self.card(model_id)["arch"]
+        channels = image_shape[0]
+        model = build_model(arch, channels, num_classes, [0.0] * channels, [1.0] * channels)
+        state, masks = self.load_weights(model_id)
+        masks = fit(model, state, masks, str(self.folder(model_id) / "model.pt"), arch)
+        pruning.apply_masks(model, masks)
+        return model
 
     def card(self, model_id: str) -> dict:
         return json.loads((self.folder(model_id) / "card.json").read_text())
@@ -188,30 +185,3 @@ def read_samples(output: Path) -> pd.DataFrame:
     return pd.concat([_read_partition_file(f, f.parent.parent.name.removeprefix("grid="),
                                            f.parent.name.removeprefix("model_id="))
                       for f in files], ignore_index=True)
-
-
-def read_user_checkpoint(path: Path, arch: str, in_channels: int, num_classes: int, mean, std):
-    """A user's checkpoint as an apgrid model (Normalize + net), loaded with weights_only=True.
-
-    Accepted: a plain state dict, or one under 'state_dict' / 'model'; keys may carry DataParallel's
-    'module.' prefix; a state dict of the bare network gets the dataset's normalisation in front.
-    """
-    from apgrid.trainables.models import build_model, fit_to_state
-    state = load_state(Path(path))
-    for key in ("state_dict", "model"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f"checkpoint: {path} is not a state dict of tensors")
-    model = build_model(arch, in_channels, num_classes, mean, std)
-    if not any(k.startswith("1.") for k in state):  # the bare network: keep our Normalize layer
-        state = {**{f"0.{k}": v for k, v in model[0].state_dict().items()},
-                 **{f"1.{k}": v for k, v in state.items()}}
-    try:
-        fit_to_state(model, state)
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint: {path} does not fit architecture {arch} "
-                              f"({short_reason(exc)})") from None
-    return model

@@ -106,9 +106,8 @@ def prune_trial(config: dict) -> None:
     if store.exists(plan.model_id):
         tune.report({"done": 1, **store.card(plan.model_id)["metrics"]})
         return
-    ds, model, device = _data_and_model(grid, plan.arch, plan.seed)
-    dense_state, _ = store.load_weights(plan.dense_model_id)
-    model.load_state_dict(dense_state)
+    ds, _, device = _data_and_model(grid, plan.arch, plan.seed)
+    model = store.load_model(plan.dense_model_id, ds.image_shape, ds.num_classes).to(device)
     threat = grid["threat_model"]
     job = PruneJob(
         PruneSettings(method=plan.method, sparsity=plan.sparsity, seed=plan.seed,

@@ -15,7 +15,7 @@ N_SAMPLES, AA_SAMPLES = 20, 10
 
 
 @pytest.fixture(scope="module")
-def methods_grid(ray_session, tmp_path_factory, trained):
+def methods_grid(ray_session, tmp_path_factory, trained, digits):
     root = tmp_path_factory.mktemp("methods")
     checkpoint = root / "user.pt"
     # a bare network (no normalisation layer), as a published checkpoint would be
@@ -30,7 +30,9 @@ def methods_grid(ray_session, tmp_path_factory, trained):
             "boundary-aware"]},
         "evaluation": {"num_samples": N_SAMPLES, "autoattack_samples": AA_SAMPLES, "block_size": 10,
                        "shards": 2, "actors": 2, "pgd_steps": 3, "fmn_steps": 30},
-        "checkpoints": [{"name": "user-dense", "arch": "digits-cnn", "path": str(checkpoint)}],
+        # the normalisation it was trained with is the checkpoint's to state, never assumed
+        "checkpoints": [{"name": "user-dense", "arch": "digits-cnn", "path": str(checkpoint),
+                         "normalization": {"mean": list(digits.mean), "std": list(digits.std)}}],
         "analysis": {"transfer_attacks": ["fgsm", "pgd"], "transfer_samples": 50,
                      "bootstrap_resamples": 200},
     })

@@ -1,4 +1,11 @@
-"""Model registry. Every model takes images in [0, 1]; normalisation is its first layer."""
+"""Model registry. Every model takes images in [0, 1]; normalisation is its first layer.
+
+The CIFAR networks are named in the key layout the AP codebases and RobustBench publish (the
+de-facto CIFAR layout of kuangliu/pytorch-cifar, HYDRA, R-ADMM, ATMC: `conv1`, `bn1`,
+`layer1.0.conv1`, `shortcut.0`, `linear`; VGG `features.N` / `classifier`; WideResNet
+`block1.layer.0.convShortcut`, `bn1`, `fc`), so a published state dict of the bare network loads
+with strict=True into `model[1]` (trainables/checkpoints.py adapts the rest).
+"""
 
 from __future__ import annotations
 
@@ -98,27 +105,31 @@ def _shortcut(c_in, c_out, stride) -> nn.Module:
 
 
 class CifarResNet(nn.Module):
-    """ResNet for 32x32 inputs (He et al. 2016, CIFAR variant: 3x3 stem, no max-pool)."""
+    """ResNet for 32x32 inputs (He et al. 2016, CIFAR variant: 3x3 stem, no max-pool); keys as
+    kuangliu/pytorch-cifar and HYDRA's models/resnet_cifar.py name them."""
 
     def __init__(self, block, blocks_per_stage, in_channels=3, num_classes=10):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        layers, c_in = [], 64
+        c_in = 64
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512), blocks_per_stage)):
+            stage = []
             for j in range(n):
-                layers.append(block(c_in, planes, 2 if (i > 0 and j == 0) else 1))
+                stage.append(block(c_in, planes, 2 if (i > 0 and j == 0) else 1))
                 c_in = planes * block.expansion
-        self.layers = nn.Sequential(*layers)
+            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.linear = nn.Linear(c_in, num_classes)
 
     def forward(self, x):
-        out = self.layers(torch.relu(self.bn1(self.conv1(x))))
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return self.linear(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
 
 
 class WideBlock(nn.Module):
-    """Pre-activation wide basic block (Zagoruyko & Komodakis 2016)."""
+    """Pre-activation wide basic block (Zagoruyko & Komodakis 2016); a 1x1 `convShortcut` where
+    the width or stride changes (RobustBench's and HYDRA's models/wrn_cifar.py names)."""
 
     def __init__(self, c_in, c_out, stride):
         super().__init__()
@@ -126,14 +137,24 @@ class WideBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.shortcut = (nn.Sequential() if stride == 1 and c_in == c_out
-                         else nn.Conv2d(c_in, c_out, 1, stride, bias=False))
+        self.equal = stride == 1 and c_in == c_out
+        self.convShortcut = None if self.equal else nn.Conv2d(c_in, c_out, 1, stride, bias=False)
 
     def forward(self, x):
         out = torch.relu(self.bn1(x))
-        short = x if isinstance(self.shortcut, nn.Sequential) else self.shortcut(out)
+        short = x if self.equal else self.convShortcut(out)
         out = self.conv2(torch.relu(self.bn2(self.conv1(out))))
         return out + short
+
+
+class NetworkBlock(nn.Module):
+    def __init__(self, n, c_in, c_out, stride):
+        super().__init__()
+        self.layer = nn.Sequential(*(WideBlock(c_in if j == 0 else c_out, c_out, stride if j == 0 else 1)
+                                     for j in range(n)))
+
+    def forward(self, x):
+        return self.layer(x)
 
 
 class WideResNet(nn.Module):
@@ -142,18 +163,16 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         widths = (16, 16 * widen, 32 * widen, 64 * widen)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        blocks, c_in = [], widths[0]
-        for stage, c_out in enumerate(widths[1:]):
-            for j in range(n):
-                blocks.append(WideBlock(c_in, c_out, 2 if (stage > 0 and j == 0) else 1))
-                c_in = c_out
-        self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(c_in)
-        self.linear = nn.Linear(c_in, num_classes)
+        self.block1 = NetworkBlock(n, widths[0], widths[1], 1)
+        self.block2 = NetworkBlock(n, widths[1], widths[2], 2)
+        self.block3 = NetworkBlock(n, widths[2], widths[3], 2)
+        self.bn1 = nn.BatchNorm2d(widths[3])
+        self.fc = nn.Linear(widths[3], num_classes)
 
     def forward(self, x):
-        out = torch.relu(self.bn(self.blocks(self.conv1(x))))
-        return self.linear(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        out = torch.relu(self.bn1(out))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
 
 
 class DenseLayer(nn.Module):
@@ -169,44 +188,79 @@ class DenseLayer(nn.Module):
         return torch.cat([self.conv2(torch.relu(self.bn2(out))), x], 1)
 
 
+class Transition(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c_in)
+        self.conv = nn.Conv2d(c_in, c_out, 1, bias=False)
+
+    def forward(self, x):
+        return nn.functional.avg_pool2d(self.conv(torch.relu(self.bn(x))), 2)
+
+
 class DenseNet(nn.Module):
-    """DenseNet-BC for 32x32 inputs (Huang et al. 2017; growth 32, compression 0.5)."""
+    """DenseNet-BC for 32x32 inputs (Huang et al. 2017; growth 32, compression 0.5); keys as
+    kuangliu/pytorch-cifar names them (dense1, trans1, ..., bn, linear)."""
 
     def __init__(self, blocks=(6, 12, 24, 16), growth=32, in_channels=3, num_classes=10):
         super().__init__()
         c = 2 * growth
         self.conv1 = nn.Conv2d(in_channels, c, 3, padding=1, bias=False)
-        stages = []
         for i, n in enumerate(blocks):
-            for _ in range(n):
-                stages.append(DenseLayer(c, growth))
-                c += growth
+            setattr(self, f"dense{i + 1}", nn.Sequential(*(DenseLayer(c + k * growth, growth)
+                                                          for k in range(n))))
+            c += n * growth
             if i < len(blocks) - 1:
-                stages += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False),
-                           nn.AvgPool2d(2)]
+                setattr(self, f"trans{i + 1}", Transition(c, c // 2))
                 c //= 2
-        self.features = nn.Sequential(*stages)
         self.bn = nn.BatchNorm2d(c)
         self.linear = nn.Linear(c, num_classes)
 
     def forward(self, x):
-        out = torch.relu(self.bn(self.features(self.conv1(x))))
+        out = self.conv1(x)
+        out = self.trans1(self.dense1(out))
+        out = self.trans2(self.dense2(out))
+        out = self.trans3(self.dense3(out))
+        out = torch.relu(self.bn(self.dense4(out)))
         return self.linear(torch.flatten(nn.functional.avg_pool2d(out, 4), 1))
 
 
 MOBILENET_CFG = (64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024)
 
 
-def mobilenet_v1(in_channels: int, num_classes: int) -> nn.Module:
-    """MobileNetV1 (Howard et al. 2017), CIFAR variant: stride-1 stem, depthwise-separable blocks."""
-    layers, c_in = [nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU()], 32
-    for item in MOBILENET_CFG:
-        c_out, stride = item if isinstance(item, tuple) else (item, 1)
-        layers += [nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False),
-                   nn.BatchNorm2d(c_in), nn.ReLU(),
-                   nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-        c_in = c_out
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+class SeparableBlock(nn.Module):
+    """Depthwise 3x3 then pointwise 1x1, each with batch norm and ReLU."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv2 = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+
+    def forward(self, x):
+        return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class MobileNetV1(nn.Module):
+    """MobileNetV1 (Howard et al. 2017), CIFAR variant: stride-1 stem, depthwise-separable blocks;
+    keys as kuangliu/pytorch-cifar names them (conv1, bn1, layers.N.conv1, linear)."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        blocks, c_in = [], 32
+        for item in MOBILENET_CFG:
+            c_out, stride = item if isinstance(item, tuple) else (item, 1)
+            blocks.append(SeparableBlock(c_in, c_out, stride))
+            c_in = c_out
+        self.layers = nn.Sequential(*blocks)
+        self.linear = nn.Linear(c_in, num_classes)
+
+    def forward(self, x):
+        out = self.layers(torch.relu(self.bn1(self.conv1(x))))
+        return self.linear(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
 
 
 VGG_CFGS = {
@@ -216,16 +270,44 @@ VGG_CFGS = {
 }
 
 
-def vgg_bn(depth: int, in_channels: int, num_classes: int) -> nn.Module:
-    """VGG with batch norm, CIFAR variant (one linear classifier on the 512-d feature)."""
+def vgg_features(cfg, in_channels: int, conv_bias: bool = True) -> nn.Sequential:
     layers, c_in = [], in_channels
-    for v in VGG_CFGS[depth]:
+    for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(2))
         else:
-            layers += [nn.Conv2d(c_in, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU()]
+            layers += [nn.Conv2d(c_in, v, 3, padding=1, bias=conv_bias), nn.BatchNorm2d(v), nn.ReLU()]
             c_in = v
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512, num_classes))
+    return nn.Sequential(*layers)
+
+
+class VGG(nn.Module):
+    """VGG with batch norm, CIFAR variant (kuangliu/pytorch-cifar, R-ADMM, ATMC): five max-pools,
+    one linear classifier on the 512-d feature; keys features.N and classifier."""
+
+    def __init__(self, depth: int, in_channels: int, num_classes: int):
+        super().__init__()
+        self.features = vgg_features(VGG_CFGS[depth], in_channels)
+        self.classifier = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class HydraVGG(nn.Module):
+    """The VGG-16 of HYDRA (inspire-group/hydra models/vgg_cifar.py vgg16_bn) and of the survey's
+    benchmark: bias-free convolutions, four max-pools (none after the last block), a 2x2 average
+    pool and a three-layer head 2048-256-256-classes."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.features = vgg_features(VGG_CFGS[16][:-1], in_channels, conv_bias=False)
+        self.avgpool = nn.AdaptiveAvgPool2d(2)
+        self.classifier = nn.Sequential(nn.Linear(512 * 4, 256), nn.ReLU(), nn.Linear(256, 256),
+                                        nn.ReLU(), nn.Linear(256, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
@@ -236,12 +318,13 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "resnet18": lambda c, k: CifarResNet(BasicBlock, (2, 2, 2, 2), c, k),
     "resnet34": lambda c, k: CifarResNet(BasicBlock, (3, 4, 6, 3), c, k),
     "resnet50": lambda c, k: CifarResNet(Bottleneck, (3, 4, 6, 3), c, k),
-    "vgg16": lambda c, k: vgg_bn(16, c, k),
-    "vgg19": lambda c, k: vgg_bn(19, c, k),
+    "vgg16": lambda c, k: VGG(16, c, k),
+    "vgg16-hydra": HydraVGG,
+    "vgg19": lambda c, k: VGG(19, c, k),
     "wrn-28-4": lambda c, k: WideResNet(28, 4, c, k),
     "wrn-28-10": lambda c, k: WideResNet(28, 10, c, k),
     "densenet121": lambda c, k: DenseNet((6, 12, 24, 16), 32, c, k),
-    "mobilenetv1": mobilenet_v1,
+    "mobilenetv1": MobileNetV1,
 }
 
 def build_model(arch: str, in_channels: int, num_classes: int, mean, std) -> nn.Module:
