@@ -173,3 +173,29 @@ def test_a_method_is_one_registry_entry(toy_method, trained, digits, capsys):
     assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
     assert main(["list", "methods"]) == 0
     assert "toy-rows" in capsys.readouterr().out
+
+
+def test_hydra_trains_batch_norm_in_its_score_phase_unless_frozen():
+    """HYDRA's freeze_vars leaves batch norm trainable (utils/model.py) unless --freeze-bn; the
+    conv and linear weights never move while the scores are learned."""
+    from apgrid.trainables.data import Dataset
+    from apgrid.trainables.models import build_model
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
+    ds = Dataset("cifar10", x, y, x[:16], y[:16], 10, (0.5,) * 3, (0.25,) * 3)
+    for freeze, moves in ((False, True), (True, False)):
+        torch.manual_seed(0)
+        model = build_model("cifar-tiny", 3, 10, ds.mean, ds.std)
+        bn_before = [p.detach().clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+                     for p in m.parameters()]
+        conv_before = [m.weight.detach().clone() for _, m in pruning.prunable_layers(model)]
+        settings = PruneSettings("hydra", 0.9, 0, 8 / 255, "Linf", Recipe(epochs=0),
+                                 Recipe(trainer="fgsm-rs", epochs=1, lr=0.1, batch_size=32),
+                                 {"freeze_bn": freeze})
+        job = PruneJob(settings, model, ds, "cpu")
+        job.run()
+        bn_after = [p.detach() for m in job.model.modules() if isinstance(m, nn.BatchNorm2d)
+                    for p in m.parameters()]
+        assert any(not torch.equal(a, b) for a, b in zip(bn_before, bn_after)) == moves
+        for before, (_, m) in zip(conv_before, pruning.prunable_layers(job.model)):
+            assert torch.equal(m.weight_orig, before)

@@ -78,6 +78,16 @@ class Choice:
 
 
 @dataclass(frozen=True)
+class Flag:
+    default: bool
+
+    def check(self, value, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise OptionError(f"{where}: {_show(value)} is not true or false")
+        return value
+
+
+@dataclass(frozen=True)
 class LayerSparsity:
     """Per-layer sparsities {layer name: sparsity in [0, 1)}; the spec checks the names against
     each architecture's prunable layers."""
@@ -221,12 +231,15 @@ class Hydra(PruningMethod):
     name, pipeline, scope = "hydra", "A", "local"
     criterion = "optimised importance score"
     description = ("HYDRA (Sehwag et al. 2020): learn scores under the adversarial loss with weights "
-                   "frozen, keep the top-k per layer, then fine-tune the weights")
+                   "frozen (batch norm trains, as the reference's default), keep the top-k per "
+                   "layer, then fine-tune the weights")
     search_phase = True
+    options = {"freeze_bn": Flag(False)}  # the reference's --freeze-bn flag
 
     def search(self, job, state) -> None:
         from apgrid.trainables.training import make_optimizer
-        params = pruning.hydra_attach_scores(job.model, job.s.sparsity)
+        params = pruning.hydra_attach_scores(job.model, job.s.sparsity,
+                                             freeze_bn=job.options["freeze_bn"])
         optimizer = make_optimizer(params, job.search)
         if state:
             for p, saved in zip(params, state["scores"]):

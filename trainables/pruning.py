@@ -104,16 +104,25 @@ class HydraScores(nn.Module):
         return _TopKStraightThrough.apply(self.scores.detach().abs(), self.k)
 
 
-def hydra_attach_scores(model: nn.Module, sparsity: float) -> list[nn.Parameter]:
-    """Freeze every weight and attach trainable scores; returns the scores to optimise."""
+def hydra_attach_scores(model: nn.Module, sparsity: float,
+                        freeze_bn: bool = False) -> list[nn.Parameter]:
+    """Freeze the conv and linear weights and biases and attach trainable scores; returns the
+    parameters to optimise: the scores, and the batch-norm affine parameters unless `freeze_bn`
+    (HYDRA's utils/model.py freeze_vars leaves batch norm trainable without its --freeze-bn)."""
     check_sparsity(sparsity)
+    batch_norm = [p for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                  for p in m.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
     scores = []
     for _, m in prunable_layers(model):
         parametrize.register_parametrization(m, "weight", HydraScores(m.weight, sparsity))
         scores.append(m.parametrizations.weight[0].scores)
-    return scores
+    if freeze_bn:
+        return scores
+    for p in batch_norm:
+        p.requires_grad_(True)
+    return scores + batch_norm
 
 
 def hydra_finalize(model: nn.Module) -> None:
