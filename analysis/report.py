@@ -130,6 +130,10 @@ def _thin_ice_display(table2: pd.DataFrame) -> pd.DataFrame:
     out["p (2-sided) "] = table2["p2_|S01|<|S00|"]
     out["McNemar p clean"] = table2["mcnemar_p_clean"]
     out["McNemar p AA"] = table2["mcnemar_p_aa"]
+    out["AUC S10<S11 bounded"] = table2["auc_S10<S11_bounded"]
+    out["AUC |S01|<|S00| bounded"] = table2["auc_|S01|<|S00|_bounded"]
+    out["AUC |S01|<|S00| untargeted"] = table2["auc_|S01|<|S00|_untargeted"]
+    out["dense FMN overstated"] = table2["dense_fmn_overstated"]
     return out
 
 
@@ -174,7 +178,15 @@ def statistics_sections(samples: pd.DataFrame, models: pd.DataFrame, folder: Pat
         "directional, so the test is the **one-sided** Mann-Whitney U; the two-sided p is beside it. "
         "McNemar: exact test that dense and pruned models err equally often (discordant pairs), on "
         "clean and on AutoAttack correctness. Samples whose dense FMN found nothing are left out of "
-        "the AUCs (column `dense_fmn_not_found` of table2_thin_ice.csv)."],
+        "the AUCs (column `dense_fmn_not_found` of table2_thin_ice.csv).",
+        "**Two checks on ε.** A distance is never above what an attack proved: where PGD or "
+        "AutoAttack broke a sample at the threat ε and FMN reported more (or nothing), FMN "
+        "overstated it (`dense FMN overstated` counts them on the dense model) and its distance is "
+        "at most ε; the *bounded* AUCs use min(ε_FMN, ε) there. A misclassified sample's negative ε "
+        "has two readings: minus the distance that makes the dense model predict the true label "
+        "(targeted; the default, the paper's definition: how far the sample is from being right) "
+        "and minus the distance out of its predicted class (untargeted: how far from its current "
+        "boundary); the *untargeted* AUC tests |S01| < |S00| under the second."],
         [("", _thin_ice_display(table2))] if len(table2) else [],
         scatters)
     if not len(table2):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from apgrid.analysis.thin_ice import mcnemar, population_shares, pruned_pairs, thin_ice_tests
+from apgrid.analysis.thin_ice import (mcnemar, population_shares, pruned_pairs, thin_ice_tests,
+                                      with_bounds)
 from apgrid.trainables.methods import PRUNING_METHODS
 
 MODEL_COLUMNS = ["model_id", "dense_model_id", "role", "dataset", "arch", "method", "sparsity",
@@ -17,6 +18,7 @@ def summarize(rows: pd.DataFrame, eps: float) -> dict[str, float]:
     """Model-level metrics from one model's rows. FMN robust accuracy at eps counts a sample as
     robust when it is classified correctly and FMN's distance exceeds eps (or FMN found none)."""
     n = len(rows)
+    rows = with_bounds(rows)
     correct = rows["clean_correct"].astype(bool)
     fmn_eps = rows["fmn_eps"].astype(float).fillna(np.inf)
     found = rows.loc[correct, "fmn_found"].astype(bool)
@@ -28,6 +30,7 @@ def summarize(rows: pd.DataFrame, eps: float) -> dict[str, float]:
             "aa_samples": len(attacked),
             "fmn_acc_at_eps": (correct & (fmn_eps > eps)).sum() / n,
             "fmn_found_rate": float(found.mean()) if len(found) else float("nan"),
+            "fmn_overstated": int(rows["fmn_overstated"].sum()),
             "num_samples": n}
 
 
@@ -65,12 +68,24 @@ def thin_ice_table(samples: pd.DataFrame, resamples: int = 1000) -> pd.DataFrame
     rows = []
     for model_id, first, joined in pruned_pairs(samples):
         tests = thin_ice_tests(joined, resamples)
+        bounded = thin_ice_tests(joined, resamples, "eps_bounded")
+        untargeted = thin_ice_tests(joined, resamples, "eps_untargeted")
         row = {"model_id": model_id, "method": first["method"], "arch": first["arch"],
                "sparsity": first["sparsity"], "seed": first.get("seed"), **population_shares(joined)}
         for name, test in tests.items():
             row.update({f"auc_{name}": test.auc, f"ci_low_{name}": test.ci_low,
                         f"ci_high_{name}": test.ci_high, f"p_{name}": test.p_value,
                         f"p2_{name}": test.p_two_sided})
+        # the same tests with distances bounded by what PGD / AutoAttack proved, and |S01|<|S00|
+        # with the untargeted reading of a misclassified sample's eps
+        row.update({"auc_S10<S11_bounded": bounded["S10<S11"].auc,
+                    "p_S10<S11_bounded": bounded["S10<S11"].p_value,
+                    "auc_|S01|<|S00|_bounded": bounded["|S01|<|S00|"].auc,
+                    "p_|S01|<|S00|_bounded": bounded["|S01|<|S00|"].p_value,
+                    "auc_|S01|<|S00|_untargeted": untargeted["|S01|<|S00|"].auc,
+                    "p_|S01|<|S00|_untargeted": untargeted["|S01|<|S00|"].p_value,
+                    "dense_fmn_overstated": int(with_bounds(
+                        samples[samples["model_id"] == first["dense_model_id"]])["fmn_overstated"].sum())})
         row.update({"n_S10": tests["S10<S11"].n_x, "n_S11": tests["S10<S11"].n_y,
                     "n_S01": tests["|S01|<|S00|"].n_x, "n_S00": tests["|S01|<|S00|"].n_y,
                     "dense_fmn_not_found": int((~joined["eps_found"]).sum()),

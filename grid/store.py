@@ -37,6 +37,10 @@ SAMPLE_SCHEMA = pa.schema([
     ("aa_broken_by", pa.string()),         # the AutoAttack attack that flipped it; null if robust
     ("fmn_eps", pa.float32()),             # NaN where FMN found nothing; signed on dense models
     ("fmn_found", pa.bool_()),
+    ("fmn_overstated", pa.bool_()),        # PGD or AutoAttack broke it at eps; FMN said farther
+    ("fmn_eps_bounded", pa.float32()),     # min(fmn_eps, eps) where FMN overstated
+    ("fmn_eps_untargeted", pa.float32()),  # dense, misclassified: minus the distance out of the
+                                           # predicted class (fmn_eps: to the true label)
     ("dense_model_id", pa.string()), ("role", pa.string()), ("dataset", pa.string()),
     ("arch", pa.string()), ("method", pa.string()), ("sparsity", pa.float64()),
     ("sparsity_measured", pa.float64()), ("seed", pa.int64()), ("norm", pa.string()),

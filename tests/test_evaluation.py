@@ -2,6 +2,7 @@
 import dataclasses
 
 import pandas as pd
+import numpy as np
 import pytest
 import torch
 from pyautoattack import AutoAttack
@@ -166,3 +167,30 @@ def test_batch_size_changes_no_pgd_clean_or_fmn_result(trained, digits):
         assert whole[column].tolist() == parts[column].tolist(), column
     for column in ("logit_margin", "fmn_eps"):
         pd.testing.assert_series_equal(whole[column], parts[column], rtol=1e-5, atol=1e-6)
+
+
+def test_fmn_bounds_never_exceed_what_an_attack_proved():
+    from apgrid.trainables.evaluation import fmn_bounds
+    correct = np.array([True, True, True, True, False])
+    pgd = np.array([True, False, False, True, False])
+    aa = np.array([True, True, True, False, True])
+    eps = np.array([0.3, 0.2, 0.05, np.nan, -0.1])
+    overstated, bounded = fmn_bounds(correct, pgd, aa, eps, 0.1)
+    assert overstated.tolist() == [False, True, False, True, False]
+    np.testing.assert_allclose(bounded, [0.3, 0.1, 0.05, 0.1, -0.1])
+
+
+def test_evaluated_rows_carry_the_bound_and_both_readings_of_a_negative_eps(trained, digits):
+    x, y = digits.x_test[:N], digits.y_test[:N]
+    rows = evaluate_samples(trained, x, y, 0, THREAT, SETTINGS, True, "cpu")
+    broken = rows["clean_correct"] & (~rows["pgd_correct"] | (rows["aa_correct"] == False))  # noqa: E712
+    assert (rows.loc[broken, "fmn_eps_bounded"] <= THREAT.eps + 1e-6).all()
+    flagged = rows["fmn_overstated"]
+    assert (rows.loc[flagged, "fmn_eps_bounded"] == np.float32(THREAT.eps)).all()
+    right = rows["clean_correct"]
+    np.testing.assert_array_equal(rows.loc[right, "fmn_eps_untargeted"], rows.loc[right, "fmn_eps"])
+    wrong = rows[~right & rows["fmn_eps_untargeted"].notna()]
+    assert len(wrong) and (wrong["fmn_eps_untargeted"] < 0).all()
+    # leaving the predicted class is never farther than reaching one given class (the true one)
+    both = wrong[wrong["fmn_eps"].notna()]
+    assert (both["fmn_eps_untargeted"].abs() <= both["fmn_eps"].abs() + 0.05).mean() > 0.8

@@ -20,6 +20,8 @@ def rows(model_id: str, start: int, end: int) -> pd.DataFrame:
         "aa_correct": pd.array([True, None] * (n // 2), dtype="boolean"),
         "aa_broken_by": pd.array(["apgd-ce", None] * (n // 2), dtype="string"),
         "fmn_eps": rng.random(n).astype(np.float32), "fmn_found": np.ones(n, bool),
+        "fmn_overstated": np.zeros(n, bool), "fmn_eps_bounded": rng.random(n).astype(np.float32),
+        "fmn_eps_untargeted": rng.random(n).astype(np.float32),
         "grid": "g", "model_id": model_id, "dense_model_id": "dense-a-1", "role": MODELS[model_id],
         "dataset": "digits", "arch": "digits-cnn", "method": "hydra", "sparsity": 0.9,
         "sparsity_measured": 0.9, "seed": 0, "norm": "Linf", "eps": 0.1, "pgd_steps": 10,

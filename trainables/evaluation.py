@@ -180,6 +180,13 @@ def evaluate_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, first_idx
     aa_robust, broken_by = autoattack_subset(model, x, y, idx, threat, settings, device)
 
     fmn_eps, fmn_found = fmn_distances(model, x, y, clean_correct, threat, settings, signed_fmn)
+    untargeted = fmn_eps.clone()
+    if signed_fmn:  # the other reading of a misclassified sample's negative eps
+        untargeted = untargeted_distances(model, x, clean_pred, clean_correct, fmn_eps, threat,
+                                          settings)
+    overstated, bounded = fmn_bounds(clean_correct.numpy(), pgd_correct.numpy(),
+                                     aa_robust.to_numpy(dtype=bool, na_value=True),
+                                     fmn_eps.numpy(), threat.eps)
     return pd.DataFrame({
         "sample_idx": idx.numpy(), "label": y.numpy(), "clean_pred": clean_pred.numpy(),
         "clean_correct": clean_correct.numpy(),
@@ -187,7 +194,33 @@ def evaluate_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, first_idx
         "pgd_correct": pgd_correct.numpy(), "aa_correct": aa_robust,
         "aa_broken_by": pd.array(broken_by, dtype="string"),
         "fmn_eps": fmn_eps.numpy(), "fmn_found": fmn_found.numpy(),
+        "fmn_overstated": overstated, "fmn_eps_bounded": bounded.astype(np.float32),
+        "fmn_eps_untargeted": untargeted.numpy(),
     })
+
+
+def fmn_bounds(clean_correct, pgd_correct, aa_robust, fmn_eps, eps: float):
+    """A distance is never above what an attack proved: where PGD or AutoAttack broke a correctly
+    classified sample at eps and FMN reported a larger distance or none, FMN overstated it, and
+    the sample's distance is at most eps. Returns (overstated flags, bounded distances); `aa_robust`
+    True where AutoAttack did not run."""
+    broken = clean_correct & (~pgd_correct | ~aa_robust)
+    overstated = broken & (np.isnan(fmn_eps) | (fmn_eps > eps))
+    return overstated, np.where(overstated, eps, fmn_eps)
+
+
+def untargeted_distances(model, x, pred, correct, fmn_eps, threat: ThreatModel,
+                         settings: EvalSettings) -> torch.Tensor:
+    """The second reading of the thin-ice paper's negative eps for samples the dense model gets
+    wrong: minus the FMN distance out of the predicted class (untargeted), where the default
+    reading is minus the distance to the true label (targeted). Correct samples keep theirs."""
+    out = fmn_eps.clone()
+    wrong = torch.nonzero(~correct).flatten()
+    if len(wrong):
+        dist, _, _ = fmn(model, x[wrong], pred[wrong], norm=threat.norm, steps=settings.fmn_steps,
+                         step_size=settings.fmn_step_size, batch_size=int(settings.batch_size))
+        out[wrong] = -dist
+    return out
 
 
 def autoattack_subset(model, x, y, idx, threat: ThreatModel, settings: EvalSettings, device):
