@@ -1,6 +1,13 @@
-"""deploy/: the Ray cluster launcher config passes Ray's own validator; the Kubernetes and compose
-files parse and hold what a cluster needs; no credential is written in any of them."""
+"""deploy/ as real clusters check it: Ray's own validator on the rendered `ray up` config, the
+vendored KubeRay CRD schemas and Kubernetes' schemas checked strictly, the KubeRay controller's
+validation rules, hadolint on the Dockerfiles, a real compose implementation's `config`, the SLURM
+script's commands; and no credential written in any file."""
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +31,142 @@ def test_aws_cluster_config_passes_rays_validator():
     assert worker["InstanceMarketOptions"]["MarketType"] == "spot"
     assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"][1:])
     assert any("/mnt/apgrid" in c for c in config["initialization_commands"])
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}  # where Ray reads it
+
+
+# Variables Ray's launcher itself sets in the shells of node commands.
+RAY_SETS = {"RAY_HEAD_IP"}
+
+
+def test_rendered_ray_up_config_leaves_no_node_variable_unset(tmp_path):
+    """`ray up` runs node commands in fresh login shells: everything they use is rendered in or
+    set by Ray, never read from the environment of `ray up`."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+    render = [sys.executable, str(DEPLOY / "cluster" / "render.py"), str(DEPLOY / "cluster" / "aws-gpu.yaml")]
+    env = {k: v for k, v in os.environ.items() if k != "EFS_DNS"}
+    refused = subprocess.run(render, capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        "render: set EFS_DNS in the environment (see the file's header)")
+    done = subprocess.run(render, capture_output=True, text=True,
+                          env={**env, "EFS_DNS": "fs-0123.efs.us-east-1.amazonaws.com"}, check=True)
+    config = yaml.safe_load(done.stdout)
+    validate_config(prepare_config(config))
+    commands = [c for key, value in config.items() if key.endswith("commands") for c in value]
+    assert any('"fs-0123.efs.us-east-1.amazonaws.com":/ /mnt/apgrid' in c for c in commands)
+    used = {m for c in commands for m in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", c)}
+    assert used <= RAY_SETS, f"node commands read {used - RAY_SETS} from a shell that lacks them"
+    assert not re.search(r"\{[A-Z_]+\}", done.stdout)
+
+
+SCHEMAS = DEPLOY / "schemas" / "kuberay-v1.7.0"
+
+
+@pytest.mark.parametrize("path", ["k8s/raycluster.yaml", "k8s/rayjob.yaml", "k8s/mlflow.yaml"])
+def test_manifests_pass_the_crd_and_kubernetes_schemas_strictly(path):
+    """KubeRay objects against the operator's CRD schemas (release v1.7.0, vendored without
+    descriptions, unknown fields refused as `kubectl apply --validate=strict` refuses them); the
+    rest against Kubernetes' own schemas (kubernetes-validate, strict)."""
+    import jsonschema
+    import kubernetes_validate
+    for doc in load_all(path):
+        if doc["apiVersion"] == "ray.io/v1":
+            schema = json.loads((SCHEMAS / f"{doc['kind'].lower()}.json").read_text())
+            errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+            assert not errors, f"{path} {doc['kind']}: {errors[:3]}"
+        else:
+            kubernetes_validate.validate(doc, "1.33", strict=True)
+
+
+def test_the_schemas_refuse_an_unknown_field():
+    import jsonschema
+    (job,) = load_all("k8s/rayjob.yaml")
+    job["spec"]["backofflimit"] = 3  # a typo
+    schema = json.loads((SCHEMAS / "rayjob.json").read_text())
+    assert any("backofflimit" in e.message for e in jsonschema.Draft7Validator(schema).iter_errors(job))
+
+
+def rayjob_errors(job: dict) -> list[str]:
+    """KubeRay v1.7.0's RayJob rules (ray-operator/controllers/ray/utils/validation.go,
+    ValidateRayJobMetadata and ValidateRayJobSpec), as far as a manifest shows them."""
+    spec, errors = job["spec"], []
+    name = job["metadata"]["name"]
+    if len(name) > 47 or not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
+        errors.append("RayJob name: at most 47 characters, a DNS-1035 label")
+    selector = spec.get("clusterSelector") or {}
+    if spec.get("suspend") and not spec.get("shutdownAfterJobFinishes"):
+        errors.append("suspend needs shutdownAfterJobFinishes")
+    if selector and spec.get("suspend"):
+        errors.append("the ClusterSelector mode doesn't support the suspend operation")
+    if not selector and "rayClusterSpec" not in spec:
+        errors.append("one of RayClusterSpec or ClusterSelector must be set")
+    if selector:
+        if not selector.get("ray.io/cluster"):
+            errors.append("cluster name in ClusterSelector should not be empty")
+        if spec.get("submissionMode") == "SidecarMode":
+            errors.append("ClusterSelector is not supported in SidecarMode")
+        if spec.get("backoffLimit", 0) > 0:
+            errors.append("BackoffLimit is incompatible with ClusterSelector mode")
+    if spec.get("submissionMode") == "InteractiveMode" and spec.get("backoffLimit", 0) > 0:
+        errors.append("BackoffLimit is incompatible with InteractiveMode")
+    return errors
+
+
+def raycluster_errors(cluster: dict) -> list[str]:
+    """KubeRay v1.7.0's RayCluster rules (validation.go: ValidateRayClusterMetadata,
+    ValidateRayClusterSpec) for the fields our manifest sets."""
+    spec, errors = cluster["spec"], []
+    name = cluster["metadata"]["name"]
+    if len(name) > 53 or not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
+        errors.append("RayCluster name: at most 53 characters, a DNS-1035 label")
+    if not spec["headGroupSpec"]["template"]["spec"].get("containers"):
+        errors.append("headGroupSpec should have at least one container")
+    for group in spec.get("workerGroupSpecs", []):
+        if not group["template"]["spec"].get("containers"):
+            errors.append(f"worker group {group['groupName']} has no container")
+        low, high = group.get("minReplicas", 0), group.get("maxReplicas", 2**31)
+        if low < 0 or high < 0 or low > high:
+            errors.append(f"worker group {group['groupName']}: minReplicas/maxReplicas")
+        if not spec.get("enableInTreeAutoscaling") and ("minReplicas" not in group or "maxReplicas" not in group):
+            errors.append("without autoscaling, minReplicas and maxReplicas are both required")
+    if (spec.get("authOptions") or {}).get("mode") == "token":
+        version = tuple(int(p) for p in str(spec.get("rayVersion", "0")).split(".")[:3])
+        if version < (2, 52, 0):
+            errors.append("authOptions.mode token needs rayVersion 2.52.0 or later")
+    return errors
+
+
+def test_kuberay_controller_accepts_our_cluster_and_job():
+    (cluster,) = [d for d in load_all("k8s/raycluster.yaml") if d["kind"] == "RayCluster"]
+    assert raycluster_errors(cluster) == []
+    (job,) = load_all("k8s/rayjob.yaml")
+    assert rayjob_errors(job) == []
+
+
+def test_the_controller_rules_catch_what_broke_before():
+    (job,) = load_all("k8s/rayjob.yaml")
+    assert rayjob_errors({**job, "spec": {**job["spec"], "backoffLimit": 3}}) == [
+        "BackoffLimit is incompatible with ClusterSelector mode"]
+    (cluster,) = [d for d in load_all("k8s/raycluster.yaml") if d["kind"] == "RayCluster"]
+    old = {**cluster, "spec": {**cluster["spec"], "rayVersion": "2.50.0"}}
+    assert raycluster_errors(old) == ["authOptions.mode token needs rayVersion 2.52.0 or later"]
+
+
+def test_the_rayjob_relaunches_only_when_apgrid_was_stopped_by_its_environment(tmp_path):
+    """Exit 1 (stopped, resumable) relaunches; 0 and 2 end the job with that code."""
+    (job,) = load_all("k8s/rayjob.yaml")
+    script = job["spec"]["entrypoint"].replace("sleep 60", "true")
+    for codes, expected_runs, expected_exit in (("1 1 0", 3, 0), ("2", 1, 2), ("1 1 1 1", 4, 1)):
+        fake = tmp_path / f"bin-{codes.replace(' ', '')}"
+        fake.mkdir()
+        (fake / "apgrid").write_text(f"#!/bin/bash\necho run >> {fake}/runs\n"
+                                     f"codes=({codes}); n=$(wc -l < {fake}/runs)\n"
+                                     f"exit ${{codes[$((n-1))]}}\n")
+        (fake / "apgrid").chmod(0o755)
+        done = subprocess.run(["bash", "-c", script.removeprefix("bash -c ").strip("'")],
+                              env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},
+                              capture_output=True, text=True)
+        assert done.returncode == expected_exit
+        assert (fake / "runs").read_text().count("run") == expected_runs
 
 
 def test_kuberay_cluster_and_job():
@@ -41,7 +184,7 @@ def test_kuberay_cluster_and_job():
     assert docs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
     (job,) = load_all("k8s/rayjob.yaml")
     assert job["kind"] == "RayJob" and job["spec"]["clusterSelector"]["ray.io/cluster"] == "apgrid"
-    assert job["spec"]["entrypoint"].startswith("apgrid launch /etc/apgrid/spec.yaml --output /mnt/apgrid/")
+    assert "apgrid launch /etc/apgrid/spec.yaml --output /mnt/apgrid/" in job["spec"]["entrypoint"]
 
 
 def test_mlflow_server_has_postgres_s3_auth_and_allowed_hosts():
@@ -54,7 +197,9 @@ def test_mlflow_server_has_postgres_s3_auth_and_allowed_hosts():
     for needed in ("--app-name basic-auth", "--backend-store-uri \"postgresql://",
                    "--artifacts-destination s3://", "--allowed-hosts"):
         assert needed in command
-    assert container["image"].endswith(":v3.17.2")
+    assert container["image"] == "apgrid-mlflow:3.17.2" and "pip install" not in command
+    assert "FROM ghcr.io/mlflow/mlflow:v3.17.2" in (DEPLOY / "mlflow.Dockerfile").read_text()
+    assert "127.0.0.1:5000" in command  # kubectl port-forward's Host header is allowed
     services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
     assert services == {"apgrid-mlflow", "apgrid-postgres"}
 
@@ -67,7 +212,82 @@ def test_compose_stack():
     assert "basic-auth" in command and "postgresql://" in command and "s3://" in command
     assert all(p.startswith("127.0.0.1:") for s in compose["services"].values()
                for p in s.get("ports", []))  # nothing exposed beyond the workstation
+    assert "pip install" not in command  # the image has its clients: it starts with no network
     assert "FROM rayproject/ray:2.60.0" in (DEPLOY / "Dockerfile").read_text()
+
+
+def _podman_compose():
+    found = shutil.which("podman-compose") or str(Path(sys.executable).parent / "podman-compose")
+    if not (Path(found).exists() and shutil.which("podman")):
+        if os.environ.get("APGRID_REQUIRE_PODMAN"):
+            pytest.fail("podman and podman-compose are required here (CI installs them)")
+        pytest.skip("podman-compose needs podman (apt-get install podman)")
+    return found
+
+
+def test_compose_file_passes_a_real_compose_implementations_config():
+    tool = _podman_compose()
+    env = {**os.environ, "POSTGRES_PASSWORD": "p", "MINIO_ROOT_USER": "u",
+           "MINIO_ROOT_PASSWORD": "m", "MLFLOW_SECRET_KEY": "k", "MLFLOW_ADMIN_PASSWORD": "a"}
+    done = subprocess.run([tool, "-f", str(DEPLOY / "compose.yaml"), "config"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rendered = yaml.safe_load(done.stdout)
+    assert rendered["services"]["mlflow"]["build"]["dockerfile"] == "mlflow.Dockerfile"
+    missing = {k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"}
+    refused = subprocess.run([tool, "-f", str(DEPLOY / "compose.yaml"), "config"], env=missing,
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "POSTGRES_PASSWORD" in refused.stdout + refused.stderr
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "mlflow.Dockerfile"])
+def test_dockerfiles_pass_hadolint(dockerfile):
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    done = subprocess.run([hadolint, str(DEPLOY / dockerfile)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_worker_image_base_and_torch_agree_on_cuda():
+    """No CUDA toolkit in the base image: torch 2.14.1's wheel brings CUDA 13.0's runtime, and the
+    image's own check fails the build if that changes; the header names the driver it needs."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^FROM rayproject/ray:2\.60\.0-py311-cpu$", text, re.M)
+    assert "torch.version.cuda.startswith('13.')" in text and "R580" in text
+    assert "import apgrid.grid.cli" in text and "grid.cli," not in text.replace("apgrid.grid.cli,", "")
+
+
+def test_slurm_script_starts_a_head_then_workers_then_the_driver(tmp_path):
+    script = DEPLOY / "slurm" / "apgrid.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    log = tmp_path / "calls"
+    fakes = {"scontrol": "printf 'gpu01\\ngpu02\\ngpu03\\n'",
+             "srun": f'echo "srun $*" >> {log}; if [[ "$*" == *hostname* ]]; then echo 10.0.0.1; fi',
+             "apgrid": f'echo "apgrid $* RAY_ADDRESS=$RAY_ADDRESS RAY_AUTH_MODE=$RAY_AUTH_MODE" >> {log}'}
+    for name, body in fakes.items():
+        (tmp_path / name).write_text(f"#!/bin/bash\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu[01-03]",
+           "SLURM_CPUS_PER_TASK": "8", "SLURM_GPUS_PER_TASK": "1", "APGRID_RAY_WAIT_S": "0"}
+    def calls_when(count):  # the workers' `srun ... &` may still be writing when the script ends
+        import time
+        for _ in range(100):
+            lines = log.read_text().splitlines() if log.exists() else []
+            if len(lines) >= count:
+                return lines
+            time.sleep(0.05)
+        return lines
+    subprocess.run(["bash", str(script), "spec.yaml", "/scratch/out"], env=env, check=True)
+    calls = calls_when(5)  # hostname, head, two workers, apgrid
+    calls = [c for c in calls if not c.startswith("apgrid")] + [c for c in calls if c.startswith("apgrid")]
+    starts = [c for c in calls if "ray start" in c]
+    assert starts[0].startswith("srun --nodes=1 --ntasks=1 -w gpu01 ray start --head --node-ip-address=10.0.0.1")
+    assert sorted(c.split(" -w ")[1].split()[0] for c in starts[1:]) == ["gpu02", "gpu03"]
+    assert all("--address=10.0.0.1:6379 --num-cpus=8 --num-gpus=1" in c for c in starts[1:])
+    assert calls[-1] == ("apgrid launch spec.yaml --output /scratch/out RAY_ADDRESS=10.0.0.1:6379 "
+                         "RAY_AUTH_MODE=token")
+    log.unlink()
+    subprocess.run(["bash", str(script), "-", "/scratch/out", "resume"], env=env, check=True)
+    assert log.read_text().splitlines()[-1].startswith("apgrid resume /scratch/out RAY_ADDRESS=")
 
 
 SECRET = re.compile(r"password|secret|token|access_key", re.IGNORECASE)
@@ -81,7 +301,7 @@ def _literal_secrets(node, found):
             found.append(f"{name}={node['value']}")
         for key, value in node.items():
             if isinstance(key, str) and SECRET.search(key) and isinstance(value, str) \
-                    and value and not value.startswith("${") and key != "mode":
+                    and value and not value.startswith(("${", "~/", "/")) and key != "mode":
                 found.append(f"{key}={value}")
             _literal_secrets(value, found)
     elif isinstance(node, list):
