@@ -15,8 +15,9 @@ FLAGS = ("clean_correct", "pgd_correct", "aa_correct")
 
 def compare_rows(a: pd.DataFrame, b: pd.DataFrame) -> dict:
     """Per-sample comparison of two models' rows on their shared samples."""
-    joined = a.set_index("sample_idx").join(b.set_index("sample_idx"), how="inner",
-                                            lsuffix="_a", rsuffix="_b")
+    joined = a.set_index("sample_idx").join(
+        b.set_index("sample_idx"), how="inner", lsuffix="_a", rsuffix="_b"
+    )
     out = {"shared_samples": len(joined)}
     for flag in FLAGS:
         both = joined[[f"{flag}_a", f"{flag}_b"]].dropna()
@@ -30,8 +31,10 @@ def compare_rows(a: pd.DataFrame, b: pd.DataFrame) -> dict:
             out.update(aa_only_a=test.lost, aa_only_b=test.gained, aa_mcnemar_p=test.p_value)
     eps_a, eps_b = joined["fmn_eps_a"].astype(float), joined["fmn_eps_b"].astype(float)
     found = eps_a.notna() & eps_b.notna()
-    out["fmn_eps_differ"] = int((~np.isclose(eps_a[found], eps_b[found], rtol=1e-5, atol=1e-7)).sum()
-                                + (eps_a.isna() != eps_b.isna()).sum())
+    out["fmn_eps_differ"] = int(
+        (~np.isclose(eps_a[found], eps_b[found], rtol=1e-5, atol=1e-7)).sum()
+        + (eps_a.isna() != eps_b.isna()).sum()
+    )
     out["fmn_eps_median_diff"] = float((eps_b[found] - eps_a[found]).median()) if found.any() else np.nan
     return out
 

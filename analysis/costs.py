@@ -21,12 +21,12 @@ from apgrid.trainables.pruning import plain_state_dict
 
 @dataclass(frozen=True)
 class ModelCost:
-    parameters: int          # every parameter the network holds (removed filters are gone)
-    nonzero: int             # of those, the non-zero ones
-    file_bytes: int          # torch.save of the fp32 state dict, as apgrid stores it
-    sparse_bytes: int        # a sparse encoding: one bit per weight plus the fp32 non-zeros
-    latency_ms: float        # median time of one forward pass on a batch
-    throughput: float        # samples per second at that median
+    parameters: int  # every parameter the network holds (removed filters are gone)
+    nonzero: int  # of those, the non-zero ones
+    file_bytes: int  # torch.save of the fp32 state dict, as apgrid stores it
+    sparse_bytes: int  # a sparse encoding: one bit per weight plus the fp32 non-zeros
+    latency_ms: float  # median time of one forward pass on a batch
+    throughput: float  # samples per second at that median
     batch_size: int
     device: str
 
@@ -39,14 +39,22 @@ def size_bytes(model: nn.Module) -> tuple[int, int]:
     state = plain_state_dict(model)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    sparse_bits = sum(t.numel() + 32 * int((t != 0).sum()) if t.is_floating_point()
-                      else 8 * t.element_size() * t.numel() for t in state.values())
+    sparse_bits = sum(
+        t.numel() + 32 * int((t != 0).sum()) if t.is_floating_point() else 8 * t.element_size() * t.numel()
+        for t in state.values()
+    )
     return buffer.getbuffer().nbytes, (sparse_bits + 7) // 8
 
 
 @torch.inference_mode()
-def latency(model: nn.Module, input_shape: tuple[int, ...], device: torch.device,
-            batch_size: int = 128, repeats: int = 10, warmup: int = 3) -> float:
+def latency(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    device: torch.device,
+    batch_size: int = 128,
+    repeats: int = 10,
+    warmup: int = 3,
+) -> float:
     """Median seconds of one forward pass on a batch of random inputs (CUDA synchronised)."""
     model = model.to(device).eval()
     x = torch.rand(batch_size, *input_shape, device=device)
@@ -63,14 +71,24 @@ def latency(model: nn.Module, input_shape: tuple[int, ...], device: torch.device
     return statistics.median(times)
 
 
-def model_cost(model: nn.Module, input_shape: tuple[int, ...], device: torch.device,
-               batch_size: int = 128, repeats: int = 10) -> ModelCost:
+def model_cost(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    device: torch.device,
+    batch_size: int = 128,
+    repeats: int = 10,
+) -> ModelCost:
     """Costs of a model whose masks (if any) are folded into its weights."""
     file_bytes, sparse_bytes = size_bytes(model)
     seconds = latency(model, input_shape, device, batch_size, repeats)
     params = list(model.parameters())
-    return ModelCost(parameters=sum(p.numel() for p in params),
-                     nonzero=sum(int((p != 0).sum()) for p in params),
-                     file_bytes=file_bytes, sparse_bytes=sparse_bytes,
-                     latency_ms=seconds * 1000, throughput=batch_size / seconds,
-                     batch_size=batch_size, device=str(device))
+    return ModelCost(
+        parameters=sum(p.numel() for p in params),
+        nonzero=sum(int((p != 0).sum()) for p in params),
+        file_bytes=file_bytes,
+        sparse_bytes=sparse_bytes,
+        latency_ms=seconds * 1000,
+        throughput=batch_size / seconds,
+        batch_size=batch_size,
+        device=str(device),
+    )

@@ -7,13 +7,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
 
-from apgrid.analysis.tables import security_curve  # noqa: E402
-from apgrid.analysis.thin_ice import POPULATIONS  # noqa: E402
+from apgrid.analysis.tables import security_curve
+from apgrid.analysis.thin_ice import POPULATIONS
 
 COLORS = {"S00": "tab:gray", "S01": "tab:green", "S10": "tab:red", "S11": "tab:blue"}
 
@@ -23,8 +23,14 @@ def thin_ice_scatter(joined: pd.DataFrame, title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for pop in POPULATIONS:
         part = joined[joined["population"] == pop]
-        ax.scatter(part["eps"], part["dense_margin"], s=10, alpha=0.7, color=COLORS[pop],
-                   label=f"{pop} ({len(part)})")
+        ax.scatter(
+            part["eps"],
+            part["dense_margin"],
+            s=10,
+            alpha=0.7,
+            color=COLORS[pop],
+            label=f"{pop} ({len(part)})",
+        )
     ax.axvline(0, color="black", lw=0.5)
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xlabel("ε: signed FMN distance to the dense boundary")
@@ -34,8 +40,9 @@ def thin_ice_scatter(joined: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def security_curves(samples: pd.DataFrame, threat_eps: float, path: Path,
-                    aa_acc: dict[str, float] | None = None) -> Path:
+def security_curves(
+    samples: pd.DataFrame, threat_eps: float, path: Path, aa_acc: dict[str, float] | None = None
+) -> Path:
     """Robust accuracy vs ε from FMN, every model of one architecture overlaid; AutoAttack's
     accuracy at the threat ε (when given) as a cross in the model's colour."""
     max_eps = max(threat_eps * 3, float(samples["fmn_eps"].abs().quantile(0.95)))
@@ -44,8 +51,13 @@ def security_curves(samples: pd.DataFrame, threat_eps: float, path: Path,
     for model_id, rows in samples.groupby("model_id", sort=False):
         first = rows.iloc[0]
         label = "dense" if first["role"] == "dense" else f"{first['method']} {first['sparsity']:.0%}"
-        (line,) = ax.plot(grid, security_curve(rows, grid), lw=2 if first["role"] == "dense" else 1,
-                          color="black" if first["role"] == "dense" else None, label=label)
+        (line,) = ax.plot(
+            grid,
+            security_curve(rows, grid),
+            lw=2 if first["role"] == "dense" else 1,
+            color="black" if first["role"] == "dense" else None,
+            label=label,
+        )
         aa = (aa_acc or {}).get(model_id, float("nan"))
         if np.isfinite(aa):
             ax.plot([threat_eps], [aa], marker="x", markersize=8, color=line.get_color())
@@ -73,12 +85,21 @@ def _region(model, x0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, span: np.
     coeff_a = torch.as_tensor(a.ravel(), dtype=x0.dtype).view(-1, 1, 1, 1)
     coeff_b = torch.as_tensor(b.ravel(), dtype=x0.dtype).view(-1, 1, 1, 1)
     points = (x0 + coeff_a * u + coeff_b * v).clamp(0, 1)
-    preds = [model(points[i:i + 512].to(device)).argmax(1).cpu() for i in range(0, len(points), 512)]
+    preds = [model(points[i : i + 512].to(device)).argmax(1).cpu() for i in range(0, len(points), 512)]
     return torch.cat(preds).numpy().reshape(a.shape)
 
 
-def decision_slices(dense, pruned, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
-                    populations: list[str], title: str, path: Path, resolution: int = 41) -> Path:
+def decision_slices(
+    dense,
+    pruned,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor,
+    populations: list[str],
+    title: str,
+    path: Path,
+    resolution: int = 41,
+) -> Path:
     """Figure 1 of the thin-ice paper as real 2-D slices: for each sample, the plane through it
     spanned by its FMN direction on the dense model (u, horizontal) and a random orthogonal
     direction (v); where the dense and the pruned model classify it correctly."""
@@ -95,20 +116,37 @@ def decision_slices(dense, pruned, x: torch.Tensor, y: torch.Tensor, x_adv: torc
         pruned_ok = _region(pruned, xi, u, v, span) == int(yi)
         extent = (span[0] * size, span[-1] * size, span[0] * size, span[-1] * size)
         ax.imshow(dense_ok, origin="lower", extent=extent, cmap="Greys", vmin=0, vmax=2.5, alpha=0.8)
-        ax.contour(span * size, span * size, dense_ok.astype(float), levels=[0.5], colors="black",
-                   linewidths=1.2)
+        ax.contour(
+            span * size, span * size, dense_ok.astype(float), levels=[0.5], colors="black", linewidths=1.2
+        )
         if pruned_ok.any():  # hatched where the pruned model is right; its boundary dashed
-            ax.contourf(span * size, span * size, pruned_ok.astype(float), levels=[0.5, 1.5],
-                        colors="none", hatches=["////"])
-            ax.contour(span * size, span * size, pruned_ok.astype(float), levels=[0.5],
-                       colors="tab:red", linewidths=1.2, linestyles="--")
+            ax.contourf(
+                span * size,
+                span * size,
+                pruned_ok.astype(float),
+                levels=[0.5, 1.5],
+                colors="none",
+                hatches=["////"],
+            )
+            ax.contour(
+                span * size,
+                span * size,
+                pruned_ok.astype(float),
+                levels=[0.5],
+                colors="tab:red",
+                linewidths=1.2,
+                linestyles="--",
+            )
         ax.plot([0], [0], marker="*", color=COLORS.get(pop, "tab:blue"), markersize=12)
         ax.set_title(f"{pop}, label {int(yi)}", fontsize=9)
         ax.set_xlabel("FMN direction (Linf)", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("random orthogonal direction", fontsize=8)
-    fig.suptitle(f"{title}\nshaded: dense correct (black: its boundary); hatched: pruned correct "
-                 f"(red dashed: its boundary)", fontsize=8)
+    fig.suptitle(
+        f"{title}\nshaded: dense correct (black: its boundary); hatched: pruned correct "
+        f"(red dashed: its boundary)",
+        fontsize=8,
+    )
     return _save(fig, path)
 
 
@@ -118,13 +156,13 @@ def transfer_heatmap(table: pd.DataFrame, source: str, path: Path) -> Path:
     pivot = part.pivot_table(index="attack", columns="target", values="adv_acc", sort=False)
     # height: the rows, the title, and the target names written at 45 degrees below them
     label_room = 0.05 * max(len(_short(c)) for c in pivot.columns)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * pivot.shape[1],
-                                    1.0 + 0.45 * pivot.shape[0] + label_room))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * pivot.shape[1], 1.0 + 0.45 * pivot.shape[0] + label_room))
     image = ax.imshow(pivot.to_numpy(), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for (i, j), value in np.ndenumerate(pivot.to_numpy()):
         ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(pivot.shape[1]), [_short(c) for c in pivot.columns], rotation=45,
-                  ha="right", fontsize=7)
+    ax.set_xticks(
+        range(pivot.shape[1]), [_short(c) for c in pivot.columns], rotation=45, ha="right", fontsize=7
+    )
     ax.set_yticks(range(pivot.shape[0]), pivot.index, fontsize=8)
     ax.set_title(f"accuracy on adversarial examples crafted on {_short(source)}", fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.03)

@@ -18,19 +18,26 @@ import numpy as np
 import pandas as pd
 
 from apgrid.analysis import plots
-from apgrid.analysis.tables import (comparison_table, leaderboard, model_table, reevaluation_table,
-                             seed_table, thin_ice_table)
-from apgrid.analysis.thin_ice import pruned_pairs
 from apgrid.analysis.settings import AnalysisSettings
+from apgrid.analysis.tables import (
+    comparison_table,
+    leaderboard,
+    model_table,
+    reevaluation_table,
+    seed_table,
+    thin_ice_table,
+)
+from apgrid.analysis.thin_ice import pruned_pairs
 
 
 @dataclass
 class ModelAccess:
     """How the analysis reaches the models and the test set (the grid supplies it)."""
-    load: Callable[[str], object]                 # model_id -> eval-mode nn.Module, masks folded in
-    test_data: Callable[[int], tuple]             # n -> (x, y) the first n test samples
+
+    load: Callable[[str], object]  # model_id -> eval-mode nn.Module, masks folded in
+    test_data: Callable[[int], tuple]  # n -> (x, y) the first n test samples
     input_shape: tuple[int, ...]
-    device: object                                # torch.device
+    device: object  # torch.device
     cards: dict[str, dict] = field(default_factory=dict)
     log: Callable[[str], None] = print
 
@@ -39,7 +46,7 @@ class ModelAccess:
 class Section:
     title: str
     text: list[str] = field(default_factory=list)
-    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)   # (caption, table)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
     figures: list[Path] = field(default_factory=list)
 
 
@@ -54,7 +61,9 @@ def _cell(v) -> str:
 
 
 def _markdown_table(df: pd.DataFrame) -> str:
-    esc = lambda text: str(text).replace("|", "\\|")  # noqa: E731  (|ε| in a header)
+    def esc(text):  # |ε| in a header would end a Markdown cell
+        return str(text).replace("|", "\\|")
+
     head = "| " + " | ".join(esc(c) for c in df.columns) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
     body = ["| " + " | ".join(esc(_cell(v)) for v in row) + " |" for row in df.itertuples(index=False)]
@@ -63,8 +72,10 @@ def _markdown_table(df: pd.DataFrame) -> str:
 
 def _html_table(df: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
-                   for row in df.itertuples(index=False))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+        for row in df.itertuples(index=False)
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -73,8 +84,12 @@ def render_markdown(title: str, sections: list[Section]) -> str:
     for s in sections:
         lines += [f"## {s.title}", "", *[t + "\n" for t in s.text]]
         for caption, table in s.tables:
-            lines += [f"**{caption}**" if caption else "", "",
-                      _markdown_table(table) if len(table) else "_(empty)_", ""]
+            lines += [
+                f"**{caption}**" if caption else "",
+                "",
+                _markdown_table(table) if len(table) else "_(empty)_",
+                "",
+            ]
         lines += [f"![{p.stem}]({p.name})" for p in s.figures] + [""]
     return "\n".join(lines)
 
@@ -92,9 +107,11 @@ def render_html(title: str, sections: list[Section]) -> str:
         return f'<img src="data:image/png;base64,{data}" alt="{html.escape(p.stem)}">'
 
     nav = "".join(f'<a href="#s{i}">{html.escape(s.title)}</a>' for i, s in enumerate(sections))
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1><nav>{nav}</nav>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><nav>{nav}</nav>",
+    ]
     for i, s in enumerate(sections):
         parts.append(f'<section id="s{i}"><h2>{html.escape(s.title)}</h2>')
         parts += [f"<p>{_inline(t)}</p>" for t in s.text]
@@ -118,9 +135,11 @@ def _inline(text: str) -> str:
 
 # -- the sections -------------------------------------------------------------------------------
 
+
 def _thin_ice_display(table2: pd.DataFrame) -> pd.DataFrame:
     def auc(row, name):
         return f"{row[f'auc_{name}']:.3f} [{row[f'ci_low_{name}']:.3f}, {row[f'ci_high_{name}']:.3f}]"
+
     out = table2[["model_id", "method", "arch", "sparsity", "S00", "S01", "S10", "S11"]].copy()
     out["AUC ε(S10)<ε(S11) [95% CI]"] = [auc(r, "S10<S11") for _, r in table2.iterrows()]
     out["p (1-sided)"] = table2["p_S10<S11"]
@@ -137,9 +156,13 @@ def _thin_ice_display(table2: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def statistics_sections(samples: pd.DataFrame, models: pd.DataFrame, folder: Path,
-                        settings: AnalysisSettings, reported: dict | None = None
-                        ) -> tuple[list[Section], dict[str, pd.DataFrame]]:
+def statistics_sections(
+    samples: pd.DataFrame,
+    models: pd.DataFrame,
+    folder: Path,
+    settings: AnalysisSettings,
+    reported: dict | None = None,
+) -> tuple[list[Section], dict[str, pd.DataFrame]]:
     from apgrid.trainables.methods import PRUNING_METHODS
 
     table1 = reevaluation_table(models, reported)
@@ -148,136 +171,203 @@ def statistics_sections(samples: pd.DataFrame, models: pd.DataFrame, folder: Pat
     taxonomy = {m.name: m.taxonomy for m in PRUNING_METHODS.values()}
     leader = leaderboard(models, taxonomy)
     compare = comparison_table(leader)
-    tables = {"models": models, "table1_reevaluation": table1, "table2_thin_ice": table2,
-              "seeds": seeds, "leaderboard": leader, "comparisons": compare}
+    tables = {
+        "models": models,
+        "table1_reevaluation": table1,
+        "table2_thin_ice": table2,
+        "seeds": seeds,
+        "leaderboard": leader,
+        "comparisons": compare,
+    }
 
     eps = float(samples["eps"].iloc[0])
     aa = dict(zip(models["model_id"], models["aa_acc"]))
-    curves = [plots.security_curves(rows, eps, folder / f"security_curve_{arch}.png", aa)
-              for arch, rows in samples.groupby("arch")]
-    scatters = [plots.thin_ice_scatter(joined, model_id, folder / f"fig2_{model_id}.png")
-                for model_id, _, joined in pruned_pairs(samples)]
+    curves = [
+        plots.security_curves(rows, eps, folder / f"security_curve_{arch}.png", aa)
+        for arch, rows in samples.groupby("arch")
+    ]
+    scatters = [
+        plots.thin_ice_scatter(joined, model_id, folder / f"fig2_{model_id}.png")
+        for model_id, _, joined in pruned_pairs(samples)
+    ]
 
     weak = table1[table1["fmn_weaker_than_aa"]]["model_id"].tolist()
-    s1 = Section("Table 1: robustness as reported vs AutoAttack", [
-        "`drop_reported_minus_aa` = the robust accuracy the model's paper reported (`reported_robust`, "
-        "with its attack) − AutoAttack's on the same model: the thin-ice paper's drop, for checkpoints "
-        "whose entry carries `reported`. `pgd10_minus_aa` = apgrid's PGD accuracy − AutoAttack's on "
-        "the samples AutoAttack ran on: a different quantity (no paper reported it). "
-        "`fmn_acc_at_eps` is read off the FMN security curve at the threat ε."],
-        [("", table1)])
+    s1 = Section(
+        "Table 1: robustness as reported vs AutoAttack",
+        [
+            "`drop_reported_minus_aa` = the robust accuracy the model's paper reported (`reported_robust`, "
+            "with its attack) − AutoAttack's on the same model: the thin-ice paper's drop, for checkpoints "
+            "whose entry carries `reported`. `pgd10_minus_aa` = apgrid's PGD accuracy − AutoAttack's on "
+            "the samples AutoAttack ran on: a different quantity (no paper reported it). "
+            "`fmn_acc_at_eps` is read off the FMN security curve at the threat ε."
+        ],
+        [("", table1)],
+    )
     if weak:
-        s1.text.append(f"**FMN is weaker than AutoAttack** (higher accuracy at the threat ε) on: "
-                       f"{', '.join(weak)}. Its security curves overstate robustness there; raise "
-                       f"`evaluation.fmn_steps`.")
-    s2 = Section("Table 2: samples on thin ice", [
-        "Populations S_ab: a = dense model correct on the clean sample, b = pruned model correct "
-        "(shares of the test samples). ε = the dense model's signed FMN distance. AUC = P(first "
-        "population's ε < second's), with a 95 % percentile bootstrap interval "
-        f"({settings.bootstrap_resamples} resamples of each population). The paper's hypotheses are "
-        "directional, so the test is the **one-sided** Mann-Whitney U; the two-sided p is beside it. "
-        "McNemar: exact test that dense and pruned models err equally often (discordant pairs), on "
-        "clean and on AutoAttack correctness. Samples whose dense FMN found nothing are left out of "
-        "the AUCs (column `dense_fmn_not_found` of table2_thin_ice.csv).",
-        "**Two checks on ε.** A distance is never above what an attack proved: where PGD or "
-        "AutoAttack broke a sample at the threat ε and FMN reported more (or nothing), FMN "
-        "overstated it (`dense FMN overstated` counts them on the dense model) and its distance is "
-        "at most ε; the *bounded* AUCs use min(ε_FMN, ε) there. A misclassified sample's negative ε "
-        "has two readings: minus the distance that makes the dense model predict the true label "
-        "(targeted; the default, the paper's definition: how far the sample is from being right) "
-        "and minus the distance out of its predicted class (untargeted: how far from its current "
-        "boundary); the *untargeted* AUC tests |S01| < |S00| under the second."],
+        s1.text.append(
+            f"**FMN is weaker than AutoAttack** (higher accuracy at the threat ε) on: "
+            f"{', '.join(weak)}. Its security curves overstate robustness there; raise "
+            f"`evaluation.fmn_steps`."
+        )
+    s2 = Section(
+        "Table 2: samples on thin ice",
+        [
+            "Populations S_ab: a = dense model correct on the clean sample, b = pruned model correct "
+            "(shares of the test samples). ε = the dense model's signed FMN distance. AUC = P(first "
+            "population's ε < second's), with a 95 % percentile bootstrap interval "
+            f"({settings.bootstrap_resamples} resamples of each population). The paper's hypotheses are "
+            "directional, so the test is the **one-sided** Mann-Whitney U; the two-sided p is beside it. "
+            "McNemar: exact test that dense and pruned models err equally often (discordant pairs), on "
+            "clean and on AutoAttack correctness. Samples whose dense FMN found nothing are left out of "
+            "the AUCs (column `dense_fmn_not_found` of table2_thin_ice.csv).",
+            "**Two checks on ε.** A distance is never above what an attack proved: where PGD or "
+            "AutoAttack broke a sample at the threat ε and FMN reported more (or nothing), FMN "
+            "overstated it (`dense FMN overstated` counts them on the dense model) and its distance is "
+            "at most ε; the *bounded* AUCs use min(ε_FMN, ε) there. A misclassified sample's negative ε "
+            "has two readings: minus the distance that makes the dense model predict the true label "
+            "(targeted; the default, the paper's definition: how far the sample is from being right) "
+            "and minus the distance out of its predicted class (untargeted: how far from its current "
+            "boundary); the *untargeted* AUC tests |S01| < |S00| under the second.",
+        ],
         [("", _thin_ice_display(table2))] if len(table2) else [],
-        scatters)
+        scatters,
+    )
     if not len(table2):
         s2.text.append("_No pruned model with its dense parent evaluated._")
     s2.title += " (Figure 2: dense logit margin vs ε per population)"
     several = bool((seeds["seeds"] > 1).any())
-    s3 = Section("Across seeds", [
-        "Mean and standard deviation over seeds of each architecture × method × sparsity."
-        if several else "Every cell of this grid has one seed, so there is no spread to show; "
-        "add seeds to `dense.seeds` for mean ± std."], [("", seeds)] if several else [])
-    s4 = Section("Leaderboard (taxonomy)", [
-        "Per dataset × architecture × structure × sparsity, methods ranked by AutoAttack robust "
-        "accuracy (ties: clean accuracy), mean over seeds, with the survey's taxonomy. "
-        "The comparison table pits local vs global scope and criteria against each other on the "
-        "cells where both exist (best method of each group per cell)."],
-        [("Ranking", leader), ("Local vs global, criterion vs criterion", compare)])
-    s5 = Section("Security curves", [
-        "Robust accuracy vs ε from the per-sample FMN distances, dense (black) and pruned overlaid "
-        "per architecture; × marks AutoAttack's accuracy at the threat ε. A curve above its × at "
-        "the threat ε means FMN was weaker than AutoAttack there."], figures=curves)
+    s3 = Section(
+        "Across seeds",
+        [
+            "Mean and standard deviation over seeds of each architecture × method × sparsity."
+            if several
+            else "Every cell of this grid has one seed, so there is no spread to show; "
+            "add seeds to `dense.seeds` for mean ± std."
+        ],
+        [("", seeds)] if several else [],
+    )
+    s4 = Section(
+        "Leaderboard (taxonomy)",
+        [
+            "Per dataset × architecture × structure × sparsity, methods ranked by AutoAttack robust "
+            "accuracy (ties: clean accuracy), mean over seeds, with the survey's taxonomy. "
+            "The comparison table pits local vs global scope and criteria against each other on the "
+            "cells where both exist (best method of each group per cell)."
+        ],
+        [("Ranking", leader), ("Local vs global, criterion vs criterion", compare)],
+    )
+    s5 = Section(
+        "Security curves",
+        [
+            "Robust accuracy vs ε from the per-sample FMN distances, dense (black) and pruned overlaid "
+            "per architecture; × marks AutoAttack's accuracy at the threat ε. A curve above its × at "
+            "the threat ε means FMN was weaker than AutoAttack there."
+        ],
+        figures=curves,
+    )
     return [s1, s2, s3, s4, s5], tables
 
 
-def cost_section(models: pd.DataFrame, access: ModelAccess, settings: AnalysisSettings,
-                 cache: Path) -> tuple[Section, pd.DataFrame]:
+def cost_section(
+    models: pd.DataFrame, access: ModelAccess, settings: AnalysisSettings, cache: Path
+) -> tuple[Section, pd.DataFrame]:
     from apgrid.analysis.costs import model_cost
     from apgrid.analysis.tables import cost_table
 
     rows = []
     for model_id in models["model_id"]:
+
         def measure(model_id=model_id):
             access.log(f"[analyze] costs of {model_id}")
-            return model_cost(access.load(model_id), access.input_shape, access.device,
-                              settings.cost_batch_size).as_dict()
-        cost = _cached(cache / "costs" / f"{model_id}.json", measure,
-                       {"batch": settings.cost_batch_size, "device": str(access.device)})
+            return model_cost(
+                access.load(model_id), access.input_shape, access.device, settings.cost_batch_size
+            ).as_dict()
+
+        cost = _cached(
+            cache / "costs" / f"{model_id}.json",
+            measure,
+            {"batch": settings.cost_batch_size, "device": str(access.device)},
+        )
         card = access.cards.get(model_id, {})
         quantized = card.get("config", {}).get("options", {}).get("bits")  # ATMC's k bits
         bits = card.get("metrics", {}).get("model_size_bits") if quantized else None
         rows.append({"model_id": model_id, **cost, "quantized_bytes": bits / 8 if bits else np.nan})
     table = cost_table(models, pd.DataFrame(rows))
-    text = ["Parameters and non-zeros counted on the stored weights; `file_MB` = the fp32 state dict "
-            "as saved, `sparse_MB` = one bit per weight plus the fp32 non-zeros, `quantized_MB` = "
-            "ATMC's k-bit size where recorded. Latency = median of 10 forward passes on a batch "
-            f"of {settings.cost_batch_size} on `{access.device}`; speed-up vs the dense parent.",
-            "**Structured pruning** removes filters: the dense file and the kernels really shrink. "
-            "**Unstructured** masks only zero weights: dense kernels run at the same speed, so a "
-            "speed-up near 1× is the honest result, and the size gain needs a sparse format."]
+    text = [
+        "Parameters and non-zeros counted on the stored weights; `file_MB` = the fp32 state dict "
+        "as saved, `sparse_MB` = one bit per weight plus the fp32 non-zeros, `quantized_MB` = "
+        "ATMC's k-bit size where recorded. Latency = median of 10 forward passes on a batch "
+        f"of {settings.cost_batch_size} on `{access.device}`; speed-up vs the dense parent.",
+        "**Structured pruning** removes filters: the dense file and the kernels really shrink. "
+        "**Unstructured** masks only zero weights: dense kernels run at the same speed, so a "
+        "speed-up near 1× is the honest result, and the size gain needs a sparse format.",
+    ]
     return Section("Cost of the models", text, [("", table)]), table
 
 
-def transfer_section(models: pd.DataFrame, access: ModelAccess, settings: AnalysisSettings,
-                     folder: Path, cache: Path, eps: float) -> tuple[Section, pd.DataFrame]:
+def transfer_section(
+    models: pd.DataFrame,
+    access: ModelAccess,
+    settings: AnalysisSettings,
+    folder: Path,
+    cache: Path,
+    eps: float,
+) -> tuple[Section, pd.DataFrame]:
     from apgrid.analysis.transfer import transfer_table
 
     dense = models[models["role"] == "dense"]["model_id"].tolist()
     targets = models["model_id"].tolist()
     n = settings.transfer_samples or int(models["num_samples"].min())  # default: every evaluated
-    key = {"attacks": list(settings.transfer_attacks), "n": n,
-           "targets": targets, "eps": eps}
+    key = {"attacks": list(settings.transfer_attacks), "n": n, "targets": targets, "eps": eps}
 
     def compute():
         x, y = access.test_data(n)
         loaded = {m: access.load(m) for m in targets}
-        return transfer_table({m: loaded[m] for m in dense}, loaded, x, y, eps,
-                              settings.transfer_attacks, log=access.log).to_dict("records")
+        return transfer_table(
+            {m: loaded[m] for m in dense}, loaded, x, y, eps, settings.transfer_attacks, log=access.log
+        ).to_dict("records")
+
     table = pd.DataFrame(_cached(cache / "transfer.json", compute, key))
-    figures = [plots.transfer_heatmap(table, source, folder / f"transfer_{source}.png")
-               for source in dense]
-    text = [f"Adversarial examples crafted on each dense (base) model — FGSM, BIM, PGD, APGD-CE "
-            f"and a universal perturbation within the threat ε; CW-L2 (κ = 5) and DeepFool-L2 "
-            f"unbounded — on the first {n} test samples, and each model's "
-            f"accuracy on them (`adv_acc`, with its 95 % Wilson interval `adv_acc_low`–"
-            f"`adv_acc_high`; the source's own row is the white-box accuracy). "
-            f"`fooled` = share of the samples the target got right clean that it gets wrong."]
-    matrix = table.pivot_table(index=["source", "attack"], columns="target", values="adv_acc",
-                               sort=False).reset_index() if len(table) else table
+    figures = [plots.transfer_heatmap(table, source, folder / f"transfer_{source}.png") for source in dense]
+    text = [
+        f"Adversarial examples crafted on each dense (base) model — FGSM, BIM, PGD, APGD-CE "
+        f"and a universal perturbation within the threat ε; CW-L2 (κ = 5) and DeepFool-L2 "
+        f"unbounded — on the first {n} test samples, and each model's "
+        f"accuracy on them (`adv_acc`, with its 95 % Wilson interval `adv_acc_low`–"
+        f"`adv_acc_high`; the source's own row is the white-box accuracy). "
+        f"`fooled` = share of the samples the target got right clean that it gets wrong."
+    ]
+    matrix = (
+        table.pivot_table(
+            index=["source", "attack"], columns="target", values="adv_acc", sort=False
+        ).reset_index()
+        if len(table)
+        else table
+    )
     matrix.columns = [plots._short(str(c)) for c in matrix.columns]
-    return Section("Transfer attacks", text, [("accuracy on transferred examples", matrix),
-                                              ("every cell", table)], figures), table
+    return Section(
+        "Transfer attacks",
+        text,
+        [("accuracy on transferred examples", matrix), ("every cell", table)],
+        figures,
+    ), table
 
 
-def slice_section(samples: pd.DataFrame, access: ModelAccess, settings: AnalysisSettings,
-                  folder: Path) -> Section:
+def slice_section(
+    samples: pd.DataFrame, access: ModelAccess, settings: AnalysisSettings, folder: Path
+) -> Section:
     import torch
 
     from apgrid.trainables.attacks import fmn
+
     figures = []
     for model_id, first, joined in pruned_pairs(samples):
-        picked = pd.concat([joined[(joined["population"] == pop) & joined["eps_found"]]
-                            .head(settings.slice_samples) for pop in ("S10", "S01")])
+        picked = pd.concat(
+            [
+                joined[(joined["population"] == pop) & joined["eps_found"]].head(settings.slice_samples)
+                for pop in ("S10", "S01")
+            ]
+        )
         if picked.empty:
             continue
         access.log(f"[analyze] decision slices of {model_id}")
@@ -288,18 +378,36 @@ def slice_section(samples: pd.DataFrame, access: ModelAccess, settings: Analysis
         kwargs = dict(norm=str(first["norm"]), steps=int(first["fmn_steps"]), step_size=1.0)
         # S10: the dense model is right, FMN towards its boundary; S01: it is wrong, targeted FMN
         # towards the true label (the thin-ice paper's negative ε)
-        x_adv = torch.cat([fmn(dense, x[i:i + 1], y[i:i + 1], **kwargs,
-                               target=None if pop == "S10" else int(y[i]))[2]
-                           for i, pop in enumerate(picked["population"])])
-        figures.append(plots.decision_slices(dense, access.load(model_id), x, y, x_adv,
-                                             picked["population"].tolist(), model_id,
-                                             folder / f"fig1_{model_id}.png"))
-    return Section("Figure 1: decision regions around samples on thin ice", [
-        "The plane through each sample spanned by its FMN direction on the dense model and a random "
-        "orthogonal direction (targeted at the true label for S01, as for their negative ε); axes "
-        "in input units. S10 samples (lost by pruning) sit just inside the dense boundary, which "
-        "the pruned boundary (red) cuts across; S01 (gained) just outside it."],
-        figures=figures)
+        x_adv = torch.cat(
+            [
+                fmn(dense, x[i : i + 1], y[i : i + 1], **kwargs, target=None if pop == "S10" else int(y[i]))[
+                    2
+                ]
+                for i, pop in enumerate(picked["population"])
+            ]
+        )
+        figures.append(
+            plots.decision_slices(
+                dense,
+                access.load(model_id),
+                x,
+                y,
+                x_adv,
+                picked["population"].tolist(),
+                model_id,
+                folder / f"fig1_{model_id}.png",
+            )
+        )
+    return Section(
+        "Figure 1: decision regions around samples on thin ice",
+        [
+            "The plane through each sample spanned by its FMN direction on the dense model and a random "
+            "orthogonal direction (targeted at the true label for S01, as for their negative ε); axes "
+            "in input units. S10 samples (lost by pruning) sit just inside the dense boundary, which "
+            "the pruned boundary (red) cuts across; S01 (gained) just outside it."
+        ],
+        figures=figures,
+    )
 
 
 def _cached(path: Path, compute, key: dict):
@@ -316,9 +424,15 @@ def _cached(path: Path, compute, key: dict):
 
 # -- entry point --------------------------------------------------------------------------------
 
-def write_report(samples: pd.DataFrame, folder: Path, grid_name: str,
-                 settings: AnalysisSettings = AnalysisSettings(),
-                 access: ModelAccess | None = None, reported: dict | None = None) -> dict[str, Path]:
+
+def write_report(
+    samples: pd.DataFrame,
+    folder: Path,
+    grid_name: str,
+    settings: AnalysisSettings = AnalysisSettings(),
+    access: ModelAccess | None = None,
+    reported: dict | None = None,
+) -> dict[str, Path]:
     """Write CSV tables, PNG figures, report.md and a self-contained index.html; returns the
     paths written. Without `access` (no models at hand) the sections that need models are left
     out, and the report says so."""
@@ -328,13 +442,16 @@ def write_report(samples: pd.DataFrame, folder: Path, grid_name: str,
     sections, tables = statistics_sections(samples, models, folder, settings, reported)
     eps = float(samples["eps"].iloc[0])
     if access is None:
-        sections.append(Section("Costs, transfer attacks, decision slices", [
-            "Not computed: the models were not available to this analysis."]))
+        sections.append(
+            Section(
+                "Costs, transfer attacks, decision slices",
+                ["Not computed: the models were not available to this analysis."],
+            )
+        )
     else:
         sections.append(slice_section(samples, access, settings, folder))
         if settings.transfer_attacks:
-            section, tables["transfer"] = transfer_section(models, access, settings, folder,
-                                                           cache, eps)
+            section, tables["transfer"] = transfer_section(models, access, settings, folder, cache, eps)
             sections.append(section)
         if settings.costs:
             section, tables["costs"] = cost_section(models, access, settings, cache)
@@ -342,14 +459,18 @@ def write_report(samples: pd.DataFrame, folder: Path, grid_name: str,
     sections.append(Section("Models", [], [("", models)]))
 
     threat = f"{samples['norm'].iloc[0]}, ε = {eps:.6g}"
-    intro = Section("Summary", [
-        f"{len(models)} model{'s' * (len(models) != 1)} ({(models['role'] == 'dense').sum()} dense, "
-        f"{(models['role'] == 'pruned').sum()} pruned), {int(models['num_samples'].iloc[0])} test "
-        f"samples each; threat model {threat}; AutoAttack "
-        f"`{samples['autoattack_version'].iloc[0]}`{_autoattack_subset(samples)}, "
-        f"PGD-{int(samples['pgd_steps'].iloc[0])}, "
-        f"FMN {int(samples['fmn_steps'].iloc[0])} steps. Every table is also a CSV beside this "
-        f"page; settings: {json.dumps(asdict(settings))}."])
+    intro = Section(
+        "Summary",
+        [
+            f"{len(models)} model{'s' * (len(models) != 1)} ({(models['role'] == 'dense').sum()} dense, "
+            f"{(models['role'] == 'pruned').sum()} pruned), {int(models['num_samples'].iloc[0])} test "
+            f"samples each; threat model {threat}; AutoAttack "
+            f"`{samples['autoattack_version'].iloc[0]}`{_autoattack_subset(samples)}, "
+            f"PGD-{int(samples['pgd_steps'].iloc[0])}, "
+            f"FMN {int(samples['fmn_steps'].iloc[0])} steps. Every table is also a CSV beside this "
+            f"page; settings: {json.dumps(asdict(settings))}."
+        ],
+    )
     sections.insert(0, intro)
 
     paths = {}
@@ -369,6 +490,7 @@ def write_report(samples: pd.DataFrame, folder: Path, grid_name: str,
 def _autoattack_subset(samples: pd.DataFrame) -> str:
     """' (apgd-ce, apgd-t only)' when the grid ran part of the version's ensemble, else ''."""
     from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES
+
     if "autoattack_attacks" not in samples:  # rows written before the column existed: all ran
         return ""
     ran = samples["autoattack_attacks"].iloc[0].split(",")

@@ -6,12 +6,22 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from apgrid.analysis.thin_ice import (mcnemar, population_shares, pruned_pairs, thin_ice_tests,
-                                      with_bounds)
+from apgrid.analysis.thin_ice import mcnemar, population_shares, pruned_pairs, thin_ice_tests, with_bounds
 from apgrid.trainables.methods import PRUNING_METHODS
 
-MODEL_COLUMNS = ["model_id", "dense_model_id", "role", "dataset", "arch", "method", "sparsity",
-                 "sparsity_measured", "seed", "norm", "eps"]
+MODEL_COLUMNS = [
+    "model_id",
+    "dense_model_id",
+    "role",
+    "dataset",
+    "arch",
+    "method",
+    "sparsity",
+    "sparsity_measured",
+    "seed",
+    "norm",
+    "eps",
+]
 
 
 def summarize(rows: pd.DataFrame, eps: float) -> dict[str, float]:
@@ -23,21 +33,25 @@ def summarize(rows: pd.DataFrame, eps: float) -> dict[str, float]:
     fmn_eps = rows["fmn_eps"].astype(float).fillna(np.inf)
     found = rows.loc[correct, "fmn_found"].astype(bool)
     attacked = rows[rows["aa_correct"].notna()]  # AutoAttack may run on the first N samples only
-    return {"clean_acc": correct.sum() / n, "pgd_acc": rows["pgd_correct"].sum() / n,
-            "aa_acc": attacked["aa_correct"].astype(bool).mean() if len(attacked) else float("nan"),
-            "pgd_acc_on_aa_samples": (attacked["pgd_correct"].astype(bool).mean()
-                                      if len(attacked) else float("nan")),
-            "aa_samples": len(attacked),
-            "fmn_acc_at_eps": (correct & (fmn_eps > eps)).sum() / n,
-            "fmn_found_rate": float(found.mean()) if len(found) else float("nan"),
-            "fmn_overstated": int(rows["fmn_overstated"].sum()),
-            "num_samples": n}
+    return {
+        "clean_acc": correct.sum() / n,
+        "pgd_acc": rows["pgd_correct"].sum() / n,
+        "aa_acc": attacked["aa_correct"].astype(bool).mean() if len(attacked) else float("nan"),
+        "pgd_acc_on_aa_samples": (
+            attacked["pgd_correct"].astype(bool).mean() if len(attacked) else float("nan")
+        ),
+        "aa_samples": len(attacked),
+        "fmn_acc_at_eps": (correct & (fmn_eps > eps)).sum() / n,
+        "fmn_found_rate": float(found.mean()) if len(found) else float("nan"),
+        "fmn_overstated": int(rows["fmn_overstated"].sum()),
+        "num_samples": n,
+    }
 
 
 def model_table(samples: pd.DataFrame) -> pd.DataFrame:
     """One row per model: its identity columns and summary metrics."""
     out = []
-    for model_id, rows in samples.groupby("model_id", sort=False):
+    for _, rows in samples.groupby("model_id", sort=False):
         first = rows.iloc[0]
         out.append({**{c: first[c] for c in MODEL_COLUMNS}, **summarize(rows, float(first["eps"]))})
     table = pd.DataFrame(out)
@@ -50,8 +64,19 @@ def reevaluation_table(models: pd.DataFrame, reported: dict | None = None) -> pd
     A model with no reported number (trained by apgrid) has no drop; its PGD-10 - AutoAttack gap
     on the same samples is another quantity and is named so."""
     reported = reported or {}
-    t = models[["model_id", "method", "arch", "sparsity", "sparsity_measured", "clean_acc",
-                "pgd_acc", "aa_acc", "fmn_acc_at_eps"]].copy()
+    t = models[
+        [
+            "model_id",
+            "method",
+            "arch",
+            "sparsity",
+            "sparsity_measured",
+            "clean_acc",
+            "pgd_acc",
+            "aa_acc",
+            "fmn_acc_at_eps",
+        ]
+    ].copy()
     t["reported_clean"] = [reported.get(m, {}).get("clean", np.nan) for m in t["model_id"]]
     t["reported_robust"] = [reported.get(m, {}).get("robust", np.nan) for m in t["model_id"]]
     t["reported_attack"] = [reported.get(m, {}).get("attack", "") for m in t["model_id"]]
@@ -70,29 +95,57 @@ def thin_ice_table(samples: pd.DataFrame, resamples: int = 1000) -> pd.DataFrame
         tests = thin_ice_tests(joined, resamples)
         bounded = thin_ice_tests(joined, resamples, "eps_bounded")
         untargeted = thin_ice_tests(joined, resamples, "eps_untargeted")
-        row = {"model_id": model_id, "method": first["method"], "arch": first["arch"],
-               "sparsity": first["sparsity"], "seed": first.get("seed"), **population_shares(joined)}
+        row = {
+            "model_id": model_id,
+            "method": first["method"],
+            "arch": first["arch"],
+            "sparsity": first["sparsity"],
+            "seed": first.get("seed"),
+            **population_shares(joined),
+        }
         for name, test in tests.items():
-            row.update({f"auc_{name}": test.auc, f"ci_low_{name}": test.ci_low,
-                        f"ci_high_{name}": test.ci_high, f"p_{name}": test.p_value,
-                        f"p2_{name}": test.p_two_sided})
+            row.update(
+                {
+                    f"auc_{name}": test.auc,
+                    f"ci_low_{name}": test.ci_low,
+                    f"ci_high_{name}": test.ci_high,
+                    f"p_{name}": test.p_value,
+                    f"p2_{name}": test.p_two_sided,
+                }
+            )
         # the same tests with distances bounded by what PGD / AutoAttack proved, and |S01|<|S00|
         # with the untargeted reading of a misclassified sample's eps
-        row.update({"auc_S10<S11_bounded": bounded["S10<S11"].auc,
-                    "p_S10<S11_bounded": bounded["S10<S11"].p_value,
-                    "auc_|S01|<|S00|_bounded": bounded["|S01|<|S00|"].auc,
-                    "p_|S01|<|S00|_bounded": bounded["|S01|<|S00|"].p_value,
-                    "auc_|S01|<|S00|_untargeted": untargeted["|S01|<|S00|"].auc,
-                    "p_|S01|<|S00|_untargeted": untargeted["|S01|<|S00|"].p_value,
-                    "dense_fmn_overstated": int(with_bounds(
-                        samples[samples["model_id"] == first["dense_model_id"]])["fmn_overstated"].sum())})
-        row.update({"n_S10": tests["S10<S11"].n_x, "n_S11": tests["S10<S11"].n_y,
-                    "n_S01": tests["|S01|<|S00|"].n_x, "n_S00": tests["|S01|<|S00|"].n_y,
-                    "dense_fmn_not_found": int((~joined["eps_found"]).sum()),
-                    "mcnemar_p_clean": mcnemar(joined["dense_correct"], joined["pruned_correct"]).p_value})
+        row.update(
+            {
+                "auc_S10<S11_bounded": bounded["S10<S11"].auc,
+                "p_S10<S11_bounded": bounded["S10<S11"].p_value,
+                "auc_|S01|<|S00|_bounded": bounded["|S01|<|S00|"].auc,
+                "p_|S01|<|S00|_bounded": bounded["|S01|<|S00|"].p_value,
+                "auc_|S01|<|S00|_untargeted": untargeted["|S01|<|S00|"].auc,
+                "p_|S01|<|S00|_untargeted": untargeted["|S01|<|S00|"].p_value,
+                "dense_fmn_overstated": int(
+                    with_bounds(samples[samples["model_id"] == first["dense_model_id"]])[
+                        "fmn_overstated"
+                    ].sum()
+                ),
+            }
+        )
+        row.update(
+            {
+                "n_S10": tests["S10<S11"].n_x,
+                "n_S11": tests["S10<S11"].n_y,
+                "n_S01": tests["|S01|<|S00|"].n_x,
+                "n_S00": tests["|S01|<|S00|"].n_y,
+                "dense_fmn_not_found": int((~joined["eps_found"]).sum()),
+                "mcnemar_p_clean": mcnemar(joined["dense_correct"], joined["pruned_correct"]).p_value,
+            }
+        )
         both = joined[joined["dense_aa"].notna() & joined["pruned_aa"].notna()]
-        row["mcnemar_p_aa"] = (mcnemar(both["dense_aa"].astype(bool), both["pruned_aa"].astype(bool)).p_value
-                               if len(both) else float("nan"))
+        row["mcnemar_p_aa"] = (
+            mcnemar(both["dense_aa"].astype(bool), both["pruned_aa"].astype(bool)).p_value
+            if len(both)
+            else float("nan")
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -118,19 +171,39 @@ def leaderboard(models: pd.DataFrame, taxonomy: dict[str, dict]) -> pd.DataFrame
     for col in ("pipeline", "structured", "scope", "criterion"):
         if col not in tax:
             tax[col] = None
-    cells = (pruned.groupby(["dataset", "arch", "method", "sparsity"], as_index=False)
-             [["clean_acc", "aa_acc"]].mean().merge(tax, on="method", how="left"))
+    cells = (
+        pruned.groupby(["dataset", "arch", "method", "sparsity"], as_index=False)[["clean_acc", "aa_acc"]]
+        .mean()
+        .merge(tax, on="method", how="left")
+    )
     cells["structure"] = cells["structured"].map({True: "structured", False: "unstructured"}).fillna("?")
-    cells = cells.sort_values(["dataset", "arch", "structure", "sparsity", "aa_acc", "clean_acc"],
-                              ascending=[True, True, True, True, False, False])
+    cells = cells.sort_values(
+        ["dataset", "arch", "structure", "sparsity", "aa_acc", "clean_acc"],
+        ascending=[True, True, True, True, False, False],
+    )
     cells["rank"] = cells.groupby(["dataset", "arch", "structure", "sparsity"]).cumcount() + 1
     dense = models[models["role"] == "dense"].groupby("arch")[["clean_acc", "aa_acc"]].mean()
     cells["dense_clean_acc"] = cells["arch"].map(dense["clean_acc"])
     cells["dense_aa_acc"] = cells["arch"].map(dense["aa_acc"])
     cells["clean / AA"] = [f"{c:.1%} / {a:.1%}" for c, a in zip(cells["clean_acc"], cells["aa_acc"])]
-    return cells[["dataset", "arch", "structure", "sparsity", "rank", "method", "pipeline", "scope",
-                  "criterion", "clean / AA", "clean_acc", "aa_acc", "dense_clean_acc",
-                  "dense_aa_acc"]].reset_index(drop=True)
+    return cells[
+        [
+            "dataset",
+            "arch",
+            "structure",
+            "sparsity",
+            "rank",
+            "method",
+            "pipeline",
+            "scope",
+            "criterion",
+            "clean / AA",
+            "clean_acc",
+            "aa_acc",
+            "dense_clean_acc",
+            "dense_aa_acc",
+        ]
+    ].reset_index(drop=True)
 
 
 def comparison_table(leader: pd.DataFrame) -> pd.DataFrame:
@@ -140,8 +213,9 @@ def comparison_table(leader: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     rows = []
     for factor in ("scope", "criterion"):
-        pivot = leader.pivot_table(index=["dataset", "arch", "structure", "sparsity"],
-                                   columns=factor, values="aa_acc", aggfunc="max")
+        pivot = leader.pivot_table(
+            index=["dataset", "arch", "structure", "sparsity"], columns=factor, values="aa_acc", aggfunc="max"
+        )
         for a in pivot.columns:
             for b in pivot.columns:
                 if a >= b:
@@ -149,9 +223,18 @@ def comparison_table(leader: pd.DataFrame) -> pd.DataFrame:
                 both = pivot[[a, b]].dropna()
                 if len(both):
                     diff = both[a] - both[b]
-                    rows.append({"factor": factor, "a": a, "b": b, "cells": len(both),
-                                 "mean_aa_a": both[a].mean(), "mean_aa_b": both[b].mean(),
-                                 "a_wins": int((diff > 0).sum()), "b_wins": int((diff < 0).sum())})
+                    rows.append(
+                        {
+                            "factor": factor,
+                            "a": a,
+                            "b": b,
+                            "cells": len(both),
+                            "mean_aa_a": both[a].mean(),
+                            "mean_aa_b": both[b].mean(),
+                            "a_wins": int((diff > 0).sum()),
+                            "b_wins": int((diff < 0).sum()),
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -166,8 +249,9 @@ def security_curve(rows: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
 def cost_table(models: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
     """Model costs beside their dense parent's: sizes in MB, latency, and the real speed-up."""
     t = models[["model_id", "dense_model_id", "role", "arch", "method", "sparsity"]].merge(
-        costs, on="model_id")
-    mb = 1024 ** 2
+        costs, on="model_id"
+    )
+    mb = 1024**2
     t["file_MB"] = t["file_bytes"] / mb
     t["sparse_MB"] = t["sparse_bytes"] / mb
     t["quantized_MB"] = t["quantized_bytes"] / mb
@@ -177,9 +261,32 @@ def cost_table(models: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
     t["file_ratio"] = t["file_bytes"] / base.map(parent["file_bytes"])
     t["speedup"] = base.map(parent["latency_ms"]) / t["latency_ms"]
     structured = t["method"].map(lambda m: getattr(PRUNING_METHODS.get(m), "structured", None))
-    t["kind"] = np.where(t["role"] == "dense", "dense",
-                         np.where(structured == True, "structured: filters removed",  # noqa: E712
-                                  "unstructured: masks, dense kernels"))
-    return t[["model_id", "arch", "method", "sparsity", "kind", "parameters", "nonzero",
-              "params_kept", "file_MB", "sparse_MB", "quantized_MB", "file_ratio", "latency_ms",
-              "throughput", "speedup", "device"]]
+    t["kind"] = np.where(
+        t["role"] == "dense",
+        "dense",
+        np.where(
+            structured.eq(True),
+            "structured: filters removed",
+            "unstructured: masks, dense kernels",
+        ),
+    )
+    return t[
+        [
+            "model_id",
+            "arch",
+            "method",
+            "sparsity",
+            "kind",
+            "parameters",
+            "nonzero",
+            "params_kept",
+            "file_MB",
+            "sparse_MB",
+            "quantized_MB",
+            "file_ratio",
+            "latency_ms",
+            "throughput",
+            "speedup",
+            "device",
+        ]
+    ]

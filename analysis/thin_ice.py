@@ -24,12 +24,17 @@ def with_bounds(rows: pd.DataFrame) -> pd.DataFrame:
     if "fmn_eps_bounded" in rows and rows["fmn_eps_bounded"].notna().any():
         return rows
     from apgrid.trainables.evaluation import fmn_bounds
+
     if not {"pgd_correct", "aa_correct", "eps"} <= set(rows.columns):  # no attack to bound by
         return rows.assign(fmn_overstated=False, fmn_eps_bounded=rows["fmn_eps"].astype(float))
     aa = rows["aa_correct"].astype("boolean").fillna(True).to_numpy(dtype=bool)
-    overstated, bounded = fmn_bounds(rows["clean_correct"].to_numpy(dtype=bool),
-                                     rows["pgd_correct"].to_numpy(dtype=bool), aa,
-                                     rows["fmn_eps"].to_numpy(dtype=float), float(rows["eps"].iloc[0]))
+    overstated, bounded = fmn_bounds(
+        rows["clean_correct"].to_numpy(dtype=bool),
+        rows["pgd_correct"].to_numpy(dtype=bool),
+        aa,
+        rows["fmn_eps"].to_numpy(dtype=float),
+        float(rows["eps"].iloc[0]),
+    )
     return rows.assign(fmn_overstated=overstated, fmn_eps_bounded=bounded)
 
 
@@ -40,21 +45,27 @@ def join_dense_pruned(dense: pd.DataFrame, pruned: pd.DataFrame) -> pd.DataFrame
     if not d.index.equals(p.index):
         missing = d.index.symmetric_difference(p.index)
         raise ValueError(f"dense and pruned rows cover different samples ({len(missing)} differ)")
-    joined = pd.DataFrame({
-        "label": d["label"],
-        "dense_correct": d["clean_correct"].astype(bool),
-        "pruned_correct": p["clean_correct"].astype(bool),
-        "eps": d["fmn_eps"].astype(float),
-        "eps_bounded": d["fmn_eps_bounded"].astype(float),
-        "eps_untargeted": (d["fmn_eps_untargeted"].astype(float) if "fmn_eps_untargeted" in d
-                           else np.nan),
-        "eps_found": d["fmn_found"].astype(bool),
-        "dense_margin": d["logit_margin"].astype(float),
-        "dense_aa": d["aa_correct"].astype("boolean") if "aa_correct" in d else pd.NA,
-        "pruned_aa": p["aa_correct"].astype("boolean") if "aa_correct" in p else pd.NA,
-    })
-    joined["population"] = ("S" + joined["dense_correct"].astype(int).astype(str)
-                            + joined["pruned_correct"].astype(int).astype(str))
+    joined = pd.DataFrame(
+        {
+            "label": d["label"],
+            "dense_correct": d["clean_correct"].astype(bool),
+            "pruned_correct": p["clean_correct"].astype(bool),
+            "eps": d["fmn_eps"].astype(float),
+            "eps_bounded": d["fmn_eps_bounded"].astype(float),
+            "eps_untargeted": (
+                d["fmn_eps_untargeted"].astype(float) if "fmn_eps_untargeted" in d else np.nan
+            ),
+            "eps_found": d["fmn_found"].astype(bool),
+            "dense_margin": d["logit_margin"].astype(float),
+            "dense_aa": d["aa_correct"].astype("boolean") if "aa_correct" in d else pd.NA,
+            "pruned_aa": p["aa_correct"].astype("boolean") if "aa_correct" in p else pd.NA,
+        }
+    )
+    joined["population"] = (
+        "S"
+        + joined["dense_correct"].astype(int).astype(str)
+        + joined["pruned_correct"].astype(int).astype(str)
+    )
     return joined.reset_index()
 
 
@@ -78,12 +89,12 @@ NAN = float("nan")
 
 @dataclass(frozen=True)
 class AucTest:
-    auc: float        # P(X < Y) + 0.5 P(X = Y), X from the "closer" population
-    p_value: float    # one-sided Mann-Whitney U, H1: X is stochastically smaller than Y
+    auc: float  # P(X < Y) + 0.5 P(X = Y), X from the "closer" population
+    p_value: float  # one-sided Mann-Whitney U, H1: X is stochastically smaller than Y
     n_x: int
     n_y: int
-    p_two_sided: float = NAN   # H1: the two distributions differ
-    ci_low: float = NAN        # bootstrap 95 % percentile interval of the AUC
+    p_two_sided: float = NAN  # H1: the two distributions differ
+    ci_low: float = NAN  # bootstrap 95 % percentile interval of the AUC
     ci_high: float = NAN
 
 
@@ -105,17 +116,24 @@ def auc_smaller(x: np.ndarray, y: np.ndarray, resamples: int = 1000, seed: int =
     two_sided = mannwhitneyu(y, x, alternative="two-sided").pvalue
     low = high = NAN
     if resamples and min(len(x), len(y)) >= 2:
-        ci = bootstrap((x, y), _auc, n_resamples=resamples, method="percentile", vectorized=True,
-                       batch=max(1, 2_000_000 // (len(x) + len(y))), rng=np.random.default_rng(seed))
+        ci = bootstrap(
+            (x, y),
+            _auc,
+            n_resamples=resamples,
+            method="percentile",
+            vectorized=True,
+            batch=max(1, 2_000_000 // (len(x) + len(y))),
+            rng=np.random.default_rng(seed),
+        )
         low, high = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
     return AucTest(float(u_y / (len(x) * len(y))), float(p), len(x), len(y), float(two_sided), low, high)
 
 
 @dataclass(frozen=True)
 class McNemarTest:
-    lost: int         # dense right, pruned wrong (S10 for clean accuracy)
-    gained: int       # dense wrong, pruned right (S01)
-    p_value: float    # exact two-sided McNemar: binomial test of lost vs gained at 1/2
+    lost: int  # dense right, pruned wrong (S10 for clean accuracy)
+    gained: int  # dense wrong, pruned right (S01)
+    p_value: float  # exact two-sided McNemar: binomial test of lost vs gained at 1/2
 
 
 def mcnemar(dense_correct: np.ndarray, pruned_correct: np.ndarray) -> McNemarTest:
@@ -129,8 +147,7 @@ def mcnemar(dense_correct: np.ndarray, pruned_correct: np.ndarray) -> McNemarTes
     return McNemarTest(lost, gained, float(binomtest(lost, lost + gained, 0.5).pvalue))
 
 
-def thin_ice_tests(joined: pd.DataFrame, resamples: int = 1000,
-                   column: str = "eps") -> dict[str, AucTest]:
+def thin_ice_tests(joined: pd.DataFrame, resamples: int = 1000, column: str = "eps") -> dict[str, AucTest]:
     """Table 2's two tests: ε(S10) < ε(S11) and |ε(S01)| < |ε(S00)| on one reading of ε
     (`column`: eps, eps_bounded or eps_untargeted); samples without a distance are left out and
     counted beside the table."""
@@ -138,5 +155,8 @@ def thin_ice_tests(joined: pd.DataFrame, resamples: int = 1000,
 
     def pick(pop):
         return eps[eps.index == pop].to_numpy(dtype=float)
-    return {"S10<S11": auc_smaller(pick("S10"), pick("S11"), resamples),
-            "|S01|<|S00|": auc_smaller(np.abs(pick("S01")), np.abs(pick("S00")), resamples)}
+
+    return {
+        "S10<S11": auc_smaller(pick("S10"), pick("S11"), resamples),
+        "|S01|<|S00|": auc_smaller(np.abs(pick("S01")), np.abs(pick("S00")), resamples),
+    }

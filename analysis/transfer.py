@@ -29,29 +29,46 @@ def _secml(attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 
 def fgsm(model, x, y, eps: float, **_):
     from secmlt.adv.evasion.fgsm import FGSM
+
     return _secml(FGSM(perturbation_model="linf", epsilon=eps, backend="foolbox"), model, x, y)
 
 
 def bim(model, x, y, eps: float, steps: int = 10, **_):
     """BIM (Kurakin et al. 2017) is PGD without the random start."""
     from secmlt.adv.evasion.pgd import PGD
-    attack = PGD(perturbation_model="linf", epsilon=eps, num_steps=steps, step_size=eps / 4,
-                 random_start=False, backend="foolbox")
+
+    attack = PGD(
+        perturbation_model="linf",
+        epsilon=eps,
+        num_steps=steps,
+        step_size=eps / 4,
+        random_start=False,
+        backend="foolbox",
+    )
     return _secml(attack, model, x, y)
 
 
 def pgd(model, x, y, eps: float, steps: int = 10, **_):
     from secmlt.adv.evasion.pgd import PGD
-    attack = PGD(perturbation_model="linf", epsilon=eps, num_steps=steps, step_size=eps / 4,
-                 random_start=True, backend="foolbox")
+
+    attack = PGD(
+        perturbation_model="linf",
+        epsilon=eps,
+        num_steps=steps,
+        step_size=eps / 4,
+        random_start=True,
+        backend="foolbox",
+    )
     return _secml(attack, model, x, y)
 
 
 def apgd(model, x, y, eps: float, steps: int = 100, seed: int = 0, **_):
     from pyautoattack.autopgd_base import APGDAttack
+
     device = next(model.parameters()).device
-    attack = APGDAttack(model, norm="Linf", eps=eps, n_iter=steps, n_restarts=1, loss="ce",
-                        seed=seed, device=device)
+    attack = APGDAttack(
+        model, norm="Linf", eps=eps, n_iter=steps, n_restarts=1, loss="ce", seed=seed, device=device
+    )
     # the highest-loss point of every sample, not only the successful ones: what transfers
     return attack.perturb(x.to(device), y.to(device), best_loss=True).detach().cpu()
 
@@ -60,12 +77,14 @@ def cw(model, x, y, steps: int = 100, confidence: float = 5.0, **_):
     """CW-L2 with a confidence margin: high-confidence examples are the ones that transfer
     (Carlini & Wagner 2017, Sec. 8)."""
     from secmlt.adv.evasion.cw import CW
+
     attack = CW(binary_search_steps=5, num_steps=steps, confidence=confidence, backend="foolbox")
     return _secml(attack, model, x, y)
 
 
 def deepfool(model, x, y, steps: int = 50, **_):
     from secmlt.adv.evasion.deepfool import DeepFool
+
     return _secml(DeepFool(num_steps=steps, overshoot=0.02, backend="foolbox"), model, x, y)
 
 
@@ -73,26 +92,47 @@ def universal(model, x, y, eps: float, steps: int = 5, **_):
     """One perturbation for all samples (Moosavi-Dezfooli et al. 2017), FGSM as the inner attack."""
     from art.attacks.evasion import UniversalPerturbation
     from art.estimators.classification import PyTorchClassifier
+
     device = next(model.parameters()).device
-    classifier = PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                                   nb_classes=int(model(x[:1].to(device)).shape[1]),
-                                   clip_values=(0.0, 1.0),
-                                   device_type="gpu" if device.type == "cuda" else "cpu")
-    attack = UniversalPerturbation(classifier, attacker="fgsm", attacker_params={"eps": eps},
-                                   delta=0.2, max_iter=steps, eps=eps, norm=np.inf, batch_size=250,
-                                   verbose=False)
+    classifier = PyTorchClassifier(
+        model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=int(model(x[:1].to(device)).shape[1]),
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if device.type == "cuda" else "cpu",
+    )
+    attack = UniversalPerturbation(
+        classifier,
+        attacker="fgsm",
+        attacker_params={"eps": eps},
+        delta=0.2,
+        max_iter=steps,
+        eps=eps,
+        norm=np.inf,
+        batch_size=250,
+        verbose=False,
+    )
     attack.generate(x.numpy(), y=np.eye(classifier.nb_classes)[y.numpy()])
     noise = torch.as_tensor(attack.noise, dtype=x.dtype)
     return (x + noise.reshape(1, *x.shape[1:])).clamp(0, 1)
 
 
-ATTACKS: dict[str, Callable] = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "apgd": apgd, "cw": cw,
-                                "deepfool": deepfool, "universal": universal}
+ATTACKS: dict[str, Callable] = {
+    "fgsm": fgsm,
+    "bim": bim,
+    "pgd": pgd,
+    "apgd": apgd,
+    "cw": cw,
+    "deepfool": deepfool,
+    "universal": universal,
+}
 
 
 def proportion_interval(successes: int, n: int) -> tuple[float, float]:
     """95 % Wilson score interval of an accuracy (good coverage at any n and near 0 or 1)."""
     from scipy.stats import binomtest
+
     ci = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
     return float(ci.low), float(ci.high)
 
@@ -101,12 +141,13 @@ def proportion_interval(successes: int, n: int) -> tuple[float, float]:
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> np.ndarray:
     """Per-sample correctness of a model on x."""
     device = next(model.parameters()).device
-    out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
     return (torch.cat(out) == y).numpy()
 
 
-def craft(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-          seed: int = 0) -> torch.Tensor:
+def craft(
+    attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int = 0
+) -> torch.Tensor:
     if attack not in ATTACKS:
         raise ValueError(f"transfer attack '{attack}' unknown; allowed: {', '.join(ATTACKS)}")
     torch.manual_seed(seed)
@@ -114,8 +155,14 @@ def craft(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     return ATTACKS[attack](model, x, y, eps=eps, seed=seed).detach().cpu()
 
 
-def transfer_rows(source_id: str, attack: str, x: torch.Tensor, x_adv: torch.Tensor,
-                  y: torch.Tensor, targets: dict[str, nn.Module]) -> list[dict]:
+def transfer_rows(
+    source_id: str,
+    attack: str,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    targets: dict[str, nn.Module],
+) -> list[dict]:
     """Accuracy of every target on the source's adversarial examples, next to its clean accuracy.
     `fooled` counts only samples the target classified correctly when clean."""
     delta = (x_adv - x).flatten(1)
@@ -124,19 +171,35 @@ def transfer_rows(source_id: str, attack: str, x: torch.Tensor, x_adv: torch.Ten
         clean = accuracy(model, x, y)
         adv = accuracy(model, x_adv, y)
         low, high = proportion_interval(int(adv.sum()), len(y))
-        rows.append({"source": source_id, "attack": attack, "target": target_id,
-                     "white_box": target_id == source_id, "samples": len(y),
-                     "clean_acc": clean.mean(), "adv_acc": adv.mean(),
-                     "adv_acc_low": low, "adv_acc_high": high,
-                     "fooled": float((clean & ~adv).sum() / max(1, clean.sum())),
-                     "linf_median": float(delta.abs().amax(1).median()),
-                     "l2_median": float(delta.norm(dim=1).median())})
+        rows.append(
+            {
+                "source": source_id,
+                "attack": attack,
+                "target": target_id,
+                "white_box": target_id == source_id,
+                "samples": len(y),
+                "clean_acc": clean.mean(),
+                "adv_acc": adv.mean(),
+                "adv_acc_low": low,
+                "adv_acc_high": high,
+                "fooled": float((clean & ~adv).sum() / max(1, clean.sum())),
+                "linf_median": float(delta.abs().amax(1).median()),
+                "l2_median": float(delta.norm(dim=1).median()),
+            }
+        )
     return rows
 
 
-def transfer_table(sources: dict[str, nn.Module], targets: dict[str, nn.Module],
-                   x: torch.Tensor, y: torch.Tensor, eps: float, attacks=TRANSFER_ATTACKS,
-                   seed: int = 0, log=print) -> pd.DataFrame:
+def transfer_table(
+    sources: dict[str, nn.Module],
+    targets: dict[str, nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    attacks=TRANSFER_ATTACKS,
+    seed: int = 0,
+    log=print,
+) -> pd.DataFrame:
     """Every (source, attack, target) cell; sources are usually the dense base models."""
     rows = []
     for source_id, model in sources.items():

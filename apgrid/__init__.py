@@ -31,9 +31,10 @@ if (_checkout / "grid" / "cli.py").is_file() and str(_checkout) not in __path__:
     __path__.append(str(_checkout))
 
 
-def open(output: str | Path):  # noqa: A001 - the verb users expect: apgrid.open(folder)
+def open(output: str | Path):  # shadows the builtin inside this module only: apgrid.open(folder)
     """The grid in an output folder, for reading its results (see apgrid.grid.api.Grid)."""
     from apgrid.grid.api import Grid
+
     return Grid(output)
 
 
@@ -41,6 +42,7 @@ def launch(spec=None, output: str | Path | None = None, until: str | None = None
     """Validate and run a grid: `spec` is a YAML path, a mapping in the YAML's layout, or None for
     the embedded demo; returns the opened Grid once it has run (or stopped after `until`)."""
     from apgrid.grid.api import launch as _launch
+
     return _launch(spec, output=output, until=until, log=log)
 
 

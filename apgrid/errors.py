@@ -6,6 +6,7 @@ from __future__ import annotations
 
 class ApgridError(Exception):
     """Bad input or environment, said in one line; nothing was started or written (exit 2)."""
+
     exit_code = 2
 
 

@@ -4,14 +4,14 @@ decision slices, into OUTPUT/report. Used by the grid's last stage and by `apgri
 from __future__ import annotations
 
 import fnmatch
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import torch
 from torch.nn.utils import prune
 
-from apgrid.errors import ApgridError
 from apgrid.analysis.report import ModelAccess, write_report
+from apgrid.errors import ApgridError
 from apgrid.grid.spec import GridSpec
 from apgrid.grid.store import ModelStore, read_samples
 
@@ -28,8 +28,9 @@ def select_models(samples, patterns: list[str] | None):
     ids = samples["model_id"].unique()
     chosen = {m for m in ids if any(fnmatch.fnmatchcase(m, p) for p in patterns)}
     if not chosen:
-        raise AnalysisError(f"--models: no model matches {' '.join(patterns)}; "
-                            f"known: {', '.join(sorted(ids))}")
+        raise AnalysisError(
+            f"--models: no model matches {' '.join(patterns)}; known: {', '.join(sorted(ids))}"
+        )
     parents = set(samples.loc[samples["model_id"].isin(chosen), "dense_model_id"].dropna())
     return samples[samples["model_id"].isin(chosen | (parents & set(ids)))]
 
@@ -43,9 +44,10 @@ def model_access(spec: GridSpec, log=print) -> ModelAccess:
     store = ModelStore(spec.output_dir)
     device = resolve_device(spec.resources.device)
     dataset = lru_cache(maxsize=1)(
-        lambda: load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download))
+        lambda: load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
+    )
 
-    @lru_cache(maxsize=None)
+    @cache
     def load(model_id: str) -> torch.nn.Module:
         ds = dataset()
         model = store.load_model(model_id, ds.image_shape, ds.num_classes)
@@ -61,12 +63,19 @@ def model_access(spec: GridSpec, log=print) -> ModelAccess:
     cards = {}
     if store.root.is_dir():
         cards = {p.name: store.card(p.name) for p in store.root.iterdir() if store.exists(p.name)}
-    return ModelAccess(load=load, test_data=test_data,
-                       input_shape=tuple(dataset().image_shape), device=device, cards=cards, log=log)
+    return ModelAccess(
+        load=load,
+        test_data=test_data,
+        input_shape=tuple(dataset().image_shape),
+        device=device,
+        cards=cards,
+        log=log,
+    )
 
 
-def analyze(spec: GridSpec, models: list[str] | None = None, log=print,
-            with_models: bool = True) -> dict[str, Path]:
+def analyze(
+    spec: GridSpec, models: list[str] | None = None, log=print, with_models: bool = True
+) -> dict[str, Path]:
     """Write OUTPUT/report for the grid's evaluated models (or those matching `models`)."""
     # Small tensor operations oversubscribe the cores at torch's default thread count when other
     # processes share the machine (14 s quiet, several minutes under load); trials and actors
@@ -81,6 +90,7 @@ def analyze(spec: GridSpec, models: list[str] | None = None, log=print,
 
 def _analyze(spec: GridSpec, models, log, with_models: bool) -> dict[str, Path]:
     from apgrid.grid import plan as planner
+
     samples = read_samples(spec.output_dir)
     if samples.empty:
         raise AnalysisError(f"analyze: {spec.output_dir} has no evaluated models yet")
@@ -88,7 +98,9 @@ def _analyze(spec: GridSpec, models, log, with_models: bool) -> dict[str, Path]:
     samples = select_models(samples[samples["model_id"].isin(ids)], models)
     access = model_access(spec, log) if with_models else None
     store = ModelStore(spec.output_dir)
-    reported = {m: store.card(m).get("reported") for m in samples["model_id"].unique()
-                if store.exists(m) and store.card(m).get("reported")}
-    return write_report(samples, spec.output_dir / "report", spec.name, spec.analysis, access,
-                        reported)
+    reported = {
+        m: store.card(m).get("reported")
+        for m in samples["model_id"].unique()
+        if store.exists(m) and store.card(m).get("reported")
+    }
+    return write_report(samples, spec.output_dir / "report", spec.name, spec.analysis, access, reported)

@@ -14,6 +14,7 @@ class Grid:
 
     def __init__(self, output: str | Path):
         from apgrid.grid.state import read_state
+
         self.output = Path(output).expanduser().resolve()
         self.state = read_state(self.output)
         self.name = self.state["name"]
@@ -26,12 +27,14 @@ class Grid:
     def spec(self):
         """The validated spec the grid was launched with (apgrid.grid.spec.GridSpec)."""
         from apgrid.grid.runner import load_grid_spec
+
         return load_grid_spec(self.output)
 
     def samples(self, **where) -> pd.DataFrame:
         """One row per (model, test sample); keyword filters keep rows whose column equals the
         value, or is one of a list of values: g.samples(method=["hydra", "lamp"], sparsity=0.9)."""
         from apgrid.grid.store import read_samples
+
         rows = read_samples(self.output)
         for column, value in where.items():
             if column not in rows.columns:
@@ -44,6 +47,7 @@ class Grid:
         """One row per evaluated model: identity, taxonomy-free summary metrics (clean_acc,
         pgd_acc, aa_acc, fmn_acc_at_eps, ...), as the report's `models` table."""
         from apgrid.analysis.tables import model_table
+
         rows = self.samples()
         return model_table(rows) if len(rows) else pd.DataFrame()
 
@@ -51,6 +55,7 @@ class Grid:
         """The grid's MLflow model runs matching an MLflow filter (apgrid query's syntax)."""
         from apgrid.grid.query import search_model_runs
         from apgrid.grid.state import tracking_uri
+
         uri = tracking_uri(self.output, self.state)
         if uri is None:
             raise GridError(f"runs: {self.output} has no MLflow runs yet")
@@ -60,6 +65,7 @@ class Grid:
         """A report table (table1_reevaluation, table2_thin_ice, leaderboard, ...); run
         `apgrid analyze` (or the grid's analyze stage) first."""
         from apgrid.grid.query import read_table
+
         return read_table(self.output, name)
 
     @property
@@ -71,6 +77,7 @@ def launch(spec=None, output=None, until: str | None = None, log=print) -> Grid:
     """Validate and run a grid (see apgrid.launch)."""
     from apgrid.grid.runner import launch as run
     from apgrid.grid.spec import load_spec, parse_spec
+
     if isinstance(spec, dict):
         parsed = parse_spec({**spec, **({"output": str(output)} if output else {})})
     else:

@@ -9,7 +9,7 @@ from pathlib import Path
 from apgrid.errors import ApgridError
 from apgrid.grid.errors import STORAGE_ERRNOS, GridError
 
-EXIT_STOPPED = 1    # stopped part-way by its environment (disk, tracking server, failing trials)
+EXIT_STOPPED = 1  # stopped part-way by its environment (disk, tracking server, failing trials)
 EXIT_BAD_INPUT = 2  # bad input: nothing started, nothing written
 
 DESCRIPTION = """\
@@ -23,52 +23,76 @@ output folder."""
 
 
 def add_until(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--until", choices=["dense", "prune", "evaluate"], metavar="STAGE",
-                        help="stop after this stage (dense, prune or evaluate), e.g. train on GPUs "
-                             "now and evaluate later; `apgrid resume DIR` runs the rest")
+    parser.add_argument(
+        "--until",
+        choices=["dense", "prune", "evaluate"],
+        metavar="STAGE",
+        help="stop after this stage (dense, prune or evaluate), e.g. train on GPUs "
+        "now and evaluate later; `apgrid resume DIR` runs the rest",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apgrid", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="apgrid", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     from apgrid import __version__
+
     parser.add_argument("--version", action="version", version=f"apgrid {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("launch", help="validate a spec and run its grid end to end",
-                       description="Validate SPEC (default: the embedded demo, grid/examples/demo.yaml) "
-                                   "and run dense -> prune -> evaluate -> analyze. Nothing is "
-                                   "started or written when the spec is invalid. Into the output "
-                                   "folder of the same grid (only resources, max_failures, "
-                                   "evaluation.actors, tracking, storage or analysis changed), it "
-                                   "continues that grid with the new settings, redoing nothing.")
+    p = sub.add_parser(
+        "launch",
+        help="validate a spec and run its grid end to end",
+        description="Validate SPEC (default: the embedded demo, grid/examples/demo.yaml) "
+        "and run dense -> prune -> evaluate -> analyze. Nothing is "
+        "started or written when the spec is invalid. Into the output "
+        "folder of the same grid (only resources, max_failures, "
+        "evaluation.actors, tracking, storage or analysis changed), it "
+        "continues that grid with the new settings, redoing nothing.",
+    )
     p.add_argument("spec", nargs="?", help="grid spec YAML (default: the demo)")
     p.add_argument("--output", "-o", help="output folder (overrides the spec's `output`)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="validate and print the planned models, run nothing")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
-                   help="override a spec field, validated like the file, e.g. --set "
-                        "dense.seeds=[0,1] --set evaluation.num_samples=100 (repeatable; VALUE is "
-                        "read as YAML)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate and print the planned models, run nothing"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        dest="overrides",
+        help="override a spec field, validated like the file, e.g. --set "
+        "dense.seeds=[0,1] --set evaluation.num_samples=100 (repeatable; VALUE is "
+        "read as YAML)",
+    )
     add_until(p)
 
-    p = sub.add_parser("resume", help="continue an interrupted grid",
-                       description="Continue the grid in DIR: finished models (found by their "
-                                   "config hash) are skipped, interrupted trials restart from their "
-                                   "last epoch checkpoint, evaluated shards are kept.")
+    p = sub.add_parser(
+        "resume",
+        help="continue an interrupted grid",
+        description="Continue the grid in DIR: finished models (found by their "
+        "config hash) are skipped, interrupted trials restart from their "
+        "last epoch checkpoint, evaluated shards are kept.",
+    )
     p.add_argument("dir", help="the grid's output folder")
     add_until(p)
 
-    p = sub.add_parser("status", help="stage and trials done / running / failed",
-                       description="Show each stage's state and, from MLflow, every run's status "
-                                   "and attempt number.")
+    p = sub.add_parser(
+        "status",
+        help="stage and trials done / running / failed",
+        description="Show each stage's state and, from MLflow, every run's status and attempt number.",
+    )
     p.add_argument("dir", help="the grid's output folder")
 
-    p = sub.add_parser("query", help="search the grid's MLflow runs",
-                       description="Search MLflow runs with a simple filter over tags and metrics, "
-                                   "e.g. --where \"method='hydra' and sparsity>=0.9\". Bare names "
-                                   "are looked up as tags (stage, model_id, method, arch, dataset, "
-                                   "sparsity, role, ...) or metrics (clean_acc, pgd_acc, aa_acc, ...).")
+    p = sub.add_parser(
+        "query",
+        help="search the grid's MLflow runs",
+        description="Search MLflow runs with a simple filter over tags and metrics, "
+        "e.g. --where \"method='hydra' and sparsity>=0.9\". Bare names "
+        "are looked up as tags (stage, model_id, method, arch, dataset, "
+        "sparsity, role, ...) or metrics (clean_acc, pgd_acc, aa_acc, ...).",
+    )
     p.add_argument("dir", nargs="?", help="the grid's output folder")
     p.add_argument("--tracking-uri", help="query this tracking server instead of DIR's")
     p.add_argument("--experiment", help="experiment (grid) name; default: DIR's grid, or all")
@@ -76,54 +100,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="comma-separated columns to show")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
-    p.add_argument("--table", help="print an analysis table written by `apgrid analyze` instead "
-                   "of runs: table1_reevaluation, table2_thin_ice, leaderboard, comparisons, "
-                   "seeds, costs, transfer, models")
+    p.add_argument(
+        "--table",
+        help="print an analysis table written by `apgrid analyze` instead "
+        "of runs: table1_reevaluation, table2_thin_ice, leaderboard, comparisons, "
+        "seeds, costs, transfer, models",
+    )
 
-    p = sub.add_parser("analyze", help="(re)write the report from the results",
-                       description="Rebuild OUTPUT/report (index.html, report.md, a CSV per table, "
-                                   "PNG figures) from the per-sample Parquet files, and from the "
-                                   "stored models for costs, transfer attacks and decision slices "
-                                   "(settings: the spec's `analysis` section; measurements are "
-                                   "cached in OUTPUT/analysis_cache). Needs no Ray and no MLflow.")
+    p = sub.add_parser(
+        "analyze",
+        help="(re)write the report from the results",
+        description="Rebuild OUTPUT/report (index.html, report.md, a CSV per table, "
+        "PNG figures) from the per-sample Parquet files, and from the "
+        "stored models for costs, transfer attacks and decision slices "
+        "(settings: the spec's `analysis` section; measurements are "
+        "cached in OUTPUT/analysis_cache). Needs no Ray and no MLflow.",
+    )
     p.add_argument("dir", help="the grid's output folder")
-    p.add_argument("--models", nargs="+", metavar="PATTERN",
-                   help="only these model ids (shell patterns, e.g. 'prune-hydra-*'); their dense "
-                        "parents come along for the thin-ice statistics")
-    p.add_argument("--format", choices=("md", "html", "csv"), default="md",
-                   help="what to print once written: md the Markdown report, html the page's path, "
-                        "csv the main tables")
-    p.add_argument("--no-models", action="store_true",
-                   help="statistics from the Parquet only: skip costs, transfer and slices")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        metavar="PATTERN",
+        help="only these model ids (shell patterns, e.g. 'prune-hydra-*'); their dense "
+        "parents come along for the thin-ice statistics",
+    )
+    p.add_argument(
+        "--format",
+        choices=("md", "html", "csv"),
+        default="md",
+        help="what to print once written: md the Markdown report, html the page's path, csv the main tables",
+    )
+    p.add_argument(
+        "--no-models",
+        action="store_true",
+        help="statistics from the Parquet only: skip costs, transfer and slices",
+    )
 
-    p = sub.add_parser("export", help="one RobustBench model-info JSON per evaluated model",
-                       description="Write OUTDIR/<model_id>.json for every evaluated model of the "
-                                   "grid in DIR, in RobustBench's model-info shape (clean and "
-                                   "AutoAttack accuracy, threat model, eps, architecture, what "
-                                   "its paper reported) plus apgrid's fields (method, sparsity, "
-                                   "taxonomy, FMN distance quantiles), for a leaderboard.")
+    p = sub.add_parser(
+        "export",
+        help="one RobustBench model-info JSON per evaluated model",
+        description="Write OUTDIR/<model_id>.json for every evaluated model of the "
+        "grid in DIR, in RobustBench's model-info shape (clean and "
+        "AutoAttack accuracy, threat model, eps, architecture, what "
+        "its paper reported) plus apgrid's fields (method, sparsity, "
+        "taxonomy, FMN distance quantiles), for a leaderboard.",
+    )
     p.add_argument("dir", help="the grid's output folder")
     p.add_argument("outdir", help="where the JSON files go")
 
-    p = sub.add_parser("compare", help="two grids or two models, sample by sample",
-                       description="Compare evaluations on their shared test samples: two grids' "
-                                   "output folders (models paired by id, e.g. a grid before and "
-                                   "after a change), or two models of the grid in --grid. Per "
-                                   "pair: accuracies (clean, PGD, AutoAttack), how many samples "
-                                   "differ, McNemar's exact test on AutoAttack correctness, and "
-                                   "FMN distances that differ.")
+    p = sub.add_parser(
+        "compare",
+        help="two grids or two models, sample by sample",
+        description="Compare evaluations on their shared test samples: two grids' "
+        "output folders (models paired by id, e.g. a grid before and "
+        "after a change), or two models of the grid in --grid. Per "
+        "pair: accuracies (clean, PGD, AutoAttack), how many samples "
+        "differ, McNemar's exact test on AutoAttack correctness, and "
+        "FMN distances that differ.",
+    )
     p.add_argument("a", help="a grid's output folder, or a model id (with --grid)")
     p.add_argument("b", help="another grid's output folder, or another model id (with --grid)")
     p.add_argument("--grid", help="the output folder holding models A and B")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
-    p = sub.add_parser("list", help="list pruning methods, architectures, datasets or examples",
-                       description="What a spec may name. methods: every pruning method with its "
-                                   "taxonomy (pipeline A after / B before / D during training, "
-                                   "structured or not, local or global scope, criterion) and the "
-                                   "options a spec may set for it. architectures: the CIFAR-variant "
-                                   "models and their parameter counts. datasets: classes, image "
-                                   "size and the eps conventions used with each.")
+    p = sub.add_parser(
+        "list",
+        help="list pruning methods, architectures, datasets or examples",
+        description="What a spec may name. methods: every pruning method with its "
+        "taxonomy (pipeline A after / B before / D during training, "
+        "structured or not, local or global scope, criterion) and the "
+        "options a spec may set for it. architectures: the CIFAR-variant "
+        "models and their parameter counts. datasets: classes, image "
+        "size and the eps conventions used with each.",
+    )
     p.add_argument("what", choices=("methods", "architectures", "datasets", "examples"))
     return parser
 
@@ -149,10 +198,12 @@ def cmd_launch(args) -> int:
     from apgrid.grid.plan import all_models
     from apgrid.grid.runner import launch, preflight
     from apgrid.grid.spec import load_spec
+
     spec = load_spec(args.spec, output=args.output, overrides=args.overrides)
     if args.dry_run:
         preflight(spec, dry_run=True)
         from apgrid.grid.plan import describe
+
         for plan in all_models(spec):
             print(f"{plan.role:7s} {plan.model_id}")
         print(describe(spec))
@@ -163,6 +214,7 @@ def cmd_launch(args) -> int:
 
 def cmd_resume(args) -> int:
     from apgrid.grid.runner import resume
+
     resume(args.dir, until=args.until)
     return 0
 
@@ -170,6 +222,7 @@ def cmd_resume(args) -> int:
 def cmd_status(args) -> int:
     from apgrid.grid.state import STAGES, read_state, tracking_uri
     from apgrid.grid.tracking import Tracker
+
     output = Path(args.dir).expanduser().resolve()
     state = read_state(output)
     print(f"grid {state['name']}  ({output})  driver runs: {state.get('driver_runs', 0)}")
@@ -190,23 +243,31 @@ def cmd_status(args) -> int:
         print(f"    {stage:9s} {status:9s} {n}")
     retried = [r for r in runs if int(r.data.tags.get("attempt", "1")) > 1]
     for run in retried:
-        print(f"    attempt {run.data.tags['attempt']}: {run.data.tags.get('model_id')} "
-              f"({run.data.tags.get('stage')}, {run.info.status})")
+        print(
+            f"    attempt {run.data.tags['attempt']}: {run.data.tags.get('model_id')} "
+            f"({run.data.tags.get('stage')}, {run.info.status})"
+        )
     return 0
 
 
 def cmd_query(args) -> int:
     from apgrid.grid.query import format_runs, query_runs, read_table
+
     if args.table:
         if not args.dir:
             raise GridError("query --table: give the grid's output folder")
-        print(format_runs(read_table(Path(args.dir).expanduser().resolve(), args.table,
-                                     args.where, args.columns), args.format))
+        print(
+            format_runs(
+                read_table(Path(args.dir).expanduser().resolve(), args.table, args.where, args.columns),
+                args.format,
+            )
+        )
         return 0
     if args.tracking_uri:
         uri, experiment = args.tracking_uri, args.experiment
     elif args.dir:
         from apgrid.grid.state import read_state, tracking_uri
+
         output = Path(args.dir).expanduser().resolve()
         state = read_state(output)
         uri, experiment = tracking_uri(output, state), args.experiment or state["name"]
@@ -222,9 +283,11 @@ def cmd_query(args) -> int:
 def cmd_analyze(args) -> int:
     from apgrid.grid.analyze import analyze
     from apgrid.grid.runner import load_grid_spec
+
     spec = load_grid_spec(Path(args.dir))
-    paths = analyze(spec, args.models, log=lambda m: print(m, file=sys.stderr),
-                    with_models=not args.no_models)
+    paths = analyze(
+        spec, args.models, log=lambda m: print(m, file=sys.stderr), with_models=not args.no_models
+    )
     if args.format == "md":
         print(paths["report.md"].read_text())
     elif args.format == "html":
@@ -240,6 +303,7 @@ def cmd_analyze(args) -> int:
 def cmd_list(args) -> int:
     if args.what == "methods":
         from apgrid.trainables.methods import PRUNING_METHODS
+
         print(f"{'method':15s} {'pipeline':8s} {'structured':10s} {'scope':6s} criterion")
         for m in PRUNING_METHODS.values():
             print(f"{m.name:15s} {m.pipeline:8s} {str(m.structured):10s} {m.scope:6s} {m.criterion}")
@@ -249,21 +313,27 @@ def cmd_list(args) -> int:
             if m.options:
                 opts = ", ".join(f"{k}={v}" for k, v in m.defaults().items())
                 print(f"{'':15s} options: {opts}")
-        print("pipeline: A = prune after training, B = before training, D = during training "
-              "(Piras et al. 2024)")
+        print(
+            "pipeline: A = prune after training, B = before training, D = during training (Piras et al. 2024)"
+        )
     elif args.what == "architectures":
         from apgrid.trainables.models import ARCHITECTURES, parameter_count
+
         for name, make in ARCHITECTURES.items():
             print(f"{name:12s} {parameter_count(make(3, 10)) / 1e6:7.2f}M parameters (3x32x32, 10 classes)")
     elif args.what == "examples":
         from apgrid.grid.spec import EXAMPLES
+
         for path in sorted(EXAMPLES.glob("*.yaml")):
-            first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines()
-                          if line.startswith("#")), "")
+            first = next(
+                (line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")),
+                "",
+            )
             print(f"{path.name:26s} {first}")
         print(f"(in {EXAMPLES}; `apgrid launch {EXAMPLES / 'NAME.yaml'}`)")
     else:
         from apgrid.trainables.data import DATASETS
+
         for d in DATASETS.values():
             shape = "x".join(map(str, d.image_shape))
             print(f"{d.name:9s} {d.num_classes:3d} classes  {shape:8s}  eps: {d.eps_conventions}")
@@ -274,6 +344,7 @@ def cmd_export(args) -> int:
     from apgrid.analysis.export import export
     from apgrid.grid.state import read_state
     from apgrid.grid.store import ModelStore, read_samples
+
     output = Path(args.dir).expanduser().resolve()
     read_state(output)
     samples = read_samples(output)
@@ -302,27 +373,39 @@ def cmd_compare(args) -> int:
         ids = set(rows["model_id"])
         for model in (args.a, args.b):
             if model not in ids:
-                raise GridError(f"compare: no model '{model}' in {args.grid}; models: "
-                                f"{', '.join(sorted(ids))}")
+                raise GridError(
+                    f"compare: no model '{model}' in {args.grid}; models: {', '.join(sorted(ids))}"
+                )
         table = compare_models(rows, rows, [(args.a, args.b)])
     else:
         for folder in (args.a, args.b):
             if not (Path(folder) / "grid.json").is_file():
-                raise GridError(f"compare: {folder} is not a grid's output folder (give two "
-                                f"folders, or two model ids with --grid DIR)")
+                raise GridError(
+                    f"compare: {folder} is not a grid's output folder (give two "
+                    f"folders, or two model ids with --grid DIR)"
+                )
         a, b = rows_of(args.a), rows_of(args.b)
         shared = sorted(set(a["model_id"]) & set(b["model_id"]))
         if not shared:
-            raise GridError("compare: the two grids share no model id (the same configs give the "
-                            "same ids); compare two models with --grid DIR A B")
+            raise GridError(
+                "compare: the two grids share no model id (the same configs give the "
+                "same ids); compare two models with --grid DIR A B"
+            )
         table = compare_models(a, b, [(m, m) for m in shared])
     print(format_runs(table, args.format))
     return 0
 
 
-COMMANDS = {"launch": cmd_launch, "resume": cmd_resume, "status": cmd_status, "query": cmd_query,
-            "analyze": cmd_analyze, "list": cmd_list, "compare": cmd_compare,
-            "export": cmd_export}
+COMMANDS = {
+    "launch": cmd_launch,
+    "resume": cmd_resume,
+    "status": cmd_status,
+    "query": cmd_query,
+    "analyze": cmd_analyze,
+    "list": cmd_list,
+    "compare": cmd_compare,
+    "export": cmd_export,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,6 +15,7 @@ class GridError(ApgridError, RuntimeError):
 class ResumableError(ApgridError, RuntimeError):
     """The grid stopped part-way (disk full, tracking server gone, trials failing every retry);
     finished work is kept and `apgrid resume` continues: one line, exit code 1."""
+
     exit_code = 1
 
 

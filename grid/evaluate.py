@@ -19,14 +19,21 @@ import torch
 
 from apgrid.errors import short_reason
 from apgrid.grid.errors import GridError, ResumableError
-from apgrid.grid.plan import ModelPlan
-from apgrid.grid.spec import GridSpec
 from apgrid.grid.faults import maybe_fail
+from apgrid.grid.plan import ModelPlan
 from apgrid.grid.progress import eta
+from apgrid.grid.spec import GridSpec
 from apgrid.grid.store import ModelStore, SampleStore
-from apgrid.trainables.evaluation import (EvalSettings, ThreatModel, attack_bytes_per_sample,
-                                   effective_batch_size, evaluate_samples, fit_batch_size,
-                                   memory_budget, shard_ranges)
+from apgrid.trainables.evaluation import (
+    EvalSettings,
+    ThreatModel,
+    attack_bytes_per_sample,
+    effective_batch_size,
+    evaluate_samples,
+    fit_batch_size,
+    memory_budget,
+    shard_ranges,
+)
 from apgrid.trainables.models import build_model, resolve_device
 
 
@@ -34,8 +41,9 @@ from apgrid.trainables.models import build_model, resolve_device
 class EvalWorker:
     """Holds the test set and every model it has been given, each loaded once."""
 
-    def __init__(self, output: str, dataset_info: dict, threads: int, device: str,
-                 gpus: float = 0, fault=None):
+    def __init__(
+        self, output: str, dataset_info: dict, threads: int, device: str, gpus: float = 0, fault=None
+    ):
         torch.set_num_threads(max(1, threads))
         self.threads, self.gpus = threads, gpus
         self.fault = fault
@@ -54,8 +62,7 @@ class EvalWorker:
         actor's share of its device: its GPUs, or its CPUs' share of the node's memory."""
         model = self._build(arch).to(self.device).eval()
         per_sample = attack_bytes_per_sample(model, tuple(self.info["image_shape"]))
-        share = (self.gpus or 1.0) if self.device.type == "cuda" else \
-            self.threads / (os.cpu_count() or 1)
+        share = (self.gpus or 1.0) if self.device.type == "cuda" else self.threads / (os.cpu_count() or 1)
         budget = memory_budget(self.device, share)
         return fit_batch_size(block_size, per_sample, budget), per_sample, budget
 
@@ -68,8 +75,17 @@ class EvalWorker:
     def peak_rss_mb(self) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
-    def evaluate(self, data: list, model_id: str, arch: str, signed: bool, start: int, end: int,
-                 threat: ThreatModel, settings: EvalSettings) -> tuple[pd.DataFrame, float, float]:
+    def evaluate(
+        self,
+        data: list,
+        model_id: str,
+        arch: str,
+        signed: bool,
+        start: int,
+        end: int,
+        threat: ThreatModel,
+        settings: EvalSettings,
+    ) -> tuple[pd.DataFrame, float, float]:
         """The shard's rows, the seconds it took here (queueing and transfer excluded) and the CPU
         seconds this process spent meanwhile (below the seconds: it waited for a core).
         `data` is [the test set's ref]: each call carries it, so a restarted actor fetches it
@@ -91,6 +107,7 @@ class EvaluationReport:
     its actor spent meanwhile, the actors' peak resident memory, and the seconds before the first
     shard was sent (actors started, batch sizes chosen). Benchmarks read these; the grid logs the
     peak memory."""
+
     startup_seconds: float = 0.0
     shard_seconds: list[float] = field(default_factory=list)
     shard_cpu_seconds: list[float] = field(default_factory=list)
@@ -106,18 +123,32 @@ class ShardTask:
 
 def metadata_columns(spec: GridSpec, plan: ModelPlan, card: dict, batch_size: int) -> dict:
     s, t = spec.evaluation.settings, spec.threat_model
-    return {"grid": spec.name, "model_id": plan.model_id, "dense_model_id": plan.dense_model_id,
-            "role": plan.role, "dataset": spec.dataset.name, "arch": plan.arch,
-            "method": plan.method, "sparsity": plan.sparsity,
-            "sparsity_measured": card.get("measured_sparsity", 0.0), "seed": plan.seed,
-            "norm": t.norm, "eps": t.eps, "pgd_steps": s.pgd_steps,
-            "autoattack_version": s.autoattack_version,
-            "autoattack_attacks": s.autoattack_ensemble, "fmn_steps": s.fmn_steps,
-            "fmn_step_size": s.fmn_step_size, "eval_seed": s.seed, "eval_batch_size": batch_size}
+    return {
+        "grid": spec.name,
+        "model_id": plan.model_id,
+        "dense_model_id": plan.dense_model_id,
+        "role": plan.role,
+        "dataset": spec.dataset.name,
+        "arch": plan.arch,
+        "method": plan.method,
+        "sparsity": plan.sparsity,
+        "sparsity_measured": card.get("measured_sparsity", 0.0),
+        "seed": plan.seed,
+        "norm": t.norm,
+        "eps": t.eps,
+        "pgd_steps": s.pgd_steps,
+        "autoattack_version": s.autoattack_version,
+        "autoattack_attacks": s.autoattack_ensemble,
+        "fmn_steps": s.fmn_steps,
+        "fmn_step_size": s.fmn_step_size,
+        "eval_seed": s.seed,
+        "eval_batch_size": batch_size,
+    }
 
 
-def resolve_batch_sizes(spec: GridSpec, archs: list[str], samples: SampleStore, actors: list,
-                        log=print) -> dict[str, int]:
+def resolve_batch_sizes(
+    spec: GridSpec, archs: list[str], samples: SampleStore, actors: list, log=print
+) -> dict[str, int]:
     """Samples per model call for each architecture, fixed for the whole grid (the batch seeds
     AutoAttack): a number from the spec; else the one recorded in rows already written, so a
     resumed grid keeps it; else the smallest of the actors' estimates for the dense model, so it
@@ -140,14 +171,17 @@ def resolve_batch_sizes(spec: GridSpec, archs: list[str], samples: SampleStore, 
             raise
         sizes[arch], per_sample, budget = min(estimates, key=lambda e: (e[0], e[2]))
         of = f"smallest of {len(actors)} actors' " if len(actors) > 1 else ""
-        log(f"[evaluate] batch size {arch}: {sizes[arch]} (block {settings.block_size}; "
+        log(
+            f"[evaluate] batch size {arch}: {sizes[arch]} (block {settings.block_size}; "
             f"~{per_sample / 2**20:.1f} MB a sample in an attack step, "
-            f"{of}{budget / 2**20:.0f} MB budget per actor)")
+            f"{of}{budget / 2**20:.0f} MB budget per actor)"
+        )
     return sizes
 
 
-def out_of_memory(exc: ray.exceptions.RayTaskError, task: "ShardTask", batch_size: int,
-                  spec: GridSpec) -> ResumableError | None:
+def out_of_memory(
+    exc: ray.exceptions.RayTaskError, task: ShardTask, batch_size: int, spec: GridSpec
+) -> ResumableError | None:
     """A shard that ran out of (GPU) memory, as one line saying how to go on; None otherwise.
     The batch size is part of the results, so the fix is more memory per actor, not a smaller
     batch: resources are not part of a grid's identity and may change."""
@@ -159,12 +193,20 @@ def out_of_memory(exc: ray.exceptions.RayTaskError, task: "ShardTask", batch_siz
         f"size {batch_size} ({cause}); give each actor more memory (a larger "
         f"resources.actor_gpus, so fewer actors share a card, or actor_cpus) and `apgrid launch "
         f"SPEC --output {spec.output_dir}` to continue (`apgrid resume` if another process held "
-        f"the memory); finished shards are kept")
+        f"the memory); finished shards are kept"
+    )
 
 
-def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
-                   test_y: torch.Tensor, dataset_info: dict, on_model_done, log=print,
-                   fault=None) -> EvaluationReport:
+def run_evaluation(
+    spec: GridSpec,
+    plans: list[ModelPlan],
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    dataset_info: dict,
+    on_model_done,
+    log=print,
+    fault=None,
+) -> EvaluationReport:
     """Evaluate every plan whose Parquet partition is missing; call on_model_done(plan, rows).
     A shard whose actor dies is retried by Ray on the restarted actor (max_task_retries); past
     that, on a fresh actor that replaces the dead one."""
@@ -172,8 +214,7 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
     samples, models = SampleStore(output, spec.name), ModelStore(output)
     ranges = shard_ranges(len(test_y), spec.evaluation.settings.block_size, spec.evaluation.shards)
     todo = [p for p in plans if not samples.is_done(p.model_id)]
-    tasks = [ShardTask(p, s, e) for p in todo for s, e in ranges
-             if not samples.shard_done(p.model_id, s, e)]
+    tasks = [ShardTask(p, s, e) for p in todo for s, e in ranges if not samples.shard_done(p.model_id, s, e)]
     for plan in todo:  # models whose shards all survived a crash only need the merge
         if all(samples.shard_done(plan.model_id, s, e) for s, e in ranges):
             on_model_done(plan, samples.finalize(plan.model_id, ranges))
@@ -187,11 +228,15 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
 
     def new_actor():
         return EvalWorker.options(num_cpus=res.actor_cpus, num_gpus=res.actor_gpus).remote(
-            str(output), info, int(max(1, res.actor_cpus)), res.device, res.actor_gpus, fault)
+            str(output), info, int(max(1, res.actor_cpus)), res.device, res.actor_gpus, fault
+        )
+
     actors = [new_actor() for _ in range(n_actors)]
     replacements = 2 * n_actors  # a shard that kills every actor it meets must not loop forever
-    log(f"[evaluate] {len(todo)} models x {len(ranges)} shards = {len(tasks)} shard tasks "
-        f"on {n_actors} actors")
+    log(
+        f"[evaluate] {len(todo)} models x {len(ranges)} shards = {len(tasks)} shard tasks "
+        f"on {n_actors} actors"
+    )
     cards = {p.model_id: models.card(p.model_id) for p in todo}
     remaining = {p.model_id: sum(1 for t in tasks if t.plan.model_id == p.model_id) for p in todo}
     queue, in_flight, done, started = list(tasks), {}, 0, time.time()
@@ -199,17 +244,21 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
     idle = list(actors)
 
     def submit(actor, task):
-        ref = actor.evaluate.remote([data_ref], task.plan.model_id, task.plan.arch,
-                                    task.plan.role == "dense",
-                                    task.start, task.end, spec.threat_model,
-                                    settings[task.plan.arch])
+        ref = actor.evaluate.remote(
+            [data_ref],
+            task.plan.model_id,
+            task.plan.arch,
+            task.plan.role == "dense",
+            task.start,
+            task.end,
+            spec.threat_model,
+            settings[task.plan.arch],
+        )
         in_flight[ref] = (actor, task)
 
     try:
-        batch_sizes = resolve_batch_sizes(spec, sorted({p.arch for p in todo}), samples, actors,
-                                          log)
-        settings = {arch: replace(spec.evaluation.settings, batch_size=n)
-                    for arch, n in batch_sizes.items()}
+        batch_sizes = resolve_batch_sizes(spec, sorted({p.arch for p in todo}), samples, actors, log)
+        settings = {arch: replace(spec.evaluation.settings, batch_size=n) for arch, n in batch_sizes.items()}
         report.startup_seconds = time.perf_counter() - began
         while queue or in_flight:
             while idle and queue:
@@ -229,8 +278,10 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
                 idle.append(actor)
                 continue
             except ray.exceptions.RayActorError:
-                log(f"[evaluate] actor lost on {task.plan.model_id} [{task.start}, {task.end}); "
-                    f"requeued on a new actor")
+                log(
+                    f"[evaluate] actor lost on {task.plan.model_id} [{task.start}, {task.end}); "
+                    f"requeued on a new actor"
+                )
                 queue.insert(0, task)
                 if replacements > 0:
                     replacements -= 1
@@ -240,8 +291,9 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
             idle.append(actor)
             while idle and queue:  # its next shard first: the actor works while the driver writes
                 submit(idle.pop(), queue.pop(0))
-            rows = rows.assign(**metadata_columns(spec, task.plan, cards[task.plan.model_id],
-                                                  batch_sizes[task.plan.arch]))
+            rows = rows.assign(
+                **metadata_columns(spec, task.plan, cards[task.plan.model_id], batch_sizes[task.plan.arch])
+            )
             maybe_fail(fault, "evaluate", task.start, task.plan.model_id, key="write")  # disk full
             samples.write_shard(task.plan.model_id, task.start, task.end, rows)
             report.shard_seconds.append(seconds)
@@ -249,14 +301,17 @@ def run_evaluation(spec: GridSpec, plans: list[ModelPlan], test_x: torch.Tensor,
             done += 1
             remaining[task.plan.model_id] -= 1
             elapsed = time.time() - started
-            log(f"[evaluate] {done}/{len(tasks)} shards  {task.plan.model_id} "
+            log(
+                f"[evaluate] {done}/{len(tasks)} shards  {task.plan.model_id} "
                 f"[{task.start}, {task.end}) in {seconds:.1f}s  ({elapsed:.0f}s elapsed"
-                f"{eta(elapsed, done, len(tasks))})")
+                f"{eta(elapsed, done, len(tasks))})"
+            )
             if remaining[task.plan.model_id] == 0:
                 on_model_done(task.plan, samples.finalize(task.plan.model_id, ranges))
             if not idle and not in_flight and queue:
-                raise ResumableError(f"evaluate: every evaluation actor died; `apgrid resume "
-                                     f"{output}` continues")
+                raise ResumableError(
+                    f"evaluate: every evaluation actor died; `apgrid resume {output}` continues"
+                )
         if stopping:
             raise stopping
         report.actor_peak_rss_mb = _stop(actors, report=True)

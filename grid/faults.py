@@ -29,6 +29,7 @@ def maybe_fail(faults, stage: str, at: int, name: str, key: str = "epoch") -> No
             os._exit(1)
         if fault.get("kind") == "oom":  # what a CUDA allocation past the card's memory raises
             import torch
+
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
         if fault.get("kind") == "disk-full":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(marker.parent / name))

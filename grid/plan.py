@@ -23,13 +23,13 @@ def config_hash(config: dict) -> str:
 @dataclass(frozen=True)
 class ModelPlan:
     model_id: str
-    role: str                 # dense | pruned
-    dense_model_id: str       # itself for a dense model
+    role: str  # dense | pruned
+    dense_model_id: str  # itself for a dense model
     arch: str
     seed: int
-    method: str               # "dense" for dense models
-    sparsity: float           # target; 0 for dense models
-    config: dict              # everything that determines the weights (hashed into model_id)
+    method: str  # "dense" for dense models
+    sparsity: float  # target; 0 for dense models
+    config: dict  # everything that determines the weights (hashed into model_id)
 
     @property
     def config_hash(self) -> str:
@@ -39,26 +39,41 @@ class ModelPlan:
         return dataclasses.asdict(self)
 
     @staticmethod
-    def from_dict(d: dict) -> "ModelPlan":
+    def from_dict(d: dict) -> ModelPlan:
         return ModelPlan(**d)
 
 
 def model_card(plan: ModelPlan, dataset: str, metrics: dict, extra: dict | None = None) -> dict:
     """The card.json written beside a model: its identity, config, metrics and taxonomy."""
     from apgrid.trainables.methods import PRUNING_METHODS
-    card = {"model_id": plan.model_id, "role": plan.role, "dense_model_id": plan.dense_model_id,
-            "arch": plan.arch, "seed": plan.seed, "method": plan.method,
-            "target_sparsity": plan.sparsity, "dataset": dataset,
-            "config_hash": plan.config_hash, "config": plan.config, "metrics": metrics}
+
+    card = {
+        "model_id": plan.model_id,
+        "role": plan.role,
+        "dense_model_id": plan.dense_model_id,
+        "arch": plan.arch,
+        "seed": plan.seed,
+        "method": plan.method,
+        "target_sparsity": plan.sparsity,
+        "dataset": dataset,
+        "config_hash": plan.config_hash,
+        "config": plan.config,
+        "metrics": metrics,
+    }
     if plan.role == "pruned" and plan.method in PRUNING_METHODS:  # not for user checkpoints
         card["taxonomy"] = PRUNING_METHODS[plan.method].taxonomy
     return {**card, **(extra or {})}
 
 
 def dense_plan(spec: GridSpec, arch: str, seed: int, recipe: Recipe) -> ModelPlan:
-    config = {"dataset": spec.dataset.name, "arch": arch, "seed": seed,
-              "threat_model": dataclasses.asdict(spec.threat_model),
-              "recipe": recipe_config(recipe), **_validation(spec)}
+    config = {
+        "dataset": spec.dataset.name,
+        "arch": arch,
+        "seed": seed,
+        "threat_model": dataclasses.asdict(spec.threat_model),
+        "recipe": recipe_config(recipe),
+        **_validation(spec),
+    }
     model_id = f"dense-{arch}-seed{seed}-{config_hash(config)[:8]}"
     return ModelPlan(model_id, "dense", model_id, arch, seed, "dense", 0.0, config)
 
@@ -87,12 +102,17 @@ def dense_models(spec: GridSpec) -> list[ModelPlan]:
 
 def pruned_models(spec: GridSpec) -> list[ModelPlan]:
     from apgrid.trainables.methods import PRUNING_METHODS
+
     plans = []
     for arch in spec.dense.architectures:
         for seed in spec.dense.seeds:
             for method in (m for m in spec.prune.methods if _applies(m, arch)):
-                plans += _pruned(spec, dense_plan(spec, arch, seed, method.dense_recipe(spec)),
-                                 method, PRUNING_METHODS[method.name].search_phase)
+                plans += _pruned(
+                    spec,
+                    dense_plan(spec, arch, seed, method.dense_recipe(spec)),
+                    method,
+                    PRUNING_METHODS[method.name].search_phase,
+                )
     prunable = {c.name for c in spec.checkpoints if c.prune}
     for parent in (p for p in checkpoint_models(spec) if p.config["name"] in prunable):
         for method in (m for m in spec.prune.methods if _applies(m, parent.arch)):
@@ -103,17 +123,24 @@ def pruned_models(spec: GridSpec) -> list[ModelPlan]:
 def _pruned(spec: GridSpec, dense: ModelPlan, method, search_phase: bool) -> list[ModelPlan]:
     plans = []
     for sparsity in method.sparsities or spec.prune.sparsities:
-        config = {"dense": dense.model_id, "method": method.name, "sparsity": sparsity,
-                  "finetune": recipe_config(method.finetune or spec.prune.finetune),
-                  **_validation(spec)}
+        config = {
+            "dense": dense.model_id,
+            "method": method.name,
+            "sparsity": sparsity,
+            "finetune": recipe_config(method.finetune or spec.prune.finetune),
+            **_validation(spec),
+        }
         if search_phase:
             config["search"] = recipe_config(method.search or spec.prune.search)
         if method.options:
             config["options"] = method.options
         pct = f"{sparsity * 100:g}"
         model_id = f"{method.name}-sp{pct}-{dense.arch}-seed{dense.seed}-{config_hash(config)[:8]}"
-        plans.append(ModelPlan(model_id, "pruned", dense.model_id, dense.arch, dense.seed,
-                               method.name, sparsity, config))
+        plans.append(
+            ModelPlan(
+                model_id, "pruned", dense.model_id, dense.arch, dense.seed, method.name, sparsity, config
+            )
+        )
     return plans
 
 
@@ -123,11 +150,19 @@ def checkpoint_models(spec: GridSpec) -> list[ModelPlan]:
     ids, configs = {}, {}
     for c in spec.checkpoints:
         digest = hashlib.sha256(open(c.path, "rb").read()).hexdigest()
-        config = {"checkpoint": c.path, "sha256": digest, "dataset": spec.dataset.name,
-                  "arch": c.arch, "name": c.name}
+        config = {
+            "checkpoint": c.path,
+            "sha256": digest,
+            "dataset": spec.dataset.name,
+            "arch": c.arch,
+            "name": c.name,
+        }
         # what changes the imported model besides the file: its normalisation, HYDRA's sparsity
-        how = {k: v for k, v in (("normalization", c.normalization), ("sparsity", c.sparsity))
-               if v not in (None, 0.0)}
+        how = {
+            k: v
+            for k, v in (("normalization", c.normalization), ("sparsity", c.sparsity))
+            if v not in (None, 0.0)
+        }
         key = digest if not how else config_hash({"sha256": digest, **how})
         configs[c.name] = {**config, **how}
         ids[c.name] = (f"ckpt-{c.name}-{key[:8]}", digest)
@@ -137,8 +172,11 @@ def checkpoint_models(spec: GridSpec) -> list[ModelPlan]:
         role = "pruned" if c.dense else "dense"
         dense_id = ids[c.dense][0] if c.dense else model_id
         config = configs[c.name]
-        plans.append(ModelPlan(model_id, role, dense_id, c.arch, 0, c.method if c.dense else "dense",
-                               c.sparsity, config))
+        plans.append(
+            ModelPlan(
+                model_id, role, dense_id, c.arch, 0, c.method if c.dense else "dense", c.sparsity, config
+            )
+        )
     return plans
 
 
@@ -151,6 +189,7 @@ def describe(spec: GridSpec) -> str:
     per-sample pass counts benchmark part 5 measured), without reading any data."""
     from apgrid.trainables.data import DATASETS
     from apgrid.trainables.evaluation import shard_ranges
+
     dense, pruned, ckpt = dense_models(spec), pruned_models(spec), checkpoint_models(spec)
     ev = spec.evaluation
     n = ev.settings.num_samples or DATASETS[spec.dataset.name].test_size
@@ -160,9 +199,14 @@ def describe(spec: GridSpec) -> str:
     # per sample: PGD-k and the clean pass; FMN ~2 passes a step (one forward, one backward);
     # AutoAttack standard ~2,500 passes (benchmarks/results: 1,907 forward + 583 backward)
     passes = models * (n * (ev.settings.pgd_steps * 2 + 1 + 2 * ev.settings.fmn_steps) + aa * 2490)
+
     def count(k, what):
         return f"{k} {what}{'s' * (k != 1)}"
-    return (f"plan: {count(models, 'model')} ({count(len(dense), 'dense trial')}, "
-            f"{count(len(pruned), 'prune trial')}, {count(len(ckpt), 'checkpoint')}); evaluation: {n} test samples each (AutoAttack on {aa}), "
-            f"{shards} shards a model = {models * shards} shard tasks on {ev.actors} actors, "
-            f"~{passes / 1e6:.1f}M model passes (forward or backward, one sample each)")
+
+    return (
+        f"plan: {count(models, 'model')} ({count(len(dense), 'dense trial')}, "
+        f"{count(len(pruned), 'prune trial')}, {count(len(ckpt), 'checkpoint')}); "
+        f"evaluation: {n} test samples each (AutoAttack on {aa}), "
+        f"{shards} shards a model = {models * shards} shard tasks on {ev.actors} actors, "
+        f"~{passes / 1e6:.1f}M model passes (forward or backward, one sample each)"
+    )

@@ -36,9 +36,11 @@ class StageProgress(DriverCallback):
 
     def _line(self, trial, what: str) -> None:
         elapsed = time.time() - self.started
-        self.log(f"[{self.stage}] {trial.config['model']['model_id']}: {what} "
-                 f"({self.done}/{self.total} done, {self.failed} failed; {elapsed:.0f}s"
-                 f"{eta(elapsed, self.done + self.failed, self.total)})")
+        self.log(
+            f"[{self.stage}] {trial.config['model']['model_id']}: {what} "
+            f"({self.done}/{self.total} done, {self.failed} failed; {elapsed:.0f}s"
+            f"{eta(elapsed, self.done + self.failed, self.total)})"
+        )
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._line(trial, "started")
@@ -48,15 +50,18 @@ class StageProgress(DriverCallback):
             acc = result.get("test_clean_acc")
             extra = f", clean acc {acc:.3f}" if isinstance(acc, float) else ""
             if isinstance(result.get("val_pgd_acc"), float):
-                extra = (f", validation clean {result['val_clean_acc']:.3f} "
-                         f"PGD {result['val_pgd_acc']:.3f}")
+                extra = f", validation clean {result['val_clean_acc']:.3f} PGD {result['val_pgd_acc']:.3f}"
             phase = f" {result['phase']}" if "phase" in result else ""
-            self._line(trial, f"epoch {result['epoch']}{phase}, loss {result.get('train_loss', 0):.3f}"
-                              f"{extra}")
+            self._line(
+                trial, f"epoch {result['epoch']}{phase}, loss {result.get('train_loss', 0):.3f}{extra}"
+            )
             if result.get("catastrophic_overfitting"):
-                self._line(trial, f"catastrophic overfitting at epoch {result['epoch']}: validation "
-                                  f"PGD accuracy {result['val_pgd_acc']:.3f} fell below a fifth of "
-                                  f"its best; the card records it")
+                self._line(
+                    trial,
+                    f"catastrophic overfitting at epoch {result['epoch']}: validation "
+                    f"PGD accuracy {result['val_pgd_acc']:.3f} fell below a fifth of "
+                    f"its best; the card records it",
+                )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1

@@ -24,28 +24,91 @@ import pandas as pd
 from apgrid.errors import ApgridError, short_reason
 from apgrid.grid.errors import GridError
 
-DEFAULT_COLUMNS = ["stage", "model_id", "method", "arch", "sparsity", "seed", "status", "attempt",
-                   "clean_acc", "pgd_acc", "aa_acc", "fmn_acc_at_eps", "measured_sparsity"]
+DEFAULT_COLUMNS = [
+    "stage",
+    "model_id",
+    "method",
+    "arch",
+    "sparsity",
+    "seed",
+    "status",
+    "attempt",
+    "clean_acc",
+    "pgd_acc",
+    "aa_acc",
+    "fmn_acc_at_eps",
+    "measured_sparsity",
+]
 # Short names apgrid writes: tags on every model run, metrics of the stages, run attributes.
-TAG_NAMES = ("stage", "model_id", "dense_model_id", "role", "method", "arch", "dataset", "seed",
-             "config_hash", "pipeline", "structured", "scope", "criterion", "attempt", "level",
-             "grid", "ray_trial_id", "samples_uri", "logged_by", "ended_by")
-METRIC_NAMES = ("sparsity", "clean_acc", "pgd_acc", "aa_acc", "pgd_acc_on_aa_samples",
-                "aa_samples", "fmn_acc_at_eps", "fmn_found_rate", "num_samples",
-                "measured_sparsity", "test_clean_acc", "train_loss", "train_adv_acc", "epoch",
-                "parameters", "nonzero_parameters", "model_size_bits", "peak_rss_mb", "admm_residual")
-ATTRIBUTE_NAMES = ("status", "run_name", "run_id", "start_time", "end_time", "user_id",
-                   "artifact_uri")
-PREFIXES = ("tags.", "tag.", "metrics.", "metric.", "params.", "param.", "attributes.",
-            "attribute.", "attr.", "run.", "datasets.", "dataset.")
+TAG_NAMES = (
+    "stage",
+    "model_id",
+    "dense_model_id",
+    "role",
+    "method",
+    "arch",
+    "dataset",
+    "seed",
+    "config_hash",
+    "pipeline",
+    "structured",
+    "scope",
+    "criterion",
+    "attempt",
+    "level",
+    "grid",
+    "ray_trial_id",
+    "samples_uri",
+    "logged_by",
+    "ended_by",
+)
+METRIC_NAMES = (
+    "sparsity",
+    "clean_acc",
+    "pgd_acc",
+    "aa_acc",
+    "pgd_acc_on_aa_samples",
+    "aa_samples",
+    "fmn_acc_at_eps",
+    "fmn_found_rate",
+    "num_samples",
+    "measured_sparsity",
+    "test_clean_acc",
+    "train_loss",
+    "train_adv_acc",
+    "epoch",
+    "parameters",
+    "nonzero_parameters",
+    "model_size_bits",
+    "peak_rss_mb",
+    "admm_residual",
+)
+ATTRIBUTE_NAMES = ("status", "run_name", "run_id", "start_time", "end_time", "user_id", "artifact_uri")
+PREFIXES = (
+    "tags.",
+    "tag.",
+    "metrics.",
+    "metric.",
+    "params.",
+    "param.",
+    "attributes.",
+    "attribute.",
+    "attr.",
+    "run.",
+    "datasets.",
+    "dataset.",
+)
 
-TOKEN = re.compile(r"""\s*(?:
+TOKEN = re.compile(
+    r"""\s*(?:
     (?P<string>'(?:[^']|'')*'|"(?:[^"]|"")*")
   | (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)
   | (?P<op>!=|<>|<=|>=|=|<|>)
   | (?P<open>\() | (?P<close>\)) | (?P<comma>,)
   | (?P<name>(?:[A-Za-z_][\w]*\.)?(?:`[^`]+`|"[^"]+"|[A-Za-z_][\w.\-]*))
-)""", re.VERBOSE)
+)""",
+    re.VERBOSE,
+)
 WORDS = {"and", "or", "in", "not", "like", "ilike", "is", "null"}
 
 
@@ -55,9 +118,9 @@ class QueryError(ApgridError, ValueError):
 
 @dataclass(frozen=True)
 class Clause:
-    name: str            # as written: a short name or a prefixed MLflow key
-    op: str              # = != < <= > >= LIKE ILIKE IN NOT IN IS NULL IS NOT NULL
-    values: tuple = ()   # the literal(s): str or float
+    name: str  # as written: a short name or a prefixed MLflow key
+    op: str  # = != < <= > >= LIKE ILIKE IN NOT IN IS NULL IS NOT NULL
+    values: tuple = ()  # the literal(s): str or float
 
     def mlflow(self, name: str) -> str:
         if self.op in ("IS NULL", "IS NOT NULL"):
@@ -76,8 +139,10 @@ def tokenize(where: str) -> list[tuple[str, str]]:
     while pos < len(where.rstrip()):
         m = TOKEN.match(where, pos)
         if not m:
-            raise QueryError(f"--where: cannot read {where[pos:pos + 20].strip()!r}; expected "
-                             f"NAME OP VALUE clauses joined by and / or")
+            raise QueryError(
+                f"--where: cannot read {where[pos : pos + 20].strip()!r}; expected "
+                f"NAME OP VALUE clauses joined by and / or"
+            )
         kind = m.lastgroup
         text = m.group(kind)
         if kind == "name" and text.lower() in WORDS:
@@ -105,8 +170,10 @@ def parse_where(where: str) -> list[list[Clause]]:
             groups.append(clauses)
             clauses, i = [], i + 1
         elif kind in ("open", "close"):
-            raise QueryError("--where: parentheses can only hold an IN list; MLflow filters "
-                             "cannot group clauses, write them out with and / or")
+            raise QueryError(
+                "--where: parentheses can only hold an IN list; MLflow filters "
+                "cannot group clauses, write them out with and / or"
+            )
         else:
             raise QueryError(f"--where: expected 'and' or 'or' before {text!r}")
         if i == len(tokens):
@@ -116,10 +183,13 @@ def parse_where(where: str) -> list[list[Clause]]:
 def _clause(tokens, i) -> tuple[Clause, int]:
     def at(j):
         return tokens[j] if j < len(tokens) else ("end", "")
+
     kind, name = at(i)
     if kind == "open":
-        raise QueryError("--where: parentheses can only hold an IN list; MLflow filters cannot "
-                         "group clauses, write them out with and / or")
+        raise QueryError(
+            "--where: parentheses can only hold an IN list; MLflow filters cannot "
+            "group clauses, write them out with and / or"
+        )
     if kind != "name":
         raise QueryError(f"--where: expected a field name, got {name or 'the end'!r}")
     kind, text = at(i + 1)
@@ -151,8 +221,9 @@ def _clause(tokens, i) -> tuple[Clause, int]:
                 return Clause(name, op, tuple(values)), j
             if kind != "comma":
                 raise QueryError(f"--where: the {op} list of {name} is not closed")
-    raise QueryError(f"--where: expected an operator after {name} (= != < <= > >= LIKE ILIKE "
-                     f"IN NOT IN IS NULL)")
+    raise QueryError(
+        f"--where: expected an operator after {name} (= != < <= > >= LIKE ILIKE IN NOT IN IS NULL)"
+    )
 
 
 def _value(token):
@@ -161,11 +232,11 @@ def _value(token):
         return text[1:-1].replace(text[0] * 2, text[0])
     if kind == "number":
         return float(text)
-    raise QueryError(f"--where: expected a value (a number or a quoted text), got "
-                     f"{text or 'the end'!r}")
+    raise QueryError(f"--where: expected a value (a number or a quoted text), got {text or 'the end'!r}")
 
 
 # -- MLflow -----------------------------------------------------------------------------------------
+
 
 def mlflow_name(clause: Clause) -> str:
     """The MLflow key of a clause's field: prefixed names as written, short names resolved."""
@@ -178,9 +249,11 @@ def mlflow_name(clause: Clause) -> str:
         return f"attributes.{name}"
     if name in TAG_NAMES:
         return f"tags.{name}"
-    raise QueryError(f"--where: unknown field '{name}'; short names: "
-                     f"{', '.join(sorted(TAG_NAMES + METRIC_NAMES + ATTRIBUTE_NAMES))} (or MLflow's "
-                     f"own: tags.NAME, metrics.NAME, params.NAME, attributes.NAME)")
+    raise QueryError(
+        f"--where: unknown field '{name}'; short names: "
+        f"{', '.join(sorted(TAG_NAMES + METRIC_NAMES + ATTRIBUTE_NAMES))} (or MLflow's "
+        f"own: tags.NAME, metrics.NAME, params.NAME, attributes.NAME)"
+    )
 
 
 def mlflow_filters(groups: list[list[Clause]]) -> list[str]:
@@ -191,14 +264,20 @@ def mlflow_filters(groups: list[list[Clause]]) -> list[str]:
         expanded = [[]]
         for clause in group:
             name = mlflow_name(clause)
-            native_in = name.lower().startswith(("attributes.", "attribute.", "attr.", "run.",
-                                                 "datasets.", "dataset."))
+            native_in = name.lower().startswith(
+                ("attributes.", "attribute.", "attr.", "run.", "datasets.", "dataset.")
+            )
             if clause.op == "IN" and not native_in:
-                expanded = [parts + [Clause(clause.name, "=", (v,)).mlflow(name)]
-                            for parts in expanded for v in clause.values]
+                expanded = [
+                    parts + [Clause(clause.name, "=", (v,)).mlflow(name)]
+                    for parts in expanded
+                    for v in clause.values
+                ]
             elif clause.op == "NOT IN" and not native_in:
-                expanded = [parts + [Clause(clause.name, "!=", (v,)).mlflow(name)
-                                     for v in clause.values] for parts in expanded]
+                expanded = [
+                    parts + [Clause(clause.name, "!=", (v,)).mlflow(name) for v in clause.values]
+                    for parts in expanded
+                ]
             else:
                 expanded = [parts + [clause.mlflow(name)] for parts in expanded]
         filters += [" and ".join(["tags.level = 'model'", *parts]) for parts in expanded]
@@ -232,8 +311,7 @@ def search_model_runs(uri: str, experiment: str | None, where: str = "") -> pd.D
         for text in filters:
             token = None
             while True:
-                page = client.search_runs(ids, filter_string=text, max_results=1000,
-                                          page_token=token)
+                page = client.search_runs(ids, filter_string=text, max_results=1000, page_token=token)
                 runs.update((run.info.run_id, run) for run in page)
                 token = page.token
                 if not token:
@@ -252,8 +330,7 @@ def search_model_runs(uri: str, experiment: str | None, where: str = "") -> pd.D
 def _flatten(runs) -> pd.DataFrame:
     rows = []
     for run in runs:
-        row = {"run_id": run.info.run_id, "status": run.info.status,
-               "start_time": run.info.start_time}
+        row = {"run_id": run.info.run_id, "status": run.info.status, "start_time": run.info.start_time}
         row.update({k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")})
         row.update(run.data.params)
         row.update(run.data.metrics)
@@ -263,13 +340,16 @@ def _flatten(runs) -> pd.DataFrame:
 
 # -- report tables ----------------------------------------------------------------------------------
 
+
 def read_table(output, name: str, where: str = "", columns: str | None = None) -> pd.DataFrame:
     """An analysis table from OUTPUT/report, filtered with the same syntax."""
     path = output / "report" / f"{name}.csv"
     if not path.is_file():
         known = sorted(p.stem for p in (output / "report").glob("*.csv"))
-        raise QueryError(f"--table: {name} not in {output / 'report'}; "
-                         + (f"known: {', '.join(known)}" if known else "run `apgrid analyze` first"))
+        raise QueryError(
+            f"--table: {name} not in {output / 'report'}; "
+            + (f"known: {', '.join(known)}" if known else "run `apgrid analyze` first")
+        )
     table = pd.read_csv(path)
     groups = parse_where(where)
     if groups:
@@ -285,10 +365,9 @@ def read_table(output, name: str, where: str = "", columns: str | None = None) -
 
 def _matches(table: pd.DataFrame, clause: Clause) -> pd.Series:
     name = clause.name.split(".", 1)[1] if clause.name.lower().startswith(PREFIXES) else clause.name
-    name = name.strip("`\"")
+    name = name.strip('`"')
     if name not in table.columns:
-        raise QueryError(f"--where: unknown field '{clause.name}'; known: "
-                         f"{', '.join(sorted(table.columns))}")
+        raise QueryError(f"--where: unknown field '{clause.name}'; known: {', '.join(sorted(table.columns))}")
     column = table[name]
     numeric = clause.values and all(isinstance(v, float) for v in clause.values)
     if numeric:
@@ -304,11 +383,11 @@ def _matches(table: pd.DataFrame, clause: Clause) -> pd.Series:
         hit = column.isin(values)
         return (hit if op == "IN" else ~hit).fillna(False).astype(bool)
     if op in ("LIKE", "ILIKE"):
-        pattern = "^" + "".join(".*" if c == "%" else "." if c == "_" else re.escape(c)
-                                for c in values[0]) + "$"
+        pattern = (
+            "^" + "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in values[0]) + "$"
+        )
         return column.str.match(pattern, case=op == "LIKE").fillna(False).astype(bool)
-    ops = {"=": column.eq, "!=": column.ne, "<": column.lt, "<=": column.le, ">": column.gt,
-           ">=": column.ge}
+    ops = {"=": column.eq, "!=": column.ne, "<": column.lt, "<=": column.le, ">": column.gt, ">=": column.ge}
     return ops[op](values[0]).fillna(False).astype(bool)
 
 
@@ -316,8 +395,9 @@ def _columns(table: pd.DataFrame, columns: str | None, default: list[str]) -> pd
     cols = [c.strip() for c in columns.split(",")] if columns else default
     missing = [c for c in cols if c not in table.columns]
     if missing:
-        raise QueryError(f"--columns: unknown {', '.join(missing)}; known: "
-                         f"{', '.join(sorted(map(str, table.columns)))}")
+        raise QueryError(
+            f"--columns: unknown {', '.join(missing)}; known: {', '.join(sorted(map(str, table.columns)))}"
+        )
     return table[cols].reset_index(drop=True)
 
 

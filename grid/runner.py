@@ -15,15 +15,14 @@ from pathlib import Path
 
 import yaml
 
+from apgrid.errors import short_reason
 from apgrid.grid import plan as planner
 from apgrid.grid.errors import STORAGE_ERRNOS, GridError, ResumableError
-from apgrid.grid.state import STAGES, read_state, set_stage, state_path, write_state
 from apgrid.grid.spec import NOT_IDENTITY, GridSpec, SpecError, load_spec
+from apgrid.grid.state import STAGES, read_state, set_stage, state_path, write_state
 from apgrid.grid.store import ModelStore, SampleStore, atomic_write_bytes
-from apgrid.trainables.checkpoints import published_model
-from apgrid.errors import short_reason
 from apgrid.grid.tracking import Tracker, TrackingError, check_reachable, grid_params
-
+from apgrid.trainables.checkpoints import published_model
 
 # Tune warns on every epoch checkpoint of small models; our own progress lines replace its tables.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -42,14 +41,17 @@ def preflight(spec: GridSpec, dry_run: bool = False) -> None:
         if owner.get("fingerprint") not in (spec.fingerprint(), spec.fingerprint(legacy=True)):
             differ = [c for c in _spec_changes(output, spec) if not c.startswith(NOT_IDENTITY)]
             why = f"; it differs in {'; '.join(differ[:3])}" if differ else ""
-            raise GridError(f"output: {output} belongs to another grid ('{owner.get('name')}'"
-                            f"{why}); choose another --output, or `apgrid resume {output}`")
+            raise GridError(
+                f"output: {output} belongs to another grid ('{owner.get('name')}'"
+                f"{why}); choose another --output, or `apgrid resume {output}`"
+            )
     elif output.is_dir() and any(output.iterdir()):
         raise GridError(f"output: {output} is not empty and holds no apgrid grid")
     parent = output if output.exists() else next(p for p in output.parents if p.exists())
     if not os.access(parent, os.W_OK):
         raise GridError(f"output: {parent} is not writable")
     from apgrid.trainables.data import DATASETS, load_dataset
+
     info = DATASETS[spec.dataset.name]
     for c in spec.checkpoints:  # raises CheckpointError (exit 2) before anything is written
         channels = info.image_shape[0]
@@ -78,13 +80,22 @@ def launch(spec: GridSpec, fault: dict | None = None, log=print, until: str | No
     if existing:
         changes = _spec_changes(output, spec)
         if changes:
-            log(f"[apgrid] continuing grid '{spec.name}' in {output} with its finished work; "
-                f"changed: {'; '.join(changes)}")
+            log(
+                f"[apgrid] continuing grid '{spec.name}' in {output} with its finished work; "
+                f"changed: {'; '.join(changes)}"
+            )
     text = yaml.safe_dump(_spec_yaml(spec), sort_keys=False)  # what `resume` will run with
     atomic_write_bytes(output / "spec.yaml", lambda f: f.write(text.encode()))
-    state = read_state(output) if existing else {
-        "name": spec.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {},
-        "driver_runs": 0}
+    state = (
+        read_state(output)
+        if existing
+        else {
+            "name": spec.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "stages": {},
+            "driver_runs": 0,
+        }
+    )
     write_state(output, {**state, "fingerprint": spec.fingerprint()})  # a legacy one updated
     return _run(spec, fault, log, stages)
 
@@ -102,8 +113,11 @@ def _spec_changes(output: Path, spec: GridSpec) -> list[str]:
 def _changes(old, new, prefix: str = "") -> list[str]:
     """'field: old -> new' for every leaf that differs between two specs' YAML layouts."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [change for key in dict.fromkeys([*old, *new])
-                for change in _changes(old.get(key), new.get(key), f"{prefix}{key}.")]
+        return [
+            change
+            for key in dict.fromkeys([*old, *new])
+            for change in _changes(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
     return [] if old == new else [f"{prefix[:-1]}: {old} -> {new}"]
 
 
@@ -117,8 +131,7 @@ def load_grid_spec(output: Path) -> GridSpec:
         raise GridError(f"{output / 'spec.yaml'}: {exc}") from None
 
 
-def resume(output: str | Path, fault: dict | None = None, log=print,
-           until: str | None = None) -> Path:
+def resume(output: str | Path, fault: dict | None = None, log=print, until: str | None = None) -> Path:
     stages = stages_until(until)
     output = Path(output).expanduser().resolve()
     spec = load_grid_spec(output)
@@ -135,7 +148,7 @@ def stages_until(until: str | None) -> tuple[str, ...]:
         return STAGES
     if until not in STAGES:
         raise GridError(f"--until: unknown stage '{until}'; stages: {', '.join(STAGES)}")
-    return STAGES[:STAGES.index(until) + 1]
+    return STAGES[: STAGES.index(until) + 1]
 
 
 def _spec_yaml(spec: GridSpec) -> dict:
@@ -147,6 +160,7 @@ def _spec_yaml(spec: GridSpec) -> dict:
 
 
 # -- the stages --------------------------------------------------------------------------------
+
 
 def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAGES) -> Path:
     import ray
@@ -160,20 +174,26 @@ def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAG
         state = read_state(output)
         state["driver_runs"] = state.get("driver_runs", 0) + 1
         write_state(output, state)
-        tracker = Tracker(spec.resolved_tracking_uri, spec.name,
-                          output / "mlartifacts" if local_store else None)
+        tracker = Tracker(
+            spec.resolved_tracking_uri, spec.name, output / "mlartifacts" if local_store else None
+        )
         tracker.grid_params = grid_params(spec.dataset, spec.threat_model)
         closed = tracker.close_stale_runs()
         if closed:
             log(f"[apgrid] closed {closed} MLflow runs left RUNNING by a killed driver as KILLED")
         parent = tracker.grid_run(spec.fingerprint())
         tracker.log_artifact(parent, output / "spec.yaml")  # the validated spec the grid ran
-        state.update(grid_run_id=parent, experiment_id=tracker.experiment_id,
-                     tracking_uri=spec.tracking_uri)  # None: the folder's own SQLite store
+        state.update(
+            grid_run_id=parent, experiment_id=tracker.experiment_id, tracking_uri=spec.tracking_uri
+        )  # None: the folder's own SQLite store
         write_state(output, state)
         if not ray.is_initialized():
-            ray.init(address=spec.ray_address, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
+            ray.init(
+                address=spec.ray_address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
         for stage in stages:
             set_stage(output, stage, "running")
             log(f"[apgrid] stage {stage} ({time.time() - started:.0f}s)")
@@ -186,22 +206,29 @@ def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAG
         _end_quietly(tracker, parent)
         if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
             where = exc.filename or output
-            raise ResumableError(f"{stage}: cannot write {where}: {exc.strerror}; finished work "
-                                 f"is kept: free space or fix permissions, then "
-                                 f"`apgrid resume {output}`") from exc
+            raise ResumableError(
+                f"{stage}: cannot write {where}: {exc.strerror}; finished work "
+                f"is kept: free space or fix permissions, then "
+                f"`apgrid resume {output}`"
+            ) from exc
         if isinstance(exc, (TrackingError, MlflowException)):
-            raise ResumableError(f"{stage}: MLflow at {spec.resolved_tracking_uri} failed "
-                                 f"({short_reason(exc)}); finished work is kept in {output}: "
-                                 f"bring the tracking server back, then `apgrid resume {output}`"
-                                 ) from exc
+            raise ResumableError(
+                f"{stage}: MLflow at {spec.resolved_tracking_uri} failed "
+                f"({short_reason(exc)}); finished work is kept in {output}: "
+                f"bring the tracking server back, then `apgrid resume {output}`"
+            ) from exc
         raise
     if stages != STAGES:
-        rest = " -> ".join(STAGES[len(stages):])
-        log(f"[apgrid] grid '{spec.name}' stopped after {stages[-1]} as asked, in "
-            f"{time.time() - started:.0f}s; `apgrid resume {output}` runs {rest}")
+        rest = " -> ".join(STAGES[len(stages) :])
+        log(
+            f"[apgrid] grid '{spec.name}' stopped after {stages[-1]} as asked, in "
+            f"{time.time() - started:.0f}s; `apgrid resume {output}` runs {rest}"
+        )
         return output
-    log(f"[apgrid] grid '{spec.name}' finished in {time.time() - started:.0f}s; "
-        f"report: {output / 'report' / 'report.md'}")
+    log(
+        f"[apgrid] grid '{spec.name}' finished in {time.time() - started:.0f}s; "
+        f"report: {output / 'report' / 'report.md'}"
+    )
     return output
 
 
@@ -216,10 +243,14 @@ def _end_quietly(tracker: Tracker | None, parent: str | None) -> None:
 
 def _grid_config(spec: GridSpec) -> dict:
     r = spec.resources
-    return {"output": str(spec.output_dir), "name": spec.name,
-            "dataset": dataclasses.asdict(spec.dataset),
-            "threat_model": dataclasses.asdict(spec.threat_model),
-            "device": r.device, "trial_cpus": r.trial_cpus}
+    return {
+        "output": str(spec.output_dir),
+        "name": spec.name,
+        "dataset": dataclasses.asdict(spec.dataset),
+        "threat_model": dataclasses.asdict(spec.threat_model),
+        "device": r.device,
+        "trial_cpus": r.trial_cpus,
+    }
 
 
 def _tune_stage(stage: str, trainable, plans, spec, tracker, parent, fault, log, attempt) -> None:
@@ -236,29 +267,43 @@ def _tune_stage(stage: str, trainable, plans, spec, tracker, parent, fault, log,
         tracking = TrialTracking(tracker, parent, spec.dataset.name, stage, log)
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": r.trial_cpus, "gpu": r.trial_gpus}),
-            param_space={"model": tune.grid_search([p.to_dict() for p in todo]),
-                         "grid": _grid_config(spec), "fault": fault},
+            param_space={
+                "model": tune.grid_search([p.to_dict() for p in todo]),
+                "grid": _grid_config(spec),
+                "fault": fault,
+            },
             tune_config=tune.TuneConfig(num_samples=1),
             run_config=tune.RunConfig(
-                name=f"{stage}-run{attempt}", storage_path=spec.storage_path, verbose=0,
+                name=f"{stage}-run{attempt}",
+                storage_path=spec.storage_path,
+                verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[tracking, StageProgress(stage, log, len(todo))]),
+                callbacks=[tracking, StageProgress(stage, log, len(todo))],
+            ),
         )
         previous = signal.getsignal(signal.SIGINT)
         try:
             results = tuner.fit()
         finally:  # Tune leaves its own Ctrl-C handler behind, which would swallow it in evaluate
             signal.signal(signal.SIGINT, previous)
-    _sync_runs(tracker, parent, spec, stage, [p for p in plans if store.exists(p.model_id)],
-               lambda plan, run_id: tracker.log_metrics(
-                   run_id, store.card(plan.model_id).get("metrics", {})), log)
+    _sync_runs(
+        tracker,
+        parent,
+        spec,
+        stage,
+        [p for p in plans if store.exists(p.model_id)],
+        lambda plan, run_id: tracker.log_metrics(run_id, store.card(plan.model_id).get("metrics", {})),
+        log,
+    )
     failed = [p.model_id for p in todo if not store.exists(p.model_id)]
     if failed:
         errors = [short_reason(str(r.error).strip().splitlines()[-1]) for r in results if r.error]
-        raise ResumableError(f"{stage}: {len(failed)} trials failed after {spec.max_failures} "
-                             f"retries ({'; '.join(errors[:3])}); fix the cause, then `apgrid "
-                             f"resume {spec.output_dir}`")
+        raise ResumableError(
+            f"{stage}: {len(failed)} trials failed after {spec.max_failures} "
+            f"retries ({'; '.join(errors[:3])}); fix the cause, then `apgrid "
+            f"resume {spec.output_dir}`"
+        )
 
 
 def _sync_runs(tracker, parent, spec, stage: str, done_plans, fill, log) -> None:
@@ -272,19 +317,23 @@ def _sync_runs(tracker, parent, spec, stage: str, done_plans, fill, log) -> None
     finished = tracker.finished_models(stage)
     missing = [p for p in done_plans if p.model_id not in finished]
     for plan in missing:
-        run_id = tracker.start_model_run(parent, plan, spec.dataset.name, stage,
-                                         {"logged_by": "sync from the output folder"})
+        run_id = tracker.start_model_run(
+            parent, plan, spec.dataset.name, stage, {"logged_by": "sync from the output folder"}
+        )
         fill(plan, run_id)
         tracker.end(run_id, "FINISHED")
     if lost or missing:
-        log(f"[{stage}] MLflow synced with the output folder: {len(missing)} runs logged, "
-            f"{lost} left open closed as FAILED")
+        log(
+            f"[{stage}] MLflow synced with the output folder: {len(missing)} runs logged, "
+            f"{lost} left open closed as FAILED"
+        )
 
 
 def stage_checkpoints(spec, tracker, parent, fault, log, attempt):
     """Import the spec's user checkpoints into the model store (once; ids hash the file)."""
     from apgrid.trainables import pruning
     from apgrid.trainables.data import load_dataset
+
     plans = planner.checkpoint_models(spec)
     store = ModelStore(spec.output_dir)
     todo = [p for p in plans if not store.exists(p.model_id)]
@@ -294,25 +343,27 @@ def stage_checkpoints(spec, tracker, parent, fault, log, attempt):
     entries = {c.name: c for c in spec.checkpoints}
     for plan in todo:
         entry = entries[plan.config["name"]]
-        model, masks = published_model(entry.path, entry.arch, ds.image_shape[0], ds.num_classes,
-                                       entry.normalization, entry.sparsity)
+        model, masks = published_model(
+            entry.path, entry.arch, ds.image_shape[0], ds.num_classes, entry.normalization, entry.sparsity
+        )
         pruning.apply_masks(model, masks)
-        card = planner.model_card(plan, spec.dataset.name, {}, {
-            **pruning.model_facts(model), "reported": entry.reported})
+        card = planner.model_card(
+            plan, spec.dataset.name, {}, {**pruning.model_facts(model), "reported": entry.reported}
+        )
         store.save(plan.model_id, pruning.plain_state_dict(model), pruning.masks_of(model), card)
         log(f"[checkpoints] imported {plan.config['checkpoint']} as {plan.model_id}")
 
 
 def stage_dense(spec, tracker, parent, fault, log, attempt):
     from apgrid.grid.trials import dense_trial
-    _tune_stage("dense", dense_trial, planner.dense_models(spec), spec, tracker, parent, fault,
-                log, attempt)
+
+    _tune_stage("dense", dense_trial, planner.dense_models(spec), spec, tracker, parent, fault, log, attempt)
 
 
 def stage_prune(spec, tracker, parent, fault, log, attempt):
     from apgrid.grid.trials import prune_trial
-    _tune_stage("prune", prune_trial, planner.pruned_models(spec), spec, tracker, parent, fault,
-                log, attempt)
+
+    _tune_stage("prune", prune_trial, planner.pruned_models(spec), spec, tracker, parent, fault, log, attempt)
 
 
 def stage_evaluate(spec, tracker, parent, fault, log, attempt):
@@ -324,29 +375,45 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
     n = spec.evaluation.settings.num_samples or len(ds.y_test)
     samples, models = SampleStore(spec.output_dir, spec.name), ModelStore(spec.output_dir)
     plans = planner.all_models(spec)
-    log(f"[evaluate] {len(plans)} models, {sum(samples.is_done(p.model_id) for p in plans)} "
-        f"already evaluated, {n} test samples each")
-    eval_params = {f"evaluation.{k}": v for k, v in {
-        **dataclasses.asdict(spec.evaluation.settings),
-        "autoattack_attacks": spec.evaluation.settings.autoattack_ensemble}.items()}
+    log(
+        f"[evaluate] {len(plans)} models, {sum(samples.is_done(p.model_id) for p in plans)} "
+        f"already evaluated, {n} test samples each"
+    )
+    eval_params = {
+        f"evaluation.{k}": v
+        for k, v in {
+            **dataclasses.asdict(spec.evaluation.settings),
+            "autoattack_attacks": spec.evaluation.settings.autoattack_ensemble,
+        }.items()
+    }
 
     outage = []
 
     def log_run(plan, run_id, rows):
-        chosen = {"evaluation.batch_size": int(rows["eval_batch_size"].iloc[0])} \
-            if "eval_batch_size" in rows else {}  # rows written before it was recorded lack it
+        chosen = (
+            {"evaluation.batch_size": int(rows["eval_batch_size"].iloc[0])}
+            if "eval_batch_size" in rows
+            else {}
+        )  # rows written before it was recorded lack it
         tracker.log_params(run_id, {**eval_params, **chosen})
-        tracker.log_metrics(run_id, {**summarize(rows, spec.threat_model.eps),
-                                     "measured_sparsity": float(rows["sparsity_measured"].iloc[0])})
+        tracker.log_metrics(
+            run_id,
+            {
+                **summarize(rows, spec.threat_model.eps),
+                "measured_sparsity": float(rows["sparsity_measured"].iloc[0]),
+            },
+        )
         tracker.set_tag(run_id, "samples_uri", samples.partition(plan.model_id))
         tracker.log_artifact(run_id, models.folder(plan.model_id) / "card.json")
         tracker.log_artifact(run_id, samples.partition(plan.model_id) / "part-0.parquet", "samples")
 
     def on_model_done(plan, rows):
         metrics = summarize(rows, spec.threat_model.eps)
-        log(f"[evaluate] {plan.model_id}: clean {metrics['clean_acc']:.3f}  "
+        log(
+            f"[evaluate] {plan.model_id}: clean {metrics['clean_acc']:.3f}  "
             f"PGD {metrics['pgd_acc']:.3f}  AA {metrics['aa_acc']:.3f}  "
-            f"FMN@eps {metrics['fmn_acc_at_eps']:.3f}")
+            f"FMN@eps {metrics['fmn_acc_at_eps']:.3f}"
+        )
         if outage:
             return  # logged by the sync below once the server answers
         try:
@@ -355,15 +422,30 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
             tracker.end(run_id, "FINISHED")
         except Exception as exc:  # the evaluation goes on; its Parquet is the source of truth
             outage.append(short_reason(exc))
-            log(f"[evaluate] MLflow failed ({outage[0]}); evaluation goes on, its runs are "
-                f"logged when the tracking server answers again")
+            log(
+                f"[evaluate] MLflow failed ({outage[0]}); evaluation goes on, its runs are "
+                f"logged when the tracking server answers again"
+            )
 
-    run_evaluation(spec, plans, ds.x_test[:n], ds.y_test[:n],
-                   {"num_classes": ds.num_classes, "mean": ds.mean, "std": ds.std},
-                   on_model_done, log, fault)
-    _sync_runs(tracker, parent, spec, "evaluate",
-               [p for p in plans if samples.is_done(p.model_id)],
-               lambda plan, run_id: log_run(plan, run_id, samples.read(plan.model_id)), log)
+    run_evaluation(
+        spec,
+        plans,
+        ds.x_test[:n],
+        ds.y_test[:n],
+        {"num_classes": ds.num_classes, "mean": ds.mean, "std": ds.std},
+        on_model_done,
+        log,
+        fault,
+    )
+    _sync_runs(
+        tracker,
+        parent,
+        spec,
+        "evaluate",
+        [p for p in plans if samples.is_done(p.model_id)],
+        lambda plan, run_id: log_run(plan, run_id, samples.read(plan.model_id)),
+        log,
+    )
 
 
 def stage_analyze(spec, tracker, parent, fault, log, attempt):
@@ -375,5 +457,10 @@ def stage_analyze(spec, tracker, parent, fault, log, attempt):
     log(f"[analyze] wrote {len(paths)} files to {spec.output_dir / 'report'}")
 
 
-STAGE_FUNCTIONS = {"checkpoints": stage_checkpoints, "dense": stage_dense, "prune": stage_prune, "evaluate": stage_evaluate,
-                   "analyze": stage_analyze}
+STAGE_FUNCTIONS = {
+    "checkpoints": stage_checkpoints,
+    "dense": stage_dense,
+    "prune": stage_prune,
+    "evaluate": stage_evaluate,
+    "analyze": stage_analyze,
+}

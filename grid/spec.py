@@ -8,24 +8,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import os
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from apgrid.errors import ApgridError
-
 from apgrid.analysis.settings import AnalysisSettings as AnalysisSpec
 from apgrid.analysis.transfer import TRANSFER_ATTACKS
+from apgrid.errors import ApgridError
 from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES, NORMS
-from apgrid.trainables.evaluation import EvalSettings, ThreatModel
 from apgrid.trainables.data import DATASETS
-from apgrid.trainables.models import ARCHITECTURES
+from apgrid.trainables.evaluation import EvalSettings, ThreatModel
 from apgrid.trainables.methods import PRUNING_METHODS, LayerSparsity, OptionError
+from apgrid.trainables.models import ARCHITECTURES
 from apgrid.trainables.training import AUGMENTATIONS, NEUTRAL, SELECTIONS, TRAINERS, Recipe
 
 AUTOATTACK_VERSIONS = tuple(AUTOATTACK_ENSEMBLES)
@@ -47,7 +46,7 @@ class DatasetSpec:
     name: str = "digits"
     root: str | None = None
     download: bool = False
-    validation: int = 0   # training samples held out for model selection (recipe select: best)
+    validation: int = 0  # training samples held out for model selection (recipe select: best)
 
 
 @dataclass(frozen=True)
@@ -60,15 +59,16 @@ class DenseSpec:
 @dataclass(frozen=True)
 class MethodSpec:
     """One pruning method of the grid, optionally limited to some architectures and sparsities."""
+
     name: str
     architectures: tuple[str, ...] | None = None  # None: every dense architecture
-    sparsities: tuple[float, ...] | None = None   # None: prune.sparsities
-    options: dict = field(default_factory=dict)   # the method's options, defaults filled in
-    finetune: Recipe | None = None                 # None: prune.finetune
-    search: Recipe | None = None                   # None: prune.search
-    dense: Recipe | None = None                    # the parent's recipe; None: dense.recipe
+    sparsities: tuple[float, ...] | None = None  # None: prune.sparsities
+    options: dict = field(default_factory=dict)  # the method's options, defaults filled in
+    finetune: Recipe | None = None  # None: prune.finetune
+    search: Recipe | None = None  # None: prune.search
+    dense: Recipe | None = None  # the parent's recipe; None: dense.recipe
 
-    def dense_recipe(self, spec: "GridSpec") -> Recipe:
+    def dense_recipe(self, spec: GridSpec) -> Recipe:
         """The recipe of the dense parent this method prunes (its paper's: HYDRA a TRADES parent)."""
         return self.dense or spec.dense.recipe
 
@@ -85,18 +85,19 @@ class PruneSpec:
 @dataclass(frozen=True)
 class CheckpointSpec:
     """A trained model to evaluate without training it (e.g. a published AP checkpoint)."""
+
     name: str
     arch: str
     path: str
-    dense: str | None = None       # name of the dense checkpoint this one was pruned from
+    dense: str | None = None  # name of the dense checkpoint this one was pruned from
     method: str = "external"
-    sparsity: float = 0.0          # pruned fraction (HYDRA's popup_scores keep the rest)
+    sparsity: float = 0.0  # pruned fraction (HYDRA's popup_scores keep the rest)
     # the input normalisation a bare network was trained with: "none" or {mean, std}; None for
     # a checkpoint that carries apgrid's normalisation layer (an apgrid model)
     normalization: str | dict | None = None
     # what its paper reported: {clean, robust, attack}; Table 1 shows reported - AutoAttack
     reported: dict | None = None
-    prune: bool = False            # a dense checkpoint the grid's methods prune, as a trained parent
+    prune: bool = False  # a dense checkpoint the grid's methods prune, as a trained parent
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,7 @@ def _without_neutral(body):
     per-method dense recipe): such grids keep their identity."""
     if isinstance(body, dict):
         neutral = {**NEUTRAL, "validation": 0, "dense": None}
-        return {k: _without_neutral(v) for k, v in body.items()
-                if not (k in neutral and neutral[k] == v)}
+        return {k: _without_neutral(v) for k, v in body.items() if not (k in neutral and neutral[k] == v)}
     if isinstance(body, (list, tuple)):
         return [_without_neutral(v) for v in body]
     return body
@@ -182,8 +182,10 @@ def _without_neutral(body):
 
 # -- parsing ------------------------------------------------------------------------------------
 
-def load_spec(path: str | Path | None = None, output: str | None = None,
-              overrides: list[str] = ()) -> GridSpec:
+
+def load_spec(
+    path: str | Path | None = None, output: str | None = None, overrides: list[str] = ()
+) -> GridSpec:
     """Read and validate a YAML spec (the demo when path is None); `output` overrides spec.output,
     and each override 'key.path=value' (value read as YAML) the field it names."""
     path = Path(path) if path else DEFAULT_SPEC
@@ -243,7 +245,8 @@ def parse_spec(raw: Any) -> GridSpec:
         output=_string(raw["output"], "output"),
         # default: MLflow's own variable, else a SQLite store in the output folder
         tracking_uri=_optional_string(
-            raw.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None, "tracking_uri"),
+            raw.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None, "tracking_uri"
+        ),
         storage=_optional_string(raw.get("storage"), "storage"),
         ray_address=_optional_string(raw.get("ray_address"), "ray_address"),
         max_failures=_int(raw.get("max_failures", 2), "max_failures", minimum=0),
@@ -262,13 +265,17 @@ def parse_spec(raw: Any) -> GridSpec:
 
 def _check_cross_fields(spec: GridSpec) -> None:
     from apgrid.trainables.data import DIGITS_TEST_SIZE
+
     n = spec.evaluation.settings.num_samples
     if spec.dataset.name == "digits" and n is not None and n > DIGITS_TEST_SIZE:
-        raise SpecError(f"evaluation.num_samples: {n} is more than the digits test split "
-                        f"({DIGITS_TEST_SIZE})")
+        raise SpecError(
+            f"evaluation.num_samples: {n} is more than the digits test split ({DIGITS_TEST_SIZE})"
+        )
     if n is not None and spec.evaluation.shards > n:
-        raise SpecError(f"evaluation.shards: {spec.evaluation.shards} shards for {n} samples; "
-                        f"allowed: at most the number of samples")
+        raise SpecError(
+            f"evaluation.shards: {spec.evaluation.shards} shards for {n} samples; "
+            f"allowed: at most the number of samples"
+        )
     if spec.dataset.name != "digits" and not spec.dataset.root and not spec.dataset.download:
         raise SpecError(f"dataset.root: required for {spec.dataset.name} (a folder holding the data)")
     aa = spec.evaluation.settings.autoattack_samples
@@ -277,13 +284,17 @@ def _check_cross_fields(spec: GridSpec) -> None:
     parents = {*spec.dense.architectures, *(c.arch for c in spec.checkpoints if c.prune)}
     for c in spec.checkpoints:
         if c.prune and c.dense is not None:
-            raise SpecError(f"checkpoints.{c.name}.prune: only a dense checkpoint is pruned by the "
-                            f"grid's methods; this one names its dense parent ({c.dense})")
+            raise SpecError(
+                f"checkpoints.{c.name}.prune: only a dense checkpoint is pruned by the "
+                f"grid's methods; this one names its dense parent ({c.dense})"
+            )
     for m in spec.prune.methods:
         for arch in m.architectures or ():
             if arch not in parents:
-                raise SpecError(f"prune.methods.{m.name}.architectures: '{arch}' is not in "
-                                f"dense.architectures ({', '.join(spec.dense.architectures)})")
+                raise SpecError(
+                    f"prune.methods.{m.name}.architectures: '{arch}' is not in "
+                    f"dense.architectures ({', '.join(spec.dense.architectures)})"
+                )
         for key, option in PRUNING_METHODS[m.name].options.items():
             if isinstance(option, LayerSparsity):
                 for layer in m.options[key]:
@@ -293,13 +304,17 @@ def _check_cross_fields(spec: GridSpec) -> None:
     channels = DATASETS[spec.dataset.name].image_shape[0]
     for c in spec.checkpoints:
         if isinstance(c.normalization, dict) and len(c.normalization["mean"]) != channels:
-            raise SpecError(f"checkpoints.{c.name}.normalization: {len(c.normalization['mean'])} "
-                            f"values for {spec.dataset.name}'s {channels} channels")
+            raise SpecError(
+                f"checkpoints.{c.name}.normalization: {len(c.normalization['mean'])} "
+                f"values for {spec.dataset.name}'s {channels} channels"
+            )
     names = [c.name for c in spec.checkpoints]
     for c in spec.checkpoints:
         if c.dense is not None and c.dense not in names:
-            raise SpecError(f"checkpoints.{c.name}.dense: '{c.dense}' is not a checkpoint name; "
-                            f"allowed: {', '.join(names)}")
+            raise SpecError(
+                f"checkpoints.{c.name}.dense: '{c.dense}' is not a checkpoint name; "
+                f"allowed: {', '.join(names)}"
+            )
 
 
 def _recipes(spec: GridSpec):
@@ -317,34 +332,42 @@ def _check_recipes(spec: GridSpec) -> None:
     for where, recipe in _recipes(spec):
         if recipe.trainer == "fgsm-rs" and spec.threat_model.norm != "Linf":
             # Wong et al. 2020 define FGSM-RS for Linf (a signed gradient step from a uniform start)
-            raise SpecError(f"{where}.trainer: fgsm-rs is an Linf attack and the threat model is "
-                            f"{spec.threat_model.norm}; allowed under {spec.threat_model.norm}: "
-                            f"pgd, trades, clean")
+            raise SpecError(
+                f"{where}.trainer: fgsm-rs is an Linf attack and the threat model is "
+                f"{spec.threat_model.norm}; allowed under {spec.threat_model.norm}: "
+                f"pgd, trades, clean"
+            )
         if recipe.select == "best" and spec.dataset.validation == 0:
-            raise SpecError(f"{where}.select: best needs a validation split; set "
-                            f"dataset.validation to the number of training samples to hold out")
+            raise SpecError(
+                f"{where}.select: best needs a validation split; set "
+                f"dataset.validation to the number of training samples to hold out"
+            )
 
 
 def _check_architectures(spec: GridSpec) -> None:
     """Refuse, before anything starts, an architecture that cannot take the dataset's images
     (a digits CNN on CIFAR-10 would fail only at run time, after its retries)."""
     name = spec.dataset.name
-    for where, arch in [*(("dense.architectures", a) for a in spec.dense.architectures),
-                        *((f"checkpoints.{c.name}.arch", c.arch) for c in spec.checkpoints)]:
+    for where, arch in [
+        *(("dense.architectures", a) for a in spec.dense.architectures),
+        *((f"checkpoints.{c.name}.arch", c.arch) for c in spec.checkpoints),
+    ]:
         if not takes_images(arch, name):
             shape = "x".join(map(str, DATASETS[name].image_shape))
             fits = [a for a in ARCHITECTURES if takes_images(a, name)]
-            raise SpecError(f"{where}: {arch} cannot take {name}'s {shape} images; allowed for "
-                            f"{name}: {', '.join(fits)}")
+            raise SpecError(
+                f"{where}: {arch} cannot take {name}'s {shape} images; allowed for {name}: {', '.join(fits)}"
+            )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def takes_images(arch: str, dataset: str) -> bool:
     """Whether the architecture's forward pass accepts the dataset's images and gives one logit
     per class (tried on the meta device: shapes only, no memory, no arithmetic)."""
     import torch
 
     from apgrid.trainables.models import build_model
+
     info = DATASETS[dataset]
     channels = info.image_shape[0]
     try:
@@ -358,24 +381,33 @@ def takes_images(arch: str, dataset: str) -> bool:
 
 def _check_layer_name(spec: GridSpec, method: MethodSpec, key: str, layer: str) -> None:
     import torch
+
     from apgrid.trainables.models import build_model
     from apgrid.trainables.pruning import prunable_layers
+
     info = DATASETS[spec.dataset.name]
     for arch in method.architectures or spec.dense.architectures:
         with torch.device("meta"):
-            model = build_model(arch, info.image_shape[0], info.num_classes,
-                                [0.0] * info.image_shape[0], [1.0] * info.image_shape[0])
+            model = build_model(
+                arch,
+                info.image_shape[0],
+                info.num_classes,
+                [0.0] * info.image_shape[0],
+                [1.0] * info.image_shape[0],
+            )
         allowed = [n for n, _ in prunable_layers(model)]
         if layer not in allowed:
             shown = ", ".join(allowed[:8]) + (", ..." if len(allowed) > 8 else "")
-            raise SpecError(f"prune.methods.{method.name}.{key}: {_show(layer)} is not a "
-                            f"prunable layer of {arch}; allowed: {shown}")
+            raise SpecError(
+                f"prune.methods.{method.name}.{key}: {_show(layer)} is not a "
+                f"prunable layer of {arch}; allowed: {shown}"
+            )
 
 
 def _show(value, limit: int = 60) -> str:
     """A value as a message shows it: on one line, quoted when text, cut when long."""
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _key(key) -> str:
@@ -417,7 +449,7 @@ def _optional_string(value, where: str) -> str | None:
     return None if value is None else _string(value, where)
 
 
-MAX_INT = 2**31 - 1   # counts, sizes, steps: what torch and Ray take as C ints
+MAX_INT = 2**31 - 1  # counts, sizes, steps: what torch and Ray take as C ints
 MAX_SEED = 2**32 - 1  # seeds: what numpy and torch generators accept
 
 
@@ -469,10 +501,12 @@ def _dataset(raw) -> DatasetSpec:
     root = _optional_string(raw.get("root"), "dataset.root")
     # Resolved against the launch directory, like `output`: Ray workers run elsewhere.
     root = str(Path(root).expanduser().resolve()) if root else None
-    return DatasetSpec(name=_choice(raw.get("name", "digits"), "dataset.name", DATASETS),
-                       root=root,
-                       validation=_int(raw.get("validation", 0), "dataset.validation", minimum=0),
-                       download=_bool(raw.get("download", False), "dataset.download"))
+    return DatasetSpec(
+        name=_choice(raw.get("name", "digits"), "dataset.name", DATASETS),
+        root=root,
+        validation=_int(raw.get("validation", 0), "dataset.validation", minimum=0),
+        download=_bool(raw.get("download", False), "dataset.download"),
+    )
 
 
 def _threat(raw) -> ThreatModel:
@@ -484,16 +518,16 @@ def _threat(raw) -> ThreatModel:
             num, den = (float(p) for p in eps.split("/"))
             eps = num / den
         except (ValueError, ZeroDivisionError):
-            raise SpecError(f"threat_model.eps: {_show(eps)} is not a number or a fraction like "
-                            f"8/255") from None
+            raise SpecError(
+                f"threat_model.eps: {_show(eps)} is not a number or a fraction like 8/255"
+            ) from None
     eps = _number(eps, "threat_model.eps", 0.0, 1.0)
     if eps == 0:
         raise SpecError("threat_model.eps: must be above 0")
     return ThreatModel(norm=_choice(raw.get("norm", "Linf"), "threat_model.norm", NORMS), eps=eps)
 
 
-def _recipe(raw, where: str, default: Recipe, min_epochs: int = 1,
-            augment: str | None = None) -> Recipe:
+def _recipe(raw, where: str, default: Recipe, min_epochs: int = 1, augment: str | None = None) -> Recipe:
     """A recipe laid over `default`. Pretraining and the search phase need an epoch; fine-tuning
     may have none (`min_epochs` 0: the pruned model as the criterion left it). `augment`: the
     dataset's default augmentation, for a grid-level recipe that does not name one."""
@@ -517,31 +551,45 @@ def _recipe(raw, where: str, default: Recipe, min_epochs: int = 1,
 def _dense(raw, augment: str) -> DenseSpec:
     raw = _mapping(raw, "dense")
     _check_keys(raw, DenseSpec, "dense.")
-    archs = tuple(_choice(a, "dense.architectures", ARCHITECTURES)
-                  for a in _list(raw.get("architectures", ["digits-cnn"]), "dense.architectures"))
-    seeds = tuple(_int(s, "dense.seeds", minimum=0, maximum=MAX_SEED)
-                  for s in _list(raw.get("seeds", [0]), "dense.seeds"))
-    return DenseSpec(architectures=archs, seeds=seeds,
-                     recipe=_recipe(raw.get("recipe"), "dense.recipe", DenseSpec.recipe,
-                                    augment=augment))
+    archs = tuple(
+        _choice(a, "dense.architectures", ARCHITECTURES)
+        for a in _list(raw.get("architectures", ["digits-cnn"]), "dense.architectures")
+    )
+    seeds = tuple(
+        _int(s, "dense.seeds", minimum=0, maximum=MAX_SEED)
+        for s in _list(raw.get("seeds", [0]), "dense.seeds")
+    )
+    return DenseSpec(
+        architectures=archs,
+        seeds=seeds,
+        recipe=_recipe(raw.get("recipe"), "dense.recipe", DenseSpec.recipe, augment=augment),
+    )
 
 
 def _prune(raw, augment: str, dense: Recipe) -> PruneSpec:
     raw = _mapping(raw, "prune")
     _check_keys(raw, PruneSpec, "prune.")
     default_methods = [m.name for m in PruneSpec.methods]
-    finetune = _recipe(raw.get("finetune"), "prune.finetune", PruneSpec.finetune, min_epochs=0,
-                       augment=augment)
+    finetune = _recipe(
+        raw.get("finetune"), "prune.finetune", PruneSpec.finetune, min_epochs=0, augment=augment
+    )
     search = _recipe(raw.get("search"), "prune.search", PruneSpec.search, augment=augment)
     listed = raw.get("methods", default_methods)
     # an empty list is a dense-only grid: the dense models are trained and evaluated, none pruned
-    methods = () if listed == [] else tuple(_method(m, finetune, search, dense)
-                                            for m in _list(listed, "prune.methods"))
+    methods = (
+        ()
+        if listed == []
+        else tuple(_method(m, finetune, search, dense) for m in _list(listed, "prune.methods"))
+    )
     seen = [m.name for m in methods]
     if len(set(seen)) != len(seen):
         raise SpecError(f"prune.methods: a method is listed twice ({', '.join(seen)})")
-    return PruneSpec(methods=methods, sparsities=_sparsities(raw.get("sparsities", list(PruneSpec.sparsities)), "prune.sparsities"),
-                     finetune=finetune, search=search)
+    return PruneSpec(
+        methods=methods,
+        sparsities=_sparsities(raw.get("sparsities", list(PruneSpec.sparsities)), "prune.sparsities"),
+        finetune=finetune,
+        search=search,
+    )
 
 
 def _sparsities(value, where: str) -> tuple[float, ...]:
@@ -559,8 +607,10 @@ def _method(raw, finetune: Recipe, search: Recipe, dense: Recipe) -> MethodSpec:
     where = f"prune.methods.{name}"
     entry = PRUNING_METHODS[name]
     _check_keys(raw, MethodSpec, f"{where}.", extra=tuple(entry.options))
-    given = {**_mapping(raw.get("options"), f"{where}.options"),
-             **{k: v for k, v in raw.items() if k in entry.options}}
+    given = {
+        **_mapping(raw.get("options"), f"{where}.options"),
+        **{k: v for k, v in raw.items() if k in entry.options},
+    }
     try:
         options = entry.check_options(given, where)
     except OptionError as exc:
@@ -572,13 +622,19 @@ def _method(raw, finetune: Recipe, search: Recipe, dense: Recipe) -> MethodSpec:
     return MethodSpec(
         name=name,
         dense=None if own_dense is None else _recipe(own_dense, f"{where}.dense", dense),
-        finetune=None if finetune is None else _recipe(finetune, f"{where}.finetune",
-                                                       finetune_default, min_epochs=0),
+        finetune=None
+        if finetune is None
+        else _recipe(finetune, f"{where}.finetune", finetune_default, min_epochs=0),
         search=None if search is None else _recipe(search, f"{where}.search", search_default),
-        architectures=None if archs is None else tuple(
-            _choice(a, f"{where}.architectures", ARCHITECTURES) for a in _list(archs, f"{where}.architectures")),
+        architectures=None
+        if archs is None
+        else tuple(
+            _choice(a, f"{where}.architectures", ARCHITECTURES)
+            for a in _list(archs, f"{where}.architectures")
+        ),
         sparsities=None if sparsities is None else _sparsities(sparsities, f"{where}.sparsities"),
-        options=options)
+        options=options,
+    )
 
 
 def _checkpoints(raw) -> tuple[CheckpointSpec, ...]:
@@ -598,14 +654,19 @@ def _checkpoints(raw) -> tuple[CheckpointSpec, ...]:
         if not path.is_file():
             raise SpecError(f"checkpoints.{name}.path: {path} is not a file")
         where = f"checkpoints.{name}"
-        out.append(CheckpointSpec(
-            name=name, arch=_choice(item["arch"], f"{where}.arch", ARCHITECTURES),
-            path=str(path.resolve()), dense=_optional_string(item.get("dense"), f"{where}.dense"),
-            method=_string(item.get("method", "external"), f"{where}.method"),
-            sparsity=_number(item.get("sparsity", 0.0), f"{where}.sparsity", 0.0, 1.0, high_open=True),
-            normalization=_normalization(item.get("normalization"), f"{where}.normalization"),
-            reported=_reported(item.get("reported"), f"{where}.reported"),
-            prune=_bool(item.get("prune", False), f"{where}.prune")))
+        out.append(
+            CheckpointSpec(
+                name=name,
+                arch=_choice(item["arch"], f"{where}.arch", ARCHITECTURES),
+                path=str(path.resolve()),
+                dense=_optional_string(item.get("dense"), f"{where}.dense"),
+                method=_string(item.get("method", "external"), f"{where}.method"),
+                sparsity=_number(item.get("sparsity", 0.0), f"{where}.sparsity", 0.0, 1.0, high_open=True),
+                normalization=_normalization(item.get("normalization"), f"{where}.normalization"),
+                reported=_reported(item.get("reported"), f"{where}.reported"),
+                prune=_bool(item.get("prune", False), f"{where}.prune"),
+            )
+        )
     return tuple(out)
 
 
@@ -646,25 +707,33 @@ def _evaluation(raw) -> EvaluationSpec:
     num = raw.get("num_samples")
     step = raw.get("pgd_step_size")
     aa_num = raw.get("autoattack_samples")
-    version = _choice(raw.get("autoattack_version", d.autoattack_version),
-                      "evaluation.autoattack_version", AUTOATTACK_VERSIONS)
+    version = _choice(
+        raw.get("autoattack_version", d.autoattack_version),
+        "evaluation.autoattack_version",
+        AUTOATTACK_VERSIONS,
+    )
     settings = EvalSettings(
         num_samples=None if num is None else _int(num, "evaluation.num_samples", minimum=1),
-        autoattack_samples=None if aa_num is None else _int(aa_num, "evaluation.autoattack_samples", minimum=1),
+        autoattack_samples=None
+        if aa_num is None
+        else _int(aa_num, "evaluation.autoattack_samples", minimum=1),
         pgd_steps=_int(raw.get("pgd_steps", d.pgd_steps), "evaluation.pgd_steps", minimum=1),
         pgd_step_size=None if step is None else _number(step, "evaluation.pgd_step_size", 0.0, 1.0),
         autoattack_version=version,
         autoattack_attacks=_autoattack_attacks(raw.get("autoattack_attacks"), version),
         fmn_steps=_int(raw.get("fmn_steps", d.fmn_steps), "evaluation.fmn_steps", minimum=1),
-        fmn_step_size=_number(raw.get("fmn_step_size", d.fmn_step_size),
-                              "evaluation.fmn_step_size", 0.0, 100.0),
+        fmn_step_size=_number(
+            raw.get("fmn_step_size", d.fmn_step_size), "evaluation.fmn_step_size", 0.0, 100.0
+        ),
         seed=_int(raw.get("seed", d.seed), "evaluation.seed", minimum=0, maximum=MAX_SEED),
         block_size=_int(raw.get("block_size", d.block_size), "evaluation.block_size", minimum=1),
         batch_size=_batch_size(raw.get("batch_size", d.batch_size)),
     )
-    return EvaluationSpec(settings=settings,
-                          shards=_int(raw.get("shards", 4), "evaluation.shards", minimum=1),
-                          actors=_int(raw.get("actors", 2), "evaluation.actors", minimum=1))
+    return EvaluationSpec(
+        settings=settings,
+        shards=_int(raw.get("shards", 4), "evaluation.shards", minimum=1),
+        actors=_int(raw.get("actors", 2), "evaluation.actors", minimum=1),
+    )
 
 
 def _autoattack_attacks(value, version: str) -> tuple[str, ...] | None:
@@ -676,8 +745,10 @@ def _autoattack_attacks(value, version: str) -> tuple[str, ...] | None:
     names = _list(value, "evaluation.autoattack_attacks")
     for name in names:
         if name not in ensemble:
-            raise SpecError(f"evaluation.autoattack_attacks: {_show(name)} is not in AutoAttack "
-                            f"{version}'s ensemble; allowed: {', '.join(ensemble)}")
+            raise SpecError(
+                f"evaluation.autoattack_attacks: {_show(name)} is not in AutoAttack "
+                f"{version}'s ensemble; allowed: {', '.join(ensemble)}"
+            )
     chosen = tuple(a for a in ensemble if a in names)
     return None if chosen == ensemble else chosen
 
@@ -700,14 +771,17 @@ def _analysis(raw) -> AnalysisSpec:
         raise SpecError(f"analysis.transfer_attacks: a list; allowed names: {', '.join(TRANSFER_ATTACKS)}")
     return AnalysisSpec(
         transfer_attacks=tuple(_choice(a, "analysis.transfer_attacks", TRANSFER_ATTACKS) for a in attacks),
-        transfer_samples=None if raw.get("transfer_samples") is None else _int(
-            raw["transfer_samples"], "analysis.transfer_samples", minimum=1),
+        transfer_samples=None
+        if raw.get("transfer_samples") is None
+        else _int(raw["transfer_samples"], "analysis.transfer_samples", minimum=1),
         costs=_bool(raw.get("costs", d.costs), "analysis.costs"),
-        cost_batch_size=_int(raw.get("cost_batch_size", d.cost_batch_size),
-                             "analysis.cost_batch_size", minimum=1),
+        cost_batch_size=_int(
+            raw.get("cost_batch_size", d.cost_batch_size), "analysis.cost_batch_size", minimum=1
+        ),
         slice_samples=_int(raw.get("slice_samples", d.slice_samples), "analysis.slice_samples", minimum=0),
-        bootstrap_resamples=_int(raw.get("bootstrap_resamples", d.bootstrap_resamples),
-                                 "analysis.bootstrap_resamples", minimum=0),
+        bootstrap_resamples=_int(
+            raw.get("bootstrap_resamples", d.bootstrap_resamples), "analysis.bootstrap_resamples", minimum=0
+        ),
     )
 
 
@@ -716,6 +790,9 @@ def _resources(raw) -> Resources:
     _check_keys(raw, Resources, "resources.")
     d = Resources()
     return Resources(
-        **{k: _number(raw.get(k, getattr(d, k)), f"resources.{k}", 0.0, 1024.0)
-           for k in ("trial_cpus", "trial_gpus", "actor_cpus", "actor_gpus")},
-        device=_choice(raw.get("device", d.device), "resources.device", ("auto", "cpu", "cuda")))
+        **{
+            k: _number(raw.get(k, getattr(d, k)), f"resources.{k}", 0.0, 1024.0)
+            for k in ("trial_cpus", "trial_gpus", "actor_cpus", "actor_gpus")
+        },
+        device=_choice(raw.get("device", d.device), "resources.device", ("auto", "cpu", "cuda")),
+    )

@@ -37,8 +37,7 @@ def tracking_uri(output: Path, state: dict) -> str | None:
     uri = state.get("tracking_uri")
     own = Path(output) / "mlflow.db"
     # older grids recorded the default store by its absolute path
-    default = uri is None or (uri.startswith("sqlite:///") and uri.endswith("/mlflow.db")
-                              and own.is_file())
+    default = uri is None or (uri.startswith("sqlite:///") and uri.endswith("/mlflow.db") and own.is_file())
     if not default:
         return uri
     return f"sqlite:///{own}" if own.is_file() else None

@@ -24,36 +24,54 @@ import torch
 
 from apgrid.trainables.checkpoints import CheckpointError, load_state
 
-
 # The per-sample table: one row per (model, test sample). `grid` and `model_id` are the hive
 # partition keys (folder names grid=<g>/model_id=<id>), so the files hold the other columns and
 # pandas, pyarrow.dataset(partitioning="hive"), DuckDB and Polars read the folder as one table.
 PARTITION_COLUMNS = ("grid", "model_id")
-SAMPLE_SCHEMA = pa.schema([
-    ("sample_idx", pa.int64()), ("label", pa.int64()), ("clean_pred", pa.int64()),
-    ("clean_correct", pa.bool_()), ("logit_margin", pa.float32()),
-    ("pgd_correct", pa.bool_()),
-    ("aa_correct", pa.bool_()),            # null where AutoAttack did not run (autoattack_samples)
-    ("aa_broken_by", pa.string()),         # the AutoAttack attack that flipped it; null if robust
-    ("fmn_eps", pa.float32()),             # NaN where FMN found nothing; signed on dense models
-    ("fmn_found", pa.bool_()),
-    ("fmn_overstated", pa.bool_()),        # PGD or AutoAttack broke it at eps; FMN said farther
-    ("fmn_eps_bounded", pa.float32()),     # min(fmn_eps, eps) where FMN overstated
-    ("fmn_eps_untargeted", pa.float32()),  # dense, misclassified: minus the distance out of the
-                                           # predicted class (fmn_eps: to the true label)
-    ("dense_model_id", pa.string()), ("role", pa.string()), ("dataset", pa.string()),
-    ("arch", pa.string()), ("method", pa.string()), ("sparsity", pa.float64()),
-    ("sparsity_measured", pa.float64()), ("seed", pa.int64()), ("norm", pa.string()),
-    ("eps", pa.float64()), ("pgd_steps", pa.int64()), ("autoattack_version", pa.string()),
-    ("autoattack_attacks", pa.string()), ("fmn_steps", pa.int64()),
-    ("fmn_step_size", pa.float64()), ("eval_seed", pa.int64()), ("eval_batch_size", pa.int64()),
-])
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("sample_idx", pa.int64()),
+        ("label", pa.int64()),
+        ("clean_pred", pa.int64()),
+        ("clean_correct", pa.bool_()),
+        ("logit_margin", pa.float32()),
+        ("pgd_correct", pa.bool_()),
+        ("aa_correct", pa.bool_()),  # null where AutoAttack did not run (autoattack_samples)
+        ("aa_broken_by", pa.string()),  # the AutoAttack attack that flipped it; null if robust
+        ("fmn_eps", pa.float32()),  # NaN where FMN found nothing; signed on dense models
+        ("fmn_found", pa.bool_()),
+        ("fmn_overstated", pa.bool_()),  # PGD or AutoAttack broke it at eps; FMN said farther
+        ("fmn_eps_bounded", pa.float32()),  # min(fmn_eps, eps) where FMN overstated
+        ("fmn_eps_untargeted", pa.float32()),  # dense, misclassified: minus the distance out of the
+        # predicted class (fmn_eps: to the true label)
+        ("dense_model_id", pa.string()),
+        ("role", pa.string()),
+        ("dataset", pa.string()),
+        ("arch", pa.string()),
+        ("method", pa.string()),
+        ("sparsity", pa.float64()),
+        ("sparsity_measured", pa.float64()),
+        ("seed", pa.int64()),
+        ("norm", pa.string()),
+        ("eps", pa.float64()),
+        ("pgd_steps", pa.int64()),
+        ("autoattack_version", pa.string()),
+        ("autoattack_attacks", pa.string()),
+        ("fmn_steps", pa.int64()),
+        ("fmn_step_size", pa.float64()),
+        ("eval_seed", pa.int64()),
+        ("eval_batch_size", pa.int64()),
+    ]
+)
 
 
 def _file_table(rows: pd.DataFrame) -> pa.Table:
     """The rows as stored in a partition file: the schema's columns and types, partition keys out."""
-    return pa.Table.from_pandas(rows.drop(columns=list(PARTITION_COLUMNS), errors="ignore"),
-                                schema=SAMPLE_SCHEMA, preserve_index=False)
+    return pa.Table.from_pandas(
+        rows.drop(columns=list(PARTITION_COLUMNS), errors="ignore"),
+        schema=SAMPLE_SCHEMA,
+        preserve_index=False,
+    )
 
 
 def _read_partition_file(path: Path, grid: str, model_id: str) -> pd.DataFrame:
@@ -96,8 +114,9 @@ class ModelStore:
 
     def save(self, model_id: str, state_dict: dict, masks: dict, card: dict) -> None:
         folder = self.folder(model_id)
-        atomic_write_bytes(folder / "model.pt",
-                           lambda fh: torch.save({"state_dict": state_dict, "masks": masks}, fh))
+        atomic_write_bytes(
+            folder / "model.pt", lambda fh: torch.save({"state_dict": state_dict, "masks": masks}, fh)
+        )
         atomic_write_json(folder / "card.json", card)  # written last: its presence means done
 
     def load_weights(self, model_id: str) -> tuple[dict, dict]:
@@ -112,6 +131,7 @@ class ModelStore:
         from apgrid.trainables import pruning
         from apgrid.trainables.checkpoints import fit
         from apgrid.trainables.models import build_model
+
         arch = self.card(model_id)["arch"]
         channels = image_shape[0]
         model = build_model(arch, channels, num_classes, [0.0] * channels, [1.0] * channels)
@@ -154,8 +174,10 @@ class SampleStore:
     def recorded_batch_sizes(self) -> dict[str, int]:
         """{arch: eval_batch_size} from the rows already written (merged or staged), so a resumed
         grid keeps the batch size its first run chose (it seeds AutoAttack)."""
-        files = [*self.root.glob(f"grid={self.grid}/model_id=*/part-0.parquet"),
-                 *self.root.glob("_staging/*/shard-*.parquet")]
+        files = [
+            *self.root.glob(f"grid={self.grid}/model_id=*/part-0.parquet"),
+            *self.root.glob("_staging/*/shard-*.parquet"),
+        ]
         sizes = {}
         for f in files:
             schema = pq.read_schema(f)
@@ -173,8 +195,7 @@ class SampleStore:
         if len(rows) != expected or rows["sample_idx"].duplicated().any():
             raise RuntimeError(f"{model_id}: merged {len(rows)} rows for {expected} samples")
         table = _file_table(rows)
-        atomic_write_bytes(self.partition(model_id) / "part-0.parquet",
-                           lambda fh: pq.write_table(table, fh))
+        atomic_write_bytes(self.partition(model_id) / "part-0.parquet", lambda fh: pq.write_table(table, fh))
         shutil.rmtree(self.staging(model_id), ignore_errors=True)
         return self.read(model_id)
 
@@ -186,6 +207,12 @@ def read_samples(output: Path) -> pd.DataFrame:
     files = sorted(root.glob("grid=*/model_id=*/part-0.parquet"))
     if not files:
         return pd.DataFrame()
-    return pd.concat([_read_partition_file(f, f.parent.parent.name.removeprefix("grid="),
-                                           f.parent.name.removeprefix("model_id="))
-                      for f in files], ignore_index=True)
+    return pd.concat(
+        [
+            _read_partition_file(
+                f, f.parent.parent.name.removeprefix("grid="), f.parent.name.removeprefix("model_id=")
+            )
+            for f in files
+        ],
+        ignore_index=True,
+    )

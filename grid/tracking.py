@@ -12,7 +12,6 @@ import math
 import os
 from pathlib import Path
 
-
 from apgrid.errors import ApgridError, short_reason
 from apgrid.grid.plan import ModelPlan
 from apgrid.grid.progress import DriverCallback
@@ -31,13 +30,14 @@ class TrackingError(ApgridError, RuntimeError):
 
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=uri)
 
 
 def check_reachable(uri: str) -> None:
     """Fail fast, before anything starts, when the tracking URI cannot be used."""
     if uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
+        folder = Path(uri[len("sqlite:///") :]).parent
         if folder.exists() and not os.access(folder, os.W_OK):
             raise TrackingError(f"tracking_uri: {folder} is not writable")
         return  # created on first use, in the output folder
@@ -48,9 +48,18 @@ def check_reachable(uri: str) -> None:
 
 
 def model_tags(plan: ModelPlan, dataset: str, stage: str) -> dict[str, str]:
-    tags = {"stage": stage, "model_id": plan.model_id, "dense_model_id": plan.dense_model_id,
-            "role": plan.role, "method": plan.method, "arch": plan.arch, "dataset": dataset,
-            "sparsity": str(plan.sparsity), "seed": str(plan.seed), "config_hash": plan.config_hash}
+    tags = {
+        "stage": stage,
+        "model_id": plan.model_id,
+        "dense_model_id": plan.dense_model_id,
+        "role": plan.role,
+        "method": plan.method,
+        "arch": plan.arch,
+        "dataset": dataset,
+        "sparsity": str(plan.sparsity),
+        "seed": str(plan.seed),
+        "config_hash": plan.config_hash,
+    }
     if plan.role == "pruned" and plan.method in PRUNING_METHODS:  # not for user checkpoints
         m = PRUNING_METHODS[plan.method]
         tags.update({key: str(value) for key, value in m.taxonomy.items()})
@@ -68,8 +77,7 @@ def clean_metrics(metrics: dict) -> dict[str, float]:
 
 
 class Tracker:
-    def __init__(self, uri: str, grid_name: str, artifact_root: Path | None = None,
-                 create: bool = True):
+    def __init__(self, uri: str, grid_name: str, artifact_root: Path | None = None, create: bool = True):
         """`artifact_root`: where a new experiment keeps its artifacts. Without it a SQLite store
         would put them in ./mlruns of whatever folder apgrid was started from. `create=False`
         (readers: status) never creates the experiment; a missing one raises TrackingError."""
@@ -83,9 +91,11 @@ class Tracker:
             exp = self.client.get_experiment_by_name(grid_name)
             if exp is None and not create:
                 raise TrackingError(f"tracking_uri: {uri} has no experiment '{grid_name}'")
-            self.experiment_id = (exp.experiment_id if exp is not None else
-                                  self.client.create_experiment(grid_name,
-                                                                artifact_location=location))
+            self.experiment_id = (
+                exp.experiment_id
+                if exp is not None
+                else self.client.create_experiment(grid_name, artifact_location=location)
+            )
         except TrackingError:
             raise
         except Exception as exc:
@@ -93,16 +103,19 @@ class Tracker:
 
     def grid_run(self, fingerprint: str) -> str:
         """The grid's parent run, created once and found again on resume."""
-        found = self.client.search_runs([self.experiment_id],
-                                        filter_string="tags.level = 'grid'", max_results=1)
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string="tags.level = 'grid'", max_results=1
+        )
         if found:
             run_id = found[0].info.run_id
             if found[0].info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(self.experiment_id, run_name=f"grid-{self.grid_name}",
-                                     tags={"level": "grid", "grid": self.grid_name,
-                                           "fingerprint": fingerprint, **self.source})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"grid-{self.grid_name}",
+            tags={"level": "grid", "grid": self.grid_name, "fingerprint": fingerprint, **self.source},
+        )
         return run.info.run_id
 
     def runs(self, filter_string: str) -> list:
@@ -110,8 +123,9 @@ class Tracker:
         answers at most a page of runs per call; a large grid has more)."""
         found, token = [], None
         while True:
-            page = self.client.search_runs([self.experiment_id], filter_string=filter_string,
-                                           max_results=PAGE_SIZE, page_token=token)
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=filter_string, max_results=PAGE_SIZE, page_token=token
+            )
             found += list(page)
             token = page.token
             if not token:
@@ -120,14 +134,20 @@ class Tracker:
     def attempts(self, model_id: str, stage: str) -> int:
         return len(self.runs(f"tags.model_id = '{model_id}' and tags.stage = '{stage}'"))
 
-    def start_model_run(self, parent: str, plan: ModelPlan, dataset: str, stage: str,
-                        extra_tags: dict | None = None) -> str:
+    def start_model_run(
+        self, parent: str, plan: ModelPlan, dataset: str, stage: str, extra_tags: dict | None = None
+    ) -> str:
         attempt = self.attempts(plan.model_id, stage) + 1
-        tags = {"level": "model", "mlflow.parentRunId": parent, "grid": self.grid_name,
-                "attempt": str(attempt), **self.source, **model_tags(plan, dataset, stage),
-                **(extra_tags or {})}
-        run = self.client.create_run(self.experiment_id, run_name=f"{stage}:{plan.model_id}",
-                                     tags=tags)
+        tags = {
+            "level": "model",
+            "mlflow.parentRunId": parent,
+            "grid": self.grid_name,
+            "attempt": str(attempt),
+            **self.source,
+            **model_tags(plan, dataset, stage),
+            **(extra_tags or {}),
+        }
+        run = self.client.create_run(self.experiment_id, run_name=f"{stage}:{plan.model_id}", tags=tags)
         self.log_params(run.info.run_id, {**self.grid_params, **flat_params(plan)})
         self.client.log_dict(run.info.run_id, plan.config, "config.json")
         # a number MLflow filters on (tags are text): `metrics.sparsity >= 0.9`, `apgrid query`
@@ -135,8 +155,10 @@ class Tracker:
         return run.info.run_id
 
     def log_metrics(self, run_id: str, metrics: dict, step: int | None = None) -> None:
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         batch = [Metric(k, v, now, step or 0) for k, v in clean_metrics(metrics).items()]
         if batch:
@@ -144,6 +166,7 @@ class Tracker:
 
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
+
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def set_tag(self, run_id: str, key: str, value) -> None:
@@ -178,9 +201,24 @@ class Tracker:
 
 
 # What Ray Tune adds to every reported result: bookkeeping, not a model's metrics.
-TUNE_KEYS = {"done", "trial_id", "training_iteration", "should_checkpoint", "checkpoint_dir_name",
-             "timestamp", "date", "time_this_iter_s", "time_total_s", "time_since_restore",
-             "iterations_since_restore", "pid", "hostname", "node_ip", "experiment_tag", "config"}
+TUNE_KEYS = {
+    "done",
+    "trial_id",
+    "training_iteration",
+    "should_checkpoint",
+    "checkpoint_dir_name",
+    "timestamp",
+    "date",
+    "time_this_iter_s",
+    "time_total_s",
+    "time_since_restore",
+    "iterations_since_restore",
+    "pid",
+    "hostname",
+    "node_ip",
+    "experiment_tag",
+    "config",
+}
 PLAN_PREFIX = {"dense": "dense", "pruned": "prune"}
 
 
@@ -188,8 +226,7 @@ def flat_params(plan: ModelPlan) -> dict[str, str]:
     """The model's own config as MLflow params with dotted names (dense.recipe.lr, prune.method,
     prune.sparsity, prune.finetune.epochs, prune.options.rho, ...), so runs filter and compare in
     the UI; the grid's dataset and threat model come from Tracker.grid_params."""
-    config = {k: v for k, v in plan.config.items()
-              if k not in ("dataset", "threat_model", "validation")}
+    config = {k: v for k, v in plan.config.items() if k not in ("dataset", "threat_model", "validation")}
     prefix = "checkpoint" if "checkpoint" in config else PLAN_PREFIX.get(plan.role, plan.role)
     if plan.role == "pruned" and "dense" in config:
         config["dense_model_id"] = config.pop("dense")
@@ -198,8 +235,12 @@ def flat_params(plan: ModelPlan) -> dict[str, str]:
 
 def grid_params(dataset, threat_model) -> dict[str, str]:
     """The params every model run of a grid shares: its dataset and threat model."""
-    out = {"dataset.name": dataset.name, "dataset.validation": dataset.validation,
-           "threat_model.norm": threat_model.norm, "threat_model.eps": threat_model.eps}
+    out = {
+        "dataset.name": dataset.name,
+        "dataset.validation": dataset.validation,
+        "threat_model.norm": threat_model.norm,
+        "threat_model.eps": threat_model.eps,
+    }
     return {k: _param(v) for k, v in out.items()}
 
 
@@ -220,11 +261,13 @@ def source_tags() -> dict[str, str]:
     import subprocess
 
     from apgrid import __version__
+
     tags = {"apgrid.version": __version__}
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=5)
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         if commit.returncode == 0:
             tags["mlflow.source.git.commit"] = commit.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -252,14 +295,17 @@ class TrialTracking(DriverCallback):
             call(*args)
         except Exception as exc:  # MLflow wraps connection and database errors alike
             self.outage = short_reason(exc)
-            self.log(f"[{self.stage}] MLflow failed ({self.outage}); training goes on, its runs "
-                     f"are logged when the tracking server answers again")
+            self.log(
+                f"[{self.stage}] MLflow failed ({self.outage}); training goes on, its runs "
+                f"are logged when the tracking server answers again"
+            )
 
     def _run_for(self, trial) -> str:
         if trial.trial_id not in self.runs:
             plan = ModelPlan.from_dict(trial.config["model"])
             self.runs[trial.trial_id] = self.tracker.start_model_run(
-                self.parent, plan, self.dataset, self.stage, {"ray_trial_id": trial.trial_id})
+                self.parent, plan, self.dataset, self.stage, {"ray_trial_id": trial.trial_id}
+            )
         return self.runs[trial.trial_id]
 
     def _close(self, trial, status: str) -> None:

@@ -86,14 +86,25 @@ def dense_trial(config: dict) -> None:
     ds, model, device = _data_and_model(grid, plan.arch, plan.seed)
 
     def save(model, metrics, extra):
-        store.save(plan.model_id, pruning.plain_state_dict(model), {},
-                   model_card(plan, grid["dataset"]["name"], metrics,
-                              {**pruning.model_facts(model), **extra}))
+        store.save(
+            plan.model_id,
+            pruning.plain_state_dict(model),
+            {},
+            model_card(plan, grid["dataset"]["name"], metrics, {**pruning.model_facts(model), **extra}),
+        )
 
-    DenseJob(Recipe(**plan.config["recipe"]), threat["eps"], threat["norm"], plan.seed, model, ds,
-             device, report=lambda metrics, state: _report(store, plan.model_id, metrics, state),
-             before_epoch=lambda epoch: _maybe_fail(config, "dense", epoch),
-             on_finish=save).run(_restore(store, plan.model_id))
+    DenseJob(
+        Recipe(**plan.config["recipe"]),
+        threat["eps"],
+        threat["norm"],
+        plan.seed,
+        model,
+        ds,
+        device,
+        report=lambda metrics, state: _report(store, plan.model_id, metrics, state),
+        before_epoch=lambda epoch: _maybe_fail(config, "dense", epoch),
+        on_finish=save,
+    ).run(_restore(store, plan.model_id))
 
 
 def prune_trial(config: dict) -> None:
@@ -110,17 +121,26 @@ def prune_trial(config: dict) -> None:
     model = store.load_model(plan.dense_model_id, ds.image_shape, ds.num_classes).to(device)
     threat = grid["threat_model"]
     job = PruneJob(
-        PruneSettings(method=plan.method, sparsity=plan.sparsity, seed=plan.seed,
-                      eps=threat["eps"], norm=threat["norm"],
-                      finetune=Recipe(**plan.config["finetune"]),
-                      search=Recipe(**plan.config["search"]) if "search" in plan.config else None,
-                      options=plan.config.get("options", {})),
-        model, ds, device,
+        PruneSettings(
+            method=plan.method,
+            sparsity=plan.sparsity,
+            seed=plan.seed,
+            eps=threat["eps"],
+            norm=threat["norm"],
+            finetune=Recipe(**plan.config["finetune"]),
+            search=Recipe(**plan.config["search"]) if "search" in plan.config else None,
+            options=plan.config.get("options", {}),
+        ),
+        model,
+        ds,
+        device,
         report=lambda metrics, state: _report(store, plan.model_id, metrics, state),
         before_epoch=lambda epoch: _maybe_fail(config, "prune", epoch),
         on_finish=lambda model, metrics, extra: store.save(
-            plan.model_id, pruning.plain_state_dict(model), pruning.masks_of(model),
-            model_card(plan, grid["dataset"]["name"], metrics, extra)))
+            plan.model_id,
+            pruning.plain_state_dict(model),
+            pruning.masks_of(model),
+            model_card(plan, grid["dataset"]["name"], metrics, extra),
+        ),
+    )
     job.run(_restore(store, plan.model_id))
-
-

@@ -7,7 +7,6 @@ from apgrid.trainables.data import load_digits
 from apgrid.trainables.models import build_model
 from apgrid.trainables.training import Recipe, make_optimizer, train_epoch
 
-
 SIGINT_AT_START = signal.getsignal(signal.SIGINT)  # before any test starts Ray or Tune
 
 
@@ -31,8 +30,18 @@ def trained(digits):
     recipe = Recipe(trainer="fgsm-rs", epochs=4, lr=0.05, batch_size=64)
     opt = make_optimizer(model.parameters(), recipe)
     for epoch in range(recipe.epochs):
-        train_epoch(model, opt, digits.x_train, digits.y_train, recipe=recipe, eps=0.1,
-                    norm="Linf", seed=0, epoch=epoch, device="cpu")
+        train_epoch(
+            model,
+            opt,
+            digits.x_train,
+            digits.y_train,
+            recipe=recipe,
+            eps=0.1,
+            norm="Linf",
+            seed=0,
+            epoch=epoch,
+            device="cpu",
+        )
     return model.eval()
 
 

@@ -1,6 +1,7 @@
 """The README's bad-input table, one test per row, through the command line as a user meets it:
 one line naming the field or file and what is allowed, exit code 2, nothing started, nothing
 written or overwritten."""
+
 import io
 import json
 
@@ -43,10 +44,17 @@ CASES = {  # case: (spec patch or raw text, text the one-line error must contain
     "steps 0": ({"evaluation": {"fmn_steps": 0}}, "evaluation.fmn_steps"),
     "epochs negative": ({"dense": {"recipe": {"epochs": -1}}}, "dense.recipe.epochs"),
     "more shards than samples": ({"evaluation": {"num_samples": 4, "shards": 8}}, "evaluation.shards"),
-    "missing dataset root": ({"dataset": {"name": "cifar10", "root": "/no/such/folder"},
-                              "dense": {"architectures": ["cifar-tiny"]}}, "dataset.root"),
-    "architecture that cannot take the images": ({"dataset": {"name": "cifar10", "root": "/tmp"}},
-                                                 "dense.architectures: digits-cnn cannot take"),
+    "missing dataset root": (
+        {
+            "dataset": {"name": "cifar10", "root": "/no/such/folder"},
+            "dense": {"architectures": ["cifar-tiny"]},
+        },
+        "dataset.root",
+    ),
+    "architecture that cannot take the images": (
+        {"dataset": {"name": "cifar10", "root": "/tmp"}},
+        "dense.architectures: digits-cnn cannot take",
+    ),
     "binary spec file": (b"\x7fELF\x02\x01\x01\x00\xff\xfe", "not a YAML text file"),
     "unknown transfer attack": ({"analysis": {"transfer_attacks": ["laser"]}}, "analysis.transfer_attacks"),
     "unreachable tracking URI": ({"tracking_uri": "http://127.0.0.1:9"}, "tracking_uri"),
@@ -80,8 +88,9 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
 @pytest.mark.parametrize("kind", CHECKPOINTS)
 def test_bad_checkpoint_is_refused_before_anything_is_written(kind, tmp_path, capsys):
     path = write_checkpoint(kind, tmp_path)
-    code, err, out = run(tmp_path, capsys, {"checkpoints": [
-        {"name": "theirs", "arch": "digits-cnn", "path": str(path)}]})
+    code, err, out = run(
+        tmp_path, capsys, {"checkpoints": [{"name": "theirs", "arch": "digits-cnn", "path": str(path)}]}
+    )
     assert code == 2 and len(err.splitlines()) == 1, err
     assert str(path) in err and ("cannot be loaded" in err or "does not fit" in err), err
     assert not out.exists()

@@ -1,6 +1,7 @@
 """Published checkpoints load as they are: state dicts built here in the layouts the AP codebases
 and RobustBench publish (the key names and shapes are facts; the weights are random), in every
 container form, and HYDRA's popup_scores; a mismatch says why in one line."""
+
 import pytest
 import torch
 from torch import nn
@@ -12,28 +13,70 @@ from apgrid.trainables.models import ARCHITECTURES
 # the layout HYDRA's resnet_cifar.py, R-ADMM and ATMC share), RobustBench/TRADES/HYDRA WideResNet,
 # HYDRA's vgg_cifar.py vgg16_bn.
 PUBLISHED_KEYS = {
-    "resnet18": ["conv1.weight", "bn1.running_var", "layer1.0.conv1.weight",
-                 "layer2.0.shortcut.0.weight", "layer2.0.shortcut.1.running_mean",
-                 "layer4.1.bn2.weight", "linear.weight", "linear.bias"],
+    "resnet18": [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer2.0.shortcut.0.weight",
+        "layer2.0.shortcut.1.running_mean",
+        "layer4.1.bn2.weight",
+        "linear.weight",
+        "linear.bias",
+    ],
     "resnet34": ["layer3.5.conv2.weight", "layer4.2.bn2.bias", "linear.weight"],
     "resnet50": ["layer1.0.conv3.weight", "layer1.0.shortcut.0.weight", "layer4.2.bn3.weight"],
-    "vgg16": ["features.0.weight", "features.0.bias", "features.40.weight", "features.41.running_var",
-              "classifier.weight"],
+    "vgg16": [
+        "features.0.weight",
+        "features.0.bias",
+        "features.40.weight",
+        "features.41.running_var",
+        "classifier.weight",
+    ],
     "vgg19": ["features.49.weight", "features.50.running_mean", "classifier.bias"],
-    "vgg16-hydra": ["features.0.weight", "features.40.weight", "classifier.0.weight",
-                    "classifier.2.weight", "classifier.4.bias"],
-    "wrn-28-4": ["conv1.weight", "block1.layer.0.bn1.weight", "block1.layer.0.convShortcut.weight",
-                 "block2.layer.0.convShortcut.weight", "block3.layer.3.conv2.weight", "bn1.running_var",
-                 "fc.weight", "fc.bias"],
+    "vgg16-hydra": [
+        "features.0.weight",
+        "features.40.weight",
+        "classifier.0.weight",
+        "classifier.2.weight",
+        "classifier.4.bias",
+    ],
+    "wrn-28-4": [
+        "conv1.weight",
+        "block1.layer.0.bn1.weight",
+        "block1.layer.0.convShortcut.weight",
+        "block2.layer.0.convShortcut.weight",
+        "block3.layer.3.conv2.weight",
+        "bn1.running_var",
+        "fc.weight",
+        "fc.bias",
+    ],
     "wrn-28-10": ["block3.layer.3.bn2.weight", "fc.weight"],
-    "densenet121": ["conv1.weight", "dense1.0.bn1.weight", "dense1.5.conv2.weight", "trans1.bn.weight",
-                    "trans1.conv.weight", "dense4.15.conv2.weight", "bn.weight", "linear.weight"],
-    "mobilenetv1": ["conv1.weight", "bn1.weight", "layers.0.conv1.weight", "layers.12.conv2.weight",
-                    "layers.12.bn2.running_var", "linear.weight"],
+    "densenet121": [
+        "conv1.weight",
+        "dense1.0.bn1.weight",
+        "dense1.5.conv2.weight",
+        "trans1.bn.weight",
+        "trans1.conv.weight",
+        "dense4.15.conv2.weight",
+        "bn.weight",
+        "linear.weight",
+    ],
+    "mobilenetv1": [
+        "conv1.weight",
+        "bn1.weight",
+        "layers.0.conv1.weight",
+        "layers.12.conv2.weight",
+        "layers.12.bn2.running_var",
+        "linear.weight",
+    ],
 }
-CONTAINERS = {"plain": lambda s: s, "state_dict": lambda s: {"state_dict": s, "epoch": torch.tensor(3)},
-              "model": lambda s: {"model": s}, "net": lambda s: {"net": s, "acc": torch.tensor(0.5)},
-              "dataparallel": lambda s: {f"module.{k}": v for k, v in s.items()}}
+CONTAINERS = {
+    "plain": lambda s: s,
+    "state_dict": lambda s: {"state_dict": s, "epoch": torch.tensor(3)},
+    "model": lambda s: {"model": s},
+    "net": lambda s: {"net": s, "acc": torch.tensor(0.5)},
+    "dataparallel": lambda s: {f"module.{k}": v for k, v in s.items()},
+}
 
 
 def published(arch: str, seed: int = 0) -> nn.Module:
@@ -129,9 +172,12 @@ def test_models_stored_before_the_published_layout_still_load(tmp_path):
     """An apgrid folder written before the renaming holds the same tensors under older names."""
     from apgrid.trainables.checkpoints import fit
     from apgrid.trainables.models import build_model
+
     model = build_model("resnet18", 3, 10, [0.5] * 3, [0.25] * 3).eval()
-    old = {k.replace("1.layer1.", "1.layers.0.X").replace("1.layer2.", "1.layers.2.X"): v
-           for k, v in model.state_dict().items()}
+    old = {
+        k.replace("1.layer1.", "1.layers.0.X").replace("1.layer2.", "1.layers.2.X"): v
+        for k, v in model.state_dict().items()
+    }
     assert set(old) != set(model.state_dict())
     fresh = build_model("resnet18", 3, 10, [0.0] * 3, [1.0] * 3).eval()
     masks = fit(fresh, old, {"1.layers.0.X0.conv1": torch.ones(64, 64, 3, 3)}, "old.pt", "resnet18")

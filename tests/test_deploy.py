@@ -2,6 +2,7 @@
 vendored KubeRay CRD schemas and Kubernetes' schemas checked strictly, the KubeRay controller's
 validation rules, hadolint on the Dockerfiles, a real compose implementation's `config`, the SLURM
 script's commands; and no credential written in any file."""
+
 import json
 import os
 import re
@@ -22,10 +23,12 @@ def load_all(name):
 
 def test_aws_cluster_config_passes_rays_validator():
     from ray.autoscaler._private.util import prepare_config, validate_config
+
     config = yaml.safe_load((DEPLOY / "cluster" / "aws-gpu.yaml").read_text())
     validate_config(config)
     validate_config(prepare_config(config))  # with Ray's defaults filled in, as `ray up` does
     import ray
+
     assert f"ray{ray.__version__}" in config["docker"]["image"]  # image pinned to our Ray
     worker = config["available_node_types"]["gpu_spot"]["node_config"]
     assert worker["InstanceMarketOptions"]["MarketType"] == "spot"
@@ -42,13 +45,20 @@ def test_rendered_ray_up_config_leaves_no_node_variable_unset(tmp_path):
     """`ray up` runs node commands in fresh login shells: everything they use is rendered in or
     set by Ray, never read from the environment of `ray up`."""
     from ray.autoscaler._private.util import prepare_config, validate_config
+
     render = [sys.executable, str(DEPLOY / "cluster" / "render.py"), str(DEPLOY / "cluster" / "aws-gpu.yaml")]
     env = {k: v for k, v in os.environ.items() if k != "EFS_DNS"}
     refused = subprocess.run(render, capture_output=True, text=True, env=env)
     assert refused.returncode == 2 and refused.stderr.strip() == (
-        "render: set EFS_DNS in the environment (see the file's header)")
-    done = subprocess.run(render, capture_output=True, text=True,
-                          env={**env, "EFS_DNS": "fs-0123.efs.us-east-1.amazonaws.com"}, check=True)
+        "render: set EFS_DNS in the environment (see the file's header)"
+    )
+    done = subprocess.run(
+        render,
+        capture_output=True,
+        text=True,
+        env={**env, "EFS_DNS": "fs-0123.efs.us-east-1.amazonaws.com"},
+        check=True,
+    )
     config = yaml.safe_load(done.stdout)
     validate_config(prepare_config(config))
     commands = [c for key, value in config.items() if key.endswith("commands") for c in value]
@@ -68,6 +78,7 @@ def test_manifests_pass_the_crd_and_kubernetes_schemas_strictly(path):
     rest against Kubernetes' own schemas (kubernetes-validate, strict)."""
     import jsonschema
     import kubernetes_validate
+
     for doc in load_all(path):
         if doc["apiVersion"] == "ray.io/v1":
             schema = json.loads((SCHEMAS / f"{doc['kind'].lower()}.json").read_text())
@@ -79,6 +90,7 @@ def test_manifests_pass_the_crd_and_kubernetes_schemas_strictly(path):
 
 def test_the_schemas_refuse_an_unknown_field():
     import jsonschema
+
     (job,) = load_all("k8s/rayjob.yaml")
     job["spec"]["backofflimit"] = 3  # a typo
     schema = json.loads((SCHEMAS / "rayjob.json").read_text())
@@ -126,7 +138,9 @@ def raycluster_errors(cluster: dict) -> list[str]:
         low, high = group.get("minReplicas", 0), group.get("maxReplicas", 2**31)
         if low < 0 or high < 0 or low > high:
             errors.append(f"worker group {group['groupName']}: minReplicas/maxReplicas")
-        if not spec.get("enableInTreeAutoscaling") and ("minReplicas" not in group or "maxReplicas" not in group):
+        if not spec.get("enableInTreeAutoscaling") and (
+            "minReplicas" not in group or "maxReplicas" not in group
+        ):
             errors.append("without autoscaling, minReplicas and maxReplicas are both required")
     if (spec.get("authOptions") or {}).get("mode") == "token":
         version = tuple(int(p) for p in str(spec.get("rayVersion", "0")).split(".")[:3])
@@ -145,7 +159,8 @@ def test_kuberay_controller_accepts_our_cluster_and_job():
 def test_the_controller_rules_catch_what_broke_before():
     (job,) = load_all("k8s/rayjob.yaml")
     assert rayjob_errors({**job, "spec": {**job["spec"], "backoffLimit": 3}}) == [
-        "BackoffLimit is incompatible with ClusterSelector mode"]
+        "BackoffLimit is incompatible with ClusterSelector mode"
+    ]
     (cluster,) = [d for d in load_all("k8s/raycluster.yaml") if d["kind"] == "RayCluster"]
     old = {**cluster, "spec": {**cluster["spec"], "rayVersion": "2.50.0"}}
     assert raycluster_errors(old) == ["authOptions.mode token needs rayVersion 2.52.0 or later"]
@@ -158,13 +173,18 @@ def test_the_rayjob_relaunches_only_when_apgrid_was_stopped_by_its_environment(t
     for codes, expected_runs, expected_exit in (("1 1 0", 3, 0), ("2", 1, 2), ("1 1 1 1", 4, 1)):
         fake = tmp_path / f"bin-{codes.replace(' ', '')}"
         fake.mkdir()
-        (fake / "apgrid").write_text(f"#!/bin/bash\necho run >> {fake}/runs\n"
-                                     f"codes=({codes}); n=$(wc -l < {fake}/runs)\n"
-                                     f"exit ${{codes[$((n-1))]}}\n")
+        (fake / "apgrid").write_text(
+            f"#!/bin/bash\necho run >> {fake}/runs\n"
+            f"codes=({codes}); n=$(wc -l < {fake}/runs)\n"
+            f"exit ${{codes[$((n-1))]}}\n"
+        )
         (fake / "apgrid").chmod(0o755)
-        done = subprocess.run(["bash", "-c", script.removeprefix("bash -c ").strip("'")],
-                              env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["bash", "-c", script.removeprefix("bash -c ").strip("'")],
+            env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == expected_exit
         assert (fake / "runs").read_text().count("run") == expected_runs
 
@@ -177,8 +197,9 @@ def test_kuberay_cluster_and_job():
     workers = cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]
     assert workers["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     for pod in (head, workers):
-        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
-                  if "persistentVolumeClaim" in v]
+        claims = [
+            v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+        ]
         assert claims == ["apgrid-shared"]
         assert pod["containers"][0]["image"] == head["containers"][0]["image"]
     assert docs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -194,8 +215,12 @@ def test_mlflow_server_has_postgres_s3_auth_and_allowed_hosts():
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     command = " ".join(container["args"])
-    for needed in ("--app-name basic-auth", "--backend-store-uri \"postgresql://",
-                   "--artifacts-destination s3://", "--allowed-hosts"):
+    for needed in (
+        "--app-name basic-auth",
+        '--backend-store-uri "postgresql://',
+        "--artifacts-destination s3://",
+        "--allowed-hosts",
+    ):
         assert needed in command
     assert container["image"] == "apgrid-mlflow:3.17.2" and "pip install" not in command
     assert "FROM ghcr.io/mlflow/mlflow:v3.17.2" in (DEPLOY / "mlflow.Dockerfile").read_text()
@@ -210,8 +235,9 @@ def test_compose_stack():
     mlflow = compose["services"]["mlflow"]
     command = " ".join(mlflow["command"])
     assert "basic-auth" in command and "postgresql://" in command and "s3://" in command
-    assert all(p.startswith("127.0.0.1:") for s in compose["services"].values()
-               for p in s.get("ports", []))  # nothing exposed beyond the workstation
+    assert all(
+        p.startswith("127.0.0.1:") for s in compose["services"].values() for p in s.get("ports", [])
+    )  # nothing exposed beyond the workstation
     assert "pip install" not in command  # the image has its clients: it starts with no network
     assert "FROM rayproject/ray:2.60.0" in (DEPLOY / "Dockerfile").read_text()
 
@@ -227,16 +253,24 @@ def _podman_compose():
 
 def test_compose_file_passes_a_real_compose_implementations_config():
     tool = _podman_compose()
-    env = {**os.environ, "POSTGRES_PASSWORD": "p", "MINIO_ROOT_USER": "u",
-           "MINIO_ROOT_PASSWORD": "m", "MLFLOW_SECRET_KEY": "k", "MLFLOW_ADMIN_PASSWORD": "a"}
-    done = subprocess.run([tool, "-f", str(DEPLOY / "compose.yaml"), "config"], env=env,
-                          capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "POSTGRES_PASSWORD": "p",
+        "MINIO_ROOT_USER": "u",
+        "MINIO_ROOT_PASSWORD": "m",
+        "MLFLOW_SECRET_KEY": "k",
+        "MLFLOW_ADMIN_PASSWORD": "a",
+    }
+    done = subprocess.run(
+        [tool, "-f", str(DEPLOY / "compose.yaml"), "config"], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     rendered = yaml.safe_load(done.stdout)
     assert rendered["services"]["mlflow"]["build"]["dockerfile"] == "mlflow.Dockerfile"
     missing = {k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"}
-    refused = subprocess.run([tool, "-f", str(DEPLOY / "compose.yaml"), "config"], env=missing,
-                             capture_output=True, text=True)
+    refused = subprocess.run(
+        [tool, "-f", str(DEPLOY / "compose.yaml"), "config"], env=missing, capture_output=True, text=True
+    )
     assert refused.returncode != 0 and "POSTGRES_PASSWORD" in refused.stdout + refused.stderr
 
 
@@ -260,31 +294,45 @@ def test_slurm_script_starts_a_head_then_workers_then_the_driver(tmp_path):
     script = DEPLOY / "slurm" / "apgrid.sbatch"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     log = tmp_path / "calls"
-    fakes = {"scontrol": "printf 'gpu01\\ngpu02\\ngpu03\\n'",
-             "srun": f'echo "srun $*" >> {log}; if [[ "$*" == *hostname* ]]; then echo 10.0.0.1; fi',
-             "apgrid": f'echo "apgrid $* RAY_ADDRESS=$RAY_ADDRESS RAY_AUTH_MODE=$RAY_AUTH_MODE" >> {log}'}
+    fakes = {
+        "scontrol": "printf 'gpu01\\ngpu02\\ngpu03\\n'",
+        "srun": f'echo "srun $*" >> {log}; if [[ "$*" == *hostname* ]]; then echo 10.0.0.1; fi',
+        "apgrid": f'echo "apgrid $* RAY_ADDRESS=$RAY_ADDRESS RAY_AUTH_MODE=$RAY_AUTH_MODE" >> {log}',
+    }
     for name, body in fakes.items():
         (tmp_path / name).write_text(f"#!/bin/bash\n{body}\n")
         (tmp_path / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu[01-03]",
-           "SLURM_CPUS_PER_TASK": "8", "SLURM_GPUS_PER_TASK": "1", "APGRID_RAY_WAIT_S": "0"}
+    env = {
+        **os.environ,
+        "PATH": f"{tmp_path}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "gpu[01-03]",
+        "SLURM_CPUS_PER_TASK": "8",
+        "SLURM_GPUS_PER_TASK": "1",
+        "APGRID_RAY_WAIT_S": "0",
+    }
+
     def calls_when(count):  # the workers' `srun ... &` may still be writing when the script ends
         import time
+
         for _ in range(100):
             lines = log.read_text().splitlines() if log.exists() else []
             if len(lines) >= count:
                 return lines
             time.sleep(0.05)
         return lines
+
     subprocess.run(["bash", str(script), "spec.yaml", "/scratch/out"], env=env, check=True)
     calls = calls_when(5)  # hostname, head, two workers, apgrid
     calls = [c for c in calls if not c.startswith("apgrid")] + [c for c in calls if c.startswith("apgrid")]
     starts = [c for c in calls if "ray start" in c]
-    assert starts[0].startswith("srun --nodes=1 --ntasks=1 -w gpu01 ray start --head --node-ip-address=10.0.0.1")
+    assert starts[0].startswith(
+        "srun --nodes=1 --ntasks=1 -w gpu01 ray start --head --node-ip-address=10.0.0.1"
+    )
     assert sorted(c.split(" -w ")[1].split()[0] for c in starts[1:]) == ["gpu02", "gpu03"]
     assert all("--address=10.0.0.1:6379 --num-cpus=8 --num-gpus=1" in c for c in starts[1:])
-    assert calls[-1] == ("apgrid launch spec.yaml --output /scratch/out RAY_ADDRESS=10.0.0.1:6379 "
-                         "RAY_AUTH_MODE=token")
+    assert calls[-1] == (
+        "apgrid launch spec.yaml --output /scratch/out RAY_ADDRESS=10.0.0.1:6379 RAY_AUTH_MODE=token"
+    )
     log.unlink()
     subprocess.run(["bash", str(script), "-", "/scratch/out", "resume"], env=env, check=True)
     assert log.read_text().splitlines()[-1].startswith("apgrid resume /scratch/out RAY_ADDRESS=")
@@ -300,8 +348,14 @@ def _literal_secrets(node, found):
         if isinstance(name, str) and SECRET.search(name) and isinstance(node.get("value"), str):
             found.append(f"{name}={node['value']}")
         for key, value in node.items():
-            if isinstance(key, str) and SECRET.search(key) and isinstance(value, str) \
-                    and value and not value.startswith(("${", "~/", "/")) and key != "mode":
+            if (
+                isinstance(key, str)
+                and SECRET.search(key)
+                and isinstance(value, str)
+                and value
+                and not value.startswith(("${", "~/", "/"))
+                and key != "mode"
+            ):
                 found.append(f"{key}={value}")
             _literal_secrets(value, found)
     elif isinstance(node, list):
@@ -310,8 +364,10 @@ def _literal_secrets(node, found):
     return found
 
 
-@pytest.mark.parametrize("path", ["compose.yaml", "cluster/aws-gpu.yaml", "k8s/raycluster.yaml",
-                                  "k8s/rayjob.yaml", "k8s/mlflow.yaml"])
+@pytest.mark.parametrize(
+    "path",
+    ["compose.yaml", "cluster/aws-gpu.yaml", "k8s/raycluster.yaml", "k8s/rayjob.yaml", "k8s/mlflow.yaml"],
+)
 def test_no_credentials_in_deploy_files(path):
     found = []
     for doc in load_all(path):

@@ -1,6 +1,7 @@
 """The driver killed with SIGKILL during dense, prune, evaluate and analyze, and `apgrid resume`
 each time: the grid finishes, every (model, sample) row is there exactly once and equal to an
 uninterrupted run's, finished work is not redone, and no MLflow run is left RUNNING."""
+
 import os
 import signal
 import subprocess
@@ -19,8 +20,17 @@ from tests.test_grid import QUICK_AA
 
 pytestmark = pytest.mark.slow  # end-to-end grids beyond test_grid's: `make test`, not `make check`
 
-COLUMNS = ["model_id", "sample_idx", "clean_pred", "clean_correct", "logit_margin", "pgd_correct",
-           "aa_correct", "fmn_eps", "fmn_found"]
+COLUMNS = [
+    "model_id",
+    "sample_idx",
+    "clean_pred",
+    "clean_correct",
+    "logit_margin",
+    "pgd_correct",
+    "aa_correct",
+    "fmn_eps",
+    "fmn_found",
+]
 KILL_POINTS = [  # (stage, a line of the driver's output after which it is killed)
     ("dense", "epoch 1,"),
     ("prune", "[prune]"),
@@ -30,24 +40,45 @@ KILL_POINTS = [  # (stage, a line of the driver's output after which it is kille
 
 
 def grid_raw(output):
-    return {"name": "tiny", "output": str(output),
-            "threat_model": {"norm": "Linf", "eps": 0.1},
-            "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.05, "batch_size": 64}},
-            "prune": {"methods": ["lwm-global", "hydra"], "sparsities": [0.9],
-                      "finetune": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.01, "batch_size": 128},
-                      "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128}},
-            "evaluation": {"num_samples": 20, "block_size": 5, "shards": 4, "actors": 2,
-                           "pgd_steps": 2, "fmn_steps": 20, "autoattack_attacks": QUICK_AA},
-            "analysis": {"transfer_attacks": ["fgsm", "pgd", "universal"], "transfer_samples": 100,
-                         "bootstrap_resamples": 100}}
+    return {
+        "name": "tiny",
+        "output": str(output),
+        "threat_model": {"norm": "Linf", "eps": 0.1},
+        "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.05, "batch_size": 64}},
+        "prune": {
+            "methods": ["lwm-global", "hydra"],
+            "sparsities": [0.9],
+            "finetune": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.01, "batch_size": 128},
+            "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128},
+        },
+        "evaluation": {
+            "num_samples": 20,
+            "block_size": 5,
+            "shards": 4,
+            "actors": 2,
+            "pgd_steps": 2,
+            "fmn_steps": 20,
+            "autoattack_attacks": QUICK_AA,
+        },
+        "analysis": {
+            "transfer_attacks": ["fgsm", "pgd", "universal"],
+            "transfer_samples": 100,
+            "bootstrap_resamples": 100,
+        },
+    }
 
 
 def run_until(args: list[str], needle: str | None, log: list[str]) -> bool:
     """Run `apgrid ARGS` as its own process group; SIGKILL the driver once `needle` shows in its
     output (then whatever Ray processes it left). Returns True when it was killed."""
-    proc = subprocess.Popen([sys.executable, "-m", "apgrid.grid.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apgrid.grid.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     for line in proc.stdout:
         log.append(line.rstrip())
         if needle and needle in line:
@@ -67,6 +98,7 @@ def run_until(args: list[str], needle: str | None, log: list[str]) -> bool:
 def reference(ray_session, tmp_path_factory):
     output = tmp_path_factory.mktemp("reference") / "out"
     from apgrid.grid.spec import parse_spec
+
     launch(parse_spec(grid_raw(output)), log=lambda m: None)
     return read_samples(output)
 
@@ -77,7 +109,7 @@ def test_driver_sigkill_at_every_stage_then_resume(reference, tmp_path):
     spec_file.write_text(yaml.safe_dump(grid_raw(output)))
     log: list[str] = []
     killed_in = []
-    for i, (stage, needle) in enumerate(KILL_POINTS):
+    for i, (_stage, needle) in enumerate(KILL_POINTS):
         args = ["launch", str(spec_file)] if i == 0 else ["resume", str(output)]
         if run_until(args, needle, log):
             killed_in.append(read_state(output)["stages"])
@@ -104,7 +136,8 @@ def test_driver_sigkill_at_every_stage_then_resume(reference, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "")
     assert not [r for r in runs if r.info.status == "RUNNING"]
     killed = [r for r in runs if r.info.status == "KILLED"]
-    assert killed and all(int(r.data.tags.get("attempt", 0)) >= 1 for r in killed
-                          if r.data.tags.get("level") == "model")
+    assert killed and all(
+        int(r.data.tags.get("attempt", 0)) >= 1 for r in killed if r.data.tags.get("level") == "model"
+    )
     finished = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("stage") == "dense"]
     assert len(finished) == 1  # the dense model was trained to the end once

@@ -1,16 +1,25 @@
 """Evaluation: shard-independence, AutoAttack equal to pyautoattack, FMN distances that are real."""
+
 import dataclasses
 
-import pandas as pd
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pyautoattack import AutoAttack
 
 from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES, autoattack, fmn, lp_norm
-from apgrid.trainables.evaluation import (EvalSettings, ThreatModel, attack_bytes_per_sample,
-                                   auto_batch_size, block_ranges, evaluate_samples, fit_batch_size,
-                                   memory_budget, shard_ranges)
+from apgrid.trainables.evaluation import (
+    EvalSettings,
+    ThreatModel,
+    attack_bytes_per_sample,
+    auto_batch_size,
+    block_ranges,
+    evaluate_samples,
+    fit_batch_size,
+    memory_budget,
+    shard_ranges,
+)
 from apgrid.trainables.models import build_model
 
 THREAT = ThreatModel("Linf", 0.1)
@@ -30,8 +39,10 @@ def test_shard_ranges_cover_every_sample_once():
 def test_one_shard_equals_three_shards_row_for_row(trained, digits):
     x, y = digits.x_test[:N], digits.y_test[:N]
     whole = evaluate_samples(trained, x, y, 0, THREAT, SETTINGS, signed_fmn=True)
-    parts = [evaluate_samples(trained, x[s:e], y[s:e], s, THREAT, SETTINGS, signed_fmn=True)
-             for s, e in shard_ranges(N, SETTINGS.block_size, 3)]
+    parts = [
+        evaluate_samples(trained, x[s:e], y[s:e], s, THREAT, SETTINGS, signed_fmn=True)
+        for s, e in shard_ranges(N, SETTINGS.block_size, 3)
+    ]
     sharded = pd.concat(parts, ignore_index=True)
     assert len(shard_ranges(N, SETTINGS.block_size, 3)) == 3
     pd.testing.assert_frame_equal(whole, sharded)
@@ -44,8 +55,7 @@ def test_one_shard_equals_three_shards_row_for_row(trained, digits):
 
 def test_autoattack_matches_pyautoattack_called_directly(trained, digits):
     x, y = digits.x_test[:N], digits.y_test[:N]
-    robust, broken_by, x_adv = autoattack(trained, x, y, eps=0.1, norm="Linf",
-                                          version="standard", seed=7)
+    robust, broken_by, x_adv = autoattack(trained, x, y, eps=0.1, norm="Linf", version="standard", seed=7)
     direct = AutoAttack(trained, eps=0.1, norm="Linf", version="standard", seed=7)
     direct_adv, direct_pred = direct.run_standard_evaluation(x, y, batch_size=500)
     assert torch.equal(robust, direct_pred == y)
@@ -57,8 +67,9 @@ def test_autoattack_matches_pyautoattack_called_directly(trained, digits):
         assert (broken_by[i] is not None) == lost
         assert broken_by[i] in (None, "apgd-ce", "apgd-t", "fab-t", "square")
     # the ensemble's first two attacks alone break exactly the samples they broke in the full run
-    quick, quick_by, _ = autoattack(trained, x, y, eps=0.1, norm="Linf", version="standard",
-                                    seed=7, attacks=("apgd-t", "apgd-ce"))
+    quick, quick_by, _ = autoattack(
+        trained, x, y, eps=0.1, norm="Linf", version="standard", seed=7, attacks=("apgd-t", "apgd-ce")
+    )
     assert {"apgd-ce", "apgd-t"} & set(broken_by)  # the comparison below is not vacuous
     assert quick_by == [b if b in ("apgd-ce", "apgd-t") else None for b in broken_by]
     assert torch.equal(quick, robust | torch.tensor([b in ("fab-t", "square") for b in broken_by]))
@@ -88,8 +99,12 @@ def test_fmn_point_flips_the_prediction_and_its_norm_is_the_distance(trained, di
 
 def test_signed_fmn_is_negative_where_the_model_is_wrong(trained, digits):
     x, y = digits.x_test[:120], digits.y_test[:120]
-    quick = EvalSettings(pgd_steps=1, fmn_steps=60, block_size=120,  # FMN is what is tested here
-                         autoattack_attacks=("apgd-ce",))
+    quick = EvalSettings(
+        pgd_steps=1,
+        fmn_steps=60,
+        block_size=120,  # FMN is what is tested here
+        autoattack_attacks=("apgd-ce",),
+    )
     rows = evaluate_samples(trained, x, y, 0, THREAT, quick, signed_fmn=True)
     right, wrong = rows[rows.clean_correct], rows[~rows.clean_correct & rows.fmn_found]
     assert len(wrong) > 0
@@ -132,6 +147,7 @@ def saved_for_backward_per_sample(model, shape, batch=8) -> float:
         if t.dim() and t.shape[0] == batch:
             saved[(t.data_ptr(), tuple(t.shape))] = t.numel() * t.element_size()
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(torch.rand(batch, *shape, requires_grad=True))
     return sum(saved.values()) / batch
@@ -145,6 +161,7 @@ def test_auto_batch_on_a_gpu_share_splits_the_block_only_when_the_share_is_small
     """The CUDA branch with no GPU here: an 80 GB card reported by a stand-in. A whole card or a
     quarter of it holds a ResNet-50 block of 250 (~31 MB a sample); a tenth does not."""
     import types
+
     card = types.SimpleNamespace(total_memory=80 * 2**30)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: card)
     resnet50 = build_model("resnet50", 3, 10, [0.5] * 3, [0.25] * 3).eval()
@@ -171,6 +188,7 @@ def test_batch_size_changes_no_pgd_clean_or_fmn_result(trained, digits):
 
 def test_fmn_bounds_never_exceed_what_an_attack_proved():
     from apgrid.trainables.evaluation import fmn_bounds
+
     correct = np.array([True, True, True, True, False])
     pgd = np.array([True, False, False, True, False])
     aa = np.array([True, True, True, False, True])
@@ -183,7 +201,7 @@ def test_fmn_bounds_never_exceed_what_an_attack_proved():
 def test_evaluated_rows_carry_the_bound_and_both_readings_of_a_negative_eps(trained, digits):
     x, y = digits.x_test[:N], digits.y_test[:N]
     rows = evaluate_samples(trained, x, y, 0, THREAT, SETTINGS, True, "cpu")
-    broken = rows["clean_correct"] & (~rows["pgd_correct"] | (rows["aa_correct"] == False))  # noqa: E712
+    broken = rows["clean_correct"] & (~rows["pgd_correct"] | rows["aa_correct"].eq(False))
     assert (rows.loc[broken, "fmn_eps_bounded"] <= THREAT.eps + 1e-6).all()
     flagged = rows["fmn_overstated"]
     assert (rows.loc[flagged, "fmn_eps_bounded"] == np.float32(THREAT.eps)).all()

@@ -1,11 +1,11 @@
 """End to end under Ray: a tiny grid with an injected crash, MLflow runs, Parquet rows, the report,
 `apgrid query`, a resume that redoes nothing, and an output folder that belongs to another grid."""
+
 import json
 
+import mlflow
 import numpy as np
 import pandas as pd
-
-import mlflow
 import pytest
 import yaml
 
@@ -23,16 +23,27 @@ QUICK_AA = ["apgd-ce", "apgd-t"]
 
 def tiny_spec(output, **over):
     raw = {
-        "name": "tiny", "output": str(output),
+        "name": "tiny",
+        "output": str(output),
         "threat_model": {"norm": "Linf", "eps": 0.1},
         "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 3, "lr": 0.05, "batch_size": 64}},
-        "prune": {"methods": ["lwm-global", "hydra"], "sparsities": [0.9],
-                  "finetune": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128},
-                  "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128}},
+        "prune": {
+            "methods": ["lwm-global", "hydra"],
+            "sparsities": [0.9],
+            "finetune": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128},
+            "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128},
+        },
         # AutoAttack's two APGD attacks only: these grids test the orchestration, and Square's
         # 5,000 queries would triple the evaluate stage (test_evaluation covers the full ensemble)
-        "evaluation": {"num_samples": N_SAMPLES, "block_size": 10, "shards": 3, "actors": 2,
-                       "pgd_steps": 5, "fmn_steps": 50, "autoattack_attacks": QUICK_AA},
+        "evaluation": {
+            "num_samples": N_SAMPLES,
+            "block_size": 10,
+            "shards": 3,
+            "actors": 2,
+            "pgd_steps": 5,
+            "fmn_steps": 50,
+            "autoattack_attacks": QUICK_AA,
+        },
         "analysis": {"transfer_samples": 50, "bootstrap_resamples": 200},
         **over,
     }
@@ -44,14 +55,19 @@ def finished_grid(ray_session, tmp_path_factory):
     output = tmp_path_factory.mktemp("grid") / "out"
     spec = tiny_spec(output)
     marker = str(output.parent / "faults")
-    faults = [{"stage": "dense", "epoch": 1, "kind": "raise", "marker": marker},
-              {"stage": "prune", "epoch": 1, "kind": "exit", "marker": marker},  # os._exit(1)
-              {"stage": "evaluate", "shard": 10, "kind": "exit", "marker": marker}]
+    faults = [
+        {"stage": "dense", "epoch": 1, "kind": "raise", "marker": marker},
+        {"stage": "prune", "epoch": 1, "kind": "exit", "marker": marker},  # os._exit(1)
+        {"stage": "evaluate", "shard": 10, "kind": "exit", "marker": marker},
+    ]
     lines = []
     launch(spec, fault=faults, log=lines.append, until="prune")  # trained now, evaluated later
-    STOPPED_AFTER_PRUNE.update(state=json.loads((output / "grid.json").read_text()),
-                               parquet=list(output.glob("samples/**/*.parquet")),
-                               last_line=lines[-1], grid_run=_grid_run(spec))
+    STOPPED_AFTER_PRUNE.update(
+        state=json.loads((output / "grid.json").read_text()),
+        parquet=list(output.glob("samples/**/*.parquet")),
+        last_line=lines[-1],
+        grid_run=_grid_run(spec),
+    )
     launch(spec, fault=faults, log=lines.append)
     return spec, output, lines
 
@@ -73,9 +89,24 @@ def test_grid_writes_parquet_rows_once_per_model_and_sample(finished_grid):
     assert len(samples) == len(models) * N_SAMPLES
     assert not samples.duplicated(["model_id", "sample_idx"]).any()
     assert set(samples["model_id"]) == {m.model_id for m in models}
-    for column in ("grid", "dense_model_id", "role", "sparsity", "sparsity_measured", "label",
-                   "clean_correct", "logit_margin", "pgd_correct", "aa_correct", "aa_broken_by",
-                   "fmn_eps", "fmn_found", "norm", "eps", "autoattack_version"):
+    for column in (
+        "grid",
+        "dense_model_id",
+        "role",
+        "sparsity",
+        "sparsity_measured",
+        "label",
+        "clean_correct",
+        "logit_margin",
+        "pgd_correct",
+        "aa_correct",
+        "aa_broken_by",
+        "fmn_eps",
+        "fmn_found",
+        "norm",
+        "eps",
+        "autoattack_version",
+    ):
         assert column in samples.columns, column
     assert (samples["eval_batch_size"] == 10).all()  # auto on CPU: the whole block of 10
     assert (samples["autoattack_attacks"] == "apgd-ce,apgd-t").all()
@@ -92,8 +123,9 @@ def test_crashed_trial_was_retried_from_its_checkpoint(finished_grid):
     spec, output, lines = finished_grid
     assert any("retrying from its last checkpoint" in line for line in lines)
     mlflow.set_tracking_uri(spec.resolved_tracking_uri)
-    runs = mlflow.search_runs(experiment_names=["tiny"],
-                              filter_string="tags.stage = 'dense'", output_format="list")
+    runs = mlflow.search_runs(
+        experiment_names=["tiny"], filter_string="tags.stage = 'dense'", output_format="list"
+    )
     by_status = sorted((r.data.tags["attempt"], r.info.status) for r in runs)
     assert by_status == [("1", "FAILED"), ("2", "FINISHED")]
     retry = next(r for r in runs if r.info.status == "FINISHED")
@@ -108,8 +140,10 @@ def test_trial_killed_by_os_exit_was_retried_from_its_checkpoint(finished_grid):
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id], "tags.stage = 'prune' and tags.method = 'hydra'")
     # HYDRA died at the start of its epoch 1, after its score-search epoch was checkpointed
-    assert sorted((r.data.tags["attempt"], r.info.status) for r in runs) == \
-        [("1", "FAILED"), ("2", "FINISHED")]
+    assert sorted((r.data.tags["attempt"], r.info.status) for r in runs) == [
+        ("1", "FAILED"),
+        ("2", "FINISHED"),
+    ]
     retry = next(r for r in runs if r.info.status == "FINISHED")
     epochs = [m.value for m in client.get_metric_history(retry.info.run_id, "epoch")]
     assert epochs == [2.0]  # resumed after the checkpointed epoch 1, not redone from scratch
@@ -124,6 +158,7 @@ def test_evaluation_actor_killed_mid_shard_loses_and_doubles_nothing(finished_gr
     from apgrid.trainables.data import load_dataset
     from apgrid.trainables.evaluation import evaluate_samples
     from apgrid.trainables.models import build_model
+
     spec, output, _ = finished_grid
     assert len(list((output.parent / "faults").glob("*-evaluate-shard10"))) == 3
     samples = read_samples(output)
@@ -134,13 +169,22 @@ def test_evaluation_actor_killed_mid_shard_loses_and_doubles_nothing(finished_gr
     state, masks = ModelStore(output).load_weights(hydra.model_id)
     model.load_state_dict(state)
     pruning.apply_masks(model, masks)
-    direct = evaluate_samples(model.eval(), ds.x_test[10:20], ds.y_test[10:20], 10, spec.threat_model,
-                              spec.evaluation.settings, False, "cpu").set_index("sample_idx")
+    direct = evaluate_samples(
+        model.eval(),
+        ds.x_test[10:20],
+        ds.y_test[10:20],
+        10,
+        spec.threat_model,
+        spec.evaluation.settings,
+        False,
+        "cpu",
+    ).set_index("sample_idx")
     for column in ("clean_correct", "pgd_correct", "aa_correct", "fmn_found"):
         assert rows[column].tolist() == direct[column].tolist(), column
     for column in ("fmn_eps", "logit_margin"):  # other thread counts: float rounding only
-        np.testing.assert_allclose(rows[column].to_numpy(float), direct[column].to_numpy(float),
-                                   rtol=1e-5, atol=1e-6, err_msg=column)
+        np.testing.assert_allclose(
+            rows[column].to_numpy(float), direct[column].to_numpy(float), rtol=1e-5, atol=1e-6, err_msg=column
+        )
 
 
 def test_mlflow_runs_are_nested_tagged_and_closed(finished_grid):
@@ -156,8 +200,16 @@ def test_mlflow_runs_are_nested_tagged_and_closed(finished_grid):
     for run in evaluate:
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == grid_run[0].info.run_id
-        for tag in ("model_id", "dense_model_id", "method", "arch", "dataset", "sparsity",
-                    "config_hash", "attempt"):
+        for tag in (
+            "model_id",
+            "dense_model_id",
+            "method",
+            "arch",
+            "dataset",
+            "sparsity",
+            "config_hash",
+            "attempt",
+        ):
             assert tag in tags
         assert {"clean_acc", "pgd_acc", "aa_acc", "fmn_acc_at_eps"} <= set(run.data.metrics)
         assert run.data.params["evaluation.batch_size"] == "10"  # auto, resolved
@@ -173,21 +225,29 @@ def test_mlflow_runs_read_as_mlflow_users_expect(finished_grid):
     as tags, no Tune bookkeeping among the metrics, the spec an artifact of the grid run."""
     spec, output, _ = finished_grid
     mlflow.set_tracking_uri(spec.resolved_tracking_uri)
-    hydra = mlflow.search_runs(experiment_names=["tiny"], output_format="list", filter_string=(
-        "params.prune.sparsity = '0.9' and tags.method = 'hydra' and tags.stage = 'evaluate'"))
+    hydra = mlflow.search_runs(
+        experiment_names=["tiny"],
+        output_format="list",
+        filter_string=("params.prune.sparsity = '0.9' and tags.method = 'hydra' and tags.stage = 'evaluate'"),
+    )
     assert len(hydra) == 1 and hydra[0].data.metrics["aa_acc"] >= 0
     params = hydra[0].data.params
     assert params["prune.method"] == "hydra" and params["prune.finetune.epochs"] == "1"
     assert params["prune.search.lr"] == "0.1" and params["dataset.name"] == "digits"
-    dense = mlflow.search_runs(experiment_names=["tiny"], output_format="list",
-                               filter_string="tags.stage = 'dense' and attributes.status = 'FINISHED'")
+    dense = mlflow.search_runs(
+        experiment_names=["tiny"],
+        output_format="list",
+        filter_string="tags.stage = 'dense' and attributes.status = 'FINISHED'",
+    )
     assert dense[0].data.params["dense.recipe.trainer"] == "fgsm-rs"
     assert dense[0].data.params["dense.seed"] == "0"
     every = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
     for run in every:
         assert run.data.tags["apgrid.version"]
         assert len(run.data.tags.get("mlflow.source.git.commit", "x" * 40)) == 40
-        assert not {"should_checkpoint", "training_iteration", "time_total_s", "params"} & set(run.data.metrics)
+        assert not {"should_checkpoint", "training_iteration", "time_total_s", "params"} & set(
+            run.data.metrics
+        )
     grid = next(r for r in every if r.data.tags["level"] == "grid")
     client = mlflow.MlflowClient(spec.resolved_tracking_uri)
     assert "spec.yaml" in [a.path for a in client.list_artifacts(grid.info.run_id)]
@@ -196,8 +256,9 @@ def test_mlflow_runs_read_as_mlflow_users_expect(finished_grid):
 def test_mlflow_artifacts_stay_inside_the_output_folder(finished_grid):
     spec, output, _ = finished_grid
     client = mlflow.tracking.MlflowClient(spec.resolved_tracking_uri)
-    runs = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.stage = 'evaluate'",
-                              output_format="list")
+    runs = mlflow.search_runs(
+        experiment_names=["tiny"], filter_string="tags.stage = 'evaluate'", output_format="list"
+    )
     for run in runs:
         assert run.info.artifact_uri.startswith((output / "mlartifacts").as_uri())
         assert "card.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
@@ -213,21 +274,34 @@ def test_report_is_written_and_logged(finished_grid):
     assert {"security", "fig1", "fig2", "transfer"} <= pngs
     assert (output / "report" / "index.html").stat().st_size > 10_000
     client = mlflow.MlflowClient(spec.resolved_tracking_uri)
-    grid_run = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id],
-                                  "tags.level = 'grid'")[0]
+    grid_run = client.search_runs(
+        [client.get_experiment_by_name(spec.name).experiment_id], "tags.level = 'grid'"
+    )[0]
     logged = [a.path for a in client.list_artifacts(grid_run.info.run_id, "report")]
     assert "report/index.html" in logged and "report/costs.csv" in logged
 
 
 def test_analyze_selects_models_and_prints_tables(finished_grid, capsys):
     _, output, _ = finished_grid
-    assert main(["analyze", str(output), "--models", "hydra-*", "--format", "csv",
-                 "--no-models"]) == 0
+    assert main(["analyze", str(output), "--models", "hydra-*", "--format", "csv", "--no-models"]) == 0
     out = capsys.readouterr().out
     table2 = out.split("# table2_thin_ice\n")[1].split("\n# ")[0].strip().splitlines()
     assert len(table2) == 2 and ",hydra," in table2[1]  # header + the one HYDRA model
-    assert main(["query", str(output), "--table", "table2_thin_ice", "--format", "json",
-                 "--columns", "method,S10"]) == 0
+    assert (
+        main(
+            [
+                "query",
+                str(output),
+                "--table",
+                "table2_thin_ice",
+                "--format",
+                "json",
+                "--columns",
+                "method,S10",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in rows] == ["hydra"] and 0 <= rows[0]["S10"] <= 1
     assert main(["analyze", str(output), "--models", "nothing-*"]) == 2
@@ -237,12 +311,27 @@ def test_analyze_selects_models_and_prints_tables(finished_grid, capsys):
 
 def test_query_lists_runs(finished_grid, capsys):
     _, output, _ = finished_grid
-    assert main(["query", str(output), "--where", "method='hydra' and stage='evaluate'",
-                 "--format", "json"]) == 0
+    assert (
+        main(["query", str(output), "--where", "method='hydra' and stage='evaluate'", "--format", "json"])
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and rows[0]["method"] == "hydra" and 0 <= rows[0]["aa_acc"] <= 1
-    assert main(["query", str(output), "--where", "sparsity>=0.5 and stage='prune'",
-                 "--format", "csv", "--columns", "model_id,status"]) == 0
+    assert (
+        main(
+            [
+                "query",
+                str(output),
+                "--where",
+                "sparsity>=0.5 and stage='prune'",
+                "--format",
+                "csv",
+                "--columns",
+                "model_id,status",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "model_id,status" and len(lines) == 4  # hydra's failed attempt too
     assert sum(line.endswith(",FAILED") for line in lines) == 1
@@ -294,10 +383,12 @@ def test_resumed_grid_keeps_the_batch_size_its_rows_record(tmp_path):
     (the actor is never asked: None stands in for it)."""
     from apgrid.grid.evaluate import resolve_batch_sizes
     from apgrid.grid.store import SampleStore
+
     spec = tiny_spec(tmp_path / "out")
     store = SampleStore(spec.output_dir, spec.name)
-    store.write_shard("m1", 0, 10, pd.DataFrame({"sample_idx": range(10), "arch": "digits-cnn",
-                                                 "eval_batch_size": 5}))
+    store.write_shard(
+        "m1", 0, 10, pd.DataFrame({"sample_idx": range(10), "arch": "digits-cnn", "eval_batch_size": 5})
+    )
     lines = []
     assert resolve_batch_sizes(spec, ["digits-cnn"], store, [None], lines.append) == {"digits-cnn": 5}
     assert "as its rows already written" in lines[0]
@@ -309,6 +400,7 @@ def test_a_block_too_big_for_memory_is_one_clear_grid_error(tmp_path, ray_sessio
     """An actor that finds no batch fits raises MemoryError; the driver must turn it into one
     GridError naming the architecture, not a Ray traceback."""
     import ray
+
     from apgrid.grid.errors import GridError
     from apgrid.grid.evaluate import resolve_batch_sizes
     from apgrid.grid.store import SampleStore
@@ -330,6 +422,7 @@ def test_the_batch_size_fits_the_actor_with_the_least_memory(tmp_path, ray_sessi
     """On a cluster of mixed cards the actors' budgets differ; the grid's one batch size must fit
     the smallest, or the actor on it runs out of memory mid-grid."""
     import ray
+
     from apgrid.grid.evaluate import resolve_batch_sizes
     from apgrid.grid.store import SampleStore
 
@@ -340,6 +433,7 @@ def test_the_batch_size_fits_the_actor_with_the_least_memory(tmp_path, ray_sessi
 
         def batch_size_for(self, arch, block_size):
             from apgrid.trainables.evaluation import fit_batch_size
+
             return fit_batch_size(block_size, 2**20, self.budget), 2**20, self.budget
 
     spec = tiny_spec(tmp_path / "out", evaluation={"block_size": 100})
@@ -379,8 +473,9 @@ def test_a_grid_moved_to_other_resources_continues_with_its_finished_work(finish
     lines = []
     launch(load_spec(tmp_path / "moved.yaml", output=str(output)), log=lines.append)
     changed = next(line for line in lines if "continuing grid 'tiny'" in line)
-    assert changed.split("changed: ")[1] == ("max_failures: 2 -> 5; resources.actor_cpus: 1.0 -> "
-                                             "0.5; evaluation.actors: 2 -> 1")
+    assert changed.split("changed: ")[1] == (
+        "max_failures: 2 -> 5; resources.actor_cpus: 1.0 -> 0.5; evaluation.actors: 2 -> 1"
+    )
     assert len(before) == 6 and {p: p.stat().st_mtime_ns for p in finished} == before
     assert any("3 models, 3 already evaluated" in line for line in lines)
     assert load_grid_spec(output).resources.actor_cpus == 0.5  # what `resume` runs with now
@@ -389,18 +484,22 @@ def test_a_grid_moved_to_other_resources_continues_with_its_finished_work(finish
 def test_a_grid_launched_before_resources_left_the_fingerprint_is_still_its_own(tmp_path):
     spec = tiny_spec(tmp_path / "out")
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "grid.json").write_text(json.dumps(
-        {"name": "tiny", "fingerprint": spec.fingerprint(legacy=True), "stages": {}}))
+    (tmp_path / "out" / "grid.json").write_text(
+        json.dumps({"name": "tiny", "fingerprint": spec.fingerprint(legacy=True), "stages": {}})
+    )
     preflight(spec)  # no GridError: the same grid
     assert spec.fingerprint(legacy=True) != spec.fingerprint()
     other = tiny_spec(tmp_path / "out", resources={"actor_cpus": 2})
     assert other.fingerprint() == spec.fingerprint()
-    assert tiny_spec(tmp_path / "out", threat_model={"norm": "Linf", "eps": 0.2}).fingerprint() \
+    assert (
+        tiny_spec(tmp_path / "out", threat_model={"norm": "Linf", "eps": 0.2}).fingerprint()
         != spec.fingerprint()
+    )
 
 
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
     from apgrid.grid.store import CheckpointError, ModelStore
+
     store = ModelStore(tmp_path)
     (store.folder("m")).mkdir(parents=True)
     (store.folder("m") / "model.pt").write_bytes(b"not a checkpoint")
@@ -412,14 +511,25 @@ def test_ctrl_c_is_ours_again_after_the_tune_stages(finished_grid):
     """Tune installs a SIGINT handler and leaves it; evaluate would then ignore Ctrl-C. The handler
     must be the one this process started with (SIG_IGN when run as a background job)."""
     import signal
+
     assert signal.getsignal(signal.SIGINT) is SIGINT_AT_START
 
 
 @pytest.mark.slow
 def test_a_dense_only_grid_trains_evaluates_and_reports_its_dense_models(tmp_path, ray_session):
-    spec = tiny_spec(tmp_path / "out", prune={"methods": []},
-                     evaluation={"num_samples": 10, "block_size": 10, "shards": 1, "actors": 1,
-                                 "pgd_steps": 5, "fmn_steps": 20, "autoattack_attacks": ["apgd-ce"]})
+    spec = tiny_spec(
+        tmp_path / "out",
+        prune={"methods": []},
+        evaluation={
+            "num_samples": 10,
+            "block_size": 10,
+            "shards": 1,
+            "actors": 1,
+            "pgd_steps": 5,
+            "fmn_steps": 20,
+            "autoattack_attacks": ["apgd-ce"],
+        },
+    )
     lines = []
     launch(spec, log=lines.append)
     assert any(line.startswith("[prune] 0 models") for line in lines)
@@ -432,6 +542,7 @@ def test_a_dense_only_grid_trains_evaluates_and_reports_its_dense_models(tmp_pat
 def test_the_readmes_python_api_example_runs(finished_grid, capsys):
     import re
     from pathlib import Path
+
     spec, output, _ = finished_grid
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = re.search(r"<!-- api-example -->\s*```python\n(.*?)```", readme, re.S).group(1)
@@ -442,6 +553,7 @@ def test_the_readmes_python_api_example_runs(finished_grid, capsys):
     out = capsys.readouterr().out
     assert "aa_acc" in out and out.count("hydra") >= 2
     import apgrid
+
     g = apgrid.open(output)
     assert "tiny" in repr(g) and len(g.table("table2_thin_ice")) == 2
     with pytest.raises(GridError, match="no column 'colour'"):
@@ -450,6 +562,7 @@ def test_the_readmes_python_api_example_runs(finished_grid, capsys):
 
 def test_compare_two_grids_and_two_models(finished_grid, capsys, tmp_path):
     import shutil
+
     spec, output, _ = finished_grid
     copy = tmp_path / "copy"
     shutil.copytree(output / "samples", copy / "samples")
@@ -457,10 +570,10 @@ def test_compare_two_grids_and_two_models(finished_grid, capsys, tmp_path):
     assert main(["compare", str(output), str(copy), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 3 and all(r["shared_samples"] == N_SAMPLES for r in rows)
-    assert all(r["aa_differ"] == 0 and r["fmn_eps_differ"] == 0 and r["aa_mcnemar_p"] == 1.0
-               for r in rows)  # the same rows: nothing differs
-    dense, hydra = (next(p.model_id for p in all_models(spec) if p.method == m)
-                    for m in ("dense", "hydra"))
+    assert all(
+        r["aa_differ"] == 0 and r["fmn_eps_differ"] == 0 and r["aa_mcnemar_p"] == 1.0 for r in rows
+    )  # the same rows: nothing differs
+    dense, hydra = (next(p.model_id for p in all_models(spec) if p.method == m) for m in ("dense", "hydra"))
     assert main(["compare", dense, hydra, "--grid", str(output), "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["model_a"] == dense and row["aa_only_a"] + row["aa_only_b"] == row["aa_differ"]
@@ -469,6 +582,7 @@ def test_compare_two_grids_and_two_models(finished_grid, capsys, tmp_path):
 
 def test_a_copied_output_folder_queries_its_own_store(finished_grid, tmp_path, capsys):
     import shutil
+
     spec, output, _ = finished_grid
     copy = tmp_path / "moved"
     shutil.copytree(output, copy, ignore=shutil.ignore_patterns("ray"))

@@ -1,5 +1,6 @@
 """The new methods inside a real grid: R-ADMM, ATMC, structured filter pruning and boundary-aware
 fine-tuning as Tune trials, a user checkpoint evaluated without training, AutoAttack on a subset."""
+
 import mlflow
 import pytest
 import torch
@@ -21,21 +22,48 @@ def methods_grid(ray_session, tmp_path_factory, trained, digits):
     # a bare network (no normalisation layer), as a published checkpoint would be
     torch.save({"state_dict": trained[1].state_dict()}, checkpoint)
     recipe = {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128}
-    spec = parse_spec({
-        "name": "methods", "output": str(root / "out"),
-        "threat_model": {"norm": "Linf", "eps": 0.1},
-        "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.05, "batch_size": 64}},
-        "prune": {"sparsities": [0.8], "finetune": recipe, "search": recipe, "methods": [
-            "r-admm", {"name": "atmc", "bits": 4}, {"name": "filter-l1", "sparsities": [0.5]},
-            "boundary-aware"]},
-        "evaluation": {"num_samples": N_SAMPLES, "autoattack_samples": AA_SAMPLES, "block_size": 10,
-                       "shards": 2, "actors": 2, "pgd_steps": 3, "fmn_steps": 30},
-        # the normalisation it was trained with is the checkpoint's to state, never assumed
-        "checkpoints": [{"name": "user-dense", "arch": "digits-cnn", "path": str(checkpoint),
-                         "normalization": {"mean": list(digits.mean), "std": list(digits.std)}}],
-        "analysis": {"transfer_attacks": ["fgsm", "pgd"], "transfer_samples": 50,
-                     "bootstrap_resamples": 200},
-    })
+    spec = parse_spec(
+        {
+            "name": "methods",
+            "output": str(root / "out"),
+            "threat_model": {"norm": "Linf", "eps": 0.1},
+            "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.05, "batch_size": 64}},
+            "prune": {
+                "sparsities": [0.8],
+                "finetune": recipe,
+                "search": recipe,
+                "methods": [
+                    "r-admm",
+                    {"name": "atmc", "bits": 4},
+                    {"name": "filter-l1", "sparsities": [0.5]},
+                    "boundary-aware",
+                ],
+            },
+            "evaluation": {
+                "num_samples": N_SAMPLES,
+                "autoattack_samples": AA_SAMPLES,
+                "block_size": 10,
+                "shards": 2,
+                "actors": 2,
+                "pgd_steps": 3,
+                "fmn_steps": 30,
+            },
+            # the normalisation it was trained with is the checkpoint's to state, never assumed
+            "checkpoints": [
+                {
+                    "name": "user-dense",
+                    "arch": "digits-cnn",
+                    "path": str(checkpoint),
+                    "normalization": {"mean": list(digits.mean), "std": list(digits.std)},
+                }
+            ],
+            "analysis": {
+                "transfer_attacks": ["fgsm", "pgd"],
+                "transfer_samples": 50,
+                "bootstrap_resamples": 200,
+            },
+        }
+    )
     launch(spec, log=lambda line: None)
     return spec
 
@@ -77,14 +105,16 @@ def test_cards_and_mlflow_record_taxonomy_and_costs(methods_grid):
     assert cards["filter-l1"]["parameters"] < cards["dense"]["parameters"] / 2
     assert cards["atmc"]["model_size_bits"] < cards["r-admm"]["model_size_bits"] / 4
     mlflow.set_tracking_uri(methods_grid.resolved_tracking_uri)
-    runs = mlflow.search_runs(experiment_names=["methods"],
-                              filter_string="tags.stage = 'evaluate' and tags.method = 'r-admm'")
+    runs = mlflow.search_runs(
+        experiment_names=["methods"], filter_string="tags.stage = 'evaluate' and tags.method = 'r-admm'"
+    )
     assert len(runs) == 1
     assert runs["tags.pipeline"].iloc[0] == "A" and runs["tags.scope"].iloc[0] == "local"
 
 
 def test_cost_table_shows_what_structured_pruning_really_removes(methods_grid):
     import pandas as pd
+
     costs = pd.read_csv(methods_grid.output_dir / "report" / "costs.csv").set_index("method")
     dense = costs.loc["dense"].iloc[0] if costs.loc["dense"].ndim > 1 else costs.loc["dense"]
     filters = costs.loc["filter-l1"]

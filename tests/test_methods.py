@@ -1,5 +1,6 @@
 """Every pruning method of the registry, run through PruneJob on digits: target sparsity (or the
 right filters removed), a model that still runs, and each method's own defining property."""
+
 import copy
 import io
 
@@ -8,8 +9,8 @@ import torch
 from torch import nn
 
 from apgrid.trainables import admm, pruning, structured
-from apgrid.trainables.methods import PRUNING_METHODS
 from apgrid.trainables.boundary import boundary_weights, linearized_distance
+from apgrid.trainables.methods import PRUNING_METHODS
 from apgrid.trainables.pipeline import PruneJob, PruneSettings
 from apgrid.trainables.training import Recipe
 
@@ -21,8 +22,16 @@ STRUCTURED = [m for m, spec in PRUNING_METHODS.items() if spec.structured]
 
 def run_job(trained, digits, method, sparsity, options=None, finetune=QUICK, **callbacks):
     model = copy.deepcopy(trained)
-    settings = PruneSettings(method=method, sparsity=sparsity, seed=0, eps=0.1, norm="Linf",
-                             finetune=finetune, search=SEARCH, options=options or {})
+    settings = PruneSettings(
+        method=method,
+        sparsity=sparsity,
+        seed=0,
+        eps=0.1,
+        norm="Linf",
+        finetune=finetune,
+        search=SEARCH,
+        options=options or {},
+    )
     job = PruneJob(settings, model, digits, "cpu", **callbacks)
     return job, job.run()
 
@@ -41,8 +50,14 @@ def test_unstructured_method_reaches_target(trained, digits, method, sparsity):
 @pytest.mark.parametrize("ratio,steps", [(0.5, 1), (0.75, 2), (0.1, 1)])
 def test_structured_method_removes_the_right_filters(trained, digits, method, ratio, steps):
     before = structured.filter_counts(trained)
-    job, metrics = run_job(trained, digits, method, ratio, {"steps": steps},
-                           finetune=Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128))
+    job, metrics = run_job(
+        trained,
+        digits,
+        method,
+        ratio,
+        {"steps": steps},
+        finetune=Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128),
+    )
     after = structured.filter_counts(job.model)
     assert after == {n: structured.target_filters(c, ratio) for n, c in before.items()}
     assert metrics["parameters"] < sum(p.numel() for p in trained.parameters())
@@ -51,9 +66,15 @@ def test_structured_method_removes_the_right_filters(trained, digits, method, ra
 
 def test_iterative_structured_prunes_between_finetuning_epochs(trained, digits):
     seen = []
-    run_job(trained, digits, "filter-l1", 0.5, {"steps": 2},
-            finetune=Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128),
-            report=lambda metrics, state: seen.append(state["structured_steps"]))
+    run_job(
+        trained,
+        digits,
+        "filter-l1",
+        0.5,
+        {"steps": 2},
+        finetune=Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128),
+        report=lambda metrics, state: seen.append(state["structured_steps"]),
+    )
     assert seen == [1, 2]  # half the filters go before epoch 1, the rest before epoch 2
 
 
@@ -70,12 +91,14 @@ def test_prune_job_resumed_mid_way_equals_uninterrupted(trained, digits):
     job, _ = run_job(trained, digits, "r-admm", 0.9, finetune=recipe, report=checkpoint)
     for cut in (1, 2):  # after the search phase's one epoch, after the first fine-tuning epoch
         resumed = copy.deepcopy(trained)
-        settings = PruneSettings(method="r-admm", sparsity=0.9, seed=0, eps=0.1, norm="Linf",
-                                 finetune=recipe, search=SEARCH)
+        settings = PruneSettings(
+            method="r-admm", sparsity=0.9, seed=0, eps=0.1, norm="Linf", finetune=recipe, search=SEARCH
+        )
         state = torch.load(io.BytesIO(states[cut - 1]), weights_only=True)
         PruneJob(settings, resumed, digits, "cpu").run(state)
-        for a, b in zip(pruning.plain_state_dict(resumed).values(),
-                        pruning.plain_state_dict(job.model).values()):
+        for a, b in zip(
+            pruning.plain_state_dict(resumed).values(), pruning.plain_state_dict(job.model).values()
+        ):
             assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -102,22 +125,31 @@ def test_admm_projections_and_convergence(trained, digits):
     f = admm.project_filters(w, 0.5)
     assert (f.flatten(1).abs().sum(1) > 0).sum() == 4
     q = admm.quantize(w, 4)
-    assert q.unique().numel() <= 2 ** 4 - 1
+    assert q.unique().numel() <= 2**4 - 1
     # ADMM pulls W onto the sparse set: after the ADMM phase, hard pruning moves the weights far
     # less than one-shot magnitude pruning of the dense model would (Ye et al. 2019, Sec. 3.2)
-    dense_gap = sum(float((m.weight - admm.project_irregular(m.weight, 0.9)).pow(2).sum().detach())
-                    for _, m in pruning.prunable_layers(trained))
-    settings = PruneSettings("r-admm", 0.9, 0, 0.1, "Linf", QUICK,
-                             Recipe(trainer="fgsm-rs", epochs=4, lr=0.01, batch_size=128))
+    dense_gap = sum(
+        float((m.weight - admm.project_irregular(m.weight, 0.9)).pow(2).sum().detach())
+        for _, m in pruning.prunable_layers(trained)
+    )
+    settings = PruneSettings(
+        "r-admm", 0.9, 0, 0.1, "Linf", QUICK, Recipe(trainer="fgsm-rs", epochs=4, lr=0.01, batch_size=128)
+    )
     residuals = []
-    PruneJob(settings, copy.deepcopy(trained), digits, "cpu",
-             report=lambda m, s: residuals.append(m.get("admm_residual"))).run()
+    PruneJob(
+        settings,
+        copy.deepcopy(trained),
+        digits,
+        "cpu",
+        report=lambda m, s: residuals.append(m.get("admm_residual")),
+    ).run()
     assert residuals[3] < 0.2 * dense_gap, (residuals, dense_gap)
 
 
 def test_r_admm_filter_sparsity_and_layer_ratios(trained, digits):
-    job, _ = run_job(trained, digits, "r-admm", 0.5,
-                     {"sparsity_type": "filter", "layer_sparsity": {"1.0": 0.25}})
+    job, _ = run_job(
+        trained, digits, "r-admm", 0.5, {"sparsity_type": "filter", "layer_sparsity": {"1.0": 0.25}}
+    )
     convs = [(n, m) for n, m in pruning.prunable_layers(job.model) if isinstance(m, nn.Conv2d)]
     alive = {n: int((m.weight.flatten(1).abs().sum(1) > 0).sum()) for n, m in convs}
     assert alive == {"1.0": 12, "1.2": 16}  # 16 filters at 25 %, 32 filters at 50 %
@@ -127,7 +159,7 @@ def test_atmc_weights_are_sparse_and_quantised(trained, digits):
     job, metrics = run_job(trained, digits, "atmc", 0.9, {"bits": 4})
     assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
     for _, m in pruning.prunable_layers(job.model):
-        assert m.weight.detach().unique().numel() <= 2 ** 4 - 1  # 15 levels incl. zero
+        assert m.weight.detach().unique().numel() <= 2**4 - 1  # 15 levels incl. zero
     dense_bits = admm.model_size_bits(job.model, 32)
     assert metrics["model_size_bits"] < dense_bits / 4
 
@@ -155,6 +187,7 @@ def toy_method():
 
         def prune(self, job):
             pruning.prune_magnitude(job.model, job.s.sparsity, "local")
+
     yield SmallestOfEachRow
     del PRUNING_METHODS["toy-rows"]
 
@@ -163,8 +196,10 @@ def test_a_method_is_one_registry_entry(toy_method, trained, digits, capsys):
     from apgrid.grid.cli import main
     from apgrid.grid.plan import pruned_models
     from apgrid.grid.spec import SpecError, parse_spec
-    spec = parse_spec({"name": "t", "output": "out", "prune": {"methods": [
-        {"name": "toy-rows", "repeat": 2}]}})
+
+    spec = parse_spec(
+        {"name": "t", "output": "out", "prune": {"methods": [{"name": "toy-rows", "repeat": 2}]}}
+    )
     (plan,) = [p for p in pruned_models(spec) if p.sparsity == 0.9]
     assert plan.config["options"] == {"repeat": 2}
     with pytest.raises(SpecError, match="prune.methods.toy-rows.repeat"):
@@ -180,22 +215,35 @@ def test_hydra_trains_batch_norm_in_its_score_phase_unless_frozen():
     conv and linear weights never move while the scores are learned."""
     from apgrid.trainables.data import Dataset
     from apgrid.trainables.models import build_model
+
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
     ds = Dataset("cifar10", x, y, x[:16], y[:16], 10, (0.5,) * 3, (0.25,) * 3)
     for freeze, moves in ((False, True), (True, False)):
         torch.manual_seed(0)
         model = build_model("cifar-tiny", 3, 10, ds.mean, ds.std)
-        bn_before = [p.detach().clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)
-                     for p in m.parameters()]
+        bn_before = [
+            p.detach().clone()
+            for m in model.modules()
+            if isinstance(m, nn.BatchNorm2d)
+            for p in m.parameters()
+        ]
         conv_before = [m.weight.detach().clone() for _, m in pruning.prunable_layers(model)]
-        settings = PruneSettings("hydra", 0.9, 0, 8 / 255, "Linf", Recipe(epochs=0),
-                                 Recipe(trainer="fgsm-rs", epochs=1, lr=0.1, batch_size=32),
-                                 {"freeze_bn": freeze})
+        settings = PruneSettings(
+            "hydra",
+            0.9,
+            0,
+            8 / 255,
+            "Linf",
+            Recipe(epochs=0),
+            Recipe(trainer="fgsm-rs", epochs=1, lr=0.1, batch_size=32),
+            {"freeze_bn": freeze},
+        )
         job = PruneJob(settings, model, ds, "cpu")
         job.run()
-        bn_after = [p.detach() for m in job.model.modules() if isinstance(m, nn.BatchNorm2d)
-                    for p in m.parameters()]
+        bn_after = [
+            p.detach() for m in job.model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()
+        ]
         assert any(not torch.equal(a, b) for a, b in zip(bn_before, bn_after)) == moves
         for before, (_, m) in zip(conv_before, pruning.prunable_layers(job.model)):
             assert torch.equal(m.weight_orig, before)

@@ -1,5 +1,6 @@
 """Architectures (parameter counts against the published CIFAR-variant values), structured-pruned
 models reloaded from a plain state dict, datasets read from small files in the real formats."""
+
 import pickle
 
 import numpy as np
@@ -11,9 +12,16 @@ from apgrid.trainables.models import ARCHITECTURES, build_model, fit_to_state, p
 
 # Published / reference counts for 10 classes (kuangliu/pytorch-cifar variants; WRN-28-10 from
 # Zagoruyko & Komodakis 2016, 36.5M).
-KNOWN = {"resnet18": 11_173_962, "resnet34": 21_282_122, "resnet50": 23_520_842,
-         "vgg16": 14_728_266, "vgg19": 20_040_522, "wrn-28-10": 36_479_194,
-         "densenet121": 6_956_298, "mobilenetv1": 3_217_226}
+KNOWN = {
+    "resnet18": 11_173_962,
+    "resnet34": 21_282_122,
+    "resnet50": 23_520_842,
+    "vgg16": 14_728_266,
+    "vgg19": 20_040_522,
+    "wrn-28-10": 36_479_194,
+    "densenet121": 6_956_298,
+    "mobilenetv1": 3_217_226,
+}
 
 
 @pytest.mark.parametrize("arch", sorted(KNOWN))
@@ -64,8 +72,14 @@ def test_cifar100_binary_and_python_layouts_agree(tmp_path):
     (tmp_path / "py" / "cifar-100-python").mkdir(parents=True)
     for split in ("train", "test"):
         with open(tmp_path / "py" / "cifar-100-python" / split, "wb") as fh:
-            pickle.dump({"data": images.reshape(30, -1), "fine_labels": fine.tolist(),
-                         "coarse_labels": coarse.tolist()}, fh)
+            pickle.dump(
+                {
+                    "data": images.reshape(30, -1),
+                    "fine_labels": fine.tolist(),
+                    "coarse_labels": coarse.tolist(),
+                },
+                fh,
+            )
     a = data.load_dataset("cifar100", str(tmp_path / "bin"))
     b = data.load_dataset("cifar100", str(tmp_path / "py"))
     assert a.num_classes == 100 and a.image_shape == (3, 32, 32)
@@ -76,11 +90,11 @@ def test_cifar100_binary_and_python_layouts_agree(tmp_path):
 
 def test_svhn_mat_layout(tmp_path):
     from scipy.io import savemat
+
     images = fake_images(12, 1)
     labels = np.array([10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1])  # SVHN stores digit 0 as 10
     for split in ("train", "test"):
-        savemat(tmp_path / f"{split}_32x32.mat",
-                {"X": images.transpose(2, 3, 1, 0), "y": labels[:, None]})
+        savemat(tmp_path / f"{split}_32x32.mat", {"X": images.transpose(2, 3, 1, 0), "y": labels[:, None]})
     ds = data.load_dataset("svhn", str(tmp_path))
     assert ds.y_test.tolist()[:3] == [0, 1, 2]
     assert torch.equal(ds.x_train[5], torch.as_tensor(images[5] / 255.0, dtype=torch.float32))

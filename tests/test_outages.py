@@ -3,6 +3,7 @@ that fails a trial on every retry, an actor out of GPU memory, and the MLflow se
 mid-grid. Each time: one clear
 error, finished work kept, and `apgrid resume` finishing the grid with every result exactly once,
 in the Parquet and in MLflow."""
+
 import contextlib
 import errno
 import os
@@ -47,8 +48,15 @@ def assert_complete(output: Path, uri: str, models: int) -> None:
 
 def test_disk_full_in_a_trial_then_while_writing_results_resumed_each_time(ray_session, tmp_path):
     output, marker = tmp_path / "out", str(tmp_path / "faults")
-    evaluation = {"num_samples": N_SAMPLES, "block_size": 10, "shards": 2, "actors": 1,
-                  "pgd_steps": 2, "fmn_steps": 20, "autoattack_attacks": QUICK_AA}
+    evaluation = {
+        "num_samples": N_SAMPLES,
+        "block_size": 10,
+        "shards": 2,
+        "actors": 1,
+        "pgd_steps": 2,
+        "fmn_steps": 20,
+        "autoattack_attacks": QUICK_AA,
+    }
     spec = small_grid(output, max_failures=1, evaluation=evaluation)
     # 1. the disk is full on every attempt of the pruning trial
     trial_fault = [{"stage": "prune", "epoch": 0, "kind": "disk-full", "times": 2, "marker": marker}]
@@ -72,14 +80,17 @@ def test_disk_full_in_a_trial_then_while_writing_results_resumed_each_time(ray_s
     # 3. continued on 2 actors, one of which runs out of GPU memory on the shard it is given
     # (the dense model's [10, 20)); the other actor's shard in flight is still written
     oom_fault = [{"stage": "evaluate", "shard": 10, "kind": "oom", "marker": marker}]
-    two_actors = small_grid(output, max_failures=1,
-                            evaluation={**evaluation, "actors": 2})
+    two_actors = small_grid(output, max_failures=1, evaluation={**evaluation, "actors": 2})
     lines.clear()
     with pytest.raises(ResumableError) as failed:
         launch(two_actors, fault=oom_fault, log=lines.append)
     message = str(failed.value)
-    assert message.startswith("evaluate: dense-") and "[10, 20) ran out of memory at batch size 10" \
-        in message and "CUDA out of memory" in message and "\n" not in message
+    assert (
+        message.startswith("evaluate: dense-")
+        and "[10, 20) ran out of memory at batch size 10" in message
+        and "CUDA out of memory" in message
+        and "\n" not in message
+    )
     assert "resources.actor_gpus" in message and f"--output {output}`" in message
     assert any("writing the 1 shards in flight first" in line for line in lines), lines
     assert read_state(output)["stages"]["evaluate"] == "running"
@@ -95,23 +106,35 @@ def test_disk_full_in_a_trial_then_while_writing_results_resumed_each_time(ray_s
     assert_complete(output, uri, models=2)
     prune = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.stage = 'prune'")
     assert sorted(zip(prune["tags.attempt"], prune["status"])) == [
-        ("1", "FAILED"), ("2", "FAILED"), ("3", "FINISHED")]
+        ("1", "FAILED"),
+        ("2", "FAILED"),
+        ("3", "FINISHED"),
+    ]
 
 
-def test_cli_reports_a_full_disk_in_one_line_with_exit_code_1(ray_session, tmp_path, monkeypatch,
-                                                             capsys):
+def test_cli_reports_a_full_disk_in_one_line_with_exit_code_1(ray_session, tmp_path, monkeypatch, capsys):
     def disk_full(*args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "models"))
+
     monkeypatch.setitem(runner.STAGE_FUNCTIONS, "dense", disk_full)
     spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump({
-        "name": "tiny", "output": str(tmp_path / "out"), "threat_model": {"norm": "Linf", "eps": 0.1},
-        "prune": {"methods": ["lwm-global"], "sparsities": [0.9]}}))
+    spec_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "output": str(tmp_path / "out"),
+                "threat_model": {"norm": "Linf", "eps": 0.1},
+                "prune": {"methods": ["lwm-global"], "sparsities": [0.9]},
+            }
+        )
+    )
     assert main(["launch", str(spec_file)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's own INFO lines
-    assert err == (f"apgrid: error: dense: cannot write {tmp_path / 'out' / 'models'}: No space "
-                   f"left on device; finished work is kept: free space or fix permissions, then "
-                   f"`apgrid resume {tmp_path / 'out'}`")
+    assert err == (
+        f"apgrid: error: dense: cannot write {tmp_path / 'out' / 'models'}: No space "
+        f"left on device; finished work is kept: free space or fix permissions, then "
+        f"`apgrid resume {tmp_path / 'out'}`"
+    )
 
 
 class Server:
@@ -126,11 +149,26 @@ class Server:
         log = self.folder / "mlflow-server.log"
         with open(log, "a") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--backend-store-uri",
-                 f"sqlite:///{self.folder / 'mlflow.db'}", "--artifacts-destination",
-                 str(self.folder / "artifacts"), "--workers", "1"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--backend-store-uri",
+                    f"sqlite:///{self.folder / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    str(self.folder / "artifacts"),
+                    "--workers",
+                    "1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_for(f"{self.uri}/health", self.process, log)
 
     def stop(self) -> None:
@@ -151,14 +189,14 @@ def test_tracking_server_going_away_mid_grid_then_resume(ray_session, tmp_path):
             lines.append(line)
             if line.startswith("[prune]") and "started" in line:
                 server.stop()
+
         with pytest.raises(ResumableError) as failed:
             launch(spec, log=log)
         message = str(failed.value)
         assert message.startswith(f"prune: MLflow at {server.uri} failed (")
         assert f"apgrid resume {output}" in message
         assert any("training goes on" in line for line in lines)  # the trial was not stopped
-        assert read_state(output)["stages"] == {"checkpoints": "done", "dense": "done",
-                                                "prune": "running"}
+        assert read_state(output)["stages"] == {"checkpoints": "done", "dense": "done", "prune": "running"}
         assert len(list((output / "models").glob("lwm-global-*"))) == 1  # its work was kept
 
         server.start()

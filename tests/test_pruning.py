@@ -1,4 +1,5 @@
 """Pruning: exact sparsity for each method, masks that survive fine-tuning, HYDRA's score phase."""
+
 import copy
 
 import pytest
@@ -12,13 +13,25 @@ def finetune(model, digits, epochs=1):
     recipe = Recipe(trainer="fgsm-rs", epochs=epochs, lr=0.05, batch_size=128)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
     for epoch in range(epochs):
-        train_epoch(model, opt, digits.x_train, digits.y_train, recipe=recipe, eps=0.1,
-                    norm="Linf", seed=1, epoch=epoch, device="cpu")
+        train_epoch(
+            model,
+            opt,
+            digits.x_train,
+            digits.y_train,
+            recipe=recipe,
+            eps=0.1,
+            norm="Linf",
+            seed=1,
+            epoch=epoch,
+            device="cpu",
+        )
 
 
-ONE_SHOT = {"lwm-local": lambda model, s: pruning.prune_magnitude(model, s, "local"),
-            "lwm-global": lambda model, s: pruning.prune_magnitude(model, s, "global"),
-            "random": lambda model, s: pruning.prune_random(model, s, seed=0)}
+ONE_SHOT = {
+    "lwm-local": lambda model, s: pruning.prune_magnitude(model, s, "local"),
+    "lwm-global": lambda model, s: pruning.prune_magnitude(model, s, "global"),
+    "random": lambda model, s: pruning.prune_random(model, s, seed=0),
+}
 
 
 def layer_sparsities(model):
@@ -61,8 +74,18 @@ def test_hydra_scores_change_while_weights_stay_frozen(trained, digits):
     assert torch.allclose(ratio[torch.isfinite(ratio)], ratio[torch.isfinite(ratio)].flatten()[0])
     recipe = Recipe(trainer="fgsm-rs", epochs=1, lr=0.1, batch_size=128)
     opt = make_optimizer(scores, recipe)
-    train_epoch(model, opt, digits.x_train, digits.y_train, recipe=recipe, eps=0.1,
-                norm="Linf", seed=0, epoch=0, device="cpu")
+    train_epoch(
+        model,
+        opt,
+        digits.x_train,
+        digits.y_train,
+        recipe=recipe,
+        eps=0.1,
+        norm="Linf",
+        seed=0,
+        epoch=0,
+        device="cpu",
+    )
     assert any(not torch.equal(a, b.detach()) for a, b in zip(scores_before, scores))
     for name, m in pruning.prunable_layers(model):
         assert torch.equal(m.parametrizations.weight.original, weights_before[name]), name

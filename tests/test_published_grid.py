@@ -3,6 +3,7 @@ network and a HYDRA-pruned child in the published layout (bare, trained on raw [
 HYDRA's popup_scores), with the numbers their paper reported; the dense one also pruned by two of
 the grid's methods. Nothing is trained densely; Table 1 shows reported - AutoAttack; Table 2 pairs
 the published child with its parent; `apgrid export` writes a model-info JSON per model."""
+
 import copy
 import json
 
@@ -30,21 +31,48 @@ def checkpoint_grid(ray_session, tmp_path_factory, trained):
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             hydra[f"{name}.popup_scores"] = torch.randn(m.weight.shape, generator=g)
     torch.save({f"module.{k}": v for k, v in hydra.items()}, root / "hydra.pt")
-    spec = parse_spec({
-        "name": "published", "output": str(root / "out"),
-        "threat_model": {"norm": "Linf", "eps": 0.1},
-        "checkpoints": [
-            {"name": "theirs-dense", "arch": "digits-cnn", "path": str(root / "dense.pt"),
-             "normalization": "none", "prune": True,
-             "reported": {"clean": 0.9, "robust": 0.8, "attack": "PGD-20"}},
-            {"name": "theirs-hydra", "arch": "digits-cnn", "path": str(root / "hydra.pt"),
-             "normalization": "none", "dense": "theirs-dense", "method": "hydra", "sparsity": 0.9,
-             "reported": {"robust": 0.75, "attack": "PGD-50"}}],
-        "prune": {"methods": ["lwm-global", "lamp"], "sparsities": [0.9],
-                  "finetune": {"trainer": "fgsm-rs", "epochs": 1, "batch_size": 128}},
-        "evaluation": {"num_samples": 20, "block_size": 10, "shards": 2, "actors": 2,
-                       "pgd_steps": 5, "fmn_steps": 30, "autoattack_attacks": ["apgd-ce"]},
-        "analysis": {"transfer_attacks": [], "costs": False, "bootstrap_resamples": 100}})
+    spec = parse_spec(
+        {
+            "name": "published",
+            "output": str(root / "out"),
+            "threat_model": {"norm": "Linf", "eps": 0.1},
+            "checkpoints": [
+                {
+                    "name": "theirs-dense",
+                    "arch": "digits-cnn",
+                    "path": str(root / "dense.pt"),
+                    "normalization": "none",
+                    "prune": True,
+                    "reported": {"clean": 0.9, "robust": 0.8, "attack": "PGD-20"},
+                },
+                {
+                    "name": "theirs-hydra",
+                    "arch": "digits-cnn",
+                    "path": str(root / "hydra.pt"),
+                    "normalization": "none",
+                    "dense": "theirs-dense",
+                    "method": "hydra",
+                    "sparsity": 0.9,
+                    "reported": {"robust": 0.75, "attack": "PGD-50"},
+                },
+            ],
+            "prune": {
+                "methods": ["lwm-global", "lamp"],
+                "sparsities": [0.9],
+                "finetune": {"trainer": "fgsm-rs", "epochs": 1, "batch_size": 128},
+            },
+            "evaluation": {
+                "num_samples": 20,
+                "block_size": 10,
+                "shards": 2,
+                "actors": 2,
+                "pgd_steps": 5,
+                "fmn_steps": 30,
+                "autoattack_attacks": ["apgd-ce"],
+            },
+            "analysis": {"transfer_attacks": [], "costs": False, "bootstrap_resamples": 100},
+        }
+    )
     lines = []
     launch(spec, log=lines.append)
     return spec, lines
@@ -85,11 +113,26 @@ def test_export_writes_robustbench_model_info(checkpoint_grid, tmp_path, capsys)
     assert len(files) == 4
     for path in files:
         info = json.loads(path.read_text())
-        for key in ("name", "dataset", "threat_model", "eps", "architecture", "clean_acc",
-                    "autoattack_acc", "reported", "number_forward_passes", "additional_data"):
+        for key in (
+            "name",
+            "dataset",
+            "threat_model",
+            "eps",
+            "architecture",
+            "clean_acc",
+            "autoattack_acc",
+            "reported",
+            "number_forward_passes",
+            "additional_data",
+        ):
             assert key in info, key
         assert 0 <= float(info["clean_acc"]) <= 100 and info["threat_model"] == "Linf"
         assert info["eps"] == "0.1" and set(info["apgrid"]["fmn_eps_quantiles"]) == {
-            "q10", "q25", "q50", "q75", "q90"}
+            "q10",
+            "q25",
+            "q50",
+            "q75",
+            "q90",
+        }
     dense = next(json.loads(p.read_text()) for p in files if "theirs-dense" in p.name)
     assert dense["reported"] == "80.00"

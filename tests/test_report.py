@@ -1,5 +1,6 @@
 """The analysis stage: statistics against scipy / statsmodels, the leaderboard, model costs, transfer
 attacks, and the report as Markdown, as a self-contained HTML page, and in a headless browser."""
+
 import base64
 import os
 import re
@@ -18,14 +19,14 @@ from apgrid.analysis.report import AnalysisSettings, ModelAccess, write_report
 from apgrid.analysis.tables import leaderboard, seed_table, thin_ice_table
 from apgrid.analysis.thin_ice import auc_smaller, mcnemar
 from apgrid.analysis.transfer import transfer_table
-from tests.test_statistics import fixture
 from apgrid.trainables import pruning
-from apgrid.trainables.methods import PRUNING_METHODS
 from apgrid.trainables.data import load_dataset
+from apgrid.trainables.methods import PRUNING_METHODS
 from apgrid.trainables.models import build_model
-
+from tests.test_statistics import fixture
 
 # -- statistics ------------------------------------------------------------------------------
+
 
 def test_two_sided_p_and_mcnemar_equal_scipy_and_statsmodels():
     rng = np.random.default_rng(3)
@@ -33,8 +34,10 @@ def test_two_sided_p_and_mcnemar_equal_scipy_and_statsmodels():
     test = auc_smaller(x, y, resamples=200)
     assert test.p_two_sided == pytest.approx(mannwhitneyu(x, y, alternative="two-sided").pvalue)
     dense, pruned = rng.random(300) < 0.8, rng.random(300) < 0.7
-    table = [[(dense & pruned).sum(), (dense & ~pruned).sum()],
-             [(~dense & pruned).sum(), (~dense & ~pruned).sum()]]
+    table = [
+        [(dense & pruned).sum(), (dense & ~pruned).sum()],
+        [(~dense & pruned).sum(), (~dense & ~pruned).sum()],
+    ]
     ours = mcnemar(dense, pruned)
     assert ours.lost == table[0][1] and ours.gained == table[1][0]
     assert ours.p_value == pytest.approx(sm_mcnemar(table, exact=True).pvalue)
@@ -48,8 +51,9 @@ def test_bootstrap_interval_covers_the_true_auc():
     rng = np.random.default_rng(0)
     covered, widths = 0, []
     for _ in range(40):
-        t = auc_smaller(rng.normal(0, 1, 60), rng.normal(0.5, 1, 60), resamples=400,
-                        seed=int(rng.integers(1 << 30)))
+        t = auc_smaller(
+            rng.normal(0, 1, 60), rng.normal(0.5, 1, 60), resamples=400, seed=int(rng.integers(1 << 30))
+        )
         assert t.ci_low <= t.auc <= t.ci_high
         covered += t.ci_low <= true_auc <= t.ci_high
         widths.append(t.ci_high - t.ci_low)
@@ -63,21 +67,44 @@ def samples_fixture():
     frames = []
     for arch, seed in (("digits-cnn", 0), ("digits-cnn", 1)):
         dense, pruned = fixture(seed=seed, n=120)
-        common = {"dataset": "digits", "arch": arch, "seed": seed, "norm": "Linf", "eps": 0.1,
-                  "autoattack_version": "standard", "pgd_steps": 5, "fmn_steps": 50}
+        common = {
+            "dataset": "digits",
+            "arch": arch,
+            "seed": seed,
+            "norm": "Linf",
+            "eps": 0.1,
+            "autoattack_version": "standard",
+            "pgd_steps": 5,
+            "fmn_steps": 50,
+        }
         d_id = f"dense-{arch}-seed{seed}-aaaa"
         rng = np.random.default_rng(seed)
         for frame, model_id, role, method, sparsity in (
-                (dense, d_id, "dense", "dense", 0.0),
-                (pruned, f"prune-lwm-global-{seed}-bbbb", "pruned", "lwm-global", 0.9),
-                (pruned.assign(clean_correct=~pruned["clean_correct"] & (rng.random(120) < 0.3)),
-                 f"prune-filter-l1-{seed}-cccc", "pruned", "filter-l1", 0.5)):
+            (dense, d_id, "dense", "dense", 0.0),
+            (pruned, f"prune-lwm-global-{seed}-bbbb", "pruned", "lwm-global", 0.9),
+            (
+                pruned.assign(clean_correct=~pruned["clean_correct"] & (rng.random(120) < 0.3)),
+                f"prune-filter-l1-{seed}-cccc",
+                "pruned",
+                "filter-l1",
+                0.5,
+            ),
+        ):
             correct = frame["clean_correct"].to_numpy()
-            frames.append(frame.assign(
-                model_id=model_id, dense_model_id=d_id, role=role, method=method, sparsity=sparsity,
-                sparsity_measured=sparsity, pgd_correct=correct & (rng.random(120) < 0.7),
-                aa_correct=pd.array(correct & (rng.random(120) < 0.6), dtype="boolean"),
-                fmn_eps=np.abs(frame["fmn_eps"]) + 0.01, **common))
+            frames.append(
+                frame.assign(
+                    model_id=model_id,
+                    dense_model_id=d_id,
+                    role=role,
+                    method=method,
+                    sparsity=sparsity,
+                    sparsity_measured=sparsity,
+                    pgd_correct=correct & (rng.random(120) < 0.7),
+                    aa_correct=pd.array(correct & (rng.random(120) < 0.6), dtype="boolean"),
+                    fmn_eps=np.abs(frame["fmn_eps"]) + 0.01,
+                    **common,
+                )
+            )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -92,6 +119,7 @@ def test_thin_ice_table_has_intervals_and_mcnemar():
 
 def test_seed_table_and_leaderboard():
     from apgrid.analysis.tables import model_table
+
     models = model_table(samples_fixture())
     seeds = seed_table(models)
     cell = seeds[(seeds["method"] == "lwm-global")].iloc[0]
@@ -111,6 +139,7 @@ def test_seed_table_and_leaderboard():
 
 # -- costs and transfer ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
@@ -118,12 +147,20 @@ def digits():
 
 def tiny_models(ds):
     torch.manual_seed(0)
-    make = lambda: build_model("digits-cnn", 1, ds.num_classes, ds.mean, ds.std).eval()  # noqa: E731
+
+    def make():
+        return build_model("digits-cnn", 1, ds.num_classes, ds.mean, ds.std).eval()
+
     dense = make()
     masked = make()
     masked.load_state_dict(dense.state_dict())
-    pruning.apply_masks(masked, {name: (layer.weight.abs() > layer.weight.abs().quantile(0.9)).float()
-                                 for name, layer in pruning.prunable_layers(masked)})
+    pruning.apply_masks(
+        masked,
+        {
+            name: (layer.weight.abs() > layer.weight.abs().quantile(0.9)).float()
+            for name, layer in pruning.prunable_layers(masked)
+        },
+    )
     for _, layer in pruning.prunable_layers(masked):
         torch.nn.utils.prune.remove(layer, "weight")
     return dense, masked
@@ -143,17 +180,27 @@ def test_costs_count_nonzeros_and_sizes(digits):
 def test_transfer_table_white_box_is_strongest(digits):
     dense, masked = tiny_models(digits)
     x, y = digits.x_test[:40], digits.y_test[:40]
-    table = transfer_table({"dense": dense}, {"dense": dense, "masked": masked}, x, y, eps=0.3,
-                           attacks=("fgsm", "pgd"), log=lambda m: None)
+    table = transfer_table(
+        {"dense": dense},
+        {"dense": dense, "masked": masked},
+        x,
+        y,
+        eps=0.3,
+        attacks=("fgsm", "pgd"),
+        log=lambda m: None,
+    )
     assert len(table) == 4 and set(table["attack"]) == {"fgsm", "pgd"}
     pgd = table[table["attack"] == "pgd"].set_index("target")
     assert pgd.loc["dense", "white_box"] and pgd.loc["dense", "adv_acc"] <= pgd.loc["dense", "clean_acc"]
     assert pgd.loc["dense", "linf_median"] <= 0.3 + 1e-6
-    assert (table["adv_acc_low"] <= table["adv_acc"]).all() and (table["adv_acc"] <= table["adv_acc_high"]).all()
+    assert (table["adv_acc_low"] <= table["adv_acc"]).all() and (
+        table["adv_acc"] <= table["adv_acc_high"]
+    ).all()
 
 
 def test_transfer_interval_is_wilsons_and_narrows_with_samples():
     from apgrid.analysis.transfer import proportion_interval
+
     low, high = proportion_interval(40, 100)  # Wilson (1927): 0.4 +- ~0.094 at n = 100
     assert low == pytest.approx(0.3094, abs=1e-3) and high == pytest.approx(0.4980, abs=1e-3)
     assert proportion_interval(400, 1000)[1] - proportion_interval(400, 1000)[0] < high - low
@@ -162,16 +209,26 @@ def test_transfer_interval_is_wilsons_and_narrows_with_samples():
 
 # -- the report ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, digits):
     samples = samples_fixture()
     dense, masked = tiny_models(digits)
     models = {m: (dense if m.startswith("dense") else masked) for m in samples["model_id"].unique()}
-    access = ModelAccess(load=models.__getitem__,
-                         test_data=lambda n: (digits.x_test[:n], digits.y_test[:n]),
-                         input_shape=(1, 8, 8), device=torch.device("cpu"), log=lambda m: None)
-    settings = AnalysisSettings(transfer_attacks=("fgsm", "universal"), transfer_samples=30,
-                                cost_batch_size=16, slice_samples=1, bootstrap_resamples=100)
+    access = ModelAccess(
+        load=models.__getitem__,
+        test_data=lambda n: (digits.x_test[:n], digits.y_test[:n]),
+        input_shape=(1, 8, 8),
+        device=torch.device("cpu"),
+        log=lambda m: None,
+    )
+    settings = AnalysisSettings(
+        transfer_attacks=("fgsm", "universal"),
+        transfer_samples=30,
+        cost_batch_size=16,
+        slice_samples=1,
+        bootstrap_resamples=100,
+    )
     folder = tmp_path_factory.mktemp("report") / "report"
     return folder, write_report(samples, folder, "fixture", settings, access)
 
@@ -179,11 +236,26 @@ def report(tmp_path_factory, digits):
 def test_report_has_every_section_table_and_csv(report):
     folder, paths = report
     md = paths["report.md"].read_text()
-    for title in ("Table 1", "Table 2", "Across seeds", "Leaderboard", "Security curves",
-                  "Figure 1", "Transfer attacks", "Cost of the models"):
+    for title in (
+        "Table 1",
+        "Table 2",
+        "Across seeds",
+        "Leaderboard",
+        "Security curves",
+        "Figure 1",
+        "Transfer attacks",
+        "Cost of the models",
+    ):
         assert f"## {title}" in md
-    for name in ("table1_reevaluation", "table2_thin_ice", "leaderboard", "seeds", "costs",
-                 "transfer", "models"):
+    for name in (
+        "table1_reevaluation",
+        "table2_thin_ice",
+        "leaderboard",
+        "seeds",
+        "costs",
+        "transfer",
+        "models",
+    ):
         assert not pd.read_csv(folder / f"{name}.csv").empty
     costs = pd.read_csv(folder / "costs.csv")
     assert (costs.loc[costs["kind"] != "dense", "params_kept"] < 0.5).all()
@@ -196,7 +268,7 @@ def test_html_report_is_self_contained(report):
     pngs = sorted(folder.glob("*.png"))
     assert len(images) == len(pngs) >= 1 + 4 + 4 + 2  # curves, fig2, fig1, transfer heat-maps
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
-    assert page.count("<table>") >= 8 and "src=\"http" not in page and "<script" not in page
+    assert page.count("<table>") >= 8 and 'src="http' not in page and "<script" not in page
 
 
 def _chromium():
@@ -211,14 +283,28 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         pytest.skip("chromium not installed (apt-get install chromium)")
     _, paths = report
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=" + str(tmp_path / "p")]
-    dom = subprocess.run([_chromium(), *flags, "--dump-dom", paths["index.html"].as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [_chromium(), *flags, "--dump-dom", paths["index.html"].as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert dom.count("<table>") >= 8 and dom.count("<img ") >= 11
     assert "Table 2: samples on thin ice" in dom
     shot = tmp_path / "page.png"
-    subprocess.run([_chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,2400",
-                    paths["index.html"].as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            _chromium(),
+            *flags,
+            f"--screenshot={shot}",
+            "--window-size=1200,2400",
+            paths["index.html"].as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     from PIL import Image
+
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10  # not a blank page
 
@@ -228,8 +314,8 @@ def test_transfer_heatmap_leaves_room_for_one_attack_and_long_model_names(tmp_pa
     """A one-row heatmap used to be too short for its 45-degree target names: matplotlib gave up
     on the layout (a warning) and the names ran off the figure."""
     from apgrid.analysis.plots import transfer_heatmap
+
     targets = ["dense-cifar-tiny-s0-1a2b3c4d", "prune-boundary-aware-cifar-tiny-s0-sp0.95-5e6f7a8b"]
-    table = pd.DataFrame({"source": targets[0], "attack": "fgsm", "target": targets,
-                          "adv_acc": [0.4, 0.6]})
+    table = pd.DataFrame({"source": targets[0], "attack": "fgsm", "target": targets, "adv_acc": [0.4, 0.6]})
     path = transfer_heatmap(table, targets[0], tmp_path / "heat.png")
     assert path.stat().st_size > 0

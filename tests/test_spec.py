@@ -1,4 +1,5 @@
 """Spec validation: a bad field is named in one line, the exit code is 2, nothing is written."""
+
 import textwrap
 
 import pytest
@@ -16,43 +17,58 @@ def test_demo_spec_is_valid():
     assert spec.resolved_tracking_uri.startswith("sqlite:////")  # absolute
 
 
-@pytest.mark.parametrize("patch, field", [
-    ({"prune": {"sparsities": [1.0]}}, "prune.sparsities"),
-    ({"prune": {"sparsities": [-0.1]}}, "prune.sparsities"),
-    ({"prune": {"methods": ["magic"]}}, "prune.methods"),
-    ({"dense": {"architectures": ["resnet1000"]}}, "dense.architectures"),
-    ({"dataset": {"name": "imagenet"}}, "dataset.name"),
-    ({"threat_model": {"eps": -0.1}}, "threat_model.eps"),
-    ({"threat_model": {"eps": 2}}, "threat_model.eps"),
-    ({"threat_model": {"eps": "8/0x"}}, "threat_model.eps"),
-    ({"evaluation": {"pgd_steps": 0}}, "evaluation.pgd_steps"),
-    ({"evaluation": {"num_samples": 5, "shards": 6}}, "evaluation.shards"),
-    ({"evaluation": {"autoattack_version": "turbo"}}, "evaluation.autoattack_version"),
-    ({"evaluation": {"autoattack_attacks": ["fab"]}}, "evaluation.autoattack_attacks"),
-    ({"evaluation": {"autoattack_version": "rand", "autoattack_attacks": ["square"]}},
-     "evaluation.autoattack_attacks"),
-    ({"evaluation": {"autoattack_attacks": []}}, "evaluation.autoattack_attacks"),
-    ({"evaluation": {"batch_size": "big"}}, "evaluation.batch_size"),
-    ({"evaluation": {"batch_size": 0}}, "evaluation.batch_size"),
-    ({"dense": {"recipe": {"trainer": "sgd"}}}, "dense.recipe.trainer"),
-    ({"colour": "blue"}, "colour"),
-    ({"dataset": {"name": "cifar10"}}, "dataset.root"),
-    ({"prune": {"methods": [{"name": "atmc", "bits": 1}]}}, "prune.methods.atmc.bits"),
-    ({"prune": {"methods": [{"name": "r-admm", "sparsity_type": "rows"}]}},
-     "prune.methods.r-admm.sparsity_type"),
-    ({"prune": {"methods": [{"name": "r-admm", "layer_sparsity": {"nope": 0.5}}]}},
-     "prune.methods.r-admm.layer_sparsity"),
-    ({"prune": {"methods": [{"name": "hydra", "rho": 1}]}}, "prune.methods.hydra.rho"),
-    ({"prune": {"methods": [{"name": "hydra", "architectures": ["vgg16"]}]}},
-     "prune.methods.hydra.architectures"),
-    ({"prune": {"methods": ["hydra", "hydra"]}}, "prune.methods"),
-    ({"prune": {"methods": [{"name": "filter-l1", "sparsities": [1.0]}]}},
-     "prune.methods.filter-l1.sparsities"),
-    ({"prune": {"methods": [{"name": "hydra", "search": {"trainer": "trades", "beta": -1}}]}},
-     "prune.methods.hydra.search.beta"),
-    ({"evaluation": {"num_samples": 100, "autoattack_samples": 200}}, "evaluation.autoattack_samples"),
-    ({"checkpoints": [{"name": "x", "arch": "digits-cnn", "path": "/no/such.pt"}]}, "checkpoints.x.path"),
-])
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ({"prune": {"sparsities": [1.0]}}, "prune.sparsities"),
+        ({"prune": {"sparsities": [-0.1]}}, "prune.sparsities"),
+        ({"prune": {"methods": ["magic"]}}, "prune.methods"),
+        ({"dense": {"architectures": ["resnet1000"]}}, "dense.architectures"),
+        ({"dataset": {"name": "imagenet"}}, "dataset.name"),
+        ({"threat_model": {"eps": -0.1}}, "threat_model.eps"),
+        ({"threat_model": {"eps": 2}}, "threat_model.eps"),
+        ({"threat_model": {"eps": "8/0x"}}, "threat_model.eps"),
+        ({"evaluation": {"pgd_steps": 0}}, "evaluation.pgd_steps"),
+        ({"evaluation": {"num_samples": 5, "shards": 6}}, "evaluation.shards"),
+        ({"evaluation": {"autoattack_version": "turbo"}}, "evaluation.autoattack_version"),
+        ({"evaluation": {"autoattack_attacks": ["fab"]}}, "evaluation.autoattack_attacks"),
+        (
+            {"evaluation": {"autoattack_version": "rand", "autoattack_attacks": ["square"]}},
+            "evaluation.autoattack_attacks",
+        ),
+        ({"evaluation": {"autoattack_attacks": []}}, "evaluation.autoattack_attacks"),
+        ({"evaluation": {"batch_size": "big"}}, "evaluation.batch_size"),
+        ({"evaluation": {"batch_size": 0}}, "evaluation.batch_size"),
+        ({"dense": {"recipe": {"trainer": "sgd"}}}, "dense.recipe.trainer"),
+        ({"colour": "blue"}, "colour"),
+        ({"dataset": {"name": "cifar10"}}, "dataset.root"),
+        ({"prune": {"methods": [{"name": "atmc", "bits": 1}]}}, "prune.methods.atmc.bits"),
+        (
+            {"prune": {"methods": [{"name": "r-admm", "sparsity_type": "rows"}]}},
+            "prune.methods.r-admm.sparsity_type",
+        ),
+        (
+            {"prune": {"methods": [{"name": "r-admm", "layer_sparsity": {"nope": 0.5}}]}},
+            "prune.methods.r-admm.layer_sparsity",
+        ),
+        ({"prune": {"methods": [{"name": "hydra", "rho": 1}]}}, "prune.methods.hydra.rho"),
+        (
+            {"prune": {"methods": [{"name": "hydra", "architectures": ["vgg16"]}]}},
+            "prune.methods.hydra.architectures",
+        ),
+        ({"prune": {"methods": ["hydra", "hydra"]}}, "prune.methods"),
+        (
+            {"prune": {"methods": [{"name": "filter-l1", "sparsities": [1.0]}]}},
+            "prune.methods.filter-l1.sparsities",
+        ),
+        (
+            {"prune": {"methods": [{"name": "hydra", "search": {"trainer": "trades", "beta": -1}}]}},
+            "prune.methods.hydra.search.beta",
+        ),
+        ({"evaluation": {"num_samples": 100, "autoattack_samples": 200}}, "evaluation.autoattack_samples"),
+        ({"checkpoints": [{"name": "x", "arch": "digits-cnn", "path": "/no/such.pt"}]}, "checkpoints.x.path"),
+    ],
+)
 def test_bad_field_is_named(patch, field):
     with pytest.raises(SpecError) as err:
         parse_spec({**GOOD, **patch})
@@ -70,6 +86,7 @@ def test_autoattack_attacks_keep_the_versions_order_and_all_of_them_is_the_defau
     def attacks(value, version="standard"):
         ev = {"autoattack_version": version, "autoattack_attacks": value}
         return parse_spec({**GOOD, "evaluation": ev})
+
     assert attacks(["square", "apgd-ce"]).evaluation.settings.autoattack_attacks == ("apgd-ce", "square")
     assert attacks("apgd-t").evaluation.settings.autoattack_ensemble == "apgd-t"
     every = attacks(["square", "fab-t", "apgd-t", "apgd-ce"])
@@ -78,11 +95,14 @@ def test_autoattack_attacks_keep_the_versions_order_and_all_of_them_is_the_defau
     assert attacks(None, "rand").evaluation.settings.autoattack_ensemble == "apgd-ce,apgd-dlr"
 
 
-@pytest.mark.parametrize("text, field", [
-    ("name: t\noutput: OUT\nprune: {sparsities: [1.5]}\n", "prune.sparsities"),
-    ("name: t\noutput: OUT\nprune: [unclosed\n", "spec:"),
-    ("name: t\noutput: OUT\nresources: {gpus_per_trial: 1}\n", "resources.gpus_per_trial"),
-])
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("name: t\noutput: OUT\nprune: {sparsities: [1.5]}\n", "prune.sparsities"),
+        ("name: t\noutput: OUT\nprune: [unclosed\n", "spec:"),
+        ("name: t\noutput: OUT\nresources: {gpus_per_trial: 1}\n", "resources.gpus_per_trial"),
+    ],
+)
 def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path, capsys, text, field):
     out = tmp_path / "out"
     spec = tmp_path / "spec.yaml"
@@ -96,12 +116,14 @@ def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path, capsys, text, field):
 
 def test_cli_missing_dataset_root_exits_2(tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(textwrap.dedent(f"""
+    spec.write_text(
+        textwrap.dedent(f"""
         name: t
-        output: {tmp_path / 'out'}
-        dataset: {{name: cifar10, root: {tmp_path / 'nowhere'}}}
+        output: {tmp_path / "out"}
+        dataset: {{name: cifar10, root: {tmp_path / "nowhere"}}}
         dense: {{architectures: [cifar-cnn]}}
-    """))
+    """)
+    )
     assert main(["launch", str(spec)]) == 2
     assert "dataset.root" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -119,32 +141,51 @@ def test_help_explains_each_command(capsys):
 def test_example_specs_validate(example, tmp_path):
     """Every shipped example is a valid spec (its data folder pointed at an existing one)."""
     import yaml
+
     raw = yaml.safe_load((DEFAULT_SPEC.parent / example).read_text())
     if raw.get("dataset", {}).get("root"):
         raw["dataset"]["root"] = str(tmp_path)
     spec = parse_spec(raw)
     from apgrid.grid.plan import all_models
+
     assert len(all_models(spec)) >= 7
 
 
 def test_thin_ice_example_is_the_papers_twelve_models(tmp_path):
     import yaml
+
     from apgrid.grid.plan import pruned_models
+
     raw = yaml.safe_load((DEFAULT_SPEC.parent / "thin-ice.yaml").read_text())
     raw["dataset"]["root"] = str(tmp_path)
     pruned = pruned_models(parse_spec(raw))
     pairs = sorted((p.method, p.arch, p.sparsity) for p in pruned)
     assert len(pairs) == 12
     assert {(m, a) for m, a, _ in pairs} == {
-        ("atmc", "resnet34"), ("atmc", "resnet18"), ("r-admm", "resnet18"), ("r-admm", "vgg16"),
-        ("hydra", "wrn-28-4"), ("hydra", "vgg16")}
+        ("atmc", "resnet34"),
+        ("atmc", "resnet18"),
+        ("r-admm", "resnet18"),
+        ("r-admm", "vgg16"),
+        ("hydra", "wrn-28-4"),
+        ("hydra", "vgg16"),
+    }
     hydra = next(p for p in pruned if p.method == "hydra")
     assert hydra.config["finetune"]["trainer"] == "trades"  # the method's own recipe wins
 
 
 def test_method_mapping_sets_options_and_recipes():
-    spec = parse_spec({**GOOD, "prune": {"methods": [
-        {"name": "atmc", "bits": 4}, {"name": "filter-gm", "steps": 3, "sparsities": [0.5]}, "lamp"]}})
+    spec = parse_spec(
+        {
+            **GOOD,
+            "prune": {
+                "methods": [
+                    {"name": "atmc", "bits": 4},
+                    {"name": "filter-gm", "steps": 3, "sparsities": [0.5]},
+                    "lamp",
+                ]
+            },
+        }
+    )
     atmc, gm, lamp = spec.prune.methods
     assert atmc.options == {"rho": 1.0, "bits": 4}
     assert gm.options == {"steps": 3} and gm.sparsities == (0.5,)
@@ -153,6 +194,7 @@ def test_method_mapping_sets_options_and_recipes():
 
 def test_an_empty_method_list_is_a_dense_only_grid():
     from apgrid.grid.plan import all_models
+
     spec = parse_spec({**GOOD, "dense": {"seeds": [0, 1]}, "prune": {"methods": []}})
     assert spec.prune.methods == ()
     assert [p.role for p in all_models(spec)] == ["dense", "dense"]
@@ -161,8 +203,9 @@ def test_an_empty_method_list_is_a_dense_only_grid():
 
 
 def test_set_overrides_are_validated_like_the_file(tmp_path, capsys):
-    spec = load_spec(None, output=str(tmp_path / "o"), overrides=["dense.seeds=[0, 1]",
-                                                                   "evaluation.num_samples=100"])
+    spec = load_spec(
+        None, output=str(tmp_path / "o"), overrides=["dense.seeds=[0, 1]", "evaluation.num_samples=100"]
+    )
     assert spec.dense.seeds == (0, 1) and spec.evaluation.settings.num_samples == 100
     assert main(["launch", "--set", "prune.sparsities=[1.5]", "--output", str(tmp_path / "o")]) == 2
     assert "prune.sparsities" in capsys.readouterr().err
@@ -171,8 +214,20 @@ def test_set_overrides_are_validated_like_the_file(tmp_path, capsys):
 
 def test_dry_run_plans_a_cluster_spec_without_its_data(tmp_path, capsys):
     """A spec whose data lives on a cluster (no such folder here) is validated and planned."""
-    assert main(["launch", "--dry-run", str(DEFAULT_SPEC.parent / "thin-ice.yaml"), "--set",
-                 "dataset.root=/mnt/apgrid/no-such-data", "--output", str(tmp_path / "o")]) == 0
+    assert (
+        main(
+            [
+                "launch",
+                "--dry-run",
+                str(DEFAULT_SPEC.parent / "thin-ice.yaml"),
+                "--set",
+                "dataset.root=/mnt/apgrid/no-such-data",
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count("pruned ") == 12 and "plan: 17 models (5 dense trials, 12 prune trials" in out
     assert not (tmp_path / "o").exists()
@@ -185,6 +240,7 @@ def test_a_dataset_that_cannot_be_downloaded_is_one_line(tmp_path, monkeypatch):
 
     def offline(*args, **kwargs):
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
     monkeypatch.setattr(tv, "CIFAR10", offline)
     with pytest.raises(DatasetError, match=r"^dataset.download: cifar10 could not be downloaded") as err:
         load_dataset("cifar10", str(tmp_path), download=True)

@@ -1,6 +1,7 @@
 """The demo spec mutated at random, a few hundred times: every mutation is either a valid spec
 (its dry run plans models) or refused in one line with exit code 2. Never a traceback, never exit
 1, and nothing written anywhere."""
+
 import math
 
 import pytest
@@ -14,19 +15,26 @@ from apgrid.grid.spec import DEFAULT_SPEC
 DEMO = yaml.safe_load(DEFAULT_SPEC.read_text())
 
 ODD_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**40), max_value=10**40),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**40), max_value=10**40),
     st.sampled_from([0, -1, 1, 2**31, 2**32, 2**64, 10**30]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([math.nan, math.inf, -math.inf, 1e308, -0.0, 1e-320]),
-    st.text(max_size=30), st.sampled_from(["", "1/0", "8/255", "0/0", "no", "yes", "auto",
-                                           "a\x00b", "é名\u202e", "../../etc", "\n\n"]),
-    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    st.text(max_size=30),
+    st.sampled_from(
+        ["", "1/0", "8/255", "0/0", "no", "yes", "auto", "a\x00b", "é名\u202e", "../../etc", "\n\n"]
+    ),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
 WHOLE_FILES = st.one_of(
     st.binary(min_size=1, max_size=200),
     st.just(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256))),
     st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
-    st.just(b"name: [demo\n"), st.just(b"- a\n- b\n"), st.just(b"\xef\xbb\xbfname: x\n"),
+    st.just(b"name: [demo\n"),
+    st.just(b"- a\n- b\n"),
+    st.just(b"\xef\xbb\xbfname: x\n"),
 )
 
 
@@ -40,6 +48,7 @@ def paths(node, prefix=()):
 
 def mutate(data) -> dict:
     import copy
+
     spec = copy.deepcopy(DEMO)
     for _ in range(data.draw(st.integers(1, 3), label="mutations")):
         where = data.draw(st.sampled_from(list(paths(spec))[1:]), label="path")
@@ -76,8 +85,12 @@ def check(code, out, err, folder):
     assert sorted(p.name for p in folder.iterdir()) == ["spec.yaml"], "nothing is written"
 
 
-@settings(max_examples=250, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=250,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_mutated_demo_is_valid_or_one_line_exit_2(data, tmp_path_factory, capsys, monkeypatch):
     folder = tmp_path_factory.mktemp("fuzz")
@@ -89,8 +102,12 @@ def test_mutated_demo_is_valid_or_one_line_exit_2(data, tmp_path_factory, capsys
     check(*launch_dry_run(folder, text, capsys), folder)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(content=WHOLE_FILES)
 def test_a_spec_file_that_is_not_a_spec_is_one_line_exit_2(content, tmp_path_factory, capsys, monkeypatch):
     folder = tmp_path_factory.mktemp("fuzz")

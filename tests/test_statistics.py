@@ -1,4 +1,5 @@
 """Thin-ice statistics against scipy / scikit-learn on a constructed fixture."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,13 +15,16 @@ def fixture(seed=0, n=400):
     dense_correct = rng.random(n) < 0.8
     eps = np.where(dense_correct, rng.gamma(2, 0.05, n), -rng.gamma(2, 0.05, n))
     # the pruned model loses the samples near the dense boundary (the paper's claim, built in)
-    pruned_correct = np.where(dense_correct, eps > rng.uniform(0, 0.08, n),
-                              np.abs(eps) < rng.uniform(0, 0.05, n))
+    pruned_correct = np.where(
+        dense_correct, eps > rng.uniform(0, 0.08, n), np.abs(eps) < rng.uniform(0, 0.05, n)
+    )
     base = {"sample_idx": np.arange(n), "label": rng.integers(0, 10, n)}
-    dense = pd.DataFrame({**base, "clean_correct": dense_correct, "fmn_eps": eps,
-                          "fmn_found": True, "logit_margin": eps * 10})
-    pruned = pd.DataFrame({**base, "clean_correct": pruned_correct, "fmn_eps": 0.0,
-                           "fmn_found": True, "logit_margin": 0.0})
+    dense = pd.DataFrame(
+        {**base, "clean_correct": dense_correct, "fmn_eps": eps, "fmn_found": True, "logit_margin": eps * 10}
+    )
+    pruned = pd.DataFrame(
+        {**base, "clean_correct": pruned_correct, "fmn_eps": 0.0, "fmn_found": True, "logit_margin": 0.0}
+    )
     return dense, pruned
 
 
@@ -32,8 +36,7 @@ def test_auc_and_p_equal_sklearn_and_scipy():
     s10, s11 = e[e.index == "S10"].to_numpy(), e[e.index == "S11"].to_numpy()
     labels = np.r_[np.zeros(len(s10)), np.ones(len(s11))]
     assert tests["S10<S11"].auc == pytest.approx(roc_auc_score(labels, np.r_[s10, s11]))
-    assert tests["S10<S11"].p_value == pytest.approx(
-        mannwhitneyu(s10, s11, alternative="less").pvalue)
+    assert tests["S10<S11"].p_value == pytest.approx(mannwhitneyu(s10, s11, alternative="less").pvalue)
     s01, s00 = np.abs(e[e.index == "S01"].to_numpy()), np.abs(e[e.index == "S00"].to_numpy())
     labels = np.r_[np.zeros(len(s01)), np.ones(len(s00))]
     assert tests["|S01|<|S00|"].auc == pytest.approx(roc_auc_score(labels, np.r_[s01, s00]))
@@ -60,9 +63,16 @@ def test_failed_fmn_is_left_out_not_counted_as_zero():
     dense, pruned = fixture()
     dense.loc[:9, "fmn_eps"] = np.nan
     dense.loc[:9, "fmn_found"] = False
-    samples = pd.concat([
-        dense.assign(model_id="d", dense_model_id="d", role="dense", method="dense", arch="a", sparsity=0.0),
-        pruned.assign(model_id="p", dense_model_id="d", role="pruned", method="m", arch="a", sparsity=0.9)])
+    samples = pd.concat(
+        [
+            dense.assign(
+                model_id="d", dense_model_id="d", role="dense", method="dense", arch="a", sparsity=0.0
+            ),
+            pruned.assign(
+                model_id="p", dense_model_id="d", role="pruned", method="m", arch="a", sparsity=0.9
+            ),
+        ]
+    )
     table = thin_ice_table(samples)
     assert table.loc[0, "dense_fmn_not_found"] == 10
     assert table.loc[0, "n_S10"] + table.loc[0, "n_S11"] <= (dense.clean_correct).sum()

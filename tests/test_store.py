@@ -1,4 +1,5 @@
 """The per-sample Parquet folder is a hive-partitioned dataset the ecosystem's readers open as is."""
+
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
@@ -13,20 +14,42 @@ MODELS = {"dense-a-1": "dense", "hydra-sp90-a-2": "pruned"}
 def rows(model_id: str, start: int, end: int) -> pd.DataFrame:
     n = end - start
     rng = np.random.default_rng(start)
-    return pd.DataFrame({
-        "sample_idx": np.arange(start, end), "label": rng.integers(0, 10, n),
-        "clean_pred": rng.integers(0, 10, n), "clean_correct": rng.random(n) > 0.2,
-        "logit_margin": rng.normal(size=n).astype(np.float32), "pgd_correct": rng.random(n) > 0.5,
-        "aa_correct": pd.array([True, None] * (n // 2), dtype="boolean"),
-        "aa_broken_by": pd.array(["apgd-ce", None] * (n // 2), dtype="string"),
-        "fmn_eps": rng.random(n).astype(np.float32), "fmn_found": np.ones(n, bool),
-        "fmn_overstated": np.zeros(n, bool), "fmn_eps_bounded": rng.random(n).astype(np.float32),
-        "fmn_eps_untargeted": rng.random(n).astype(np.float32),
-        "grid": "g", "model_id": model_id, "dense_model_id": "dense-a-1", "role": MODELS[model_id],
-        "dataset": "digits", "arch": "digits-cnn", "method": "hydra", "sparsity": 0.9,
-        "sparsity_measured": 0.9, "seed": 0, "norm": "Linf", "eps": 0.1, "pgd_steps": 10,
-        "autoattack_version": "standard", "autoattack_attacks": "apgd-ce", "fmn_steps": 10,
-        "fmn_step_size": 1.0, "eval_seed": 0, "eval_batch_size": 10})
+    return pd.DataFrame(
+        {
+            "sample_idx": np.arange(start, end),
+            "label": rng.integers(0, 10, n),
+            "clean_pred": rng.integers(0, 10, n),
+            "clean_correct": rng.random(n) > 0.2,
+            "logit_margin": rng.normal(size=n).astype(np.float32),
+            "pgd_correct": rng.random(n) > 0.5,
+            "aa_correct": pd.array([True, None] * (n // 2), dtype="boolean"),
+            "aa_broken_by": pd.array(["apgd-ce", None] * (n // 2), dtype="string"),
+            "fmn_eps": rng.random(n).astype(np.float32),
+            "fmn_found": np.ones(n, bool),
+            "fmn_overstated": np.zeros(n, bool),
+            "fmn_eps_bounded": rng.random(n).astype(np.float32),
+            "fmn_eps_untargeted": rng.random(n).astype(np.float32),
+            "grid": "g",
+            "model_id": model_id,
+            "dense_model_id": "dense-a-1",
+            "role": MODELS[model_id],
+            "dataset": "digits",
+            "arch": "digits-cnn",
+            "method": "hydra",
+            "sparsity": 0.9,
+            "sparsity_measured": 0.9,
+            "seed": 0,
+            "norm": "Linf",
+            "eps": 0.1,
+            "pgd_steps": 10,
+            "autoattack_version": "standard",
+            "autoattack_attacks": "apgd-ce",
+            "fmn_steps": 10,
+            "fmn_step_size": 1.0,
+            "eval_seed": 0,
+            "eval_batch_size": 10,
+        }
+    )
 
 
 @pytest.fixture
@@ -81,9 +104,14 @@ def test_duckdb_and_polars_read_the_folder(output, reader):
     module = pytest.importorskip(reader)
     pattern = str(output / "samples" / "grid=*" / "model_id=*" / "*.parquet")
     if reader == "duckdb":
-        count = module.connect().execute(
-            f"select count(*), count(distinct model_id) from read_parquet('{pattern}', "
-            f"hive_partitioning = true)").fetchall()
+        count = (
+            module.connect()
+            .execute(
+                f"select count(*), count(distinct model_id) from read_parquet('{pattern}', "
+                f"hive_partitioning = true)"
+            )
+            .fetchall()
+        )
         assert count == [(40, 2)]
     else:
         frame = module.read_parquet(pattern, hive_partitioning=True)

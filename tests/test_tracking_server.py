@@ -1,6 +1,7 @@
 """A real tracking server: `mlflow server` over HTTP with a SQLite and with a PostgreSQL backend
 store, each started here on a loopback port; a tiny grid logs to it and is queried back with
 `apgrid query` and a plain MLflow client. And 4 concurrent trials on the default SQLite store."""
+
 import contextlib
 import glob
 import json
@@ -49,9 +50,25 @@ def mlflow_server(backend_uri: str, folder: Path):
     log = folder / "mlflow-server.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", backend_uri, "--artifacts-destination", str(folder / "artifacts"),
-             "--workers", "1"], stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                backend_uri,
+                "--artifacts-destination",
+                str(folder / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for(f"http://127.0.0.1:{port}/health", process, log)
         yield f"http://127.0.0.1:{port}"
@@ -92,8 +109,17 @@ def postgres_cluster():
 
     try:
         run(bindir / "initdb", "-D", data, "-U", "apgrid", "--auth=trust")
-        run(bindir / "pg_ctl", "-D", data, "-l", folder / "pg.log", "-w", "start", "-o",
-            f"-p {port} -c listen_addresses=127.0.0.1 -k {folder}")
+        run(
+            bindir / "pg_ctl",
+            "-D",
+            data,
+            "-l",
+            folder / "pg.log",
+            "-w",
+            "start",
+            "-o",
+            f"-p {port} -c listen_addresses=127.0.0.1 -k {folder}",
+        )
         try:
             yield f"postgresql://apgrid@127.0.0.1:{port}/postgres"
         finally:
@@ -105,13 +131,23 @@ def postgres_cluster():
 def small_grid(output, tracking_uri=None, methods=("lwm-global",), **over):
     sections = {
         "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.05, "batch_size": 64}},
-        "prune": {"methods": list(methods), "sparsities": [0.9],
-                  "finetune": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128},
-                  "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128}},
-        "evaluation": {"num_samples": 20, "block_size": 10, "shards": 2, "actors": 2,
-                       "pgd_steps": 2, "fmn_steps": 20, "autoattack_attacks": QUICK_AA},
-        "analysis": {"transfer_attacks": [], "costs": False, "slice_samples": 0,
-                     "bootstrap_resamples": 0}}
+        "prune": {
+            "methods": list(methods),
+            "sparsities": [0.9],
+            "finetune": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128},
+            "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128},
+        },
+        "evaluation": {
+            "num_samples": 20,
+            "block_size": 10,
+            "shards": 2,
+            "actors": 2,
+            "pgd_steps": 2,
+            "fmn_steps": 20,
+            "autoattack_attacks": QUICK_AA,
+        },
+        "analysis": {"transfer_attacks": [], "costs": False, "slice_samples": 0, "bootstrap_resamples": 0},
+    }
     return tiny_spec(output, tracking_uri=tracking_uri, **{**sections, **over})
 
 
@@ -120,15 +156,30 @@ def grid_against(uri: str, output: Path, capsys):
     launch(spec, log=lambda m: None)
     assert not (output / "mlflow.db").exists()  # everything went to the server
     capsys.readouterr()  # Tune's own console output
-    assert main(["query", "--tracking-uri", uri, "--experiment", "tiny", "--where",
-                 "stage='evaluate'", "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "query",
+                "--tracking-uri",
+                uri,
+                "--experiment",
+                "tiny",
+                "--where",
+                "stage='evaluate'",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert sorted(r["method"] for r in rows) == ["dense", "lwm-global"]
     assert all(r["status"] == "FINISHED" and 0 <= r["aa_acc"] <= 1 for r in rows)
 
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["tiny"],
-                              filter_string="tags.stage = 'evaluate' and tags.role = 'pruned'")
+    runs = mlflow.search_runs(
+        experiment_names=["tiny"], filter_string="tags.stage = 'evaluate' and tags.role = 'pruned'"
+    )
     assert len(runs) == 1 and runs.loc[0, "tags.method"] == "lwm-global"
     assert runs.loc[0, "metrics.measured_sparsity"] == pytest.approx(0.9, abs=0.01)
     client = mlflow.MlflowClient(uri)
@@ -150,8 +201,11 @@ def test_grid_against_mlflow_server_with_postgresql(ray_session, tmp_path, capsy
 def test_four_concurrent_trials_on_the_default_sqlite_store(ray_session, tmp_path):
     """Four prune trials at once (0.5 CPU each on 2 CPUs), all logging: none fails (the schema
     race on a fresh SQLite store is avoided because only the driver writes to MLflow)."""
-    spec = small_grid(tmp_path / "out", methods=("lwm-local", "lwm-global", "lamp", "random"),
-                      resources={"trial_cpus": 0.5, "actor_cpus": 1})
+    spec = small_grid(
+        tmp_path / "out",
+        methods=("lwm-local", "lwm-global", "lamp", "random"),
+        resources={"trial_cpus": 0.5, "actor_cpus": 1},
+    )
     launch(spec, log=lambda m: None)
     client = mlflow.MlflowClient(spec.resolved_tracking_uri)
     exp = client.get_experiment_by_name("tiny")

@@ -1,5 +1,6 @@
 """Training as the references train: augmentation seeded by (seed, epoch, batch), a validation split
 for model selection (never the test set), catastrophic overfitting flagged, exact resume."""
+
 import copy
 import io
 
@@ -27,13 +28,24 @@ def test_crop_is_a_window_of_the_zero_padded_image_and_flip_mirrors_it():
     out = augment_batch(x, "crop", torch.Generator().manual_seed(1))
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     for i in range(2):
-        hits = [(a, b) for a in range(9) for b in range(9)
-                if torch.equal(padded[i, :, a:a + 32, b:b + 32], out[i])]
+        hits = [
+            (a, b)
+            for a in range(9)
+            for b in range(9)
+            if torch.equal(padded[i, :, a : a + 32, b : b + 32], out[i])
+        ]
         assert len(hits) == 1
-    flips = torch.stack([augment_batch(x, "crop-flip", torch.Generator().manual_seed(s))
-                         for s in range(40)])
-    mirrored = sum(int(any(torch.equal(padded[0, :, a:a + 32, b:b + 32].flip(-1), f[0])
-                           for a in range(9) for b in range(9))) for f in flips)
+    flips = torch.stack([augment_batch(x, "crop-flip", torch.Generator().manual_seed(s)) for s in range(40)])
+    mirrored = sum(
+        int(
+            any(
+                torch.equal(padded[0, :, a : a + 32, b : b + 32].flip(-1), f[0])
+                for a in range(9)
+                for b in range(9)
+            )
+        )
+        for f in flips
+    )
     assert 8 < mirrored < 32  # about half of them, per sample
     assert torch.equal(augment_batch(x, "none", torch.Generator()), x)
 
@@ -48,8 +60,14 @@ def test_augmentation_is_fixed_by_seed_epoch_and_batch():
 
 def test_each_dataset_trains_with_its_references_augmentation(tmp_path):
     def augment(name):
-        return parse_spec({**GOOD, "dataset": {"name": name, "root": str(tmp_path)},
-                           "dense": {"architectures": ["cifar-tiny"]}})
+        return parse_spec(
+            {
+                **GOOD,
+                "dataset": {"name": name, "root": str(tmp_path)},
+                "dense": {"architectures": ["cifar-tiny"]},
+            }
+        )
+
     assert augment("cifar10").dense.recipe.augment == "crop-flip"
     assert augment("cifar100").prune.finetune.augment == "crop-flip"
     assert augment("svhn").prune.search.augment == "crop"
@@ -74,14 +92,14 @@ def dense_job(ds, recipe, **callbacks):
 
 def test_dense_job_resumed_from_any_epoch_trains_exactly_as_uninterrupted():
     ds = with_validation(tiny_cifar(), 32)
-    recipe = Recipe(trainer="fgsm-rs", epochs=3, lr=0.05, batch_size=64, augment="crop-flip",
-                    select="best")
+    recipe = Recipe(trainer="fgsm-rs", epochs=3, lr=0.05, batch_size=64, augment="crop-flip", select="best")
     states = []
 
     def keep(metrics, state):
         buffer = io.BytesIO()
         torch.save(state, buffer)
         states.append(buffer.getvalue())
+
     whole = dense_job(ds, recipe, report=keep)
     whole.run()
     for cut in (1, 2):
@@ -98,6 +116,7 @@ def test_select_best_keeps_the_best_validation_epoch():
 
     def finish(model, metrics, extra):
         saved.update(extra, weights=copy.deepcopy(model.state_dict()))
+
     job = dense_job(ds, recipe, report=lambda m, s: reports.append((m, s)), on_finish=finish)
     job.run()
     scores = [m["val_pgd_acc"] for m, _ in reports]
@@ -111,19 +130,26 @@ def test_select_best_keeps_the_best_validation_epoch():
 
 def test_a_collapse_of_validation_pgd_accuracy_is_catastrophic_overfitting():
     selection, model = Selection(), torch.nn.Linear(2, 2)
-    flags = [selection.update(epoch, score, model, keep=False)
-             for epoch, score in enumerate([0.30, 0.45, 0.40, 0.05, 0.02], start=1)]
+    flags = [
+        selection.update(epoch, score, model, keep=False)
+        for epoch, score in enumerate([0.30, 0.45, 0.40, 0.05, 0.02], start=1)
+    ]
     assert flags == [False, False, False, True, False] and selection.overfit_epoch == 4
     assert selection.best_epoch == 2
 
 
-@pytest.mark.parametrize("patch, field", [
-    ({"threat_model": {"norm": "L2", "eps": 0.5}, "dense": {"recipe": {"trainer": "fgsm-rs"}}},
-     "dense.recipe.trainer"),
-    ({"dense": {"recipe": {"select": "best"}}}, "dense.recipe.select"),
-    ({"dense": {"recipe": {"augment": "mixup"}}}, "dense.recipe.augment"),
-    ({"dataset": {"validation": -1}}, "dataset.validation"),
-])
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        (
+            {"threat_model": {"norm": "L2", "eps": 0.5}, "dense": {"recipe": {"trainer": "fgsm-rs"}}},
+            "dense.recipe.trainer",
+        ),
+        ({"dense": {"recipe": {"select": "best"}}}, "dense.recipe.select"),
+        ({"dense": {"recipe": {"augment": "mixup"}}}, "dense.recipe.augment"),
+        ({"dataset": {"validation": -1}}, "dataset.validation"),
+    ],
+)
 def test_recipes_the_references_do_not_define_are_refused(patch, field):
     with pytest.raises(SpecError) as err:
         parse_spec({**GOOD, **patch})
@@ -132,9 +158,20 @@ def test_recipes_the_references_do_not_define_are_refused(patch, field):
 
 def test_each_method_prunes_its_papers_parent_and_equal_recipes_share_one():
     from apgrid.grid.plan import dense_models, pruned_models
-    spec = parse_spec({**GOOD, "prune": {"sparsities": [0.9], "methods": [
-        "lwm-global", {"name": "hydra", "dense": {"trainer": "trades"}},
-        {"name": "lamp", "dense": {"trainer": "pgd"}}]}})
+
+    spec = parse_spec(
+        {
+            **GOOD,
+            "prune": {
+                "sparsities": [0.9],
+                "methods": [
+                    "lwm-global",
+                    {"name": "hydra", "dense": {"trainer": "trades"}},
+                    {"name": "lamp", "dense": {"trainer": "pgd"}},
+                ],
+            },
+        }
+    )
     dense = dense_models(spec)
     assert sorted(p.config["recipe"]["trainer"] for p in dense) == ["pgd", "trades"]
     parents = {p.method: p.dense_model_id for p in pruned_models(spec)}

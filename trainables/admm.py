@@ -41,9 +41,11 @@ def quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 def make_projection(sparsity_type: str = "irregular", bits: int = 0):
     """Proj_S for R-ADMM (sparsity_type) or ATMC (bits > 0: sparse then quantised)."""
+
     def project(w: torch.Tensor, sparsity: float) -> torch.Tensor:
         z = project_filters(w, sparsity) if sparsity_type == "filter" else project_irregular(w, sparsity)
         return quantize(z, bits) if bits else z
+
     return project
 
 
@@ -56,8 +58,15 @@ def admm_layers(model: nn.Module, sparsity_type: str) -> list[tuple[str, nn.Modu
 class Admm:
     """The Z and U variables of every constrained layer, and the three ADMM updates."""
 
-    def __init__(self, model: nn.Module, sparsity: float, layer_sparsity: dict[str, float],
-                 rho: float, project, sparsity_type: str = "irregular"):
+    def __init__(
+        self,
+        model: nn.Module,
+        sparsity: float,
+        layer_sparsity: dict[str, float],
+        rho: float,
+        project,
+        sparsity_type: str = "irregular",
+    ):
         self.layers = admm_layers(model, sparsity_type)
         self.sparsity = {n: layer_sparsity.get(n, sparsity) for n, _ in self.layers}
         self.rho, self.project = rho, project
@@ -66,8 +75,7 @@ class Admm:
 
     def penalty(self) -> torch.Tensor:
         """sum_l rho/2 ||W_l - Z_l + U_l||^2, added to the adversarial loss in the W-step."""
-        return sum(0.5 * self.rho * (m.weight - self.z[n] + self.u[n]).pow(2).sum()
-                   for n, m in self.layers)
+        return sum(0.5 * self.rho * (m.weight - self.z[n] + self.u[n]).pow(2).sum() for n, m in self.layers)
 
     @torch.no_grad()
     def update(self) -> float:
@@ -81,8 +89,7 @@ class Admm:
 
     def hard_masks(self) -> dict[str, torch.Tensor]:
         """The support of Proj_S(W): the masks of the retraining phase."""
-        return {n: (self.project(m.weight.detach(), self.sparsity[n]) != 0).float()
-                for n, m in self.layers}
+        return {n: (self.project(m.weight.detach(), self.sparsity[n]) != 0).float() for n, m in self.layers}
 
     def state(self) -> dict:
         return {"z": {n: t.cpu() for n, t in self.z.items()}, "u": {n: t.cpu() for n, t in self.u.items()}}
@@ -105,6 +112,7 @@ def model_size_bits(model: nn.Module, bits: int = 32) -> int:
     """Storage of the non-zero prunable weights at `bits` each, plus one 32-bit scale per layer
     when quantised; everything else (biases, batch norm) at 32 bits. Index overhead is left out."""
     from apgrid.trainables.pruning import plain_state_dict
+
     state = plain_state_dict(model)
     prunable = {f"{n}.weight" for n, _ in prunable_layers(model)}
     total = 0

@@ -38,9 +38,18 @@ def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
-        step_size: float, norm: str = "Linf", init_noise: torch.Tensor | None = None,
-        loss_fn=None) -> torch.Tensor:
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    norm: str = "Linf",
+    init_noise: torch.Tensor | None = None,
+    loss_fn=None,
+) -> torch.Tensor:
     """PGD maximising cross-entropy (Madry et al. 2018, Sec. 2), or `loss_fn(logits)` when given
     (TRADES maximises a KL divergence); `init_noise` is the random start."""
     loss_fn = loss_fn or (lambda logits: F.cross_entropy(logits, y))
@@ -56,8 +65,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
     return (x + delta).detach()
 
 
-def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-            step_size: float | None = None) -> torch.Tensor:
+def fgsm_rs(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float | None = None
+) -> torch.Tensor:
     """FGSM with random start (Wong et al. 2020, Alg. 3: step 1.25 eps from a uniform start)."""
     step_size = 1.25 * eps if step_size is None else step_size
     delta = (torch.rand_like(x) * 2 - 1) * eps
@@ -82,9 +92,20 @@ AUTOATTACK_ENSEMBLES = {
     "rand": ("apgd-ce", "apgd-dlr"),
 }
 
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
-               version: str, seed: int, batch_size: int = 500, device: str | torch.device = "cpu",
-               attacks: tuple[str, ...] | None = None):
+
+def autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str,
+    version: str,
+    seed: int,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    attacks: tuple[str, ...] | None = None,
+):
     """Per-sample AutoAttack: returns (robust flags, name of the attack that broke each sample or
     None, adversarial points).
 
@@ -121,13 +142,23 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
 
 # -- FMN ---------------------------------------------------------------------------------------
 
+
 def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     p = {"Linf": float("inf"), "L2": 2.0, "L1": 1.0}[norm]
     return delta.flatten(1).norm(p=p, dim=1)
 
 
-def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, steps: int,
-        step_size: float, target: int | None = None, batch_size: int = 500):
+def fmn(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str,
+    steps: int,
+    step_size: float,
+    target: int | None = None,
+    batch_size: int = 500,
+):
     """Fast Minimum-Norm attack (Pintor et al. 2021) via secml-torch's native FMN.
 
     Untargeted (target=None): the smallest perturbation that changes the prediction away from y.
@@ -146,11 +177,15 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, steps:
     for start in range(0, len(y), batch_size):
         # a fresh attack per batch: secml-torch 1.x keeps per-batch state sized by the first
         # batch and fails on a shorter last one (tests/test_evaluation.py)
-        attack = FMN(perturbation_model=perturbation, num_steps=steps, step_size=step_size,
-                     y_target=target, backend="native")
+        attack = FMN(
+            perturbation_model=perturbation,
+            num_steps=steps,
+            step_size=step_size,
+            y_target=target,
+            backend="native",
+        )
         chunk = slice(start, start + batch_size)
-        loader = DataLoader(TensorDataset(x[chunk].to(device), y[chunk].to(device)),
-                            batch_size=batch_size)
+        loader = DataLoader(TensorDataset(x[chunk].to(device), y[chunk].to(device)), batch_size=batch_size)
         x_adv += [adv.detach().cpu() for adv, _ in attack(classifier, loader, stream=True)]
     x_adv = torch.cat(x_adv)
     with torch.no_grad():

@@ -21,14 +21,15 @@ from torch import nn
 from apgrid.trainables.attacks import logit_margin
 
 
-def linearized_distance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
-                        device, batch_size: int = 500) -> torch.Tensor:
+def linearized_distance(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, device, batch_size: int = 500
+) -> torch.Tensor:
     """d_i = m_i / ||grad_x m_i||_* : signed (negative when misclassified), one pass per sample."""
     model.eval()
     out = []
     for start in range(0, len(y), batch_size):
-        xb = x[start:start + batch_size].to(device).requires_grad_(True)
-        yb = y[start:start + batch_size].to(device)
+        xb = x[start : start + batch_size].to(device).requires_grad_(True)
+        yb = y[start : start + batch_size].to(device)
         margin = logit_margin(model(xb), yb)
         (grad,) = torch.autograd.grad(margin.sum(), xb)
         dual = grad.flatten(1).abs().sum(1) if norm == "Linf" else grad.flatten(1).norm(dim=1)

@@ -37,14 +37,16 @@ class CheckpointError(ApgridError, ValueError):
 def load_state(path) -> dict:
     """torch.load with weights_only=True, turning every failure into one clear CheckpointError."""
     from pathlib import Path
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint: {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle of arbitrary objects, random bytes ...
-        raise CheckpointError(f"checkpoint: {path} cannot be loaded as weights "
-                              f"({short_reason(exc)})") from None
+        raise CheckpointError(
+            f"checkpoint: {path} cannot be loaded as weights ({short_reason(exc)})"
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint: {path} holds a {type(state).__name__}, not a state dict")
     return state
@@ -66,8 +68,10 @@ def hydra_masks(state: dict, sparsity: float | None, where: str) -> tuple[dict, 
     if not scores:
         return state, {}
     if sparsity is None or sparsity == 0:
-        raise CheckpointError(f"checkpoint: {where} holds HYDRA popup_scores; give its sparsity "
-                              f"(the fraction of weights pruned) in the checkpoint entry")
+        raise CheckpointError(
+            f"checkpoint: {where} holds HYDRA popup_scores; give its sparsity "
+            f"(the fraction of weights pruned) in the checkpoint entry"
+        )
     masks = {}
     for layer, s in scores.items():
         cut = int((1 - (1 - sparsity)) * s.numel())
@@ -97,6 +101,7 @@ def fit(model: nn.Module, state: dict, masks: dict, where: str, arch: str) -> di
     first); an older layout of the same tensors is renamed by position. Returns the masks under
     the model's own layer names."""
     from apgrid.trainables.models import fit_to_state
+
     try:
         fit_to_state(model, state)
     except (ValueError, KeyError, RuntimeError):  # shapes of another network altogether
@@ -106,14 +111,18 @@ def fit(model: nn.Module, state: dict, masks: dict, where: str, arch: str) -> di
         renamed = by_position(state, own)
         if renamed is None:
             raise mismatch(where, arch, state, own)
-        names = {old.removesuffix(".weight"): new.removesuffix(".weight")
-                 for old, new in zip(state, renamed) if old.endswith(".weight")}
+        names = {
+            old.removesuffix(".weight"): new.removesuffix(".weight")
+            for old, new in zip(state, renamed)
+            if old.endswith(".weight")
+        }
         state, masks = renamed, {names.get(k, k): v for k, v in masks.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint: {where} does not fit architecture {arch} "
-                              f"({short_reason(exc)})") from None
+        raise CheckpointError(
+            f"checkpoint: {where} does not fit architecture {arch} ({short_reason(exc)})"
+        ) from None
     return masks
 
 
@@ -121,17 +130,21 @@ def mismatch(where: str, arch: str, state: dict, own: dict) -> CheckpointError:
     """Keys shown as the network names them (without apgrid's `1.` in front of the network)."""
     missing = [k.removeprefix("1.") for k in own if k not in state]
     unexpected = [k.removeprefix("1.") for k in state if k not in own]
+
     def listed(keys):
         return f" ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})" if keys else ""
+
     return CheckpointError(
         f"checkpoint: {where} does not fit architecture {arch}: missing {len(missing)} keys"
         f"{listed(missing)}, unexpected {len(unexpected)}{listed(unexpected)}; nearest "
-        f"architecture: {nearest_architecture(state, arch)}")
+        f"architecture: {nearest_architecture(state, arch)}"
+    )
 
 
 def nearest_architecture(state: dict, arch: str) -> str:
     """The registry's architecture whose network keys overlap the checkpoint's most."""
     from apgrid.trainables.models import ARCHITECTURES
+
     keys = {k.removeprefix("1.") for k in state if not k.startswith("0.")}
     best, score = arch, -1.0
     for name, make in ARCHITECTURES.items():
@@ -143,13 +156,15 @@ def nearest_architecture(state: dict, arch: str) -> str:
     return f"{best} ({score:.0%} of keys shared)"
 
 
-def published_model(path, arch: str, in_channels: int, num_classes: int, normalization,
-                    sparsity: float | None = None) -> tuple[nn.Module, dict]:
+def published_model(
+    path, arch: str, in_channels: int, num_classes: int, normalization, sparsity: float | None = None
+) -> tuple[nn.Module, dict]:
     """A checkpoint as an apgrid model (Normalize + network) and its masks.
 
     normalization: 'none' (the network takes [0, 1] images), {'mean': [...], 'std': [...]}, or
     None for a checkpoint that carries apgrid's normalisation layer itself."""
     from apgrid.trainables.models import build_model
+
     state = unwrap(load_state(path))
     if not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"checkpoint: {path} is not a state dict of tensors")
@@ -158,8 +173,10 @@ def published_model(path, arch: str, in_channels: int, num_classes: int, normali
     mean, std = _normalization(normalization, in_channels, str(path), bare)
     model = build_model(arch, in_channels, num_classes, mean, std)
     if bare:
-        state = {**{f"0.{k}": v for k, v in model[0].state_dict().items()},
-                 **{f"1.{k}": v for k, v in state.items()}}
+        state = {
+            **{f"0.{k}": v for k, v in model[0].state_dict().items()},
+            **{f"1.{k}": v for k, v in state.items()},
+        }
         masks = {f"1.{k}": v for k, v in masks.items()}
     masks = fit(model, state, masks, str(path), arch)
     return model, masks
@@ -168,9 +185,11 @@ def published_model(path, arch: str, in_channels: int, num_classes: int, normali
 def _normalization(normalization, channels: int, where: str, bare: bool):
     if normalization is None:
         if bare:
-            raise CheckpointError(f"checkpoint: {where} is a bare network: say which input "
-                                  f"normalisation it was trained with (normalization: none, or "
-                                  f"{{mean: [...], std: [...]}})")
+            raise CheckpointError(
+                f"checkpoint: {where} is a bare network: say which input "
+                f"normalisation it was trained with (normalization: none, or "
+                f"{{mean: [...], std: [...]}})"
+            )
         return [0.0] * channels, [1.0] * channels  # replaced by the file's own
     if normalization == "none":
         return [0.0] * channels, [1.0] * channels

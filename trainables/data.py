@@ -47,6 +47,7 @@ class DatasetError(ApgridError, ValueError):
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a researcher needs to know before choosing ε: classes, image size, conventions."""
+
     name: str
     num_classes: int
     image_shape: tuple[int, int, int]
@@ -55,23 +56,31 @@ class DatasetInfo:
     test_size: int  # samples in the test split
 
 
-DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
-    DatasetInfo("digits", 10, (1, 8, 8), "Linf 0.1 (apgrid demo; pixels scaled from 0..16 to [0, 1])",
-                "none", 360),
-    DatasetInfo("cifar10", 10, (3, 32, 32), "Linf 8/255 (all three papers), L2 0.5", "crop-flip",
-                10_000),
-    DatasetInfo("cifar100", 100, (3, 32, 32), "Linf 8/255 (compressed-models paper), L2 0.5",
-                "crop-flip", 10_000),
-    # digits are not mirror-symmetric: SVHN trains with crops only
-    DatasetInfo("svhn", 10, (3, 32, 32), "Linf 8/255 (survey; HYDRA trains SVHN at 8/255)", "crop",
-                26_032),
-)}
+DATASETS: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in (
+        DatasetInfo(
+            "digits", 10, (1, 8, 8), "Linf 0.1 (apgrid demo; pixels scaled from 0..16 to [0, 1])", "none", 360
+        ),
+        DatasetInfo("cifar10", 10, (3, 32, 32), "Linf 8/255 (all three papers), L2 0.5", "crop-flip", 10_000),
+        DatasetInfo(
+            "cifar100", 100, (3, 32, 32), "Linf 8/255 (compressed-models paper), L2 0.5", "crop-flip", 10_000
+        ),
+        # digits are not mirror-symmetric: SVHN trains with crops only
+        DatasetInfo(
+            "svhn", 10, (3, 32, 32), "Linf 8/255 (survey; HYDRA trains SVHN at 8/255)", "crop", 26_032
+        ),
+    )
+}
 
 
 def load_dataset(name: str, root: str | None = None, download: bool = False) -> Dataset:
-    loaders = {"digits": lambda: load_digits(), "cifar10": lambda: load_cifar10(root, download),
-               "cifar100": lambda: load_cifar100(root, download),
-               "svhn": lambda: load_svhn(root, download)}
+    loaders = {
+        "digits": lambda: load_digits(),
+        "cifar10": lambda: load_cifar10(root, download),
+        "cifar100": lambda: load_cifar100(root, download),
+        "svhn": lambda: load_svhn(root, download),
+    }
     if name not in loaders:
         raise DatasetError(f"dataset: unknown '{name}'; allowed: {', '.join(sorted(loaders))}")
     return loaders[name]()
@@ -86,12 +95,20 @@ def with_validation(ds: Dataset, size: int) -> Dataset:
     if size <= 0:
         return ds
     if size >= len(ds.y_train):
-        raise DatasetError(f"dataset.validation: {size} is not below the {len(ds.y_train)} "
-                           f"training samples of {ds.name}")
+        raise DatasetError(
+            f"dataset.validation: {size} is not below the {len(ds.y_train)} training samples of {ds.name}"
+        )
     order = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(VALIDATION_SPLIT_SEED))
     val, train = order[:size].sort().values, order[size:].sort().values
-    return Dataset(**{**ds.__dict__, "x_train": ds.x_train[train], "y_train": ds.y_train[train],
-                      "x_val": ds.x_train[val], "y_val": ds.y_train[val]})
+    return Dataset(
+        **{
+            **ds.__dict__,
+            "x_train": ds.x_train[train],
+            "y_train": ds.y_train[train],
+            "x_val": ds.x_train[val],
+            "y_val": ds.y_train[val],
+        }
+    )
 
 
 def load_digits() -> Dataset:
@@ -101,8 +118,12 @@ def load_digits() -> Dataset:
     bunch = sk_digits()
     images = (bunch.images / 16.0).astype(np.float32)[:, None]  # pixel values are 0..16
     x_tr, x_te, y_tr, y_te = train_test_split(
-        images, bunch.target, test_size=DIGITS_TEST_SIZE, stratify=bunch.target,
-        random_state=DIGITS_SPLIT_SEED)
+        images,
+        bunch.target,
+        test_size=DIGITS_TEST_SIZE,
+        stratify=bunch.target,
+        random_state=DIGITS_SPLIT_SEED,
+    )
     return _from_numpy("digits", x_tr, y_tr, x_te, y_te, num_classes=10)
 
 
@@ -112,16 +133,19 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 def load_cifar10(root: str | None, download: bool = False) -> Dataset:
     if root is None:
-        raise DatasetError("dataset.root: CIFAR-10 needs a folder holding cifar-10-batches-bin/ "
-                           "or cifar-10-batches-py/")
+        raise DatasetError(
+            "dataset.root: CIFAR-10 needs a folder holding cifar-10-batches-bin/ or cifar-10-batches-py/"
+        )
     root_path = Path(root).expanduser()
     if (root_path / "cifar-10-batches-bin").is_dir():
         x_tr, y_tr, x_te, y_te = _read_cifar10_binary(root_path / "cifar-10-batches-bin")
     elif (root_path / "cifar-10-batches-py").is_dir() or download:
         x_tr, y_tr, x_te, y_te = _read_cifar10_torchvision(root_path, download)
     else:
-        raise DatasetError(f"dataset.root: no cifar-10-batches-bin/ or cifar-10-batches-py/ in "
-                           f"{root_path} (fetch it, or set dataset.download: true)")
+        raise DatasetError(
+            f"dataset.root: no cifar-10-batches-bin/ or cifar-10-batches-py/ in "
+            f"{root_path} (fetch it, or set dataset.download: true)"
+        )
     ds = _from_numpy("cifar10", x_tr, y_tr, x_te, y_te, num_classes=10)
     return Dataset(**{**ds.__dict__, "mean": CIFAR10_MEAN, "std": CIFAR10_STD})
 
@@ -152,9 +176,12 @@ def load_cifar100(root: str | None, download: bool = False) -> Dataset:
     else:
         if not (root_path / "cifar-100-python").is_dir():
             if not download:
-                raise DatasetError(f"dataset.root: no cifar-100-binary/ or cifar-100-python/ in "
-                                   f"{root_path} (fetch it, or set dataset.download: true)")
+                raise DatasetError(
+                    f"dataset.root: no cifar-100-binary/ or cifar-100-python/ in "
+                    f"{root_path} (fetch it, or set dataset.download: true)"
+                )
             from torchvision.datasets import CIFAR100
+
             _download(lambda: CIFAR100(str(root_path), download=True), "cifar100", root_path)
         x_tr, y_tr = _read_cifar_pickle(root_path / "cifar-100-python" / "train", "fine_labels")
         x_te, y_te = _read_cifar_pickle(root_path / "cifar-100-python" / "test", "fine_labels")
@@ -179,6 +206,7 @@ def _read_records(path: Path, label_bytes: int):
 def _read_cifar_pickle(path: Path, label_key: str):
     """torchvision's python layout (the official pickle files; trusted data, as torchvision does)."""
     import pickle
+
     if not path.is_file():
         raise DatasetError(f"dataset.root: missing {path}")
     try:
@@ -194,6 +222,7 @@ def _read_cifar_pickle(path: Path, label_key: str):
 def load_svhn(root: str | None, download: bool = False) -> Dataset:
     """SVHN cropped digits (train split only, as the survey and HYDRA use it); label 10 means 0."""
     from scipy.io import loadmat
+
     root_path = _require_root("svhn", root, download)
 
     def read(split):
@@ -202,13 +231,16 @@ def load_svhn(root: str | None, download: bool = False) -> Dataset:
             if not download:
                 raise DatasetError(f"dataset.root: missing {path} (fetch it, or set dataset.download: true)")
             from torchvision.datasets import SVHN
+
             _download(lambda: SVHN(str(root_path), split=split, download=True), "svhn", root_path)
         try:
             mat = loadmat(str(path))
             images = np.transpose(mat["X"], (3, 2, 0, 1))  # HWCN -> NCHW, uint8
             labels = mat["y"].astype(np.int64).reshape(-1) % 10
         except Exception as exc:
-            raise DatasetError(f"dataset.root: {path} is not an SVHN .mat file ({type(exc).__name__})") from None
+            raise DatasetError(
+                f"dataset.root: {path} is not an SVHN .mat file ({type(exc).__name__})"
+            ) from None
         return images, labels
 
     return _from_numpy("svhn", *read("train"), *read("test"), num_classes=10)
@@ -218,6 +250,7 @@ def _read_cifar10_torchvision(root: Path, download: bool):
     folder = root / "cifar-10-batches-py"
     if not folder.is_dir():
         from torchvision.datasets import CIFAR10
+
         root.mkdir(parents=True, exist_ok=True)
         _download(lambda: CIFAR10(str(root), download=download), "cifar10", root)
     train = [_read_cifar_pickle(folder / f"data_batch_{i}", "labels") for i in range(1, 6)]
@@ -231,9 +264,12 @@ def _download(fetch, name: str, root: Path) -> None:
         fetch()
     except Exception as exc:
         from apgrid.errors import short_reason
-        raise DatasetError(f"dataset.download: {name} could not be downloaded into {root} "
-                           f"({short_reason(exc)}); fetch it on a machine with a network and "
-                           f"point dataset.root at it") from None
+
+        raise DatasetError(
+            f"dataset.download: {name} could not be downloaded into {root} "
+            f"({short_reason(exc)}); fetch it on a machine with a network and "
+            f"point dataset.root at it"
+        ) from None
 
 
 def _images(x: np.ndarray) -> torch.Tensor:
@@ -247,9 +283,16 @@ def _images(x: np.ndarray) -> torch.Tensor:
 def _from_numpy(name, x_tr, y_tr, x_te, y_te, num_classes) -> Dataset:
     x_train = _images(x_tr)
     mean = tuple(float(m) for m in x_train.mean(dim=(0, 2, 3)))
-    std = tuple(float(x_train[:, c].std()) for c in range(x_train.shape[1]))  # one channel's temporaries at a time
+    std = tuple(
+        float(x_train[:, c].std()) for c in range(x_train.shape[1])
+    )  # one channel's temporaries at a time
     return Dataset(
-        name=name, x_train=x_train, y_train=torch.as_tensor(y_tr, dtype=torch.long),
+        name=name,
+        x_train=x_train,
+        y_train=torch.as_tensor(y_tr, dtype=torch.long),
         x_test=_images(x_te),
         y_test=torch.as_tensor(y_te, dtype=torch.long),
-        num_classes=num_classes, mean=mean, std=std)
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+    )

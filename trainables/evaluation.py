@@ -67,9 +67,16 @@ def shard_ranges(num_samples: int, block_size: int, num_shards: int) -> list[tup
     return [(blocks[a][0], blocks[b - 1][1]) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-def evaluate_samples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: int,
-                     threat: ThreatModel, settings: EvalSettings, signed_fmn: bool,
-                     device: torch.device | str = "cpu") -> pd.DataFrame:
+def evaluate_samples(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    start: int,
+    threat: ThreatModel,
+    settings: EvalSettings,
+    signed_fmn: bool,
+    device: torch.device | str = "cpu",
+) -> pd.DataFrame:
     """Evaluate samples start .. start+len(y)-1 block by block; one row per sample."""
     if settings.batch_size == "auto":
         batch = auto_batch_size(model, tuple(x.shape[1:]), settings.block_size, torch.device(device))
@@ -77,12 +84,12 @@ def evaluate_samples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: 
     frames = []
     for b_start, b_end in block_ranges(start, start + len(y), settings.block_size):
         sl = slice(b_start - start, b_end - start)
-        frames.append(evaluate_block(model, x[sl], y[sl], b_start, threat, settings, signed_fmn,
-                                     device))
+        frames.append(evaluate_block(model, x[sl], y[sl], b_start, threat, settings, signed_fmn, device))
     return pd.concat(frames, ignore_index=True)
 
 
 # -- batch size ----------------------------------------------------------------------------------
+
 
 def attack_bytes_per_sample(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Estimated memory one sample takes in an attack step: every layer's output, kept for the
@@ -134,19 +141,23 @@ def fit_batch_size(block_size: int, bytes_per_sample: int, budget_bytes: int) ->
     its attacks: fewer, larger batches are faster on any device."""
     fits = budget_bytes // max(1, bytes_per_sample)
     if fits < 1:
-        raise MemoryError(f"one sample needs ~{bytes_per_sample / 2**20:.0f} MB in an attack step, "
-                          f"more than this worker's {budget_bytes / 2**20:.0f} MB; give the "
-                          f"evaluation actors more memory (resources.actor_gpus on a GPU, "
-                          f"actor_cpus on CPU) or set "
-                          f"evaluation.batch_size")
+        raise MemoryError(
+            f"one sample needs ~{bytes_per_sample / 2**20:.0f} MB in an attack step, "
+            f"more than this worker's {budget_bytes / 2**20:.0f} MB; give the "
+            f"evaluation actors more memory (resources.actor_gpus on a GPU, "
+            f"actor_cpus on CPU) or set "
+            f"evaluation.batch_size"
+        )
     return math.ceil(block_size / math.ceil(block_size / fits))
 
 
-def auto_batch_size(model: nn.Module, input_shape: tuple[int, ...], block_size: int,
-                    device: torch.device, share: float = 1.0) -> int:
+def auto_batch_size(
+    model: nn.Module, input_shape: tuple[int, ...], block_size: int, device: torch.device, share: float = 1.0
+) -> int:
     """The batch size for `model` on `device` when this worker has `share` of the device."""
-    return fit_batch_size(block_size, attack_bytes_per_sample(model, input_shape),
-                          memory_budget(device, share))
+    return fit_batch_size(
+        block_size, attack_bytes_per_sample(model, input_shape), memory_budget(device, share)
+    )
 
 
 def effective_batch_size(settings: EvalSettings) -> int:
@@ -154,9 +165,16 @@ def effective_batch_size(settings: EvalSettings) -> int:
     return min(int(settings.batch_size), settings.block_size)
 
 
-def evaluate_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, first_idx: int,
-                   threat: ThreatModel, settings: EvalSettings, signed_fmn: bool,
-                   device: torch.device | str = "cpu") -> pd.DataFrame:
+def evaluate_block(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    first_idx: int,
+    threat: ThreatModel,
+    settings: EvalSettings,
+    signed_fmn: bool,
+    device: torch.device | str = "cpu",
+) -> pd.DataFrame:
     model.eval()
     idx = torch.arange(first_idx, first_idx + len(y))
     size = int(settings.batch_size)
@@ -168,8 +186,16 @@ def evaluate_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, first_idx
         xd, yd = x[b].to(device), y[b].to(device)
         with torch.inference_mode():
             logits.append(model(xd).float().cpu())
-        x_pgd = pgd(model, xd, yd, eps=threat.eps, steps=settings.pgd_steps, step_size=step,
-                    norm=threat.norm, init_noise=noise[b])
+        x_pgd = pgd(
+            model,
+            xd,
+            yd,
+            eps=threat.eps,
+            steps=settings.pgd_steps,
+            step_size=step,
+            norm=threat.norm,
+            init_noise=noise[b],
+        )
         with torch.inference_mode():
             pgd_pred.append(model(x_pgd).argmax(1).cpu())
     logits = torch.cat(logits)
@@ -182,21 +208,31 @@ def evaluate_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, first_idx
     fmn_eps, fmn_found = fmn_distances(model, x, y, clean_correct, threat, settings, signed_fmn)
     untargeted = fmn_eps.clone()
     if signed_fmn:  # the other reading of a misclassified sample's negative eps
-        untargeted = untargeted_distances(model, x, clean_pred, clean_correct, fmn_eps, threat,
-                                          settings)
-    overstated, bounded = fmn_bounds(clean_correct.numpy(), pgd_correct.numpy(),
-                                     aa_robust.to_numpy(dtype=bool, na_value=True),
-                                     fmn_eps.numpy(), threat.eps)
-    return pd.DataFrame({
-        "sample_idx": idx.numpy(), "label": y.numpy(), "clean_pred": clean_pred.numpy(),
-        "clean_correct": clean_correct.numpy(),
-        "logit_margin": logit_margin(logits, y).numpy(),
-        "pgd_correct": pgd_correct.numpy(), "aa_correct": aa_robust,
-        "aa_broken_by": pd.array(broken_by, dtype="string"),
-        "fmn_eps": fmn_eps.numpy(), "fmn_found": fmn_found.numpy(),
-        "fmn_overstated": overstated, "fmn_eps_bounded": bounded.astype(np.float32),
-        "fmn_eps_untargeted": untargeted.numpy(),
-    })
+        untargeted = untargeted_distances(model, x, clean_pred, clean_correct, fmn_eps, threat, settings)
+    overstated, bounded = fmn_bounds(
+        clean_correct.numpy(),
+        pgd_correct.numpy(),
+        aa_robust.to_numpy(dtype=bool, na_value=True),
+        fmn_eps.numpy(),
+        threat.eps,
+    )
+    return pd.DataFrame(
+        {
+            "sample_idx": idx.numpy(),
+            "label": y.numpy(),
+            "clean_pred": clean_pred.numpy(),
+            "clean_correct": clean_correct.numpy(),
+            "logit_margin": logit_margin(logits, y).numpy(),
+            "pgd_correct": pgd_correct.numpy(),
+            "aa_correct": aa_robust,
+            "aa_broken_by": pd.array(broken_by, dtype="string"),
+            "fmn_eps": fmn_eps.numpy(),
+            "fmn_found": fmn_found.numpy(),
+            "fmn_overstated": overstated,
+            "fmn_eps_bounded": bounded.astype(np.float32),
+            "fmn_eps_untargeted": untargeted.numpy(),
+        }
+    )
 
 
 def fmn_bounds(clean_correct, pgd_correct, aa_robust, fmn_eps, eps: float):
@@ -209,16 +245,24 @@ def fmn_bounds(clean_correct, pgd_correct, aa_robust, fmn_eps, eps: float):
     return overstated, np.where(overstated, eps, fmn_eps)
 
 
-def untargeted_distances(model, x, pred, correct, fmn_eps, threat: ThreatModel,
-                         settings: EvalSettings) -> torch.Tensor:
+def untargeted_distances(
+    model, x, pred, correct, fmn_eps, threat: ThreatModel, settings: EvalSettings
+) -> torch.Tensor:
     """The second reading of the thin-ice paper's negative eps for samples the dense model gets
     wrong: minus the FMN distance out of the predicted class (untargeted), where the default
     reading is minus the distance to the true label (targeted). Correct samples keep theirs."""
     out = fmn_eps.clone()
     wrong = torch.nonzero(~correct).flatten()
     if len(wrong):
-        dist, _, _ = fmn(model, x[wrong], pred[wrong], norm=threat.norm, steps=settings.fmn_steps,
-                         step_size=settings.fmn_step_size, batch_size=int(settings.batch_size))
+        dist, _, _ = fmn(
+            model,
+            x[wrong],
+            pred[wrong],
+            norm=threat.norm,
+            steps=settings.fmn_steps,
+            step_size=settings.fmn_step_size,
+            batch_size=int(settings.batch_size),
+        )
         out[wrong] = -dist
     return out
 
@@ -232,17 +276,24 @@ def autoattack_subset(model, x, y, idx, threat: ThreatModel, settings: EvalSetti
     chosen = torch.arange(len(y)) if limit is None else torch.nonzero(idx < limit).flatten()
     if len(chosen):
         seed = settings.seed * 1_000_003 + int(idx[0])
-        ok, by, _ = autoattack(model, x[chosen], y[chosen], eps=threat.eps, norm=threat.norm,
-                               version=settings.autoattack_version, seed=seed,
-                               batch_size=settings.batch_size, device=device,
-                               attacks=settings.autoattack_attacks)
+        ok, by, _ = autoattack(
+            model,
+            x[chosen],
+            y[chosen],
+            eps=threat.eps,
+            norm=threat.norm,
+            version=settings.autoattack_version,
+            seed=seed,
+            batch_size=settings.batch_size,
+            device=device,
+            attacks=settings.autoattack_attacks,
+        )
         robust[chosen.numpy()] = ok.numpy()
         broken_by[chosen.numpy()] = list(by)
     return robust, broken_by
 
 
-def fmn_distances(model, x, y, clean_correct, threat: ThreatModel, settings: EvalSettings,
-                  signed: bool):
+def fmn_distances(model, x, y, clean_correct, threat: ThreatModel, settings: EvalSettings, signed: bool):
     """FMN ε per sample (thin-ice convention, Piras et al. 2023, Sec. 3).
 
     Correctly classified: the distance to the boundary, positive. Misclassified: with `signed`
@@ -251,8 +302,12 @@ def fmn_distances(model, x, y, clean_correct, threat: ThreatModel, settings: Eva
     """
     eps = torch.full((len(y),), float("nan"))
     found = torch.zeros(len(y), dtype=torch.bool)
-    kwargs = dict(norm=threat.norm, steps=settings.fmn_steps, step_size=settings.fmn_step_size,
-                  batch_size=settings.batch_size)
+    kwargs = dict(
+        norm=threat.norm,
+        steps=settings.fmn_steps,
+        step_size=settings.fmn_step_size,
+        batch_size=settings.batch_size,
+    )
     right = torch.nonzero(clean_correct).flatten()
     if len(right):
         eps[right], found[right], _ = fmn(model, x[right], y[right], **kwargs)
@@ -265,4 +320,3 @@ def fmn_distances(model, x, y, clean_correct, threat: ThreatModel, settings: Eva
         dist, ok, _ = fmn(model, x[group], y[group], target=int(label), **kwargs)
         eps[group], found[group] = -dist, ok
     return eps, found
-

@@ -55,7 +55,7 @@ class Whole:
     default: int
     minimum: int
     maximum: int = 2**31 - 1
-    also: tuple[int, ...] = ()   # values allowed outside [minimum, maximum] (ATMC: 0 = no quantisation)
+    also: tuple[int, ...] = ()  # values allowed outside [minimum, maximum] (ATMC: 0 = no quantisation)
 
     def check(self, value, where: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -91,6 +91,7 @@ class Flag:
 class LayerSparsity:
     """Per-layer sparsities {layer name: sparsity in [0, 1)}; the spec checks the names against
     each architecture's prunable layers."""
+
     default: dict = field(default_factory=dict)
 
     def check(self, value, where: str) -> dict:
@@ -110,9 +111,9 @@ class LayerSparsity:
 
 class PruningMethod:
     name: ClassVar[str]
-    pipeline: ClassVar[str]        # A: prune after training, B: before training, D: during training
+    pipeline: ClassVar[str]  # A: prune after training, B: before training, D: during training
     structured: ClassVar[bool] = False
-    scope: ClassVar[str]           # local: same sparsity per layer; global: one ranking across layers
+    scope: ClassVar[str]  # local: same sparsity per layer; global: one ranking across layers
     criterion: ClassVar[str]
     description: ClassVar[str]
     options: ClassVar[dict[str, Any]] = {}
@@ -120,8 +121,12 @@ class PruningMethod:
 
     @property
     def taxonomy(self) -> dict:
-        return {"pipeline": self.pipeline, "structured": self.structured, "scope": self.scope,
-                "criterion": self.criterion}
+        return {
+            "pipeline": self.pipeline,
+            "structured": self.structured,
+            "scope": self.scope,
+            "criterion": self.criterion,
+        }
 
     def defaults(self) -> dict:
         return {key: option.default for key, option in self.options.items()}
@@ -130,10 +135,13 @@ class PruningMethod:
         """The options with defaults filled in; raises OptionError naming the field."""
         for key in given:
             if key not in self.options:
-                raise OptionError(f"{where}.{key}: unknown option; allowed: "
-                                  f"{', '.join(self.options) or 'none'}")
-        return {**self.defaults(),
-                **{key: self.options[key].check(value, f"{where}.{key}") for key, value in given.items()}}
+                raise OptionError(
+                    f"{where}.{key}: unknown option; allowed: {', '.join(self.options) or 'none'}"
+                )
+        return {
+            **self.defaults(),
+            **{key: self.options[key].check(value, f"{where}.{key}") for key, value in given.items()},
+        }
 
     # hooks -------------------------------------------------------------------------------------
 
@@ -191,8 +199,10 @@ class GlobalMagnitude(PruningMethod):
 @register
 class Lamp(PruningMethod):
     name, pipeline, scope, criterion = "lamp", "A", "global", "LAMP score"
-    description = ("LAMP (Lee et al. 2021): global ranking of layer-adaptive magnitude scores, i.e. "
-                   "LWM with a global LAMP allocation of per-layer sparsity, then fine-tune")
+    description = (
+        "LAMP (Lee et al. 2021): global ranking of layer-adaptive magnitude scores, i.e. "
+        "LWM with a global LAMP allocation of per-layer sparsity, then fine-tune"
+    )
 
     def prune(self, job) -> None:
         pruning.prune_lamp(job.model, job.s.sparsity)
@@ -211,15 +221,17 @@ class RandomMasks(PruningMethod):
 class BoundaryAware(GlobalMagnitude):
     name, pipeline, scope = "boundary-aware", "A", "global"
     criterion = "weight magnitude + boundary weighting"
-    description = ("apgrid's boundary-aware fine-tuning: global magnitude masks, then adversarial "
-                   "fine-tuning that up-weights samples near the dense model's decision boundary")
+    description = (
+        "apgrid's boundary-aware fine-tuning: global magnitude masks, then adversarial "
+        "fine-tuning that up-weights samples near the dense model's decision boundary"
+    )
     options = {"alpha": Number(2.0, 0.0, 1e3)}
 
     def sample_weights(self, job):
         """From the dense model, before any pruning (trainables/boundary.py)."""
         from apgrid.trainables.boundary import boundary_weights, linearized_distance
-        distance = linearized_distance(job.model, job.ds.x_train, job.ds.y_train, job.s.norm,
-                                       job.device)
+
+        distance = linearized_distance(job.model, job.ds.x_train, job.ds.y_train, job.s.norm, job.device)
         return boundary_weights(distance, job.s.eps, job.options["alpha"])
 
 
@@ -230,16 +242,18 @@ class BoundaryAware(GlobalMagnitude):
 class Hydra(PruningMethod):
     name, pipeline, scope = "hydra", "A", "local"
     criterion = "optimised importance score"
-    description = ("HYDRA (Sehwag et al. 2020): learn scores under the adversarial loss with weights "
-                   "frozen (batch norm trains, as the reference's default), keep the top-k per "
-                   "layer, then fine-tune the weights")
+    description = (
+        "HYDRA (Sehwag et al. 2020): learn scores under the adversarial loss with weights "
+        "frozen (batch norm trains, as the reference's default), keep the top-k per "
+        "layer, then fine-tune the weights"
+    )
     search_phase = True
     options = {"freeze_bn": Flag(False)}  # the reference's --freeze-bn flag
 
     def search(self, job, state) -> None:
         from apgrid.trainables.training import make_optimizer
-        params = pruning.hydra_attach_scores(job.model, job.s.sparsity,
-                                             freeze_bn=job.options["freeze_bn"])
+
+        params = pruning.hydra_attach_scores(job.model, job.s.sparsity, freeze_bn=job.options["freeze_bn"])
         optimizer = make_optimizer(params, job.search)
         if state:
             for p, saved in zip(params, state["scores"]):
@@ -247,25 +261,39 @@ class Hydra(PruningMethod):
             optimizer.load_state_dict(state["optimizer"])
         for epoch in range(state["epoch"] if state else 0, job.search_epochs):
             metrics = job.train(optimizer, job.search, epoch)
-            job.report({**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
-                       {"scores": [p.detach().cpu() for p in params],
-                        "optimizer": optimizer.state_dict(), "epoch": epoch + 1})
+            job.report(
+                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
+                {
+                    "scores": [p.detach().cpu() for p in params],
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                },
+            )
         pruning.hydra_finalize(job.model)
 
 
 class AdmmMethod(PruningMethod):
     """The ADMM phase shared by R-ADMM and ATMC (trainables/admm.py), then hard masks."""
+
     search_phase = True
 
     def admm(self, job):
         from apgrid.trainables.admm import Admm, make_projection
+
         o = job.options
         kind = o.get("sparsity_type", "irregular")
-        return Admm(job.model, job.s.sparsity, o.get("layer_sparsity", {}), o["rho"],
-                    make_projection(kind, o.get("bits", 0)), kind)
+        return Admm(
+            job.model,
+            job.s.sparsity,
+            o.get("layer_sparsity", {}),
+            o["rho"],
+            make_projection(kind, o.get("bits", 0)),
+            kind,
+        )
 
     def search(self, job, state) -> None:
         from apgrid.trainables.training import make_optimizer
+
         admm = self.admm(job)
         optimizer = make_optimizer(job.model.parameters(), job.search)
         if state:
@@ -275,10 +303,15 @@ class AdmmMethod(PruningMethod):
         for epoch in range(state["epoch"] if state else 0, job.search_epochs):
             metrics = job.train(optimizer, job.search, epoch, penalty=admm.penalty)
             metrics["admm_residual"] = admm.update()
-            job.report({**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
-                       {"model": {k: v.cpu() for k, v in job.model.state_dict().items()},
-                        "admm": admm.state(), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1})
+            job.report(
+                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
+                {
+                    "model": {k: v.cpu() for k, v in job.model.state_dict().items()},
+                    "admm": admm.state(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                },
+            )
         pruning.apply_masks(job.model, admm.hard_masks())
 
 
@@ -286,23 +319,30 @@ class AdmmMethod(PruningMethod):
 class RobustAdmm(AdmmMethod):
     name, pipeline, scope = "r-admm", "A", "local"
     criterion = "ADMM-optimised magnitude"
-    description = ("R-ADMM (Ye et al. 2019): adversarial ADMM phase pulling W towards the sparse "
-                   "set, hard prune, masked adversarial retraining; irregular or filter sparsity")
-    options = {"rho": Number(1.0, 0.0, 1e3),
-               "sparsity_type": Choice("irregular", ("irregular", "filter")),
-               "layer_sparsity": LayerSparsity()}
+    description = (
+        "R-ADMM (Ye et al. 2019): adversarial ADMM phase pulling W towards the sparse "
+        "set, hard prune, masked adversarial retraining; irregular or filter sparsity"
+    )
+    options = {
+        "rho": Number(1.0, 0.0, 1e3),
+        "sparsity_type": Choice("irregular", ("irregular", "filter")),
+        "layer_sparsity": LayerSparsity(),
+    }
 
 
 @register
 class Atmc(AdmmMethod):
     name, pipeline, scope = "atmc", "D", "local"
     criterion = "ADMM-optimised magnitude + quantisation"
-    description = ("ATMC (Gui et al. 2019): adversarial training constrained to sparse, k-bit "
-                   "quantised weights by ADMM; model size recorded in bits")
+    description = (
+        "ATMC (Gui et al. 2019): adversarial training constrained to sparse, k-bit "
+        "quantised weights by ADMM; model size recorded in bits"
+    )
     options = {"rho": Number(1.0, 0.0, 1e3), "bits": Whole(8, 2, 16, also=(0,))}
 
     def finish(self, job) -> int:
         from apgrid.trainables.admm import quantize_model
+
         bits = job.options["bits"]
         if bits:
             quantize_model(job.model, bits)
@@ -314,20 +354,24 @@ class Atmc(AdmmMethod):
 
 class FilterPruning(PruningMethod):
     """Filters removed with torch-pruning (trainables/structured.py), one-shot or in `steps`."""
+
     pipeline, scope, structured = "A", "local", True
     options = {"steps": Whole(1, 1)}
-    importance: ClassVar[str]   # torch-pruning importance: l1, l2, fpgm
+    importance: ClassVar[str]  # torch-pruning importance: l1, l2, fpgm
 
     def prune_filters(self, job, ratio: float) -> None:
-        structured.prune_filters(job.model, self.importance, ratio, job.original_filters,
-                                 job.ds.x_train[:1].to(job.device))
+        structured.prune_filters(
+            job.model, self.importance, ratio, job.original_filters, job.ds.x_train[:1].to(job.device)
+        )
 
 
 @register
 class FilterL1(FilterPruning):
     name, criterion, importance = "filter-l1", "filter L1 norm", "l1"
-    description = ("structured: remove the filters of smallest L1 norm (Li et al. 2017) with "
-                   "torch-pruning, one-shot or iterative, fine-tuning after each step")
+    description = (
+        "structured: remove the filters of smallest L1 norm (Li et al. 2017) with "
+        "torch-pruning, one-shot or iterative, fine-tuning after each step"
+    )
 
 
 @register
@@ -339,5 +383,7 @@ class FilterL2(FilterPruning):
 @register
 class FilterGeometricMedian(FilterPruning):
     name, criterion, importance = "filter-gm", "geometric median (FPGM)", "fpgm"
-    description = ("structured: remove the filters closest to the geometric median of their layer "
-                   "(He et al. 2019), one-shot or iterative")
+    description = (
+        "structured: remove the filters closest to the geometric median of their layer "
+        "(He et al. 2019), one-shot or iterative"
+    )

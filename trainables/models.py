@@ -9,7 +9,7 @@ with strict=True into `model[1]` (trainables/checkpoints.py adapts the rest).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -28,39 +28,75 @@ class Normalize(nn.Module):
 def digits_cnn(in_channels: int, num_classes: int) -> nn.Module:
     """Small CNN for 8x8 digits (~30k weights)."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, num_classes))
+        nn.Conv2d(in_channels, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 64),
+        nn.ReLU(),
+        nn.Linear(64, num_classes),
+    )
 
 
 def cifar_cnn(in_channels: int, num_classes: int) -> nn.Module:
     """CPU-scale CNN for 32x32 inputs (~0.6M weights)."""
+
     def block(c_in, c_out):
         return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+
     return nn.Sequential(
-        *block(in_channels, 32), *block(32, 32), nn.MaxPool2d(2),
-        *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
-        *block(64, 128), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(128 * 4 * 4, 256), nn.ReLU(), nn.Linear(256, num_classes))
+        *block(in_channels, 32),
+        *block(32, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        *block(64, 64),
+        nn.MaxPool2d(2),
+        *block(64, 128),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128 * 4 * 4, 256),
+        nn.ReLU(),
+        nn.Linear(256, num_classes),
+    )
 
 
 def cifar_tiny(in_channels: int, num_classes: int) -> nn.Module:
     """cifar-small with stride-2 convolutions in place of max-pooling (the all-convolutional net of
     Springenberg et al., 2015): the same ~0.16M weights at ~3.5x less time per query on a CPU core,
     so the CPU-scale CIFAR-10 grid fits in two hours with AutoAttack on 1,000 samples."""
+
     def block(c_in, c_out):
         return [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
-    return nn.Sequential(*block(in_channels, 16), *block(16, 32), *block(32, 64),
-                         nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+    return nn.Sequential(
+        *block(in_channels, 16),
+        *block(16, 32),
+        *block(32, 64),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )
 
 
 def cifar_small(in_channels: int, num_classes: int) -> nn.Module:
     """The smallest 32x32 CNN (~0.1M weights, ~3M multiply-adds): CPU-scale CIFAR-10 grids with
     AutoAttack on 1,000 samples (cifar-cnn costs ten times more per query)."""
+
     def block(c_in, c_out):
         return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
-    return nn.Sequential(*block(in_channels, 16), *block(16, 32), *block(32, 64),
-                         nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+    return nn.Sequential(
+        *block(in_channels, 16),
+        *block(16, 32),
+        *block(32, 64),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )
 
 
 class BasicBlock(nn.Module):
@@ -150,8 +186,9 @@ class WideBlock(nn.Module):
 class NetworkBlock(nn.Module):
     def __init__(self, n, c_in, c_out, stride):
         super().__init__()
-        self.layer = nn.Sequential(*(WideBlock(c_in if j == 0 else c_out, c_out, stride if j == 0 else 1)
-                                     for j in range(n)))
+        self.layer = nn.Sequential(
+            *(WideBlock(c_in if j == 0 else c_out, c_out, stride if j == 0 else 1) for j in range(n))
+        )
 
     def forward(self, x):
         return self.layer(x)
@@ -207,8 +244,9 @@ class DenseNet(nn.Module):
         c = 2 * growth
         self.conv1 = nn.Conv2d(in_channels, c, 3, padding=1, bias=False)
         for i, n in enumerate(blocks):
-            setattr(self, f"dense{i + 1}", nn.Sequential(*(DenseLayer(c + k * growth, growth)
-                                                          for k in range(n))))
+            setattr(
+                self, f"dense{i + 1}", nn.Sequential(*(DenseLayer(c + k * growth, growth) for k in range(n)))
+            )
             c += n * growth
             if i < len(blocks) - 1:
                 setattr(self, f"trans{i + 1}", Transition(c, c // 2))
@@ -265,8 +303,29 @@ class MobileNetV1(nn.Module):
 
 VGG_CFGS = {
     16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
-    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-         512, 512, 512, 512, "M"),
+    19: (
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ),
 }
 
 
@@ -303,8 +362,9 @@ class HydraVGG(nn.Module):
         super().__init__()
         self.features = vgg_features(VGG_CFGS[16][:-1], in_channels, conv_bias=False)
         self.avgpool = nn.AdaptiveAvgPool2d(2)
-        self.classifier = nn.Sequential(nn.Linear(512 * 4, 256), nn.ReLU(), nn.Linear(256, 256),
-                                        nn.ReLU(), nn.Linear(256, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * 4, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, num_classes)
+        )
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -326,6 +386,7 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "densenet121": lambda c, k: DenseNet((6, 12, 24, 16), 32, c, k),
     "mobilenetv1": MobileNetV1,
 }
+
 
 def build_model(arch: str, in_channels: int, num_classes: int, mean, std) -> nn.Module:
     """A fresh model whose first layer normalises [0, 1] inputs with the dataset's mean/std."""

@@ -22,8 +22,7 @@ from apgrid.trainables import pruning, structured
 from apgrid.trainables.data import Dataset
 from apgrid.trainables.methods import method as pruning_method
 from apgrid.trainables.models import fit_to_state
-from apgrid.trainables.training import (Recipe, accuracy, make_optimizer, robust_accuracy,
-                                        train_epoch)
+from apgrid.trainables.training import Recipe, accuracy, make_optimizer, robust_accuracy, train_epoch
 
 COLLAPSE = 0.2  # validation PGD accuracy below this share of its best: catastrophic overfitting
 
@@ -40,8 +39,12 @@ class Selection:
         self.overfit_epoch = state.get("overfit_epoch")
 
     def state(self) -> dict:
-        return {"best_score": self.best_score, "best_epoch": self.best_epoch,
-                "best_weights": self.best_weights, "overfit_epoch": self.overfit_epoch}
+        return {
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_weights": self.best_weights,
+            "overfit_epoch": self.overfit_epoch,
+        }
 
     def update(self, epoch: int, score: float, model, keep: bool) -> bool:
         """Record an epoch's score; True when it is the first collapse."""
@@ -64,17 +67,20 @@ def validation_metrics(model, ds: Dataset, eps: float, norm: str, device) -> dic
     """Clean and PGD-10 accuracy on the validation split (none without one)."""
     if ds.x_val is None:
         return {}
-    return {"val_clean_acc": accuracy(model, ds.x_val, ds.y_val, device),
-            "val_pgd_acc": robust_accuracy(model, ds.x_val, ds.y_val, eps=eps, norm=norm,
-                                           device=device)}
+    return {
+        "val_clean_acc": accuracy(model, ds.x_val, ds.y_val, device),
+        "val_pgd_acc": robust_accuracy(model, ds.x_val, ds.y_val, eps=eps, norm=norm, device=device),
+    }
 
 
 def selection_record(recipe: Recipe, selection: Selection, epochs: int) -> dict:
     """What a model card says about the epoch it kept and any collapse."""
-    kept = selection.best_epoch if recipe.select == "best" and selection.best_weights is not None \
-        else epochs
-    return {"selected_epoch": kept, "select": recipe.select,
-            "catastrophic_overfitting_epoch": selection.overfit_epoch}
+    kept = selection.best_epoch if recipe.select == "best" and selection.best_weights is not None else epochs
+    return {
+        "selected_epoch": kept,
+        "select": recipe.select,
+        "catastrophic_overfitting_epoch": selection.overfit_epoch,
+    }
 
 
 def _ignore(*args):
@@ -84,8 +90,19 @@ def _ignore(*args):
 class DenseJob:
     """Adversarially trains `model` (freshly initialised, on `device`) with `recipe`."""
 
-    def __init__(self, recipe: Recipe, eps: float, norm: str, seed: int, model: torch.nn.Module,
-                 ds: Dataset, device, report=_ignore, before_epoch=_ignore, on_finish=_ignore):
+    def __init__(
+        self,
+        recipe: Recipe,
+        eps: float,
+        norm: str,
+        seed: int,
+        model: torch.nn.Module,
+        ds: Dataset,
+        device,
+        report=_ignore,
+        before_epoch=_ignore,
+        on_finish=_ignore,
+    ):
         self.recipe, self.eps, self.norm, self.seed = recipe, eps, norm, seed
         self.model, self.ds, self.device = model, ds, device
         self.report, self.before_epoch, self.on_finish = report, before_epoch, on_finish
@@ -101,32 +118,51 @@ class DenseJob:
         metrics = {}
         for epoch in range(start, self.recipe.epochs):
             self.before_epoch(epoch)
-            metrics = train_epoch(self.model, optimizer, self.ds.x_train, self.ds.y_train,
-                                  recipe=self.recipe, eps=self.eps, norm=self.norm, seed=self.seed,
-                                  epoch=epoch, device=self.device)
+            metrics = train_epoch(
+                self.model,
+                optimizer,
+                self.ds.x_train,
+                self.ds.y_train,
+                recipe=self.recipe,
+                eps=self.eps,
+                norm=self.norm,
+                seed=self.seed,
+                epoch=epoch,
+                device=self.device,
+            )
             metrics.update(validation_metrics(self.model, self.ds, self.eps, self.norm, self.device))
             if "val_pgd_acc" in metrics:
-                metrics["catastrophic_overfitting"] = int(selection.update(
-                    epoch + 1, metrics["val_pgd_acc"], self.model, self.recipe.select == "best"))
+                metrics["catastrophic_overfitting"] = int(
+                    selection.update(
+                        epoch + 1, metrics["val_pgd_acc"], self.model, self.recipe.select == "best"
+                    )
+                )
             metrics["epoch"] = epoch + 1
             last = epoch + 1 == self.recipe.epochs
             if last:
                 checkpoint = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                 if self.recipe.select == "best":
                     selection.restore_best(self.model)
-                metrics["test_clean_acc"] = accuracy(self.model, self.ds.x_test, self.ds.y_test,
-                                                     self.device)
-                self.on_finish(self.model, metrics, selection_record(self.recipe, selection,
-                                                                     self.recipe.epochs))
+                metrics["test_clean_acc"] = accuracy(self.model, self.ds.x_test, self.ds.y_test, self.device)
+                self.on_finish(
+                    self.model, metrics, selection_record(self.recipe, selection, self.recipe.epochs)
+                )
                 state_model = checkpoint
             else:
                 if self.ds.x_val is None:  # progress for a grid without a validation split
-                    metrics["test_clean_acc"] = accuracy(self.model, self.ds.x_test,
-                                                         self.ds.y_test, self.device)
+                    metrics["test_clean_acc"] = accuracy(
+                        self.model, self.ds.x_test, self.ds.y_test, self.device
+                    )
                 state_model = self.model.state_dict()
-            self.report({**metrics, "done": int(last)},
-                        {"model": state_model, "optimizer": optimizer.state_dict(),
-                         "epoch": epoch + 1, "selection": selection.state()})
+            self.report(
+                {**metrics, "done": int(last)},
+                {
+                    "model": state_model,
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "selection": selection.state(),
+                },
+            )
         return metrics
 
 
@@ -138,7 +174,7 @@ class PruneSettings:
     eps: float
     norm: str
     finetune: Recipe
-    search: Recipe | None = None   # required by methods with a search phase
+    search: Recipe | None = None  # required by methods with a search phase
     options: dict = field(default_factory=dict)
 
 
@@ -146,8 +182,16 @@ class PruneJob:
     """Prunes `model` (holding the dense weights, on `device`) as `settings` say, calling the
     method's hooks (trainables/methods.py)."""
 
-    def __init__(self, settings: PruneSettings, model: torch.nn.Module, ds: Dataset, device,
-                 report=_ignore, before_epoch=_ignore, on_finish=_ignore):
+    def __init__(
+        self,
+        settings: PruneSettings,
+        model: torch.nn.Module,
+        ds: Dataset,
+        device,
+        report=_ignore,
+        before_epoch=_ignore,
+        on_finish=_ignore,
+    ):
         self.method = pruning_method(settings.method)
         if self.method.search_phase and settings.search is None:
             raise ValueError(f"{settings.method}: needs a search recipe")
@@ -164,9 +208,19 @@ class PruneJob:
 
     def train(self, optimizer, recipe, epoch, offset=0, **kwargs) -> dict:
         self.before_epoch(epoch)
-        return train_epoch(self.model, optimizer, self.ds.x_train, self.ds.y_train, recipe=recipe,
-                           eps=self.s.eps, norm=self.s.norm, seed=self.s.seed,
-                           epoch=epoch - offset, device=self.device, **kwargs)
+        return train_epoch(
+            self.model,
+            optimizer,
+            self.ds.x_train,
+            self.ds.y_train,
+            recipe=recipe,
+            eps=self.s.eps,
+            norm=self.s.norm,
+            seed=self.s.seed,
+            epoch=epoch - offset,
+            device=self.device,
+            **kwargs,
+        )
 
     def run(self, state: dict | None = None) -> dict:
         """Run (or continue from `state`) to the end; returns the final metrics."""
@@ -203,36 +257,41 @@ class PruneJob:
 
     def finetune_phase(self, state: dict | None) -> dict:
         done_steps = state.get("structured_steps", 0) if state else 0
-        epoch = state["epoch"] if state else self.search_epochs
+        start = state["epoch"] if state else self.search_epochs
         before = done_steps
         if self.is_structured:
-            done_steps = self.prune_filters_until(epoch - self.search_epochs, done_steps)
+            done_steps = self.prune_filters_until(start - self.search_epochs, done_steps)
         optimizer = self.optimizer()
         if state is not None and done_steps == before:  # same parameters as when saved
             optimizer.load_state_dict(state["optimizer"])
         self.selection = Selection(state.get("selection") if state else None)
         keep = self.finetune.select == "best"
         metrics = {}
-        for epoch in range(epoch, self.total):
+        for epoch in range(start, self.total):
             if self.is_structured:
                 before = done_steps
                 done_steps = self.prune_filters_until(epoch - self.search_epochs, done_steps)
                 if done_steps != before:  # new parameters: a fresh optimiser, and only epochs
                     optimizer = self.optimizer()  # after the last step are candidates
                     self.selection = Selection()
-            metrics = self.train(optimizer, self.finetune, epoch, offset=self.search_epochs,
-                                 sample_weights=self.sample_weights)
-            metrics.update(validation_metrics(self.model, self.ds, self.s.eps, self.s.norm,
-                                              self.device))
+            metrics = self.train(
+                optimizer, self.finetune, epoch, offset=self.search_epochs, sample_weights=self.sample_weights
+            )
+            metrics.update(validation_metrics(self.model, self.ds, self.s.eps, self.s.norm, self.device))
             if "val_pgd_acc" in metrics:
-                metrics["catastrophic_overfitting"] = int(self.selection.update(
-                    epoch + 1, metrics["val_pgd_acc"], self.model, keep))
+                metrics["catastrophic_overfitting"] = int(
+                    self.selection.update(epoch + 1, metrics["val_pgd_acc"], self.model, keep)
+                )
             metrics["epoch"] = epoch + 1
             last = epoch + 1 == self.total
-            saved = {"model": pruning.plain_state_dict(self.model),
-                     "masks": pruning.masks_of(self.model), "optimizer": optimizer.state_dict(),
-                     "epoch": epoch + 1, "structured_steps": done_steps,
-                     "selection": self.selection.state()}
+            saved = {
+                "model": pruning.plain_state_dict(self.model),
+                "masks": pruning.masks_of(self.model),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "structured_steps": done_steps,
+                "selection": self.selection.state(),
+            }
             if last:
                 if keep:
                     self.selection.restore_best(self.model)
@@ -252,9 +311,11 @@ class PruneJob:
         """ATMC's final quantisation, the model's costs, then `on_finish` (which saves it)."""
         facts = pruning.model_facts(self.model, self.dense_count, self.method.finish(self))
         metrics = {**metrics, "test_clean_acc": self.test_accuracy(), **facts}
-        extra = {**facts, "options": self.options,
-                 "filters": structured.filter_counts(self.model) if self.is_structured else None,
-                 **selection_record(self.finetune, getattr(self, "selection", Selection()),
-                                    self.total)}
+        extra = {
+            **facts,
+            "options": self.options,
+            "filters": structured.filter_counts(self.model) if self.is_structured else None,
+            **selection_record(self.finetune, getattr(self, "selection", Selection()), self.total),
+        }
         self.on_finish(self.model, metrics, extra)
         return metrics

@@ -25,12 +25,14 @@ def check_sparsity(sparsity: float) -> None:
 
 # -- one-shot criteria ------------------------------------------------------------------------
 
+
 def prune_magnitude(model: nn.Module, sparsity: float, scope: str) -> None:
     check_sparsity(sparsity)
     layers = prunable_layers(model)
     if scope == "global":
-        prune.global_unstructured([(m, "weight") for _, m in layers],
-                                  pruning_method=prune.L1Unstructured, amount=sparsity)
+        prune.global_unstructured(
+            [(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured, amount=sparsity
+        )
     else:
         for _, m in layers:
             prune.l1_unstructured(m, "weight", amount=sparsity)
@@ -68,6 +70,7 @@ def prune_random(model: nn.Module, sparsity: float, seed: int) -> None:
 
 # -- HYDRA (Sehwag et al., NeurIPS 2020) ------------------------------------------------------
 
+
 class _TopKStraightThrough(torch.autograd.Function):
     """Binary mask of the k largest scores; the gradient passes straight through (Sec. 3.3)."""
 
@@ -104,14 +107,14 @@ class HydraScores(nn.Module):
         return _TopKStraightThrough.apply(self.scores.detach().abs(), self.k)
 
 
-def hydra_attach_scores(model: nn.Module, sparsity: float,
-                        freeze_bn: bool = False) -> list[nn.Parameter]:
+def hydra_attach_scores(model: nn.Module, sparsity: float, freeze_bn: bool = False) -> list[nn.Parameter]:
     """Freeze the conv and linear weights and biases and attach trainable scores; returns the
     parameters to optimise: the scores, and the batch-norm affine parameters unless `freeze_bn`
     (HYDRA's utils/model.py freeze_vars leaves batch norm trainable without its --freeze-bn)."""
     check_sparsity(sparsity)
-    batch_norm = [p for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                  for p in m.parameters()]
+    batch_norm = [
+        p for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()
+    ]
     for p in model.parameters():
         p.requires_grad_(False)
     scores = []
@@ -137,9 +140,13 @@ def hydra_finalize(model: nn.Module) -> None:
 
 # -- masks in and out -------------------------------------------------------------------------
 
+
 def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: m.weight_mask.detach().clone() for name, m in prunable_layers(model)
-            if hasattr(m, "weight_mask")}
+    return {
+        name: m.weight_mask.detach().clone()
+        for name, m in prunable_layers(model)
+        if hasattr(m, "weight_mask")
+    }
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
@@ -172,10 +179,13 @@ def model_facts(model: nn.Module, dense_count: int | None = None, bits: int = 32
     parent's prunable weights when `dense_count` is given), parameters, non-zeros and the storage
     of its non-zero weights at `bits` each."""
     from apgrid.trainables.admm import model_size_bits
-    return {"measured_sparsity": measured_sparsity(model, dense_count),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "nonzero_parameters": nonzero_count(model),
-            "model_size_bits": model_size_bits(model, bits)}
+
+    return {
+        "measured_sparsity": measured_sparsity(model, dense_count),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "nonzero_parameters": nonzero_count(model),
+        "model_size_bits": model_size_bits(model, bits),
+    }
 
 
 def prunable_weight_count(model: nn.Module) -> int:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+
 def _importance(criterion: str):
     import torch_pruning as tp
+
     if criterion == "l1":
         return tp.importance.MagnitudeImportance(p=1, group_reduction="first", normalizer=None)
     if criterion == "l2":
@@ -25,8 +27,11 @@ def _importance(criterion: str):
 
 def filter_counts(model: nn.Module) -> dict[str, int]:
     """Output filters of every convolution (depthwise ones follow their input and are skipped)."""
-    return {name: m.out_channels for name, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and not _depthwise(m)}
+    return {
+        name: m.out_channels
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and not _depthwise(m)
+    }
 
 
 def _depthwise(m: nn.Conv2d) -> bool:
@@ -38,14 +43,16 @@ def target_filters(original: int, ratio: float) -> int:
     return max(1, int(original * (1 - ratio) + 1e-9))
 
 
-def prune_filters(model: nn.Module, criterion: str, ratio: float, original: dict[str, int],
-                  example_input: torch.Tensor) -> None:
+def prune_filters(
+    model: nn.Module, criterion: str, ratio: float, original: dict[str, int], example_input: torch.Tensor
+) -> None:
     """Remove filters until each convolution keeps target_filters(original, ratio).
 
     The ratio refers to the original filter counts, so a resumed or iterative run lands on the
     same counts as a one-shot one. The last layer (the classifier) is never pruned.
     """
     import torch_pruning as tp
+
     modules = dict(model.named_modules())
     classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     ratios = {}
@@ -57,9 +64,14 @@ def prune_filters(model: nn.Module, criterion: str, ratio: float, original: dict
         return
     untouched = [modules[n] for n in original if modules[n] not in ratios]
     pruner = tp.pruner.MetaPruner(
-        model, example_input, importance=_importance(criterion), pruning_ratio=0.0,
-        pruning_ratio_dict=ratios, ignored_layers=classifier + untouched,
-        root_module_types=[nn.Conv2d])
+        model,
+        example_input,
+        importance=_importance(criterion),
+        pruning_ratio=0.0,
+        pruning_ratio_dict=ratios,
+        ignored_layers=classifier + untouched,
+        root_module_types=[nn.Conv2d],
+    )
     pruner.step()
 
 

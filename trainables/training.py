@@ -25,17 +25,20 @@ SELECTIONS = ("last", "best")  # best: highest PGD accuracy on the validation sp
 @dataclass(frozen=True)
 class Recipe:
     """How to (re)train: the adversarial trainer and its optimiser."""
-    trainer: str = "pgd"  # pgd (Madry et al. 2018) | trades (Zhang et al. 2019) | fgsm-rs (Wong et al. 2020) | clean
+
+    trainer: str = (
+        "pgd"  # pgd (Madry et al. 2018) | trades (Zhang et al. 2019) | fgsm-rs (Wong et al. 2020) | clean
+    )
     epochs: int = 10
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 128
-    pgd_steps: int = 7            # PGD-AT inner steps
+    pgd_steps: int = 7  # PGD-AT inner steps
     step_size: float | None = None  # default: 2.5 eps / steps for PGD/TRADES, 1.25 eps for FGSM-RS
-    beta: float = 6.0             # TRADES trade-off between clean CE and the robust KL term
-    augment: str = "none"         # none | crop | crop-flip (the spec's default depends on the dataset)
-    select: str = "last"          # last | best (on the validation split; dataset.validation > 0)
+    beta: float = 6.0  # TRADES trade-off between clean CE and the robust KL term
+    augment: str = "none"  # none | crop | crop-flip (the spec's default depends on the dataset)
+    select: str = "last"  # last | best (on the validation split; dataset.validation > 0)
 
 
 # Fields added after models were first trained: at these values a recipe computes what it computed
@@ -43,14 +46,14 @@ class Recipe:
 NEUTRAL = {"augment": "none", "select": "last"}
 
 
-def recipe_config(recipe: "Recipe") -> dict:
+def recipe_config(recipe: Recipe) -> dict:
     """The recipe as a model's config records it (see NEUTRAL)."""
     from dataclasses import asdict
+
     return {k: v for k, v in asdict(recipe).items() if NEUTRAL.get(k, object()) != v}
 
 
-def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator,
-                  padding: int = 4) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
     """Random crop of the zero-padded image back to its size (torchvision's RandomCrop(size,
     padding=4)) and, for crop-flip, a horizontal flip with probability 1/2, per sample."""
     if kind == "none":
@@ -61,8 +64,9 @@ def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator,
     left = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     rows = (top[:, None] + torch.arange(h))[:, None, :, None]
     cols = (left[:, None] + torch.arange(w))[:, None, None, :]
-    out = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
-                 rows, cols]
+    out = padded[
+        torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols
+    ]
     if kind == "crop-flip":
         flip = torch.rand(n, generator=generator) < 0.5
         out[flip] = out[flip].flip(-1)
@@ -70,13 +74,13 @@ def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator,
 
 
 def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                           weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
 
 def lr_at(recipe: Recipe, epoch: int) -> float:
     """Cosine decay per epoch (deterministic from the epoch number alone)."""
     import math
+
     return 0.5 * recipe.lr * (1 + math.cos(math.pi * epoch / max(recipe.epochs, 1)))
 
 
@@ -89,12 +93,23 @@ def adversarial_examples(model, x, y, recipe: Recipe, eps: float, norm: str) -> 
     if recipe.trainer == "trades":  # maximise KL(f(x) || f(x')) from x + 0.001 N(0, I) (Alg. 1)
         with torch.no_grad():
             p_clean = F.softmax(model(x), dim=1)
-        kl = lambda logits: F.kl_div(F.log_softmax(logits, 1), p_clean, reduction="sum")  # noqa: E731
-        return pgd(model, x, y, eps=eps, steps=recipe.pgd_steps, step_size=step, norm=norm,
-                   init_noise=0.001 * torch.randn_like(x), loss_fn=kl)
+
+        def kl(logits):
+            return F.kl_div(F.log_softmax(logits, 1), p_clean, reduction="sum")
+
+        return pgd(
+            model,
+            x,
+            y,
+            eps=eps,
+            steps=recipe.pgd_steps,
+            step_size=step,
+            norm=norm,
+            init_noise=0.001 * torch.randn_like(x),
+            loss_fn=kl,
+        )
     noise = (torch.rand_like(x) * 2 - 1) * eps
-    return pgd(model, x, y, eps=eps, steps=recipe.pgd_steps, step_size=step, norm=norm,
-               init_noise=noise)
+    return pgd(model, x, y, eps=eps, steps=recipe.pgd_steps, step_size=step, norm=norm, init_noise=noise)
 
 
 def per_sample_loss(model, x, x_adv, y, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,10 +123,22 @@ def per_sample_loss(model, x, x_adv, y, recipe: Recipe) -> tuple[torch.Tensor, t
     return F.cross_entropy(logits, y, reduction="none") + recipe.beta * kl, logits_adv
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x_train: torch.Tensor,
-                y_train: torch.Tensor, *, recipe: Recipe, eps: float, norm: str, seed: int,
-                epoch: int, device: torch.device, sample_weights: torch.Tensor | None = None,
-                penalty=None, after_step=None) -> dict:
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    *,
+    recipe: Recipe,
+    eps: float,
+    norm: str,
+    seed: int,
+    epoch: int,
+    device: torch.device,
+    sample_weights: torch.Tensor | None = None,
+    penalty=None,
+    after_step=None,
+) -> dict:
     """One epoch of adversarial training on whatever `optimizer` holds (the weights, or HYDRA's
     scores with the weights frozen); returns mean loss and accuracy on the adversarial batches.
 
@@ -124,7 +151,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x_train: tor
     order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed + epoch))
     total_loss, correct, seen = 0.0, 0, 0
     for batch, start in enumerate(range(0, len(order), recipe.batch_size)):
-        idx = order[start:start + recipe.batch_size]
+        idx = order[start : start + recipe.batch_size]
         x = x_train[idx]
         if recipe.augment != "none":
             seed_of_batch = (seed * 1_000_003 + epoch) * 1_000_003 + batch
@@ -149,18 +176,35 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x_train: tor
     return {"train_loss": total_loss / seen, "train_adv_acc": correct / seen}
 
 
-def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
-                    device, steps: int = 10, batch_size: int = 500) -> float:
+def robust_accuracy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str,
+    device,
+    steps: int = 10,
+    batch_size: int = 500,
+) -> float:
     """PGD-`steps` accuracy (step 2.5 eps / steps, random start seeded once): the validation score
     of model selection and of the catastrophic-overfitting check."""
     model.eval()
     gen = torch.Generator().manual_seed(0)
     correct = 0
     for i in range(0, len(y), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         noise = (torch.rand(xb.shape, generator=gen) * 2 - 1) * eps
-        adv = pgd(model, xb.to(device), yb.to(device), eps=eps, steps=steps,
-                  step_size=2.5 * eps / steps, norm=norm, init_noise=noise)
+        adv = pgd(
+            model,
+            xb.to(device),
+            yb.to(device),
+            eps=eps,
+            steps=steps,
+            step_size=2.5 * eps / steps,
+            norm=norm,
+            init_noise=noise,
+        )
         with torch.inference_mode():
             correct += (model(adv).argmax(1).cpu() == yb).sum().item()
     return correct / max(1, len(y))
@@ -169,6 +213,8 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
 @torch.inference_mode()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device, batch_size=1000) -> float:
     model.eval()
-    correct = sum((model(x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size])
-                  .sum().item() for i in range(0, len(y), batch_size))
+    correct = sum(
+        (model(x[i : i + batch_size].to(device)).argmax(1).cpu() == y[i : i + batch_size]).sum().item()
+        for i in range(0, len(y), batch_size)
+    )
     return correct / len(y)
