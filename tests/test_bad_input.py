@@ -1,4 +1,4 @@
-"""The README's bad-input table, one test per row, through the command line as a user meets it:
+"""The bad-input table of docs/spec.md, one test per row, through the command line as a user meets it:
 one line naming the field or file and what is allowed, exit code 2, nothing started, nothing
 written or overwritten."""
 
