@@ -49,10 +49,12 @@ def make_projection(sparsity_type: str = "irregular", bits: int = 0):
     return project
 
 
-def admm_layers(model: nn.Module, sparsity_type: str) -> list[tuple[str, nn.Module]]:
-    """Filter sparsity applies to convolutions (a linear classifier keeps all its classes)."""
-    layers = prunable_layers(model)
-    return [(n, m) for n, m in layers if sparsity_type != "filter" or isinstance(m, nn.Conv2d)]
+def admm_layers(model: nn.Module, sparsity_type: str, layers: str = "all") -> list[tuple[str, nn.Module]]:
+    """The constrained layers: convolutions only for filter sparsity (a linear classifier keeps
+    all its classes) or `layers: conv` (R-ADMM's configs prune conv layers only), else every
+    conv and linear layer."""
+    conv_only = sparsity_type == "filter" or layers == "conv"
+    return [(n, m) for n, m in prunable_layers(model) if not conv_only or isinstance(m, nn.Conv2d)]
 
 
 class Admm:
@@ -66,10 +68,12 @@ class Admm:
         rho: float,
         project,
         sparsity_type: str = "irregular",
+        layers: str = "all",
+        rho_factor: float = 1.0,
     ):
-        self.layers = admm_layers(model, sparsity_type)
+        self.layers = admm_layers(model, sparsity_type, layers)
         self.sparsity = {n: layer_sparsity.get(n, sparsity) for n, _ in self.layers}
-        self.rho, self.project = rho, project
+        self.rho, self.rho_factor, self.project = rho, rho_factor, project
         self.z = {n: project(m.weight.detach(), self.sparsity[n]) for n, m in self.layers}
         self.u = {n: torch.zeros_like(m.weight) for n, m in self.layers}
 
@@ -79,24 +83,37 @@ class Admm:
 
     @torch.no_grad()
     def update(self) -> float:
-        """Z- and U-steps; returns the primal residual sum_l ||W_l - Z_l||^2 (tends to 0)."""
+        """Z- and U-steps, then rho *= rho_factor (R-ADMM's multi-rho scheduler: "it works better
+        to make rho monotonically increasing", admm/admm.py); returns the primal residual
+        sum_l ||W_l - Z_l||^2, which ADMM drives towards 0."""
         residual = 0.0
         for n, m in self.layers:
             self.z[n] = self.project(m.weight + self.u[n], self.sparsity[n])
             self.u[n] += m.weight - self.z[n]
             residual += float((m.weight - self.z[n]).pow(2).sum())
+        self.rho *= self.rho_factor
         return residual
+
+    def residual(self) -> float:
+        """sum_l ||W_l - Z_l||^2 at the current weights."""
+        with torch.no_grad():
+            return sum(float((m.weight - self.z[n]).pow(2).sum()) for n, m in self.layers)
 
     def hard_masks(self) -> dict[str, torch.Tensor]:
         """The support of Proj_S(W): the masks of the retraining phase."""
         return {n: (self.project(m.weight.detach(), self.sparsity[n]) != 0).float() for n, m in self.layers}
 
     def state(self) -> dict:
-        return {"z": {n: t.cpu() for n, t in self.z.items()}, "u": {n: t.cpu() for n, t in self.u.items()}}
+        return {
+            "z": {n: t.cpu() for n, t in self.z.items()},
+            "u": {n: t.cpu() for n, t in self.u.items()},
+            "rho": self.rho,
+        }
 
     def load(self, state: dict, device) -> None:
         self.z = {n: t.to(device) for n, t in state["z"].items()}
         self.u = {n: t.to(device) for n, t in state["u"].items()}
+        self.rho = state.get("rho", self.rho)
 
 
 @torch.no_grad()

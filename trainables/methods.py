@@ -273,7 +273,8 @@ class Hydra(PruningMethod):
 
 
 class AdmmMethod(PruningMethod):
-    """The ADMM phase shared by R-ADMM and ATMC (trainables/admm.py), then hard masks."""
+    """The ADMM phase shared by R-ADMM and ATMC (trainables/admm.py), then hard masks. Z and U
+    are updated every `admm_epoch` epochs, rho grows by `rho_factor` at each update."""
 
     search_phase = True
 
@@ -289,7 +290,13 @@ class AdmmMethod(PruningMethod):
             o["rho"],
             make_projection(kind, o.get("bits", 0)),
             kind,
+            layers=o.get("layers", "all"),
+            rho_factor=o.get("rho_factor", 1.0),
         )
+
+    def learning_rate(self, job, epoch: int) -> float | None:
+        """The W-step's learning rate in this epoch (None: the recipe's own schedule)."""
+        return None
 
     def search(self, job, state) -> None:
         from apgrid.trainables.training import make_optimizer
@@ -300,9 +307,16 @@ class AdmmMethod(PruningMethod):
             job.model.load_state_dict(state["model"])
             admm.load(state["admm"], job.device)
             optimizer.load_state_dict(state["optimizer"])
+        every = job.options.get("admm_epoch", 1)
         for epoch in range(state["epoch"] if state else 0, job.search_epochs):
-            metrics = job.train(optimizer, job.search, epoch, penalty=admm.penalty)
-            metrics["admm_residual"] = admm.update()
+            metrics = job.train(
+                optimizer, job.search, epoch, penalty=admm.penalty, lr=self.learning_rate(job, epoch)
+            )
+            if (epoch + 1) % every == 0:  # the reference: after every admm_epoch epochs
+                metrics["admm_residual"] = admm.update()
+                metrics["admm_rho"] = admm.rho
+            else:
+                metrics["admm_residual"] = admm.residual()
             job.report(
                 {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
                 {
@@ -323,11 +337,22 @@ class RobustAdmm(AdmmMethod):
         "R-ADMM (Ye et al. 2019): adversarial ADMM phase pulling W towards the sparse "
         "set, hard prune, masked adversarial retraining; irregular or filter sparsity"
     )
+    # yeshaokai/Robustness-Aware-Pruning-ADMM ADMM_examples/cifar10/config.yaml.example: rho
+    # 0.001, multi_rho (x1.3 at each update, admm/admm.py), admm_epoch 20, conv layers' prune ratios
     options = {
-        "rho": Number(1.0, 0.0, 1e3),
+        "rho": Number(0.001, 0.0, 1e3),
+        "rho_factor": Number(1.3, 1.0, 100.0),
+        "admm_epoch": Whole(20, 1),
+        "layers": Choice("conv", ("conv", "all")),
         "sparsity_type": Choice("irregular", ("irregular", "filter")),
         "layer_sparsity": LayerSparsity(),
     }
+
+    def learning_rate(self, job, epoch: int) -> float:
+        """R-ADMM's admm_adjust_learning_rate: the search lr at each Z/U update, then a tenth
+        after every third of admm_epoch."""
+        every = job.options["admm_epoch"]
+        return job.search.lr * 0.1 ** ((epoch % every) // (every / 3))
 
 
 @register

@@ -138,16 +138,18 @@ def train_epoch(
     sample_weights: torch.Tensor | None = None,
     penalty=None,
     after_step=None,
+    lr: float | None = None,
 ) -> dict:
     """One epoch of adversarial training on whatever `optimizer` holds (the weights, or HYDRA's
     scores with the weights frozen); returns mean loss and accuracy on the adversarial batches.
 
     sample_weights: a weight per training sample (boundary-aware fine-tuning); penalty(): a term
     added to every batch loss (ADMM's rho/2 ||W - Z + U||^2); after_step(): run after every
-    optimiser step (projections)."""
+    optimiser step (projections); lr: this epoch's learning rate (default: the recipe's cosine
+    schedule)."""
     torch.manual_seed(seed * 10_007 + epoch)
     for group in optimizer.param_groups:
-        group["lr"] = lr_at(recipe, epoch)
+        group["lr"] = lr_at(recipe, epoch) if lr is None else lr
     order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed + epoch))
     total_loss, correct, seen = 0.0, 0, 0
     for batch, start in enumerate(range(0, len(order), recipe.batch_size)):
