@@ -20,6 +20,7 @@ import pandas as pd
 from apgrid.analysis import plots
 from apgrid.analysis.settings import AnalysisSettings
 from apgrid.analysis.tables import (
+    findings,
     comparison_table,
     leaderboard,
     model_table,
@@ -156,6 +157,19 @@ def _thin_ice_display(table2: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _verdict_text(verdicts: pd.DataFrame) -> str:
+    """Whether this grid supports the survey's two findings, in a sentence each."""
+    if verdicts.empty:
+        return "The survey's findings need global and local methods (a) and LWM-global or LAMP beside a complex method (b) in a cell: not in this grid."
+    out = []
+    for finding, rows in verdicts.groupby("finding"):
+        out.append(
+            f"**{finding}**: supported in {int(rows['supports'].sum())} of {len(rows)} cells "
+            f"(McNemar, α = 0.05; p from {rows['p'].min():.2g} to {rows['p'].max():.2g})."
+        )
+    return " ".join(out)
+
+
 def statistics_sections(
     samples: pd.DataFrame,
     models: pd.DataFrame,
@@ -169,7 +183,8 @@ def statistics_sections(
     table2 = thin_ice_table(samples, settings.bootstrap_resamples)
     seeds = seed_table(models)
     taxonomy = {m.name: m.taxonomy for m in PRUNING_METHODS.values()}
-    leader = leaderboard(models, taxonomy)
+    leader = leaderboard(models, taxonomy, samples)
+    verdicts = findings(leader, samples)
     compare = comparison_table(leader)
     tables = {
         "models": models,
@@ -178,6 +193,7 @@ def statistics_sections(
         "seeds": seeds,
         "leaderboard": leader,
         "comparisons": compare,
+        "findings": verdicts,
     }
 
     eps = float(samples["eps"].iloc[0])
@@ -252,9 +268,16 @@ def statistics_sections(
             "Per dataset × architecture × structure × sparsity, methods ranked by AutoAttack robust "
             "accuracy (ties: clean accuracy), mean over seeds, with the survey's taxonomy. "
             "The comparison table pits local vs global scope and criteria against each other on the "
-            "cells where both exist (best method of each group per cell)."
+            "cells where both exist (best method of each group per cell). `aa_low`–`aa_high`: 95 % "
+            "Wilson interval of the AutoAttack accuracy; `p_above_next`: McNemar's exact test of a "
+            "rank against the next on their shared samples (small: the order is real).",
+            _verdict_text(verdicts),
         ],
-        [("Ranking", leader), ("Local vs global, criterion vs criterion", compare)],
+        [
+            ("Ranking", leader),
+            ("Local vs global, criterion vs criterion", compare),
+            ("The survey's findings, cell by cell", verdicts),
+        ],
     )
     s5 = Section(
         "Security curves",

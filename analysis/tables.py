@@ -160,10 +160,18 @@ def seed_table(models: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def leaderboard(models: pd.DataFrame, taxonomy: dict[str, dict]) -> pd.DataFrame:
+CELL = ["dataset", "arch", "structure", "sparsity"]
+
+
+def leaderboard(
+    models: pd.DataFrame, taxonomy: dict[str, dict], samples: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """The survey's leaderboard (Piras et al. 2024, Sec. 5): per dataset x architecture x structure
     and sparsity, methods ranked by AutoAttack robust accuracy (then clean), with their taxonomy.
-    Mean over seeds; the dense model of each architecture is listed as the reference."""
+    Mean over seeds; the dense model of each architecture is listed as the reference. With the
+    per-sample rows, every cell gets a 95 % Wilson interval of its AutoAttack accuracy (all its
+    seeds' samples pooled), and each rank McNemar's exact test against the next one on their
+    shared samples: is rank k really above rank k+1?"""
     pruned = models[models["role"] == "pruned"]
     if pruned.empty:
         return pd.DataFrame()
@@ -186,6 +194,10 @@ def leaderboard(models: pd.DataFrame, taxonomy: dict[str, dict]) -> pd.DataFrame
     cells["dense_clean_acc"] = cells["arch"].map(dense["clean_acc"])
     cells["dense_aa_acc"] = cells["arch"].map(dense["aa_acc"])
     cells["clean / AA"] = [f"{c:.1%} / {a:.1%}" for c, a in zip(cells["clean_acc"], cells["aa_acc"])]
+    extra = []
+    if samples is not None:
+        cells = _intervals_and_adjacent_tests(cells.reset_index(drop=True), samples)
+        extra = ["aa_low", "aa_high", "p_above_next"]
     return cells[
         [
             "dataset",
@@ -202,8 +214,89 @@ def leaderboard(models: pd.DataFrame, taxonomy: dict[str, dict]) -> pd.DataFrame
             "aa_acc",
             "dense_clean_acc",
             "dense_aa_acc",
+            *extra,
         ]
     ].reset_index(drop=True)
+
+
+def _aa_flags(samples: pd.DataFrame, cell: pd.Series) -> pd.Series:
+    """AutoAttack correctness of one leaderboard cell's models, indexed by (seed, sample_idx)."""
+    rows = samples[
+        (samples["role"] == "pruned")
+        & (samples["method"] == cell["method"])
+        & (samples["arch"] == cell["arch"])
+        & (samples["sparsity"] == cell["sparsity"])
+        & samples["aa_correct"].notna()
+    ]
+    return rows.set_index(["seed", "sample_idx"])["aa_correct"].astype(bool)
+
+
+def _intervals_and_adjacent_tests(cells: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    from apgrid.analysis.transfer import proportion_interval
+
+    flags = [_aa_flags(samples, cell) for _, cell in cells.iterrows()]
+    bounds = [proportion_interval(int(f.sum()), len(f)) if len(f) else (np.nan, np.nan) for f in flags]
+    cells["aa_low"], cells["aa_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    p_next = []
+    for i, cell in cells.iterrows():
+        nxt = i + 1
+        same = nxt < len(cells) and all(cells.loc[nxt, c] == cell[c] for c in CELL)
+        if not same:
+            p_next.append(np.nan)
+            continue
+        a, b = flags[i].align(flags[nxt], join="inner")
+        p_next.append(mcnemar(a.to_numpy(), b.to_numpy()).p_value if len(a) else np.nan)
+    cells["p_above_next"] = p_next
+    return cells
+
+
+def findings(leader: pd.DataFrame, samples: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """The survey's two findings, tested on this grid's cells (Piras et al. 2024, Sec. 6):
+    (a) methods that optimise layer-wise sparsity (global scope) beat uniform, layer-wise ones:
+        per cell, the best global method against the best local one, McNemar's exact test;
+    (b) LWM with a global allocation (lwm-global, lamp) matches the complex methods: per cell,
+        the better of the two against the best other method; 'matches' = not significantly worse.
+    Returns one row per (finding, cell) with the accuracies, the discordant counts and p."""
+    rows = []
+    if leader.empty or "aa_acc" not in leader:
+        return pd.DataFrame()
+    simple = {"lwm-global", "lamp"}
+    for key, cell in leader.groupby(CELL):
+        contests = []
+        best_global = cell[cell["scope"] == "global"].head(1)
+        best_local = cell[cell["scope"] == "local"].head(1)
+        if len(best_global) and len(best_local):
+            contests.append(("a: global beats local", best_global.iloc[0], best_local.iloc[0]))
+        lwm = cell[cell["method"].isin(simple)].head(1)
+        complex_ = cell[~cell["method"].isin(simple | {"lwm-local", "random"})].head(1)
+        if len(lwm) and len(complex_):
+            contests.append(("b: global LWM matches complex", lwm.iloc[0], complex_.iloc[0]))
+        for finding, x, y in contests:
+            fx, fy = _aa_flags(samples, x).align(_aa_flags(samples, y), join="inner")
+            test = mcnemar(fx.to_numpy(), fy.to_numpy())
+            rows.append(
+                {
+                    "finding": finding,
+                    **dict(zip(CELL, key)),
+                    "method_a": x["method"],
+                    "method_b": y["method"],
+                    "aa_a": x["aa_acc"],
+                    "aa_b": y["aa_acc"],
+                    "only_a": test.lost,
+                    "only_b": test.gained,
+                    "p": test.p_value,
+                }
+            )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    a = table["finding"].str.startswith("a")
+    table["supports"] = np.where(
+        a,
+        (table["aa_a"] > table["aa_b"]) & (table["p"] < alpha),
+        ~((table["aa_a"] < table["aa_b"]) & (table["p"] < alpha)),
+    )
+    return table
 
 
 def comparison_table(leader: pd.DataFrame) -> pd.DataFrame:

@@ -319,3 +319,51 @@ def test_transfer_heatmap_leaves_room_for_one_attack_and_long_model_names(tmp_pa
     table = pd.DataFrame({"source": targets[0], "attack": "fgsm", "target": targets, "adv_acc": [0.4, 0.6]})
     path = transfer_heatmap(table, targets[0], tmp_path / "heat.png")
     assert path.stat().st_size > 0
+
+
+def test_leaderboard_intervals_adjacent_tests_and_findings():
+    """Built so that lwm-global (global) clearly beats lwm-local and hydra on AutoAttack in one
+    cell: the adjacent test says so, and both findings are supported there."""
+    from apgrid.analysis.tables import findings, model_table
+
+    rng = np.random.default_rng(0)
+    n, rows = 400, []
+    robust = {"lwm-global": 0.6, "hydra": 0.4, "lwm-local": 0.39}
+    for method, rate in robust.items():
+        aa = rng.random(n) < rate
+        rows.append(
+            pd.DataFrame(
+                {
+                    "model_id": f"{method}-m",
+                    "dense_model_id": "d",
+                    "role": "pruned",
+                    "dataset": "cifar10",
+                    "arch": "resnet18",
+                    "method": method,
+                    "sparsity": 0.9,
+                    "sparsity_measured": 0.9,
+                    "seed": 0,
+                    "norm": "Linf",
+                    "eps": 8 / 255,
+                    "sample_idx": np.arange(n),
+                    "label": 0,
+                    "clean_pred": 0,
+                    "clean_correct": True,
+                    "logit_margin": 1.0,
+                    "pgd_correct": aa,
+                    "aa_correct": aa,
+                    "fmn_eps": 0.1,
+                    "fmn_found": True,
+                }
+            )
+        )
+    samples = pd.concat(rows, ignore_index=True)
+    board = leaderboard(model_table(samples), {m.name: m.taxonomy for m in PRUNING_METHODS.values()}, samples)
+    assert list(board["method"]) == ["lwm-global", "hydra", "lwm-local"]
+    assert (board["aa_low"] < board["aa_acc"]).all() and (board["aa_acc"] < board["aa_high"]).all()
+    assert board.loc[0, "p_above_next"] < 1e-4  # 0.6 vs 0.4 on 400 paired samples
+    assert board.loc[1, "p_above_next"] > 0.05 and np.isnan(board.loc[2, "p_above_next"])
+    verdicts = findings(board, samples).set_index("finding")
+    assert verdicts.loc["a: global beats local", "supports"]
+    assert verdicts.loc["b: global LWM matches complex", "supports"]
+    assert verdicts.loc["a: global beats local", "method_b"] == "hydra"
