@@ -20,8 +20,8 @@ import pandas as pd
 from apgrid.analysis import plots
 from apgrid.analysis.settings import AnalysisSettings
 from apgrid.analysis.tables import (
-    findings,
     comparison_table,
+    findings,
     leaderboard,
     model_table,
     reevaluation_table,
@@ -160,7 +160,10 @@ def _thin_ice_display(table2: pd.DataFrame) -> pd.DataFrame:
 def _verdict_text(verdicts: pd.DataFrame) -> str:
     """Whether this grid supports the survey's two findings, in a sentence each."""
     if verdicts.empty:
-        return "The survey's findings need global and local methods (a) and LWM-global or LAMP beside a complex method (b) in a cell: not in this grid."
+        return (
+            "The survey's findings need global and local methods (a) and LWM-global or LAMP "
+            "beside a complex method (b) in a cell: not in this grid."
+        )
     out = []
     for finding, rows in verdicts.groupby("finding"):
         out.append(
