@@ -117,7 +117,7 @@ def prune_trial(config: dict) -> None:
     if store.exists(plan.model_id):
         tune.report({"done": 1, **store.card(plan.model_id)["metrics"]})
         return
-    ds, _, device = _data_and_model(grid, plan.arch, plan.seed)
+    ds, initial, device = _data_and_model(grid, plan.arch, plan.seed)  # the dense trial's init
     model = store.load_model(plan.dense_model_id, ds.image_shape, ds.num_classes).to(device)
     threat = grid["threat_model"]
     job = PruneJob(
@@ -142,5 +142,8 @@ def prune_trial(config: dict) -> None:
             pruning.masks_of(model),
             model_card(plan, grid["dataset"]["name"], metrics, extra),
         ),
+        # the seeded initialisation the dense trial started from (for a checkpoint parent: a
+        # fresh one of its architecture, since its own was not published)
+        initial_state={k: v.detach().clone() for k, v in initial.state_dict().items()},
     )
     job.run(_restore(store, plan.model_id))

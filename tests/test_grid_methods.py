@@ -33,10 +33,11 @@ def methods_grid(ray_session, tmp_path_factory, trained, digits):
                 "finetune": recipe,
                 "search": recipe,
                 "methods": [
-                    "r-admm",
+                    {"name": "r-admm", "layers": "all", "admm_epoch": 1},
                     {"name": "atmc", "bits": 4},
                     {"name": "filter-l1", "sparsities": [0.5]},
                     "boundary-aware",
+                    "li20",  # rewinds to the dense trial's initial weights, which the trial passes
                 ],
             },
             "evaluation": {
@@ -71,10 +72,10 @@ def methods_grid(ray_session, tmp_path_factory, trained, digits):
 def test_every_method_and_the_checkpoint_are_evaluated(methods_grid):
     samples = read_samples(methods_grid.output_dir)
     models = all_models(methods_grid)
-    assert len(models) == 6
-    assert len(samples) == 6 * N_SAMPLES and not samples.duplicated(["model_id", "sample_idx"]).any()
+    assert len(models) == 7
+    assert len(samples) == 7 * N_SAMPLES and not samples.duplicated(["model_id", "sample_idx"]).any()
     by_method = samples.groupby("method")["sparsity_measured"].first()
-    for method in ("r-admm", "atmc", "boundary-aware"):
+    for method in ("r-admm", "atmc", "boundary-aware", "li20"):
         assert by_method[method] == pytest.approx(0.8, abs=0.005)
     assert by_method["filter-l1"] > 0.5  # filters gone, and the next layers' inputs with them
 

@@ -32,7 +32,7 @@ def run_job(trained, digits, method, sparsity, options=None, finetune=QUICK, **c
         search=SEARCH,
         options=options or {},
     )
-    job = PruneJob(settings, model, digits, "cpu", **callbacks)
+    job = PruneJob(settings, model, digits, "cpu", **callbacks, initial_state=initial_weights(digits))
     return job, job.run()
 
 
@@ -168,8 +168,8 @@ def test_pruned_models_keep_most_of_their_accuracy_and_criteria_beat_random(trai
         if ("random", sparsity) not in ACCURACY:
             ACCURACY["random", sparsity] = run_job(trained, digits, "random", sparsity)[1]["test_clean_acc"]
         for method in UNSTRUCTURED:
-            if method == "random":
-                continue
+            if method == "random" or PRUNING_METHODS[method].needs_initial_state:
+                continue  # tickets restart from the initial weights: not a pruned trained model
             if (method, sparsity) not in ACCURACY:
                 options = {"layers": "all", "admm_epoch": 1} if method == "r-admm" else None
                 ACCURACY[method, sparsity] = run_job(trained, digits, method, sparsity, options)[1][
@@ -338,3 +338,43 @@ def test_hydra_trains_batch_norm_in_its_score_phase_unless_frozen():
         assert any(not torch.equal(a, b) for a, b in zip(bn_before, bn_after)) == moves
         for before, (_, m) in zip(conv_before, pruning.prunable_layers(job.model)):
             assert torch.equal(m.weight_orig, before)
+
+
+def initial_weights(digits):
+    """The digits CNN's weights at initialisation, as the `trained` fixture's training began."""
+    from apgrid.trainables.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("digits-cnn", 1, 10, digits.mean, digits.std).state_dict()
+
+
+def test_rst_ticket_keeps_its_random_weights_bit_for_bit(trained, digits):
+    """RST (Fu et al. 2021): only scores are learned, on the random network; the ticket's weights
+    are exactly the initial ones under the top-k |score| masks, whatever the trained parent."""
+    init = initial_weights(digits)
+    settings = PruneSettings("rst", 0.9, 0, 0.1, "Linf", QUICK, SEARCH)
+    job = PruneJob(settings, copy.deepcopy(trained), digits, "cpu", initial_state=init)
+    metrics = job.run()
+    assert job.finetune.epochs == 0 and metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
+    plain, masks = pruning.plain_state_dict(job.model), pruning.masks_of(job.model)
+    for name, mask in masks.items():
+        assert torch.equal(plain[f"{name}.weight"], init[f"{name}.weight"] * mask), name
+    with pytest.raises(ValueError, match="initial weights"):
+        PruneJob(settings, copy.deepcopy(trained), digits, "cpu")
+
+
+def test_li20_rewinds_the_kept_weights_to_the_stored_initial_ones(trained, digits):
+    """Boosting tickets (Li et al. 2020): the global magnitude mask of the trained network, the
+    weights rewound to initialisation before retraining (here none, to see the rewind itself)."""
+    init = initial_weights(digits)
+    expected = copy.deepcopy(trained)
+    pruning.prune_magnitude(expected, 0.9, "global")
+    settings = PruneSettings("li20", 0.9, 0, 0.1, "Linf", Recipe(epochs=0))
+    job = PruneJob(settings, copy.deepcopy(trained), digits, "cpu", initial_state=init)
+    job.run()
+    plain, masks = pruning.plain_state_dict(job.model), pruning.masks_of(job.model)
+    for name, mask in masks.items():
+        assert torch.equal(mask, pruning.masks_of(expected)[name]), name  # the trained net's mask
+        assert torch.equal(plain[f"{name}.weight"], init[f"{name}.weight"] * mask), name
+    for key in ("1.0.bias", "1.6.bias"):
+        assert torch.equal(plain[key], init[key])

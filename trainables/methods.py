@@ -118,6 +118,8 @@ class PruningMethod:
     description: ClassVar[str]
     options: ClassVar[dict[str, Any]] = {}
     search_phase: ClassVar[bool] = False
+    trains_weights: ClassVar[bool] = True  # False: no fine-tuning (a ticket keeps its weights)
+    needs_initial_state: ClassVar[bool] = False  # rewinds to / starts from the initial weights
 
     @property
     def taxonomy(self) -> dict:
@@ -270,6 +272,39 @@ class Hydra(PruningMethod):
                 },
             )
         pruning.hydra_finalize(job.model)
+
+
+@register
+class RobustScratchTicket(Hydra):
+    name, pipeline, scope = "rst", "B", "local"
+    criterion = "optimised importance score on random weights"
+    description = (
+        "RST (Fu et al. 2021, robust scratch tickets): scores learned under the adversarial loss "
+        "on the randomly initialised network, which is never trained; the top-k per layer is the "
+        "ticket, its weights bit-identical to their initialisation (no fine-tuning)"
+    )
+    trains_weights = False
+    needs_initial_state = True
+
+    def search(self, job, state) -> None:
+        job.model.load_state_dict(job.initial_state)  # the random network, never the trained one
+        super().search(job, state)
+
+
+@register
+class BoostingTickets(PruningMethod):
+    name, pipeline, scope = "li20", "A", "global"
+    criterion = "weight magnitude, rewound (lottery ticket)"
+    description = (
+        "Li et al. 2020 (boosting tickets under adversarial training): global magnitude mask of "
+        "the adversarially trained network, weights rewound to their initialisation, then "
+        "retrained under the mask with the fine-tuning recipe"
+    )
+    needs_initial_state = True
+
+    def prune(self, job) -> None:
+        pruning.prune_magnitude(job.model, job.s.sparsity, "global")
+        pruning.rewind(job.model, job.initial_state)
 
 
 class AdmmMethod(PruningMethod):

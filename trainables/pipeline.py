@@ -14,7 +14,7 @@ collapse below a fifth of the best score is reported as catastrophic overfitting
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -191,14 +191,23 @@ class PruneJob:
         report=_ignore,
         before_epoch=_ignore,
         on_finish=_ignore,
+        initial_state: dict | None = None,
     ):
+        """`initial_state`: the dense model's weights at initialisation (before any training),
+        for methods that rewind to them or start from them (Li20, RST)."""
         self.method = pruning_method(settings.method)
         if self.method.search_phase and settings.search is None:
             raise ValueError(f"{settings.method}: needs a search recipe")
         self.s, self.model, self.ds, self.device = settings, model, ds, device
         self.report, self.before_epoch, self.on_finish = report, before_epoch, on_finish
         self.options = {**self.method.defaults(), **settings.options}
-        self.finetune = settings.finetune
+        self.initial_state = initial_state
+        if self.method.needs_initial_state and initial_state is None:
+            raise ValueError(f"{settings.method}: needs the dense model's initial weights")
+        # a method whose weights are never trained (RST) has no fine-tuning phase
+        self.finetune = (
+            settings.finetune if self.method.trains_weights else replace(settings.finetune, epochs=0)
+        )
         self.search = settings.search if self.method.search_phase else None
         self.search_epochs = self.search.epochs if self.search else 0
         self.total = self.search_epochs + self.finetune.epochs

@@ -138,6 +138,17 @@ def hydra_finalize(model: nn.Module) -> None:
         p.requires_grad_(True)
 
 
+@torch.no_grad()
+def rewind(model: nn.Module, initial_state: dict) -> None:
+    """Every parameter and buffer back to `initial_state` (the model's weights at
+    initialisation), masks kept: the lottery-ticket rewind (Frankle & Carbin 2019)."""
+    current = model.state_dict()
+    for key, value in initial_state.items():
+        target = key[: -len(".weight")] + ".weight_orig" if f"{key}_orig" in current else key
+        if target in current and not target.endswith("_mask"):
+            current[target].copy_(value)
+
+
 # -- masks in and out -------------------------------------------------------------------------
 
 
