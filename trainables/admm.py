@@ -5,8 +5,10 @@ Both solve  min_W L_adv(W)  s.t.  W in S  by splitting W = Z (Ye et al. 2019, Se
     Z-step: Z_l = Proj_S(W_l + U_l)
     U-step: U_l = U_l + W_l - Z_l
 R-ADMM's S is the set of sparse weights (irregular: at most k non-zeros; filter: at most k non-zero
-filters); ATMC's S is sparse *and* k-bit quantised (Gui et al. 2019, Sec. 3, Eq. 4). After the ADMM
-phase the weights are hard-pruned to the support of Proj_S(W) and retrained under the mask.
+filters); after its ADMM phase the weights are hard-pruned to the support of Proj_S(W) and
+retrained under the mask. ATMC (Gui et al. 2019, Sec. 3, Eq. 4; VITA-Group/ATMC) projects onto the
+global sparse set after every step and puts the k-bit quantisation in the ADMM split instead
+(trainables/methods.py Atmc, with project_global and quantize_kmeans here).
 """
 
 from __future__ import annotations
@@ -32,21 +34,63 @@ def project_filters(w: torch.Tensor, sparsity: float) -> torch.Tensor:
     return w * keep.view(-1, *([1] * (w.dim() - 1)))
 
 
-def quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric uniform k-bit quantisation, one scale per layer (zero stays zero)."""
-    levels = 2 ** (bits - 1) - 1
-    scale = w.abs().max().clamp_min(1e-12) / levels
-    return (w / scale).round().clamp(-levels, levels) * scale
+def kmeans_levels(values: torch.Tensor, levels: int, iterations: int = 20) -> torch.Tensor:
+    """1-D k-means (Lloyd) centres of `values`, started from their quantiles (deterministic where
+    ATMC's utee/kmeans.py draws its start at random)."""
+    values = values.flatten().float()
+    if values.numel() <= levels:
+        return values.unique()
+    centers = torch.quantile(values, torch.linspace(0, 1, levels, device=values.device))
+    for _ in range(iterations):
+        choice = (values[:, None] - centers[None, :]).abs().argmin(1)
+        sums = torch.zeros_like(centers).index_add_(0, choice, values)
+        counts = torch.zeros_like(centers).index_add_(0, choice, torch.ones_like(values))
+        moved = torch.where(counts > 0, sums / counts.clamp_min(1), centers)
+        if torch.allclose(moved, centers):
+            break
+        centers = moved
+    return centers
 
 
-def make_projection(sparsity_type: str = "irregular", bits: int = 0):
-    """Proj_S for R-ADMM (sparsity_type) or ATMC (bits > 0: sparse then quantised)."""
+def snap(w: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """Non-zero weights to their nearest centre; zeros stay zero (ATMC's fixed 0 centre)."""
+    nearest = centers[(w.reshape(-1, 1) - centers[None, :]).abs().argmin(1)].view_as(w)
+    return torch.where(w != 0, nearest, torch.zeros_like(w))
+
+
+def quantize_kmeans(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ATMC's quantisation (utee/quantize.py quantize_kmeans_nnz_fixed_0_center): k-means levels
+    fitted to the non-zero weights, zero kept as a fixed level; 2^bits - 1 non-zero levels plus zero
+    so that every weight fits in `bits` bits. Returns (quantised weights, the layer's codebook)."""
+    nonzero = w[w != 0]
+    if nonzero.numel() == 0:
+        return w.clone(), torch.zeros(1, device=w.device)
+    centers = kmeans_levels(nonzero, 2**bits - 1)
+    return snap(w, centers), centers
+
+
+def make_projection(sparsity_type: str = "irregular"):
+    """R-ADMM's Proj_S: onto at most k non-zero weights, or k non-zero filters."""
 
     def project(w: torch.Tensor, sparsity: float) -> torch.Tensor:
-        z = project_filters(w, sparsity) if sparsity_type == "filter" else project_irregular(w, sparsity)
-        return quantize(z, bits) if bits else z
+        return project_filters(w, sparsity) if sparsity_type == "filter" else project_irregular(w, sparsity)
 
     return project
+
+
+@torch.no_grad()
+def project_global(layers: list[nn.Module], sparsity: float) -> None:
+    """ATMC's l0proj (utee/pruning_tools.py): one magnitude ranking across all layers, keeping the
+    round(N (1 - sparsity)) largest |w| of the N weights; per-layer sparsities follow from it."""
+    weights = [m.weight for m in layers]
+    flat = torch.cat([w.flatten() for w in weights])
+    keep = round(flat.numel() * (1 - sparsity))
+    if keep >= flat.numel():
+        return
+    cut = flat.abs().topk(flat.numel() - keep, largest=False).indices
+    flat[cut] = 0.0
+    for w, chunk in zip(weights, flat.split([w.numel() for w in weights])):
+        w.copy_(chunk.view_as(w))
 
 
 def admm_layers(model: nn.Module, sparsity_type: str, layers: str = "all") -> list[tuple[str, nn.Module]]:
@@ -114,15 +158,6 @@ class Admm:
         self.z = {n: t.to(device) for n, t in state["z"].items()}
         self.u = {n: t.to(device) for n, t in state["u"].items()}
         self.rho = state.get("rho", self.rho)
-
-
-@torch.no_grad()
-def quantize_model(model: nn.Module, bits: int) -> None:
-    """ATMC's final projection: the surviving weights of every prunable layer on a k-bit grid."""
-    for _, m in prunable_layers(model):
-        target = m.weight_orig if hasattr(m, "weight_orig") else m.weight
-        mask = getattr(m, "weight_mask", torch.ones_like(target))
-        target.copy_(quantize(target * mask, bits))
 
 
 def model_size_bits(model: nn.Module, bits: int = 32) -> int:

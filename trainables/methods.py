@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
+
 from apgrid.trainables import pruning, structured
 
 # -- options ---------------------------------------------------------------------------------------
@@ -157,6 +159,10 @@ class PruningMethod:
         raise NotImplementedError(f"{self.name} is not structured")
 
     def sample_weights(self, job):
+        return None
+
+    def finetune_step(self, job):
+        """A callable run after every fine-tuning step (projections), or None."""
         return None
 
     def finish(self, job) -> int:
@@ -323,7 +329,7 @@ class AdmmMethod(PruningMethod):
             job.s.sparsity,
             o.get("layer_sparsity", {}),
             o["rho"],
-            make_projection(kind, o.get("bits", 0)),
+            make_projection(kind),
             kind,
             layers=o.get("layers", "all"),
             rho_factor=o.get("rho_factor", 1.0),
@@ -391,22 +397,106 @@ class RobustAdmm(AdmmMethod):
 
 
 @register
-class Atmc(AdmmMethod):
-    name, pipeline, scope = "atmc", "D", "local"
+class Atmc(PruningMethod):
+    """ATMC as VITA-Group/ATMC trains it (cifar/train_proj_admm_quant.py, cifar/util_trts.py
+    model_train_proj_prune_admm_quant): the loss is half clean, half adversarial cross-entropy;
+    after every optimiser step the weights are projected onto the global sparse set (l0proj, one
+    ranking across layers); every `admm_interval` batches the quantisation's ADMM variables move,
+    Z = k-means-quantise(W + U) on W's support with zero a fixed level, U += W - Z, and the loss
+    carries rho/2 ||W - Z + U||^2 (rho 0.1). The model that comes out is Z, its codebook then
+    enforced after every fine-tuning step (not only at the end). The low-rank part (W = AB + C)
+    is not implemented."""
+
+    name, pipeline, scope = "atmc", "D", "global"
     criterion = "ADMM-optimised magnitude + quantisation"
     description = (
-        "ATMC (Gui et al. 2019): adversarial training constrained to sparse, k-bit "
-        "quantised weights by ADMM; model size recorded in bits"
+        "ATMC (Gui et al. 2019): adversarial training (half clean, half adversarial loss) with a "
+        "global sparse projection after every step and k-bit k-means quantisation by ADMM; the "
+        "codebook enforced through fine-tuning; model size recorded in bits"
     )
-    options = {"rho": Number(1.0, 0.0, 1e3), "bits": Whole(8, 2, 16, also=(0,))}
+    search_phase = True
+    options = {
+        "bits": Whole(8, 2, 16, also=(0,)),  # 0: sparse only
+        "rho": Number(0.1, 0.0, 1e3),  # train_proj_admm_quant.py: rho=0.1
+        "admm_interval": Whole(5, 1),  # --quant_interval 5 (batches)
+        "clean_weight": Number(0.5, 0.0, 1.0),  # util_trts.py: 0.5 clean + 0.5 adversarial
+    }
+
+    def search(self, job, state) -> None:
+        from apgrid.trainables.admm import project_global, quantize_kmeans
+        from apgrid.trainables.training import make_optimizer
+
+        layers = [m for _, m in pruning.prunable_layers(job.model)]
+        bits, rho, every = job.options["bits"], job.options["rho"], job.options["admm_interval"]
+        optimizer = make_optimizer(job.model.parameters(), job.search)
+        z = [m.weight.detach().clone() for m in layers]
+        u = [torch.zeros_like(m.weight) for m in layers]
+        if state:
+            job.model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            z = [t.to(job.device) for t in state["z"]]
+            u = [t.to(job.device) for t in state["u"]]
+
+        def penalty():
+            if not bits:
+                return 0.0
+            return sum(0.5 * rho * (m.weight - zi + ui).pow(2).sum() for m, zi, ui in zip(layers, z, u))
+
+        @torch.no_grad()
+        def after_step(batch: int) -> None:
+            project_global(layers, job.s.sparsity)
+            if bits and batch % every == 0 and batch > 0:
+                for i, m in enumerate(layers):
+                    support = (m.weight != 0).to(m.weight.dtype)
+                    z[i] = quantize_kmeans((m.weight + u[i]) * support, bits)[0]
+                    u[i] += m.weight - z[i]
+
+        for epoch in range(state["epoch"] if state else 0, job.search_epochs):
+            metrics = job.train(
+                optimizer,
+                job.search,
+                epoch,
+                penalty=penalty,
+                after_step=after_step,
+                clean_weight=job.options["clean_weight"],
+            )
+            job.report(
+                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
+                {
+                    "model": {k: v.cpu() for k, v in job.model.state_dict().items()},
+                    "z": [t.cpu() for t in z],
+                    "u": [t.cpu() for t in u],
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                },
+            )
+        project_global(layers, job.s.sparsity)
+        masks = {name: (m.weight != 0).float() for name, m in pruning.prunable_layers(job.model)}
+        if bits:  # the model that comes out is the quantised one
+            with torch.no_grad():
+                for m in layers:
+                    m.weight.copy_(quantize_kmeans(m.weight, bits)[0])
+        pruning.apply_masks(job.model, masks)
+
+    def finetune_step(self, job):
+        """Keep each layer on its codebook through fine-tuning (the levels it left ADMM with)."""
+        bits = job.options["bits"]
+        if not bits:
+            return None
+        from apgrid.trainables.admm import snap
+
+        layers = [m for _, m in pruning.prunable_layers(job.model)]
+        books = [torch.unique(m.weight_orig.detach() * m.weight_mask) for m in layers]
+
+        @torch.no_grad()
+        def after_step(batch: int) -> None:
+            for m, book in zip(layers, books):
+                m.weight_orig.copy_(snap(m.weight_orig * m.weight_mask, book[book != 0]))
+
+        return after_step
 
     def finish(self, job) -> int:
-        from apgrid.trainables.admm import quantize_model
-
-        bits = job.options["bits"]
-        if bits:
-            quantize_model(job.model, bits)
-        return bits or 32
+        return job.options["bits"] or 32
 
 
 # -- structured: filters removed --------------------------------------------------------------

@@ -275,6 +275,7 @@ class PruneJob:
             optimizer.load_state_dict(state["optimizer"])
         self.selection = Selection(state.get("selection") if state else None)
         keep = self.finetune.select == "best"
+        after_step = self.method.finetune_step(self)
         metrics = {}
         for epoch in range(start, self.total):
             if self.is_structured:
@@ -284,7 +285,12 @@ class PruneJob:
                     optimizer = self.optimizer()  # after the last step are candidates
                     self.selection = Selection()
             metrics = self.train(
-                optimizer, self.finetune, epoch, offset=self.search_epochs, sample_weights=self.sample_weights
+                optimizer,
+                self.finetune,
+                epoch,
+                offset=self.search_epochs,
+                sample_weights=self.sample_weights,
+                after_step=after_step,
             )
             metrics.update(validation_metrics(self.model, self.ds, self.s.eps, self.s.norm, self.device))
             if "val_pgd_acc" in metrics:

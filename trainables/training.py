@@ -139,6 +139,7 @@ def train_epoch(
     penalty=None,
     after_step=None,
     lr: float | None = None,
+    clean_weight: float = 0.0,
 ) -> dict:
     """One epoch of adversarial training on whatever `optimizer` holds (the weights, or HYDRA's
     scores with the weights frozen); returns mean loss and accuracy on the adversarial batches.
@@ -146,7 +147,7 @@ def train_epoch(
     sample_weights: a weight per training sample (boundary-aware fine-tuning); penalty(): a term
     added to every batch loss (ADMM's rho/2 ||W - Z + U||^2); after_step(): run after every
     optimiser step (projections); lr: this epoch's learning rate (default: the recipe's cosine
-    schedule)."""
+    schedule); clean_weight: the share of clean cross-entropy mixed into the loss (ATMC: 0.5)."""
     torch.manual_seed(seed * 10_007 + epoch)
     for group in optimizer.param_groups:
         group["lr"] = lr_at(recipe, epoch) if lr is None else lr
@@ -163,6 +164,10 @@ def train_epoch(
         x_adv = adversarial_examples(model, x, y, recipe, eps, norm)
         model.train()
         losses, logits = per_sample_loss(model, x, x_adv, y, recipe)
+        if clean_weight:
+            losses = (1 - clean_weight) * losses + clean_weight * F.cross_entropy(
+                model(x), y, reduction="none"
+            )
         if sample_weights is not None:
             losses = losses * sample_weights[idx].to(device)
         loss = losses.mean() + (penalty() if penalty else 0.0)
@@ -170,7 +175,7 @@ def train_epoch(
         loss.backward()
         optimizer.step()
         if after_step:
-            after_step()
+            after_step(batch)
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
