@@ -23,7 +23,7 @@ from apgrid.trainables import pruning
 from apgrid.trainables.data import load_dataset
 from apgrid.trainables.methods import PRUNING_METHODS
 from apgrid.trainables.models import build_model
-from tests.test_statistics import fixture
+from tests.helpers import thin_ice_rows
 
 # -- statistics ------------------------------------------------------------------------------
 
@@ -66,7 +66,7 @@ def samples_fixture():
     """Two dense models (two archs, seeds) and pruned children, in the Parquet schema."""
     frames = []
     for arch, seed in (("digits-cnn", 0), ("digits-cnn", 1)):
-        dense, pruned = fixture(seed=seed, n=120)
+        dense, pruned = thin_ice_rows(seed=seed, n=120)
         common = {
             "dataset": "digits",
             "arch": arch,

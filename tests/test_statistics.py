@@ -8,28 +8,11 @@ from sklearn.metrics import roc_auc_score
 
 from apgrid.analysis.tables import security_curve, thin_ice_table
 from apgrid.analysis.thin_ice import auc_smaller, join_dense_pruned, population_shares, thin_ice_tests
-
-
-def fixture(seed=0, n=400):
-    rng = np.random.default_rng(seed)
-    dense_correct = rng.random(n) < 0.8
-    eps = np.where(dense_correct, rng.gamma(2, 0.05, n), -rng.gamma(2, 0.05, n))
-    # the pruned model loses the samples near the dense boundary (the paper's claim, built in)
-    pruned_correct = np.where(
-        dense_correct, eps > rng.uniform(0, 0.08, n), np.abs(eps) < rng.uniform(0, 0.05, n)
-    )
-    base = {"sample_idx": np.arange(n), "label": rng.integers(0, 10, n)}
-    dense = pd.DataFrame(
-        {**base, "clean_correct": dense_correct, "fmn_eps": eps, "fmn_found": True, "logit_margin": eps * 10}
-    )
-    pruned = pd.DataFrame(
-        {**base, "clean_correct": pruned_correct, "fmn_eps": 0.0, "fmn_found": True, "logit_margin": 0.0}
-    )
-    return dense, pruned
+from tests.helpers import thin_ice_rows
 
 
 def test_auc_and_p_equal_sklearn_and_scipy():
-    dense, pruned = fixture()
+    dense, pruned = thin_ice_rows()
     joined = join_dense_pruned(dense, pruned)
     tests = thin_ice_tests(joined)
     e = joined.set_index("population")["eps"]
@@ -51,7 +34,7 @@ def test_auc_with_ties_and_no_effect():
 
 
 def test_populations_and_shares():
-    dense, pruned = fixture()
+    dense, pruned = thin_ice_rows()
     joined = join_dense_pruned(dense, pruned)
     shares = population_shares(joined)
     assert sum(shares.values()) == pytest.approx(1.0)
@@ -60,7 +43,7 @@ def test_populations_and_shares():
 
 
 def test_failed_fmn_is_left_out_not_counted_as_zero():
-    dense, pruned = fixture()
+    dense, pruned = thin_ice_rows()
     dense.loc[:9, "fmn_eps"] = np.nan
     dense.loc[:9, "fmn_found"] = False
     samples = pd.concat(
@@ -79,7 +62,7 @@ def test_failed_fmn_is_left_out_not_counted_as_zero():
 
 
 def test_security_curve_is_monotone_and_starts_at_clean_accuracy():
-    dense, _ = fixture()
+    dense, _ = thin_ice_rows()
     grid = np.linspace(0, 0.5, 50)
     curve = security_curve(dense, grid)
     assert curve[0] == pytest.approx(dense.clean_correct.mean())
