@@ -467,7 +467,7 @@ def scale_out(subject: Subject, x, y, settings, repeats):
 
     from apgrid.grid.evaluate import run_evaluation
     from apgrid.grid.plan import checkpoint_models
-    from apgrid.grid.runner import stage_checkpoints
+    from apgrid.grid.runner import GridRun, stage_checkpoints
     from apgrid.grid.spec import parse_spec
 
     model, threat, ds = subject.model, subject.threat, subject.ds
@@ -508,7 +508,7 @@ def scale_out(subject: Subject, x, y, settings, repeats):
                         "dataset": subject.dataset,
                     }
                 )
-                stage_checkpoints(spec, None, None, None, lambda m: None, 1)
+                stage_checkpoints(GridRun(spec, None, None, lambda m: None))
                 plans = checkpoint_models(spec)
                 got = {}
                 ray_before, steal_before = ray_side_cpu(), steal_and_total()

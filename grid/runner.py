@@ -11,6 +11,9 @@ import dataclasses
 import os
 import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -162,6 +165,31 @@ def _spec_yaml(spec: GridSpec) -> dict:
 # -- the stages --------------------------------------------------------------------------------
 
 
+@dataclass
+class GridRun:
+    """What every stage works with: the spec, the MLflow tracker and the grid's parent run, the
+    progress log, this driver's attempt number, and the faults tests inject."""
+
+    spec: GridSpec
+    tracker: Tracker | None
+    parent: str | None
+    log: Callable[[str], None]
+    attempt: int = 1
+    fault: dict | list | None = None
+
+    @property
+    def output(self) -> Path:
+        return self.spec.output_dir
+
+    @cached_property
+    def models(self) -> ModelStore:
+        return ModelStore(self.output)
+
+    @cached_property
+    def samples(self) -> SampleStore:
+        return SampleStore(self.output, self.spec.name)
+
+
 def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAGES) -> Path:
     import ray
     from mlflow.exceptions import MlflowException
@@ -197,7 +225,7 @@ def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAG
         for stage in stages:
             set_stage(output, stage, "running")
             log(f"[apgrid] stage {stage} ({time.time() - started:.0f}s)")
-            STAGE_FUNCTIONS[stage](spec, tracker, parent, fault, log, state["driver_runs"])
+            STAGE_FUNCTIONS[stage](GridRun(spec, tracker, parent, log, state["driver_runs"], fault))
             set_stage(output, stage, "done")
         done = [s for s in STAGES if read_state(output)["stages"].get(s) == "done"]
         tracker.set_tag(parent, "last_stage", done[-1])  # a finished grid's stays analyze
@@ -253,28 +281,28 @@ def _grid_config(spec: GridSpec) -> dict:
     }
 
 
-def _tune_stage(stage: str, trainable, plans, spec, tracker, parent, fault, log, attempt) -> None:
+def _tune_stage(run: GridRun, stage: str, trainable, plans) -> None:
     from ray import tune
 
     from apgrid.grid.progress import StageProgress
     from apgrid.grid.tracking import TrialTracking
 
-    store = ModelStore(spec.output_dir)
+    spec, tracker, log, store = run.spec, run.tracker, run.log, run.models
     todo = [p for p in plans if not store.exists(p.model_id)]
     log(f"[{stage}] {len(plans)} models, {len(plans) - len(todo)} already done, {len(todo)} to run")
     if todo:
         r = spec.resources
-        tracking = TrialTracking(tracker, parent, spec.dataset.name, stage, log)
+        tracking = TrialTracking(tracker, run.parent, spec.dataset.name, stage, log)
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": r.trial_cpus, "gpu": r.trial_gpus}),
             param_space={
                 "model": tune.grid_search([p.to_dict() for p in todo]),
                 "grid": _grid_config(spec),
-                "fault": fault,
+                "fault": run.fault,
             },
             tune_config=tune.TuneConfig(num_samples=1),
             run_config=tune.RunConfig(
-                name=f"{stage}-run{attempt}",
+                name=f"{stage}-run{run.attempt}",
                 storage_path=spec.storage_path,
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -288,13 +316,10 @@ def _tune_stage(stage: str, trainable, plans, spec, tracker, parent, fault, log,
         finally:  # Tune leaves its own Ctrl-C handler behind, which would swallow it in evaluate
             signal.signal(signal.SIGINT, previous)
     _sync_runs(
-        tracker,
-        parent,
-        spec,
+        run,
         stage,
         [p for p in plans if store.exists(p.model_id)],
         lambda plan, run_id: tracker.log_metrics(run_id, store.card(plan.model_id).get("metrics", {})),
-        log,
     )
     failed = [p.model_id for p in todo if not store.exists(p.model_id)]
     if failed:
@@ -306,36 +331,37 @@ def _tune_stage(stage: str, trainable, plans, spec, tracker, parent, fault, log,
         )
 
 
-def _sync_runs(tracker, parent, spec, stage: str, done_plans, fill, log) -> None:
+def _sync_runs(run: GridRun, stage: str, done_plans, fill) -> None:
     """Make MLflow agree with the output folder, the source of truth: every finished model gets a
     FINISHED run for this stage. Runs whose closing call was lost (tracking outage, driver killed
     between a trial's end and its callback) are closed as FAILED first. `fill(plan, run_id)` logs
     a run's contents."""
     if not done_plans:
         return
+    tracker = run.tracker
     lost = tracker.close_running(stage, "its stage ended while MLflow could not be told")
     finished = tracker.finished_models(stage)
     missing = [p for p in done_plans if p.model_id not in finished]
     for plan in missing:
         run_id = tracker.start_model_run(
-            parent, plan, spec.dataset.name, stage, {"logged_by": "sync from the output folder"}
+            run.parent, plan, run.spec.dataset.name, stage, {"logged_by": "sync from the output folder"}
         )
         fill(plan, run_id)
         tracker.end(run_id, "FINISHED")
     if lost or missing:
-        log(
+        run.log(
             f"[{stage}] MLflow synced with the output folder: {len(missing)} runs logged, "
             f"{lost} left open closed as FAILED"
         )
 
 
-def stage_checkpoints(spec, tracker, parent, fault, log, attempt):
+def stage_checkpoints(run: GridRun) -> None:
     """Import the spec's user checkpoints into the model store (once; ids hash the file)."""
     from apgrid.trainables import pruning
     from apgrid.trainables.data import load_dataset
 
+    spec, store = run.spec, run.models
     plans = planner.checkpoint_models(spec)
-    store = ModelStore(spec.output_dir)
     todo = [p for p in plans if not store.exists(p.model_id)]
     if not todo:
         return
@@ -351,29 +377,30 @@ def stage_checkpoints(spec, tracker, parent, fault, log, attempt):
             plan, spec.dataset.name, {}, {**pruning.model_facts(model), "reported": entry.reported}
         )
         store.save(plan.model_id, pruning.plain_state_dict(model), pruning.masks_of(model), card)
-        log(f"[checkpoints] imported {plan.config['checkpoint']} as {plan.model_id}")
+        run.log(f"[checkpoints] imported {plan.config['checkpoint']} as {plan.model_id}")
 
 
-def stage_dense(spec, tracker, parent, fault, log, attempt):
+def stage_dense(run: GridRun) -> None:
     from apgrid.grid.trials import dense_trial
 
-    _tune_stage("dense", dense_trial, planner.dense_models(spec), spec, tracker, parent, fault, log, attempt)
+    _tune_stage(run, "dense", dense_trial, planner.dense_models(run.spec))
 
 
-def stage_prune(spec, tracker, parent, fault, log, attempt):
+def stage_prune(run: GridRun) -> None:
     from apgrid.grid.trials import prune_trial
 
-    _tune_stage("prune", prune_trial, planner.pruned_models(spec), spec, tracker, parent, fault, log, attempt)
+    _tune_stage(run, "prune", prune_trial, planner.pruned_models(run.spec))
 
 
-def stage_evaluate(spec, tracker, parent, fault, log, attempt):
+def stage_evaluate(run: GridRun) -> None:
     from apgrid.analysis.tables import summarize
     from apgrid.grid.evaluate import run_evaluation
     from apgrid.trainables.data import load_dataset
 
+    spec, tracker, log = run.spec, run.tracker, run.log
     ds = load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
     n = spec.evaluation.settings.num_samples or len(ds.y_test)
-    samples, models = SampleStore(spec.output_dir, spec.name), ModelStore(spec.output_dir)
+    samples, models = run.samples, run.models
     plans = planner.all_models(spec)
     log(
         f"[evaluate] {len(plans)} models, {sum(samples.is_done(p.model_id) for p in plans)} "
@@ -417,7 +444,7 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
         if outage:
             return  # logged by the sync below once the server answers
         try:
-            run_id = tracker.start_model_run(parent, plan, spec.dataset.name, "evaluate")
+            run_id = tracker.start_model_run(run.parent, plan, spec.dataset.name, "evaluate")
             log_run(plan, run_id, rows)
             tracker.end(run_id, "FINISHED")
         except Exception as exc:  # the evaluation goes on; its Parquet is the source of truth
@@ -435,26 +462,23 @@ def stage_evaluate(spec, tracker, parent, fault, log, attempt):
         {"num_classes": ds.num_classes, "mean": ds.mean, "std": ds.std},
         on_model_done,
         log,
-        fault,
+        run.fault,
     )
     _sync_runs(
-        tracker,
-        parent,
-        spec,
+        run,
         "evaluate",
         [p for p in plans if samples.is_done(p.model_id)],
         lambda plan, run_id: log_run(plan, run_id, samples.read(plan.model_id)),
-        log,
     )
 
 
-def stage_analyze(spec, tracker, parent, fault, log, attempt):
+def stage_analyze(run: GridRun) -> None:
     from apgrid.grid.analyze import analyze
 
-    paths = analyze(spec, log=log)
+    paths = analyze(run.spec, log=run.log)
     for path in paths.values():
-        tracker.log_artifact(parent, path, "report")
-    log(f"[analyze] wrote {len(paths)} files to {spec.output_dir / 'report'}")
+        run.tracker.log_artifact(run.parent, path, "report")
+    run.log(f"[analyze] wrote {len(paths)} files to {run.output / 'report'}")
 
 
 STAGE_FUNCTIONS = {
