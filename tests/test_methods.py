@@ -399,3 +399,33 @@ def test_li20_rewinds_the_kept_weights_to_the_stored_initial_ones(trained, digit
         assert torch.equal(plain[f"{name}.weight"], init[f"{name}.weight"] * mask), name
     for key in ("1.0.bias", "1.6.bias"):
         assert torch.equal(plain[key], init[key])
+
+
+def test_sehwag19_prunes_in_steps_between_finetuning_epochs_and_masks_only_tighten(trained, digits):
+    """Iterative magnitude pruning under adversarial training (Sehwag et al. 2019): each step takes
+    every layer to the next share of the target, fine-tuning in between; what a step pruned stays
+    pruned."""
+    states = []
+    job, metrics = run_job(
+        trained,
+        digits,
+        "sehwag19",
+        0.9,
+        {"steps": 3},
+        finetune=Recipe(trainer="fgsm-rs", epochs=3, lr=0.01, batch_size=128),
+        report=lambda m, s: states.append(s),
+    )
+    assert [s["structured_steps"] for s in states] == [1, 2, 3]
+    sparsities = []
+    for state in states:
+        masks = state["masks"]
+        sparsities.append(
+            1 - sum(float(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+        )
+        for name, mask in masks.items():  # every layer at the step's share: local, uniform
+            assert float(1 - mask.mean()) == pytest.approx(sparsities[-1], abs=0.02), name
+    assert sparsities == pytest.approx([0.3, 0.6, 0.9], abs=0.01)
+    for before, after in zip(states, states[1:]):
+        for name in before["masks"]:
+            assert not torch.any((before["masks"][name] == 0) & (after["masks"][name] == 1)), name
+    assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)

@@ -7,7 +7,8 @@ defaults and checks, and overrides only the hooks it needs:
     search(job, state)    a trained phase that yields the masks (HYDRA's scores, ADMM); methods
                           with one set `search_phase = True` and get the grid's search recipe
     prune(job)            one-shot masks of an unstructured criterion, before fine-tuning
-    prune_filters(job, ratio)   structured methods: remove filters, on the iterative schedule
+    prune_step(job, ratio)   iterative methods (`iterative = True`: filter pruning, Sehwag19):
+                          prune to `ratio` of the target, `steps` times between fine-tuning epochs
     sample_weights(job)   a weight per training sample for the fine-tuning loss
     finish(job)           last changes before the model is saved (ATMC's quantisation); returns
                           the bits per stored weight
@@ -121,6 +122,7 @@ class PruningMethod:
     options: ClassVar[dict[str, Any]] = {}
     search_phase: ClassVar[bool] = False
     trains_weights: ClassVar[bool] = True  # False: no fine-tuning (a ticket keeps its weights)
+    iterative: ClassVar[bool] = False  # prunes in `steps` between fine-tuning epochs (prune_step)
     needs_initial_state: ClassVar[bool] = False  # rewinds to / starts from the initial weights
 
     @property
@@ -155,8 +157,8 @@ class PruningMethod:
     def prune(self, job) -> None:
         """One-shot masks of an unstructured criterion."""
 
-    def prune_filters(self, job, ratio: float) -> None:
-        raise NotImplementedError(f"{self.name} is not structured")
+    def prune_step(self, job, ratio: float) -> None:
+        raise NotImplementedError(f"{self.name} is not iterative")
 
     def sample_weights(self, job):
         return None
@@ -278,6 +280,28 @@ class Hydra(PruningMethod):
                 },
             )
         pruning.hydra_finalize(job.model)
+
+
+@register
+class IterativeMagnitude(PruningMethod):
+    name, pipeline, scope = "sehwag19", "A", "local"
+    criterion = "weight magnitude, iterative"
+    description = (
+        "Sehwag et al. 2019 (towards compact and robust networks): layer-wise magnitude pruning in "
+        "`steps` equal increments with adversarial fine-tuning between them"
+    )
+    iterative = True
+    options = {"steps": Whole(5, 1)}  # apgrid's default; the schedule is the paper's idea
+
+    def prune_step(self, job, ratio: float) -> None:
+        """Tighten every layer's mask to `ratio` of its weights: the weights pruned so far are
+        zero, so they are among the smallest and stay pruned."""
+        from torch.nn.utils import prune
+
+        for _, m in pruning.prunable_layers(job.model):
+            if prune.is_pruned(m):
+                prune.remove(m, "weight")
+        pruning.prune_magnitude(job.model, ratio, "local")
 
 
 @register
@@ -505,11 +529,11 @@ class Atmc(PruningMethod):
 class FilterPruning(PruningMethod):
     """Filters removed with torch-pruning (trainables/structured.py), one-shot or in `steps`."""
 
-    pipeline, scope, structured = "A", "local", True
+    pipeline, scope, structured, iterative = "A", "local", True, True
     options = {"steps": Whole(1, 1)}
     importance: ClassVar[str]  # torch-pruning importance: l1, l2, fpgm
 
-    def prune_filters(self, job, ratio: float) -> None:
+    def prune_step(self, job, ratio: float) -> None:
         structured.prune_filters(
             job.model, self.importance, ratio, job.original_filters, job.ds.x_train[:1].to(job.device)
         )

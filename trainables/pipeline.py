@@ -241,7 +241,7 @@ class PruneJob:
         elif self.search:
             self.method.search(self, state)
             state = None
-        elif not self.is_structured:
+        elif not self.method.iterative:
             self.method.prune(self)
         return self.finetune_phase(state)
 
@@ -251,13 +251,14 @@ class PruneJob:
 
     # -- fine-tuning -------------------------------------------------------------------------
 
-    def prune_filters_until(self, finetune_epoch: int, done_steps: int) -> int:
-        """Apply every structured pruning step scheduled at or before this fine-tuning epoch."""
+    def prune_until(self, finetune_epoch: int, done_steps: int) -> int:
+        """Apply every pruning step of an iterative method (filters removed, or masks tightened)
+        scheduled at or before this fine-tuning epoch."""
         steps = self.options.get("steps", 1)
         ratios = structured.iterative_ratios(self.s.sparsity, steps)
         due = structured.step_epochs(self.finetune.epochs, steps)
         while done_steps < steps and due[done_steps] <= finetune_epoch:
-            self.method.prune_filters(self, ratios[done_steps])
+            self.method.prune_step(self, ratios[done_steps])
             done_steps += 1
         return done_steps
 
@@ -268,8 +269,8 @@ class PruneJob:
         done_steps = state.get("structured_steps", 0) if state else 0
         start = state["epoch"] if state else self.search_epochs
         before = done_steps
-        if self.is_structured:
-            done_steps = self.prune_filters_until(start - self.search_epochs, done_steps)
+        if self.method.iterative:
+            done_steps = self.prune_until(start - self.search_epochs, done_steps)
         optimizer = self.optimizer()
         if state is not None and done_steps == before:  # same parameters as when saved
             optimizer.load_state_dict(state["optimizer"])
@@ -278,9 +279,9 @@ class PruneJob:
         after_step = self.method.finetune_step(self)
         metrics = {}
         for epoch in range(start, self.total):
-            if self.is_structured:
+            if self.method.iterative:
                 before = done_steps
-                done_steps = self.prune_filters_until(epoch - self.search_epochs, done_steps)
+                done_steps = self.prune_until(epoch - self.search_epochs, done_steps)
                 if done_steps != before:  # new parameters: a fresh optimiser, and only epochs
                     optimizer = self.optimizer()  # after the last step are candidates
                     self.selection = Selection()
