@@ -254,17 +254,19 @@ def untargeted_distances(
     out = fmn_eps.clone()
     wrong = torch.nonzero(~correct).flatten()
     if len(wrong):
-        dist, _, _ = fmn(
-            model,
-            x[wrong],
-            pred[wrong],
-            norm=threat.norm,
-            steps=settings.fmn_steps,
-            step_size=settings.fmn_step_size,
-            batch_size=int(settings.batch_size),
-        )
+        dist, _, _ = fmn(model, x[wrong], pred[wrong], **fmn_arguments(threat, settings))
         out[wrong] = -dist
     return out
+
+
+def fmn_arguments(threat: ThreatModel, settings: EvalSettings) -> dict:
+    """The FMN settings every distance of a block is computed with."""
+    return dict(
+        norm=threat.norm,
+        steps=settings.fmn_steps,
+        step_size=settings.fmn_step_size,
+        batch_size=int(settings.batch_size),
+    )
 
 
 def autoattack_subset(model, x, y, idx, threat: ThreatModel, settings: EvalSettings, device):
@@ -302,12 +304,7 @@ def fmn_distances(model, x, y, clean_correct, threat: ThreatModel, settings: Eva
     """
     eps = torch.full((len(y),), float("nan"))
     found = torch.zeros(len(y), dtype=torch.bool)
-    kwargs = dict(
-        norm=threat.norm,
-        steps=settings.fmn_steps,
-        step_size=settings.fmn_step_size,
-        batch_size=settings.batch_size,
-    )
+    kwargs = fmn_arguments(threat, settings)
     right = torch.nonzero(clean_correct).flatten()
     if len(right):
         eps[right], found[right], _ = fmn(model, x[right], y[right], **kwargs)
