@@ -8,9 +8,11 @@ its id and skipped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from apgrid.grid.spec import GridSpec
 from apgrid.trainables.training import Recipe, recipe_config
@@ -114,7 +116,8 @@ def pruned_models(spec: GridSpec) -> list[ModelPlan]:
                     PRUNING_METHODS[method.name].search_phase,
                 )
     prunable = {c.name for c in spec.checkpoints if c.prune}
-    for parent in (p for p in checkpoint_models(spec) if p.config["name"] in prunable):
+    parents = checkpoint_models(spec) if prunable else []
+    for parent in (p for p in parents if p.config["name"] in prunable):
         for method in (m for m in spec.prune.methods if _applies(m, parent.arch)):
             plans += _pruned(spec, parent, method, PRUNING_METHODS[method.name].search_phase)
     return plans
@@ -144,12 +147,28 @@ def _pruned(spec: GridSpec, dense: ModelPlan, method, search_phase: bool) -> lis
     return plans
 
 
+def file_digest(path: str) -> str:
+    """SHA-256 of a file, computed once per version of it (path, size, modification time): a
+    published checkpoint can be hundreds of MB, and the plan is asked for often."""
+    stat = Path(path).stat()
+    return _digest(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
 def checkpoint_models(spec: GridSpec) -> list[ModelPlan]:
     """Models evaluated from user checkpoints; the id hashes the file's bytes, so a replaced file
     is a new model and an unchanged one is never re-imported."""
     ids, configs = {}, {}
     for c in spec.checkpoints:
-        digest = hashlib.sha256(open(c.path, "rb").read()).hexdigest()
+        digest = file_digest(c.path)
         config = {
             "checkpoint": c.path,
             "sha256": digest,
