@@ -123,11 +123,7 @@ def thin_ice_table(samples: pd.DataFrame, resamples: int = 1000) -> pd.DataFrame
                 "p_|S01|<|S00|_bounded": bounded["|S01|<|S00|"].p_value,
                 "auc_|S01|<|S00|_untargeted": untargeted["|S01|<|S00|"].auc,
                 "p_|S01|<|S00|_untargeted": untargeted["|S01|<|S00|"].p_value,
-                "dense_fmn_overstated": int(
-                    with_bounds(samples[samples["model_id"] == first["dense_model_id"]])[
-                        "fmn_overstated"
-                    ].sum()
-                ),
+                "dense_fmn_overstated": int(joined["eps_overstated"].sum()),
             }
         )
         row.update(
@@ -219,22 +215,26 @@ def leaderboard(
     ].reset_index(drop=True)
 
 
-def _aa_flags(samples: pd.DataFrame, cell: pd.Series) -> pd.Series:
-    """AutoAttack correctness of one leaderboard cell's models, indexed by (seed, sample_idx)."""
-    rows = samples[
-        (samples["role"] == "pruned")
-        & (samples["method"] == cell["method"])
-        & (samples["arch"] == cell["arch"])
-        & (samples["sparsity"] == cell["sparsity"])
-        & samples["aa_correct"].notna()
-    ]
-    return rows.set_index(["seed", "sample_idx"])["aa_correct"].astype(bool)
+def _aa_flags_by_cell(samples: pd.DataFrame) -> dict[tuple, pd.Series]:
+    """AutoAttack correctness of every pruned (method, arch, sparsity), indexed by (seed,
+    sample_idx): one pass over the rows for all the leaderboard's cells."""
+    rows = samples[(samples["role"] == "pruned") & samples["aa_correct"].notna()]
+    return {
+        key: group.set_index(["seed", "sample_idx"])["aa_correct"].astype(bool)
+        for key, group in rows.groupby(["method", "arch", "sparsity"])
+    }
+
+
+def _flags(by_cell: dict, cell: pd.Series) -> pd.Series:
+    empty = pd.Series([], dtype=bool, index=pd.MultiIndex.from_arrays([[], []], names=["seed", "sample_idx"]))
+    return by_cell.get((cell["method"], cell["arch"], cell["sparsity"]), empty)
 
 
 def _intervals_and_adjacent_tests(cells: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     from apgrid.analysis.transfer import proportion_interval
 
-    flags = [_aa_flags(samples, cell) for _, cell in cells.iterrows()]
+    by_cell = _aa_flags_by_cell(samples)
+    flags = [_flags(by_cell, cell) for _, cell in cells.iterrows()]
     bounds = [proportion_interval(int(f.sum()), len(f)) if len(f) else (np.nan, np.nan) for f in flags]
     cells["aa_low"], cells["aa_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
     p_next = []
@@ -261,6 +261,7 @@ def findings(leader: pd.DataFrame, samples: pd.DataFrame, alpha: float = 0.05) -
     if leader.empty or "aa_acc" not in leader:
         return pd.DataFrame()
     simple = {"lwm-global", "lamp"}
+    by_cell = _aa_flags_by_cell(samples)
     for key, cell in leader.groupby(CELL):
         contests = []
         best_global = cell[cell["scope"] == "global"].head(1)
@@ -272,7 +273,7 @@ def findings(leader: pd.DataFrame, samples: pd.DataFrame, alpha: float = 0.05) -
         if len(lwm) and len(complex_):
             contests.append(("b: global LWM matches complex", lwm.iloc[0], complex_.iloc[0]))
         for finding, x, y in contests:
-            fx, fy = _aa_flags(samples, x).align(_aa_flags(samples, y), join="inner")
+            fx, fy = _flags(by_cell, x).align(_flags(by_cell, y), join="inner")
             test = mcnemar(fx.to_numpy(), fy.to_numpy())
             rows.append(
                 {

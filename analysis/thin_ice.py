@@ -52,6 +52,7 @@ def join_dense_pruned(dense: pd.DataFrame, pruned: pd.DataFrame) -> pd.DataFrame
             "pruned_correct": p["clean_correct"].astype(bool),
             "eps": d["fmn_eps"].astype(float),
             "eps_bounded": d["fmn_eps_bounded"].astype(float),
+            "eps_overstated": d["fmn_overstated"].astype(bool),
             "eps_untargeted": (
                 d["fmn_eps_untargeted"].astype(float) if "fmn_eps_untargeted" in d else np.nan
             ),

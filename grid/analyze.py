@@ -98,9 +98,6 @@ def _analyze(spec: GridSpec, models, log, with_models: bool) -> dict[str, Path]:
     samples = select_models(samples[samples["model_id"].isin(ids)], models)
     access = model_access(spec, log) if with_models else None
     store = ModelStore(spec.output_dir)
-    reported = {
-        m: store.card(m).get("reported")
-        for m in samples["model_id"].unique()
-        if store.exists(m) and store.card(m).get("reported")
-    }
+    cards = {m: store.card(m) for m in samples["model_id"].unique() if store.exists(m)}
+    reported = {m: card["reported"] for m, card in cards.items() if card.get("reported")}
     return write_report(samples, spec.output_dir / "report", spec.name, spec.analysis, access, reported)
