@@ -337,31 +337,49 @@ class BoostingTickets(PruningMethod):
         pruning.rewind(job.model, job.initial_state)
 
 
-class AdmmMethod(PruningMethod):
-    """The ADMM phase shared by R-ADMM and ATMC (trainables/admm.py), then hard masks. Z and U
-    are updated every `admm_epoch` epochs, rho grows by `rho_factor` at each update."""
+@register
+class RobustAdmm(PruningMethod):
+    """The ADMM phase (trainables/admm.py), then hard masks: Z and U are updated every
+    `admm_epoch` epochs and rho grows by `rho_factor` at each update."""
 
+    name, pipeline, scope = "r-admm", "A", "local"
+    criterion = "ADMM-optimised magnitude"
+    description = (
+        "R-ADMM (Ye et al. 2019): adversarial ADMM phase pulling W towards the sparse "
+        "set, hard prune, masked adversarial retraining; irregular or filter sparsity"
+    )
     search_phase = True
+    # yeshaokai/Robustness-Aware-Pruning-ADMM ADMM_examples/cifar10/config.yaml.example: rho
+    # 0.001, multi_rho (x1.3 at each update, admm/admm.py), admm_epoch 20, conv layers' prune ratios
+    options = {
+        "rho": Number(0.001, 0.0, 1e3),
+        "rho_factor": Number(1.3, 1.0, 100.0),
+        "admm_epoch": Whole(20, 1),
+        "layers": Choice("conv", ("conv", "all")),
+        "sparsity_type": Choice("irregular", ("irregular", "filter")),
+        "layer_sparsity": LayerSparsity(),
+    }
 
     def admm(self, job):
         from apgrid.trainables.admm import Admm, make_projection
 
         o = job.options
-        kind = o.get("sparsity_type", "irregular")
         return Admm(
             job.model,
             job.s.sparsity,
-            o.get("layer_sparsity", {}),
+            o["layer_sparsity"],
             o["rho"],
-            make_projection(kind),
-            kind,
-            layers=o.get("layers", "all"),
-            rho_factor=o.get("rho_factor", 1.0),
+            make_projection(o["sparsity_type"]),
+            o["sparsity_type"],
+            layers=o["layers"],
+            rho_factor=o["rho_factor"],
         )
 
-    def learning_rate(self, job, epoch: int) -> float | None:
-        """The W-step's learning rate in this epoch (None: the recipe's own schedule)."""
-        return None
+    def learning_rate(self, job, epoch: int) -> float:
+        """R-ADMM's admm_adjust_learning_rate: the search lr at each Z/U update, then a tenth
+        after every third of admm_epoch."""
+        every = job.options["admm_epoch"]
+        return job.search.lr * 0.1 ** ((epoch % every) // (every / 3))
 
     def search(self, job, state) -> None:
         from apgrid.trainables.training import make_optimizer
@@ -372,7 +390,7 @@ class AdmmMethod(PruningMethod):
             job.model.load_state_dict(state["model"])
             admm.load(state["admm"], job.device)
             optimizer.load_state_dict(state["optimizer"])
-        every = job.options.get("admm_epoch", 1)
+        every = job.options["admm_epoch"]
         for epoch in range(state["epoch"] if state else 0, job.search_epochs):
             metrics = job.train(
                 optimizer, job.search, epoch, penalty=admm.penalty, lr=self.learning_rate(job, epoch)
@@ -392,32 +410,6 @@ class AdmmMethod(PruningMethod):
                 },
             )
         pruning.apply_masks(job.model, admm.hard_masks())
-
-
-@register
-class RobustAdmm(AdmmMethod):
-    name, pipeline, scope = "r-admm", "A", "local"
-    criterion = "ADMM-optimised magnitude"
-    description = (
-        "R-ADMM (Ye et al. 2019): adversarial ADMM phase pulling W towards the sparse "
-        "set, hard prune, masked adversarial retraining; irregular or filter sparsity"
-    )
-    # yeshaokai/Robustness-Aware-Pruning-ADMM ADMM_examples/cifar10/config.yaml.example: rho
-    # 0.001, multi_rho (x1.3 at each update, admm/admm.py), admm_epoch 20, conv layers' prune ratios
-    options = {
-        "rho": Number(0.001, 0.0, 1e3),
-        "rho_factor": Number(1.3, 1.0, 100.0),
-        "admm_epoch": Whole(20, 1),
-        "layers": Choice("conv", ("conv", "all")),
-        "sparsity_type": Choice("irregular", ("irregular", "filter")),
-        "layer_sparsity": LayerSparsity(),
-    }
-
-    def learning_rate(self, job, epoch: int) -> float:
-        """R-ADMM's admm_adjust_learning_rate: the search lr at each Z/U update, then a tenth
-        after every third of admm_epoch."""
-        every = job.options["admm_epoch"]
-        return job.search.lr * 0.1 ** ((epoch % every) // (every / 3))
 
 
 @register
