@@ -58,6 +58,15 @@ class Selection:
             self.overfit_epoch = epoch
         return collapsed
 
+    def score(self, epoch: int, model, ds: Dataset, eps: float, norm: str, device, keep: bool) -> dict:
+        """An epoch's validation metrics (none without a validation split), recorded; with
+        `catastrophic_overfitting` 1 at the first collapse."""
+        metrics = validation_metrics(model, ds, eps, norm, device)
+        if metrics:
+            collapsed = self.update(epoch, metrics["val_pgd_acc"], model, keep)
+            metrics["catastrophic_overfitting"] = int(collapsed)
+        return metrics
+
     def restore_best(self, model) -> None:
         if self.best_weights is not None:
             model.load_state_dict(self.best_weights)
@@ -130,13 +139,17 @@ class DenseJob:
                 epoch=epoch,
                 device=self.device,
             )
-            metrics.update(validation_metrics(self.model, self.ds, self.eps, self.norm, self.device))
-            if "val_pgd_acc" in metrics:
-                metrics["catastrophic_overfitting"] = int(
-                    selection.update(
-                        epoch + 1, metrics["val_pgd_acc"], self.model, self.recipe.select == "best"
-                    )
+            metrics.update(
+                selection.score(
+                    epoch + 1,
+                    self.model,
+                    self.ds,
+                    self.eps,
+                    self.norm,
+                    self.device,
+                    keep=self.recipe.select == "best",
                 )
+            )
             metrics["epoch"] = epoch + 1
             last = epoch + 1 == self.recipe.epochs
             if last:
@@ -293,11 +306,11 @@ class PruneJob:
                 sample_weights=self.sample_weights,
                 after_step=after_step,
             )
-            metrics.update(validation_metrics(self.model, self.ds, self.s.eps, self.s.norm, self.device))
-            if "val_pgd_acc" in metrics:
-                metrics["catastrophic_overfitting"] = int(
-                    self.selection.update(epoch + 1, metrics["val_pgd_acc"], self.model, keep)
+            metrics.update(
+                self.selection.score(
+                    epoch + 1, self.model, self.ds, self.s.eps, self.s.norm, self.device, keep
                 )
+            )
             metrics["epoch"] = epoch + 1
             last = epoch + 1 == self.total
             saved = {
