@@ -10,6 +10,12 @@ class ApgridError(Exception):
     exit_code = 2
 
 
+def show_value(value, limit: int = 60) -> str:
+    """A value as a one-line message shows it: quoted when text, escapes visible, cut when long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def short_reason(exc: BaseException | str, limit: int = 160) -> str:
     """The first line of an exception's message, cut to `limit` characters (its type if empty)."""
     text = str(exc).strip()

@@ -20,6 +20,7 @@ import yaml
 from apgrid.analysis.settings import AnalysisSettings as AnalysisSpec
 from apgrid.analysis.transfer import TRANSFER_ATTACKS
 from apgrid.errors import ApgridError
+from apgrid.errors import show_value as _show
 from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES, NORMS
 from apgrid.trainables.data import DATASETS
 from apgrid.trainables.evaluation import EvalSettings, ThreatModel
@@ -402,12 +403,6 @@ def _check_layer_name(spec: GridSpec, method: MethodSpec, key: str, layer: str) 
                 f"prune.methods.{method.name}.{key}: {_show(layer)} is not a "
                 f"prunable layer of {arch}; allowed: {shown}"
             )
-
-
-def _show(value, limit: int = 60) -> str:
-    """A value as a message shows it: on one line, quoted when text, cut when long."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _key(key) -> str:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from apgrid.errors import show_value as _show
 from apgrid.trainables import pruning, structured
 
 # -- options ---------------------------------------------------------------------------------------
@@ -32,11 +33,6 @@ from apgrid.trainables import pruning, structured
 
 class OptionError(ValueError):
     """An option value the method cannot take; the message starts with the option's field."""
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)
