@@ -519,7 +519,7 @@ def scale_out(subject: Subject, x, y, settings, repeats):
                         x,
                         y,
                         {"num_classes": ds.num_classes, "mean": ds.mean, "std": ds.std},
-                        lambda p, rows: got.update(rows=rows),  # noqa: B023 - called at once, in this iteration
+                        lambda p, rows, placement: got.update(rows=rows),  # noqa: B023 - called at once, in this iteration
                         log=lambda m: None,
                     )
                 )

@@ -85,9 +85,10 @@ class EvalWorker:
         end: int,
         threat: ThreatModel,
         settings: EvalSettings,
-    ) -> tuple[pd.DataFrame, float, float]:
-        """The shard's rows, the seconds it took here (queueing and transfer excluded) and the CPU
-        seconds this process spent meanwhile (below the seconds: it waited for a core).
+    ) -> tuple[pd.DataFrame, float, float, str, list[str]]:
+        """The shard's rows, the seconds it took here (queueing and transfer excluded), the CPU
+        seconds this process spent meanwhile (below the seconds: it waited for a core), and where
+        it ran: the Ray node id and the GPU ids Ray assigned this actor (fake ones included).
         `data` is [the test set's ref]: each call carries it, so a restarted actor fetches it
         again, and the constructor takes none (Ray warns that restarts may fail when it does,
         ray#53727). The list keeps Ray from fetching the whole set for every shard."""
@@ -98,7 +99,9 @@ class EvalWorker:
         maybe_fail(self.fault, "evaluate", start, model_id, key="shard")  # tests: die mid-shard
         x, y = self.data["x"][start:end], self.data["y"][start:end]
         rows = evaluate_samples(model, x, y, start, threat, settings, signed, self.device)
-        return rows, time.perf_counter() - began, time.process_time() - cpu_began
+        context = ray.get_runtime_context()
+        node, gpus = context.get_node_id(), [str(g) for g in ray.get_gpu_ids()]
+        return rows, time.perf_counter() - began, time.process_time() - cpu_began, node, gpus
 
 
 @dataclass
@@ -197,6 +200,125 @@ def out_of_memory(
     )
 
 
+def actors_that_fit(nodes: list[dict], cpus: float, gpus: float) -> int:
+    """How many actors of `cpus` CPUs and `gpus` GPUs the cluster's live nodes hold at once,
+    node by node (ray.nodes()). More actors than fit would wait for resources that never come."""
+    total = 0
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources", {})
+        fits = [int(res.get("CPU", 0) / cpus + 1e-9)] if cpus > 0 else []
+        fits += [int(res.get("GPU", 0) / gpus + 1e-9)] if gpus > 0 else []
+        total += min(fits) if fits else 0
+    return total
+
+
+class ShardScheduler:
+    """Keeps a pool of evaluation actors busy with shard tasks: an actor that returns a shard gets
+    the next one before the driver writes the rows; an actor that dies is replaced (a bounded
+    number of times: a shard that kills every actor it meets must not loop forever) and its shard
+    requeued; a shard out of memory stops the queue, and the shards in flight are still written."""
+
+    def __init__(self, spec: GridSpec, tasks: list[ShardTask], data_ref, info: dict, fault, log):
+        self.spec, self.data_ref, self.info, self.fault, self.log = spec, data_ref, info, fault, log
+        self.queue = list(tasks)
+        self.in_flight: dict = {}  # result ref -> (actor, task)
+        self.actors: list = []
+        self.idle: list = []
+        self.settings: dict[str, EvalSettings] = {}  # per architecture, once batch sizes are known
+        self.stopping: ResumableError | None = None
+        self.nodes: dict[str, set[str]] = {}  # model id -> Ray node ids its shards ran on
+        self.gpu_ids: dict[str, set[str]] = {}  # model id -> the GPU ids Ray gave its actors
+        n_actors = min(spec.evaluation.actors, len(tasks))
+        for _ in range(n_actors):
+            self.add_actor()
+        self.replacements_left = 2 * n_actors
+
+    def add_actor(self) -> None:
+        res = self.spec.resources
+        actor = EvalWorker.options(num_cpus=res.actor_cpus, num_gpus=res.actor_gpus).remote(
+            str(self.spec.output_dir),
+            self.info,
+            int(max(1, res.actor_cpus)),
+            res.device,
+            res.actor_gpus,
+            self.fault,
+        )
+        self.actors.append(actor)
+        self.idle.append(actor)
+
+    def fill(self) -> None:
+        """Give every idle actor a shard while any are queued."""
+        while self.idle and self.queue:
+            actor, task = self.idle.pop(), self.queue.pop(0)
+            ref = actor.evaluate.remote(
+                [self.data_ref],
+                task.plan.model_id,
+                task.plan.arch,
+                task.plan.role == "dense",
+                task.start,
+                task.end,
+                self.spec.threat_model,
+                self.settings[task.plan.arch],
+            )
+            self.in_flight[ref] = (actor, task)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue or self.in_flight)
+
+    def next_shard(self) -> tuple[ShardTask, pd.DataFrame, float, float] | None:
+        """Wait for one shard: (task, rows, seconds, CPU seconds), or None when it did not come
+        back (its actor died, or it ran out of memory) and was dealt with."""
+        self.fill()
+        ready, _ = ray.wait(list(self.in_flight), num_returns=1)
+        actor, task = self.in_flight.pop(ready[0])
+        try:
+            rows, seconds, cpu_seconds, node_id, gpu_ids = ray.get(ready[0])
+        except ray.exceptions.RayTaskError as exc:
+            self._out_of_memory(exc, task)
+            self.idle.append(actor)
+            return None
+        except ray.exceptions.RayActorError:
+            self._actor_lost(actor, task)
+            return None
+        self.nodes.setdefault(task.plan.model_id, set()).add(node_id)
+        self.gpu_ids.setdefault(task.plan.model_id, set()).update(gpu_ids)
+        self.idle.append(actor)
+        self.fill()  # its next shard first: the actor works while the driver writes
+        return task, rows, seconds, cpu_seconds
+
+    def _out_of_memory(self, exc: ray.exceptions.RayTaskError, task: ShardTask) -> None:
+        oom = out_of_memory(exc, task, self.settings[task.plan.arch].batch_size, self.spec)
+        if oom is None:
+            raise exc
+        if self.stopping is None and self.in_flight:
+            self.log(f"[evaluate] {oom}; writing the {len(self.in_flight)} shards in flight first")
+        self.stopping = self.stopping or oom
+        self.queue.clear()  # the other actors' shards in flight are still written
+
+    def _actor_lost(self, actor, task: ShardTask) -> None:
+        # Ray may be restarting it (max_restarts): stop that, or the restarted actor would hold
+        # the resources its replacement needs (on a full GPU node the replacement would wait forever)
+        ray.kill(actor, no_restart=True)
+        self.log(
+            f"[evaluate] actor lost on {task.plan.model_id} [{task.start}, {task.end}); "
+            f"requeued on a new actor"
+        )
+        self.queue.insert(0, task)
+        if self.replacements_left > 0:
+            self.replacements_left -= 1
+            self.add_actor()
+        if not self.idle and not self.in_flight:
+            raise ResumableError(
+                f"evaluate: every evaluation actor died; `apgrid resume {self.spec.output_dir}` continues"
+            )
+
+    def stop(self, report: bool) -> list[float]:
+        return _stop(self.actors, report)
+
+
 def run_evaluation(
     spec: GridSpec,
     plans: list[ModelPlan],
@@ -207,9 +329,11 @@ def run_evaluation(
     log=print,
     fault=None,
 ) -> EvaluationReport:
-    """Evaluate every plan whose Parquet partition is missing; call on_model_done(plan, rows).
-    A shard whose actor dies is retried by Ray on the restarted actor (max_task_retries); past
-    that, on a fresh actor that replaces the dead one."""
+    """Evaluate every plan whose Parquet partition is missing; call on_model_done(plan, rows,
+    placement), placement being {"nodes": Ray node ids, "gpu_ids": GPU ids} of the actors that
+    ran its shards now (empty for a model merged from shards written before). A shard whose
+    actor dies is retried by Ray on the restarted actor (max_task_retries); past that, on a
+    fresh actor that replaces the dead one."""
     output = spec.output_dir
     samples, models = SampleStore(output, spec.name), ModelStore(output)
     ranges = shard_ranges(len(test_y), spec.evaluation.settings.block_size, spec.evaluation.shards)
@@ -217,106 +341,64 @@ def run_evaluation(
     tasks = [ShardTask(p, s, e) for p in todo for s, e in ranges if not samples.shard_done(p.model_id, s, e)]
     for plan in todo:  # models whose shards all survived a crash only need the merge
         if all(samples.shard_done(plan.model_id, s, e) for s, e in ranges):
-            on_model_done(plan, samples.finalize(plan.model_id, ranges))
+            on_model_done(plan, samples.finalize(plan.model_id, ranges), {})
     report, began = EvaluationReport(), time.perf_counter()
     if not tasks:
         return report
     res = spec.resources
-    data_ref = ray.put({"x": test_x, "y": test_y})
-    info = {**dataset_info, "image_shape": tuple(test_x.shape[1:])}
-    n_actors = min(spec.evaluation.actors, len(tasks))
-
-    def new_actor():
-        return EvalWorker.options(num_cpus=res.actor_cpus, num_gpus=res.actor_gpus).remote(
-            str(output), info, int(max(1, res.actor_cpus)), res.device, res.actor_gpus, fault
+    fit = actors_that_fit(ray.nodes(), res.actor_cpus, res.actor_gpus)
+    if fit < min(spec.evaluation.actors, len(tasks)):
+        log(
+            f"[evaluate] the cluster holds {fit} actors of {res.actor_cpus} CPUs and "
+            f"{res.actor_gpus} GPUs now; using {max(1, fit)} of the {spec.evaluation.actors} asked"
         )
-
-    actors = [new_actor() for _ in range(n_actors)]
-    replacements = 2 * n_actors  # a shard that kills every actor it meets must not loop forever
+        spec = replace(spec, evaluation=replace(spec.evaluation, actors=max(1, fit)))
+    info = {**dataset_info, "image_shape": tuple(test_x.shape[1:])}
+    pool = ShardScheduler(spec, tasks, ray.put({"x": test_x, "y": test_y}), info, fault, log)
     log(
         f"[evaluate] {len(todo)} models x {len(ranges)} shards = {len(tasks)} shard tasks "
-        f"on {n_actors} actors"
+        f"on {len(pool.actors)} actors"
     )
     cards = {p.model_id: models.card(p.model_id) for p in todo}
     remaining = {p.model_id: sum(1 for t in tasks if t.plan.model_id == p.model_id) for p in todo}
-    queue, in_flight, done, started = list(tasks), {}, 0, time.time()
-    stopping = None  # an out-of-memory error, raised once the shards in flight are written
-    idle = list(actors)
-
-    def submit(actor, task):
-        ref = actor.evaluate.remote(
-            [data_ref],
-            task.plan.model_id,
-            task.plan.arch,
-            task.plan.role == "dense",
-            task.start,
-            task.end,
-            spec.threat_model,
-            settings[task.plan.arch],
-        )
-        in_flight[ref] = (actor, task)
-
+    done, started = 0, time.time()
     try:
-        batch_sizes = resolve_batch_sizes(spec, sorted({p.arch for p in todo}), samples, actors, log)
-        settings = {arch: replace(spec.evaluation.settings, batch_size=n) for arch, n in batch_sizes.items()}
+        archs = sorted({p.arch for p in todo})
+        batch_sizes = resolve_batch_sizes(spec, archs, samples, pool.actors, log)
+        pool.settings = {a: replace(spec.evaluation.settings, batch_size=n) for a, n in batch_sizes.items()}
         report.startup_seconds = time.perf_counter() - began
-        while queue or in_flight:
-            while idle and queue:
-                submit(idle.pop(), queue.pop(0))
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            actor, task = in_flight.pop(ready[0])
-            try:
-                rows, seconds, cpu_seconds = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as exc:
-                oom = out_of_memory(exc, task, batch_sizes[task.plan.arch], spec)
-                if oom is None:
-                    raise
-                if stopping is None and in_flight:
-                    log(f"[evaluate] {oom}; writing the {len(in_flight)} shards in flight first")
-                stopping = stopping or oom
-                queue.clear()  # the other actors' shards in flight are still written
-                idle.append(actor)
+        while pool.busy:
+            shard = pool.next_shard()
+            if shard is None:
                 continue
-            except ray.exceptions.RayActorError:
-                log(
-                    f"[evaluate] actor lost on {task.plan.model_id} [{task.start}, {task.end}); "
-                    f"requeued on a new actor"
-                )
-                queue.insert(0, task)
-                if replacements > 0:
-                    replacements -= 1
-                    actors.append(new_actor())
-                    idle.append(actors[-1])
-                continue  # the dead actor is not returned to the idle list
-            idle.append(actor)
-            while idle and queue:  # its next shard first: the actor works while the driver writes
-                submit(idle.pop(), queue.pop(0))
+            task, rows, seconds, cpu_seconds = shard
+            model_id = task.plan.model_id
             rows = rows.assign(
-                **metadata_columns(spec, task.plan, cards[task.plan.model_id], batch_sizes[task.plan.arch])
+                **metadata_columns(spec, task.plan, cards[model_id], batch_sizes[task.plan.arch])
             )
-            maybe_fail(fault, "evaluate", task.start, task.plan.model_id, key="write")  # disk full
-            samples.write_shard(task.plan.model_id, task.start, task.end, rows)
+            maybe_fail(fault, "evaluate", task.start, model_id, key="write")  # disk full
+            samples.write_shard(model_id, task.start, task.end, rows)
             report.shard_seconds.append(seconds)
             report.shard_cpu_seconds.append(cpu_seconds)
             done += 1
-            remaining[task.plan.model_id] -= 1
+            remaining[model_id] -= 1
             elapsed = time.time() - started
             log(
-                f"[evaluate] {done}/{len(tasks)} shards  {task.plan.model_id} "
+                f"[evaluate] {done}/{len(tasks)} shards  {model_id} "
                 f"[{task.start}, {task.end}) in {seconds:.1f}s  ({elapsed:.0f}s elapsed"
                 f"{eta(elapsed, done, len(tasks))})"
             )
-            if remaining[task.plan.model_id] == 0:
-                on_model_done(task.plan, samples.finalize(task.plan.model_id, ranges))
-            if not idle and not in_flight and queue:
-                raise ResumableError(
-                    f"evaluate: every evaluation actor died; `apgrid resume {output}` continues"
-                )
-        if stopping:
-            raise stopping
-        report.actor_peak_rss_mb = _stop(actors, report=True)
+            if remaining[model_id] == 0:
+                placement = {
+                    "nodes": pool.nodes.get(model_id, set()),
+                    "gpu_ids": pool.gpu_ids.get(model_id, set()),
+                }
+                on_model_done(task.plan, samples.finalize(model_id, ranges), placement)
+        if pool.stopping:
+            raise pool.stopping
+        report.actor_peak_rss_mb = pool.stop(report=True)
     finally:  # a stopped evaluation must not leave actors holding CPUs in a long-lived Ray
-        _stop(actors, report=False)
+        pool.stop(report=False)
     peaks = report.actor_peak_rss_mb
     if peaks:
         log(f"[evaluate] actors' peak RSS {max(peaks):.0f} MB (max of {len(peaks)})")

@@ -203,9 +203,87 @@ def all_models(spec: GridSpec) -> list[ModelPlan]:
     return dense_models(spec) + pruned_models(spec) + checkpoint_models(spec)
 
 
+# A published per-GPU rate to turn model passes into GPU-hours: NVIDIA's ResNet-50 v1.5 training
+# throughput on one A100 80GB in TF32, 938 images/s (DeepLearningExamples,
+# PyTorch/Classification/ConvNets/resnet50v1.5/README.md, "Training performance"), i.e. 938
+# forward + backward passes of a 224x224 ResNet-50 a second; another network's passes are scaled
+# by its forward FLOPs. Attacks and adversarial training run FP32 kernels (TF32 on an A100).
+A100_RESNET50_TRAIN_IMAGES_PER_S = 938
+
+
+def forward_flops(arch: str, image_shape: tuple[int, int, int], num_classes: int) -> float:
+    """FLOPs of one sample's forward pass, counted by torch on the meta device (no weights, no data)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from apgrid.trainables.models import ARCHITECTURES
+
+    with torch.device("meta"):
+        model = (
+            _rn50() if arch == "torchvision-resnet50" else ARCHITECTURES[arch](image_shape[0], num_classes)
+        )
+        x = torch.empty(1, *image_shape)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def _rn50():
+    from torchvision.models import resnet50
+
+    return resnet50()
+
+
+@dataclass(frozen=True)
+class PlanCost:
+    """The work a grid asks for, in model passes (one sample through the network, forward or
+    backward), and its A100 GPU-hours at the published rate above."""
+
+    training_passes: float
+    evaluation_passes: float
+    gpu_hours: float
+
+
+def recipe_passes(recipe: dict, train_size: int) -> float:
+    """Forward + backward passes of a training run: each step attacks (k steps of a forward
+    and a backward) and then trains (one forward, one backward)."""
+    steps = {"clean": 0, "fgsm-rs": 1}.get(recipe.get("trainer", "pgd"), recipe.get("pgd_steps", 7))
+    return recipe.get("epochs", 0) * train_size * 2 * (steps + 1)
+
+
+def plan_cost(spec: GridSpec) -> PlanCost:
+    """Model passes of every trial and of the evaluation, from the recipes and the per-sample pass
+    counts of the evaluation benchmark (benchmarks/evaluation.py, part 5); no data is read."""
+    from apgrid.trainables.data import DATASETS
+
+    info = DATASETS[spec.dataset.name]
+    train = info.train_size - spec.dataset.validation
+    ev = spec.evaluation.settings
+    n = ev.num_samples or info.test_size
+    aa = min(n, ev.autoattack_samples or n)
+    # per sample: PGD-k and the clean pass; FMN ~2 passes a step (one forward, one backward);
+    # AutoAttack standard ~2,500 passes (benchmarks/results: 1,907 forward + 583 backward)
+    per_model_eval = n * (ev.pgd_steps * 2 + 1 + 2 * ev.fmn_steps) + aa * 2490
+    reference = forward_flops("torchvision-resnet50", (3, 224, 224), 1000)
+    flops: dict[str, float] = {}
+    training = evaluation = gpu_seconds = 0.0
+    for plan in all_models(spec):
+        if plan.arch not in flops:
+            flops[plan.arch] = forward_flops(plan.arch, info.image_shape, info.num_classes)
+        passes = sum(
+            recipe_passes(plan.config[k], train) for k in ("recipe", "search", "finetune") if k in plan.config
+        )
+        training += passes
+        evaluation += per_model_eval
+        # one training image = a forward and a backward pass of ResNet-50 on the reference card
+        rate = 2 * A100_RESNET50_TRAIN_IMAGES_PER_S * reference / flops[plan.arch]
+        gpu_seconds += (passes + per_model_eval) / rate
+    return PlanCost(training, evaluation, gpu_seconds / 3600)
+
+
 def describe(spec: GridSpec) -> str:
-    """The plan in a few lines: trials, shards and the evaluation's model passes (from the
-    per-sample pass counts benchmark part 5 measured), without reading any data."""
+    """The plan in a few lines: trials, shards, the model passes of training and evaluation and
+    their A100 GPU-hours (see plan_cost), without reading any data."""
     from apgrid.trainables.data import DATASETS
     from apgrid.trainables.evaluation import shard_ranges
 
@@ -215,9 +293,7 @@ def describe(spec: GridSpec) -> str:
     shards = len(shard_ranges(n, ev.settings.block_size, ev.shards))
     models = len(dense) + len(pruned) + len(ckpt)
     aa = min(n, ev.settings.autoattack_samples or n)
-    # per sample: PGD-k and the clean pass; FMN ~2 passes a step (one forward, one backward);
-    # AutoAttack standard ~2,500 passes (benchmarks/results: 1,907 forward + 583 backward)
-    passes = models * (n * (ev.settings.pgd_steps * 2 + 1 + 2 * ev.settings.fmn_steps) + aa * 2490)
+    cost = plan_cost(spec)
 
     def count(k, what):
         return f"{k} {what}{'s' * (k != 1)}"
@@ -226,6 +302,15 @@ def describe(spec: GridSpec) -> str:
         f"plan: {count(models, 'model')} ({count(len(dense), 'dense trial')}, "
         f"{count(len(pruned), 'prune trial')}, {count(len(ckpt), 'checkpoint')}); "
         f"evaluation: {n} test samples each (AutoAttack on {aa}), "
-        f"{shards} shards a model = {models * shards} shard tasks on {ev.actors} actors, "
-        f"~{passes / 1e6:.1f}M model passes (forward or backward, one sample each)"
+        f"{shards} shards a model = {models * shards} shard tasks on {ev.actors} actors; "
+        f"~{cost.training_passes / 1e6:.1f}M model passes to train and "
+        f"~{cost.evaluation_passes / 1e6:.1f}M to evaluate (forward or backward, one sample "
+        f"each), ~{gpu_time(cost.gpu_hours)} on one A100 at NVIDIA's published rate (a floor "
+        f"for small networks, which do not fill a GPU)"
     )
+
+
+def gpu_time(hours: float) -> str:
+    if hours >= 1:
+        return f"{hours:.3g} GPU-hours"
+    return f"{hours * 60:.2g} GPU-minutes" if hours * 60 >= 1 else f"{hours * 3600:.2g} GPU-seconds"

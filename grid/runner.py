@@ -434,7 +434,7 @@ def stage_evaluate(run: GridRun) -> None:
         tracker.log_artifact(run_id, models.folder(plan.model_id) / "card.json")
         tracker.log_artifact(run_id, samples.partition(plan.model_id) / "part-0.parquet", "samples")
 
-    def on_model_done(plan, rows):
+    def on_model_done(plan, rows, placement):
         metrics = summarize(rows, spec.threat_model.eps)
         log(
             f"[evaluate] {plan.model_id}: clean {metrics['clean_acc']:.3f}  "
@@ -446,6 +446,9 @@ def stage_evaluate(run: GridRun) -> None:
         try:
             run_id = tracker.start_model_run(run.parent, plan, spec.dataset.name, "evaluate")
             log_run(plan, run_id, rows)
+            for key, values in placement.items():  # where its shards ran: Ray node and GPU ids
+                if values:
+                    tracker.set_tag(run_id, f"ray.{key}", ",".join(sorted(values)))
             tracker.end(run_id, "FINISHED")
         except Exception as exc:  # the evaluation goes on; its Parquet is the source of truth
             outage.append(short_reason(exc))

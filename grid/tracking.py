@@ -216,6 +216,7 @@ TUNE_KEYS = {
     "pid",
     "hostname",
     "node_ip",
+    "ray_node_id",  # a tag, not a metric
     "experiment_tag",
     "config",
 }
@@ -285,6 +286,7 @@ class TrialTracking(DriverCallback):
     def __init__(self, tracker: Tracker, parent_run: str, dataset: str, stage: str, log=print):
         self.tracker, self.parent, self.dataset, self.stage = tracker, parent_run, dataset, stage
         self.runs: dict[str, str] = {}
+        self.placed: set[str] = set()  # trials whose run has its Ray node tag
         self.log = log
         self.outage: str | None = None
 
@@ -309,13 +311,18 @@ class TrialTracking(DriverCallback):
         return self.runs[trial.trial_id]
 
     def _close(self, trial, status: str) -> None:
+        self.placed.discard(trial.trial_id)  # a retried trial may land on another node
         run_id = self.runs.pop(trial.trial_id, None)
         if run_id is not None:
             self.tracker.end(run_id, status)
 
     def _log_result(self, trial, result) -> None:
+        run_id = self._run_for(trial)
         metrics = {k: v for k, v in result.items() if k not in TUNE_KEYS}
-        self.tracker.log_metrics(self._run_for(trial), metrics, step=result.get("epoch"))
+        self.tracker.log_metrics(run_id, metrics, step=result.get("epoch"))
+        if trial.trial_id not in self.placed and result.get("ray_node_id"):  # where it trains
+            self.tracker.set_tag(run_id, "ray.node_id", result["ray_node_id"])
+            self.placed.add(trial.trial_id)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._safely(self._run_for, trial)

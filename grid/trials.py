@@ -11,6 +11,7 @@ import resource
 import tempfile
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
@@ -61,9 +62,13 @@ def _report(store: ModelStore, model_id: str, metrics: dict, state: dict) -> Non
     progress file (for a resumed grid after the driver itself died)."""
     atomic_write_bytes(store.folder(model_id) / "progress.pt", lambda fh: torch.save(state, fh))
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    node = ray.get_runtime_context().get_node_id()  # tagged on the trial's MLflow run
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(state, Path(tmp) / "state.pt")
-        tune.report({**metrics, "peak_rss_mb": peak_rss_mb}, checkpoint=tune.Checkpoint.from_directory(tmp))
+        tune.report(
+            {**metrics, "peak_rss_mb": peak_rss_mb, "ray_node_id": node},
+            checkpoint=tune.Checkpoint.from_directory(tmp),
+        )
 
 
 def _restore(store: ModelStore, model_id: str) -> dict | None:

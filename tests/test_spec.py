@@ -230,7 +230,23 @@ def test_dry_run_plans_a_cluster_spec_without_its_data(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert out.count("pruned ") == 12 and "plan: 17 models (5 dense trials, 12 prune trials" in out
+    assert "GPU-hours on one A100" in out
     assert not (tmp_path / "o").exists()
+
+
+def test_the_plan_costs_follow_the_recipes_and_the_published_rate():
+    from apgrid.grid.plan import forward_flops, plan_cost, recipe_passes
+
+    # ResNet-50 at 224x224: 4.1 G multiply-adds a forward pass (He et al. 2016, Table 1)
+    assert forward_flops("torchvision-resnet50", (3, 224, 224), 1000) == pytest.approx(2 * 4.1e9, rel=0.02)
+    # PGD-7 AT: each sample of each epoch attacks 7 steps and trains once, a forward and a backward each
+    assert recipe_passes({"trainer": "pgd", "pgd_steps": 7, "epochs": 2}, 100) == 2 * 100 * 2 * 8
+    assert recipe_passes({"trainer": "fgsm-rs", "epochs": 1}, 100) == 100 * 2 * 2
+    one = load_spec(None, overrides=["dense.seeds=[0]"])
+    two = load_spec(None, overrides=["dense.seeds=[0, 1]"])  # every model twice
+    a, b = plan_cost(one), plan_cost(two)
+    assert b.training_passes == pytest.approx(2 * a.training_passes)
+    assert b.gpu_hours == pytest.approx(2 * a.gpu_hours)
 
 
 def test_a_dataset_that_cannot_be_downloaded_is_one_line(tmp_path, monkeypatch):

@@ -54,21 +54,36 @@ class DatasetInfo:
     eps_conventions: str
     augment: str  # the references' training augmentation (a recipe's default)
     test_size: int  # samples in the test split
+    train_size: int  # samples in the training split (before a validation split is held out)
 
 
 DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in (
         DatasetInfo(
-            "digits", 10, (1, 8, 8), "Linf 0.1 (apgrid demo; pixels scaled from 0..16 to [0, 1])", "none", 360
+            "digits",
+            10,
+            (1, 8, 8),
+            "Linf 0.1 (apgrid demo; pixels scaled from 0..16 to [0, 1])",
+            "none",
+            360,
+            1437,
         ),
-        DatasetInfo("cifar10", 10, (3, 32, 32), "Linf 8/255 (all three papers), L2 0.5", "crop-flip", 10_000),
         DatasetInfo(
-            "cifar100", 100, (3, 32, 32), "Linf 8/255 (compressed-models paper), L2 0.5", "crop-flip", 10_000
+            "cifar10", 10, (3, 32, 32), "Linf 8/255 (all three papers), L2 0.5", "crop-flip", 10_000, 50_000
+        ),
+        DatasetInfo(
+            "cifar100",
+            100,
+            (3, 32, 32),
+            "Linf 8/255 (compressed-models paper), L2 0.5",
+            "crop-flip",
+            10_000,
+            50_000,
         ),
         # digits are not mirror-symmetric: SVHN trains with crops only
         DatasetInfo(
-            "svhn", 10, (3, 32, 32), "Linf 8/255 (survey; HYDRA trains SVHN at 8/255)", "crop", 26_032
+            "svhn", 10, (3, 32, 32), "Linf 8/255 (survey; HYDRA trains SVHN at 8/255)", "crop", 26_032, 73_257
         ),
     )
 }
