@@ -493,7 +493,8 @@ def write_report(
             f"samples each; threat model {threat}; AutoAttack "
             f"`{samples['autoattack_version'].iloc[0]}`{_autoattack_subset(samples)}, "
             f"PGD-{int(samples['pgd_steps'].iloc[0])}, "
-            f"FMN {int(samples['fmn_steps'].iloc[0])} steps. Every table is also a CSV beside this "
+            f"FMN {int(samples['fmn_steps'].iloc[0])} steps{_which_fmn(samples)}. Every table is also "
+            f"a CSV beside this "
             f"page; settings: {json.dumps(asdict(settings))}."
         ],
     )
@@ -511,6 +512,18 @@ def write_report(
     paths["index.html"] = folder / "index.html"
     paths["index.html"].write_text(render_html(title, sections))
     return paths
+
+
+def _which_fmn(samples: pd.DataFrame) -> str:
+    """Which FMN ran: plain FMN alone, or HO-FMN beside it with each model's tuned configuration."""
+    if "fmn_ho_config" not in samples or samples["fmn_ho_config"].isna().all():
+        return " (plain FMN)"
+    picks = samples.groupby("model_id", sort=False)["fmn_ho_config"].first().dropna()
+    listed = "; ".join(f"{m}: {c}" for m, c in picks.items())
+    return (
+        f" (plain FMN and HO-FMN, whose distance per sample is the smaller of plain FMN's and the "
+        f"configuration it tuned per model: {listed}; `fmn_ho_acc_at_eps` in the tables)"
+    )
 
 
 def _autoattack_subset(samples: pd.DataFrame) -> str:

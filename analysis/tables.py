@@ -44,7 +44,21 @@ def summarize(rows: pd.DataFrame, eps: float) -> dict[str, float]:
         "fmn_acc_at_eps": (correct & (fmn_eps > eps)).sum() / n,
         "fmn_found_rate": float(found.mean()) if len(found) else float("nan"),
         "fmn_overstated": int(rows["fmn_overstated"].sum()),
+        **ho_fmn_metrics(rows, correct, eps),
         "num_samples": n,
+    }
+
+
+def ho_fmn_metrics(rows: pd.DataFrame, correct: pd.Series, eps: float) -> dict[str, float]:
+    """HO-FMN's robust accuracy at eps and how many samples it brought inside eps that FMN left
+    outside; nothing when it did not run (rows before it existed have no column)."""
+    if "fmn_eps_ho" not in rows or rows["fmn_eps_ho"].isna().all():
+        return {}
+    ho = rows["fmn_eps_ho"].astype(float).fillna(np.inf)
+    plain = rows["fmn_eps"].astype(float).fillna(np.inf)
+    return {
+        "fmn_ho_acc_at_eps": (correct & (ho > eps)).sum() / len(rows),
+        "fmn_ho_closer_than_fmn": int((correct & (ho < plain)).sum()),
     }
 
 

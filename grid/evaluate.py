@@ -33,6 +33,7 @@ from apgrid.trainables.evaluation import (
     fit_batch_size,
     memory_budget,
     shard_ranges,
+    tune_model_fmn,
 )
 from apgrid.trainables.models import build_model, resolve_device
 
@@ -52,6 +53,7 @@ class EvalWorker:
         self.data = None  # the test set itself, fetched from the object store by the first shard
         self.device = resolve_device(device)
         self.models: dict[str, torch.nn.Module] = {}
+        self.fmn_configs: dict = {}  # model id -> HO-FMN's pick, searched once per actor
 
     def _build(self, arch: str) -> torch.nn.Module:
         d = self.info
@@ -97,8 +99,13 @@ class EvalWorker:
         began, cpu_began = time.perf_counter(), time.process_time()
         model = self._model(model_id, arch)
         maybe_fail(self.fault, "evaluate", start, model_id, key="shard")  # tests: die mid-shard
+        if model_id not in self.fmn_configs:  # the same first samples and seed on every actor
+            x0, y0 = self.data["x"], self.data["y"]
+            self.fmn_configs = {model_id: tune_model_fmn(model, x0, y0, threat, settings)}
         x, y = self.data["x"][start:end], self.data["y"][start:end]
-        rows = evaluate_samples(model, x, y, start, threat, settings, signed, self.device)
+        rows = evaluate_samples(
+            model, x, y, start, threat, settings, signed, self.device, self.fmn_configs[model_id]
+        )
         context = ray.get_runtime_context()
         node, gpus = context.get_node_id(), [str(g) for g in ray.get_gpu_ids()]
         return rows, time.perf_counter() - began, time.process_time() - cpu_began, node, gpus

@@ -269,23 +269,12 @@ def _end_quietly(tracker: Tracker | None, parent: str | None) -> None:
             pass
 
 
-def _grid_config(spec: GridSpec) -> dict:
-    r = spec.resources
-    return {
-        "output": str(spec.output_dir),
-        "name": spec.name,
-        "dataset": dataclasses.asdict(spec.dataset),
-        "threat_model": dataclasses.asdict(spec.threat_model),
-        "device": r.device,
-        "trial_cpus": r.trial_cpus,
-    }
-
-
 def _tune_stage(run: GridRun, stage: str, trainable, plans) -> None:
     from ray import tune
 
     from apgrid.grid.progress import StageProgress
     from apgrid.grid.tracking import TrialTracking
+    from apgrid.grid.trials import TrialContext
 
     spec, tracker, log, store = run.spec, run.tracker, run.log, run.models
     todo = [p for p in plans if not store.exists(p.model_id)]
@@ -297,10 +286,12 @@ def _tune_stage(run: GridRun, stage: str, trainable, plans) -> None:
             tune.with_resources(trainable, {"cpu": r.trial_cpus, "gpu": r.trial_gpus}),
             param_space={
                 "model": tune.grid_search([p.to_dict() for p in todo]),
-                "grid": _grid_config(spec),
+                "grid": TrialContext.of(spec),
                 "fault": run.fault,
             },
-            tune_config=tune.TuneConfig(num_samples=1),
+            # one worker process runs trial after trial: a fresh one per trial costs seconds (its
+            # imports), more than a small model's training; every trial seeds and sizes itself
+            tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=f"{stage}-run{run.attempt}",
                 storage_path=spec.storage_path,

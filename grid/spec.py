@@ -174,7 +174,13 @@ def _without_neutral(body):
     that computes what those grids computed (recipes' NEUTRAL fields, no validation split, no
     per-method dense recipe): such grids keep their identity."""
     if isinstance(body, dict):
-        neutral = {**NEUTRAL, "validation": 0, "dense": None}
+        neutral = {
+            **NEUTRAL,
+            "validation": 0,
+            "dense": None,
+            "fmn_tuning_trials": 0,
+            "fmn_tuning_samples": 32,
+        }
         return {k: _without_neutral(v) for k, v in body.items() if not (k in neutral and neutral[k] == v)}
     if isinstance(body, (list, tuple)):
         return [_without_neutral(v) for v in body]
@@ -719,6 +725,12 @@ def _evaluation(raw) -> EvaluationSpec:
         fmn_steps=_int(raw.get("fmn_steps", d.fmn_steps), "evaluation.fmn_steps", minimum=1),
         fmn_step_size=_number(
             raw.get("fmn_step_size", d.fmn_step_size), "evaluation.fmn_step_size", 0.0, 100.0
+        ),
+        fmn_tuning_trials=_int(
+            raw.get("fmn_tuning_trials", d.fmn_tuning_trials), "evaluation.fmn_tuning_trials", minimum=0
+        ),
+        fmn_tuning_samples=_int(
+            raw.get("fmn_tuning_samples", d.fmn_tuning_samples), "evaluation.fmn_tuning_samples", minimum=1
         ),
         seed=_int(raw.get("seed", d.seed), "evaluation.seed", minimum=0, maximum=MAX_SEED),
         block_size=_int(raw.get("block_size", d.block_size), "evaluation.block_size", minimum=1),

@@ -19,6 +19,8 @@ from apgrid.trainables.methods import PRUNING_METHODS
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# MLflow prints a run's URL when it ends on a server: one line per model would bury apgrid's progress
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 PAGE_SIZE = 1000  # runs per search call; every search pages until the store has no more

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import resource
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -17,27 +18,44 @@ from ray import tune
 
 from apgrid.grid.faults import maybe_fail
 from apgrid.grid.plan import ModelPlan, model_card
+from apgrid.grid.spec import DatasetSpec, GridSpec
 from apgrid.grid.store import ModelStore, atomic_write_bytes, load_state
 from apgrid.trainables import pruning
 from apgrid.trainables.data import load_dataset, with_validation
+from apgrid.trainables.evaluation import ThreatModel
 from apgrid.trainables.models import build_model, resolve_device
 from apgrid.trainables.pipeline import DenseJob, PruneJob, PruneSettings
 from apgrid.trainables.training import Recipe
 
 
-def _context(config: dict):
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a stage shares, fixed when the stage starts (Tune passes it in the
+    trial's config, beside the model's plan)."""
+
+    output: str
+    dataset: DatasetSpec
+    threat_model: ThreatModel
+    device: str
+    trial_cpus: float
+
+    @classmethod
+    def of(cls, spec: GridSpec) -> TrialContext:
+        r = spec.resources
+        return cls(str(spec.output_dir), spec.dataset, spec.threat_model, r.device, r.trial_cpus)
+
+
+def _context(config: dict) -> tuple[TrialContext, ModelPlan, ModelStore]:
     _reset_peak_rss()
-    grid = config["grid"]
-    plan = ModelPlan.from_dict(config["model"])
-    store = ModelStore(Path(grid["output"]))
-    return grid, plan, store
+    grid: TrialContext = config["grid"]
+    return grid, ModelPlan.from_dict(config["model"]), ModelStore(Path(grid.output))
 
 
-def _data_and_model(grid: dict, arch: str, seed: int):
-    d = grid["dataset"]
-    ds = with_validation(load_dataset(d["name"], d["root"], d["download"]), d.get("validation", 0))
-    device = resolve_device(grid["device"])
-    torch.set_num_threads(max(1, int(grid["trial_cpus"])))
+def _data_and_model(grid: TrialContext, arch: str, seed: int):
+    d = grid.dataset
+    ds = with_validation(load_dataset(d.name, d.root, d.download), d.validation)
+    device = resolve_device(grid.device)
+    torch.set_num_threads(max(1, int(grid.trial_cpus)))
     torch.manual_seed(seed)  # the dense model's initial weights
     model = build_model(arch, ds.image_shape[0], ds.num_classes, ds.mean, ds.std).to(device)
     return ds, model, device
@@ -95,7 +113,7 @@ def dense_trial(config: dict) -> None:
             plan.model_id,
             pruning.plain_state_dict(model),
             {},
-            model_card(plan, grid["dataset"]["name"], metrics, {**pruning.model_facts(model), **extra}),
+            model_card(plan, grid.dataset.name, metrics, {**pruning.model_facts(model), **extra}),
         )
 
     DenseJob(
@@ -124,14 +142,14 @@ def prune_trial(config: dict) -> None:
         return
     ds, initial, device = _data_and_model(grid, plan.arch, plan.seed)  # the dense trial's init
     model = store.load_model(plan.dense_model_id, ds.image_shape, ds.num_classes).to(device)
-    threat = grid["threat_model"]
+    threat = grid.threat_model
     job = PruneJob(
         PruneSettings(
             method=plan.method,
             sparsity=plan.sparsity,
             seed=plan.seed,
-            eps=threat["eps"],
-            norm=threat["norm"],
+            eps=threat.eps,
+            norm=threat.norm,
             finetune=Recipe(**plan.config["finetune"]),
             search=Recipe(**plan.config["search"]) if "search" in plan.config else None,
             options=plan.config.get("options", {}),
@@ -145,7 +163,7 @@ def prune_trial(config: dict) -> None:
             plan.model_id,
             pruning.plain_state_dict(model),
             pruning.masks_of(model),
-            model_card(plan, grid["dataset"]["name"], metrics, extra),
+            model_card(plan, grid.dataset.name, metrics, extra),
         ),
         # the seeded initialisation the dense trial started from (for a checkpoint parent: a
         # fresh one of its architecture, since its own was not published)

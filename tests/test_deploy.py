@@ -68,6 +68,91 @@ def test_rendered_ray_up_config_leaves_no_node_variable_unset(tmp_path):
     assert not re.search(r"\{[A-Z_]+\}", done.stdout)
 
 
+STUBS = {  # what the node commands call, recorded instead of run
+    "sudo": 'echo "sudo $*" >> "$CALLS"; "$@"',
+    "mkdir": 'echo "mkdir $*" >> "$CALLS"',
+    "mountpoint": 'echo "mountpoint $*" >> "$CALLS"; exit 1',
+    "mount": 'echo "mount $*" >> "$CALLS"',
+    "ray": 'echo "RAY_AUTH_MODE=${RAY_AUTH_MODE:-} ray $*" >> "$CALLS"',
+    # `docker exec -it NAME /bin/bash -c SCRIPT`, as Ray's DockerCommandRunner wraps a command
+    "docker": 'shift; while [ "${1#-}" != "$1" ]; do shift; done; shift; exec "$@"',
+}
+
+
+def test_ray_up_node_commands_run_by_rays_own_runner_in_a_fresh_login_shell(tmp_path):
+    """Each node's commands as `ray up` sends them: Ray's DockerCommandRunner (and its SSH runner)
+    builds the remote command, with RAY_HEAD_IP added to the workers' start commands the way Ray
+    adds it; each then runs here in a login shell with an empty environment and `set -u`
+    (unset variables are errors) and the node's programs stubbed. Every command must succeed,
+    mount the rendered EFS host, and start Ray with token auth at the head's address."""
+    from ray.autoscaler._private.command_runner import DockerCommandRunner
+    from ray.autoscaler._private.util import with_head_node_ip
+
+    render = [sys.executable, str(DEPLOY / "cluster" / "render.py"), str(DEPLOY / "cluster" / "aws-gpu.yaml")]
+    efs = "fs-0123.efs.us-east-1.amazonaws.com"
+    config = yaml.safe_load(
+        subprocess.run(
+            render, capture_output=True, text=True, env={**os.environ, "EFS_DNS": efs}, check=True
+        ).stdout
+    )
+
+    class Provider:  # the cloud provider's two answers the runner asks for
+        def internal_ip(self, node_id):
+            return "10.0.0.2"
+
+        def external_ip(self, node_id):
+            return "203.0.113.2"
+
+    sent = []
+    runner = DockerCommandRunner(
+        config["docker"],
+        log_prefix="",
+        node_id="i-0",
+        provider=Provider(),
+        auth_config=config["auth"],
+        cluster_name=config["cluster_name"],
+        process_runner=subprocess,
+        use_internal_ip=True,
+    )
+
+    def send(final_cmd, with_output=False, *args, **kwargs):  # what ssh would run on the node
+        if with_output:
+            return b"/home/ray"  # the runner asks the container for its HOME
+        sent.append(" ".join(final_cmd[final_cmd.index("ubuntu@10.0.0.2") + 1 :]))
+
+    runner.ssh_command_runner._run_helper = send
+    head_ip = "10.0.0.1"
+    for cmd in config["initialization_commands"]:
+        runner.run(cmd, run_env="host")
+    for cmd in config["setup_commands"] + config["head_setup_commands"] + config["worker_setup_commands"]:
+        runner.run(cmd, run_env="auto")
+    for cmd in config["head_start_ray_commands"] + with_head_node_ip(
+        config["worker_start_ray_commands"], head_ip
+    ):
+        runner.run(cmd, environment_variables={"RAY_USAGE_STATS_ENABLED": 0}, run_env="auto")
+    assert len(sent) == 5
+
+    stubs, home = tmp_path / "bin", tmp_path / "home"
+    stubs.mkdir()
+    home.mkdir()
+    for name, body in STUBS.items():
+        (stubs / name).write_text(f"#!/bin/bash\n{body}\n")
+        (stubs / name).chmod(0o755)
+    # Ray's wrapper sources it before the command (a login shell resets PATH from /etc/profile)
+    (home / ".bashrc").write_text(f"export PATH={stubs}:$PATH\nset -u\n")
+    (home / ".profile").write_text("")
+    calls = tmp_path / "calls"
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(home), "CALLS": str(calls)}
+    for remote in sent:
+        done = subprocess.run(["bash", "-c", remote], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, (remote, done.stderr[-1000:])
+    recorded = calls.read_text().splitlines()
+    assert f"mount -t nfs4 -o nfsvers=4.1,hard,timeo=600 {efs}:/ /mnt/apgrid" in recorded
+    starts = [c for c in recorded if " ray start " in f" {c.split(' ', 1)[1]} "]
+    assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
+    assert f"--address={head_ip}:6379" in starts[1]
+
+
 SCHEMAS = DEPLOY / "schemas" / "kuberay-v1.7.0"
 
 

@@ -16,7 +16,7 @@ import yaml
 from apgrid.grid.runner import launch
 from apgrid.grid.state import read_state
 from apgrid.grid.store import read_samples
-from tests.test_grid import QUICK_AA
+from tests.helpers import quick_evaluation, tiny_grid
 
 pytestmark = pytest.mark.slow  # end-to-end grids beyond test_grid's: `make test`, not `make check`
 
@@ -40,32 +40,22 @@ KILL_POINTS = [  # (stage, a line of the driver's output after which it is kille
 
 
 def grid_raw(output):
-    return {
-        "name": "tiny",
-        "output": str(output),
-        "threat_model": {"norm": "Linf", "eps": 0.1},
-        "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.05, "batch_size": 64}},
-        "prune": {
+    return tiny_grid(
+        output,
+        dense={"recipe": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.05, "batch_size": 64}},
+        prune={
             "methods": ["lwm-global", "hydra"],
             "sparsities": [0.9],
             "finetune": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.01, "batch_size": 128},
             "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128},
         },
-        "evaluation": {
-            "num_samples": 20,
-            "block_size": 5,
-            "shards": 4,
-            "actors": 2,
-            "pgd_steps": 2,
-            "fmn_steps": 20,
-            "autoattack_attacks": QUICK_AA,
-        },
-        "analysis": {
+        evaluation=quick_evaluation(num_samples=20, block_size=5, shards=4, pgd_steps=2, fmn_steps=20),
+        analysis={
             "transfer_attacks": ["fgsm", "pgd", "universal"],
             "transfer_samples": 100,
             "bootstrap_resamples": 100,
         },
-    }
+    )
 
 
 def run_until(args: list[str], needle: str | None, log: list[str]) -> bool:

@@ -212,3 +212,77 @@ def test_evaluated_rows_carry_the_bound_and_both_readings_of_a_negative_eps(trai
     # leaving the predicted class is never farther than reaching one given class (the true one)
     both = wrong[wrong["fmn_eps"].notna()]
     assert (both["fmn_eps_untargeted"].abs() <= both["fmn_eps"].abs() + 0.05).mean() > 0.8
+
+
+# -- HO-FMN --------------------------------------------------------------------------------------
+
+
+def test_dlr_loss_is_the_papers_shift_and_scale_invariant_margin():
+    """Croce & Hein 2020, eq. 5: -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3); invariant to a shift
+    and a positive rescaling of the logits, negative while the sample is classified correctly."""
+    from apgrid.trainables.attacks import DLRLoss
+
+    z = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.5, 2.0, 1.0, 0.0]])
+    y = torch.tensor([0, 0])
+    loss = DLRLoss()(z, y)
+    torch.testing.assert_close(loss, torch.tensor([-(3 - 1) / (3 - 0), -(0.5 - 2) / (2 - 0.5)]))
+    torch.testing.assert_close(DLRLoss()(7 * z - 4, y), loss)
+    assert loss[0] < 0 < loss[1]  # correct, then misclassified
+
+
+def test_the_search_space_is_ho_fmns_and_seeded():
+    from apgrid.trainables.attacks import sample_fmn_configs
+
+    configs = sample_fmn_configs(60, seed=0)
+    assert configs == sample_fmn_configs(60, seed=0) != sample_fmn_configs(60, seed=1)
+    assert {(c.loss, c.optimizer) for c in configs} == {
+        (loss, opt) for loss in ("logit", "ce", "dlr") for opt in ("sgd", "adam")
+    }
+    assert all(8 / 255 <= c.lr <= 10 and 0.01 <= c.weight_decay <= 1 for c in configs)
+    assert all(0 <= c.momentum <= 0.9 and 0 <= c.dampening <= 0.2 for c in configs if c.optimizer == "sgd")
+
+
+def test_a_configured_fmn_with_plain_settings_finds_plain_fmns_points(trained, digits):
+    """The loss, optimiser and schedule a configuration sets on secml-torch's FMN are what it
+    uses: configured with plain FMN's own settings (logit loss, SGD, no momentum), it returns
+    plain FMN's points exactly."""
+    from secmlt.adv.evasion.fmn import FMN
+    from secmlt.models.pytorch.base_pytorch_nn import BasePyTorchClassifier
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from apgrid.trainables.attacks import FMNConfig, _configure
+
+    x, y = digits.x_test[:20], digits.y_test[:20]
+    _, _, x_plain = fmn(trained, x, y, norm="Linf", steps=40, step_size=1.0)
+    attack = FMN(perturbation_model="linf", num_steps=40, step_size=1.0, backend="native")
+    _configure(attack, FMNConfig(loss="logit", optimizer="sgd", lr=1.0), 40, 1.0)
+    loader = DataLoader(TensorDataset(x, y), batch_size=len(y))
+    ((x_adv, _),) = list(attack(BasePyTorchClassifier(trained), loader, stream=True))
+    torch.testing.assert_close(x_adv.detach(), x_plain)
+
+
+def test_ho_fmn_is_never_above_fmn_and_finds_closer_points(trained, digits):
+    """HO-FMN's security curve is at or below plain FMN's at every eps on the same samples, the
+    tuned configuration is recorded, and the search pays off on this model: some samples are
+    closer than plain FMN found them."""
+    from apgrid.analysis.tables import summarize
+
+    x, y = digits.x_test[:60], digits.y_test[:60]
+    settings = dataclasses.replace(SETTINGS, fmn_steps=50, fmn_tuning_trials=12, fmn_tuning_samples=32)
+    from apgrid.trainables.evaluation import tune_model_fmn
+
+    config = tune_model_fmn(trained, x, y, THREAT, settings)
+    assert config is not None and config == tune_model_fmn(trained, x, y, THREAT, settings)
+    rows = evaluate_samples(trained, x, y, 0, THREAT, settings, False, fmn_config=config)
+    correct = rows["clean_correct"]
+    ho = rows.loc[correct, "fmn_eps_ho"].fillna(np.inf)
+    plain = rows.loc[correct, "fmn_eps"].fillna(np.inf)
+    assert (ho <= plain).all()
+    assert (ho < plain).any(), config
+    for eps in np.linspace(0, 0.3, 31):
+        assert (ho > eps).sum() <= (plain > eps).sum()
+    assert rows["fmn_ho_config"].nunique() == 1 and rows["fmn_ho_config"].iloc[0] == config.describe()
+    metrics = summarize(rows.assign(aa_correct=pd.NA), THREAT.eps)
+    assert metrics["fmn_ho_acc_at_eps"] <= metrics["fmn_acc_at_eps"]
+    untuned = evaluate_samples(trained, x[:10], y[:10], 0, THREAT, SETTINGS, False)
+    assert untuned["fmn_eps_ho"].isna().all() and untuned["fmn_ho_config"].isna().all()

@@ -13,45 +13,17 @@ from apgrid.grid.cli import main
 from apgrid.grid.errors import GridError
 from apgrid.grid.plan import all_models
 from apgrid.grid.runner import launch, load_grid_spec, preflight, resume
-from apgrid.grid.spec import load_spec, parse_spec
+from apgrid.grid.spec import load_spec
 from apgrid.grid.store import read_samples
 from tests.conftest import SIGINT_AT_START  # imported at collection, before any test runs Tune
+from tests.helpers import tiny_spec
 
-N_SAMPLES = 30
-QUICK_AA = ["apgd-ce", "apgd-t"]
-
-
-def tiny_spec(output, **over):
-    raw = {
-        "name": "tiny",
-        "output": str(output),
-        "threat_model": {"norm": "Linf", "eps": 0.1},
-        "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 3, "lr": 0.05, "batch_size": 64}},
-        "prune": {
-            "methods": ["lwm-global", "hydra"],
-            "sparsities": [0.9],
-            "finetune": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128},
-            "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128},
-        },
-        # AutoAttack's two APGD attacks only: these grids test the orchestration, and Square's
-        # 5,000 queries would triple the evaluate stage (test_evaluation covers the full ensemble)
-        "evaluation": {
-            "num_samples": N_SAMPLES,
-            "block_size": 10,
-            "shards": 3,
-            "actors": 2,
-            "pgd_steps": 5,
-            "fmn_steps": 50,
-            "autoattack_attacks": QUICK_AA,
-        },
-        "analysis": {"transfer_samples": 50, "bootstrap_resamples": 200},
-        **over,
-    }
-    return parse_spec(raw)
+N_SAMPLES = 30  # tiny_grid's evaluation.num_samples
 
 
 @pytest.fixture(scope="module")
-def finished_grid(ray_session, tmp_path_factory):
+def grid_runs(ray_session, tmp_path_factory):
+    """The tiny grid launched `--until prune` (what it left then), then launched again to the end."""
     output = tmp_path_factory.mktemp("grid") / "out"
     spec = tiny_spec(output)
     marker = str(output.parent / "faults")
@@ -62,17 +34,20 @@ def finished_grid(ray_session, tmp_path_factory):
     ]
     lines = []
     launch(spec, fault=faults, log=lines.append, until="prune")  # trained now, evaluated later
-    STOPPED_AFTER_PRUNE.update(
-        state=json.loads((output / "grid.json").read_text()),
-        parquet=list(output.glob("samples/**/*.parquet")),
-        last_line=lines[-1],
-        grid_run=_grid_run(spec),
-    )
+    stopped = {
+        "state": json.loads((output / "grid.json").read_text()),
+        "parquet": list(output.glob("samples/**/*.parquet")),
+        "last_line": lines[-1],
+        "grid_run": _grid_run(spec),
+    }
     launch(spec, fault=faults, log=lines.append)
+    return spec, output, lines, stopped
+
+
+@pytest.fixture(scope="module")
+def finished_grid(grid_runs):
+    spec, output, lines, _ = grid_runs
     return spec, output, lines
-
-
-STOPPED_AFTER_PRUNE = {}  # the fixture's grid as `--until prune` left it
 
 
 def _grid_run(spec):
@@ -345,9 +320,8 @@ def test_status_shows_stages_and_attempts(finished_grid, capsys):
     assert "analyze   done" in out and "attempt 2" in out
 
 
-def test_a_grid_stopped_after_prune_has_its_models_and_nothing_evaluated(finished_grid):
-    spec, output, lines = finished_grid
-    stopped = STOPPED_AFTER_PRUNE
+def test_a_grid_stopped_after_prune_has_its_models_and_nothing_evaluated(grid_runs):
+    spec, output, lines, stopped = grid_runs
     assert stopped["state"]["stages"] == {"checkpoints": "done", "dense": "done", "prune": "done"}
     assert stopped["parquet"] == []
     assert "stopped after prune as asked" in stopped["last_line"]

@@ -16,8 +16,8 @@ import yaml
 
 from apgrid.grid.state import read_state
 from apgrid.grid.store import read_samples
+from tests.helpers import quick_evaluation, tiny_grid
 from tests.ray_nodes import LocalRayCluster
-from tests.test_grid import QUICK_AA
 
 pytestmark = pytest.mark.slow
 
@@ -31,32 +31,23 @@ DRIVER = (
 
 
 def grid_raw(output, address):
-    return {
-        "name": "multinode",
-        "output": str(output),
-        "ray_address": address,
-        "threat_model": {"norm": "Linf", "eps": 0.1},
-        "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.05, "batch_size": 64}},
-        "prune": {  # 4 one-CPU trials fill both 2-CPU workers: they cannot all land on one node
+    return tiny_grid(
+        output,
+        name="multinode",
+        ray_address=address,
+        dense={"recipe": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.05, "batch_size": 64}},
+        prune={  # 4 one-CPU trials fill both 2-CPU workers: they cannot all land on one node
             "methods": ["lwm-global", "lwm-local"],
             "sparsities": [0.5, 0.9],
             "finetune": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.01, "batch_size": 128},
         },
-        "evaluation": {
-            "num_samples": N_SAMPLES,
-            "block_size": 5,
-            "shards": 4,
-            "actors": 2,
-            "pgd_steps": 2,
-            "fmn_steps": 20,
-            "autoattack_attacks": QUICK_AA,
-        },
+        evaluation=quick_evaluation(num_samples=N_SAMPLES, block_size=5, shards=4, pgd_steps=2, fmn_steps=20),
         # half a GPU per actor: both actors fit on the one GPU node, and only there; the device
         # stays the CPU (the GPUs are fake)
-        "resources": {"device": "cpu", "trial_cpus": 1, "actor_cpus": 0.5, "actor_gpus": 0.5},
-        "max_failures": 3,
-        "analysis": {"transfer_samples": 20, "bootstrap_resamples": 50},
-    }
+        resources={"device": "cpu", "trial_cpus": 1, "actor_cpus": 0.5, "actor_gpus": 0.5},
+        max_failures=3,
+        analysis={"transfer_samples": 20, "bootstrap_resamples": 50},
+    )
 
 
 def wait_for_pause(marker, stage: str, driver, deadline: float) -> int:

@@ -21,8 +21,7 @@ from apgrid.grid.errors import ResumableError
 from apgrid.grid.runner import launch, resume
 from apgrid.grid.state import read_state
 from apgrid.grid.store import read_samples
-from tests.test_grid import QUICK_AA
-from tests.test_tracking_server import free_port, small_grid, wait_for
+from tests.helpers import free_port, quick_evaluation, small_grid, wait_for
 
 pytestmark = pytest.mark.slow  # end-to-end grids beyond test_grid's: `make test`, not `make check`
 
@@ -48,15 +47,7 @@ def assert_complete(output: Path, uri: str, models: int) -> None:
 
 def test_disk_full_in_a_trial_then_while_writing_results_resumed_each_time(ray_session, tmp_path):
     output, marker = tmp_path / "out", str(tmp_path / "faults")
-    evaluation = {
-        "num_samples": N_SAMPLES,
-        "block_size": 10,
-        "shards": 2,
-        "actors": 1,
-        "pgd_steps": 2,
-        "fmn_steps": 20,
-        "autoattack_attacks": QUICK_AA,
-    }
+    evaluation = quick_evaluation(num_samples=N_SAMPLES, shards=2, actors=1, pgd_steps=2, fmn_steps=20)
     spec = small_grid(output, max_failures=1, evaluation=evaluation)
     # 1. the disk is full on every attempt of the pruning trial
     trial_fault = [{"stage": "prune", "epoch": 0, "kind": "disk-full", "times": 2, "marker": marker}]

@@ -138,17 +138,45 @@ def test_help_explains_each_command(capsys):
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in DEFAULT_SPEC.parent.glob("*.yaml")))
-def test_example_specs_validate(example, tmp_path):
-    """Every shipped example is a valid spec (its data folder pointed at an existing one)."""
+def test_example_specs_validate(example, tmp_path, monkeypatch):
+    """Every shipped example is a valid spec (its data folder pointed at an existing one, its
+    checkpoints written where it expects them, in their published layouts), and its checkpoints
+    load as the grid would load them."""
     import yaml
+
+    from apgrid.grid.plan import all_models
+    from apgrid.grid.runner import preflight
+    from tests.helpers import write_published_checkpoints
 
     raw = yaml.safe_load((DEFAULT_SPEC.parent / example).read_text())
     if raw.get("dataset", {}).get("root"):
         raw["dataset"]["root"] = str(tmp_path)
+    write_published_checkpoints(raw, tmp_path)
+    monkeypatch.chdir(tmp_path)  # checkpoint paths are relative to where `apgrid launch` runs
+    raw["output"] = str(tmp_path / "out")
     spec = parse_spec(raw)
-    from apgrid.grid.plan import all_models
-
     assert len(all_models(spec)) >= 7
+    preflight(spec, dry_run=True)  # every checkpoint loads (CheckpointError otherwise)
+
+
+def test_the_published_example_is_hydras_zoo_with_its_reported_figures(tmp_path, monkeypatch):
+    import yaml
+
+    from apgrid.grid.plan import checkpoint_models, dense_models, pruned_models
+    from tests.helpers import write_published_checkpoints
+
+    raw = yaml.safe_load((DEFAULT_SPEC.parent / "published.yaml").read_text())
+    raw["dataset"]["root"] = str(tmp_path)
+    write_published_checkpoints(raw, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec(raw)
+    assert not dense_models(spec) and not pruned_models(spec)  # nothing is trained
+    assert len(checkpoint_models(spec)) == 7
+    by_name = {c.name: c for c in spec.checkpoints}
+    assert all(c.normalization == "none" for c in spec.checkpoints)  # HYDRA: raw pixels on CIFAR
+    pruned = [c for c in spec.checkpoints if c.sparsity]
+    assert all(c.dense in by_name for c in pruned if c.dense)  # each pair for Table 2
+    assert by_name["hydra-wrn28-10-90"].reported == {"clean": 0.8897, "robust": 0.6224, "attack": "PGD-50"}
 
 
 def test_thin_ice_example_is_the_papers_twelve_models(tmp_path):

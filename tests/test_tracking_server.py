@@ -7,12 +7,9 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -20,28 +17,9 @@ import pytest
 
 from apgrid.grid.cli import main
 from apgrid.grid.runner import launch
-from tests.test_grid import QUICK_AA, tiny_spec
+from tests.helpers import free_port, small_grid, wait_for
 
 pytestmark = pytest.mark.slow  # end-to-end grids beyond test_grid's: `make test`, not `make check`
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited ({process.returncode}): {log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} not up after {seconds} s: {log.read_text()[-2000:]}")
 
 
 @contextlib.contextmanager
@@ -126,29 +104,6 @@ def postgres_cluster():
             run(bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def small_grid(output, tracking_uri=None, methods=("lwm-global",), **over):
-    sections = {
-        "dense": {"recipe": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.05, "batch_size": 64}},
-        "prune": {
-            "methods": list(methods),
-            "sparsities": [0.9],
-            "finetune": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.01, "batch_size": 128},
-            "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128},
-        },
-        "evaluation": {
-            "num_samples": 20,
-            "block_size": 10,
-            "shards": 2,
-            "actors": 2,
-            "pgd_steps": 2,
-            "fmn_steps": 20,
-            "autoattack_attacks": QUICK_AA,
-        },
-        "analysis": {"transfer_attacks": [], "costs": False, "slice_samples": 0, "bootstrap_resamples": 0},
-    }
-    return tiny_spec(output, tracking_uri=tracking_uri, **{**sections, **over})
 
 
 def grid_against(uri: str, output: Path, capsys):

@@ -7,6 +7,8 @@ comes from `pyautoattack` and FMN from `secml-torch`, wrapped only to return per
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -148,6 +150,100 @@ def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return delta.flatten(1).norm(p=p, dim=1)
 
 
+class DLRLoss(nn.Module):
+    """Difference of Logits Ratio (Croce & Hein 2020, eq. 5), per sample, untargeted: grows as the
+    sample nears and crosses the boundary, like secml-torch's logit loss, so FMN maximises it."""
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        top = logits.sort(dim=1, descending=True).values
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        best_other = torch.where(top[:, 0] == true, top[:, 1], top[:, 0])
+        return -(true - best_other) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+@dataclass(frozen=True)
+class FMNConfig:
+    """One FMN of HO-FMN's search space (Mura et al. 2024, "HO-FMN: Hyperparameter Optimization
+    for Fast Minimum-Norm Attacks"; pralab/HO-FMN src/ho_fmn/search_space.py): the loss, the
+    optimiser of the perturbation and its hyperparameters; the step size is cosine-annealed to a
+    hundredth, as in FMN. The defaults are plain FMN (logit loss, SGD without momentum)."""
+
+    loss: str = "logit"  # logit | ce | dlr
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float | None = None  # None: the spec's fmn_step_size
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    dampening: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def describe(self) -> str:
+        if self == FMNConfig(lr=self.lr):
+            return "plain FMN"
+        extra = (
+            f"momentum {self.momentum:.3g}, dampening {self.dampening:.3g}"
+            if self.optimizer == "sgd"
+            else f"betas {self.betas[0]:.3g}/{self.betas[1]:.3g}"
+        )
+        return (
+            f"{self.loss} loss, {self.optimizer} lr {self.lr:.3g}, {extra}, "
+            f"weight decay {self.weight_decay:.3g}"
+        )
+
+
+def sample_fmn_configs(count: int, seed: int) -> list[FMNConfig]:
+    """`count` draws from HO-FMN's search space (its bounds: lr log-uniform in [8/255, 10],
+    SGD momentum [0, 0.9], dampening [0, 0.2], weight decay [0.01, 1], Adam betas [0, 0.999]),
+    with every loss and optimiser; a seeded random search where the authors run Ax's Bayesian
+    optimisation per (loss, optimiser), so that the pick is the same on every actor."""
+    g = torch.Generator().manual_seed(seed)
+
+    def uniform(low, high):
+        return float(low + (high - low) * torch.rand((), generator=g))
+
+    configs = []
+    for i in range(count):
+        loss, optimizer = ("logit", "ce", "dlr")[i % 3], ("sgd", "adam")[(i // 3) % 2]
+        lr = float(torch.exp(torch.tensor(uniform(math.log(8 / 255), math.log(10.0)))))
+        common = dict(loss=loss, optimizer=optimizer, lr=lr, weight_decay=uniform(0.01, 1.0))
+        if optimizer == "sgd":
+            configs.append(FMNConfig(**common, momentum=uniform(0.0, 0.9), dampening=uniform(0.0, 0.2)))
+        else:
+            configs.append(FMNConfig(**common, betas=(uniform(0.0, 0.999), uniform(0.0, 0.999))))
+    return configs
+
+
+def tune_fmn(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str,
+    steps: int,
+    step_size: float,
+    trials: int,
+    seed: int = 0,
+) -> tuple[FMNConfig, float, float]:
+    """HO-FMN's search: plain FMN and `trials` configurations run on the same samples (the
+    correctly classified ones); the configuration with the smallest median distance (samples
+    without an adversarial point count as infinitely far) wins, plain FMN on ties.
+    Returns (config, its median, plain FMN's median)."""
+    with torch.no_grad():
+        right = model(x.to(next(model.parameters()).device)).argmax(1).cpu() == y
+    x, y = x[right], y[right]
+    plain = FMNConfig(lr=step_size)
+    best, best_median, plain_median = plain, float("inf"), float("inf")
+    if not len(y):
+        return plain, best_median, plain_median
+    for config in [plain, *sample_fmn_configs(trials, seed)]:
+        distance, found, _ = fmn(model, x, y, norm=norm, steps=steps, step_size=step_size, config=config)
+        median = float(torch.where(found, distance, torch.inf).median())
+        if config == plain:
+            plain_median = median
+        if median < best_median:
+            best, best_median = config, median
+    return best, best_median, plain_median
+
+
 def fmn(
     model: nn.Module,
     x: torch.Tensor,
@@ -158,6 +254,7 @@ def fmn(
     step_size: float,
     target: int | None = None,
     batch_size: int = 500,
+    config: FMNConfig | None = None,
 ):
     """Fast Minimum-Norm attack (Pintor et al. 2021) via secml-torch's native FMN.
 
@@ -165,6 +262,7 @@ def fmn(
     Targeted (target=c, one class for the batch): the smallest perturbation that makes it predict c.
     Returns (distance, found, x_adv). A failed search returns the input itself, so `found` is checked
     on the returned point and `distance` is NaN where nothing was found (never a fake 0).
+    `config`: one of HO-FMN's variants (loss, optimiser) instead of plain FMN.
     """
     from secmlt.adv.evasion.fmn import FMN
     from secmlt.models.pytorch.base_pytorch_nn import BasePyTorchClassifier
@@ -184,6 +282,8 @@ def fmn(
             y_target=target,
             backend="native",
         )
+        if config is not None and config != FMNConfig(lr=config.lr):
+            _configure(attack, config, steps, step_size)
         chunk = slice(start, start + batch_size)
         loader = DataLoader(TensorDataset(x[chunk].to(device), y[chunk].to(device)), batch_size=batch_size)
         x_adv += [adv.detach().cpu() for adv, _ in attack(classifier, loader, stream=True)]
@@ -194,3 +294,24 @@ def fmn(
     distance = lp_norm(x_adv - x, norm)
     distance[~found] = float("nan")
     return distance, found, x_adv
+
+
+def _configure(attack, config: FMNConfig, steps: int, step_size: float) -> None:
+    """Give a secml-torch FMN another loss and optimiser (its modular attack reads these
+    attributes when it runs: optimizer_cls([delta], lr=step_size, **optim_kwargs), the loss
+    maximised per sample, a cosine schedule down to a hundredth of the step size)."""
+    from secmlt.optimization.losses import LogitDifferenceLoss
+
+    lr = config.lr if config.lr is not None else step_size
+    losses = {"logit": LogitDifferenceLoss, "ce": nn.CrossEntropyLoss, "dlr": DLRLoss}
+    attack.loss_function = losses[config.loss](reduction="none") if config.loss != "dlr" else DLRLoss()
+    attack.step_size, attack.min_step_size = lr, lr / 100
+    if config.optimizer == "sgd":
+        attack.optimizer_cls = torch.optim.SGD
+        attack.optim_kwargs = dict(
+            momentum=config.momentum, dampening=config.dampening, weight_decay=config.weight_decay
+        )
+    else:
+        attack.optimizer_cls = torch.optim.Adam
+        attack.optim_kwargs = dict(betas=config.betas, weight_decay=config.weight_decay)
+    attack.scheduler_kwargs = {"T_max": steps, "eta_min": lr / 100}

@@ -17,7 +17,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES, autoattack, fmn, logit_margin, pgd, sample_noise
+from apgrid.trainables.attacks import (
+    AUTOATTACK_ENSEMBLES,
+    FMNConfig,
+    autoattack,
+    fmn,
+    logit_margin,
+    pgd,
+    sample_noise,
+    tune_fmn,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,11 @@ class EvalSettings:
     autoattack_attacks: tuple[str, ...] | None = None
     fmn_steps: int = 200
     fmn_step_size: float = 1.0
+    # HO-FMN (Mura et al. 2024): this many configurations of FMN's loss and optimiser are tried
+    # per model on its first fmn_tuning_samples test samples, and the best runs beside plain FMN
+    # (fmn_eps_ho); 0: plain FMN only
+    fmn_tuning_trials: int = 0
+    fmn_tuning_samples: int = 32
     seed: int = 0
     # Samples per block: AutoAttack's iteration counts are per call (Square alone makes 5,000
     # queries), so larger blocks spread them over more samples. benchmarks/evaluation.py on a
@@ -76,15 +90,19 @@ def evaluate_samples(
     settings: EvalSettings,
     signed_fmn: bool,
     device: torch.device | str = "cpu",
+    fmn_config: FMNConfig | None = None,
 ) -> pd.DataFrame:
-    """Evaluate samples start .. start+len(y)-1 block by block; one row per sample."""
+    """Evaluate samples start .. start+len(y)-1 block by block; one row per sample. With
+    `fmn_config` (HO-FMN's pick for this model, tune_model_fmn) its distances go beside FMN's."""
     if settings.batch_size == "auto":
         batch = auto_batch_size(model, tuple(x.shape[1:]), settings.block_size, torch.device(device))
         settings = replace(settings, batch_size=batch)
     frames = []
     for b_start, b_end in block_ranges(start, start + len(y), settings.block_size):
         sl = slice(b_start - start, b_end - start)
-        frames.append(evaluate_block(model, x[sl], y[sl], b_start, threat, settings, signed_fmn, device))
+        frames.append(
+            evaluate_block(model, x[sl], y[sl], b_start, threat, settings, signed_fmn, device, fmn_config)
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -174,6 +192,7 @@ def evaluate_block(
     settings: EvalSettings,
     signed_fmn: bool,
     device: torch.device | str = "cpu",
+    fmn_config: FMNConfig | None = None,
 ) -> pd.DataFrame:
     model.eval()
     idx = torch.arange(first_idx, first_idx + len(y))
@@ -209,6 +228,7 @@ def evaluate_block(
     untargeted = fmn_eps.clone()
     if signed_fmn:  # the other reading of a misclassified sample's negative eps
         untargeted = untargeted_distances(model, x, clean_pred, clean_correct, fmn_eps, threat, settings)
+    ho_eps = ho_fmn_distances(model, x, y, clean_correct, fmn_eps, threat, settings, fmn_config)
     overstated, bounded = fmn_bounds(
         clean_correct.numpy(),
         pgd_correct.numpy(),
@@ -231,8 +251,49 @@ def evaluate_block(
             "fmn_overstated": overstated,
             "fmn_eps_bounded": bounded.astype(np.float32),
             "fmn_eps_untargeted": untargeted.numpy(),
+            "fmn_eps_ho": ho_eps.numpy(),
+            "fmn_ho_config": pd.array(
+                [fmn_config.describe() if fmn_config else pd.NA] * len(y), dtype="string"
+            ),
         }
     )
+
+
+def tune_model_fmn(model, x, y, threat: ThreatModel, settings: EvalSettings) -> FMNConfig | None:
+    """HO-FMN's configuration for `model`: searched on the first fmn_tuning_samples of (x, y),
+    the same samples and seed wherever it runs; None when tuning is off."""
+    if not settings.fmn_tuning_trials:
+        return None
+    n = settings.fmn_tuning_samples
+    config, _, _ = tune_fmn(
+        model,
+        x[:n],
+        y[:n],
+        norm=threat.norm,
+        steps=settings.fmn_steps,
+        step_size=settings.fmn_step_size,
+        trials=settings.fmn_tuning_trials,
+        seed=settings.seed,
+    )
+    return config
+
+
+def ho_fmn_distances(model, x, y, correct, fmn_eps, threat, settings, config) -> torch.Tensor:
+    """HO-FMN's distance of each correctly classified sample: the smaller of plain FMN's and the
+    tuned configuration's (HO-FMN keeps the best attack found, so it is never above FMN's); the
+    misclassified keep FMN's. NaN everywhere without tuning."""
+    out = torch.full((len(y),), float("nan"))
+    if config is None:
+        return out
+    out[:] = fmn_eps
+    right = torch.nonzero(correct).flatten()
+    if len(right) and config != FMNConfig(lr=config.lr):
+        tuned, found, _ = fmn(model, x[right], y[right], config=config, **fmn_arguments(threat, settings))
+        tuned = torch.where(found, tuned, torch.inf)
+        plain = torch.nan_to_num(fmn_eps[right], nan=torch.inf)
+        best = torch.minimum(plain, tuned)
+        out[right] = torch.where(torch.isinf(best), torch.nan, best)
+    return out
 
 
 def fmn_bounds(clean_correct, pgd_correct, aa_robust, fmn_eps, eps: float):
