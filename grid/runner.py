@@ -109,8 +109,16 @@ def _spec_changes(output: Path, spec: GridSpec) -> list[str]:
     if not before.is_file():
         return []
     old = yaml.safe_load(before.read_text()) or {}
-    new = yaml.safe_load(yaml.safe_dump(_spec_yaml(spec)))  # tuples as the YAML's lists
-    return _changes({**old, "output": None}, {**new, "output": None})
+    return _changes({**old, "output": None}, {**_as_lists(_spec_yaml(spec)), "output": None})
+
+
+def _as_lists(value):
+    """The spec's tuples as the lists its YAML reads back as, so equal fields compare equal."""
+    if isinstance(value, dict):
+        return {k: _as_lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    return value
 
 
 def _changes(old, new, prefix: str = "") -> list[str]:
