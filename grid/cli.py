@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -180,10 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args) or 0
+        code = COMMANDS[args.command](args) or 0
+        sys.stdout.flush()  # here, where a reader that left is caught, not at interpreter exit
+        return code
     except ApgridError as exc:  # bad input (2) or a grid stopped by its environment (1)
         print(f"apgrid: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `apgrid query ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # the shell's code for a process ended by SIGPIPE
     except OSError as exc:  # outside a grid's stages: launching, `apgrid analyze`
         if exc.errno not in STORAGE_ERRNOS:
             raise

@@ -653,7 +653,8 @@ def _checkpoints(raw) -> tuple[CheckpointSpec, ...]:
         name = _name(item["name"])
         path = Path(_string(item["path"], f"checkpoints.{name}.path")).expanduser()
         if not path.is_file():
-            raise SpecError(f"checkpoints.{name}.path: {path} is not a file")
+            where_from = "" if path.is_absolute() else f" (relative to {Path.cwd()}, where apgrid runs)"
+            raise SpecError(f"checkpoints.{name}.path: {path} is not a file{where_from}")
         where = f"checkpoints.{name}"
         out.append(
             CheckpointSpec(

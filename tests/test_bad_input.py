@@ -109,3 +109,23 @@ def test_output_of_another_grid_is_neither_used_nor_overwritten(tmp_path, capsys
     assert "belongs to another grid ('someone-else')" in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == before
     assert json.loads((out / "grid.json").read_text()) == state
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`apgrid list examples | head -1`: the reader is gone; exit 141 (SIGPIPE's), no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "apgrid.grid.cli", "list", "examples"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == ""
