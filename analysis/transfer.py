@@ -35,6 +35,10 @@ def fgsm(model, x, y, eps: float, **_):
 
 def bim(model, x, y, eps: float, steps: int = 10, **_):
     """BIM (Kurakin et al. 2017) is PGD without the random start."""
+    return pgd(model, x, y, eps, steps, random_start=False)
+
+
+def pgd(model, x, y, eps: float, steps: int = 10, random_start: bool = True, **_):
     from secmlt.adv.evasion.pgd import PGD
 
     attack = PGD(
@@ -42,21 +46,7 @@ def bim(model, x, y, eps: float, steps: int = 10, **_):
         epsilon=eps,
         num_steps=steps,
         step_size=eps / 4,
-        random_start=False,
-        backend="foolbox",
-    )
-    return _secml(attack, model, x, y)
-
-
-def pgd(model, x, y, eps: float, steps: int = 10, **_):
-    from secmlt.adv.evasion.pgd import PGD
-
-    attack = PGD(
-        perturbation_model="linf",
-        epsilon=eps,
-        num_steps=steps,
-        step_size=eps / 4,
-        random_start=True,
+        random_start=random_start,
         backend="foolbox",
     )
     return _secml(attack, model, x, y)

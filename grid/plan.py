@@ -211,6 +211,7 @@ def all_models(spec: GridSpec) -> list[ModelPlan]:
 A100_RESNET50_TRAIN_IMAGES_PER_S = 938
 
 
+@functools.cache  # a plan asks once per model; the count depends on these three only
 def forward_flops(arch: str, image_shape: tuple[int, int, int], num_classes: int) -> float:
     """FLOPs of one sample's forward pass, counted by torch on the meta device (no weights, no data)."""
     import torch
@@ -265,18 +266,16 @@ def plan_cost(spec: GridSpec) -> PlanCost:
     # AutoAttack standard ~2,500 passes (benchmarks/results: 1,907 forward + 583 backward)
     per_model_eval = n * (ev.pgd_steps * 2 + 1 + 2 * ev.fmn_steps) + aa * 2490
     reference = forward_flops("torchvision-resnet50", (3, 224, 224), 1000)
-    flops: dict[str, float] = {}
     training = evaluation = gpu_seconds = 0.0
     for plan in all_models(spec):
-        if plan.arch not in flops:
-            flops[plan.arch] = forward_flops(plan.arch, info.image_shape, info.num_classes)
+        flops = forward_flops(plan.arch, info.image_shape, info.num_classes)
         passes = sum(
             recipe_passes(plan.config[k], train) for k in ("recipe", "search", "finetune") if k in plan.config
         )
         training += passes
         evaluation += per_model_eval
         # one training image = a forward and a backward pass of ResNet-50 on the reference card
-        rate = 2 * A100_RESNET50_TRAIN_IMAGES_PER_S * reference / flops[plan.arch]
+        rate = 2 * A100_RESNET50_TRAIN_IMAGES_PER_S * reference / flops
         gpu_seconds += (passes + per_model_eval) / rate
     return PlanCost(training, evaluation, gpu_seconds / 3600)
 

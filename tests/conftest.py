@@ -5,7 +5,8 @@ import torch
 
 from apgrid.trainables.data import load_digits
 from apgrid.trainables.models import build_model
-from apgrid.trainables.training import Recipe, make_optimizer, train_epoch
+from apgrid.trainables.training import Recipe
+from tests.helpers import train_on_digits
 
 SIGINT_AT_START = signal.getsignal(signal.SIGINT)  # before any test starts Ray or Tune
 
@@ -27,21 +28,7 @@ def trained(digits):
     """A digits CNN after 4 quick epochs of FGSM-RS training (eps 0.1)."""
     torch.manual_seed(0)
     model = build_model("digits-cnn", 1, 10, digits.mean, digits.std)
-    recipe = Recipe(trainer="fgsm-rs", epochs=4, lr=0.05, batch_size=64)
-    opt = make_optimizer(model.parameters(), recipe)
-    for epoch in range(recipe.epochs):
-        train_epoch(
-            model,
-            opt,
-            digits.x_train,
-            digits.y_train,
-            recipe=recipe,
-            eps=0.1,
-            norm="Linf",
-            seed=0,
-            epoch=epoch,
-            device="cpu",
-        )
+    train_on_digits(model, digits, Recipe(trainer="fgsm-rs", epochs=4, lr=0.05, batch_size=64))
     return model.eval()
 
 

@@ -3,8 +3,11 @@ one tiny grid spec every end-to-end test starts from, published-layout checkpoin
 waiting for a local server."""
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -133,3 +136,74 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 12
                     return
         time.sleep(0.5)
     raise RuntimeError(f"{url} not up after {seconds} s: {log.read_text()[-2000:]}")
+
+
+def train_on_digits(model, digits, recipe, params=None, seed: int = 0) -> None:
+    """`recipe.epochs` epochs of the recipe's adversarial training on digits at eps 0.1 on the CPU,
+    updating `params` (default: every parameter of the model)."""
+    from apgrid.trainables.training import make_optimizer, train_epoch
+
+    opt = make_optimizer(model.parameters() if params is None else params, recipe)
+    for epoch in range(recipe.epochs):
+        train_epoch(
+            model,
+            opt,
+            digits.x_train,
+            digits.y_train,
+            recipe=recipe,
+            eps=0.1,
+            norm="Linf",
+            seed=seed,
+            epoch=epoch,
+            device="cpu",
+        )
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 in its own process group, on a SQLite file in `folder` unless
+    `backend_uri` says otherwise; it keeps its port, so it can be stopped and started again."""
+
+    def __init__(self, folder, backend_uri: str | None = None):
+        self.folder, self.port = Path(folder), free_port()
+        self.backend_uri = backend_uri or f"sqlite:///{self.folder / 'mlflow.db'}"
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = self.folder / "mlflow-server.log"
+        with open(log, "a") as out:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--backend-store-uri",
+                    self.backend_uri,
+                    "--artifacts-destination",
+                    str(self.folder / "artifacts"),
+                    "--workers",
+                    "1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(f"{self.uri}/health", self.process, log)
+
+    def stop(self, graceful: bool = False) -> None:
+        """SIGKILL, gone at once like a crashed or preempted server; `graceful`: SIGTERM first."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if graceful:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=20)
+            if self.process.poll() is not None:
+                return
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)

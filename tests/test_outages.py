@@ -7,8 +7,6 @@ in the Parquet and in MLflow."""
 import contextlib
 import errno
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -21,7 +19,7 @@ from apgrid.grid.errors import ResumableError
 from apgrid.grid.runner import launch, resume
 from apgrid.grid.state import read_state
 from apgrid.grid.store import read_samples
-from tests.helpers import free_port, quick_evaluation, small_grid, wait_for
+from tests.helpers import MlflowServer, quick_evaluation, small_grid
 
 pytestmark = pytest.mark.slow  # end-to-end grids beyond test_grid's: `make test`, not `make check`
 
@@ -128,48 +126,8 @@ def test_cli_reports_a_full_disk_in_one_line_with_exit_code_1(ray_session, tmp_p
     )
 
 
-class Server:
-    """`mlflow server` on a fixed port and SQLite file, so that it can be stopped and restarted."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.port = folder, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = self.folder / "mlflow-server.log"
-        with open(log, "a") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mlflow",
-                    "server",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--backend-store-uri",
-                    f"sqlite:///{self.folder / 'mlflow.db'}",
-                    "--artifacts-destination",
-                    str(self.folder / "artifacts"),
-                    "--workers",
-                    "1",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for(f"{self.uri}/health", self.process, log)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, 9)  # gone at once, like a crashed or preempted server
-            self.process.wait(timeout=30)
-
-
 def test_tracking_server_going_away_mid_grid_then_resume(ray_session, tmp_path):
-    server = Server(tmp_path)
+    server = MlflowServer(tmp_path)
     server.start()
     try:
         output = tmp_path / "out"

@@ -6,25 +6,13 @@ import pytest
 import torch
 
 from apgrid.trainables import pruning
-from apgrid.trainables.training import Recipe, make_optimizer, train_epoch
+from apgrid.trainables.training import Recipe
+from tests.helpers import train_on_digits
 
 
 def finetune(model, digits, epochs=1):
     recipe = Recipe(trainer="fgsm-rs", epochs=epochs, lr=0.05, batch_size=128)
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
-    for epoch in range(epochs):
-        train_epoch(
-            model,
-            opt,
-            digits.x_train,
-            digits.y_train,
-            recipe=recipe,
-            eps=0.1,
-            norm="Linf",
-            seed=1,
-            epoch=epoch,
-            device="cpu",
-        )
+    train_on_digits(model, digits, recipe, [p for p in model.parameters() if p.requires_grad], seed=1)
 
 
 ONE_SHOT = {
@@ -72,20 +60,7 @@ def test_hydra_scores_change_while_weights_stay_frozen(trained, digits):
     first = pruning.prunable_layers(model)[0][1]
     ratio = scores_before[0] / first.parametrizations.weight.original
     assert torch.allclose(ratio[torch.isfinite(ratio)], ratio[torch.isfinite(ratio)].flatten()[0])
-    recipe = Recipe(trainer="fgsm-rs", epochs=1, lr=0.1, batch_size=128)
-    opt = make_optimizer(scores, recipe)
-    train_epoch(
-        model,
-        opt,
-        digits.x_train,
-        digits.y_train,
-        recipe=recipe,
-        eps=0.1,
-        norm="Linf",
-        seed=0,
-        epoch=0,
-        device="cpu",
-    )
+    train_on_digits(model, digits, Recipe(trainer="fgsm-rs", epochs=1, lr=0.1, batch_size=128), scores)
     assert any(not torch.equal(a, b.detach()) for a, b in zip(scores_before, scores))
     for name, m in pruning.prunable_layers(model):
         assert torch.equal(m.parametrizations.weight.original, weights_before[name]), name

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,45 +16,19 @@ import pytest
 
 from apgrid.grid.cli import main
 from apgrid.grid.runner import launch
-from tests.helpers import free_port, small_grid, wait_for
+from tests.helpers import MlflowServer, free_port, small_grid
 
 pytestmark = pytest.mark.slow  # end-to-end grids beyond test_grid's: `make test`, not `make check`
 
 
 @contextlib.contextmanager
 def mlflow_server(backend_uri: str, folder: Path):
-    port = free_port()
-    log = folder / "mlflow-server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--backend-store-uri",
-                backend_uri,
-                "--artifacts-destination",
-                str(folder / "artifacts"),
-                "--workers",
-                "1",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    server = MlflowServer(folder, backend_uri)
     try:
-        wait_for(f"http://127.0.0.1:{port}/health", process, log)
-        yield f"http://127.0.0.1:{port}"
+        server.start()
+        yield server.uri
     finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=20)
-        if process.poll() is None:
-            process.kill()
+        server.stop(graceful=True)
 
 
 def _postgres_bin() -> Path | None:

@@ -176,8 +176,13 @@ class FMNConfig:
     dampening: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
 
+    @property
+    def is_plain(self) -> bool:
+        """Plain FMN's loss and optimiser, whatever the step size."""
+        return self == FMNConfig(lr=self.lr)
+
     def describe(self) -> str:
-        if self == FMNConfig(lr=self.lr):
+        if self.is_plain:
             return "plain FMN"
         extra = (
             f"momentum {self.momentum:.3g}, dampening {self.dampening:.3g}"
@@ -282,7 +287,7 @@ def fmn(
             y_target=target,
             backend="native",
         )
-        if config is not None and config != FMNConfig(lr=config.lr):
+        if config is not None and not config.is_plain:
             _configure(attack, config, steps, step_size)
         chunk = slice(start, start + batch_size)
         loader = DataLoader(TensorDataset(x[chunk].to(device), y[chunk].to(device)), batch_size=batch_size)

@@ -287,7 +287,7 @@ def ho_fmn_distances(model, x, y, correct, fmn_eps, threat, settings, config) ->
         return out
     out[:] = fmn_eps
     right = torch.nonzero(correct).flatten()
-    if len(right) and config != FMNConfig(lr=config.lr):
+    if len(right) and not config.is_plain:
         tuned, found, _ = fmn(model, x[right], y[right], config=config, **fmn_arguments(threat, settings))
         tuned = torch.where(found, tuned, torch.inf)
         plain = torch.nan_to_num(fmn_eps[right], nan=torch.inf)
