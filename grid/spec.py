@@ -302,6 +302,11 @@ def _check_cross_fields(spec: GridSpec) -> None:
                     f"prune.methods.{m.name}.architectures: '{arch}' is not in "
                     f"dense.architectures ({', '.join(spec.dense.architectures)})"
                 )
+        if PRUNING_METHODS[m.name].needs_validation and spec.dataset.validation == 0:
+            raise SpecError(
+                f"prune.methods.{m.name}: needs a validation split while it trains; set "
+                f"dataset.validation to the number of training samples to hold out"
+            )
         for key, option in PRUNING_METHODS[m.name].options.items():
             if isinstance(option, LayerSparsity):
                 for layer in m.options[key]:

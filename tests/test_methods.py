@@ -16,7 +16,8 @@ from apgrid.trainables.training import Recipe
 
 QUICK = Recipe(trainer="fgsm-rs", epochs=1, lr=0.01, batch_size=128)
 SEARCH = Recipe(trainer="fgsm-rs", epochs=1, lr=0.05, batch_size=128)
-UNSTRUCTURED = [m for m, spec in PRUNING_METHODS.items() if not spec.structured]
+# Flying Bird+ reads a validation split while it trains: its own test below gives it one
+UNSTRUCTURED = [m for m, spec in PRUNING_METHODS.items() if not spec.structured and not spec.needs_validation]
 STRUCTURED = [m for m, spec in PRUNING_METHODS.items() if spec.structured]
 
 
@@ -426,3 +427,144 @@ def test_sehwag19_prunes_in_steps_between_finetuning_epochs_and_masks_only_tight
         for name in before["masks"]:
             assert not torch.any((before["masks"][name] == 0) & (after["masks"][name] == 1)), name
     assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
+
+
+def test_harp_learns_layer_rates_that_differ_and_meet_the_global_target(trained, digits):
+    """HARP (Zhao & Wressnegger 2023): each layer's rate is learned with the scores, so the layers
+    end at different sparsities, which together meet the grid's target; the rates moved from
+    their uniform start."""
+    search = Recipe(trainer="fgsm-rs", epochs=2, lr=0.05, batch_size=128)
+    settings = PruneSettings("harp", 0.9, 0, 0.1, "Linf", Recipe(epochs=0), search)
+    job = PruneJob(settings, copy.deepcopy(trained), digits, "cpu")
+    metrics = job.run()
+    per_layer = [1 - float(m.sum()) / m.numel() for m in pruning.masks_of(job.model).values()]
+    assert per_layer == pytest.approx(job.layer_sparsities, abs=1e-6)
+    assert max(per_layer) - min(per_layer) > 0.01  # not uniform
+    assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
+    assert metrics["measured_sparsity"] >= 0.9 - 1e-4  # never denser than the target
+
+
+def test_harp_compression_loss_and_rate_gradient_follow_the_reference():
+    """utils/hw.py: loss = max(density / target - 1, 0) over the weights the rates keep; the rate
+    of a layer gets the sum of its mask's gradient (models/layers.py GetSubnet.backward)."""
+    model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 30))
+    pruning.harp_attach_scores(model, 0.8, alpha=0.1)
+    layers = [m.parametrizations.weight[0] for m in model]
+    assert [float(p.density()) for p in layers] == pytest.approx([0.2, 0.2])
+    assert float(pruning.harp_rate_loss(model, 0.8)) == 0.0
+    with torch.no_grad():
+        layers[1].rate.fill_(10.0)  # the big layer all but dense: k -> 1
+    density = (100 * 0.2 + 300 * float(layers[1].density())) / 400
+    assert float(pruning.harp_rate_loss(model, 0.8)) == pytest.approx(density / 0.2 - 1, rel=1e-5)
+    scores = torch.randn(4, 5, requires_grad=True)
+    rate = torch.tensor(0.5, requires_grad=True)
+    mask = pruning._RateTopK.apply(scores, rate)
+    assert int(mask.sum()) == 10
+    upstream = torch.randn(4, 5)
+    mask.backward(upstream)
+    assert torch.equal(scores.grad, upstream) and float(rate.grad) == pytest.approx(float(upstream.sum()))
+
+
+def test_igq_keeps_small_layers_denser_and_meets_the_budget():
+    """The Ideal Gas Quotas (sparselearning/igq.py): kept n / (f n + 1), the layers together at the
+    target, a smaller layer never sparser than a bigger one."""
+    from apgrid.trainables.dynamic_sparsity import igq_sparsities
+
+    sizes = [432, 36_864, 73_728, 5_120, 640]
+    sparsities = igq_sparsities(sizes, 0.95)
+    kept = sum(n * (1 - s) for n, s in zip(sizes, sparsities))
+    assert kept == pytest.approx(0.05 * sum(sizes), rel=1e-6)
+    by_size = [s for _, s in sorted(zip(sizes, sparsities))]
+    assert by_size == sorted(by_size)
+
+
+def test_flying_bird_changes_its_mask_while_training_and_keeps_the_budget(digits):
+    """Flying Bird (Chen et al. 2022): trained from the initial weights under a mask that changes
+    (smallest weights dropped, as many regrown) while every layer keeps its count of weights."""
+    init = initial_weights(digits)
+    states = []
+    search = Recipe(trainer="fgsm-rs", epochs=3, lr=0.05, batch_size=128)
+    settings = PruneSettings("flyingbird", 0.9, 0, 0.1, "Linf", QUICK, search, {"update_every": 4})
+    model = build_digits_cnn(digits)
+    job = PruneJob(settings, model, digits, "cpu", initial_state=init, report=lambda m, s: states.append(s))
+    metrics = job.run()
+    masks = [s["masks"] for s in states if "masks" in s and isinstance(s["masks"], list)]
+    assert len(masks) == 3 and job.finetune.epochs == 0
+    for epoch in masks:
+        assert [int(m.sum()) for m in epoch] == [int(m.sum()) for m in masks[0]]  # the budget
+    assert any(not torch.equal(a, b) for a, b in zip(masks[0], masks[-1]))  # the topology moved
+    final = pruning.masks_of(job.model)
+    assert all(torch.equal(a, b) for a, b in zip(final.values(), masks[-1]))
+    assert metrics["measured_sparsity"] >= 0.9 - 0.005
+
+
+def test_flying_bird_plus_triggers_follow_the_training_statistics(digits):
+    """Flying Bird+: prune more when the robust gap widened, grow more when the validation
+    adversarial loss did not fall (Masking.get_dst_ratio over the last epochs); forced on from the
+    first update, the sparsity leaves the target."""
+    from apgrid.trainables.data import with_validation
+    from apgrid.trainables.dynamic_sparsity import growth_and_pruning_triggers
+
+    assert growth_and_pruning_triggers([1.0, 0.9, 0.8], [0.1, 0.2, 0.3], window=2) == (True, False)
+    assert growth_and_pruning_triggers([1.0, 1.1, 1.2], [0.3, 0.2, 0.1], window=2) == (False, True)
+    assert growth_and_pruning_triggers([1.0], [0.1], window=2) == (False, False)
+    states = []
+    search = Recipe(trainer="fgsm-rs", epochs=3, lr=0.05, batch_size=128)
+    options = {"update_every": 4, "start": 0.0, "window": 1, "threshold": 0.0}  # always both
+    settings = PruneSettings("flyingbird+", 0.9, 0, 0.1, "Linf", QUICK, search, options)
+    with pytest.raises(ValueError, match="validation split"):
+        PruneJob(settings, build_digits_cnn(digits), digits, "cpu", initial_state=initial_weights(digits))
+    split = with_validation(digits, 300)
+    job = PruneJob(
+        settings,
+        build_digits_cnn(digits),
+        split,
+        "cpu",
+        initial_state=initial_weights(digits),
+        report=lambda m, s: states.append(m),
+    )
+    job.run()
+    searched = [m for m in states if m.get("phase") == "search"]
+    assert all("val_pgd_loss" in m for m in searched)
+    assert searched[-1]["mask_sparsity"] > 0.9 + 0.005  # extra drops outweigh 5 % extra growth
+
+
+def test_robust_bird_stops_when_the_early_bird_mask_settles(digits):
+    """Robust Bird (Chen et al. 2022): standard training until the global magnitude mask of the
+    conv weights is within the Hamming distance of the last ones, then that network pruned by one
+    global magnitude threshold and adversarially trained."""
+    from apgrid.trainables.dynamic_sparsity import global_magnitude_mask, mask_distances
+
+    a, b = torch.tensor([1.0, 0, 1, 0]), torch.tensor([1.0, 1, 1, 0])
+    assert mask_distances([a, b, b]) == [0.25, 0.0]
+    states, metrics_seen = [], []
+    search = Recipe(trainer="fgsm-rs", epochs=8, lr=0.05, batch_size=128)
+    settings = PruneSettings(
+        "robustbird", 0.9, 0, 0.1, "Linf", Recipe(epochs=0), search, {"window": 2, "distance": 0.2}
+    )
+    job = PruneJob(
+        settings,
+        build_digits_cnn(digits),
+        digits,
+        "cpu",
+        initial_state=initial_weights(digits),
+        report=lambda m, s: (metrics_seen.append(m), states.append(s)),
+    )
+    job.run()
+    searched = [m for m in metrics_seen if m.get("phase") == "search"]
+    assert searched[-1]["early_bird_found"] == 1 and len(searched) < 8  # stopped early
+    assert searched[-1]["early_bird_distance"] <= 0.2
+    at_stop = build_digits_cnn(digits)
+    at_stop.load_state_dict(states[len(searched) - 1]["model"])
+    expected = copy.deepcopy(at_stop)
+    pruning.prune_magnitude(expected, 0.9, "global")
+    for name, mask in pruning.masks_of(job.model).items():
+        assert torch.equal(mask, pruning.masks_of(expected)[name]), name
+    convs = [m for _, m in pruning.prunable_layers(at_stop) if isinstance(m, nn.Conv2d)]
+    assert torch.equal(global_magnitude_mask(convs, 0.9), states[len(searched) - 1]["masks"][-1])
+
+
+def build_digits_cnn(digits):
+    from apgrid.trainables.models import build_model
+
+    return build_model("digits-cnn", 1, 10, digits.mean, digits.std)

@@ -117,7 +117,8 @@ class PruningMethod:
     description: ClassVar[str]
     options: ClassVar[dict[str, Any]] = {}
     search_phase: ClassVar[bool] = False
-    trains_weights: ClassVar[bool] = True  # False: no fine-tuning (a ticket keeps its weights)
+    finetunes: ClassVar[bool] = True  # False: no fine-tuning phase (RST's ticket, Flying Bird)
+    needs_validation: ClassVar[bool] = False  # reads the validation split while it trains
     iterative: ClassVar[bool] = False  # prunes in `steps` between fine-tuning epochs (prune_step)
     needs_initial_state: ClassVar[bool] = False  # rewinds to / starts from the initial weights
 
@@ -279,6 +280,59 @@ class Hydra(PruningMethod):
 
 
 @register
+class Harp(PruningMethod):
+    """HARP as intellisec/harp trains it (train.py, trainer/adv.py, utils/hw.py): HYDRA's scores
+    and one learned density per layer, trained together under the adversarial loss plus
+    gamma_t * max(density / target - 1, 0), gamma_t = (epoch + 1) * gamma until the target is
+    first met, then frozen; the weights stay frozen (batch norm trains), then fine-tuning."""
+
+    name, pipeline, scope = "harp", "A", "global"
+    criterion = "optimised importance score + learned layer rates"
+    description = (
+        "HARP (Zhao & Wressnegger 2023): learn importance scores and each layer's pruning rate "
+        "under the adversarial loss with a compression loss towards the global target, keep the "
+        "top scores of each layer at its learned rate, then fine-tune the weights"
+    )
+    search_phase = True
+    # README: --gamma 0.01 for weight pruning; args.py: --alpha 0.1 (rate_min = alpha * k)
+    options = {"gamma": Number(0.01, 0.0, 1e3), "alpha": Number(0.1, 0.0, 1.0), "freeze_bn": Flag(False)}
+
+    def search(self, job, state) -> None:
+        from apgrid.trainables.training import make_optimizer
+
+        o, sparsity = job.options, job.s.sparsity
+        params = pruning.harp_attach_scores(job.model, sparsity, o["alpha"], freeze_bn=o["freeze_bn"])
+        optimizer = make_optimizer(params, job.search)
+        frozen = None
+        if state:
+            for p, saved in zip(params, state["scores"]):
+                p.data.copy_(saved)
+            optimizer.load_state_dict(state["optimizer"])
+            frozen = state["gamma"]
+        for epoch in range(state["epoch"] if state else 0, job.search_epochs):
+            gamma = frozen if frozen is not None else (epoch + 1) * o["gamma"]
+            metrics = job.train(
+                optimizer,
+                job.search,
+                epoch,
+                penalty=lambda g=gamma: g * pruning.harp_rate_loss(job.model, sparsity),
+            )
+            if round(float(pruning.harp_rate_loss(job.model, sparsity).detach()), 4) == 0.0:
+                frozen = gamma  # train.py: the target reached, gamma stays where it is
+            metrics.update(harp_density=float(pruning.harp_density(job.model).detach()), harp_gamma=gamma)
+            job.report(
+                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
+                {
+                    "scores": [p.detach().cpu() for p in params],
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "gamma": frozen,
+                },
+            )
+        job.layer_sparsities = pruning.harp_finalize(job.model, sparsity)
+
+
+@register
 class IterativeMagnitude(PruningMethod):
     name, pipeline, scope = "sehwag19", "A", "local"
     criterion = "weight magnitude, iterative"
@@ -309,7 +363,7 @@ class RobustScratchTicket(Hydra):
         "on the randomly initialised network, which is never trained; the top-k per layer is the "
         "ticket, its weights bit-identical to their initialisation (no fine-tuning)"
     )
-    trains_weights = False
+    finetunes = False
     needs_initial_state = True
 
     def search(self, job, state) -> None:
@@ -331,6 +385,216 @@ class BoostingTickets(PruningMethod):
     def prune(self, job) -> None:
         pruning.prune_magnitude(job.model, job.s.sparsity, "global")
         pruning.rewind(job.model, job.initial_state)
+
+
+@register
+class FlyingBird(PruningMethod):
+    """Flying Bird as the authors train it (main_adv.py --fb --dynamic_fre, sparselearning/core.py):
+    adversarial training from the initial weights under random masks at the Ideal Gas Quotas'
+    per-layer sparsities; every `update_every` iterations (`update_every_late` after half the
+    epochs) each layer drops its smallest active weights, the death rate cosine-annealed from 0.5
+    to 0.005 over training, and regrows as many at random. Its training is the search recipe (the
+    authors: the dense schedule, 200 epochs); no fine-tuning after."""
+
+    name, pipeline, scope = "flyingbird", "D", "global"
+    criterion = "dynamic sparse: magnitude drop, random regrowth"
+    description = (
+        "Flying Bird (Chen et al. 2022): sparse adversarial training from scratch whose mask "
+        "changes as it trains (drop the smallest weights, regrow as many at random) at a fixed "
+        "budget with Ideal-Gas-Quota layer sparsities; trained with the search recipe"
+    )
+    search_phase = True
+    finetunes = False
+    needs_initial_state = True
+    adaptive = False  # Flying Bird+: the sparsity moves with the training statistics
+    # main_adv.py: --death-rate 0.5, --update_frequency 900, --second_frequency 1200 (iterations)
+    options = {
+        "death_rate": Number(0.5, 0.0, 1.0),
+        "update_every": Whole(900, 1),
+        "update_every_late": Whole(1200, 1),
+    }
+
+    def search(self, job, state) -> None:
+        from apgrid.trainables import dynamic_sparsity as dst
+        from apgrid.trainables.training import make_optimizer
+
+        o, recipe, epochs = job.options, job.search, job.search_epochs
+        named = pruning.prunable_layers(job.model)
+        layers = [m for _, m in named]
+        generator = torch.Generator().manual_seed(job.s.seed)
+        history = {"val_loss": [], "robust_gap": []}
+        if state:
+            job.model.load_state_dict(state["model"])
+            masks = [m.to(job.device) for m in state["masks"]]
+            history = state["history"]
+            generator.set_state(state["generator"])
+        else:
+            job.model.load_state_dict(job.initial_state)
+            sizes = [m.weight.numel() for m in layers]
+            masks = dst.random_masks(layers, dst.igq_sparsities(sizes, job.s.sparsity), generator)
+        optimizer = make_optimizer(job.model.parameters(), recipe)
+        if state:
+            optimizer.load_state_dict(state["optimizer"])
+        dst.apply_masks(layers, masks, optimizer)
+        batches = math.ceil(len(job.ds.y_train) / recipe.batch_size)
+        for epoch in range(state["epoch"] if state else 0, epochs):
+            every = o["update_every"] if epoch <= epochs / 2 else o["update_every_late"]
+            triggers = self.triggers(job, history, epoch, epochs)
+
+            @torch.no_grad()
+            def after_step(batch: int, epoch=epoch, every=every, triggers=triggers) -> None:
+                dst.apply_masks(layers, masks, optimizer)
+                step = epoch * batches + batch + 1
+                if step % every:
+                    return
+                rate = dst.death_rate_at(step, batches * epochs, o["death_rate"])
+                extra = self.extra(job, triggers)
+                for i, m in enumerate(layers):
+                    masks[i] = dst.update_mask(m.weight, masks[i], rate, generator, *extra)
+                dst.apply_masks(layers, masks, optimizer)
+
+            metrics = job.train(optimizer, recipe, epoch, after_step=after_step)
+            self.record(job, history, metrics)
+            kept = sum(float(m.sum()) for m in masks)
+            metrics["mask_sparsity"] = 1 - kept / sum(m.numel() for m in masks)
+            job.report(
+                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
+                {
+                    "model": {k: v.cpu() for k, v in job.model.state_dict().items()},
+                    "masks": [m.cpu() for m in masks],
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "generator": generator.get_state(),
+                },
+            )
+        pruning.apply_masks(job.model, {name: mask for (name, _), mask in zip(named, masks)})
+
+    def triggers(self, job, history: dict, epoch: int, epochs: int) -> tuple[bool, bool]:
+        return False, False
+
+    def extra(self, job, triggers: tuple[bool, bool]) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    def record(self, job, history: dict, metrics: dict) -> None:
+        """Flying Bird keeps no statistics."""
+
+
+@register
+class FlyingBirdPlus(FlyingBird):
+    """Flying Bird+ (main_adv.py --fbp, Masking.dst_prune / dst_growth): from `start` of the
+    epochs on, an update drops `extra_death` x the death rate more weights when the gap between
+    training and validation robust accuracy widened in at least half of the last `window` epochs,
+    and regrows `extra_growth` more when the validation adversarial loss did not fall in at least
+    half of them; the sparsity moves with the training statistics."""
+
+    name = "flyingbird+"
+    criterion = "dynamic sparse, adaptive sparsity: magnitude drop, random regrowth"
+    description = (
+        "Flying Bird+ (Chen et al. 2022): Flying Bird whose sparsity adapts, pruning more when "
+        "robust overfitting grows and regrowing more when the validation adversarial loss stalls "
+        "(needs a validation split)"
+    )
+    adaptive = True
+    needs_validation = True
+    # main_adv.py: --prune_ratio 0.4, --growth_ratio 0.05, --epoch_range 4, --update_threshold 0.5,
+    # --dynamic_epoch 100 of 200 epochs
+    options = {
+        **FlyingBird.options,
+        "extra_death": Number(0.4, 0.0, 10.0),
+        "extra_growth": Number(0.05, 0.0, 10.0),
+        "window": Whole(4, 1),
+        "threshold": Number(0.5, 0.0, 1.0),
+        "start": Number(0.5, 0.0, 1.0),
+    }
+
+    def triggers(self, job, history, epoch, epochs) -> tuple[bool, bool]:
+        from apgrid.trainables.dynamic_sparsity import growth_and_pruning_triggers
+
+        if epoch < job.options["start"] * epochs:
+            return False, False
+        o = job.options
+        return growth_and_pruning_triggers(
+            history["val_loss"], history["robust_gap"], o["window"], o["threshold"]
+        )
+
+    def extra(self, job, triggers) -> tuple[float, float]:
+        prune_more, grow_more = triggers
+        return (job.options["extra_death"] if prune_more else 0.0), (
+            job.options["extra_growth"] if grow_more else 0.0
+        )
+
+    def record(self, job, history, metrics) -> None:
+        """The validation split's PGD loss and the robust generalisation gap, once an epoch
+        (main_adv.py: update_loss_info, update_train_val_diff)."""
+        from apgrid.trainables.training import robust_loss_and_accuracy
+
+        loss, acc = robust_loss_and_accuracy(
+            job.model, job.ds.x_val, job.ds.y_val, eps=job.s.eps, norm=job.s.norm, device=job.device
+        )
+        history["val_loss"].append(loss)
+        history["robust_gap"].append(metrics["train_adv_acc"] - acc)
+        metrics.update(val_pgd_loss=loss, val_pgd_acc=acc)
+
+
+@register
+class RobustBird(PruningMethod):
+    """Robust Bird as the authors train it (Robust-Bird/train_eb.py, utils/early_bird.py): standard
+    (clean) training from the initial weights; after each epoch the global magnitude mask of the
+    conv weights at the target; stop when the newest mask is within `distance` (normalised Hamming)
+    of each of the last `window` - 1; then one global magnitude prune of conv and linear weights
+    (prune_unstructured) and adversarial training of the sparse network (the fine-tuning recipe;
+    the authors: 200 PGD-10 epochs)."""
+
+    name, pipeline, scope = "robustbird", "B", "global"
+    criterion = "weight magnitude, early-bird mask from standard training"
+    description = (
+        "Robust Bird (Chen et al. 2022): find the early-bird mask with cheap standard training "
+        "(stop when the global magnitude mask stops changing), prune, then adversarially train "
+        "the sparse network with the fine-tuning recipe"
+    )
+    search_phase = True
+    needs_initial_state = True
+    # unstructure_early_bird_emerge: every distance <= 0.08; EarlyBird(epoch_keep=5)
+    options = {"distance": Number(0.08, 0.0, 1.0), "window": Whole(5, 2)}
+
+    def search(self, job, state) -> None:
+        from dataclasses import replace
+
+        from apgrid.trainables import dynamic_sparsity as dst
+        from apgrid.trainables.training import make_optimizer
+
+        o = job.options
+        convs = [m for _, m in pruning.prunable_layers(job.model) if isinstance(m, torch.nn.Conv2d)]
+        recipe = replace(job.search, trainer="clean")  # stage 1: standard training (--stage1 sgd)
+        optimizer = make_optimizer(job.model.parameters(), recipe)
+        masks, found = [], False
+        if state:
+            job.model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            masks, found = state["masks"], state["found"]
+        else:
+            job.model.load_state_dict(job.initial_state)
+        for epoch in range(state["epoch"] if state else 0, job.search_epochs):
+            if found:
+                break
+            metrics = job.train(optimizer, recipe, epoch)
+            masks = [*masks, dst.global_magnitude_mask(convs, job.s.sparsity)][-o["window"] :]
+            if len(masks) == o["window"]:
+                metrics["early_bird_distance"] = max(dst.mask_distances(masks))
+                found = metrics["early_bird_distance"] <= o["distance"]
+            metrics["early_bird_found"] = int(found)
+            job.report(
+                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
+                {
+                    "model": {k: v.cpu() for k, v in job.model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "masks": masks,
+                    "found": found,
+                    "epoch": epoch + 1,
+                },
+            )
+        pruning.prune_magnitude(job.model, job.s.sparsity, "global")
 
 
 @register

@@ -217,10 +217,10 @@ class PruneJob:
         self.initial_state = initial_state
         if self.method.needs_initial_state and initial_state is None:
             raise ValueError(f"{settings.method}: needs the dense model's initial weights")
-        # a method whose weights are never trained (RST) has no fine-tuning phase
-        self.finetune = (
-            settings.finetune if self.method.trains_weights else replace(settings.finetune, epochs=0)
-        )
+        if self.method.needs_validation and ds.x_val is None:
+            raise ValueError(f"{settings.method}: needs a validation split (dataset.validation)")
+        # a method without a fine-tuning phase (RST, Flying Bird) trains for 0 fine-tuning epochs
+        self.finetune = settings.finetune if self.method.finetunes else replace(settings.finetune, epochs=0)
         self.search = settings.search if self.method.search_phase else None
         self.search_epochs = self.search.epochs if self.search else 0
         self.total = self.search_epochs + self.finetune.epochs

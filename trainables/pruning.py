@@ -107,25 +107,30 @@ class HydraScores(nn.Module):
         return _TopKStraightThrough.apply(self.scores.detach().abs(), self.k)
 
 
-def hydra_attach_scores(model: nn.Module, sparsity: float, freeze_bn: bool = False) -> list[nn.Parameter]:
-    """Freeze the conv and linear weights and biases and attach trainable scores; returns the
-    parameters to optimise: the scores, and the batch-norm affine parameters unless `freeze_bn`
-    (HYDRA's utils/model.py freeze_vars leaves batch norm trainable without its --freeze-bn)."""
-    check_sparsity(sparsity)
+def attach_scores(model: nn.Module, make, freeze_bn: bool = False) -> list[nn.Parameter]:
+    """Freeze the conv and linear weights and biases and parametrize each layer's weight with
+    `make(weight)`; returns the parameters to optimise: the parametrizations', and the batch-norm
+    affine parameters unless `freeze_bn` (HYDRA's utils/model.py freeze_vars leaves batch norm
+    trainable without its --freeze-bn; HARP's the same)."""
     batch_norm = [
         p for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()
     ]
     for p in model.parameters():
         p.requires_grad_(False)
-    scores = []
+    learned = []
     for _, m in prunable_layers(model):
-        parametrize.register_parametrization(m, "weight", HydraScores(m.weight, sparsity))
-        scores.append(m.parametrizations.weight[0].scores)
+        parametrize.register_parametrization(m, "weight", make(m.weight))
+        learned += list(m.parametrizations.weight[0].parameters())
     if freeze_bn:
-        return scores
+        return learned
     for p in batch_norm:
         p.requires_grad_(True)
-    return scores + batch_norm
+    return learned + batch_norm
+
+
+def hydra_attach_scores(model: nn.Module, sparsity: float, freeze_bn: bool = False) -> list[nn.Parameter]:
+    check_sparsity(sparsity)
+    return attach_scores(model, lambda weight: HydraScores(weight, sparsity), freeze_bn)
 
 
 def hydra_finalize(model: nn.Module) -> None:
@@ -136,6 +141,86 @@ def hydra_finalize(model: nn.Module) -> None:
         prune.custom_from_mask(m, "weight", mask)
     for p in model.parameters():
         p.requires_grad_(True)
+
+
+# -- HARP (Zhao & Wressnegger, ICLR 2023; intellisec/harp) -------------------------------------
+
+
+class _RateTopK(torch.autograd.Function):
+    """The top `density` share of the scores (models/layers.py GetSubnet: int((1 - k) n) pruned);
+    the scores get the gradient straight through and the layer's rate its sum."""
+
+    @staticmethod
+    def forward(ctx, scores, density):
+        mask = torch.zeros_like(scores)
+        kept = scores.numel() - int((1 - float(density)) * scores.numel())
+        mask.view(-1)[scores.flatten().topk(kept).indices] = 1.0
+        return mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad.sum()
+
+
+class HarpScores(HydraScores):
+    """HYDRA's scores plus a learned layer density k = sigmoid(r) (1 - k_min) + k_min, k_min =
+    alpha * target (utils/utils.py rate_act_func), starting at the target in every layer (the
+    uniform initial strategy, rate_init_func)."""
+
+    def __init__(self, weight: torch.Tensor, sparsity: float, alpha: float):
+        super().__init__(weight, sparsity)
+        target = 1 - sparsity
+        self.k_min = alpha * target
+        start = min(max((target - self.k_min) / (1 - self.k_min), 0.01), 0.99)  # rate_init_func's clip
+        self.rate = nn.Parameter(torch.tensor(math.log(start / (1 - start))))
+
+    def density(self) -> torch.Tensor:
+        return torch.sigmoid(self.rate) * (1 - self.k_min) + self.k_min
+
+    def forward(self, weight):
+        return weight * _RateTopK.apply(self.scores.abs(), self.density())
+
+    def mask(self) -> torch.Tensor:
+        return _TopKStraightThrough.apply(self.scores.detach().abs(), self.k)
+
+
+def harp_attach_scores(
+    model: nn.Module, sparsity: float, alpha: float, freeze_bn: bool = False
+) -> list[nn.Parameter]:
+    check_sparsity(sparsity)
+    return attach_scores(model, lambda weight: HarpScores(weight, sparsity, alpha), freeze_bn)
+
+
+def _harp_layers(model: nn.Module) -> list[tuple[nn.Module, HarpScores]]:
+    return [(m, m.parametrizations.weight[0]) for _, m in prunable_layers(model)]
+
+
+def harp_density(model: nn.Module) -> torch.Tensor:
+    """The share of weights the learned layer rates keep, differentiable in the rates."""
+    layers = _harp_layers(model)
+    total = sum(m.weight.numel() for m, _ in layers)
+    return sum(m.weight.numel() * p.density() for m, p in layers) / total
+
+
+def harp_rate_loss(model: nn.Module, sparsity: float) -> torch.Tensor:
+    """HARP's compression loss (utils/hw.py hw_loss): max(density / target - 1, 0)."""
+    return torch.clamp(harp_density(model) / (1 - sparsity) - 1.0, min=0.0)
+
+
+def harp_finalize(model: nn.Module, sparsity: float) -> list[float]:
+    """Fixed masks from the learned rates and scores, weights unfrozen; returns each layer's
+    sparsity. Where the rates still keep more than the target (the loss is a penalty), every layer
+    is scaled down alike so that the model meets the grid's sparsity (apgrid's guarantee)."""
+    layers = _harp_layers(model)
+    sizes = [m.weight.numel() for m, _ in layers]
+    kept = [n - int((1 - float(p.density().detach())) * n) for n, (_, p) in zip(sizes, layers)]
+    budget = kept_count(sum(sizes), sparsity)
+    if sum(kept) > budget:
+        kept = [int(k * budget / sum(kept)) for k in kept]
+    for k, (_, p) in zip(kept, layers):
+        p.k = max(k, 1)
+    hydra_finalize(model)
+    return [1 - p.k / n for n, (_, p) in zip(sizes, layers)]
 
 
 @torch.no_grad()

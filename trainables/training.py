@@ -196,9 +196,26 @@ def robust_accuracy(
 ) -> float:
     """PGD-`steps` accuracy (step 2.5 eps / steps, random start seeded once): the validation score
     of model selection and of the catastrophic-overfitting check."""
+    return robust_loss_and_accuracy(
+        model, x, y, eps=eps, norm=norm, device=device, steps=steps, batch_size=batch_size
+    )[1]
+
+
+def robust_loss_and_accuracy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str,
+    device,
+    steps: int = 10,
+    batch_size: int = 500,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy under PGD-`steps` (as robust_accuracy attacks)."""
     model.eval()
     gen = torch.Generator().manual_seed(0)
-    correct = 0
+    correct, loss = 0, 0.0
     for i in range(0, len(y), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         noise = (torch.rand(xb.shape, generator=gen) * 2 - 1) * eps
@@ -213,8 +230,10 @@ def robust_accuracy(
             init_noise=noise,
         )
         with torch.inference_mode():
-            correct += (model(adv).argmax(1).cpu() == yb).sum().item()
-    return correct / max(1, len(y))
+            logits = model(adv).cpu()
+        correct += (logits.argmax(1) == yb).sum().item()
+        loss += F.cross_entropy(logits, yb, reduction="sum").item()
+    return loss / max(1, len(y)), correct / max(1, len(y))
 
 
 @torch.inference_mode()
