@@ -160,6 +160,11 @@ class PruningMethod:
     def sample_weights(self, job):
         return None
 
+    def objective(self, job):
+        """A loss(model, x, y) -> (loss, logits) on clean batches replacing the recipes' adversarial
+        one in every phase, or None."""
+        return None
+
     def finetune_step(self, job):
         """A callable run after every fine-tuning step (projections), or None."""
         return None
@@ -333,6 +338,59 @@ class Harp(PruningMethod):
 
 
 @register
+class Mad(PruningMethod):
+    """MAD as the authors prune (compute_saliency.py, main_mad_pretrain.py; trainables/saliency.py):
+    one pass over the training set, each batch's PGD examples, a soft mask per weight optimised
+    for 20 Adam steps (lr 0.1) to lower their loss, the K-FAC second-order saliency of what the
+    mask removes, averaged; then the lowest-saliency conv weights pruned by one global ranking
+    (each linear layer row by row) and the network fine-tuned."""
+
+    name, pipeline, scope = "mad", "A", "global"
+    criterion = "adversarial second-order saliency (K-FAC)"
+    description = (
+        "MAD (Lee et al. 2022): rank weights by the second-order change of the adversarial loss "
+        "when their learned soft mask removes them (K-FAC Hessian), prune the least salient "
+        "globally in one shot, then fine-tune"
+    )
+    # compute_saliency.py: --steps 10 (PGD), mask_epoch=20, Adam lr 0.1; samples 0: the whole set
+    options = {
+        "pgd_steps": Whole(10, 1),
+        "mask_steps": Whole(20, 1),
+        "mask_lr": Number(0.1, 0.0, 10.0),
+        "samples": Whole(0, 0),
+        "batch_size": Whole(128, 1),
+    }
+
+    def prune(self, job) -> None:
+        from apgrid.trainables.saliency import batch_saliency, mad_masks
+
+        o = job.options
+        x, y = job.ds.x_train, job.ds.y_train
+        if o["samples"]:
+            x, y = x[: o["samples"]], y[: o["samples"]]
+        torch.manual_seed(job.s.seed)
+        starts = range(0, len(y), o["batch_size"])
+        total: dict[str, torch.Tensor] = {}
+        for start in starts:
+            xb = x[start : start + o["batch_size"]].to(job.device)
+            yb = y[start : start + o["batch_size"]].to(job.device)
+            batch = batch_saliency(
+                job.model,
+                xb,
+                yb,
+                eps=job.s.eps,
+                norm=job.s.norm,
+                pgd_steps=o["pgd_steps"],
+                mask_steps=o["mask_steps"],
+                mask_lr=o["mask_lr"],
+            )
+            for name, s in batch.items():
+                total[name] = total.get(name, 0) + s / len(starts)
+        job.saliency = total
+        pruning.apply_masks(job.model, mad_masks(total, job.model, job.s.sparsity))
+
+
+@register
 class IterativeMagnitude(PruningMethod):
     name, pipeline, scope = "sehwag19", "A", "local"
     criterion = "weight magnitude, iterative"
@@ -373,7 +431,8 @@ class RobustScratchTicket(Hydra):
 
 @register
 class BoostingTickets(PruningMethod):
-    name, pipeline, scope = "li20", "A", "global"
+    # the survey's taxonomy (pralab/AdversarialPruningBenchmark taxonomy/taxonomy.json): B, global
+    name, pipeline, scope = "li20", "B", "global"
     criterion = "weight magnitude, rewound (lottery ticket)"
     description = (
         "Li et al. 2020 (boosting tickets under adversarial training): global magnitude mask of "
@@ -598,6 +657,53 @@ class RobustBird(PruningMethod):
 
 
 @register
+class TwinRep(PruningMethod):
+    """TwinRep (Li et al., AAAI 2023, "Learning adversarially robust sparse networks via weight
+    reparameterization"): every conv and linear weight trained as the product of two twins under
+    adversarial training with weight decay, which acts on the product as an L1 penalty and drives
+    weights to zero; then one global magnitude threshold at the target and fine-tuning. No code of
+    the authors' was found: the twins' initialisation (the weight split into two equal-magnitude
+    factors), training from the initial weights with the search recipe, and the fine-tuning after
+    are apgrid's reading of the paper; its structured (channel) variant is not implemented."""
+
+    name, pipeline, scope = "twinrep", "D", "global"
+    criterion = "weight magnitude after twin (W1 * W2) reparametrised training"
+    description = (
+        "TwinRep (Li et al. 2023): adversarial training from scratch with each weight the product "
+        "of two twins, whose weight decay acts as L1 on the weight; then a global magnitude "
+        "threshold and fine-tuning (unstructured)"
+    )
+    search_phase = True
+    needs_initial_state = True
+
+    def search(self, job, state) -> None:
+        from apgrid.trainables.training import make_optimizer
+
+        job.model.load_state_dict(job.initial_state)
+        pruning.twin_attach(job.model)
+        optimizer = make_optimizer(job.model.parameters(), job.search)
+        if state:
+            job.model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        for epoch in range(state["epoch"] if state else 0, job.search_epochs):
+            metrics = job.train(optimizer, job.search, epoch)
+            weights = torch.cat(
+                [m.weight.detach().abs().flatten() for _, m in pruning.prunable_layers(job.model)]
+            )
+            metrics["near_zero_share"] = float((weights < 1e-3).float().mean())
+            job.report(
+                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
+                {
+                    "model": {k: v.cpu() for k, v in job.model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                },
+            )
+        pruning.twin_finalize(job.model)
+        pruning.prune_magnitude(job.model, job.s.sparsity, "global")
+
+
+@register
 class RobustAdmm(PruningMethod):
     """The ADMM phase (trainables/admm.py), then hard masks: Z and U are updated every
     `admm_epoch` epochs and rho grows by `rho_factor` at each update."""
@@ -670,6 +776,75 @@ class RobustAdmm(PruningMethod):
                 },
             )
         pruning.apply_masks(job.model, admm.hard_masks())
+
+
+@register
+class Pwoa(RobustAdmm):
+    """PwoA as the authors run it (scripts/cifar10.sh, core/train_hsic_prune.py, math/admm.py):
+    R-ADMM's phases (layer-wise irregular sparsity, Z/U every `admm_epoch` epochs from rho 0.01
+    growing x1.35, the ADMM learning-rate cycle) where every loss, in the ADMM phase and in the
+    masked retraining, is self-distillation from the adversarially trained dense model at
+    temperature 30 (weight 10, KLDivLoss(log_target) x T^2) plus the HSIC bottleneck on each
+    layer's output, 2e-5 HSIC(Z, X) - 1e-4 HSIC(Z, Y), on clean inputs: no cross-entropy, no
+    adversarial examples (xentropy_weight 0, mix_ratio 0). apgrid takes every conv and linear
+    layer's output as Z where the authors' networks return their blocks' outputs."""
+
+    name, pipeline, scope = "pwoa", "A", "local"
+    criterion = "ADMM-optimised magnitude, distilled without adversarial examples"
+    description = (
+        "PwoA (Jian et al. 2022): prune an adversarially trained network by ADMM and retrain it "
+        "under its masks with self-distillation from the dense model and the HSIC bottleneck, "
+        "on clean data only"
+    )
+    options = {
+        **RobustAdmm.options,
+        "rho": Number(0.01, 0.0, 1e3),  # cifar10.sh: --rho 0.01
+        "rho_factor": Number(1.35, 1.0, 100.0),  # admm_multi_rho_scheduler: x1.35
+        "admm_epoch": Whole(3, 1),  # --admm-epochs 3
+        "temperature": Number(30.0, 0.01, 1e3),  # --distill_temp 30
+        "distill_weight": Number(10.0, 0.0, 1e3),  # --distill_alpha 10
+        "hsic_x": Number(2e-5, 0.0, 1e3),  # lx
+        "hsic_y": Number(1e-4, 0.0, 1e3),  # ly
+        "sigma": Number(5.0, 1e-6, 1e6),  # general-prune-hsicbt-cifar10.yaml: sigma 5, k_type_y linear
+    }
+
+    def objective(self, job):
+        import copy
+
+        import torch.nn.functional as F
+
+        from apgrid.trainables.hsic import hsic_normalized_cca
+
+        o = job.options
+        teacher = copy.deepcopy(job.model).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        outputs: list[torch.Tensor] = []
+        layers = [m for _, m in pruning.prunable_layers(job.model)]
+        for m in layers:
+            m.register_forward_hook(lambda mod, inp, out: outputs.append(out) if mod.training else None)
+        classes = None
+
+        def loss(model, x, y):
+            nonlocal classes
+            outputs.clear()
+            logits = model(x)
+            with torch.no_grad():
+                target = teacher(x)
+            t = o["temperature"]
+            distill = F.kl_div(  # KLDivLoss(log_target=True)'s default: the mean over every entry
+                F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1), reduction="none", log_target=True
+            ).mean()
+            total = o["distill_weight"] * t * t * distill
+            if o["hsic_x"] or o["hsic_y"]:
+                classes = classes or logits.shape[1]
+                onehot = F.one_hot(y, classes).float()
+                for z in outputs:
+                    total = total + o["hsic_x"] * hsic_normalized_cca(z, x, o["sigma"])
+                    total = total - o["hsic_y"] * hsic_normalized_cca(z, onehot, o["sigma"], "linear")
+            return total, logits
+
+        return loss
 
 
 @register

@@ -227,6 +227,7 @@ class PruneJob:
         self.dense_count = pruning.prunable_weight_count(model)
         self.original_filters = structured.filter_counts(model)
         self.sample_weights = self.method.sample_weights(self)  # from the dense model
+        self.objective = self.method.objective(self)  # PwoA: its teacher is the dense model
 
     def train(self, optimizer, recipe, epoch, offset=0, **kwargs) -> dict:
         self.before_epoch(epoch)
@@ -241,6 +242,7 @@ class PruneJob:
             seed=self.s.seed,
             epoch=epoch - offset,
             device=self.device,
+            objective=self.objective,
             **kwargs,
         )
 

@@ -223,6 +223,35 @@ def harp_finalize(model: nn.Module, sparsity: float) -> list[float]:
     return [1 - p.k / n for n, (_, p) in zip(sizes, layers)]
 
 
+# -- TwinRep (Li et al., AAAI 2023) ------------------------------------------------------------
+
+
+class TwinProduct(nn.Module):
+    """Parametrization weight = a * b, started at a = sign(w) sqrt|w|, b = sqrt|w| (the weight
+    unchanged). Weight decay on both factors is at least decay * |w| and equal to it where |a| =
+    |b|: L2 on the twins acts as L1 on the weight, and drives weights to zero."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        root = weight.detach().abs().sqrt()
+        self.a = nn.Parameter(torch.sign(weight.detach()) * root)
+        self.b = nn.Parameter(root.clone())
+
+    def forward(self, weight):
+        return self.a * self.b
+
+
+def twin_attach(model: nn.Module) -> None:
+    for _, m in prunable_layers(model):
+        parametrize.register_parametrization(m, "weight", TwinProduct(m.weight), unsafe=True)
+
+
+def twin_finalize(model: nn.Module) -> None:
+    """Fold each layer's twins back into one weight."""
+    for _, m in prunable_layers(model):
+        parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+
+
 @torch.no_grad()
 def rewind(model: nn.Module, initial_state: dict) -> None:
     """Every parameter and buffer back to `initial_state` (the model's weights at

@@ -140,6 +140,7 @@ def train_epoch(
     after_step=None,
     lr: float | None = None,
     clean_weight: float = 0.0,
+    objective=None,
 ) -> dict:
     """One epoch of adversarial training on whatever `optimizer` holds (the weights, or HYDRA's
     scores with the weights frozen); returns mean loss and accuracy on the adversarial batches.
@@ -147,7 +148,9 @@ def train_epoch(
     sample_weights: a weight per training sample (boundary-aware fine-tuning); penalty(): a term
     added to every batch loss (ADMM's rho/2 ||W - Z + U||^2); after_step(): run after every
     optimiser step (projections); lr: this epoch's learning rate (default: the recipe's cosine
-    schedule); clean_weight: the share of clean cross-entropy mixed into the loss (ATMC: 0.5)."""
+    schedule); clean_weight: the share of clean cross-entropy mixed into the loss (ATMC: 0.5);
+    objective(model, x, y) -> (loss, logits): a method's own loss on the clean batch, in place of
+    the recipe's adversarial one (PwoA trains without adversarial examples)."""
     torch.manual_seed(seed * 10_007 + epoch)
     for group in optimizer.param_groups:
         group["lr"] = lr_at(recipe, epoch) if lr is None else lr
@@ -160,17 +163,22 @@ def train_epoch(
             seed_of_batch = (seed * 1_000_003 + epoch) * 1_000_003 + batch
             x = augment_batch(x, recipe.augment, torch.Generator().manual_seed(seed_of_batch))
         x, y = x.to(device), y_train[idx].to(device)
-        model.eval()  # craft attacks with fixed BN statistics, as in most AT code
-        x_adv = adversarial_examples(model, x, y, recipe, eps, norm)
-        model.train()
-        losses, logits = per_sample_loss(model, x, x_adv, y, recipe)
-        if clean_weight:
-            losses = (1 - clean_weight) * losses + clean_weight * F.cross_entropy(
-                model(x), y, reduction="none"
-            )
-        if sample_weights is not None:
-            losses = losses * sample_weights[idx].to(device)
-        loss = losses.mean() + (penalty() if penalty else 0.0)
+        if objective is not None:
+            model.train()
+            loss, logits = objective(model, x, y)
+        else:
+            model.eval()  # craft attacks with fixed BN statistics, as in most AT code
+            x_adv = adversarial_examples(model, x, y, recipe, eps, norm)
+            model.train()
+            losses, logits = per_sample_loss(model, x, x_adv, y, recipe)
+            if clean_weight:
+                losses = (1 - clean_weight) * losses + clean_weight * F.cross_entropy(
+                    model(x), y, reduction="none"
+                )
+            if sample_weights is not None:
+                losses = losses * sample_weights[idx].to(device)
+            loss = losses.mean()
+        loss = loss + (penalty() if penalty else 0.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,165 @@
+"""MAD's adversarial saliency (Lee et al. 2022, "Masking Adversarial Damage", CVPR; the authors'
+ByungKwanLee/Masking-Adversarial-Damage, pruner/kfac_MAD_pruner.py, utils/kfac_utils.py,
+compute_saliency.py).
+
+For each batch of training samples: PGD examples of the trained network; a soft mask f(m) per
+weight (f = softplus, m from f^-1(1)) optimised by Adam to lower the adversarial loss with the
+weights fixed; then the second-order change of that loss if the masked-out part of each weight,
+dw = w (1 - f(m)), were removed: 1/2 dw^T H dw with H a per-layer Kronecker factorisation
+A (x) G of the Fisher (K-FAC), of which the authors keep G's diagonal (their block-wise K-FAC):
+
+    saliency[i, j] = 1/2 G[i, i] dw[i, j] (dw[i, :] A)[j]
+
+averaged over the batches. Weights of low saliency are pruned.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from apgrid.trainables.attacks import pgd
+from apgrid.trainables.pruning import prunable_layers
+
+MASK_ONE = math.log(math.e - 1)  # softplus^-1(1): the mask starts at 1
+MASK_ZERO = math.log(math.expm1(1e-4))  # softplus^-1(0.0001): f_inv(0) in models/operator/mask.py
+
+
+def kfac_factors(module: nn.Module, inputs: torch.Tensor, grad_output: torch.Tensor):
+    """K-FAC's input and output-gradient covariances of one layer (ComputeCovA / ComputeCovG, batch
+    averaged), a column of ones for the bias; rows and columns in weight.view(out, -1)'s order."""
+    n = inputs.shape[0]
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1:
+            raise ValueError("MAD's K-FAC factors need convolutions without groups")
+        patches = F.unfold(inputs, module.kernel_size, module.dilation, module.padding, module.stride)
+        spatial = patches.shape[-1]
+        a = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        if module.bias is not None:
+            a = torch.cat([a, a.new_ones(len(a), 1)], 1)
+        a = a / spatial
+        g = grad_output.permute(0, 2, 3, 1).reshape(-1, grad_output.shape[1]) * n * spatial
+        return a.T @ (a / n), g.T @ (g / len(g))
+    a = inputs if module.bias is None else torch.cat([inputs, inputs.new_ones(n, 1)], 1)
+    return a.T @ (a / n), grad_output.T @ (grad_output * n)
+
+
+def saliency_of(weight: torch.Tensor, kept: torch.Tensor, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """1/2 G_ii dw_ij (dw_i A)_j for dw = w (1 - kept), weight and kept as (out, in [+ 1 bias])."""
+    dw = weight * (1 - kept)
+    return 0.5 * torch.diagonal(g)[:, None] * dw * (dw @ a)
+
+
+def _as_matrix(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    w = weight.reshape(weight.shape[0], -1)
+    return w if bias is None else torch.cat([w, bias[:, None]], 1)
+
+
+def batch_saliency(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str,
+    pgd_steps: int = 10,
+    mask_steps: int = 20,
+    mask_lr: float = 0.1,
+) -> dict[str, torch.Tensor]:
+    """One batch's adversarial saliency of every prunable layer's weights (as the weights' shape)."""
+    model.eval()
+    noise = (torch.rand_like(x) * 2 - 1) * eps  # torchattacks PGD: random start, step 2.3 eps / steps
+    x_adv = pgd(
+        model, x, y, eps=eps, steps=pgd_steps, step_size=2.3 * eps / pgd_steps, norm=norm, init_noise=noise
+    )
+    layers = prunable_layers(model)
+    masks = {}
+    for name, m in layers:
+        masks[f"{name}.weight"] = torch.full_like(m.weight, MASK_ONE, requires_grad=True)
+        if m.bias is not None:
+            masks[f"{name}.bias"] = torch.full_like(m.bias, MASK_ONE, requires_grad=True)
+    params = dict(model.named_parameters())
+
+    def masked_forward(inputs):
+        masked = {key: params[key].detach() * F.softplus(mask) for key, mask in masks.items()}
+        return functional_call(model, masked, (inputs,))
+
+    optimizer = torch.optim.Adam(masks.values(), lr=mask_lr)  # compute_saliency.py: Adam, lr 0.1
+    for _ in range(mask_steps):
+        optimizer.zero_grad()
+        F.cross_entropy(masked_forward(x_adv), y).backward()
+        optimizer.step()
+        with torch.no_grad():
+            for mask in masks.values():
+                mask.clamp_(MASK_ZERO, MASK_ONE)
+    captured: dict[str, list] = {}
+
+    def keep_input(name):
+        def hook(module, inputs):
+            captured[name] = [inputs[0].detach()]
+
+        return hook
+
+    def keep_grad(name):
+        def hook(module, grad_input, grad_output):
+            captured[name].append(grad_output[0].detach())
+
+        return hook
+
+    hooks = []
+    for name, m in layers:
+        hooks.append(m.register_forward_pre_hook(keep_input(name)))
+        hooks.append(m.register_full_backward_hook(keep_grad(name)))
+    try:  # the input needs a gradient for the first layer's backward hook to see its output's
+        F.cross_entropy(masked_forward(x_adv.requires_grad_(True)), y).backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for name, m in layers:
+        a, g = kfac_factors(m, *captured[name])
+        bias_mask = masks.get(f"{name}.bias")
+        weight = _as_matrix(m, m.weight.detach(), None if m.bias is None else m.bias.detach())
+        kept = _as_matrix(
+            m,
+            F.softplus(masks[f"{name}.weight"].detach()),
+            None if bias_mask is None else F.softplus(bias_mask.detach()),
+        )
+        out[name] = saliency_of(weight, kept, a, g)[:, : m.weight[0].numel()].reshape(m.weight.shape)
+    return out
+
+
+def least_salient_first(saliency: torch.Tensor, weight: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Indices by ascending saliency; ties (every weight its mask kept whole scores exactly 0) by
+    ascending |w|. The authors' sort leaves ties in whatever order the device returns, which on a
+    CPU is index order and removes whole leading filters: apgrid breaks them by magnitude."""
+    by_magnitude = weight.detach().abs().argsort(dim=dim)
+    return by_magnitude.gather(dim, saliency.gather(dim, by_magnitude).argsort(dim=dim, stable=True))
+
+
+def mad_masks(
+    saliency: dict[str, torch.Tensor], model: nn.Module, sparsity: float
+) -> dict[str, torch.Tensor]:
+    """The authors' _global_remove_weight: the conv layers' lowest-saliency `sparsity` share removed
+    by one global ranking; each row of a linear layer pruned at `sparsity` on its own."""
+    masks = {}
+    layers = prunable_layers(model)
+    convs = [(n, m) for n, m in layers if isinstance(m, nn.Conv2d)]
+    if convs:
+        flat = torch.cat([saliency[n].flatten() for n, _ in convs])
+        weights = torch.cat([m.weight.flatten() for _, m in convs])
+        keep = torch.ones_like(flat)
+        keep[least_salient_first(flat, weights)[: int(sparsity * len(flat))]] = 0.0
+        for (n, m), chunk in zip(convs, keep.split([m.weight.numel() for _, m in convs])):
+            masks[n] = chunk.view_as(m.weight)
+    for n, m in layers:
+        if isinstance(m, nn.Linear):
+            s = saliency[n]
+            keep = torch.ones_like(s)
+            keep.scatter_(1, least_salient_first(s, m.weight, dim=1)[:, : int(sparsity * s.shape[1])], 0.0)
+            masks[n] = keep
+    return masks
