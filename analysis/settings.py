@@ -3,7 +3,7 @@ import matplotlib."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from apgrid.analysis.transfer import TRANSFER_ATTACKS
 
@@ -12,11 +12,16 @@ from apgrid.analysis.transfer import TRANSFER_ATTACKS
 class AnalysisSettings:
     """What the analysis adds beyond the Parquet statistics: these read the stored models again."""
 
-    transfer_attacks: tuple[str, ...] = TRANSFER_ATTACKS  # crafted on each dense model; () for none
+    # crafted on each dense model; () for none
+    transfer_attacks: tuple[str, ...] = field(
+        default=TRANSFER_ATTACKS, metadata={"choices": TRANSFER_ATTACKS}
+    )
     # the first N test samples; None: every evaluated sample, so that differences of a point or
     # two (the compressed-models paper's) are resolvable; each cell gets a 95 % interval
-    transfer_samples: int | None = None
+    transfer_samples: int | None = field(default=None, metadata={"min": 1})
     costs: bool = True  # parameters, size, measured latency of every model
-    cost_batch_size: int = 128
-    slice_samples: int = 2  # Figure 1: S10 and S01 samples sliced per pruned model
-    bootstrap_resamples: int = 1000  # for the AUC confidence intervals
+    cost_batch_size: int = field(default=128, metadata={"min": 1})
+    slice_samples: int = field(
+        default=2, metadata={"min": 0}
+    )  # Figure 1: S10 and S01 samples sliced per pruned model
+    bootstrap_resamples: int = field(default=1000, metadata={"min": 0})  # for the AUC confidence intervals

@@ -41,7 +41,7 @@ def preflight(spec: GridSpec, dry_run: bool = False) -> None:
         raise GridError(f"output: {output} exists and is not a folder")
     if state_path(output).is_file():
         owner = read_state(output)
-        if owner.get("fingerprint") not in (spec.fingerprint(), spec.fingerprint(legacy=True)):
+        if owner.get("fingerprint") != spec.fingerprint():
             differ = [c for c in _spec_changes(output, spec) if not c.startswith(NOT_IDENTITY)]
             why = f"; it differs in {'; '.join(differ[:3])}" if differ else ""
             raise GridError(
@@ -99,7 +99,7 @@ def launch(spec: GridSpec, fault: dict | None = None, log=print, until: str | No
             "driver_runs": 0,
         }
     )
-    write_state(output, {**state, "fingerprint": spec.fingerprint()})  # a legacy one updated
+    write_state(output, {**state, "fingerprint": spec.fingerprint()})
     return _run(spec, fault, log, stages)
 
 
@@ -163,11 +163,8 @@ def stages_until(until: str | None) -> tuple[str, ...]:
 
 
 def _spec_yaml(spec: GridSpec) -> dict:
-    """The validated spec in the YAML layout load_spec reads (evaluation fields flattened)."""
-    d = spec.to_dict()
-    ev = d.pop("evaluation")
-    d["evaluation"] = {**ev["settings"], "shards": ev["shards"], "actors": ev["actors"]}
-    return d
+    """The validated spec in the YAML layout load_spec reads (the dataclasses mirror it)."""
+    return spec.to_dict()
 
 
 # -- the stages --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,14 @@ from typing import Any
 import yaml
 
 from apgrid.analysis.settings import AnalysisSettings as AnalysisSpec
-from apgrid.analysis.transfer import TRANSFER_ATTACKS
 from apgrid.errors import ApgridError
 from apgrid.errors import show_value as _show
-from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES, NORMS
+from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES
 from apgrid.trainables.data import DATASETS
 from apgrid.trainables.evaluation import EvalSettings, ThreatModel
 from apgrid.trainables.methods import PRUNING_METHODS, LayerSparsity, OptionError
 from apgrid.trainables.models import ARCHITECTURES
-from apgrid.trainables.training import AUGMENTATIONS, NEUTRAL, SELECTIONS, TRAINERS, Recipe
+from apgrid.trainables.training import NEUTRAL, Recipe
 
 AUTOATTACK_VERSIONS = tuple(AUTOATTACK_ENSEMBLES)
 EXAMPLES = Path(__file__).parent / "examples"
@@ -38,22 +38,31 @@ HOW_IT_RUNS = ("resources", "max_failures", "evaluation.actors")
 NOT_IDENTITY = WHERE_AND_REPORT + HOW_IT_RUNS  # dotted paths into the spec's layout
 
 
+MAX_INT = 2**31 - 1  # counts, sizes, steps: what torch and Ray take as C ints
+MAX_SEED = 2**32 - 1  # seeds: what numpy and torch generators accept
+SPARSITY = {"low": 0.0, "high": 1.0, "high_open": True}  # a pruned fraction
+SHARE = {"low": 0.0, "high": 1024.0}  # CPUs or GPUs per trial or actor
+
+
 class SpecError(ApgridError, ValueError):
     """A spec problem, phrased as 'field: what is wrong; what is allowed'."""
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    name: str = "digits"
+    name: str = field(default="digits", metadata={"choices": tuple(DATASETS)})
     root: str | None = None
     download: bool = False
-    validation: int = 0  # training samples held out for model selection (recipe select: best)
+    # training samples held out for model selection (recipe select: best)
+    validation: int = field(default=0, metadata={"min": 0})
 
 
 @dataclass(frozen=True)
 class DenseSpec:
-    architectures: tuple[str, ...] = ("digits-cnn",)
-    seeds: tuple[int, ...] = (0,)
+    architectures: tuple[str, ...] = field(
+        default=("digits-cnn",), metadata={"choices": tuple(ARCHITECTURES)}
+    )
+    seeds: tuple[int, ...] = field(default=(0,), metadata={"min": 0, "max": MAX_SEED})
     recipe: Recipe = Recipe()
 
 
@@ -62,8 +71,9 @@ class MethodSpec:
     """One pruning method of the grid, optionally limited to some architectures and sparsities."""
 
     name: str
-    architectures: tuple[str, ...] | None = None  # None: every dense architecture
-    sparsities: tuple[float, ...] | None = None  # None: prune.sparsities
+    # None: every dense architecture
+    architectures: tuple[str, ...] | None = field(default=None, metadata={"choices": tuple(ARCHITECTURES)})
+    sparsities: tuple[float, ...] | None = field(default=None, metadata=SPARSITY)  # None: prune.sparsities
     options: dict = field(default_factory=dict)  # the method's options, defaults filled in
     finetune: Recipe | None = None  # None: prune.finetune
     search: Recipe | None = None  # None: prune.search
@@ -77,7 +87,7 @@ class MethodSpec:
 @dataclass(frozen=True)
 class PruneSpec:
     methods: tuple[MethodSpec, ...] = tuple(MethodSpec(m) for m in ("lwm-local", "lwm-global", "hydra"))
-    sparsities: tuple[float, ...] = (0.9, 0.95)
+    sparsities: tuple[float, ...] = field(default=(0.9, 0.95), metadata=SPARSITY)
     finetune: Recipe = Recipe(epochs=5, lr=0.01)
     # the mask-search phase: HYDRA's score optimisation, the ADMM phase of R-ADMM and ATMC
     search: Recipe = Recipe(epochs=5, lr=0.1, weight_decay=1e-4)
@@ -88,11 +98,12 @@ class CheckpointSpec:
     """A trained model to evaluate without training it (e.g. a published AP checkpoint)."""
 
     name: str
-    arch: str
+    arch: str = field(metadata={"choices": tuple(ARCHITECTURES)})
     path: str
     dense: str | None = None  # name of the dense checkpoint this one was pruned from
     method: str = "external"
-    sparsity: float = 0.0  # pruned fraction (HYDRA's popup_scores keep the rest)
+    # pruned fraction (HYDRA's popup_scores keep the rest)
+    sparsity: float = field(default=0.0, metadata=SPARSITY)
     # the input normalisation a bare network was trained with: "none" or {mean, std}; None for
     # a checkpoint that carries apgrid's normalisation layer (an apgrid model)
     normalization: str | dict | None = None
@@ -102,19 +113,26 @@ class CheckpointSpec:
 
 
 @dataclass(frozen=True)
-class EvaluationSpec:
-    settings: EvalSettings = EvalSettings()
-    shards: int = 4
-    actors: int = 2
+class EvaluationSpec(EvalSettings):
+    """The evaluation section as the YAML writes it: the settings every model is evaluated with,
+    and how the grid spreads the work (shards of the test samples, actors)."""
+
+    shards: int = field(default=4, metadata={"min": 1})
+    actors: int = field(default=2, metadata={"min": 1})
+
+    @property
+    def settings(self) -> EvalSettings:
+        """What the evaluation of one model needs (trainables.evaluation)."""
+        return EvalSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EvalSettings)})
 
 
 @dataclass(frozen=True)
 class Resources:
-    trial_cpus: float = 1
-    trial_gpus: float = 0
-    actor_cpus: float = 1
-    actor_gpus: float = 0
-    device: str = "auto"  # auto | cpu | cuda
+    trial_cpus: float = field(default=1, metadata=SHARE)
+    trial_gpus: float = field(default=0, metadata=SHARE)
+    actor_cpus: float = field(default=1, metadata=SHARE)
+    actor_gpus: float = field(default=0, metadata=SHARE)
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
 
 
 @dataclass(frozen=True)
@@ -124,7 +142,7 @@ class GridSpec:
     tracking_uri: str | None = None
     storage: str | None = None
     ray_address: str | None = None
-    max_failures: int = 2
+    max_failures: int = field(default=2, metadata={"min": 0})
     dataset: DatasetSpec = DatasetSpec()
     threat_model: ThreatModel = ThreatModel()
     dense: DenseSpec = DenseSpec()
@@ -152,12 +170,19 @@ class GridSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def fingerprint(self, legacy: bool = False) -> str:
+    def fingerprint(self) -> str:
         """Identity of the grid's work: what it computes, not where it is written or tracked nor
-        what it runs on, so a grid can move to other machines and keep its finished work.
-        `legacy`: the identity grids launched before 2026-11-23 recorded (resources included)."""
+        what it runs on, so a grid can move to other machines and keep its finished work. Hashed
+        in the layout grids were first fingerprinted in (evaluation settings nested), so that
+        folders written before the spec mirrored its YAML keep their identity."""
         body = _without_neutral(self.to_dict())
-        for path in WHERE_AND_REPORT if legacy else NOT_IDENTITY:
+        evaluation = body["evaluation"]
+        own = {f.name for f in dataclasses.fields(EvalSettings)}
+        body["evaluation"] = {
+            "settings": {k: v for k, v in evaluation.items() if k in own},
+            **{k: v for k, v in evaluation.items() if k not in own},
+        }
+        for path in NOT_IDENTITY:
             *parents, leaf = path.split(".")
             node = body
             for key in parents:
@@ -239,32 +264,28 @@ def parse_spec(raw: Any) -> GridSpec:
     if not isinstance(raw, dict):
         raise SpecError("spec: the top level must be a mapping of fields (name, output, dataset, ...)")
     _check_keys(raw, GridSpec, "")
-    for required in ("name", "output"):
-        if required not in raw:
-            raise SpecError(f"{required}: missing; it is required")
     dataset = _dataset(raw.get("dataset", {}))
     augment = DATASETS[dataset.name].augment
     dense = _dense(raw.get("dense", {}), augment)
     if "dense" not in raw and raw.get("checkpoints"):  # a grid of checkpoints trains nothing
         dense = dataclasses.replace(dense, architectures=())
-    spec = GridSpec(
-        name=_name(raw["name"]),
-        output=_string(raw["output"], "output"),
+    spec = parse_fields(
+        GridSpec,
+        raw,
+        "",
+        name=_name(raw["name"]) if "name" in raw else dataclasses.MISSING,
         # default: MLflow's own variable, else a SQLite store in the output folder
         tracking_uri=_optional_string(
             raw.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None, "tracking_uri"
         ),
-        storage=_optional_string(raw.get("storage"), "storage"),
-        ray_address=_optional_string(raw.get("ray_address"), "ray_address"),
-        max_failures=_int(raw.get("max_failures", 2), "max_failures", minimum=0),
         dataset=dataset,
         threat_model=_threat(raw.get("threat_model", {})),
         dense=dense,
         prune=_prune(raw.get("prune", {}), augment, dense.recipe),
         evaluation=_evaluation(raw.get("evaluation", {})),
-        resources=_resources(raw.get("resources", {})),
+        resources=parse_fields(Resources, raw.get("resources", {}), "resources"),
         checkpoints=_checkpoints(raw.get("checkpoints", [])),
-        analysis=_analysis(raw.get("analysis", {})),
+        analysis=parse_fields(AnalysisSpec, raw.get("analysis", {}), "analysis"),
     )
     _check_cross_fields(spec)
     return spec
@@ -416,6 +437,64 @@ def _check_layer_name(spec: GridSpec, method: MethodSpec, key: str, layer: str) 
             )
 
 
+# -- every field checked by its type and metadata --------------------------------------------
+
+
+def parse_fields(cls, raw, where: str, base=None, bounds: dict | None = None, extra=(), **given):
+    """`cls` from the mapping `raw` of the spec's section `where`: each field in `given` as given
+    (a section with its own parser, a value needing more than a check); every other one read from
+    `raw`, else from `base` (a recipe laid over another) or its default, and checked by its type
+    and its metadata (min/max, low/high, choices), which `bounds` may override per field. A field
+    without a default is required. `extra`: keys `raw` may hold beside the fields (options)."""
+    raw = _mapping(raw, where or "spec")
+    prefix = f"{where}." if where else ""
+    _check_keys(raw, cls, prefix, extra)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if given.get(f.name, dataclasses.MISSING) is not dataclasses.MISSING:
+            values[f.name] = given[f.name]
+            continue
+        if f.name in raw:
+            value = raw[f.name]
+        elif base is not None:
+            value = getattr(base, f.name)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            raise SpecError(f"{prefix}{f.name}: missing; it is required")
+        meta = {**f.metadata, **(bounds or {}).get(f.name, {})}
+        values[f.name] = check_value(value, prefix + f.name, hints[f.name], meta)
+    return cls(**values)
+
+
+def check_value(value, where: str, hint, meta: dict):
+    """One value against its field's type (`X | None` takes None; a tuple takes a list or one
+    item, not an empty list) and metadata bounds; the one-line SpecError names `where`."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if hint is bool:
+        return _bool(value, where)
+    if hint is int:
+        return _int(value, where, meta.get("min"), meta.get("max", MAX_INT))
+    if hint is float:
+        return _number(value, where, meta["low"], meta["high"], meta.get("high_open", False))
+    if hint is str:
+        return _choice(value, where, meta["choices"]) if "choices" in meta else _string(value, where)
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, (list, tuple)) and not value and meta.get("choices") and args[0] is str:
+            return ()  # a list of names may be empty (analysis.transfer_attacks: none)
+        items = _list(list(value) if isinstance(value, tuple) else value, where)
+        return tuple(check_value(v, where, args[0], meta) for v in items)
+    raise TypeError(f"{where}: {hint} has no generic check; give it a parser")  # a programming error
+
+
 def _key(key) -> str:
     """A mapping key as a field name in a message (odd keys shown as values, on one line)."""
     return key if isinstance(key, str) and key.isprintable() and key.isascii() else _show(key)
@@ -453,10 +532,6 @@ def _string(value, where: str) -> str:
 
 def _optional_string(value, where: str) -> str | None:
     return None if value is None else _string(value, where)
-
-
-MAX_INT = 2**31 - 1  # counts, sizes, steps: what torch and Ray take as C ints
-MAX_SEED = 2**32 - 1  # seeds: what numpy and torch generators accept
 
 
 def _int(value, where: str, minimum: int | None = None, maximum: int = MAX_INT) -> int:
@@ -502,35 +577,28 @@ def _list(value, where: str) -> list:
 
 
 def _dataset(raw) -> DatasetSpec:
-    raw = _mapping(raw, "dataset")
-    _check_keys(raw, DatasetSpec, "dataset.")
-    root = _optional_string(raw.get("root"), "dataset.root")
+    root = _optional_string(_mapping(raw, "dataset").get("root"), "dataset.root")
     # Resolved against the launch directory, like `output`: Ray workers run elsewhere.
-    root = str(Path(root).expanduser().resolve()) if root else None
-    return DatasetSpec(
-        name=_choice(raw.get("name", "digits"), "dataset.name", DATASETS),
-        root=root,
-        validation=_int(raw.get("validation", 0), "dataset.validation", minimum=0),
-        download=_bool(raw.get("download", False), "dataset.download"),
+    return parse_fields(
+        DatasetSpec, raw, "dataset", root=str(Path(root).expanduser().resolve()) if root else None
     )
 
 
 def _threat(raw) -> ThreatModel:
     raw = _mapping(raw, "threat_model")
-    _check_keys(raw, ThreatModel, "threat_model.")
     eps = raw.get("eps", ThreatModel.eps)
     if isinstance(eps, str):  # "8/255" keeps the exact value the papers use
         try:
             num, den = (float(p) for p in eps.split("/"))
-            eps = num / den
+            raw = {**raw, "eps": num / den}
         except (ValueError, ZeroDivisionError):
             raise SpecError(
                 f"threat_model.eps: {_show(eps)} is not a number or a fraction like 8/255"
             ) from None
-    eps = _number(eps, "threat_model.eps", 0.0, 1.0)
-    if eps == 0:
+    threat = parse_fields(ThreatModel, raw, "threat_model")
+    if threat.eps == 0:
         raise SpecError("threat_model.eps: must be above 0")
-    return ThreatModel(norm=_choice(raw.get("norm", "Linf"), "threat_model.norm", NORMS), eps=eps)
+    return threat
 
 
 def _recipe(raw, where: str, default: Recipe, min_epochs: int = 1, augment: str | None = None) -> Recipe:
@@ -538,43 +606,18 @@ def _recipe(raw, where: str, default: Recipe, min_epochs: int = 1, augment: str 
     may have none (`min_epochs` 0: the pruned model as the criterion left it). `augment`: the
     dataset's default augmentation, for a grid-level recipe that does not name one."""
     raw = _mapping(raw, where)
-    _check_keys(raw, Recipe, f"{where}.")
-    values = {**dataclasses.asdict(default), **raw}
     if augment is not None and "augment" not in raw:
-        values["augment"] = augment
-    _choice(values["trainer"], f"{where}.trainer", TRAINERS)
-    _choice(values["augment"], f"{where}.augment", AUGMENTATIONS)
-    _choice(values["select"], f"{where}.select", SELECTIONS)
-    for key in ("epochs", "batch_size", "pgd_steps"):
-        _int(values[key], f"{where}.{key}", minimum=min_epochs if key == "epochs" else 1)
-    for key in ("lr", "momentum", "weight_decay", "beta"):
-        _number(values[key], f"{where}.{key}", 0.0, 100.0 if key == "beta" else 10.0)
-    if values["step_size"] is not None:
-        _number(values["step_size"], f"{where}.step_size", 0.0, 1.0)
-    return Recipe(**values)
+        raw = {**raw, "augment": augment}
+    return parse_fields(Recipe, raw, where, base=default, bounds={"epochs": {"min": min_epochs}})
 
 
 def _dense(raw, augment: str) -> DenseSpec:
-    raw = _mapping(raw, "dense")
-    _check_keys(raw, DenseSpec, "dense.")
-    archs = tuple(
-        _choice(a, "dense.architectures", ARCHITECTURES)
-        for a in _list(raw.get("architectures", ["digits-cnn"]), "dense.architectures")
-    )
-    seeds = tuple(
-        _int(s, "dense.seeds", minimum=0, maximum=MAX_SEED)
-        for s in _list(raw.get("seeds", [0]), "dense.seeds")
-    )
-    return DenseSpec(
-        architectures=archs,
-        seeds=seeds,
-        recipe=_recipe(raw.get("recipe"), "dense.recipe", DenseSpec.recipe, augment=augment),
-    )
+    recipe = _recipe(_mapping(raw, "dense").get("recipe"), "dense.recipe", DenseSpec.recipe, augment=augment)
+    return parse_fields(DenseSpec, raw, "dense", recipe=recipe)
 
 
 def _prune(raw, augment: str, dense: Recipe) -> PruneSpec:
     raw = _mapping(raw, "prune")
-    _check_keys(raw, PruneSpec, "prune.")
     default_methods = [m.name for m in PruneSpec.methods]
     finetune = _recipe(
         raw.get("finetune"), "prune.finetune", PruneSpec.finetune, min_epochs=0, augment=augment
@@ -590,16 +633,7 @@ def _prune(raw, augment: str, dense: Recipe) -> PruneSpec:
     seen = [m.name for m in methods]
     if len(set(seen)) != len(seen):
         raise SpecError(f"prune.methods: a method is listed twice ({', '.join(seen)})")
-    return PruneSpec(
-        methods=methods,
-        sparsities=_sparsities(raw.get("sparsities", list(PruneSpec.sparsities)), "prune.sparsities"),
-        finetune=finetune,
-        search=search,
-    )
-
-
-def _sparsities(value, where: str) -> tuple[float, ...]:
-    return tuple(_number(s, where, 0.0, 1.0, high_open=True) for s in _list(value, where))
+    return parse_fields(PruneSpec, raw, "prune", methods=methods, finetune=finetune, search=search)
 
 
 def _method(raw, finetune: Recipe, search: Recipe, dense: Recipe) -> MethodSpec:
@@ -612,7 +646,6 @@ def _method(raw, finetune: Recipe, search: Recipe, dense: Recipe) -> MethodSpec:
     name = _choice(raw.get("name"), "prune.methods", PRUNING_METHODS)
     where = f"prune.methods.{name}"
     entry = PRUNING_METHODS[name]
-    _check_keys(raw, MethodSpec, f"{where}.", extra=tuple(entry.options))
     given = {
         **_mapping(raw.get("options"), f"{where}.options"),
         **{k: v for k, v in raw.items() if k in entry.options},
@@ -621,25 +654,19 @@ def _method(raw, finetune: Recipe, search: Recipe, dense: Recipe) -> MethodSpec:
         options = entry.check_options(given, where)
     except OptionError as exc:
         raise SpecError(str(exc)) from None
-    archs = raw.get("architectures")
-    sparsities = raw.get("sparsities")
-    finetune_default, search_default = finetune, search
-    finetune, search, own_dense = raw.get("finetune"), raw.get("search"), raw.get("dense")
-    return MethodSpec(
+    own = {part: raw.get(part) for part in ("finetune", "search", "dense")}
+    return parse_fields(
+        MethodSpec,
+        {k: v for k, v in raw.items() if k not in entry.options},
+        where,
+        extra=tuple(entry.options),
         name=name,
-        dense=None if own_dense is None else _recipe(own_dense, f"{where}.dense", dense),
-        finetune=None
-        if finetune is None
-        else _recipe(finetune, f"{where}.finetune", finetune_default, min_epochs=0),
-        search=None if search is None else _recipe(search, f"{where}.search", search_default),
-        architectures=None
-        if archs is None
-        else tuple(
-            _choice(a, f"{where}.architectures", ARCHITECTURES)
-            for a in _list(archs, f"{where}.architectures")
-        ),
-        sparsities=None if sparsities is None else _sparsities(sparsities, f"{where}.sparsities"),
         options=options,
+        dense=None if own["dense"] is None else _recipe(own["dense"], f"{where}.dense", dense),
+        finetune=None
+        if own["finetune"] is None
+        else _recipe(own["finetune"], f"{where}.finetune", finetune, min_epochs=0),
+        search=None if own["search"] is None else _recipe(own["search"], f"{where}.search", search),
     )
 
 
@@ -656,22 +683,20 @@ def _checkpoints(raw) -> tuple[CheckpointSpec, ...]:
             if required not in item:
                 raise SpecError(f"checkpoints.{required}: missing; it is required")
         name = _name(item["name"])
-        path = Path(_string(item["path"], f"checkpoints.{name}.path")).expanduser()
+        where = f"checkpoints.{name}"
+        path = Path(_string(item["path"], f"{where}.path")).expanduser()
         if not path.is_file():
             where_from = "" if path.is_absolute() else f" (relative to {Path.cwd()}, where apgrid runs)"
-            raise SpecError(f"checkpoints.{name}.path: {path} is not a file{where_from}")
-        where = f"checkpoints.{name}"
+            raise SpecError(f"{where}.path: {path} is not a file{where_from}")
         out.append(
-            CheckpointSpec(
+            parse_fields(
+                CheckpointSpec,
+                item,
+                where,
                 name=name,
-                arch=_choice(item["arch"], f"{where}.arch", ARCHITECTURES),
                 path=str(path.resolve()),
-                dense=_optional_string(item.get("dense"), f"{where}.dense"),
-                method=_string(item.get("method", "external"), f"{where}.method"),
-                sparsity=_number(item.get("sparsity", 0.0), f"{where}.sparsity", 0.0, 1.0, high_open=True),
                 normalization=_normalization(item.get("normalization"), f"{where}.normalization"),
                 reported=_reported(item.get("reported"), f"{where}.reported"),
-                prune=_bool(item.get("prune", False), f"{where}.prune"),
             )
         )
     return tuple(out)
@@ -709,44 +734,15 @@ def _reported(value, where: str):
 
 def _evaluation(raw) -> EvaluationSpec:
     raw = _mapping(raw, "evaluation")
-    _check_keys(raw, EvalSettings, "evaluation.", extra=("shards", "actors"))
-    d = EvalSettings()
-    num = raw.get("num_samples")
-    step = raw.get("pgd_step_size")
-    aa_num = raw.get("autoattack_samples")
-    version = _choice(
-        raw.get("autoattack_version", d.autoattack_version),
-        "evaluation.autoattack_version",
-        AUTOATTACK_VERSIONS,
+    evaluation = parse_fields(
+        EvaluationSpec,
+        raw,
+        "evaluation",
+        autoattack_attacks=None,
+        batch_size=_batch_size(raw.get("batch_size", EvaluationSpec.batch_size)),
     )
-    settings = EvalSettings(
-        num_samples=None if num is None else _int(num, "evaluation.num_samples", minimum=1),
-        autoattack_samples=None
-        if aa_num is None
-        else _int(aa_num, "evaluation.autoattack_samples", minimum=1),
-        pgd_steps=_int(raw.get("pgd_steps", d.pgd_steps), "evaluation.pgd_steps", minimum=1),
-        pgd_step_size=None if step is None else _number(step, "evaluation.pgd_step_size", 0.0, 1.0),
-        autoattack_version=version,
-        autoattack_attacks=_autoattack_attacks(raw.get("autoattack_attacks"), version),
-        fmn_steps=_int(raw.get("fmn_steps", d.fmn_steps), "evaluation.fmn_steps", minimum=1),
-        fmn_step_size=_number(
-            raw.get("fmn_step_size", d.fmn_step_size), "evaluation.fmn_step_size", 0.0, 100.0
-        ),
-        fmn_tuning_trials=_int(
-            raw.get("fmn_tuning_trials", d.fmn_tuning_trials), "evaluation.fmn_tuning_trials", minimum=0
-        ),
-        fmn_tuning_samples=_int(
-            raw.get("fmn_tuning_samples", d.fmn_tuning_samples), "evaluation.fmn_tuning_samples", minimum=1
-        ),
-        seed=_int(raw.get("seed", d.seed), "evaluation.seed", minimum=0, maximum=MAX_SEED),
-        block_size=_int(raw.get("block_size", d.block_size), "evaluation.block_size", minimum=1),
-        batch_size=_batch_size(raw.get("batch_size", d.batch_size)),
-    )
-    return EvaluationSpec(
-        settings=settings,
-        shards=_int(raw.get("shards", 4), "evaluation.shards", minimum=1),
-        actors=_int(raw.get("actors", 2), "evaluation.actors", minimum=1),
-    )
+    attacks = _autoattack_attacks(raw.get("autoattack_attacks"), evaluation.autoattack_version)
+    return dataclasses.replace(evaluation, autoattack_attacks=attacks)
 
 
 def _autoattack_attacks(value, version: str) -> tuple[str, ...] | None:
@@ -773,39 +769,3 @@ def _batch_size(value) -> int | str:
     if isinstance(value, str):
         raise SpecError(f"evaluation.batch_size: 'auto' or a whole number, got {value!r}")
     return _int(value, "evaluation.batch_size", minimum=1)
-
-
-def _analysis(raw) -> AnalysisSpec:
-    raw = _mapping(raw, "analysis")
-    _check_keys(raw, AnalysisSpec, "analysis.")
-    d = AnalysisSpec()
-    attacks = raw.get("transfer_attacks", d.transfer_attacks)
-    if not isinstance(attacks, (list, tuple)):
-        raise SpecError(f"analysis.transfer_attacks: a list; allowed names: {', '.join(TRANSFER_ATTACKS)}")
-    return AnalysisSpec(
-        transfer_attacks=tuple(_choice(a, "analysis.transfer_attacks", TRANSFER_ATTACKS) for a in attacks),
-        transfer_samples=None
-        if raw.get("transfer_samples") is None
-        else _int(raw["transfer_samples"], "analysis.transfer_samples", minimum=1),
-        costs=_bool(raw.get("costs", d.costs), "analysis.costs"),
-        cost_batch_size=_int(
-            raw.get("cost_batch_size", d.cost_batch_size), "analysis.cost_batch_size", minimum=1
-        ),
-        slice_samples=_int(raw.get("slice_samples", d.slice_samples), "analysis.slice_samples", minimum=0),
-        bootstrap_resamples=_int(
-            raw.get("bootstrap_resamples", d.bootstrap_resamples), "analysis.bootstrap_resamples", minimum=0
-        ),
-    )
-
-
-def _resources(raw) -> Resources:
-    raw = _mapping(raw, "resources")
-    _check_keys(raw, Resources, "resources.")
-    d = Resources()
-    return Resources(
-        **{
-            k: _number(raw.get(k, getattr(d, k)), f"resources.{k}", 0.0, 1024.0)
-            for k in ("trial_cpus", "trial_gpus", "actor_cpus", "actor_gpus")
-        },
-        device=_choice(raw.get("device", d.device), "resources.device", ("auto", "cpu", "cuda")),
-    )

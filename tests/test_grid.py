@@ -12,7 +12,7 @@ import yaml
 from apgrid.grid.cli import main
 from apgrid.grid.errors import GridError
 from apgrid.grid.plan import all_models
-from apgrid.grid.runner import launch, load_grid_spec, preflight, resume
+from apgrid.grid.runner import launch, load_grid_spec, resume
 from apgrid.grid.spec import load_spec
 from apgrid.grid.store import read_samples
 from tests.conftest import SIGINT_AT_START  # imported at collection, before any test runs Tune
@@ -448,23 +448,18 @@ def test_a_grid_moved_to_other_resources_continues_with_its_finished_work(finish
     launch(load_spec(tmp_path / "moved.yaml", output=str(output)), log=lines.append)
     changed = next(line for line in lines if "continuing grid 'tiny'" in line)
     assert changed.split("changed: ")[1] == (
-        "max_failures: 2 -> 5; resources.actor_cpus: 1.0 -> 0.5; evaluation.actors: 2 -> 1"
+        "max_failures: 2 -> 5; evaluation.actors: 2 -> 1; resources.actor_cpus: 1.0 -> 0.5"
     )
     assert len(before) == 6 and {p: p.stat().st_mtime_ns for p in finished} == before
     assert any("3 models, 3 already evaluated" in line for line in lines)
     assert load_grid_spec(output).resources.actor_cpus == 0.5  # what `resume` runs with now
 
 
-def test_a_grid_launched_before_resources_left_the_fingerprint_is_still_its_own(tmp_path):
+def test_a_grids_identity_is_what_it_computes_not_where_or_on_what(tmp_path):
     spec = tiny_spec(tmp_path / "out")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "grid.json").write_text(
-        json.dumps({"name": "tiny", "fingerprint": spec.fingerprint(legacy=True), "stages": {}})
-    )
-    preflight(spec)  # no GridError: the same grid
-    assert spec.fingerprint(legacy=True) != spec.fingerprint()
     other = tiny_spec(tmp_path / "out", resources={"actor_cpus": 2})
     assert other.fingerprint() == spec.fingerprint()
+    assert tiny_spec(tmp_path / "elsewhere").fingerprint() == spec.fingerprint()
     assert (
         tiny_spec(tmp_path / "out", threat_model={"norm": "Linf", "eps": 0.2}).fingerprint()
         != spec.fingerprint()

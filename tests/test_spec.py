@@ -1,5 +1,6 @@
 """Spec validation: a bad field is named in one line, the exit code is 2, nothing is written."""
 
+import re
 import textwrap
 
 import pytest
@@ -295,3 +296,43 @@ def test_list_examples_names_every_shipped_spec(capsys):
     assert main(["list", "examples"]) == 0
     out = capsys.readouterr().out
     assert all(p.name in out for p in DEFAULT_SPEC.parent.glob("*.yaml"))
+
+
+SECTIONS = {  # each section of the YAML and the dataclass that mirrors it
+    "dataset": "DatasetSpec",
+    "threat_model": "ThreatModel",
+    "dense.recipe": "Recipe",
+    "prune.finetune": "Recipe",
+    "evaluation": "EvaluationSpec",
+    "resources": "Resources",
+    "analysis": "AnalysisSpec",
+}
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_every_field_is_checked_from_its_type_and_metadata(section):
+    """The spec's dataclasses mirror the YAML: every field of a section is a key there, and a
+    value of the wrong shape, or outside the bounds its metadata states, is refused naming it."""
+    import dataclasses
+    import typing
+
+    from apgrid.grid import spec as specs
+
+    cls = getattr(specs, SECTIONS[section])
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        where = f"{section}.{f.name}"
+        raw = {"name": "t", "output": "out"}
+        node = raw
+        for part in section.split("."):
+            node = node.setdefault(part, {})
+        node[f.name] = {"not": "a value"}
+        with pytest.raises(SpecError, match=rf"^{re.escape(where)}: "):
+            parse_spec(raw)
+        bound = f.metadata.get("min", f.metadata.get("low"))
+        if (section, f.name) == ("prune.finetune", "epochs"):
+            bound = 0  # fine-tuning may have none: the pruned model as its criterion left it
+        if bound is not None and typing.get_args(hints[f.name]) == ():
+            node[f.name] = bound - 1
+            with pytest.raises(SpecError, match=rf"^{re.escape(where)}: "):
+                parse_spec(raw)

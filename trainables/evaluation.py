@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ from torch import nn
 
 from apgrid.trainables.attacks import (
     AUTOATTACK_ENSEMBLES,
+    NORMS,
     FMNConfig,
     autoattack,
     fmn,
@@ -31,32 +32,37 @@ from apgrid.trainables.attacks import (
 
 @dataclass(frozen=True)
 class ThreatModel:
-    norm: str = "Linf"
-    eps: float = 0.1
+    norm: str = field(default="Linf", metadata={"choices": NORMS})
+    eps: float = field(default=0.1, metadata={"low": 0.0, "high": 1.0})
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    num_samples: int | None = None  # None: the whole test split
-    autoattack_samples: int | None = None  # AutoAttack on the first N only (None: all of them)
-    pgd_steps: int = 10
-    pgd_step_size: float | None = None  # default 2.5 eps / steps (Madry et al.)
-    autoattack_version: str = "standard"
+    """How each model is evaluated; each field's metadata bounds what a spec may give it."""
+
+    # None: the whole test split
+    num_samples: int | None = field(default=None, metadata={"min": 1})
+    # AutoAttack on the first N only (None: all of them)
+    autoattack_samples: int | None = field(default=None, metadata={"min": 1})
+    pgd_steps: int = field(default=10, metadata={"min": 1})
+    # default 2.5 eps / steps (Madry et al.)
+    pgd_step_size: float | None = field(default=None, metadata={"low": 0.0, "high": 1.0})
+    autoattack_version: str = field(default="standard", metadata={"choices": tuple(AUTOATTACK_ENSEMBLES)})
     # A subset of the version's attacks (None: all). APGD-CE + APGD-T is the usual quick screen;
     # rows and report name the attacks that ran.
     autoattack_attacks: tuple[str, ...] | None = None
-    fmn_steps: int = 200
-    fmn_step_size: float = 1.0
+    fmn_steps: int = field(default=200, metadata={"min": 1})
+    fmn_step_size: float = field(default=1.0, metadata={"low": 0.0, "high": 100.0})
     # HO-FMN (Mura et al. 2024): this many configurations of FMN's loss and optimiser are tried
     # per model on its first fmn_tuning_samples test samples, and the best runs beside plain FMN
     # (fmn_eps_ho); 0: plain FMN only
-    fmn_tuning_trials: int = 0
-    fmn_tuning_samples: int = 32
-    seed: int = 0
+    fmn_tuning_trials: int = field(default=0, metadata={"min": 0})
+    fmn_tuning_samples: int = field(default=32, metadata={"min": 1})
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})
     # Samples per block: AutoAttack's iteration counts are per call (Square alone makes 5,000
     # queries), so larger blocks spread them over more samples. benchmarks/evaluation.py on a
     # CIFAR CNN, one thread: 0.95 s/sample at 25, 0.45 at 100, 0.36 at 250 and 500.
-    block_size: int = 250
+    block_size: int = field(default=250, metadata={"min": 1})
     # Samples per model call: "auto" gives the whole block unless it would not fit the worker's
     # memory (auto_batch_size). Like the block, it seeds AutoAttack (re-seeded per batch).
     batch_size: int | str = "auto"

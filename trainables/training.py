@@ -7,7 +7,7 @@ exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,21 +24,25 @@ SELECTIONS = ("last", "best")  # best: highest PGD accuracy on the validation sp
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to (re)train: the adversarial trainer and its optimiser."""
+    """How to (re)train: the adversarial trainer and its optimiser. Each field's metadata bounds
+    the values a spec may give it (grid/spec.py checks them generically)."""
 
-    trainer: str = (
-        "pgd"  # pgd (Madry et al. 2018) | trades (Zhang et al. 2019) | fgsm-rs (Wong et al. 2020) | clean
-    )
-    epochs: int = 10
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    pgd_steps: int = 7  # PGD-AT inner steps
-    step_size: float | None = None  # default: 2.5 eps / steps for PGD/TRADES, 1.25 eps for FGSM-RS
-    beta: float = 6.0  # TRADES trade-off between clean CE and the robust KL term
-    augment: str = "none"  # none | crop | crop-flip (the spec's default depends on the dataset)
-    select: str = "last"  # last | best (on the validation split; dataset.validation > 0)
+    # pgd (Madry et al. 2018) | trades (Zhang et al. 2019) | fgsm-rs (Wong et al. 2020) | clean
+    trainer: str = field(default="pgd", metadata={"choices": TRAINERS})
+    epochs: int = field(default=10, metadata={"min": 1})
+    lr: float = field(default=0.05, metadata={"low": 0.0, "high": 10.0})
+    momentum: float = field(default=0.9, metadata={"low": 0.0, "high": 10.0})
+    weight_decay: float = field(default=5e-4, metadata={"low": 0.0, "high": 10.0})
+    batch_size: int = field(default=128, metadata={"min": 1})
+    pgd_steps: int = field(default=7, metadata={"min": 1})  # PGD-AT inner steps
+    # default: 2.5 eps / steps for PGD/TRADES, 1.25 eps for FGSM-RS
+    step_size: float | None = field(default=None, metadata={"low": 0.0, "high": 1.0})
+    # TRADES trade-off between clean CE and the robust KL term
+    beta: float = field(default=6.0, metadata={"low": 0.0, "high": 100.0})
+    # none | crop | crop-flip (the spec's default depends on the dataset)
+    augment: str = field(default="none", metadata={"choices": AUGMENTATIONS})
+    # last | best (on the validation split; dataset.validation > 0)
+    select: str = field(default="last", metadata={"choices": SELECTIONS})
 
 
 # Fields added after models were first trained: at these values a recipe computes what it computed
