@@ -494,7 +494,7 @@ def test_flying_bird_changes_its_mask_while_training_and_keeps_the_budget(digits
     model = build_digits_cnn(digits)
     job = PruneJob(settings, model, digits, "cpu", initial_state=init, report=lambda m, s: states.append(s))
     metrics = job.run()
-    masks = [s["masks"] for s in states if "masks" in s and isinstance(s["masks"], list)]
+    masks = [s["sparse_masks"] for s in states if "sparse_masks" in s]
     assert len(masks) == 3 and job.finetune.epochs == 0
     for epoch in masks:
         assert [int(m.sum()) for m in epoch] == [int(m.sum()) for m in masks[0]]  # the budget
@@ -553,7 +553,7 @@ def test_robust_bird_stops_when_the_early_bird_mask_settles(digits):
     for name, mask in pruning.masks_of(job.model).items():
         assert torch.equal(mask, pruning.masks_of(expected)[name]), name
     convs = [m for _, m in pruning.prunable_layers(at_stop) if isinstance(m, nn.Conv2d)]
-    assert torch.equal(global_magnitude_mask(convs, 0.9), states[len(searched) - 1]["masks"][-1])
+    assert torch.equal(global_magnitude_mask(convs, 0.9), states[len(searched) - 1]["early_bird_masks"][-1])
 
 
 def scratch_job(digits, settings, ds=None, **callbacks):
@@ -682,3 +682,48 @@ def test_twinrep_trains_twins_from_the_initial_weights_then_meets_the_target(dig
     metrics = job.run()
     assert any(".parametrizations.weight.original0" in key or ".a" in key for key in seen[0]["model"])
     assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
+
+
+RESUMABLE = {  # the search-phase methods that keep state of their own, with quick options
+    "harp": {},
+    "flyingbird": {"update_every": 5},
+    "flyingbird+": {"update_every": 5, "start": 0.0, "window": 1, "threshold": 0.0},
+    "robustbird": {"window": 2, "distance": 1.0},
+    "twinrep": {},
+    "pwoa": {"admm_epoch": 1, "layers": "all"},
+    "mad": {"samples": 256, "mask_steps": 3},
+}
+
+
+@pytest.mark.parametrize("method", RESUMABLE)
+def test_new_methods_resume_mid_search_as_if_never_stopped(trained, digits, method):
+    """Stopped after the first search epoch (or fine-tuning epoch, MAD) and resumed from the state
+    the grid stores, each method ends with the weights of an uninterrupted run: masks, mask
+    statistics, generators, frozen gammas and early-bird masks all travel in the state."""
+    from apgrid.trainables.data import with_validation
+
+    ds = with_validation(digits, 300) if PRUNING_METHODS[method].needs_validation else digits
+    states = []
+
+    def checkpoint(metrics, state):  # as the grid does: serialised at once
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        states.append(buffer.getvalue())
+
+    search = Recipe(trainer="fgsm-rs", epochs=2, lr=0.05, batch_size=128)
+    finetune = Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128)
+    settings = PruneSettings(method, 0.9, 0, 0.1, "Linf", finetune, search, RESUMABLE[method])
+
+    def job(report=lambda m, s: None):
+        return PruneJob(
+            settings, copy.deepcopy(trained), ds, "cpu", initial_state=initial_weights(digits), report=report
+        )
+
+    whole = job(checkpoint)
+    whole.run()
+    resumed = job()
+    resumed.run(torch.load(io.BytesIO(states[0]), weights_only=True))
+    for (key, a), b in zip(
+        pruning.plain_state_dict(resumed.model).items(), pruning.plain_state_dict(whole.model).values()
+    ):
+        assert torch.allclose(a, b, atol=1e-5), key

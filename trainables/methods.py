@@ -484,7 +484,7 @@ class FlyingBird(PruningMethod):
         history = {"val_loss": [], "robust_gap": []}
         if state:
             job.model.load_state_dict(state["model"])
-            masks = [m.to(job.device) for m in state["masks"]]
+            masks = [m.to(job.device) for m in state["sparse_masks"]]
             history = state["history"]
             generator.set_state(state["generator"])
         else:
@@ -520,7 +520,8 @@ class FlyingBird(PruningMethod):
                 {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
                 {
                     "model": {k: v.cpu() for k, v in job.model.state_dict().items()},
-                    "masks": [m.cpu() for m in masks],
+                    # not "masks": a state holding that key is a fine-tuning one (PruneJob.run)
+                    "sparse_masks": [m.cpu() for m in masks],
                     "optimizer": optimizer.state_dict(),
                     "epoch": epoch + 1,
                     "history": history,
@@ -631,7 +632,7 @@ class RobustBird(PruningMethod):
         if state:
             job.model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            masks, found = state["masks"], state["found"]
+            masks, found = state["early_bird_masks"], state["found"]
         else:
             job.model.load_state_dict(job.initial_state)
         for epoch in range(state["epoch"] if state else 0, job.search_epochs):
@@ -648,7 +649,7 @@ class RobustBird(PruningMethod):
                 {
                     "model": {k: v.cpu() for k, v in job.model.state_dict().items()},
                     "optimizer": optimizer.state_dict(),
-                    "masks": masks,
+                    "early_bird_masks": masks,  # not "masks": that key marks a fine-tuning state
                     "found": found,
                     "epoch": epoch + 1,
                 },
