@@ -320,6 +320,8 @@ def _tune_stage(run: GridRun, stage: str, trainable, plans) -> None:
     failed = [p.model_id for p in todo if not store.exists(p.model_id)]
     if failed:
         errors = [short_reason(str(r.error).strip().splitlines()[-1]) for r in results if r.error]
+        if not errors:  # Tune returns from fit on Ctrl-C: unfinished trials, none of them failed
+            raise KeyboardInterrupt
         raise ResumableError(
             f"{stage}: {len(failed)} trials failed after {spec.max_failures} "
             f"retries ({'; '.join(errors[:3])}); fix the cause, then `apgrid "

@@ -131,3 +131,30 @@ def test_driver_sigkill_at_every_stage_then_resume(reference, tmp_path):
     )
     finished = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("stage") == "dense"]
     assert len(finished) == 1  # the dense model was trained to the end once
+
+
+def test_ctrl_c_in_a_stage_says_interrupted_not_failed(tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the whole process group) while Tune runs the dense stage:
+    exit 130 and the interrupted line, not a report of trials that failed (Tune returns from
+    fit on SIGINT with its unfinished trials, none of them in error)."""
+    output = tmp_path / "out"
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(grid_raw(output)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apgrid.grid.cli", "launch", str(spec_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    log = []
+    for line in proc.stdout:
+        log.append(line.rstrip())
+        if "epoch 1," in line:
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    log += proc.stdout.read().splitlines()
+    assert proc.wait(timeout=120) == 130, log[-20:]
+    assert any("interrupted; `apgrid resume DIR`" in line for line in log), log[-20:]
+    assert not any("trials failed" in line for line in log), log[-20:]
