@@ -518,11 +518,16 @@ def _which_fmn(samples: pd.DataFrame) -> str:
     """Which FMN ran: plain FMN alone, or HO-FMN beside it with each model's tuned configuration."""
     if "fmn_ho_config" not in samples or samples["fmn_ho_config"].isna().all():
         return " (plain FMN)"
+    from apgrid.analysis.tables import model_table
+
     picks = samples.groupby("model_id", sort=False)["fmn_ho_config"].first().dropna()
     listed = "; ".join(f"{m}: {c}" for m, c in picks.items())
+    models = model_table(samples)
     return (
         f" (plain FMN and HO-FMN, whose distance per sample is the smaller of plain FMN's and the "
-        f"configuration it tuned per model: {listed}; `fmn_ho_acc_at_eps` in the tables)"
+        f"configuration it tuned per model: {listed}; `fmn_ho_acc_at_eps` in the tables; over all "
+        f"models FMN overstated the distance of {int(models['fmn_overstated'].sum())} samples that "
+        f"PGD or AutoAttack broke at ε, HO-FMN of {int(models['fmn_ho_overstated'].sum())})"
     )
 
 

@@ -50,15 +50,23 @@ def summarize(rows: pd.DataFrame, eps: float) -> dict[str, float]:
 
 
 def ho_fmn_metrics(rows: pd.DataFrame, correct: pd.Series, eps: float) -> dict[str, float]:
-    """HO-FMN's robust accuracy at eps and how many samples it brought inside eps that FMN left
-    outside; nothing when it did not run (rows before it existed have no column)."""
+    """HO-FMN's robust accuracy at eps, how many samples it brought inside eps that FMN left
+    outside, and on how many it still overstates the distance (PGD or AutoAttack broke them at eps,
+    as `fmn_overstated` counts FMN's); nothing when it did not run (older rows have no column)."""
+    from apgrid.trainables.evaluation import fmn_bounds
+
     if "fmn_eps_ho" not in rows or rows["fmn_eps_ho"].isna().all():
         return {}
     ho = rows["fmn_eps_ho"].astype(float).fillna(np.inf)
     plain = rows["fmn_eps"].astype(float).fillna(np.inf)
+    aa = rows["aa_correct"].astype("boolean").fillna(True).to_numpy(dtype=bool)
+    overstated, _ = fmn_bounds(
+        correct.to_numpy(dtype=bool), rows["pgd_correct"].to_numpy(dtype=bool), aa, ho.to_numpy(), eps
+    )
     return {
         "fmn_ho_acc_at_eps": (correct & (ho > eps)).sum() / len(rows),
         "fmn_ho_closer_than_fmn": int((correct & (ho < plain)).sum()),
+        "fmn_ho_overstated": int(overstated.sum()),
     }
 
 

@@ -284,5 +284,6 @@ def test_ho_fmn_is_never_above_fmn_and_finds_closer_points(trained, digits):
     assert rows["fmn_ho_config"].nunique() == 1 and rows["fmn_ho_config"].iloc[0] == config.describe()
     metrics = summarize(rows.assign(aa_correct=pd.NA), THREAT.eps)
     assert metrics["fmn_ho_acc_at_eps"] <= metrics["fmn_acc_at_eps"]
+    assert metrics["fmn_ho_overstated"] <= metrics["fmn_overstated"]  # never more samples overstated
     untuned = evaluate_samples(trained, x[:10], y[:10], 0, THREAT, SETTINGS, False)
     assert untuned["fmn_eps_ho"].isna().all() and untuned["fmn_ho_config"].isna().all()
