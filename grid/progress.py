@@ -50,7 +50,9 @@ class StageProgress(DriverCallback):
             acc = result.get("test_clean_acc")
             extra = f", clean acc {acc:.3f}" if isinstance(acc, float) else ""
             if isinstance(result.get("val_pgd_acc"), float):
-                extra = f", validation clean {result['val_clean_acc']:.3f} PGD {result['val_pgd_acc']:.3f}"
+                clean = result.get("val_clean_acc")  # a method's own statistics may hold PGD alone
+                shown = f" clean {clean:.3f}" if isinstance(clean, float) else ""
+                extra = f", validation{shown} PGD {result['val_pgd_acc']:.3f}"
             phase = f" {result['phase']}" if "phase" in result else ""
             self._line(
                 trial, f"epoch {result['epoch']}{phase}, loss {result.get('train_loss', 0):.3f}{extra}"

@@ -580,3 +580,19 @@ def test_mlflow_tracking_uri_is_honoured_when_the_spec_sets_none(tmp_path, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     assert tiny_spec(tmp_path / "o").resolved_tracking_uri == "http://mlflow.example:5000"
     assert tiny_spec(tmp_path / "o", tracking_uri="sqlite:///x.db").tracking_uri == "sqlite:///x.db"
+
+
+def test_progress_line_of_a_result_with_validation_pgd_alone():
+    """Flying Bird+ reports its validation PGD accuracy while it trains, without a clean one: the
+    progress line shows what there is (a callback that raises stops Tune, and the grid)."""
+    from types import SimpleNamespace
+
+    from apgrid.grid.progress import StageProgress
+
+    lines = []
+    progress = StageProgress("prune", lines.append, total=2)
+    trial = SimpleNamespace(config={"model": {"model_id": "fb"}})
+    progress.on_trial_result(0, [], trial, {"epoch": 3, "phase": "search", "val_pgd_acc": 0.25})
+    progress.on_trial_result(0, [], trial, {"epoch": 4, "val_clean_acc": 0.5, "val_pgd_acc": 0.25})
+    assert "epoch 3 search, loss 0.000, validation PGD 0.250" in lines[0]
+    assert "validation clean 0.500 PGD 0.250" in lines[1]
