@@ -274,6 +274,7 @@ def statistics_sections(
             "cells where both exist (best method of each group per cell). `aa_low`–`aa_high`: 95 % "
             "Wilson interval of the AutoAttack accuracy; `p_above_next`: McNemar's exact test of a "
             "rank against the next on their shared samples (small: the order is real).",
+            _off_target(leader),
             _verdict_text(verdicts),
         ],
         [
@@ -512,6 +513,20 @@ def write_report(
     paths["index.html"] = folder / "index.html"
     paths["index.html"].write_text(render_html(title, sections))
     return paths
+
+
+def _off_target(leader: pd.DataFrame) -> str:
+    """The cells whose models are sparser or denser than their target by more than a point: a
+    rank there compares unlike budgets (R-ADMM on conv layers only, Flying Bird+'s moving one)."""
+    if leader.empty or "sparsity_measured" not in leader:
+        return ""
+    off = leader[(leader["sparsity_measured"] - leader["sparsity"]).abs() > 0.01]
+    if off.empty:
+        return "Every model is at its cell's sparsity (within a point)."
+    listed = "; ".join(
+        f"{r.method} at {r.sparsity:.0%} measured {r.sparsity_measured:.1%}" for r in off.itertuples()
+    )
+    return f"**Not at their cell's sparsity** (their rank compares unlike budgets): {listed}."
 
 
 def _which_fmn(samples: pd.DataFrame) -> str:

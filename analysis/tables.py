@@ -197,8 +197,11 @@ def leaderboard(
     for col in ("pipeline", "structured", "scope", "criterion"):
         if col not in tax:
             tax[col] = None
+    measured = ["sparsity_measured"] if "sparsity_measured" in pruned else []
     cells = (
-        pruned.groupby(["dataset", "arch", "method", "sparsity"], as_index=False)[["clean_acc", "aa_acc"]]
+        pruned.groupby(["dataset", "arch", "method", "sparsity"], as_index=False)[
+            ["clean_acc", "aa_acc", *measured]
+        ]
         .mean()
         .merge(tax, on="method", how="left")
     )
@@ -230,6 +233,7 @@ def leaderboard(
             "clean / AA",
             "clean_acc",
             "aa_acc",
+            *measured,
             "dense_clean_acc",
             "dense_aa_acc",
             *extra,

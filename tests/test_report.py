@@ -135,6 +135,11 @@ def test_seed_table_and_leaderboard():
     for _, group in board.groupby(["dataset", "arch", "structure", "sparsity"]):
         assert list(group["rank"]) == list(range(1, len(group) + 1))
         assert group["aa_acc"].is_monotonic_decreasing
+    from apgrid.analysis.report import _off_target
+
+    assert "sparsity_measured" in board and _off_target(board).startswith("Every model")
+    half_pruned = board.assign(sparsity_measured=board["sparsity"].where(board["method"] != "filter-l1", 0.1))
+    assert "filter-l1 at" in _off_target(half_pruned) and "measured 10.0%" in _off_target(half_pruned)
 
 
 # -- costs and transfer ----------------------------------------------------------------------
