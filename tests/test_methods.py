@@ -727,3 +727,36 @@ def test_new_methods_resume_mid_search_as_if_never_stopped(trained, digits, meth
         pruning.plain_state_dict(resumed.model).items(), pruning.plain_state_dict(whole.model).values()
     ):
         assert torch.allclose(a, b, atol=1e-5), key
+
+
+def test_twinrep_channel_twins_zero_whole_channels():
+    """TwinRep's structured variant: w_c = v_c * g_c with decay on v and g penalises each output
+    channel's norm as a group, so channels the data does not need go to zero whole, where plain L2
+    decay leaves them small but non-zero; the split leaves the weight as it was."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 12)
+    truth = torch.zeros(8, 12)
+    truth[:3] = torch.randn(3, 12)
+    y = x @ truth.T + 0.05 * torch.randn(256, 8)
+
+    def fit(channels: bool) -> torch.Tensor:
+        layer = nn.Linear(12, 8, bias=False)
+        if channels:
+            twins = pruning.ChannelTwins(layer.weight)
+            pruning.parametrize.register_parametrization(layer, "weight", twins, unsafe=True)
+        optimizer = torch.optim.SGD(layer.parameters(), lr=0.05, weight_decay=0.05)
+        for _ in range(3000):
+            optimizer.zero_grad()
+            ((layer(x) - y) ** 2).mean().backward()
+            optimizer.step()
+        return layer.weight.detach().norm(dim=1)
+
+    grouped, plain = fit(True), fit(False)
+    assert (grouped[3:] < 1e-6).all() and (plain[3:] > 1e-4).all()
+    assert (grouped[:3] > 0.5).all()
+    layer = nn.Conv2d(3, 4, 3)
+    before = layer.weight.detach().clone()
+    pruning.parametrize.register_parametrization(
+        layer, "weight", pruning.ChannelTwins(layer.weight), unsafe=True
+    )
+    assert torch.allclose(layer.weight, before, atol=1e-6)

@@ -672,7 +672,7 @@ class TwinRep(PruningMethod):
     weights to zero; then one global magnitude threshold at the target and fine-tuning. No code of
     the authors' was found: the twins' initialisation (the weight split into two equal-magnitude
     factors), training from the initial weights with the search recipe, and the fine-tuning after
-    are apgrid's reading of the paper; its structured (channel) variant is not implemented."""
+    are apgrid's reading of the paper; `twinrep-channels` is its structured variant."""
 
     name, pipeline, scope = "twinrep", "D", "global"
     criterion = "weight magnitude after twin (W1 * W2) reparametrised training"
@@ -688,7 +688,7 @@ class TwinRep(PruningMethod):
         from apgrid.trainables.training import make_optimizer
 
         job.model.load_state_dict(job.initial_state)
-        pruning.twin_attach(job.model)
+        pruning.twin_attach(job.model, channels=self.structured)
         optimizer = make_optimizer(job.model.parameters(), job.search)
         if state:
             job.model.load_state_dict(state["model"])
@@ -708,7 +708,8 @@ class TwinRep(PruningMethod):
                 },
             )
         pruning.twin_finalize(job.model)
-        pruning.prune_magnitude(job.model, job.s.sparsity, "global")
+        if not self.structured:  # the channel variant's filters go in prune_step
+            pruning.prune_magnitude(job.model, job.s.sparsity, "global")
 
 
 @register
@@ -995,4 +996,19 @@ class FilterGeometricMedian(FilterPruning):
     description = (
         "structured: remove the filters closest to the geometric median of their layer "
         "(He et al. 2019), one-shot or iterative"
+    )
+
+
+@register
+class TwinRepChannels(TwinRep, FilterPruning):
+    """TwinRep's structured variant (the survey: structured, channels): each conv weight trained as
+    v * g with one twin g per output channel, whose weight decay acts as a group penalty and
+    drives whole filters to zero; then the filters of smallest L2 norm removed with torch-pruning
+    at each layer's share (apgrid's filter pruning is per layer; the paper ranks globally)."""
+
+    name, pipeline, scope, structured = "twinrep-channels", "D", "local", True
+    criterion, importance = "filter L2 norm after channel-twin reparametrised training", "l2"
+    description = (
+        "TwinRep, structured (Li et al. 2023): adversarial training from scratch with a twin per "
+        "output channel, then the weakest filters removed and fine-tuning"
     )

@@ -241,9 +241,29 @@ class TwinProduct(nn.Module):
         return self.a * self.b
 
 
-def twin_attach(model: nn.Module) -> None:
-    for _, m in prunable_layers(model):
-        parametrize.register_parametrization(m, "weight", TwinProduct(m.weight), unsafe=True)
+class ChannelTwins(nn.Module):
+    """Parametrization weight = v * g with one g per output channel, started at g = sqrt(|w_c|),
+    v = w / g (the weight unchanged): weight decay on both penalises each channel's norm as a
+    group, and drives whole channels to zero (TwinRep's structured variant)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        shape = (-1,) + (1,) * (weight.dim() - 1)
+        root = weight.detach().flatten(1).norm(dim=1).clamp_min(1e-12).sqrt().view(shape)
+        self.g = nn.Parameter(root)
+        self.v = nn.Parameter(weight.detach() / root)
+
+    def forward(self, weight):
+        return self.v * self.g
+
+
+def twin_attach(model: nn.Module, channels: bool = False) -> None:
+    """Every conv and linear weight reparametrised as twins: elementwise, or per output channel
+    (the classifier keeps elementwise twins: its outputs are the classes, never removed)."""
+    layers = prunable_layers(model)
+    for i, (_, m) in enumerate(layers):
+        twins = ChannelTwins if channels and i < len(layers) - 1 else TwinProduct
+        parametrize.register_parametrization(m, "weight", twins(m.weight), unsafe=True)
 
 
 def twin_finalize(model: nn.Module) -> None:
