@@ -690,6 +690,7 @@ RESUMABLE = {  # the search-phase methods that keep state of their own, with qui
     "flyingbird+": {"update_every": 5, "start": 0.0, "window": 1, "threshold": 0.0},
     "robustbird": {"window": 2, "distance": 1.0},
     "twinrep": {},
+    "twinrep-channels": {},
     "pwoa": {"admm_epoch": 1, "layers": "all"},
     "mad": {"samples": 256, "mask_steps": 3},
 }
