@@ -494,9 +494,8 @@ def write_report(
             f"samples each; threat model {threat}; AutoAttack "
             f"`{samples['autoattack_version'].iloc[0]}`{_autoattack_subset(samples)}, "
             f"PGD-{int(samples['pgd_steps'].iloc[0])}, "
-            f"FMN {int(samples['fmn_steps'].iloc[0])} steps{_which_fmn(samples)}. Every table is also "
-            f"a CSV beside this "
-            f"page; settings: {json.dumps(asdict(settings))}."
+            f"FMN {int(samples['fmn_steps'].iloc[0])} steps{_which_fmn(samples, models)}. "
+            f"Every table is also a CSV beside this page; settings: {json.dumps(asdict(settings))}."
         ],
     )
     sections.insert(0, intro)
@@ -529,15 +528,13 @@ def _off_target(leader: pd.DataFrame) -> str:
     return f"**Not at their cell's sparsity** (their rank compares unlike budgets): {listed}."
 
 
-def _which_fmn(samples: pd.DataFrame) -> str:
-    """Which FMN ran: plain FMN alone, or HO-FMN beside it with each model's tuned configuration."""
+def _which_fmn(samples: pd.DataFrame, models: pd.DataFrame) -> str:
+    """Which FMN ran: plain FMN alone, or HO-FMN beside it with each model's tuned configuration
+    and, over `models` (the model table), the samples each overstated."""
     if "fmn_ho_config" not in samples or samples["fmn_ho_config"].isna().all():
         return " (plain FMN)"
-    from apgrid.analysis.tables import model_table
-
     picks = samples.groupby("model_id", sort=False)["fmn_ho_config"].first().dropna()
     listed = "; ".join(f"{m}: {c}" for m, c in picks.items())
-    models = model_table(samples)
     return (
         f" (plain FMN and HO-FMN, whose distance per sample is the smaller of plain FMN's and the "
         f"configuration it tuned per model: {listed}; `fmn_ho_acc_at_eps` in the tables; over all "

@@ -657,9 +657,9 @@ def _method(raw, finetune: Recipe, search: Recipe, dense: Recipe) -> MethodSpec:
     own = {part: raw.get(part) for part in ("finetune", "search", "dense")}
     return parse_fields(
         MethodSpec,
-        {k: v for k, v in raw.items() if k not in entry.options},
+        raw,
         where,
-        extra=tuple(entry.options),
+        extra=tuple(entry.options),  # read above: the fields' loop leaves them
         name=name,
         options=options,
         dense=None if own["dense"] is None else _recipe(own["dense"], f"{where}.dense", dense),

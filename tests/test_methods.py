@@ -86,14 +86,21 @@ def test_iterative_structured_prunes_between_finetuning_epochs(trained, digits):
     assert seen == [1, 2]  # half the filters go before epoch 1, the rest before epoch 2
 
 
-def test_prune_job_resumed_mid_way_equals_uninterrupted(trained, digits):
-    """R-ADMM: stop after every epoch of both phases, resume from the saved state, same weights."""
-    states = []
+def serialising_into(states: list):
+    """A report callback that keeps each saved state serialised at once, as the grid does."""
 
-    def checkpoint(metrics, state):  # as the grid does: serialised at once
+    def checkpoint(metrics, state):
         buffer = io.BytesIO()
         torch.save(state, buffer)
         states.append(buffer.getvalue())
+
+    return checkpoint
+
+
+def test_prune_job_resumed_mid_way_equals_uninterrupted(trained, digits):
+    """R-ADMM: stop after every epoch of both phases, resume from the saved state, same weights."""
+    states = []
+    checkpoint = serialising_into(states)
 
     recipe = Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128)
     job, _ = run_job(trained, digits, "r-admm", 0.9, finetune=recipe, report=checkpoint)
@@ -705,11 +712,7 @@ def test_new_methods_resume_mid_search_as_if_never_stopped(trained, digits, meth
 
     ds = with_validation(digits, 300) if PRUNING_METHODS[method].needs_validation else digits
     states = []
-
-    def checkpoint(metrics, state):  # as the grid does: serialised at once
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        states.append(buffer.getvalue())
+    checkpoint = serialising_into(states)
 
     search = Recipe(trainer="fgsm-rs", epochs=2, lr=0.05, batch_size=128)
     finetune = Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128)

@@ -16,12 +16,18 @@ def centred_kernel(x: torch.Tensor, sigma: float, kind: str = "gaussian") -> tor
     return k - k.mean(dim=1, keepdim=True)  # K H without building H
 
 
+def resolvent(x: torch.Tensor, sigma: float, kind: str = "gaussian") -> torch.Tensor:
+    """R = Kc (Kc + 1e-5 m I)^-1 of one variable: computed once, it serves every HSIC it is in."""
+    k = centred_kernel(x, sigma, kind)
+    return k @ torch.linalg.inv(k + 1e-5 * len(k) * torch.eye(len(k), device=k.device))
+
+
+def hsic_from(rx: torch.Tensor, ry: torch.Tensor) -> torch.Tensor:
+    """sum(Rx * Ry^T): the normalised-CCA HSIC of two variables' resolvents."""
+    return (rx * ry.T).sum()
+
+
 def hsic_normalized_cca(
     x: torch.Tensor, y: torch.Tensor, sigma: float, kind_y: str = "gaussian"
 ) -> torch.Tensor:
-    """sum(Rx * Ry^T), R = Kc (Kc + 1e-5 m I)^-1."""
-    kx, ky = centred_kernel(x, sigma), centred_kernel(y, sigma, kind_y)
-    ridge = 1e-5 * len(kx) * torch.eye(len(kx), device=kx.device)
-    rx = kx @ torch.linalg.inv(kx + ridge)
-    ry = ky @ torch.linalg.inv(ky + ridge)
-    return (rx * ry.T).sum()
+    return hsic_from(resolvent(x, sigma), resolvent(y, sigma, kind_y))

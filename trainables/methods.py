@@ -194,6 +194,11 @@ def method(name: str) -> PruningMethod:
     return PRUNING_METHODS[name]
 
 
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict on the CPU, as a search phase's saved state holds it."""
+    return {k: v.cpu() for k, v in model.state_dict().items()}
+
+
 # -- one-shot unstructured criteria -----------------------------------------------------------
 
 
@@ -393,7 +398,6 @@ class Mad(PruningMethod):
             )
             for name, s in batch.items():
                 total[name] = total.get(name, 0) + s / len(starts)
-        job.saliency = total
         pruning.apply_masks(job.model, mad_masks(total, job.model, job.s.sparsity))
 
 
@@ -472,7 +476,6 @@ class FlyingBird(PruningMethod):
     search_phase = True
     finetunes = False
     needs_initial_state = True
-    adaptive = False  # Flying Bird+: the sparsity moves with the training statistics
     # main_adv.py: --death-rate 0.5, --update_frequency 900, --second_frequency 1200 (iterations)
     options = {
         "death_rate": Number(0.5, 0.0, 1.0),
@@ -526,7 +529,7 @@ class FlyingBird(PruningMethod):
             job.report(
                 {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
                 {
-                    "model": {k: v.cpu() for k, v in job.model.state_dict().items()},
+                    "model": cpu_state(job.model),
                     # not "masks": a state holding that key is a fine-tuning one (PruneJob.run)
                     "sparse_masks": [m.cpu() for m in masks],
                     "optimizer": optimizer.state_dict(),
@@ -562,7 +565,6 @@ class FlyingBirdPlus(FlyingBird):
         "robust overfitting grows and regrowing more when the validation adversarial loss stalls "
         "(needs a validation split)"
     )
-    adaptive = True
     needs_validation = True
     # main_adv.py: --prune_ratio 0.4, --growth_ratio 0.05, --epoch_range 4, --update_threshold 0.5,
     # --dynamic_epoch 100 of 200 epochs
@@ -654,7 +656,7 @@ class RobustBird(PruningMethod):
             job.report(
                 {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
                 {
-                    "model": {k: v.cpu() for k, v in job.model.state_dict().items()},
+                    "model": cpu_state(job.model),
                     "optimizer": optimizer.state_dict(),
                     "early_bird_masks": masks,  # not "masks": that key marks a fine-tuning state
                     "found": found,
@@ -702,7 +704,7 @@ class TwinRep(PruningMethod):
             job.report(
                 {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
                 {
-                    "model": {k: v.cpu() for k, v in job.model.state_dict().items()},
+                    "model": cpu_state(job.model),
                     "optimizer": optimizer.state_dict(),
                     "epoch": epoch + 1,
                 },
@@ -778,7 +780,7 @@ class RobustAdmm(PruningMethod):
             job.report(
                 {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
                 {
-                    "model": {k: v.cpu() for k, v in job.model.state_dict().items()},
+                    "model": cpu_state(job.model),
                     "admm": admm.state(),
                     "optimizer": optimizer.state_dict(),
                     "epoch": epoch + 1,
@@ -822,7 +824,7 @@ class Pwoa(RobustAdmm):
 
         import torch.nn.functional as F
 
-        from apgrid.trainables.hsic import hsic_normalized_cca
+        from apgrid.trainables.hsic import hsic_from, resolvent
 
         o = job.options
         teacher = copy.deepcopy(job.model).eval()
@@ -832,10 +834,8 @@ class Pwoa(RobustAdmm):
         layers = [m for _, m in pruning.prunable_layers(job.model)]
         for m in layers:
             m.register_forward_hook(lambda mod, inp, out: outputs.append(out) if mod.training else None)
-        classes = None
 
         def loss(model, x, y):
-            nonlocal classes
             outputs.clear()
             logits = model(x)
             with torch.no_grad():
@@ -845,12 +845,12 @@ class Pwoa(RobustAdmm):
                 F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1), reduction="none", log_target=True
             ).mean()
             total = o["distill_weight"] * t * t * distill
-            if o["hsic_x"] or o["hsic_y"]:
-                classes = classes or logits.shape[1]
-                onehot = F.one_hot(y, classes).float()
+            if o["hsic_x"] or o["hsic_y"]:  # the input's and labels' resolvents serve every layer
+                r_x = resolvent(x, o["sigma"])
+                r_y = resolvent(F.one_hot(y, logits.shape[1]).float(), o["sigma"], "linear")
                 for z in outputs:
-                    total = total + o["hsic_x"] * hsic_normalized_cca(z, x, o["sigma"])
-                    total = total - o["hsic_y"] * hsic_normalized_cca(z, onehot, o["sigma"], "linear")
+                    r_z = resolvent(z, o["sigma"])
+                    total = total + o["hsic_x"] * hsic_from(r_z, r_x) - o["hsic_y"] * hsic_from(r_z, r_y)
             return total, logits
 
         return loss
@@ -923,7 +923,7 @@ class Atmc(PruningMethod):
             job.report(
                 {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
                 {
-                    "model": {k: v.cpu() for k, v in job.model.state_dict().items()},
+                    "model": cpu_state(job.model),
                     "z": [t.cpu() for t in z],
                     "u": [t.cpu() for t in u],
                     "optimizer": optimizer.state_dict(),

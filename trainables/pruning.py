@@ -180,9 +180,6 @@ class HarpScores(HydraScores):
     def forward(self, weight):
         return weight * _RateTopK.apply(self.scores.abs(), self.density())
 
-    def mask(self) -> torch.Tensor:
-        return _TopKStraightThrough.apply(self.scores.detach().abs(), self.k)
-
 
 def harp_attach_scores(
     model: nn.Module, sparsity: float, alpha: float, freeze_bn: bool = False

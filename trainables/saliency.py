@@ -54,7 +54,7 @@ def saliency_of(weight: torch.Tensor, kept: torch.Tensor, a: torch.Tensor, g: to
     return 0.5 * torch.diagonal(g)[:, None] * dw * (dw @ a)
 
 
-def _as_matrix(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _as_matrix(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     w = weight.reshape(weight.shape[0], -1)
     return w if bias is None else torch.cat([w, bias[:, None]], 1)
 
@@ -123,9 +123,8 @@ def batch_saliency(
     for name, m in layers:
         a, g = kfac_factors(m, *captured[name])
         bias_mask = masks.get(f"{name}.bias")
-        weight = _as_matrix(m, m.weight.detach(), None if m.bias is None else m.bias.detach())
+        weight = _as_matrix(m.weight.detach(), None if m.bias is None else m.bias.detach())
         kept = _as_matrix(
-            m,
             F.softplus(masks[f"{name}.weight"].detach()),
             None if bias_mask is None else F.softplus(bias_mask.detach()),
         )

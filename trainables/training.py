@@ -195,22 +195,11 @@ def train_epoch(
     return {"train_loss": total_loss / seen, "train_adv_acc": correct / seen}
 
 
-def robust_accuracy(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    norm: str,
-    device,
-    steps: int = 10,
-    batch_size: int = 500,
-) -> float:
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **attack) -> float:
     """PGD-`steps` accuracy (step 2.5 eps / steps, random start seeded once): the validation score
-    of model selection and of the catastrophic-overfitting check."""
-    return robust_loss_and_accuracy(
-        model, x, y, eps=eps, norm=norm, device=device, steps=steps, batch_size=batch_size
-    )[1]
+    of model selection and of the catastrophic-overfitting check; `attack` as robust_loss_and_accuracy
+    takes it (eps, norm, device, steps, batch_size)."""
+    return robust_loss_and_accuracy(model, x, y, **attack)[1]
 
 
 def robust_loss_and_accuracy(
