@@ -459,10 +459,12 @@ def write_report(
     settings: AnalysisSettings = AnalysisSettings(),
     access: ModelAccess | None = None,
     reported: dict | None = None,
+    deviations: dict[str, list[str]] | None = None,
 ) -> dict[str, Path]:
     """Write CSV tables, PNG figures, report.md and a self-contained index.html; returns the
     paths written. Without `access` (no models at hand) the sections that need models are left
-    out, and the report says so."""
+    out, and the report says so. `deviations`: per method, where the grid trained it unlike its
+    authors (the model cards')."""
     folder.mkdir(parents=True, exist_ok=True)
     cache = folder.parent / "analysis_cache"
     models = model_table(samples)
@@ -483,6 +485,9 @@ def write_report(
         if settings.costs:
             section, tables["costs"] = cost_section(models, access, settings, cache)
             sections.append(section)
+    if deviations:
+        section, tables["methods"] = methods_section(deviations)
+        sections.append(section)
     sections.append(Section("Models", [], [("", models)]))
 
     threat = f"{samples['norm'].iloc[0]}, ε = {eps:.6g}"
@@ -512,6 +517,21 @@ def write_report(
     paths["index.html"] = folder / "index.html"
     paths["index.html"].write_text(render_html(title, sections))
     return paths
+
+
+def methods_section(deviations: dict[str, list[str]]) -> tuple[Section, pd.DataFrame]:
+    """Each pruning method of the grid and where it was trained unlike its authors' recipe."""
+    table = pd.DataFrame(
+        [
+            {"method": method, "deviations": len(found), "unlike its authors": "; ".join(found) or "–"}
+            for method, found in sorted(deviations.items())
+        ]
+    )
+    text = (
+        "Each method's recipe as its authors run it is recorded with a source per value "
+        "(`apgrid list methods NAME`); this grid departs from it where listed (grid value — authors')."
+    )
+    return Section("Methods against their authors' recipes", [text], [("", table)]), table
 
 
 def _off_target(leader: pd.DataFrame) -> str:

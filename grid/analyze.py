@@ -100,4 +100,7 @@ def _analyze(spec: GridSpec, models, log, with_models: bool) -> dict[str, Path]:
     store = ModelStore(spec.output_dir)
     cards = {m: store.card(m) for m in samples["model_id"].unique() if store.exists(m)}
     reported = {m: card["reported"] for m, card in cards.items() if card.get("reported")}
-    return write_report(samples, spec.output_dir / "report", spec.name, spec.analysis, access, reported)
+    deviations = {c["method"]: c["deviations"] for c in cards.values() if "deviations" in c}
+    return write_report(
+        samples, spec.output_dir / "report", spec.name, spec.analysis, access, reported, deviations
+    )

@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "size and the eps conventions used with each.",
     )
     p.add_argument("what", choices=("methods", "architectures", "datasets", "examples"))
+    p.add_argument("name", nargs="?", help="with `methods`: one method's authors' recipe, a source per value")
     return parser
 
 
@@ -208,13 +209,31 @@ def cmd_launch(args) -> int:
     spec = load_spec(args.spec, output=args.output, overrides=args.overrides)
     if args.dry_run:
         preflight(spec, dry_run=True)
-        from apgrid.grid.plan import describe
+        from apgrid.grid.plan import describe, describe_deviations
 
         for plan in all_models(spec):
             print(f"{plan.role:7s} {plan.model_id}")
         print(describe(spec))
+        print(describe_deviations(spec))
         return 0
     launch(spec, until=args.until)
+    return 0
+
+
+def print_recipe(name: str) -> int:
+    from apgrid.grid.spec import SpecError
+    from apgrid.trainables.methods import method
+    from apgrid.trainables.recipes import describe
+
+    try:
+        m = method(name)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    print(f"{m.name}: {m.description}")
+    if m.recipe is None:
+        print("no authors' recipe recorded: a grid trains it with the spec's recipes")
+    else:
+        print("\n".join(describe(m.recipe)))
     return 0
 
 
@@ -307,6 +326,12 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from apgrid.grid.spec import SpecError
+
+    if args.name is not None and args.what != "methods":
+        raise SpecError(f"list {args.what}: takes no name (only `list methods NAME` does)")
+    if args.what == "methods" and args.name is not None:
+        return print_recipe(args.name)
     if args.what == "methods":
         from apgrid.trainables.methods import PRUNING_METHODS
 
@@ -315,7 +340,7 @@ def cmd_list(args) -> int:
             print(f"{m.name:15s} {m.pipeline:8s} {str(m.structured):10s} {m.scope:6s} {m.criterion}")
             print(f"{'':15s} {m.description}")
             if m.search_phase:
-                print(f"{'':15s} search phase: takes the spec's prune.search recipe")
+                print(f"{'':15s} search phase: its authors' search recipe, under the spec's prune.search")
             if m.options:
                 opts = ", ".join(f"{k}={v}" for k, v in m.defaults().items())
                 print(f"{'':15s} options: {opts}")

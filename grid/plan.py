@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apgrid.grid.spec import GridSpec
+from apgrid.trainables.recipes import Deviation, deviations
 from apgrid.trainables.training import Recipe, recipe_config
 
 
@@ -32,6 +33,8 @@ class ModelPlan:
     method: str  # "dense" for dense models
     sparsity: float  # target; 0 for dense models
     config: dict  # everything that determines the weights (hashed into model_id)
+    # where this model is trained unlike its method's authors (trainables/recipes.py); not hashed
+    deviations: tuple[str, ...] = ()
 
     @property
     def config_hash(self) -> str:
@@ -64,7 +67,24 @@ def model_card(plan: ModelPlan, dataset: str, metrics: dict, extra: dict | None 
     }
     if plan.role == "pruned" and plan.method in PRUNING_METHODS:  # not for user checkpoints
         card["taxonomy"] = PRUNING_METHODS[plan.method].taxonomy
+        card["deviations"] = list(plan.deviations)
     return {**card, **(extra or {})}
+
+
+def method_deviations(spec: GridSpec, method) -> list[Deviation]:
+    """Where the grid trains `method` (a MethodSpec) unlike its authors' recipe, phase by phase;
+    empty for a method whose recipe is not recorded."""
+    from apgrid.trainables.methods import PRUNING_METHODS
+
+    entry = PRUNING_METHODS[method.name]
+    if entry.recipe is None:
+        return []
+    phases = {
+        "parent": method.dense_recipe(spec),
+        "search": method.search_recipe(spec) if entry.search_phase else None,
+        "finetune": method.finetune_recipe(spec) if entry.finetunes else None,
+    }
+    return deviations(entry.recipe, phases, spec.threat_model.eps)
 
 
 def dense_plan(spec: GridSpec, arch: str, seed: int, recipe: Recipe) -> ModelPlan:
@@ -125,23 +145,34 @@ def pruned_models(spec: GridSpec) -> list[ModelPlan]:
 
 def _pruned(spec: GridSpec, dense: ModelPlan, method, search_phase: bool) -> list[ModelPlan]:
     plans = []
+    found = tuple(str(d) for d in method_deviations(spec, method))
+    if "checkpoint" in dense.config:  # a published parent: its training is not the grid's
+        found = tuple(d for d in found if not d.startswith("parent."))
     for sparsity in method.sparsities or spec.prune.sparsities:
         config = {
             "dense": dense.model_id,
             "method": method.name,
             "sparsity": sparsity,
-            "finetune": recipe_config(method.finetune or spec.prune.finetune),
+            "finetune": recipe_config(method.finetune_recipe(spec)),
             **_validation(spec),
         }
         if search_phase:
-            config["search"] = recipe_config(method.search or spec.prune.search)
+            config["search"] = recipe_config(method.search_recipe(spec))
         if method.options:
             config["options"] = method.options
         pct = f"{sparsity * 100:g}"
         model_id = f"{method.name}-sp{pct}-{dense.arch}-seed{dense.seed}-{config_hash(config)[:8]}"
         plans.append(
             ModelPlan(
-                model_id, "pruned", dense.model_id, dense.arch, dense.seed, method.name, sparsity, config
+                model_id,
+                "pruned",
+                dense.model_id,
+                dense.arch,
+                dense.seed,
+                method.name,
+                sparsity,
+                config,
+                found,
             )
         )
     return plans
@@ -307,6 +338,24 @@ def describe(spec: GridSpec) -> str:
         f"each), ~{gpu_time(cost.gpu_hours)} on one A100 at NVIDIA's published rate (a floor "
         f"for small networks, which do not fill a GPU)"
     )
+
+
+def describe_deviations(spec: GridSpec) -> str:
+    """Per method, where the grid trains it unlike its authors (what the dry run lists)."""
+    from apgrid.trainables.methods import PRUNING_METHODS
+
+    lines, total = [], 0
+    for method in spec.prune.methods:
+        if PRUNING_METHODS[method.name].recipe is None:
+            lines.append(f"  {method.name}: no authors' recipe recorded")
+            continue
+        found = method_deviations(spec, method)
+        total += len(found)
+        lines.append(f"  {method.name}: {len(found) or 'no'} deviation{'s' * (len(found) != 1)}")
+        lines += [f"    {d}" for d in found]
+    budget = f" (prune.budget {spec.prune.budget:g}: the authors' epochs scaled)" * (spec.prune.budget != 1)
+    head = f"deviations from the methods' authors: {total}{budget}"
+    return "\n".join([head, *lines]) if spec.prune.methods else "deviations: none (no method)"
 
 
 def gpu_time(hours: float) -> str:

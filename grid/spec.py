@@ -83,6 +83,12 @@ class MethodSpec:
         """The recipe of the dense parent this method prunes (its paper's: HYDRA a TRADES parent)."""
         return self.dense or spec.dense.recipe
 
+    def finetune_recipe(self, spec: GridSpec) -> Recipe:
+        return self.finetune or spec.prune.finetune
+
+    def search_recipe(self, spec: GridSpec) -> Recipe:
+        return self.search or spec.prune.search
+
 
 @dataclass(frozen=True)
 class PruneSpec:
@@ -91,6 +97,9 @@ class PruneSpec:
     finetune: Recipe = Recipe(epochs=5, lr=0.01)
     # the mask-search phase: HYDRA's score optimisation, the ADMM phase of R-ADMM and ATMC
     search: Recipe = Recipe(epochs=5, lr=0.1, weight_decay=1e-4)
+    # the share of each method's authors' epochs a grid trains for (CPU-scale grids: 0.05); values
+    # the spec sets itself are not scaled. Every scaled value is listed as a deviation.
+    budget: float = field(default=1.0, metadata={"low": 0.001, "high": 1.0})
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,7 @@ def _without_neutral(body):
             "dense": None,
             "fmn_tuning_trials": 0,
             "fmn_tuning_samples": 32,
+            "budget": 1.0,
         }
         return {k: _without_neutral(v) for k, v in body.items() if not (k in neutral and neutral[k] == v)}
     if isinstance(body, (list, tuple)):
@@ -281,7 +291,7 @@ def parse_spec(raw: Any) -> GridSpec:
         dataset=dataset,
         threat_model=_threat(raw.get("threat_model", {})),
         dense=dense,
-        prune=_prune(raw.get("prune", {}), augment, dense.recipe),
+        prune=_prune(raw.get("prune", {}), augment, dense.recipe, _grid_context(raw, dataset)),
         evaluation=_evaluation(raw.get("evaluation", {})),
         resources=parse_fields(Resources, raw.get("resources", {}), "resources"),
         checkpoints=_checkpoints(raw.get("checkpoints", [])),
@@ -616,30 +626,58 @@ def _dense(raw, augment: str) -> DenseSpec:
     return parse_fields(DenseSpec, raw, "dense", recipe=recipe)
 
 
-def _prune(raw, augment: str, dense: Recipe) -> PruneSpec:
+@dataclass(frozen=True)
+class _GridContext:
+    """What a method's authors' recipe is laid under: the spec's own recipe fields per phase (its
+    grid-level prune.finetune, prune.search and dense.recipe as written), the dataset's
+    augmentation, and what the grid can train (a validation split for `select: best`, FGSM-RS
+    only under Linf)."""
+
+    given: dict
+    augment: str
+    validation: int
+    norm: str
+    budget: float = 1.0
+
+
+def _grid_context(raw: dict, dataset: DatasetSpec) -> _GridContext:
+    prune = _mapping(raw.get("prune", {}), "prune")
+    given = {
+        "finetune": _mapping(prune.get("finetune"), "prune.finetune"),
+        "search": _mapping(prune.get("search"), "prune.search"),
+        "parent": _mapping(_mapping(raw.get("dense", {}), "dense").get("recipe"), "dense.recipe"),
+    }
+    norm = _mapping(raw.get("threat_model", {}), "threat_model").get("norm", ThreatModel.norm)
+    return _GridContext(given, DATASETS[dataset.name].augment, dataset.validation, norm)
+
+
+def _prune(raw, augment: str, dense: Recipe, context: _GridContext) -> PruneSpec:
     raw = _mapping(raw, "prune")
     default_methods = [m.name for m in PruneSpec.methods]
     finetune = _recipe(
         raw.get("finetune"), "prune.finetune", PruneSpec.finetune, min_epochs=0, augment=augment
     )
     search = _recipe(raw.get("search"), "prune.search", PruneSpec.search, augment=augment)
+    budget_field = PruneSpec.__dataclass_fields__["budget"]
+    budget = check_value(raw.get("budget", 1.0), "prune.budget", float, budget_field.metadata)
+    context = dataclasses.replace(context, budget=budget)
+    grid = {"finetune": finetune, "search": search, "parent": dense}
     listed = raw.get("methods", default_methods)
     # an empty list is a dense-only grid: the dense models are trained and evaluated, none pruned
-    methods = (
-        ()
-        if listed == []
-        else tuple(_method(m, finetune, search, dense) for m in _list(listed, "prune.methods"))
-    )
+    methods = () if listed == [] else tuple(_method(m, grid, context) for m in _list(listed, "prune.methods"))
     seen = [m.name for m in methods]
     if len(set(seen)) != len(seen):
         raise SpecError(f"prune.methods: a method is listed twice ({', '.join(seen)})")
-    return parse_fields(PruneSpec, raw, "prune", methods=methods, finetune=finetune, search=search)
+    return parse_fields(
+        PruneSpec, raw, "prune", methods=methods, finetune=finetune, search=search, budget=budget
+    )
 
 
-def _method(raw, finetune: Recipe, search: Recipe, dense: Recipe) -> MethodSpec:
+def _method(raw, grid: dict[str, Recipe], context: _GridContext) -> MethodSpec:
     """A method name, or a mapping {name, architectures, sparsities, finetune, search, dense,
-    <options>}; a method's own recipe fields are laid over the grid's prune.finetune /
-    prune.search / dense.recipe (`dense`: the parent it prunes is trained with that recipe)."""
+    <options>}. Each phase's recipe is the method's authors' (trainables/recipes.py; epochs scaled
+    by prune.budget) under the fields the spec sets: the grid's prune.finetune / prune.search /
+    dense.recipe, then the method's own (`dense`: the parent it prunes is trained with that)."""
     if isinstance(raw, str):
         raw = {"name": raw}
     raw = _mapping(raw, "prune.methods")
@@ -654,7 +692,12 @@ def _method(raw, finetune: Recipe, search: Recipe, dense: Recipe) -> MethodSpec:
         options = entry.check_options(given, where)
     except OptionError as exc:
         raise SpecError(str(exc)) from None
-    own = {part: raw.get(part) for part in ("finetune", "search", "dense")}
+    phases = {}
+    parts = (("dense", "parent", 1), ("finetune", "finetune", 0), ("search", "search", 1))
+    for part, phase, min_epochs in parts:
+        own = _mapping(raw.get(part), f"{where}.{part}")
+        recipe = _authors_under_spec(entry, phase, grid[phase], own, context, f"{where}.{part}", min_epochs)
+        phases[part] = None if recipe == grid[phase] else recipe  # None: the grid's, as before
     return parse_fields(
         MethodSpec,
         raw,
@@ -662,12 +705,34 @@ def _method(raw, finetune: Recipe, search: Recipe, dense: Recipe) -> MethodSpec:
         extra=tuple(entry.options),  # read above: the fields' loop leaves them
         name=name,
         options=options,
-        dense=None if own["dense"] is None else _recipe(own["dense"], f"{where}.dense", dense),
-        finetune=None
-        if own["finetune"] is None
-        else _recipe(own["finetune"], f"{where}.finetune", finetune, min_epochs=0),
-        search=None if own["search"] is None else _recipe(own["search"], f"{where}.search", search),
+        **phases,
     )
+
+
+ATTACK_FIELDS = ("pgd_steps", "step_size", "beta")  # the authors' attack, only with their trainer
+
+
+def _authors_under_spec(entry, phase, grid: Recipe, own: dict, context, where, min_epochs) -> Recipe:
+    """The method's authors' values for `phase` where the spec sets nothing, each only where this
+    grid can train it (their attack with their trainer, best-epoch selection with a validation
+    split, FGSM-RS under Linf); what the spec sets — the grid's recipe, then the method's own — wins."""
+    authors = dict(entry.recipe.recipe_values(phase)) if entry.recipe else {}
+    explicit = {**context.given[phase], **own}
+    trainer = explicit.get("trainer", authors.get("trainer", grid.trainer))
+    if authors.get("trainer") == "fgsm-rs" and context.norm != "Linf" and "trainer" not in explicit:
+        authors.pop("trainer")
+        trainer = grid.trainer
+    if trainer != authors.get("trainer"):
+        for key in ATTACK_FIELDS:
+            authors.pop(key, None)
+    if authors.get("select") == "best" and not context.validation:
+        authors.pop("select")
+    if "epochs" in authors and context.budget != 1.0:
+        authors["epochs"] = max(min_epochs, round(authors["epochs"] * context.budget))
+    authors.pop("augment", None)  # augmentation follows the dataset
+    if not authors and not own:
+        return grid
+    return _recipe({**authors, **explicit}, where, grid, min_epochs=min_epochs, augment=context.augment)
 
 
 def _checkpoints(raw) -> tuple[CheckpointSpec, ...]:

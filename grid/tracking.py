@@ -65,6 +65,9 @@ def model_tags(plan: ModelPlan, dataset: str, stage: str) -> dict[str, str]:
     if plan.role == "pruned" and plan.method in PRUNING_METHODS:  # not for user checkpoints
         m = PRUNING_METHODS[plan.method]
         tags.update({key: str(value) for key, value in m.taxonomy.items()})
+        # MLflow tag values hold 5,000 characters in its SQL stores
+        tags["authors_deviations"] = str(len(plan.deviations))
+        tags["deviations"] = "; ".join(plan.deviations)[:5000]
     return tags
 
 

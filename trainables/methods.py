@@ -34,6 +34,7 @@ import torch
 
 from apgrid.errors import show_value as _show
 from apgrid.trainables import pruning, structured
+from apgrid.trainables.recipes import AuthorsRecipe
 
 # -- options ---------------------------------------------------------------------------------------
 
@@ -128,6 +129,7 @@ class PruningMethod:
     needs_validation: ClassVar[bool] = False  # reads the validation split while it trains
     iterative: ClassVar[bool] = False  # prunes in `steps` between fine-tuning epochs (prune_step)
     needs_initial_state: ClassVar[bool] = False  # rewinds to / starts from the initial weights
+    recipe: ClassVar[AuthorsRecipe | None] = None  # its authors' recipe, cited (trainables/recipes.py)
 
     @property
     def taxonomy(self) -> dict:

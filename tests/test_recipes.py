@@ -1,0 +1,144 @@
+"""Each method's authors' recipe: cited data, taken by a grid by default, every departure listed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from apgrid.grid.cli import main
+from apgrid.grid.plan import method_deviations, model_card, pruned_models
+from apgrid.grid.spec import SpecError, parse_spec
+from apgrid.grid.tracking import model_tags
+from apgrid.trainables.methods import PRUNING_METHODS
+from apgrid.trainables.recipes import PHASES, AuthorsRecipe, Cited, Fact
+from apgrid.trainables.training import Recipe
+
+SOURCE = "example/repo train.py: args"
+AUTHORS = AuthorsRecipe(
+    reference="an example",
+    parent={"trainer": Cited("trades", SOURCE), "epochs": Cited(100, SOURCE), "beta": Cited(6.0, SOURCE)},
+    search={"epochs": Cited(160, SOURCE), "lr": Cited(0.1, SOURCE), "schedule": Cited("cosine", SOURCE)},
+    finetune={
+        "trainer": Cited("pgd", SOURCE),
+        "epochs": Cited(100, SOURCE),
+        "lr": Cited(0.1, SOURCE),
+        "pgd_steps": Cited(10, SOURCE),
+        "step_size": Cited(2 / 255, SOURCE),
+        "select": Cited("best", SOURCE),
+        "attack_mode": Cited("train", SOURCE),
+        "momentum": Cited(0.9, "open: not in the released code"),
+    },
+    method={"batch_norm": Fact(Cited("frozen", SOURCE), apgrid="trained")},
+)
+
+
+@pytest.fixture
+def hydra_with(monkeypatch):
+    """HYDRA carrying the example recipe above (the registry entry is shared: restored after)."""
+    monkeypatch.setattr(type(PRUNING_METHODS["hydra"]), "recipe", AUTHORS)
+
+
+def spec(**prune):
+    return parse_spec(
+        {
+            "name": "t",
+            "output": "runs/t",
+            "dense": {"recipe": {"trainer": "pgd", "epochs": 2}},
+            "prune": {"methods": ["hydra"], "sparsities": [0.9], **prune},
+        }
+    )
+
+
+def test_every_recorded_recipe_is_cited_and_trainable():
+    """Every value names its source, and each phase's values make a valid training Recipe."""
+    recorded = {name: m.recipe for name, m in PRUNING_METHODS.items() if m.recipe is not None}
+    for name, recipe in recorded.items():
+        for phase in PHASES:
+            for key, cited in recipe.phase(phase).items():
+                assert cited.source.strip(), f"{name} {phase}.{key}: no source"
+            Recipe(**recipe.recipe_values(phase))
+        for key, fact in recipe.method.items():
+            assert fact.authors.source.strip(), f"{name} {key}: no source"
+
+
+def test_unknown_keys_are_refused():
+    with pytest.raises(ValueError, match="unknown recipe keys"):
+        AuthorsRecipe(reference="x", search={"epoch": Cited(1, SOURCE)})
+
+
+def test_a_grid_takes_the_authors_values_where_the_spec_sets_none(hydra_with):
+    s = spec()
+    m = s.prune.methods[0]
+    assert m.search.epochs == 160 and m.search.lr == 0.1
+    assert m.finetune.epochs == 100 and m.finetune.pgd_steps == 10
+    assert m.finetune.step_size == pytest.approx(2 / 255)
+    assert m.dense is None  # the spec's dense.recipe sets trainer and epochs: the spec wins,
+    assert m.dense_recipe(s) == s.dense.recipe  # and the authors' TRADES beta goes with TRADES
+    parent = parse_spec({"name": "t", "output": "o", "prune": {"methods": ["hydra"]}}).prune.methods[0]
+    assert (parent.dense.trainer, parent.dense.epochs, parent.dense.beta) == ("trades", 100, 6.0)
+    assert m.finetune.select == "last"  # best needs a validation split this grid has not
+    assert m.finetune.momentum == Recipe().momentum  # an open value is not taken
+
+
+def test_the_spec_wins_and_every_departure_is_listed(hydra_with):
+    s = spec(finetune={"epochs": 5, "trainer": "fgsm-rs"})
+    m = s.prune.methods[0]
+    assert m.finetune.epochs == 5 and m.finetune.trainer == "fgsm-rs"
+    assert m.finetune.pgd_steps == Recipe().pgd_steps  # the authors' PGD attack is not FGSM's
+    found = {(d.phase, d.key): d for d in method_deviations(s, m)}
+    assert found[("finetune", "epochs")].grid == 5 and found[("finetune", "epochs")].authors == 100
+    assert ("finetune", "trainer") in found and ("parent", "trainer") in found
+    assert ("finetune", "attack_mode") in found  # apgrid crafts in eval mode
+    assert ("finetune", "momentum") not in found  # open values are never deviations
+    assert ("method", "batch_norm") in found
+    assert ("search", "epochs") not in found and ("search", "schedule") not in found
+    assert "finetune.epochs 5 — authors 100 (example/repo train.py: args)" in {str(d) for d in found.values()}
+
+
+def test_budget_scales_only_the_authors_epochs(hydra_with):
+    m = spec(budget=0.05, finetune={"lr": 0.01}).prune.methods[0]
+    assert (m.search.epochs, m.finetune.epochs) == (8, 5)
+    assert m.finetune.lr == 0.01
+    s = spec(budget=0.05, search={"epochs": 3})
+    assert s.prune.methods[0].search_recipe(s).epochs == 3
+    with pytest.raises(SpecError, match="prune.budget"):
+        spec(budget=0)
+
+
+def test_cards_and_mlflow_tags_carry_the_deviations(hydra_with):
+    s = spec(finetune={"epochs": 5})
+    plan = pruned_models(s)[0]
+    assert any(d.startswith("finetune.epochs 5 — authors 100") for d in plan.deviations)
+    card = model_card(plan, "digits", {})
+    assert card["deviations"] == list(plan.deviations)
+    tags = model_tags(plan, "digits", "prune")
+    assert (
+        tags["authors_deviations"] == str(len(plan.deviations)) and "finetune.epochs 5" in tags["deviations"]
+    )
+    assert dataclasses.replace(plan, deviations=()).config_hash == plan.config_hash  # ids unchanged
+
+
+def test_a_method_without_a_recorded_recipe_keeps_the_grids_recipes():
+    s = spec(finetune={"epochs": 3})
+    blank = type(PRUNING_METHODS["hydra"]).recipe is None
+    if blank:
+        m = s.prune.methods[0]
+        assert m.finetune is None and m.search is None and m.dense is None
+        assert method_deviations(s, m) == []
+
+
+def test_dry_run_and_list_print_the_recipes(hydra_with, capsys, tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\noutput: runs/t\ndense: {recipe: {epochs: 2}}\n"
+        "prune: {methods: [hydra], sparsities: [0.9], finetune: {epochs: 5}}\n"
+    )
+    assert main(["launch", str(spec_file), "--dry-run", "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "hydra: " in out and "finetune.epochs 5 — authors 100" in out
+    assert main(["list", "methods", "hydra"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs" in out and SOURCE in out and "[apgrid: trained]" in out
+    assert main(["list", "methods", "no-such"]) == 2
+    assert main(["list", "architectures", "x"]) == 2
