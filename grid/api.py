@@ -62,8 +62,8 @@ class Grid:
         return search_model_runs(uri, self.name, where)
 
     def table(self, name: str) -> pd.DataFrame:
-        """A report table (table1_reevaluation, table2_thin_ice, leaderboard, ...); run
-        `apgrid analyze` (or the grid's analyze stage) first."""
+        """A report table, one of apgrid.analysis.names.TABLES; run `apgrid analyze` (or the
+        grid's analyze stage) first."""
         from apgrid.grid.query import read_table
 
         return read_table(self.output, name)

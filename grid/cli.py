@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from apgrid.analysis.names import SUMMARY_TABLES, TABLES
 from apgrid.errors import ApgridError
 from apgrid.grid.errors import STORAGE_ERRNOS, GridError
 
@@ -103,9 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument(
         "--table",
-        help="print an analysis table written by `apgrid analyze` instead "
-        "of runs: table1_reevaluation, table2_thin_ice, leaderboard, comparisons, "
-        "seeds, costs, transfer, models",
+        help="print an analysis table written by `apgrid analyze` instead of runs: " + ", ".join(TABLES),
     )
 
     p = sub.add_parser(
@@ -318,7 +317,7 @@ def cmd_analyze(args) -> int:
     elif args.format == "html":
         print(paths["index.html"])
     else:
-        for name in ("table1_reevaluation", "table2_thin_ice", "leaderboard", "costs", "transfer"):
+        for name in SUMMARY_TABLES:
             if f"{name}.csv" in paths:
                 print(f"# {name}\n{paths[f'{name}.csv'].read_text()}")
     print(f"wrote {len(paths)} files to {paths['index.html'].parent}", file=sys.stderr)

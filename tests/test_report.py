@@ -15,6 +15,7 @@ from scipy.stats import mannwhitneyu, norm
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
 from apgrid.analysis.costs import model_cost
+from apgrid.analysis.names import TABLES
 from apgrid.analysis.report import AnalysisSettings, ModelAccess, write_report
 from apgrid.analysis.tables import leaderboard, seed_table, thin_ice_table
 from apgrid.analysis.thin_ice import auc_smaller, mcnemar
@@ -262,6 +263,7 @@ def test_report_has_every_section_table_and_csv(report):
         "models",
     ):
         assert not pd.read_csv(folder / f"{name}.csv").empty
+    assert {p.stem for p in folder.glob("*.csv")} <= set(TABLES)  # the one list names them all
     costs = pd.read_csv(folder / "costs.csv")
     assert (costs.loc[costs["kind"] != "dense", "params_kept"] < 0.5).all()
 
