@@ -218,6 +218,8 @@ def statistics_sections(
             "with its attack) − AutoAttack's on the same model: the thin-ice paper's drop, for checkpoints "
             "whose entry carries `reported`. `pgd10_minus_aa` = apgrid's PGD accuracy − AutoAttack's on "
             "the samples AutoAttack ran on: a different quantity (no paper reported it). "
+            "`clean_acc_on_aa_samples` is the clean accuracy on those same `aa_samples` (the paper's "
+            "A.A. Acc. beside its A.A. Rob.). "
             "`fmn_acc_at_eps` is read off the FMN security curve at the threat ε."
         ],
         [("", table1)],

@@ -40,6 +40,10 @@ def summarize(rows: pd.DataFrame, eps: float) -> dict[str, float]:
         "pgd_acc_on_aa_samples": (
             attacked["pgd_correct"].astype(bool).mean() if len(attacked) else float("nan")
         ),
+        # thin-ice Table 1: "A.A. Acc." and "A.A. Rob." are read on the same (first 1,000) samples
+        "clean_acc_on_aa_samples": (
+            attacked["clean_correct"].astype(bool).mean() if len(attacked) else float("nan")
+        ),
         "aa_samples": len(attacked),
         "fmn_acc_at_eps": (correct & (fmn_eps > eps)).sum() / n,
         "fmn_found_rate": float(found.mean()) if len(found) else float("nan"),
@@ -94,6 +98,8 @@ def reevaluation_table(models: pd.DataFrame, reported: dict | None = None) -> pd
             "sparsity",
             "sparsity_measured",
             "clean_acc",
+            "clean_acc_on_aa_samples",
+            "aa_samples",
             "pgd_acc",
             "aa_acc",
             "fmn_acc_at_eps",

@@ -118,6 +118,23 @@ def test_thin_ice_table_has_intervals_and_mcnemar():
         assert row["p_S10<S11"] <= row["p2_S10<S11"] + 1e-12 or row["auc_S10<S11"] < 0.5
 
 
+def test_table1_reads_clean_accuracy_on_the_autoattack_samples():
+    """The thin-ice paper's A.A. Acc. and A.A. Rob. share their samples (the first 1,000): with
+    AutoAttack on the first 40 of 120 samples, Table 1's clean accuracy is those 40's."""
+    from apgrid.analysis.tables import model_table, reevaluation_table
+
+    samples = samples_fixture()
+    first = samples.groupby("model_id").cumcount() < 40
+    samples["aa_correct"] = samples["aa_correct"].where(first, pd.NA)
+    samples.loc[~first, "clean_correct"] = True  # the unattacked samples must not count
+    table = reevaluation_table(model_table(samples))
+    for _, row in table.iterrows():
+        rows = samples[(samples["model_id"] == row["model_id"]) & first]
+        assert row["aa_samples"] == 40
+        assert row["clean_acc_on_aa_samples"] == pytest.approx(rows["clean_correct"].mean())
+        assert row["clean_acc_on_aa_samples"] < row["clean_acc"]
+
+
 def test_seed_table_and_leaderboard():
     from apgrid.analysis.tables import model_table
 
