@@ -6,6 +6,7 @@ script's commands; and no credential written in any file."""
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -79,31 +80,15 @@ STUBS = {  # what the node commands call, recorded instead of run
 }
 
 
-def test_ray_up_node_commands_run_by_rays_own_runner_in_a_fresh_login_shell(tmp_path):
-    """Each node's commands as `ray up` sends them: Ray's DockerCommandRunner (and its SSH runner)
-    builds the remote command, with RAY_HEAD_IP added to the workers' start commands the way Ray
-    adds it; each then runs here in a login shell with an empty environment and `set -u`
-    (unset variables are errors) and the node's programs stubbed. Every command must succeed,
-    mount the rendered EFS host, and start Ray with token auth at the head's address."""
+def ray_up_runner(config: dict, node_ip: str, send):
+    """Ray's own DockerCommandRunner for a node at `node_ip`, as `ray up` makes it; `send(ssh
+    command, with_output)` stands for ssh, recording or answering what the node would."""
     from ray.autoscaler._private.command_runner import DockerCommandRunner
-    from ray.autoscaler._private.util import with_head_node_ip
 
-    render = [sys.executable, str(DEPLOY / "cluster" / "render.py"), str(DEPLOY / "cluster" / "aws-gpu.yaml")]
-    efs = "fs-0123.efs.us-east-1.amazonaws.com"
-    config = yaml.safe_load(
-        subprocess.run(
-            render, capture_output=True, text=True, env={**os.environ, "EFS_DNS": efs}, check=True
-        ).stdout
-    )
-
-    class Provider:  # the cloud provider's two answers the runner asks for
+    class Provider:  # the cloud provider's answer the runner asks for
         def internal_ip(self, node_id):
-            return "10.0.0.2"
+            return node_ip
 
-        def external_ip(self, node_id):
-            return "203.0.113.2"
-
-    sent = []
     runner = DockerCommandRunner(
         config["docker"],
         log_prefix="",
@@ -114,13 +99,34 @@ def test_ray_up_node_commands_run_by_rays_own_runner_in_a_fresh_login_shell(tmp_
         process_runner=subprocess,
         use_internal_ip=True,
     )
+    runner.ssh_command_runner._run_helper = send
+    return runner
+
+
+def test_ray_up_node_commands_run_by_rays_own_runner_in_a_fresh_login_shell(tmp_path):
+    """Each node's commands as `ray up` sends them: Ray's DockerCommandRunner (and its SSH runner)
+    builds the remote command, with RAY_HEAD_IP added to the workers' start commands the way Ray
+    adds it; each then runs here in a login shell with an empty environment and `set -u`
+    (unset variables are errors) and the node's programs stubbed. Every command must succeed,
+    mount the rendered EFS host, and start Ray with token auth at the head's address."""
+    from ray.autoscaler._private.util import with_head_node_ip
+
+    render = [sys.executable, str(DEPLOY / "cluster" / "render.py"), str(DEPLOY / "cluster" / "aws-gpu.yaml")]
+    efs = "fs-0123.efs.us-east-1.amazonaws.com"
+    config = yaml.safe_load(
+        subprocess.run(
+            render, capture_output=True, text=True, env={**os.environ, "EFS_DNS": efs}, check=True
+        ).stdout
+    )
+
+    sent = []
 
     def send(final_cmd, with_output=False, *args, **kwargs):  # what ssh would run on the node
         if with_output:
             return b"/home/ray"  # the runner asks the container for its HOME
         sent.append(" ".join(final_cmd[final_cmd.index("ubuntu@10.0.0.2") + 1 :]))
 
-    runner.ssh_command_runner._run_helper = send
+    runner = ray_up_runner(config, "10.0.0.2", send)
     head_ip = "10.0.0.1"
     for cmd in config["initialization_commands"]:
         runner.run(cmd, run_env="host")
@@ -151,6 +157,49 @@ def test_ray_up_node_commands_run_by_rays_own_runner_in_a_fresh_login_shell(tmp_
     starts = [c for c in recorded if " ray start " in f" {c.split(' ', 1)[1]} "]
     assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
     assert f"--address={head_ip}:6379" in starts[1]
+
+
+def dockerfile_env(path: Path) -> dict[str, str]:
+    """The ENV a Dockerfile sets (its `ENV KEY=VALUE ...` lines)."""
+    env = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("ENV "):
+            env.update(item.split("=", 1) for item in shlex.split(line[4:]))
+    return env
+
+
+def test_ray_up_gpu_workers_see_their_gpus(tmp_path):
+    """The `docker run` that Ray's DockerCommandRunner builds on a GPU worker (NVIDIA runtime
+    installed, nvidia-smi working) starts the worker image with the NVIDIA runtime *and*
+    NVIDIA_VISIBLE_DEVICES set: without the variable the runtime exposes no device, and trials
+    that Ray placed on the node's GPU find no CUDA device. Ray's CPU base image sets none, so
+    the worker image must (deploy/Dockerfile)."""
+    config = yaml.safe_load((DEPLOY / "cluster" / "aws-gpu.yaml").read_text())
+    base_env = ["PATH=/home/ray/anaconda3/bin:/usr/bin:/bin", "HOME=/home/ray", "LANG=C.UTF-8"]
+    image_env = base_env + [f"{k}={v}" for k, v in dockerfile_env(DEPLOY / "Dockerfile").items()]
+    answers = {  # what the GPU node answers the runner's questions with
+        "command -v docker": b"/usr/bin/docker",
+        ".State.Running": b"",  # no container yet
+        "docker info": b"map[nvidia:{nvidia-container-runtime [] <nil>} runc:{runc [] <nil>}]",
+        ".Config.Env": json.dumps(image_env).encode(),
+    }
+    sent = []
+
+    def send(final_cmd, with_output=False, *args, **kwargs):
+        remote = " ".join(final_cmd[final_cmd.index("ubuntu@10.0.0.3") + 1 :])
+        sent.append(remote)
+        if with_output:
+            return next(answer for key, answer in answers.items() if key in remote)
+
+    runner = ray_up_runner(config, "10.0.0.3", send)
+    runner.run_init(as_head=False, file_mounts={}, sync_run_yet=True)
+    (login,) = [shlex.split(c) for c in sent if " run --rm " in c]  # bash --login -c -i SCRIPT
+    run = shlex.split(login[-1].split("&& (", 1)[1].removesuffix(")"))  # the script's `docker run`
+    assert "--runtime=nvidia" in run or any(a.startswith("--gpus") for a in run), run
+    env = dict(e.split("=", 1) for e in image_env)
+    env.update(run[i + 1].split("=", 1) for i, a in enumerate(run) if a in ("-e", "--env"))
+    assert env.get("NVIDIA_VISIBLE_DEVICES") == "all", env
+    assert "compute" in env.get("NVIDIA_DRIVER_CAPABILITIES", "compute")
 
 
 SCHEMAS = DEPLOY / "schemas" / "kuberay-v1.7.0"
@@ -371,14 +420,18 @@ def test_the_worker_image_base_and_torch_agree_on_cuda():
     image's own check fails the build if that changes; the header names the driver it needs."""
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^FROM rayproject/ray:2\.60\.0-py311-cpu$", text, re.M)
-    assert "torch.version.cuda.startswith('13.')" in text and "R580" in text
+    assert "'${TORCH_CUDA}'.removeprefix('cu') or '130'" in text and "R580" in text
     assert "import apgrid.grid.cli" in text and "grid.cli," not in text.replace("apgrid.grid.cli,", "")
 
 
-def test_slurm_script_starts_a_head_then_workers_then_the_driver(tmp_path):
+def run_slurm_script(tmp_path, args, **slurm) -> list[str]:
+    """deploy/slurm/apgrid.sbatch under a stubbed Slurm (scontrol, srun) and apgrid on three nodes;
+    the calls it made, once all five (hostname, head, two workers, driver) are written."""
+    import time
+
     script = DEPLOY / "slurm" / "apgrid.sbatch"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     log = tmp_path / "calls"
+    log.unlink(missing_ok=True)
     fakes = {
         "scontrol": "printf 'gpu01\\ngpu02\\ngpu03\\n'",
         "srun": f'echo "srun $*" >> {log}; if [[ "$*" == *hostname* ]]; then echo 10.0.0.1; fi',
@@ -387,41 +440,66 @@ def test_slurm_script_starts_a_head_then_workers_then_the_driver(tmp_path):
     for name, body in fakes.items():
         (tmp_path / name).write_text(f"#!/bin/bash\n{body}\n")
         (tmp_path / name).chmod(0o755)
-    env = {
-        **os.environ,
-        "PATH": f"{tmp_path}:{os.environ['PATH']}",
-        "SLURM_JOB_NODELIST": "gpu[01-03]",
-        "SLURM_CPUS_PER_TASK": "8",
-        "SLURM_GPUS_PER_TASK": "1",
-        "APGRID_RAY_WAIT_S": "0",
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PATH=f"{tmp_path}:{os.environ['PATH']}", SLURM_JOB_NODELIST="gpu[01-03]")
+    env.update(SLURM_CPUS_PER_TASK="8", APGRID_RAY_WAIT_S="0", **slurm)
+    subprocess.run(["bash", str(script), *args], env=env, check=True)
+    for _ in range(600):  # the workers' `srun ... &` may still be writing when the script ends
+        lines = log.read_text().splitlines() if log.exists() else []
+        if len(lines) >= 5:
+            return lines
+        time.sleep(0.05)
+    return lines
 
-    def calls_when(count):  # the workers' `srun ... &` may still be writing when the script ends
-        import time
 
-        for _ in range(600):
-            lines = log.read_text().splitlines() if log.exists() else []
-            if len(lines) >= count:
-                return lines
-            time.sleep(0.05)
-        return lines
-
-    subprocess.run(["bash", str(script), "spec.yaml", "/scratch/out"], env=env, check=True)
-    calls = calls_when(5)  # hostname, head, two workers, apgrid: the starts in any order (backgrounded)
+def test_slurm_script_starts_a_head_then_workers_then_the_driver(tmp_path):
+    assert subprocess.run(["bash", "-n", str(DEPLOY / "slurm" / "apgrid.sbatch")]).returncode == 0
+    calls = run_slurm_script(
+        tmp_path, ["spec.yaml", "/scratch/out"], SLURM_GPUS_PER_TASK="1", SLURM_JOB_ID="4242"
+    )
     (head,) = [c for c in calls if "ray start --head" in c]
     workers = [c for c in calls if "ray start --address" in c]
-    assert head.startswith("srun --nodes=1 --ntasks=1 -w gpu01 ray start --head --node-ip-address=10.0.0.1")
+    port = 20000 + 4242 % 2000 * 10
+    assert head.startswith(
+        f"srun --nodes=1 --ntasks=1 -w gpu01 ray start --head --node-ip-address=10.0.0.1 --port={port}"
+    )
     assert sorted(c.split(" -w ")[1].split()[0] for c in workers) == ["gpu02", "gpu03"]
-    assert all("--address=10.0.0.1:6379 --num-cpus=8 --num-gpus=1" in c for c in workers)
+    assert all(f"--address=10.0.0.1:{port} " in c and "--num-cpus=8 --num-gpus=1" in c for c in workers)
     (driver,) = [c for c in calls if c.startswith("apgrid")]
     assert (
         driver
-        == "apgrid launch spec.yaml --output /scratch/out RAY_ADDRESS=10.0.0.1:6379 RAY_AUTH_MODE=token"
+        == f"apgrid launch spec.yaml --output /scratch/out RAY_ADDRESS=10.0.0.1:{port} RAY_AUTH_MODE=token"
     )
-    log.unlink()
-    subprocess.run(["bash", str(script), "-", "/scratch/out", "resume"], env=env, check=True)
-    (driver,) = [c for c in calls_when(5) if c.startswith("apgrid")]
+    calls = run_slurm_script(tmp_path, ["-", "/scratch/out", "resume"], SLURM_GPUS_PER_TASK="1")
+    (driver,) = [c for c in calls if c.startswith("apgrid")]
     assert driver.startswith("apgrid resume /scratch/out RAY_ADDRESS=")
+
+
+@pytest.mark.parametrize(
+    "allocation, gpus",
+    [
+        ({"SLURM_GPUS_ON_NODE": "4", "SLURM_GPUS_PER_NODE": "4"}, 4),
+        ({"SLURM_GPUS_PER_NODE": "a100:2"}, 2),
+        ({}, 0),
+    ],
+)
+def test_slurm_ray_gets_the_gpus_however_the_job_asked(tmp_path, allocation, gpus):
+    """--gpus-per-node (or --gres) sets no SLURM_GPUS_PER_TASK: Ray must still be given the GPUs,
+    or trials asking for one wait forever."""
+    calls = run_slurm_script(tmp_path, ["spec.yaml", "/out"], **allocation)
+    starts = [c for c in calls if " ray start " in c]
+    assert len(starts) == 3 and all(f"--num-gpus={gpus} " in c for c in starts)
+
+
+def test_two_slurm_jobs_on_one_node_share_no_ray_port(tmp_path):
+    def ports(job):
+        calls = run_slurm_script(tmp_path, ["spec.yaml", "/out"], SLURM_JOB_ID=job)
+        used = {int(p) for c in calls if " ray start " in c for p in re.findall(r"-port=(\d+)", c)}
+        temp = {re.search(r"--temp-dir=(\S+)", c).group(1) for c in calls if " ray start " in c}
+        return used, temp
+
+    (a, temp_a), (b, temp_b) = ports("1000"), ports("1001")
+    assert len(a) >= 8 and not a & b and not temp_a & temp_b
 
 
 SECRET = re.compile(r"password|secret|token|access_key", re.IGNORECASE)
