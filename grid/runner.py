@@ -26,6 +26,7 @@ from apgrid.grid.state import STAGES, read_state, set_stage, state_path, write_s
 from apgrid.grid.store import ModelStore, SampleStore, atomic_write_bytes
 from apgrid.grid.tracking import Tracker, TrackingError, check_reachable, grid_params
 from apgrid.trainables.checkpoints import published_model
+from apgrid.trainables.datacache import is_uri
 
 # Tune warns on every epoch checkpoint of small models; our own progress lines replace its tables.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -62,8 +63,12 @@ def preflight(spec: GridSpec, dry_run: bool = False) -> None:
     if dry_run:
         return
     root = spec.dataset.root
-    if root and not spec.dataset.download and not Path(root).is_dir():
-        raise GridError(f"dataset.root: {root} is not a folder")
+    if root and not is_uri(root) and not spec.dataset.download and not Path(root).is_dir():
+        raise GridError(
+            f"dataset.root: {root} is not a folder (relative to {Path.cwd()}); on a cluster every node "
+            f"reads it: give a shared volume's path or an object-store URI (s3://bucket/cifar10, "
+            f"copied once per node; docs/cluster.md)"
+        )
     try:
         check_reachable(spec.resolved_tracking_uri)
     except TrackingError as exc:

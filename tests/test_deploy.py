@@ -340,6 +340,9 @@ def test_kuberay_cluster_and_job():
     (job,) = load_all("k8s/rayjob.yaml")
     assert job["kind"] == "RayJob" and job["spec"]["clusterSelector"]["ray.io/cluster"] == "apgrid"
     assert "apgrid launch /etc/apgrid/spec.yaml --output /mnt/apgrid/" in job["spec"]["entrypoint"]
+    # the workers read the data where every pod mounts it, not the head's working directory
+    assert "--set dataset.root=/mnt/apgrid/" in job["spec"]["entrypoint"]
+    assert docs["PersistentVolumeClaim"]["spec"]["storageClassName"]
 
 
 def test_mlflow_server_has_postgres_s3_auth_and_allowed_hosts():

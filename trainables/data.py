@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from apgrid.errors import ApgridError
+from apgrid.trainables.datacache import local_root
 
 DIGITS_TEST_SIZE = 360  # fixed stratified split: 1,437 train / 360 test
 DIGITS_SPLIT_SEED = 0
@@ -90,6 +91,10 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def load_dataset(name: str, root: str | None = None, download: bool = False) -> Dataset:
+    """`root`: a folder, or an object-store URI whose local copy is made once per node
+    (trainables/datacache.py)."""
+    if name != "digits":
+        root = local_root(root)
     loaders = {
         "digits": lambda: load_digits(),
         "cifar10": lambda: load_cifar10(root, download),
