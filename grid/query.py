@@ -7,8 +7,8 @@
 MLflow's search takes `and` only, compares tags and params as text (=, !=, LIKE, ILIKE) and
 metrics as numbers. What it cannot express is done correctly here, never answered with an empty
 table: `or` runs each side on the server and unites the runs; `IN` / `NOT IN` over tags and params
-become `or` / `and` of equalities. Parentheses cannot group clauses (MLflow has no grouping):
-refused in one line. Short names: a metric apgrid logs (aa_acc, clean_acc, sparsity, ...) reads
+become `or` / `and` of equalities; parentheses group clauses (`(a or b) and c` runs as `a and c`,
+`b and c`). Short names: a metric apgrid logs (aa_acc, clean_acc, sparsity, ...) reads
 `metrics.NAME`, a run attribute (status, run_name, ...) `attributes.NAME`, any other apgrid tag
 `tags.NAME`; an unknown short name is refused, and the prefixed forms reach anything MLflow holds.
 `--table` filters a report CSV with the same syntax.
@@ -152,32 +152,63 @@ def tokenize(where: str) -> list[tuple[str, str]]:
     return tokens
 
 
+MAX_CONJUNCTIONS = 64  # each runs as one MLflow search: (a or b) and (c or d) and ... multiplies
+
+
 def parse_where(where: str) -> list[list[Clause]]:
-    """The filter as a disjunction of conjunctions: [[clause and clause] or [clause] ...]."""
+    """The filter as a disjunction of conjunctions: [[clause and clause] or [clause] ...];
+    parentheses group clauses, and `and` binds tighter than `or`, as in SQL."""
     tokens = tokenize(where)
-    groups, clauses, i = [], [], 0
     if not tokens:
         return []
-    while True:
-        clause, i = _clause(tokens, i)
-        clauses.append(clause)
-        if i == len(tokens):
-            return groups + [clauses]
+    groups, i = _disjunction(tokens, 0)
+    if i < len(tokens):
         kind, text = tokens[i]
-        if (kind, text) == ("word", "and"):
-            i += 1
-        elif (kind, text) == ("word", "or"):
-            groups.append(clauses)
-            clauses, i = [], i + 1
-        elif kind in ("open", "close"):
-            raise QueryError(
-                "--where: parentheses can only hold an IN list; MLflow filters "
-                "cannot group clauses, write them out with and / or"
-            )
-        else:
-            raise QueryError(f"--where: expected 'and' or 'or' before {text!r}")
-        if i == len(tokens):
-            raise QueryError("--where: the filter ends with 'and' / 'or'")
+        if kind == "close":
+            raise QueryError("--where: a ')' closes no '('")
+        raise QueryError(f"--where: expected 'and' or 'or' before {text!r}")
+    if len(groups) > MAX_CONJUNCTIONS:
+        raise QueryError(
+            f"--where: the filter expands to {len(groups)} MLflow searches (at most {MAX_CONJUNCTIONS}); "
+            f"use IN lists in place of or-groups"
+        )
+    return groups
+
+
+def _word(tokens, i, word: str) -> bool:
+    return i < len(tokens) and tokens[i] == ("word", word)
+
+
+def _disjunction(tokens, i) -> tuple[list[list[Clause]], int]:
+    groups, i = _conjunction(tokens, i)
+    while _word(tokens, i, "or"):
+        more, i = _conjunction(tokens, _not_at_end(tokens, i + 1))
+        groups = groups + more
+    return groups, i
+
+
+def _conjunction(tokens, i) -> tuple[list[list[Clause]], int]:
+    groups, i = _factor(tokens, i)
+    while _word(tokens, i, "and"):
+        more, i = _factor(tokens, _not_at_end(tokens, i + 1))
+        groups = [a + b for a in groups for b in more]  # (a or b) and c = (a and c) or (b and c)
+    return groups, i
+
+
+def _factor(tokens, i) -> tuple[list[list[Clause]], int]:
+    if i < len(tokens) and tokens[i][0] == "open":
+        groups, i = _disjunction(tokens, _not_at_end(tokens, i + 1))
+        if i >= len(tokens) or tokens[i][0] != "close":
+            raise QueryError("--where: a '(' is not closed")
+        return groups, i + 1
+    clause, i = _clause(tokens, i)
+    return [[clause]], i
+
+
+def _not_at_end(tokens, i) -> int:
+    if i >= len(tokens):
+        raise QueryError("--where: the filter ends with 'and' / 'or' / '('")
+    return i
 
 
 def _clause(tokens, i) -> tuple[Clause, int]:
@@ -185,15 +216,12 @@ def _clause(tokens, i) -> tuple[Clause, int]:
         return tokens[j] if j < len(tokens) else ("end", "")
 
     kind, name = at(i)
-    if kind == "open":
-        raise QueryError(
-            "--where: parentheses can only hold an IN list; MLflow filters cannot "
-            "group clauses, write them out with and / or"
-        )
     if kind != "name":
         raise QueryError(f"--where: expected a field name, got {name or 'the end'!r}")
     kind, text = at(i + 1)
     if kind == "op":
+        if text == "=" and at(i + 2) == ("op", "="):
+            raise QueryError(f"--where: use = to compare (MLflow's filter syntax has no ==): {name} = ...")
         value = _value(at(i + 2))
         return Clause(name, "!=" if text == "<>" else text, (value,)), i + 3
     words = []

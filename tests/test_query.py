@@ -59,6 +59,11 @@ def methods(uri, where):
         ("tags.method = 'hydra' and metrics.aa_acc > 0.4", ["hydra"]),
         ("params.`prune.method` = 'lwm-global'", ["lwm-global"]),
         ("tags.method IS NULL", []),
+        ("(method = 'hydra' or method = 'dense') and arch = 'vgg16'", ["hydra"]),
+        (
+            "method = 'lwm-local' or (method = 'hydra' and (arch = 'vgg16' or sparsity > 0.9))",
+            ["hydra", "lwm-local"],
+        ),
     ],
 )
 def test_every_operator_against_a_real_store(store, where, expected):
@@ -68,7 +73,10 @@ def test_every_operator_against_a_real_store(store, where, expected):
 @pytest.mark.parametrize(
     "where, says",
     [
-        ("(method = 'hydra' or method = 'dense') and arch = 'vgg16'", "parentheses"),
+        ("method == 'hydra'", "use = to compare"),
+        ("(method = 'hydra' or method = 'dense'", "is not closed"),
+        ("method = 'hydra')", "closes no"),
+        ("method = 'hydra' and ()", "expected a field name"),
         ("colour = 'red'", "unknown field 'colour'"),
         ("method = hydra", "expected a value"),
         ("method = 'hydra' and", "ends with"),
