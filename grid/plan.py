@@ -328,11 +328,16 @@ def describe(spec: GridSpec) -> str:
     def count(k, what):
         return f"{k} {what}{'s' * (k != 1)}"
 
+    shards_note = ""
+    if shards < ev.shards:  # a shard holds whole blocks
+        block = ev.settings.block_size
+        shards_note = f" (evaluation.shards {ev.shards} asked: {n} samples make {shards} blocks of {block})"
+
     return (
         f"plan: {count(models, 'model')} ({count(len(dense), 'dense trial')}, "
         f"{count(len(pruned), 'prune trial')}, {count(len(ckpt), 'checkpoint')}); "
         f"evaluation: {n} test samples each (AutoAttack on {aa}), "
-        f"{shards} shards a model = {models * shards} shard tasks on {ev.actors} actors; "
+        f"{shards} shards a model{shards_note} = {models * shards} shard tasks on {ev.actors} actors; "
         f"~{cost.training_passes / 1e6:.1f}M model passes to train and "
         f"~{cost.evaluation_passes / 1e6:.1f}M to evaluate (forward or backward, one sample "
         f"each), ~{gpu_time(cost.gpu_hours)} on one A100 at NVIDIA's published rate (a floor "
