@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from apgrid.trainables.training import Recipe
+from apgrid.trainables.training import TRAINERS, Recipe
 
 PHASES = ("parent", "search", "finetune")
 # what apgrid's trainer does for the phase facts a Recipe has no field for
@@ -72,8 +72,13 @@ class AuthorsRecipe:
         return getattr(self, name)
 
     def recipe_values(self, phase: str) -> dict:
-        """The phase's values a training.Recipe holds (what a grid takes by default)."""
-        return {k: c.value for k, c in self.phase(phase).items() if k in RECIPE_FIELDS and not c.is_open}
+        """The phase's values a training.Recipe holds (what a grid takes by default); a trainer
+        apgrid does not have (MART, ATMC's clean + adversarial mix) is left to the grid and listed
+        as a deviation."""
+        values = {k: c.value for k, c in self.phase(phase).items() if k in RECIPE_FIELDS and not c.is_open}
+        if values.get("trainer") not in TRAINERS:
+            values.pop("trainer", None)
+        return values
 
 
 @dataclass(frozen=True)
@@ -119,9 +124,10 @@ def _same(grid, authors) -> bool:
     return grid == authors
 
 
-def phase_values(recipe: Recipe, eps: float) -> dict:
+def phase_values(recipe: Recipe, eps: float, trains: Mapping | None = None) -> dict:
     """What apgrid does in a phase trained with `recipe` at the threat model's `eps`, keyed as an
-    AuthorsRecipe phase is."""
+    AuthorsRecipe phase is; `trains`: what the method does there beyond its Recipe (R-ADMM's ADMM
+    learning-rate cycle in place of the cosine schedule, no epoch selection in a search)."""
     values = {f: getattr(recipe, f) for f in RECIPE_FIELDS}
     step = recipe.step_size
     if step is None and recipe.trainer in ("pgd", "trades"):
@@ -134,18 +140,22 @@ def phase_values(recipe: Recipe, eps: float) -> dict:
         **APGRID_PHASE_FACTS,
         "eps": eps,
         "random_start": recipe.trainer in ("pgd", "fgsm-rs"),
+        **(trains or {}),
     }
 
 
-def deviations(authors: AuthorsRecipe, phases: Mapping[str, Recipe | None], eps: float) -> list[Deviation]:
+def deviations(
+    authors: AuthorsRecipe, phases: Mapping[str, Recipe | None], eps: float, trains: Mapping | None = None
+) -> list[Deviation]:
     """Every value in which the grid's `phases` (parent / search / finetune recipes; None for a
-    phase the method does not run) and the method's facts depart from its authors' recipe."""
+    phase the method does not run) and the method's facts depart from its authors' recipe;
+    `trains`: per phase, what the method does beyond its Recipe (PruningMethod.trains)."""
     out = []
     for phase in PHASES:
         recipe = phases.get(phase)
         if recipe is None:
             continue
-        ours = phase_values(recipe, eps)
+        ours = phase_values(recipe, eps, (trains or {}).get(phase))
         for key, cited in authors.phase(phase).items():
             if cited.is_open or key in ("augment",):  # augmentation follows the dataset
                 continue
