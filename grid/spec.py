@@ -415,8 +415,8 @@ def takes_images(arch: str, dataset: str) -> bool:
 def _check_layer_name(spec: GridSpec, method: MethodSpec, key: str, layer: str) -> None:
     import torch
 
+    from apgrid.trainables.masks import prunable_layers
     from apgrid.trainables.models import build_model
-    from apgrid.trainables.pruning import prunable_layers
 
     info = DATASETS[spec.dataset.name]
     for arch in method.architectures or spec.dense.architectures:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from apgrid.trainables import pruning, structured
+from apgrid.trainables import masks
 from apgrid.trainables.data import Dataset
 from apgrid.trainables.methods import method as pruning_method
 from apgrid.trainables.models import fit_to_state
@@ -90,6 +90,15 @@ def selection_record(recipe: Recipe, selection: Selection, epochs: int) -> dict:
         "select": recipe.select,
         "catastrophic_overfitting_epoch": selection.overfit_epoch,
     }
+
+
+def iterative_ratios(ratio: float, steps: int) -> list[float]:
+    return [ratio * (k + 1) / steps for k in range(steps)]
+
+
+def step_epochs(finetune_epochs: int, steps: int) -> list[int]:
+    """Fine-tuning epoch before which each pruning step happens (all at 0 when there is none)."""
+    return [(k * finetune_epochs) // steps for k in range(steps)]
 
 
 def _ignore(*args):
@@ -193,7 +202,7 @@ class PruneSettings:
 
 class PruneJob:
     """Prunes `model` (holding the dense weights, on `device`) as `settings` say, calling the
-    method's hooks (trainables/methods.py)."""
+    method's hooks (trainables/methods/)."""
 
     def __init__(
         self,
@@ -224,8 +233,8 @@ class PruneJob:
         self.search = settings.search if self.method.search_phase else None
         self.search_epochs = self.search.epochs if self.search else 0
         self.total = self.search_epochs + self.finetune.epochs
-        self.dense_count = pruning.prunable_weight_count(model)
-        self.original_filters = structured.filter_counts(model)
+        self.dense_count = masks.prunable_weight_count(model)
+        self.original_filters = masks.filter_counts(model)
         self.sample_weights = self.method.sample_weights(self)  # from the dense model
         self.objective = self.method.objective(self)  # PwoA: its teacher is the dense model
 
@@ -252,7 +261,7 @@ class PruneJob:
             fit_to_state(self.model, state["model"])
             self.model.load_state_dict(state["model"])
             self.model.to(self.device)
-            pruning.apply_masks(self.model, state["masks"])
+            masks.apply_masks(self.model, state["masks"])
         elif self.search:
             self.method.search(self, state)
             state = None
@@ -270,8 +279,8 @@ class PruneJob:
         """Apply every pruning step of an iterative method (filters removed, or masks tightened)
         scheduled at or before this fine-tuning epoch."""
         steps = self.options.get("steps", 1)
-        ratios = structured.iterative_ratios(self.s.sparsity, steps)
-        due = structured.step_epochs(self.finetune.epochs, steps)
+        ratios = iterative_ratios(self.s.sparsity, steps)
+        due = step_epochs(self.finetune.epochs, steps)
         while done_steps < steps and due[done_steps] <= finetune_epoch:
             self.method.prune_step(self, ratios[done_steps])
             done_steps += 1
@@ -316,8 +325,8 @@ class PruneJob:
             metrics["epoch"] = epoch + 1
             last = epoch + 1 == self.total
             saved = {
-                "model": pruning.plain_state_dict(self.model),
-                "masks": pruning.masks_of(self.model),
+                "model": masks.plain_state_dict(self.model),
+                "masks": masks.masks_of(self.model),
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch + 1,
                 "structured_steps": done_steps,
@@ -340,12 +349,12 @@ class PruneJob:
 
     def finish(self, metrics: dict) -> dict:
         """ATMC's final quantisation, the model's costs, then `on_finish` (which saves it)."""
-        facts = pruning.model_facts(self.model, self.dense_count, self.method.finish(self))
+        facts = masks.model_facts(self.model, self.dense_count, self.method.finish(self))
         metrics = {**metrics, "test_clean_acc": self.test_accuracy(), **facts}
         extra = {
             **facts,
             "options": self.options,
-            "filters": structured.filter_counts(self.model) if self.is_structured else None,
+            "filters": masks.filter_counts(self.model) if self.is_structured else None,
             **selection_record(self.finetune, getattr(self, "selection", Selection()), self.total),
         }
         self.on_finish(self.model, metrics, extra)

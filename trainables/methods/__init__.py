@@ -1,0 +1,61 @@
+"""The pruning methods: one registry entry each, as Torch-Pruning writes a pruner, one class whose
+hooks the prune pipeline (trainables/pipeline.py) calls.
+
+A method states its taxonomy (the survey's: Piras et al. 2024, Sec. 3), its options with their
+defaults and checks, and overrides only the hooks it needs:
+
+    search(job, state)    a trained phase that yields the masks (HYDRA's scores, ADMM, Flying
+                          Bird's sparse training); methods with one set `search_phase = True` and
+                          get the grid's search recipe; `state` is what its last report saved
+    prune(job)            one-shot masks of an unstructured criterion, before fine-tuning
+    prune_step(job, ratio)   iterative methods (`iterative = True`: filter pruning, Sehwag19):
+                          prune to `ratio` of the target, `steps` times between fine-tuning epochs
+    sample_weights(job)   a weight per training sample for the fine-tuning loss
+    objective(job)        a loss on clean batches replacing the adversarial one (PwoA)
+    finetune_step(job)    a callable run after every fine-tuning step (ATMC's codebook)
+    finish(job)           last changes before the model is saved (ATMC's quantisation); returns
+                          the bits per stored weight
+
+and flags what it needs: `needs_initial_state` (starts from or rewinds to the initial weights),
+`needs_validation` (reads the validation split while it trains), `finetunes = False` (no
+fine-tuning phase).
+
+One module per family holds its methods beside their maths (magnitude criteria, importance scores,
+ADMM, dynamic sparsity, twins, saliency, filters); base.py the base class and the registry.
+Adding a method is one class in its family's module, decorated with @register (or a new module
+here: every module of this package is imported, none is listed), and a test of the property its
+paper states; the spec, `apgrid list methods`, the pipeline, model cards and MLflow tags all read
+the registry.
+"""
+
+import importlib
+import pkgutil
+
+from apgrid.trainables.methods.base import (
+    PRUNING_METHODS,
+    Choice,
+    Flag,
+    LayerSparsity,
+    Number,
+    OptionError,
+    PruningMethod,
+    Whole,
+    method,
+    register,
+)
+
+__all__ = [
+    "PRUNING_METHODS",
+    "Choice",
+    "Flag",
+    "LayerSparsity",
+    "Number",
+    "OptionError",
+    "PruningMethod",
+    "Whole",
+    "method",
+    "register",
+]
+
+for _module in pkgutil.iter_modules(__path__):  # each family module registers its methods
+    importlib.import_module(f"{__name__}.{_module.name}")
