@@ -228,9 +228,13 @@ def test_r_admm_follows_the_references_schedule(trained, digits):
         before_epoch=lambda e: None,
     )
     original = job.train
-    job.train = lambda opt, recipe, epoch, **kw: (
-        lrs.append(kw.get("lr")) or original(opt, recipe, epoch, **kw)
-    )
+
+    def train(optimizer, *args, **kwargs):  # the learning rate each epoch trained at
+        metrics = original(optimizer, *args, **kwargs)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        return metrics
+
+    job.train = train
     job.run()
     search_reports = [r for r in reports if r.get("phase") == "search"]
     updated = [r["epoch"] for r in search_reports if "admm_rho" in r]
@@ -294,7 +298,7 @@ def test_atmc_is_sparse_globally_and_quantised_through_fine_tuning(trained, digi
     assert zeros == total - round(total * 0.1)  # l0proj keeps round(N k), k the kept fraction
     per_layer = [float((m.weight == 0).float().mean()) for _, m in prunable_layers(job.model)]
     assert max(per_layer) - min(per_layer) > 0.05  # a global allocation, not a uniform one
-    finetuned = [s for s in states if "masks" in s]
+    finetuned = [s for s in states if s.get("phase") == "finetune"]
     assert len(finetuned) == 2
     for state in finetuned:
         for key, value in state["model"].items():
@@ -651,7 +655,7 @@ def test_pwoa_prunes_without_adversarial_examples_by_distilling_its_dense_teache
     options = {"admm_epoch": 1, "layers": "all", "hsic_x": 0.0, "hsic_y": 0.0}
     settings = PruneSettings("pwoa", 0.9, 0, 0.1, "Linf", QUICK, SEARCH, options)
     job = PruneJob(settings, copy.deepcopy(trained), digits, "cpu")
-    first, _ = job.objective(job.model.train(), digits.x_train[:32], digits.y_train[:32])
+    first, _ = job.hooks.objective(job.model.train(), digits.x_train[:32], digits.y_train[:32])
     assert float(first) == pytest.approx(0.0, abs=1e-6)
     metrics = job.run()
     assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
@@ -659,7 +663,7 @@ def test_pwoa_prunes_without_adversarial_examples_by_distilling_its_dense_teache
     with_hsic = PruneJob(
         PruneSettings("pwoa", 0.9, 0, 0.1, "Linf", QUICK, SEARCH), copy.deepcopy(trained), digits, "cpu"
     )
-    loss, _ = with_hsic.objective(with_hsic.model.train(), digits.x_train[:32], digits.y_train[:32])
+    loss, _ = with_hsic.hooks.objective(with_hsic.model.train(), digits.x_train[:32], digits.y_train[:32])
     assert float(loss) != 0.0  # the HSIC terms on every layer's output
 
 
@@ -704,7 +708,9 @@ def test_twinrep_trains_twins_from_the_initial_weights_then_meets_the_target(dig
     assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
 
 
-RESUMABLE = {  # the search-phase methods that keep state of their own, with quick options
+RESUMABLE = {  # every search-phase method but R-ADMM (tested above), and MAD, with quick options
+    "hydra": {},
+    "rst": {},
     "harp": {},
     "flyingbird": {"update_every": 5},
     "flyingbird+": {"update_every": 5, "start": 0.0, "window": 1, "threshold": 0.0},
@@ -713,6 +719,7 @@ RESUMABLE = {  # the search-phase methods that keep state of their own, with qui
     "twinrep-channels": {},
     "pwoa": {"admm_epoch": 1, "layers": "all"},
     "mad": {"samples": 256, "mask_steps": 3},
+    "atmc": {"bits": 3, "admm_interval": 2},
 }
 
 
@@ -739,7 +746,9 @@ def test_new_methods_resume_mid_search_as_if_never_stopped(trained, digits, meth
     whole = job(checkpoint)
     whole.run()
     resumed = job()
-    resumed.run(torch.load(io.BytesIO(states[0]), weights_only=True))
+    first = torch.load(io.BytesIO(states[0]), weights_only=True)
+    assert first["phase"] == ("search" if PRUNING_METHODS[method].search_phase else "finetune")
+    resumed.run(first)
     for (key, a), b in zip(plain_state_dict(resumed.model).items(), plain_state_dict(whole.model).values()):
         assert torch.allclose(a, b, atol=1e-5), key
 

@@ -4,15 +4,17 @@ hooks the prune pipeline (trainables/pipeline.py) calls.
 A method states its taxonomy (the survey's: Piras et al. 2024, Sec. 3), its options with their
 defaults and checks, and overrides only the hooks it needs:
 
-    search(job, state)    a trained phase that yields the masks (HYDRA's scores, ADMM, Flying
-                          Bird's sparse training); methods with one set `search_phase = True` and
-                          get the grid's search recipe; `state` is what its last report saved
+    start_search(job, saved)   a trained phase that yields the masks (HYDRA's scores, ADMM, Flying
+                          Bird's sparse training), set up afresh or from `saved`, the state its
+                          last epoch saved: a Search (base.py) whose hooks PruneJob's one loop
+                          calls each epoch; methods with one set `search_phase = True` and get the
+                          grid's search recipe
     prune(job)            one-shot masks of an unstructured criterion, before fine-tuning
     prune_step(job, ratio)   iterative methods (`iterative = True`: filter pruning, Sehwag19):
                           prune to `ratio` of the target, `steps` times between fine-tuning epochs
-    sample_weights(job)   a weight per training sample for the fine-tuning loss
-    objective(job)        a loss on clean batches replacing the adversarial one (PwoA)
-    finetune_step(job)    a callable run after every fine-tuning step (ATMC's codebook)
+    training_hooks(job)   changes to training in every phase, from the dense model (boundary
+                          weights, PwoA's distillation): a TrainingHooks (trainables/training.py)
+    finetune_hooks(job)   fine-tuning's hooks, from the pruned model (ATMC's codebook)
     finish(job)           last changes before the model is saved (ATMC's quantisation); returns
                           the bits per stored weight
 

@@ -14,6 +14,7 @@ global sparse set after every step and puts the k-bit quantisation in the ADMM s
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +26,15 @@ from apgrid.trainables.methods.base import (
     LayerSparsity,
     Number,
     PruningMethod,
+    Search,
     Whole,
     cpu_state,
     register,
 )
-from apgrid.trainables.training import make_optimizer
+from apgrid.trainables.training import LayeredHooks, Recipe, TrainingHooks
+
+if TYPE_CHECKING:
+    from apgrid.trainables.pipeline import PruneJob
 
 
 def project_irregular(w: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -207,6 +212,146 @@ def hsic_normalized_cca(
     return hsic_from(resolvent(x, sigma), resolvent(y, sigma, kind_y))
 
 
+class AdmmSearch(Search):
+    """R-ADMM's ADMM phase (and PwoA's, under its distillation): the W-step is the epoch's training
+    with the penalty, Z and U move every `admm_epoch` epochs; then the hard masks."""
+
+    def __init__(self, job: PruneJob, saved: dict | None, admm: Admm):
+        if saved:
+            job.model.load_state_dict(saved["model"])
+            admm.load(saved["admm"], job.device)
+        super().__init__(job, job.model.parameters())
+        self.admm = admm
+
+    def learning_rate(self, recipe: Recipe, epoch: int) -> float:
+        """R-ADMM's admm_adjust_learning_rate: the search lr at each Z/U update, then a tenth
+        after every third of admm_epoch."""
+        every = self.job.options["admm_epoch"]
+        return recipe.lr * 0.1 ** ((epoch % every) // (every / 3))
+
+    def penalty(self):
+        return self.admm.penalty()
+
+    def end_epoch(self, epoch: int, metrics: dict) -> None:
+        if (epoch + 1) % self.job.options["admm_epoch"] == 0:  # the reference: every admm_epoch epochs
+            metrics["admm_residual"] = self.admm.update()
+            metrics["admm_rho"] = self.admm.rho
+        else:
+            metrics["admm_residual"] = self.admm.residual()
+
+    def state(self) -> dict:
+        return {"model": cpu_state(self.job.model), "admm": self.admm.state()}
+
+    def finish(self) -> None:
+        apply_masks(self.job.model, self.admm.hard_masks())
+
+
+class Distillation(TrainingHooks):
+    """PwoA's loss in every phase, on clean inputs: self-distillation from the dense model (taken
+    when the job starts) plus the HSIC bottleneck on every conv and linear layer's output."""
+
+    def __init__(self, job: PruneJob):
+        self.options = job.options
+        self.teacher = copy.deepcopy(job.model).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.outputs: list[torch.Tensor] = []
+        for _, m in prunable_layers(job.model):
+            m.register_forward_hook(lambda mod, inp, out: self.outputs.append(out) if mod.training else None)
+
+    def objective(self, model, x, y):
+        o = self.options
+        self.outputs.clear()
+        logits = model(x)
+        with torch.no_grad():
+            target = self.teacher(x)
+        t = o["temperature"]
+        distill = F.kl_div(  # KLDivLoss(log_target=True)'s default: the mean over every entry
+            F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1), reduction="none", log_target=True
+        ).mean()
+        total = o["distill_weight"] * t * t * distill
+        if o["hsic_x"] or o["hsic_y"]:  # the input's and labels' resolvents serve every layer
+            r_x = resolvent(x, o["sigma"])
+            r_y = resolvent(F.one_hot(y, logits.shape[1]).float(), o["sigma"], "linear")
+            for z in self.outputs:
+                r_z = resolvent(z, o["sigma"])
+                total = total + o["hsic_x"] * hsic_from(r_z, r_x) - o["hsic_y"] * hsic_from(r_z, r_y)
+        return total, logits
+
+
+class AtmcSearch(Search):
+    """ATMC's training: half clean, half adversarial loss plus rho/2 ||W - Z + U||^2, the global
+    sparse projection after every step, Z and U every `admm_interval` batches; then the
+    quantised model under the masks of its support."""
+
+    def __init__(self, job: PruneJob, saved: dict | None):
+        self.layers = [m for _, m in prunable_layers(job.model)]
+        self.z = [m.weight.detach().clone() for m in self.layers]
+        self.u = [torch.zeros_like(m.weight) for m in self.layers]
+        if saved:
+            job.model.load_state_dict(saved["model"])
+            self.z = [t.to(job.device) for t in saved["z"]]
+            self.u = [t.to(job.device) for t in saved["u"]]
+        super().__init__(job, job.model.parameters())
+        o = job.options
+        self.bits, self.rho, self.every = o["bits"], o["rho"], o["admm_interval"]
+        self.clean_weight = o["clean_weight"]
+
+    def sample_losses(self, losses, model, x, y, idx):
+        if self.clean_weight:  # util_trts.py: a share of clean cross-entropy
+            losses = (1 - self.clean_weight) * losses + self.clean_weight * F.cross_entropy(
+                model(x), y, reduction="none"
+            )
+        return super().sample_losses(losses, model, x, y, idx)
+
+    def penalty(self):
+        if not self.bits:
+            return 0.0
+        layers, z, u = self.layers, self.z, self.u
+        return sum(0.5 * self.rho * (m.weight - zi + ui).pow(2).sum() for m, zi, ui in zip(layers, z, u))
+
+    @torch.no_grad()
+    def after_step(self, batch: int) -> None:
+        project_global(self.layers, self.job.s.sparsity)
+        if self.bits and batch % self.every == 0 and batch > 0:
+            for i, m in enumerate(self.layers):
+                support = (m.weight != 0).to(m.weight.dtype)
+                self.z[i] = quantize_kmeans((m.weight + self.u[i]) * support, self.bits)[0]
+                self.u[i] += m.weight - self.z[i]
+
+    def state(self) -> dict:
+        return {
+            "model": cpu_state(self.job.model),
+            "z": [t.cpu() for t in self.z],
+            "u": [t.cpu() for t in self.u],
+        }
+
+    def finish(self) -> None:
+        model = self.job.model
+        project_global(self.layers, self.job.s.sparsity)
+        masks = {name: (m.weight != 0).float() for name, m in prunable_layers(model)}
+        if self.bits:  # the model that comes out is the quantised one
+            with torch.no_grad():
+                for m in self.layers:
+                    m.weight.copy_(quantize_kmeans(m.weight, self.bits)[0])
+        apply_masks(model, masks)
+
+
+class Codebook(LayeredHooks):
+    """ATMC's fine-tuning: each layer kept on the levels it left ADMM with, after every step."""
+
+    def __init__(self, job: PruneJob):
+        super().__init__(job.hooks)
+        self.layers = [m for _, m in prunable_layers(job.model)]
+        self.books = [torch.unique(m.weight_orig.detach() * m.weight_mask) for m in self.layers]
+
+    @torch.no_grad()
+    def after_step(self, batch: int) -> None:
+        for m, book in zip(self.layers, self.books):
+            m.weight_orig.copy_(snap(m.weight_orig * m.weight_mask, book[book != 0]))
+        super().after_step(batch)
+
+
 # -- the methods -----------------------------------------------------------------------------
 
 
@@ -233,7 +378,7 @@ class RobustAdmm(PruningMethod):
         "layer_sparsity": LayerSparsity(),
     }
 
-    def admm(self, job):
+    def admm(self, job: PruneJob) -> Admm:
         o = job.options
         return Admm(
             job.model,
@@ -246,39 +391,8 @@ class RobustAdmm(PruningMethod):
             rho_factor=o["rho_factor"],
         )
 
-    def learning_rate(self, job, epoch: int) -> float:
-        """R-ADMM's admm_adjust_learning_rate: the search lr at each Z/U update, then a tenth
-        after every third of admm_epoch."""
-        every = job.options["admm_epoch"]
-        return job.search.lr * 0.1 ** ((epoch % every) // (every / 3))
-
-    def search(self, job, state) -> None:
-        admm = self.admm(job)
-        optimizer = make_optimizer(job.model.parameters(), job.search)
-        if state:
-            job.model.load_state_dict(state["model"])
-            admm.load(state["admm"], job.device)
-            optimizer.load_state_dict(state["optimizer"])
-        every = job.options["admm_epoch"]
-        for epoch in range(state["epoch"] if state else 0, job.search_epochs):
-            metrics = job.train(
-                optimizer, job.search, epoch, penalty=admm.penalty, lr=self.learning_rate(job, epoch)
-            )
-            if (epoch + 1) % every == 0:  # the reference: after every admm_epoch epochs
-                metrics["admm_residual"] = admm.update()
-                metrics["admm_rho"] = admm.rho
-            else:
-                metrics["admm_residual"] = admm.residual()
-            job.report(
-                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
-                {
-                    "model": cpu_state(job.model),
-                    "admm": admm.state(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                },
-            )
-        apply_masks(job.model, admm.hard_masks())
+    def start_search(self, job: PruneJob, saved: dict | None) -> Search:
+        return AdmmSearch(job, saved, self.admm(job))
 
 
 @register
@@ -311,35 +425,8 @@ class Pwoa(RobustAdmm):
         "sigma": Number(5.0, 1e-6, 1e6),  # general-prune-hsicbt-cifar10.yaml: sigma 5, k_type_y linear
     }
 
-    def objective(self, job):
-        o = job.options
-        teacher = copy.deepcopy(job.model).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        outputs: list[torch.Tensor] = []
-        layers = [m for _, m in prunable_layers(job.model)]
-        for m in layers:
-            m.register_forward_hook(lambda mod, inp, out: outputs.append(out) if mod.training else None)
-
-        def loss(model, x, y):
-            outputs.clear()
-            logits = model(x)
-            with torch.no_grad():
-                target = teacher(x)
-            t = o["temperature"]
-            distill = F.kl_div(  # KLDivLoss(log_target=True)'s default: the mean over every entry
-                F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1), reduction="none", log_target=True
-            ).mean()
-            total = o["distill_weight"] * t * t * distill
-            if o["hsic_x"] or o["hsic_y"]:  # the input's and labels' resolvents serve every layer
-                r_x = resolvent(x, o["sigma"])
-                r_y = resolvent(F.one_hot(y, logits.shape[1]).float(), o["sigma"], "linear")
-                for z in outputs:
-                    r_z = resolvent(z, o["sigma"])
-                    total = total + o["hsic_x"] * hsic_from(r_z, r_x) - o["hsic_y"] * hsic_from(r_z, r_y)
-            return total, logits
-
-        return loss
+    def training_hooks(self, job: PruneJob) -> TrainingHooks:
+        return Distillation(job)
 
 
 @register
@@ -368,73 +455,11 @@ class Atmc(PruningMethod):
         "clean_weight": Number(0.5, 0.0, 1.0),  # util_trts.py: 0.5 clean + 0.5 adversarial
     }
 
-    def search(self, job, state) -> None:
-        layers = [m for _, m in prunable_layers(job.model)]
-        bits, rho, every = job.options["bits"], job.options["rho"], job.options["admm_interval"]
-        optimizer = make_optimizer(job.model.parameters(), job.search)
-        z = [m.weight.detach().clone() for m in layers]
-        u = [torch.zeros_like(m.weight) for m in layers]
-        if state:
-            job.model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            z = [t.to(job.device) for t in state["z"]]
-            u = [t.to(job.device) for t in state["u"]]
+    def start_search(self, job: PruneJob, saved: dict | None) -> Search:
+        return AtmcSearch(job, saved)
 
-        def penalty():
-            if not bits:
-                return 0.0
-            return sum(0.5 * rho * (m.weight - zi + ui).pow(2).sum() for m, zi, ui in zip(layers, z, u))
+    def finetune_hooks(self, job: PruneJob) -> TrainingHooks:
+        return Codebook(job) if job.options["bits"] else job.hooks
 
-        @torch.no_grad()
-        def after_step(batch: int) -> None:
-            project_global(layers, job.s.sparsity)
-            if bits and batch % every == 0 and batch > 0:
-                for i, m in enumerate(layers):
-                    support = (m.weight != 0).to(m.weight.dtype)
-                    z[i] = quantize_kmeans((m.weight + u[i]) * support, bits)[0]
-                    u[i] += m.weight - z[i]
-
-        for epoch in range(state["epoch"] if state else 0, job.search_epochs):
-            metrics = job.train(
-                optimizer,
-                job.search,
-                epoch,
-                penalty=penalty,
-                after_step=after_step,
-                clean_weight=job.options["clean_weight"],
-            )
-            job.report(
-                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
-                {
-                    "model": cpu_state(job.model),
-                    "z": [t.cpu() for t in z],
-                    "u": [t.cpu() for t in u],
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                },
-            )
-        project_global(layers, job.s.sparsity)
-        masks = {name: (m.weight != 0).float() for name, m in prunable_layers(job.model)}
-        if bits:  # the model that comes out is the quantised one
-            with torch.no_grad():
-                for m in layers:
-                    m.weight.copy_(quantize_kmeans(m.weight, bits)[0])
-        apply_masks(job.model, masks)
-
-    def finetune_step(self, job):
-        """Keep each layer on its codebook through fine-tuning (the levels it left ADMM with)."""
-        bits = job.options["bits"]
-        if not bits:
-            return None
-        layers = [m for _, m in prunable_layers(job.model)]
-        books = [torch.unique(m.weight_orig.detach() * m.weight_mask) for m in layers]
-
-        @torch.no_grad()
-        def after_step(batch: int) -> None:
-            for m, book in zip(layers, books):
-                m.weight_orig.copy_(snap(m.weight_orig * m.weight_mask, book[book != 0]))
-
-        return after_step
-
-    def finish(self, job) -> int:
+    def finish(self, job: PruneJob) -> int:
         return job.options["bits"] or 32

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from apgrid.errors import show_value as _show
+from apgrid.trainables.training import LayeredHooks, Recipe, TrainingHooks, make_optimizer
+
+if TYPE_CHECKING:  # the pipeline imports the registry
+    from apgrid.trainables.pipeline import PruneJob
 
 # -- options ---------------------------------------------------------------------------------------
 
@@ -131,29 +135,61 @@ class PruningMethod:
 
     # hooks -------------------------------------------------------------------------------------
 
-    def search(self, job, state: dict | None) -> None:
+    def start_search(self, job: PruneJob, saved: dict | None) -> Search:
+        """The search phase set up afresh, or from the state its last epoch saved."""
         raise NotImplementedError(f"{self.name} has no search phase")
 
-    def prune(self, job) -> None:
+    def prune(self, job: PruneJob) -> None:
         """One-shot masks of an unstructured criterion."""
 
-    def prune_step(self, job, ratio: float) -> None:
+    def prune_step(self, job: PruneJob, ratio: float) -> None:
         raise NotImplementedError(f"{self.name} is not iterative")
 
-    def sample_weights(self, job):
-        return None
+    def training_hooks(self, job: PruneJob) -> TrainingHooks:
+        """The method's changes to training in every phase, taken from the dense model when the
+        job starts (boundary weights, PwoA's teacher)."""
+        return TrainingHooks()
 
-    def objective(self, job):
-        """A loss(model, x, y) -> (loss, logits) on clean batches replacing the recipes' adversarial
-        one in every phase, or None."""
-        return None
+    def finetune_hooks(self, job: PruneJob) -> TrainingHooks:
+        """Fine-tuning's hooks, taken from the pruned model (ATMC's codebook)."""
+        return job.hooks
 
-    def finetune_step(self, job):
-        """A callable run after every fine-tuning step (projections), or None."""
-        return None
-
-    def finish(self, job) -> int:
+    def finish(self, job: PruneJob) -> int:
         return 32
+
+
+class Search(LayeredHooks):
+    """One run of a method's search phase, which PruneJob's loop drives (trainables/pipeline.py):
+    its optimiser over `params`, the training hooks of each epoch laid over the job's, the work
+    and metrics an epoch adds, the state a resumed search needs, and the masks at the end. The
+    job restores the optimiser's state, the epoch and the phase; a subclass restores the rest
+    from `saved` before calling this constructor."""
+
+    def __init__(self, job: PruneJob, params, recipe: Recipe | None = None):
+        super().__init__(job.hooks)
+        self.job = job
+        self.recipe = recipe or job.search
+        self.optimizer = make_optimizer(params, self.recipe)
+
+    def begin(self) -> None:
+        """Once the optimiser holds its saved state, before the first epoch (Flying Bird masks it)."""
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Before an epoch's training: its schedule (HARP's gamma, Flying Bird's update interval)."""
+
+    def end_epoch(self, epoch: int, metrics: dict) -> None:
+        """After an epoch's training: the method's own work and metrics (ADMM's Z/U update)."""
+
+    def stopped(self) -> bool:
+        """True ends the search before its last epoch (Robust Bird's early-bird mask found)."""
+        return False
+
+    def state(self) -> dict:
+        """What a resumed search needs besides the optimiser, the epoch and the phase."""
+        return {}
+
+    def finish(self) -> None:
+        """The search's masks on the model, after its last epoch."""
 
 
 PRUNING_METHODS: dict[str, PruningMethod] = {}

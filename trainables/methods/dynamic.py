@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from apgrid.trainables.masks import apply_masks, prunable_layers
-from apgrid.trainables.methods.base import Number, PruningMethod, Whole, cpu_state, register
+from apgrid.trainables.methods.base import Number, PruningMethod, Search, Whole, cpu_state, register
 from apgrid.trainables.methods.magnitude import prune_magnitude
-from apgrid.trainables.training import make_optimizer, robust_loss_and_accuracy
+from apgrid.trainables.training import robust_loss_and_accuracy
+
+if TYPE_CHECKING:
+    from apgrid.trainables.pipeline import PruneJob
 
 
 def igq_sparsities(sizes: list[int], sparsity: float) -> list[float]:
@@ -129,6 +133,138 @@ def mask_distances(masks: list[torch.Tensor]) -> list[float]:
     return [float((newest != older).float().mean()) for older in masks[:-1]]
 
 
+class SparseTraining(Search):
+    """Flying Bird's search: sparse adversarial training whose masks (0/1 tensors multiplied into
+    the weights and momentum after every step) drop and regrow weights every `update_every`
+    iterations; the masks, the regrowth's generator and the statistics travel in the state."""
+
+    def __init__(self, job: PruneJob, saved: dict | None):
+        named = prunable_layers(job.model)
+        self.names, self.layers = [n for n, _ in named], [m for _, m in named]
+        self.generator = torch.Generator().manual_seed(job.s.seed)
+        self.history = {"val_loss": [], "robust_gap": []}
+        if saved:
+            job.model.load_state_dict(saved["model"])
+            self.masks = [m.to(job.device) for m in saved["sparse_masks"]]
+            self.history = saved["history"]
+            self.generator.set_state(saved["generator"])
+        else:
+            job.model.load_state_dict(job.initial_state)
+            sizes = [m.weight.numel() for m in self.layers]
+            self.masks = random_masks(self.layers, igq_sparsities(sizes, job.s.sparsity), self.generator)
+        super().__init__(job, job.model.parameters())
+        self.batches = math.ceil(len(job.ds.y_train) / self.recipe.batch_size)
+
+    def begin(self) -> None:
+        zero_removed(self.layers, self.masks, self.optimizer)
+
+    def begin_epoch(self, epoch: int) -> None:
+        o, epochs = self.job.options, self.job.search_epochs
+        self.epoch = epoch
+        self.every = o["update_every"] if epoch <= epochs / 2 else o["update_every_late"]
+        self.triggers = self.triggers_at(epoch)
+
+    @torch.no_grad()
+    def after_step(self, batch: int) -> None:
+        zero_removed(self.layers, self.masks, self.optimizer)
+        step = self.epoch * self.batches + batch + 1
+        if step % self.every:
+            return
+        total = self.batches * self.job.search_epochs
+        rate = death_rate_at(step, total, self.job.options["death_rate"])
+        extra = self.extra()
+        for i, m in enumerate(self.layers):
+            self.masks[i] = update_mask(m.weight, self.masks[i], rate, self.generator, *extra)
+        zero_removed(self.layers, self.masks, self.optimizer)
+
+    def end_epoch(self, epoch: int, metrics: dict) -> None:
+        self.record(metrics)
+        kept = sum(float(m.sum()) for m in self.masks)
+        metrics["mask_sparsity"] = 1 - kept / sum(m.numel() for m in self.masks)
+
+    def triggers_at(self, epoch: int) -> tuple[bool, bool]:
+        return False, False
+
+    def extra(self) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    def record(self, metrics: dict) -> None:
+        """Flying Bird keeps no statistics."""
+
+    def state(self) -> dict:
+        return {
+            "model": cpu_state(self.job.model),
+            "sparse_masks": [m.cpu() for m in self.masks],
+            "history": self.history,
+            "generator": self.generator.get_state(),
+        }
+
+    def finish(self) -> None:
+        apply_masks(self.job.model, dict(zip(self.names, self.masks)))
+
+
+class AdaptiveSparseTraining(SparseTraining):
+    """Flying Bird+'s: the updates drop and regrow more as the training statistics say."""
+
+    def triggers_at(self, epoch: int) -> tuple[bool, bool]:
+        o = self.job.options
+        if epoch < o["start"] * self.job.search_epochs:
+            return False, False
+        history = self.history
+        return growth_and_pruning_triggers(
+            history["val_loss"], history["robust_gap"], o["window"], o["threshold"]
+        )
+
+    def extra(self) -> tuple[float, float]:
+        prune_more, grow_more = self.triggers
+        o = self.job.options
+        return (o["extra_death"] if prune_more else 0.0), (o["extra_growth"] if grow_more else 0.0)
+
+    def record(self, metrics: dict) -> None:
+        """The validation split's PGD loss and the robust generalisation gap, once an epoch
+        (main_adv.py: update_loss_info, update_train_val_diff)."""
+        job = self.job
+        loss, acc = robust_loss_and_accuracy(
+            job.model, job.ds.x_val, job.ds.y_val, eps=job.s.eps, norm=job.s.norm, device=job.device
+        )
+        self.history["val_loss"].append(loss)
+        self.history["robust_gap"].append(metrics["train_adv_acc"] - acc)
+        metrics.update(val_pgd_loss=loss, val_pgd_acc=acc)
+
+
+class EarlyBirdSearch(Search):
+    """Robust Bird's search: standard training until the newest global magnitude mask of the conv
+    weights is within `distance` of each of the last `window` - 1, then one global prune."""
+
+    def __init__(self, job: PruneJob, saved: dict | None):
+        self.convs = [m for _, m in prunable_layers(job.model) if isinstance(m, nn.Conv2d)]
+        self.masks, self.found = [], False
+        if saved:
+            job.model.load_state_dict(saved["model"])
+            self.masks, self.found = saved["early_bird_masks"], saved["found"]
+        else:
+            job.model.load_state_dict(job.initial_state)
+        # stage 1: standard training (--stage1 sgd)
+        super().__init__(job, job.model.parameters(), replace(job.search, trainer="clean"))
+
+    def stopped(self) -> bool:
+        return self.found
+
+    def end_epoch(self, epoch: int, metrics: dict) -> None:
+        o = self.job.options
+        self.masks = [*self.masks, global_magnitude_mask(self.convs, self.job.s.sparsity)][-o["window"] :]
+        if len(self.masks) == o["window"]:
+            metrics["early_bird_distance"] = max(mask_distances(self.masks))
+            self.found = metrics["early_bird_distance"] <= o["distance"]
+        metrics["early_bird_found"] = int(self.found)
+
+    def state(self) -> dict:
+        return {"model": cpu_state(self.job.model), "early_bird_masks": self.masks, "found": self.found}
+
+    def finish(self) -> None:
+        prune_magnitude(self.job.model, self.job.s.sparsity, "global")
+
+
 @register
 class FlyingBird(PruningMethod):
     """Flying Bird as the authors train it (main_adv.py --fb --dynamic_fre, sparselearning/core.py):
@@ -155,68 +291,8 @@ class FlyingBird(PruningMethod):
         "update_every_late": Whole(1200, 1),
     }
 
-    def search(self, job, state) -> None:
-        o, recipe, epochs = job.options, job.search, job.search_epochs
-        named = prunable_layers(job.model)
-        layers = [m for _, m in named]
-        generator = torch.Generator().manual_seed(job.s.seed)
-        history = {"val_loss": [], "robust_gap": []}
-        if state:
-            job.model.load_state_dict(state["model"])
-            masks = [m.to(job.device) for m in state["sparse_masks"]]
-            history = state["history"]
-            generator.set_state(state["generator"])
-        else:
-            job.model.load_state_dict(job.initial_state)
-            sizes = [m.weight.numel() for m in layers]
-            masks = random_masks(layers, igq_sparsities(sizes, job.s.sparsity), generator)
-        optimizer = make_optimizer(job.model.parameters(), recipe)
-        if state:
-            optimizer.load_state_dict(state["optimizer"])
-        zero_removed(layers, masks, optimizer)
-        batches = math.ceil(len(job.ds.y_train) / recipe.batch_size)
-        for epoch in range(state["epoch"] if state else 0, epochs):
-            every = o["update_every"] if epoch <= epochs / 2 else o["update_every_late"]
-            triggers = self.triggers(job, history, epoch, epochs)
-
-            @torch.no_grad()
-            def after_step(batch: int, epoch=epoch, every=every, triggers=triggers) -> None:
-                zero_removed(layers, masks, optimizer)
-                step = epoch * batches + batch + 1
-                if step % every:
-                    return
-                rate = death_rate_at(step, batches * epochs, o["death_rate"])
-                extra = self.extra(job, triggers)
-                for i, m in enumerate(layers):
-                    masks[i] = update_mask(m.weight, masks[i], rate, generator, *extra)
-                zero_removed(layers, masks, optimizer)
-
-            metrics = job.train(optimizer, recipe, epoch, after_step=after_step)
-            self.record(job, history, metrics)
-            kept = sum(float(m.sum()) for m in masks)
-            metrics["mask_sparsity"] = 1 - kept / sum(m.numel() for m in masks)
-            job.report(
-                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
-                {
-                    "model": cpu_state(job.model),
-                    # not "masks": a state holding that key is a fine-tuning one (PruneJob.run)
-                    "sparse_masks": [m.cpu() for m in masks],
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "generator": generator.get_state(),
-                },
-            )
-        apply_masks(job.model, {name: mask for (name, _), mask in zip(named, masks)})
-
-    def triggers(self, job, history: dict, epoch: int, epochs: int) -> tuple[bool, bool]:
-        return False, False
-
-    def extra(self, job, triggers: tuple[bool, bool]) -> tuple[float, float]:
-        return 0.0, 0.0
-
-    def record(self, job, history: dict, metrics: dict) -> None:
-        """Flying Bird keeps no statistics."""
+    def start_search(self, job: PruneJob, saved: dict | None) -> Search:
+        return SparseTraining(job, saved)
 
 
 @register
@@ -246,29 +322,8 @@ class FlyingBirdPlus(FlyingBird):
         "start": Number(0.5, 0.0, 1.0),
     }
 
-    def triggers(self, job, history, epoch, epochs) -> tuple[bool, bool]:
-        if epoch < job.options["start"] * epochs:
-            return False, False
-        o = job.options
-        return growth_and_pruning_triggers(
-            history["val_loss"], history["robust_gap"], o["window"], o["threshold"]
-        )
-
-    def extra(self, job, triggers) -> tuple[float, float]:
-        prune_more, grow_more = triggers
-        return (job.options["extra_death"] if prune_more else 0.0), (
-            job.options["extra_growth"] if grow_more else 0.0
-        )
-
-    def record(self, job, history, metrics) -> None:
-        """The validation split's PGD loss and the robust generalisation gap, once an epoch
-        (main_adv.py: update_loss_info, update_train_val_diff)."""
-        loss, acc = robust_loss_and_accuracy(
-            job.model, job.ds.x_val, job.ds.y_val, eps=job.s.eps, norm=job.s.norm, device=job.device
-        )
-        history["val_loss"].append(loss)
-        history["robust_gap"].append(metrics["train_adv_acc"] - acc)
-        metrics.update(val_pgd_loss=loss, val_pgd_acc=acc)
+    def start_search(self, job: PruneJob, saved: dict | None) -> Search:
+        return AdaptiveSparseTraining(job, saved)
 
 
 @register
@@ -292,35 +347,5 @@ class RobustBird(PruningMethod):
     # unstructure_early_bird_emerge: every distance <= 0.08; EarlyBird(epoch_keep=5)
     options = {"distance": Number(0.08, 0.0, 1.0), "window": Whole(5, 2)}
 
-    def search(self, job, state) -> None:
-        o = job.options
-        convs = [m for _, m in prunable_layers(job.model) if isinstance(m, torch.nn.Conv2d)]
-        recipe = replace(job.search, trainer="clean")  # stage 1: standard training (--stage1 sgd)
-        optimizer = make_optimizer(job.model.parameters(), recipe)
-        masks, found = [], False
-        if state:
-            job.model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            masks, found = state["early_bird_masks"], state["found"]
-        else:
-            job.model.load_state_dict(job.initial_state)
-        for epoch in range(state["epoch"] if state else 0, job.search_epochs):
-            if found:
-                break
-            metrics = job.train(optimizer, recipe, epoch)
-            masks = [*masks, global_magnitude_mask(convs, job.s.sparsity)][-o["window"] :]
-            if len(masks) == o["window"]:
-                metrics["early_bird_distance"] = max(mask_distances(masks))
-                found = metrics["early_bird_distance"] <= o["distance"]
-            metrics["early_bird_found"] = int(found)
-            job.report(
-                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
-                {
-                    "model": cpu_state(job.model),
-                    "optimizer": optimizer.state_dict(),
-                    "early_bird_masks": masks,  # not "masks": that key marks a fine-tuning state
-                    "found": found,
-                    "epoch": epoch + 1,
-                },
-            )
-        prune_magnitude(job.model, job.s.sparsity, "global")
+    def start_search(self, job: PruneJob, saved: dict | None) -> Search:
+        return EarlyBirdSearch(job, saved)

@@ -9,13 +9,16 @@ target in `steps` equal increments of the ratio of the *original* filter count, 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from apgrid.trainables.methods.base import PruningMethod, Whole, register
+
+if TYPE_CHECKING:
+    from apgrid.trainables.pipeline import PruneJob
 
 
 def _importance(criterion: str):
@@ -70,7 +73,7 @@ class FilterPruning(PruningMethod):
     options = {"steps": Whole(1, 1)}
     importance: ClassVar[str]  # torch-pruning importance: l1, l2, fpgm
 
-    def prune_step(self, job, ratio: float) -> None:
+    def prune_step(self, job: PruneJob, ratio: float) -> None:
         prune_filters(
             job.model, self.importance, ratio, job.original_filters, job.ds.x_train[:1].to(job.device)
         )

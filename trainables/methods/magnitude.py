@@ -4,6 +4,8 @@ fine-tuning, each method beside its maths."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.nn.utils import prune
@@ -11,6 +13,10 @@ from torch.nn.utils import prune
 from apgrid.trainables.attacks import logit_margin
 from apgrid.trainables.masks import check_sparsity, kept_count, prunable_layers
 from apgrid.trainables.methods.base import Number, PruningMethod, Whole, register
+from apgrid.trainables.training import TrainingHooks
+
+if TYPE_CHECKING:
+    from apgrid.trainables.pipeline import PruneJob
 
 
 def prune_magnitude(model: nn.Module, sparsity: float, scope: str) -> None:
@@ -106,6 +112,16 @@ def boundary_weights(distance: torch.Tensor, eps: float, alpha: float) -> torch.
     return w / w.mean()
 
 
+class SampleWeights(TrainingHooks):
+    """Each training sample's adversarial loss times its weight."""
+
+    def __init__(self, weights: torch.Tensor):
+        self.weights = weights
+
+    def sample_losses(self, losses, model, x, y, idx):
+        return losses * self.weights[idx].to(x.device)
+
+
 # -- the methods -----------------------------------------------------------------------------
 
 
@@ -114,7 +130,7 @@ class LayerwiseMagnitude(PruningMethod):
     name, pipeline, scope, criterion = "lwm-local", "A", "local", "weight magnitude"
     description = "layer-wise magnitude: drop the smallest |w| of each layer, then fine-tune"
 
-    def prune(self, job) -> None:
+    def prune(self, job: PruneJob) -> None:
         prune_magnitude(job.model, job.s.sparsity, "local")
 
 
@@ -123,7 +139,7 @@ class GlobalMagnitude(PruningMethod):
     name, pipeline, scope, criterion = "lwm-global", "A", "global", "weight magnitude"
     description = "global magnitude: one |w| threshold across all layers, then fine-tune"
 
-    def prune(self, job) -> None:
+    def prune(self, job: PruneJob) -> None:
         prune_magnitude(job.model, job.s.sparsity, "global")
 
 
@@ -135,7 +151,7 @@ class Lamp(PruningMethod):
         "LWM with a global LAMP allocation of per-layer sparsity, then fine-tune"
     )
 
-    def prune(self, job) -> None:
+    def prune(self, job: PruneJob) -> None:
         prune_lamp(job.model, job.s.sparsity)
 
 
@@ -144,7 +160,7 @@ class RandomMasks(PruningMethod):
     name, pipeline, scope, criterion = "random", "A", "local", "random"
     description = "random unstructured masks per layer (a baseline), then fine-tune"
 
-    def prune(self, job) -> None:
+    def prune(self, job: PruneJob) -> None:
         prune_random(job.model, job.s.sparsity, job.s.seed)
 
 
@@ -158,10 +174,10 @@ class BoundaryAware(GlobalMagnitude):
     )
     options = {"alpha": Number(2.0, 0.0, 1e3)}
 
-    def sample_weights(self, job):
+    def training_hooks(self, job: PruneJob) -> TrainingHooks:
         """From the dense model, before any pruning (linearized_distance above)."""
         distance = linearized_distance(job.model, job.ds.x_train, job.ds.y_train, job.s.norm, job.device)
-        return boundary_weights(distance, job.s.eps, job.options["alpha"])
+        return SampleWeights(boundary_weights(distance, job.s.eps, job.options["alpha"]))
 
 
 @register
@@ -175,7 +191,7 @@ class IterativeMagnitude(PruningMethod):
     iterative = True
     options = {"steps": Whole(5, 1)}  # apgrid's default; the schedule is the paper's idea
 
-    def prune_step(self, job, ratio: float) -> None:
+    def prune_step(self, job: PruneJob, ratio: float) -> None:
         """Tighten every layer's mask to `ratio` of its weights: the weights pruned so far are
         zero, so they are among the smallest and stay pruned."""
         for _, m in prunable_layers(job.model):
@@ -196,6 +212,6 @@ class BoostingTickets(PruningMethod):
     )
     needs_initial_state = True
 
-    def prune(self, job) -> None:
+    def prune(self, job: PruneJob) -> None:
         prune_magnitude(job.model, job.s.sparsity, "global")
         rewind(job.model, job.initial_state)

@@ -16,6 +16,7 @@ averaged over the batches. Weights of low saliency are pruned.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,9 @@ from torch.func import functional_call
 from apgrid.trainables.attacks import pgd
 from apgrid.trainables.masks import apply_masks, prunable_layers
 from apgrid.trainables.methods.base import Number, PruningMethod, Whole, register
+
+if TYPE_CHECKING:
+    from apgrid.trainables.pipeline import PruneJob
 
 MASK_ONE = math.log(math.e - 1)  # softplus^-1(1): the mask starts at 1
 MASK_ZERO = math.log(math.expm1(1e-4))  # softplus^-1(0.0001): f_inv(0) in models/operator/mask.py
@@ -189,7 +193,7 @@ class Mad(PruningMethod):
         "batch_size": Whole(128, 1),
     }
 
-    def prune(self, job) -> None:
+    def prune(self, job: PruneJob) -> None:
         o = job.options
         x, y = job.ds.x_train, job.ds.y_train
         if o["samples"]:

@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from apgrid.trainables.masks import check_sparsity, kept_count, prunable_layers
-from apgrid.trainables.methods.base import Flag, Number, PruningMethod, register
-from apgrid.trainables.training import make_optimizer
+from apgrid.trainables.methods.base import Flag, Number, PruningMethod, Search, register
+
+if TYPE_CHECKING:
+    from apgrid.trainables.pipeline import PruneJob
 
 
 class _TopKStraightThrough(torch.autograd.Function):
@@ -159,6 +162,51 @@ def harp_finalize(model: nn.Module, sparsity: float) -> list[float]:
     return [1 - p.k / n for n, (_, p) in zip(sizes, layers)]
 
 
+class ScoreSearch(Search):
+    """HYDRA's score phase: the scores (and batch norm, unless frozen) learned, the weights frozen."""
+
+    def __init__(self, job: PruneJob, saved: dict | None, params: list[nn.Parameter]):
+        if saved:
+            for p, value in zip(params, saved["scores"]):
+                p.data.copy_(value)
+        super().__init__(job, params)
+        self.params = params
+
+    def state(self) -> dict:
+        return {"scores": [p.detach().cpu() for p in self.params]}
+
+    def finish(self) -> None:
+        hydra_finalize(self.job.model)
+
+
+class HarpSearch(ScoreSearch):
+    """HYDRA's scores and the layer rates, under the compression loss gamma_t * max(density /
+    target - 1, 0); gamma_t grows with the epoch until the target is first met, then stays."""
+
+    def __init__(self, job: PruneJob, saved: dict | None, params: list[nn.Parameter]):
+        super().__init__(job, saved, params)
+        self.frozen = saved["gamma"] if saved else None
+        self.gamma = self.frozen
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.gamma = self.frozen if self.frozen is not None else (epoch + 1) * self.job.options["gamma"]
+
+    def penalty(self):
+        return self.gamma * harp_rate_loss(self.job.model, self.job.s.sparsity)
+
+    def end_epoch(self, epoch: int, metrics: dict) -> None:
+        model = self.job.model
+        if round(float(harp_rate_loss(model, self.job.s.sparsity).detach()), 4) == 0.0:
+            self.frozen = self.gamma  # train.py: the target reached, gamma stays where it is
+        metrics.update(harp_density=float(harp_density(model).detach()), harp_gamma=self.gamma)
+
+    def state(self) -> dict:
+        return {**super().state(), "gamma": self.frozen}
+
+    def finish(self) -> None:
+        self.job.layer_sparsities = harp_finalize(self.job.model, self.job.s.sparsity)
+
+
 # -- the methods -----------------------------------------------------------------------------
 
 
@@ -174,24 +222,9 @@ class Hydra(PruningMethod):
     search_phase = True
     options = {"freeze_bn": Flag(False)}  # the reference's --freeze-bn flag
 
-    def search(self, job, state) -> None:
-        params = hydra_attach_scores(job.model, job.s.sparsity, freeze_bn=job.options["freeze_bn"])
-        optimizer = make_optimizer(params, job.search)
-        if state:
-            for p, saved in zip(params, state["scores"]):
-                p.data.copy_(saved)
-            optimizer.load_state_dict(state["optimizer"])
-        for epoch in range(state["epoch"] if state else 0, job.search_epochs):
-            metrics = job.train(optimizer, job.search, epoch)
-            job.report(
-                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
-                {
-                    "scores": [p.detach().cpu() for p in params],
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                },
-            )
-        hydra_finalize(job.model)
+    def start_search(self, job: PruneJob, saved: dict | None) -> Search:
+        freeze_bn = job.options["freeze_bn"]
+        return ScoreSearch(job, saved, hydra_attach_scores(job.model, job.s.sparsity, freeze_bn=freeze_bn))
 
 
 @register
@@ -206,9 +239,9 @@ class RobustScratchTicket(Hydra):
     finetunes = False
     needs_initial_state = True
 
-    def search(self, job, state) -> None:
+    def start_search(self, job: PruneJob, saved: dict | None) -> Search:
         job.model.load_state_dict(job.initial_state)  # the random network, never the trained one
-        super().search(job, state)
+        return super().start_search(job, saved)
 
 
 @register
@@ -229,34 +262,7 @@ class Harp(PruningMethod):
     # README: --gamma 0.01 for weight pruning; args.py: --alpha 0.1 (rate_min = alpha * k)
     options = {"gamma": Number(0.01, 0.0, 1e3), "alpha": Number(0.1, 0.0, 1.0), "freeze_bn": Flag(False)}
 
-    def search(self, job, state) -> None:
-        o, sparsity = job.options, job.s.sparsity
-        params = harp_attach_scores(job.model, sparsity, o["alpha"], freeze_bn=o["freeze_bn"])
-        optimizer = make_optimizer(params, job.search)
-        frozen = None
-        if state:
-            for p, saved in zip(params, state["scores"]):
-                p.data.copy_(saved)
-            optimizer.load_state_dict(state["optimizer"])
-            frozen = state["gamma"]
-        for epoch in range(state["epoch"] if state else 0, job.search_epochs):
-            gamma = frozen if frozen is not None else (epoch + 1) * o["gamma"]
-            metrics = job.train(
-                optimizer,
-                job.search,
-                epoch,
-                penalty=lambda g=gamma: g * harp_rate_loss(job.model, sparsity),
-            )
-            if round(float(harp_rate_loss(job.model, sparsity).detach()), 4) == 0.0:
-                frozen = gamma  # train.py: the target reached, gamma stays where it is
-            metrics.update(harp_density=float(harp_density(job.model).detach()), harp_gamma=gamma)
-            job.report(
-                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
-                {
-                    "scores": [p.detach().cpu() for p in params],
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                    "gamma": frozen,
-                },
-            )
-        job.layer_sparsities = harp_finalize(job.model, sparsity)
+    def start_search(self, job: PruneJob, saved: dict | None) -> Search:
+        o = job.options
+        params = harp_attach_scores(job.model, job.s.sparsity, o["alpha"], freeze_bn=o["freeze_bn"])
+        return HarpSearch(job, saved, params)

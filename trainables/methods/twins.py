@@ -3,15 +3,19 @@ per output channel (its structured variant)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from apgrid.trainables.masks import prunable_layers
-from apgrid.trainables.methods.base import PruningMethod, cpu_state, register
+from apgrid.trainables.methods.base import PruningMethod, Search, cpu_state, register
 from apgrid.trainables.methods.filters import FilterPruning
 from apgrid.trainables.methods.magnitude import prune_magnitude
-from apgrid.trainables.training import make_optimizer
+
+if TYPE_CHECKING:
+    from apgrid.trainables.pipeline import PruneJob
 
 
 class TwinProduct(nn.Module):
@@ -60,6 +64,31 @@ def twin_finalize(model: nn.Module) -> None:
         parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
 
 
+class TwinTraining(Search):
+    """TwinRep's search: adversarial training of the twins from the initial weights; then the
+    twins folded back, and the unstructured variant's global magnitude threshold."""
+
+    def __init__(self, job: PruneJob, saved: dict | None, channels: bool):
+        job.model.load_state_dict(job.initial_state)
+        twin_attach(job.model, channels=channels)
+        if saved:
+            job.model.load_state_dict(saved["model"])
+        super().__init__(job, job.model.parameters())
+        self.channels = channels
+
+    def end_epoch(self, epoch: int, metrics: dict) -> None:
+        weights = torch.cat([m.weight.detach().abs().flatten() for _, m in prunable_layers(self.job.model)])
+        metrics["near_zero_share"] = float((weights < 1e-3).float().mean())
+
+    def state(self) -> dict:
+        return {"model": cpu_state(self.job.model)}
+
+    def finish(self) -> None:
+        twin_finalize(self.job.model)
+        if not self.channels:  # the channel variant's filters go in prune_step
+            prune_magnitude(self.job.model, self.job.s.sparsity, "global")
+
+
 @register
 class TwinRep(PruningMethod):
     """TwinRep (Li et al., AAAI 2023, "Learning adversarially robust sparse networks via weight
@@ -80,28 +109,8 @@ class TwinRep(PruningMethod):
     search_phase = True
     needs_initial_state = True
 
-    def search(self, job, state) -> None:
-        job.model.load_state_dict(job.initial_state)
-        twin_attach(job.model, channels=self.structured)
-        optimizer = make_optimizer(job.model.parameters(), job.search)
-        if state:
-            job.model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        for epoch in range(state["epoch"] if state else 0, job.search_epochs):
-            metrics = job.train(optimizer, job.search, epoch)
-            weights = torch.cat([m.weight.detach().abs().flatten() for _, m in prunable_layers(job.model)])
-            metrics["near_zero_share"] = float((weights < 1e-3).float().mean())
-            job.report(
-                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
-                {
-                    "model": cpu_state(job.model),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                },
-            )
-        twin_finalize(job.model)
-        if not self.structured:  # the channel variant's filters go in prune_step
-            prune_magnitude(job.model, job.s.sparsity, "global")
+    def start_search(self, job: PruneJob, saved: dict | None) -> Search:
+        return TwinTraining(job, saved, channels=self.structured)
 
 
 @register
