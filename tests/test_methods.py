@@ -321,7 +321,8 @@ def test_boundary_weights_favour_samples_near_the_boundary(trained, digits):
 @pytest.fixture
 def toy_method():
     """A method added as one registry entry, removed again after the test."""
-    from apgrid.trainables.methods import PruningMethod, Whole, register
+    from apgrid.trainables.fields import Whole
+    from apgrid.trainables.methods import PruningMethod, register
 
     @register
     class SmallestOfEachRow(PruningMethod):

@@ -2,7 +2,7 @@
 hooks the prune pipeline (trainables/pipeline.py) calls.
 
 A method states its taxonomy (the survey's: Piras et al. 2024, Sec. 3), its options with their
-defaults and checks, and overrides only the hooks it needs:
+defaults and checks (trainables/fields.py: the spec's vocabulary), and overrides only the hooks it needs:
 
     start_search(job, saved)   a trained phase that yields the masks (HYDRA's scores, ADMM, Flying
                           Bird's sparse training), set up afresh or from `saved`, the state its
@@ -33,31 +33,9 @@ the registry.
 import importlib
 import pkgutil
 
-from apgrid.trainables.methods.base import (
-    PRUNING_METHODS,
-    Choice,
-    Flag,
-    LayerSparsity,
-    Number,
-    OptionError,
-    PruningMethod,
-    Whole,
-    method,
-    register,
-)
+from apgrid.trainables.methods.base import PRUNING_METHODS, PruningMethod, Search, method, register
 
-__all__ = [
-    "PRUNING_METHODS",
-    "Choice",
-    "Flag",
-    "LayerSparsity",
-    "Number",
-    "OptionError",
-    "PruningMethod",
-    "Whole",
-    "method",
-    "register",
-]
+__all__ = ["PRUNING_METHODS", "PruningMethod", "Search", "method", "register"]
 
 for _module in pkgutil.iter_modules(__path__):  # each family module registers its methods
     importlib.import_module(f"{__name__}.{_module.name}")

@@ -20,17 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from apgrid.trainables.fields import Choice, LayerSparsity, Number, Whole
 from apgrid.trainables.masks import apply_masks, kept_count, prunable_layers
-from apgrid.trainables.methods.base import (
-    Choice,
-    LayerSparsity,
-    Number,
-    PruningMethod,
-    Search,
-    Whole,
-    cpu_state,
-    register,
-)
+from apgrid.trainables.methods.base import PruningMethod, Search, cpu_state, register
 from apgrid.trainables.training import LayeredHooks, Recipe, TrainingHooks
 
 if TYPE_CHECKING:

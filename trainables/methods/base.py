@@ -3,94 +3,15 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from apgrid.errors import show_value as _show
+from apgrid.trainables.fields import check_keys
 from apgrid.trainables.training import LayeredHooks, Recipe, TrainingHooks, make_optimizer
 
 if TYPE_CHECKING:  # the pipeline imports the registry
     from apgrid.trainables.pipeline import PruneJob
-
-# -- options ---------------------------------------------------------------------------------------
-
-
-class OptionError(ValueError):
-    """An option value the method cannot take; the message starts with the option's field."""
-
-
-@dataclass(frozen=True)
-class Number:
-    default: float
-    low: float
-    high: float
-
-    def check(self, value, where: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise OptionError(f"{where}: must be a number, got {_show(value)}")
-        if not math.isfinite(value) or not self.low <= value <= self.high:
-            raise OptionError(f"{where}: {_show(value)} is outside [{self.low}, {self.high}]")
-        return float(value)
-
-
-@dataclass(frozen=True)
-class Whole:
-    default: int
-    minimum: int
-    maximum: int = 2**31 - 1
-    also: tuple[int, ...] = ()  # values allowed outside [minimum, maximum] (ATMC: 0 = no quantisation)
-
-    def check(self, value, where: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise OptionError(f"{where}: must be a whole number, got {_show(value)}")
-        if value not in self.also and not self.minimum <= value <= self.maximum:
-            extra = "".join(f"{v} or " for v in self.also)
-            raise OptionError(f"{where}: {_show(value)} is not {extra}{self.minimum}..{self.maximum}")
-        return value
-
-
-@dataclass(frozen=True)
-class Choice:
-    default: str
-    allowed: tuple[str, ...]
-
-    def check(self, value, where: str) -> str:
-        if not isinstance(value, str) or value not in self.allowed:
-            raise OptionError(f"{where}: unknown {_show(value)}; allowed: {', '.join(self.allowed)}")
-        return value
-
-
-@dataclass(frozen=True)
-class Flag:
-    default: bool
-
-    def check(self, value, where: str) -> bool:
-        if not isinstance(value, bool):
-            raise OptionError(f"{where}: {_show(value)} is not true or false")
-        return value
-
-
-@dataclass(frozen=True)
-class LayerSparsity:
-    """Per-layer sparsities {layer name: sparsity in [0, 1)}; the spec checks the names against
-    each architecture's prunable layers."""
-
-    default: dict = field(default_factory=dict)
-
-    def check(self, value, where: str) -> dict:
-        if not isinstance(value, dict):
-            raise OptionError(f"{where}: must be a mapping of layer names to sparsities")
-        out = {}
-        for layer, sparsity in value.items():
-            ok = isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool)
-            if not ok or not math.isfinite(sparsity) or not 0 <= sparsity < 1:
-                raise OptionError(f"{where}.{layer}: {_show(sparsity)} is outside [0.0, 1.0)")
-            out[str(layer)] = float(sparsity)
-        return out
-
 
 # -- the base class and the registry ----------------------------------------------------------
 
@@ -122,12 +43,8 @@ class PruningMethod:
         return {key: option.default for key, option in self.options.items()}
 
     def check_options(self, given: dict, where: str) -> dict:
-        """The options with defaults filled in; raises OptionError naming the field."""
-        for key in given:
-            if key not in self.options:
-                raise OptionError(
-                    f"{where}.{key}: unknown option; allowed: {', '.join(self.options) or 'none'}"
-                )
+        """The options with defaults filled in; raises FieldError naming the field."""
+        check_keys(given, self.options, f"{where}.")
         return {
             **self.defaults(),
             **{key: self.options[key].check(value, f"{where}.{key}") for key, value in given.items()},

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from apgrid.trainables.fields import Number, Whole
 from apgrid.trainables.masks import apply_masks, prunable_layers
-from apgrid.trainables.methods.base import Number, PruningMethod, Search, Whole, cpu_state, register
+from apgrid.trainables.methods.base import PruningMethod, Search, cpu_state, register
 from apgrid.trainables.methods.magnitude import prune_magnitude
 from apgrid.trainables.training import robust_loss_and_accuracy
 

@@ -15,7 +15,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from apgrid.trainables.methods.base import PruningMethod, Whole, register
+from apgrid.trainables.fields import Whole
+from apgrid.trainables.methods.base import PruningMethod, register
 
 if TYPE_CHECKING:
     from apgrid.trainables.pipeline import PruneJob

@@ -11,8 +11,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from apgrid.trainables.attacks import logit_margin
+from apgrid.trainables.fields import Number, Whole
 from apgrid.trainables.masks import check_sparsity, kept_count, prunable_layers
-from apgrid.trainables.methods.base import Number, PruningMethod, Whole, register
+from apgrid.trainables.methods.base import PruningMethod, register
 from apgrid.trainables.training import TrainingHooks
 
 if TYPE_CHECKING:

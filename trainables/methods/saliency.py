@@ -24,8 +24,9 @@ from torch import nn
 from torch.func import functional_call
 
 from apgrid.trainables.attacks import pgd
+from apgrid.trainables.fields import Number, Whole
 from apgrid.trainables.masks import apply_masks, prunable_layers
-from apgrid.trainables.methods.base import Number, PruningMethod, Whole, register
+from apgrid.trainables.methods.base import PruningMethod, register
 
 if TYPE_CHECKING:
     from apgrid.trainables.pipeline import PruneJob

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
+from apgrid.trainables.fields import Flag, Number
 from apgrid.trainables.masks import check_sparsity, kept_count, prunable_layers
-from apgrid.trainables.methods.base import Flag, Number, PruningMethod, Search, register
+from apgrid.trainables.methods.base import PruningMethod, Search, register
 
 if TYPE_CHECKING:
     from apgrid.trainables.pipeline import PruneJob
