@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from apgrid.trainables.pruning import plain_state_dict
+from apgrid.trainables.masks import plain_state_dict
 
 
 @dataclass(frozen=True)

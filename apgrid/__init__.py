@@ -8,9 +8,9 @@ The public Python API is small:
     g.models(), g.runs(), g.table("table2_thin_ice")
     apgrid.launch("grid/examples/demo.yaml", output="runs/demo")
 
-The packages under it: `apgrid.trainables` (data, models, attacks, training, pruning, evaluation:
-no Ray, no MLflow), `apgrid.analysis` (statistics and report from Parquet) and `apgrid.grid` (the
-Ray Tune grid, MLflow tracking, the Parquet store and the command line).
+The packages under it: `apgrid.trainables` (data, models, attacks, training, masks, pruning
+methods, evaluation: no Ray, no MLflow), `apgrid.analysis` (statistics and report from Parquet)
+and `apgrid.grid` (the Ray Tune grid, MLflow tracking, the Parquet store and the command line).
 """
 
 from __future__ import annotations

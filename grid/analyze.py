@@ -37,7 +37,7 @@ def select_models(samples, patterns: list[str] | None):
 
 def model_access(spec: GridSpec, log=print) -> ModelAccess:
     """Loads stored models (masks folded into the weights) and the test set, once each."""
-    from apgrid.trainables import pruning
+    from apgrid.trainables import masks
     from apgrid.trainables.data import load_dataset
     from apgrid.trainables.models import resolve_device
 
@@ -51,7 +51,7 @@ def model_access(spec: GridSpec, log=print) -> ModelAccess:
     def load(model_id: str) -> torch.nn.Module:
         ds = dataset()
         model = store.load_model(model_id, ds.image_shape, ds.num_classes)
-        for _, layer in pruning.prunable_layers(model):
+        for _, layer in masks.prunable_layers(model):
             if prune.is_pruned(layer):
                 prune.remove(layer, "weight")  # fold: no mask multiply in the timed forward pass
         return model.to(device).eval()

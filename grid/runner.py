@@ -360,8 +360,8 @@ def _sync_runs(run: GridRun, stage: str, done_plans, fill) -> None:
 
 def stage_checkpoints(run: GridRun) -> None:
     """Import the spec's user checkpoints into the model store (once; ids hash the file)."""
-    from apgrid.trainables import pruning
     from apgrid.trainables.data import load_dataset
+    from apgrid.trainables.masks import apply_masks, masks_of, model_facts, plain_state_dict
 
     spec, store = run.spec, run.models
     plans = planner.checkpoint_models(spec)
@@ -375,11 +375,11 @@ def stage_checkpoints(run: GridRun) -> None:
         model, masks = published_model(
             entry.path, entry.arch, ds.image_shape[0], ds.num_classes, entry.normalization, entry.sparsity
         )
-        pruning.apply_masks(model, masks)
+        apply_masks(model, masks)
         card = planner.model_card(
-            plan, spec.dataset.name, {}, {**pruning.model_facts(model), "reported": entry.reported}
+            plan, spec.dataset.name, {}, {**model_facts(model), "reported": entry.reported}
         )
-        store.save(plan.model_id, pruning.plain_state_dict(model), pruning.masks_of(model), card)
+        store.save(plan.model_id, plain_state_dict(model), masks_of(model), card)
         run.log(f"[checkpoints] imported {plan.config['checkpoint']} as {plan.model_id}")
 
 

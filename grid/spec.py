@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -19,12 +18,22 @@ from typing import Any
 import yaml
 
 from apgrid.analysis.settings import AnalysisSettings as AnalysisSpec
-from apgrid.errors import ApgridError
 from apgrid.errors import show_value as _show
 from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES
 from apgrid.trainables.data import DATASETS
 from apgrid.trainables.evaluation import EvalSettings, ThreatModel
-from apgrid.trainables.methods import PRUNING_METHODS, LayerSparsity, OptionError
+from apgrid.trainables.fields import (
+    MAX_INT,
+    FieldError,
+    LayerSparsity,
+    check_keys,
+    choice,
+    flag,
+    mapping,
+    number,
+    whole,
+)
+from apgrid.trainables.methods import PRUNING_METHODS
 from apgrid.trainables.models import ARCHITECTURES
 from apgrid.trainables.training import NEUTRAL, Recipe
 
@@ -38,14 +47,14 @@ HOW_IT_RUNS = ("resources", "max_failures", "evaluation.actors")
 NOT_IDENTITY = WHERE_AND_REPORT + HOW_IT_RUNS  # dotted paths into the spec's layout
 
 
-MAX_INT = 2**31 - 1  # counts, sizes, steps: what torch and Ray take as C ints
 MAX_SEED = 2**32 - 1  # seeds: what numpy and torch generators accept
 SPARSITY = {"low": 0.0, "high": 1.0, "high_open": True}  # a pruned fraction
 SHARE = {"low": 0.0, "high": 1024.0}  # CPUs or GPUs per trial or actor
 
 
-class SpecError(ApgridError, ValueError):
-    """A spec problem, phrased as 'field: what is wrong; what is allowed'."""
+# A spec problem, phrased as 'field: what is wrong; what is allowed': the one error type of spec
+# fields and method options alike (trainables/fields.py).
+SpecError = FieldError
 
 
 @dataclass(frozen=True)
@@ -425,8 +434,8 @@ def takes_images(arch: str, dataset: str) -> bool:
 def _check_layer_name(spec: GridSpec, method: MethodSpec, key: str, layer: str) -> None:
     import torch
 
+    from apgrid.trainables.masks import prunable_layers
     from apgrid.trainables.models import build_model
-    from apgrid.trainables.pruning import prunable_layers
 
     info = DATASETS[spec.dataset.name]
     for arch in method.architectures or spec.dense.architectures:
@@ -490,13 +499,13 @@ def check_value(value, where: str, hint, meta: dict):
         hint = next(a for a in args if a is not type(None))
         args = typing.get_args(hint)
     if hint is bool:
-        return _bool(value, where)
+        return flag(value, where)
     if hint is int:
-        return _int(value, where, meta.get("min"), meta.get("max", MAX_INT))
+        return whole(value, where, meta.get("min"), meta.get("max", MAX_INT))
     if hint is float:
-        return _number(value, where, meta["low"], meta["high"], meta.get("high_open", False))
+        return number(value, where, meta["low"], meta["high"], meta.get("high_open", False))
     if hint is str:
-        return _choice(value, where, meta["choices"]) if "choices" in meta else _string(value, where)
+        return choice(value, where, meta["choices"]) if "choices" in meta else _string(value, where)
     if typing.get_origin(hint) is tuple:
         if isinstance(value, (list, tuple)) and not value and meta.get("choices") and args[0] is str:
             return ()  # a list of names may be empty (analysis.transfer_attacks: none)
@@ -505,24 +514,12 @@ def check_value(value, where: str, hint, meta: dict):
     raise TypeError(f"{where}: {hint} has no generic check; give it a parser")  # a programming error
 
 
-def _key(key) -> str:
-    """A mapping key as a field name in a message (odd keys shown as values, on one line)."""
-    return key if isinstance(key, str) and key.isprintable() and key.isascii() else _show(key)
-
-
 def _check_keys(raw: dict, cls, prefix: str, extra: tuple[str, ...] = ()) -> None:
-    allowed = [f.name for f in dataclasses.fields(cls)] + list(extra)
-    for key in raw:
-        if key not in allowed:
-            raise SpecError(f"{prefix}{_key(key)}: unknown field; allowed: {', '.join(allowed)}")
+    check_keys(raw, [f.name for f in dataclasses.fields(cls)] + list(extra), prefix)
 
 
 def _mapping(value, where: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise SpecError(f"{where}: must be a mapping, got {type(value).__name__}")
-    return value
+    return {} if value is None else mapping(value, where)
 
 
 def _name(value) -> str:
@@ -542,41 +539,6 @@ def _string(value, where: str) -> str:
 
 def _optional_string(value, where: str) -> str | None:
     return None if value is None else _string(value, where)
-
-
-def _int(value, where: str, minimum: int | None = None, maximum: int = MAX_INT) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{where}: must be a whole number, got {_show(value)}")
-    if minimum is not None and value < minimum:
-        raise SpecError(f"{where}: {_show(value)} is below the minimum {minimum}")
-    if value > maximum:
-        raise SpecError(f"{where}: {_show(value)} is above the maximum {maximum}")
-    return value
-
-
-def _number(value, where: str, low: float, high: float, high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{where}: must be a number, got {_show(value)}")
-    if not math.isfinite(value):
-        raise SpecError(f"{where}: {_show(value)} is not a finite number")
-    too_high = value >= high if high_open else value > high
-    if value < low or too_high:
-        bracket = ")" if high_open else "]"
-        raise SpecError(f"{where}: {_show(value)} is outside [{low}, {high}{bracket}")
-    return float(value)
-
-
-def _bool(value, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise SpecError(f"{where}: {_show(value)} is not true or false")
-    return value
-
-
-def _choice(value, where: str, allowed) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        what = f"unknown {_show(value)}" if isinstance(value, str) else f"{_show(value)} is not a name"
-        raise SpecError(f"{where}: {what}; allowed: {', '.join(sorted(allowed))}")
-    return value
 
 
 def _list(value, where: str) -> list:
@@ -681,17 +643,14 @@ def _method(raw, grid: dict[str, Recipe], context: _GridContext) -> MethodSpec:
     if isinstance(raw, str):
         raw = {"name": raw}
     raw = _mapping(raw, "prune.methods")
-    name = _choice(raw.get("name"), "prune.methods", PRUNING_METHODS)
+    name = choice(raw.get("name"), "prune.methods", PRUNING_METHODS)
     where = f"prune.methods.{name}"
     entry = PRUNING_METHODS[name]
     given = {
         **_mapping(raw.get("options"), f"{where}.options"),
         **{k: v for k, v in raw.items() if k in entry.options},
     }
-    try:
-        options = entry.check_options(given, where)
-    except OptionError as exc:
-        raise SpecError(str(exc)) from None
+    options = entry.check_options(given, where)
     phases = {}
     parts = (("dense", "parent", 1), ("finetune", "finetune", 0), ("search", "search", 1))
     for part, phase, min_epochs in parts:
@@ -776,7 +735,7 @@ def _normalization(value, where: str):
     out = {}
     for key in ("mean", "std"):
         numbers = _list(value[key], f"{where}.{key}")
-        out[key] = [_number(v, f"{where}.{key}", 0.0 if key == "mean" else 1e-6, 1.0) for v in numbers]
+        out[key] = [number(v, f"{where}.{key}", 0.0 if key == "mean" else 1e-6, 1.0) for v in numbers]
     if len(out["mean"]) != len(out["std"]):
         raise SpecError(f"{where}: mean and std need one value per channel each")
     return out
@@ -787,10 +746,8 @@ def _reported(value, where: str):
     if value is None:
         return None
     value = _mapping(value, where)
-    for key in value:
-        if key not in ("clean", "robust", "attack", "source"):
-            raise SpecError(f"{where}.{_key(key)}: unknown field; allowed: clean, robust, attack, source")
-    out = {k: _number(value[k], f"{where}.{k}", 0.0, 1.0) for k in ("clean", "robust") if k in value}
+    check_keys(value, ("clean", "robust", "attack", "source"), f"{where}.")
+    out = {k: number(value[k], f"{where}.{k}", 0.0, 1.0) for k in ("clean", "robust") if k in value}
     for k in ("attack", "source"):
         if k in value:
             out[k] = _string(value[k], f"{where}.{k}")
@@ -833,4 +790,4 @@ def _batch_size(value) -> int | str:
         return value
     if isinstance(value, str):
         raise SpecError(f"evaluation.batch_size: 'auto' or a whole number, got {value!r}")
-    return _int(value, "evaluation.batch_size", minimum=1)
+    return whole(value, "evaluation.batch_size", minimum=1)

@@ -130,8 +130,8 @@ class ModelStore:
     def load_model(self, model_id: str, image_shape, num_classes: int) -> torch.nn.Module:
         """The stored model with its masks applied (models stored before the published layout
         are renamed by position; trainables/checkpoints.py)."""
-        from apgrid.trainables import pruning
         from apgrid.trainables.checkpoints import fit
+        from apgrid.trainables.masks import apply_masks
         from apgrid.trainables.models import build_model
 
         arch = self.card(model_id)["arch"]
@@ -139,7 +139,7 @@ class ModelStore:
         model = build_model(arch, channels, num_classes, [0.0] * channels, [1.0] * channels)
         state, masks = self.load_weights(model_id)
         masks = fit(model, state, masks, str(self.folder(model_id) / "model.pt"), arch)
-        pruning.apply_masks(model, masks)
+        apply_masks(model, masks)
         return model
 
     def card(self, model_id: str) -> dict:

@@ -20,7 +20,7 @@ from apgrid.grid.faults import maybe_fail
 from apgrid.grid.plan import ModelPlan, model_card
 from apgrid.grid.spec import DatasetSpec, GridSpec
 from apgrid.grid.store import ModelStore, atomic_write_bytes, load_state
-from apgrid.trainables import pruning
+from apgrid.trainables import masks
 from apgrid.trainables.data import load_dataset, with_validation
 from apgrid.trainables.evaluation import ThreatModel
 from apgrid.trainables.models import build_model, resolve_device
@@ -111,9 +111,9 @@ def dense_trial(config: dict) -> None:
     def save(model, metrics, extra):
         store.save(
             plan.model_id,
-            pruning.plain_state_dict(model),
+            masks.plain_state_dict(model),
             {},
-            model_card(plan, grid.dataset.name, metrics, {**pruning.model_facts(model), **extra}),
+            model_card(plan, grid.dataset.name, metrics, {**masks.model_facts(model), **extra}),
         )
 
     DenseJob(
@@ -161,8 +161,8 @@ def prune_trial(config: dict) -> None:
         before_epoch=lambda epoch: _maybe_fail(config, "prune", epoch),
         on_finish=lambda model, metrics, extra: store.save(
             plan.model_id,
-            pruning.plain_state_dict(model),
-            pruning.masks_of(model),
+            masks.plain_state_dict(model),
+            masks.masks_of(model),
             model_card(plan, grid.dataset.name, metrics, extra),
         ),
         # the seeded initialisation the dense trial started from (for a checkpoint parent: a

@@ -43,6 +43,10 @@ CASES = {  # case: (spec patch or raw text, text the one-line error must contain
     "eps above 1": ({"threat_model": {"eps": 2}}, "threat_model.eps"),
     "steps 0": ({"evaluation": {"fmn_steps": 0}}, "evaluation.fmn_steps"),
     "epochs negative": ({"dense": {"recipe": {"epochs": -1}}}, "dense.recipe.epochs"),
+    "method option out of range": (
+        {"prune": {"methods": [{"name": "atmc", "bits": 1}]}},
+        "prune.methods.atmc.bits: 1 is below the minimum 2; also allowed: 0",
+    ),
     "more shards than samples": ({"evaluation": {"num_samples": 4, "shards": 8}}, "evaluation.shards"),
     "missing dataset root": (
         {

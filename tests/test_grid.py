@@ -129,9 +129,9 @@ def test_evaluation_actor_killed_mid_shard_loses_and_doubles_nothing(finished_gr
     """Each model's actor died once on shard [10, 20); Ray restarted it and redid the shard. Its
     rows equal an in-process evaluation of the same samples."""
     from apgrid.grid.store import ModelStore
-    from apgrid.trainables import pruning
     from apgrid.trainables.data import load_dataset
     from apgrid.trainables.evaluation import evaluate_samples
+    from apgrid.trainables.masks import apply_masks
     from apgrid.trainables.models import build_model
 
     spec, output, _ = finished_grid
@@ -143,7 +143,7 @@ def test_evaluation_actor_killed_mid_shard_loses_and_doubles_nothing(finished_gr
     model = build_model("digits-cnn", 1, ds.num_classes, ds.mean, ds.std)
     state, masks = ModelStore(output).load_weights(hydra.model_id)
     model.load_state_dict(state)
-    pruning.apply_masks(model, masks)
+    apply_masks(model, masks)
     direct = evaluate_samples(
         model.eval(),
         ds.x_test[10:20],

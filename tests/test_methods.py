@@ -7,10 +7,29 @@ import io
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from apgrid.trainables import admm, pruning, structured
-from apgrid.trainables.boundary import boundary_weights, linearized_distance
-from apgrid.trainables.methods import PRUNING_METHODS
+from apgrid.trainables.masks import (
+    filter_counts,
+    masks_of,
+    measured_sparsity,
+    model_size_bits,
+    nonzero_count,
+    plain_state_dict,
+    prunable_layers,
+    prunable_weight_count,
+)
+from apgrid.trainables.methods import PRUNING_METHODS, admm
+from apgrid.trainables.methods.filters import target_filters
+from apgrid.trainables.methods.magnitude import (
+    boundary_weights,
+    lamp_scores,
+    linearized_distance,
+    prune_lamp,
+    prune_magnitude,
+)
+from apgrid.trainables.methods.scores import _RateTopK, harp_attach_scores, harp_rate_loss
+from apgrid.trainables.methods.twins import ChannelTwins, TwinProduct
 from apgrid.trainables.pipeline import PruneJob, PruneSettings
 from apgrid.trainables.training import Recipe
 
@@ -50,14 +69,14 @@ def unstructured_runs(trained, digits):
 def test_unstructured_method_reaches_target(unstructured_runs, trained, method, sparsity):
     job, metrics = unstructured_runs[method, sparsity]
     assert metrics["measured_sparsity"] == pytest.approx(sparsity, abs=0.005)
-    assert pruning.measured_sparsity(job.model) == pytest.approx(sparsity, abs=0.005)
-    assert metrics["nonzero_parameters"] < pruning.nonzero_count(trained)
+    assert measured_sparsity(job.model) == pytest.approx(sparsity, abs=0.005)
+    assert metrics["nonzero_parameters"] < nonzero_count(trained)
 
 
 @pytest.mark.parametrize("method", STRUCTURED)
 @pytest.mark.parametrize("ratio,steps", [(0.5, 1), (0.75, 2), (0.1, 1)])
 def test_structured_method_removes_the_right_filters(trained, digits, method, ratio, steps):
-    before = structured.filter_counts(trained)
+    before = filter_counts(trained)
     job, metrics = run_job(
         trained,
         digits,
@@ -66,8 +85,8 @@ def test_structured_method_removes_the_right_filters(trained, digits, method, ra
         {"steps": steps},
         finetune=Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128),
     )
-    after = structured.filter_counts(job.model)
-    assert after == {n: structured.target_filters(c, ratio) for n, c in before.items()}
+    after = filter_counts(job.model)
+    assert after == {n: target_filters(c, ratio) for n, c in before.items()}
     assert metrics["parameters"] < sum(p.numel() for p in trained.parameters())
     assert job.model(digits.x_test[:5]).shape == (5, 10)
 
@@ -111,9 +130,7 @@ def test_prune_job_resumed_mid_way_equals_uninterrupted(trained, digits):
         )
         state = torch.load(io.BytesIO(states[cut - 1]), weights_only=True)
         PruneJob(settings, resumed, digits, "cpu").run(state)
-        for a, b in zip(
-            pruning.plain_state_dict(resumed).values(), pruning.plain_state_dict(job.model).values()
-        ):
+        for a, b in zip(plain_state_dict(resumed).values(), plain_state_dict(job.model).values()):
             assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -121,13 +138,13 @@ def test_lamp_scores_follow_the_paper(trained):
     """Lee et al. 2021, Sec. 3: the largest weight of each layer scores 1 (no layer is removed
     whole), and within a layer the order is the order of |w|."""
     model = copy.deepcopy(trained)
-    for _, m in pruning.prunable_layers(model):
-        s = pruning.lamp_scores(m.weight)
+    for _, m in prunable_layers(model):
+        s = lamp_scores(m.weight)
         assert s.flatten()[m.weight.abs().flatten().argmax()] == pytest.approx(1.0)
         order = m.weight.abs().flatten().argsort()
         assert torch.all(s.flatten()[order].diff() >= -1e-7)
-    pruning.prune_lamp(model, 0.99)
-    for name, m in pruning.prunable_layers(model):
+    prune_lamp(model, 0.99)
+    for name, m in prunable_layers(model):
         assert m.weight_mask.sum() >= 1, name
         kept, cut = m.weight_orig[m.weight_mask == 1].abs(), m.weight_orig[m.weight_mask == 0].abs()
         assert kept.min() >= cut.max()  # within a layer LAMP is magnitude pruning
@@ -146,7 +163,7 @@ def test_admm_projections_and_convergence(trained, digits):
     # less than one-shot magnitude pruning of the dense model would (Ye et al. 2019, Sec. 3.2)
     dense_gap = sum(
         float((m.weight - admm.project_irregular(m.weight, 0.9)).pow(2).sum().detach())
-        for _, m in pruning.prunable_layers(trained)
+        for _, m in prunable_layers(trained)
     )
     settings = PruneSettings(
         "r-admm",
@@ -211,16 +228,20 @@ def test_r_admm_follows_the_references_schedule(trained, digits):
         before_epoch=lambda e: None,
     )
     original = job.train
-    job.train = lambda opt, recipe, epoch, **kw: (
-        lrs.append(kw.get("lr")) or original(opt, recipe, epoch, **kw)
-    )
+
+    def train(optimizer, *args, **kwargs):  # the learning rate each epoch trained at
+        metrics = original(optimizer, *args, **kwargs)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        return metrics
+
+    job.train = train
     job.run()
     search_reports = [r for r in reports if r.get("phase") == "search"]
     updated = [r["epoch"] for r in search_reports if "admm_rho" in r]
     assert updated == [3, 6]
     assert [r["admm_rho"] for r in search_reports if "admm_rho" in r] == pytest.approx([0.0013, 0.00169])
     assert lrs[:6] == pytest.approx([0.03, 0.003, 0.0003, 0.03, 0.003, 0.0003])
-    for name, m in pruning.prunable_layers(job.model):  # the linear layers stay dense
+    for name, m in prunable_layers(job.model):  # the linear layers stay dense
         kept = float(m.weight_mask.mean()) if hasattr(m, "weight_mask") else 1.0
         assert kept == (pytest.approx(0.1, abs=0.01) if isinstance(m, nn.Conv2d) else 1.0), name
 
@@ -253,7 +274,7 @@ def test_r_admm_filter_sparsity_and_layer_ratios(trained, digits):
     job, _ = run_job(
         trained, digits, "r-admm", 0.5, {"sparsity_type": "filter", "layer_sparsity": {"1.0": 0.25}}
     )
-    convs = [(n, m) for n, m in pruning.prunable_layers(job.model) if isinstance(m, nn.Conv2d)]
+    convs = [(n, m) for n, m in prunable_layers(job.model) if isinstance(m, nn.Conv2d)]
     alive = {n: int((m.weight.flatten(1).abs().sum(1) > 0).sum()) for n, m in convs}
     assert alive == {"1.0": 12, "1.2": 16}  # 16 filters at 25 %, 32 filters at 50 %
 
@@ -272,19 +293,19 @@ def test_atmc_is_sparse_globally_and_quantised_through_fine_tuning(trained, digi
         finetune=Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128),
         report=lambda m, s: states.append(s),
     )
-    total = pruning.prunable_weight_count(job.model)
-    zeros = sum(int((m.weight == 0).sum()) for _, m in pruning.prunable_layers(job.model))
+    total = prunable_weight_count(job.model)
+    zeros = sum(int((m.weight == 0).sum()) for _, m in prunable_layers(job.model))
     assert zeros == total - round(total * 0.1)  # l0proj keeps round(N k), k the kept fraction
-    per_layer = [float((m.weight == 0).float().mean()) for _, m in pruning.prunable_layers(job.model)]
+    per_layer = [float((m.weight == 0).float().mean()) for _, m in prunable_layers(job.model)]
     assert max(per_layer) - min(per_layer) > 0.05  # a global allocation, not a uniform one
-    finetuned = [s for s in states if "masks" in s]
+    finetuned = [s for s in states if s.get("phase") == "finetune"]
     assert len(finetuned) == 2
     for state in finetuned:
         for key, value in state["model"].items():
             if key.endswith(".weight") and value.dim() > 1:
                 levels = value.unique()
                 assert len(levels) <= 2**3 and 0.0 in levels.tolist(), (key, len(levels))
-    assert metrics["model_size_bits"] < admm.model_size_bits(job.model, 32) / 8
+    assert metrics["model_size_bits"] < model_size_bits(job.model, 32) / 8
 
 
 def test_boundary_weights_favour_samples_near_the_boundary(trained, digits):
@@ -300,7 +321,8 @@ def test_boundary_weights_favour_samples_near_the_boundary(trained, digits):
 @pytest.fixture
 def toy_method():
     """A method added as one registry entry, removed again after the test."""
-    from apgrid.trainables.methods import PruningMethod, Whole, register
+    from apgrid.trainables.fields import Whole
+    from apgrid.trainables.methods import PruningMethod, register
 
     @register
     class SmallestOfEachRow(PruningMethod):
@@ -309,7 +331,7 @@ def toy_method():
         options = {"repeat": Whole(1, 1, 3)}
 
         def prune(self, job):
-            pruning.prune_magnitude(job.model, job.s.sparsity, "local")
+            prune_magnitude(job.model, job.s.sparsity, "local")
 
     yield SmallestOfEachRow
     del PRUNING_METHODS["toy-rows"]
@@ -351,7 +373,7 @@ def test_hydra_trains_batch_norm_in_its_score_phase_unless_frozen():
             if isinstance(m, nn.BatchNorm2d)
             for p in m.parameters()
         ]
-        conv_before = [m.weight.detach().clone() for _, m in pruning.prunable_layers(model)]
+        conv_before = [m.weight.detach().clone() for _, m in prunable_layers(model)]
         settings = PruneSettings(
             "hydra",
             0.9,
@@ -368,7 +390,7 @@ def test_hydra_trains_batch_norm_in_its_score_phase_unless_frozen():
             p.detach() for m in job.model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()
         ]
         assert any(not torch.equal(a, b) for a, b in zip(bn_before, bn_after)) == moves
-        for before, (_, m) in zip(conv_before, pruning.prunable_layers(job.model)):
+        for before, (_, m) in zip(conv_before, prunable_layers(job.model)):
             assert torch.equal(m.weight_orig, before)
 
 
@@ -388,7 +410,7 @@ def test_rst_ticket_keeps_its_random_weights_bit_for_bit(trained, digits):
     job = PruneJob(settings, copy.deepcopy(trained), digits, "cpu", initial_state=init)
     metrics = job.run()
     assert job.finetune.epochs == 0 and metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
-    plain, masks = pruning.plain_state_dict(job.model), pruning.masks_of(job.model)
+    plain, masks = plain_state_dict(job.model), masks_of(job.model)
     for name, mask in masks.items():
         assert torch.equal(plain[f"{name}.weight"], init[f"{name}.weight"] * mask), name
     with pytest.raises(ValueError, match="initial weights"):
@@ -400,13 +422,13 @@ def test_li20_rewinds_the_kept_weights_to_the_stored_initial_ones(trained, digit
     weights rewound to initialisation before retraining (here none, to see the rewind itself)."""
     init = initial_weights(digits)
     expected = copy.deepcopy(trained)
-    pruning.prune_magnitude(expected, 0.9, "global")
+    prune_magnitude(expected, 0.9, "global")
     settings = PruneSettings("li20", 0.9, 0, 0.1, "Linf", Recipe(epochs=0))
     job = PruneJob(settings, copy.deepcopy(trained), digits, "cpu", initial_state=init)
     job.run()
-    plain, masks = pruning.plain_state_dict(job.model), pruning.masks_of(job.model)
+    plain, masks = plain_state_dict(job.model), masks_of(job.model)
     for name, mask in masks.items():
-        assert torch.equal(mask, pruning.masks_of(expected)[name]), name  # the trained net's mask
+        assert torch.equal(mask, masks_of(expected)[name]), name  # the trained net's mask
         assert torch.equal(plain[f"{name}.weight"], init[f"{name}.weight"] * mask), name
     for key in ("1.0.bias", "1.6.bias"):
         assert torch.equal(plain[key], init[key])
@@ -450,7 +472,7 @@ def test_harp_learns_layer_rates_that_differ_and_meet_the_global_target(trained,
     settings = PruneSettings("harp", 0.9, 0, 0.1, "Linf", Recipe(epochs=0), search)
     job = PruneJob(settings, copy.deepcopy(trained), digits, "cpu")
     metrics = job.run()
-    per_layer = [1 - float(m.sum()) / m.numel() for m in pruning.masks_of(job.model).values()]
+    per_layer = [1 - float(m.sum()) / m.numel() for m in masks_of(job.model).values()]
     assert per_layer == pytest.approx(job.layer_sparsities, abs=1e-6)
     assert max(per_layer) - min(per_layer) > 0.01  # not uniform
     assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
@@ -461,17 +483,17 @@ def test_harp_compression_loss_and_rate_gradient_follow_the_reference():
     """utils/hw.py: loss = max(density / target - 1, 0) over the weights the rates keep; the rate
     of a layer gets the sum of its mask's gradient (models/layers.py GetSubnet.backward)."""
     model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 30))
-    pruning.harp_attach_scores(model, 0.8, alpha=0.1)
+    harp_attach_scores(model, 0.8, alpha=0.1)
     layers = [m.parametrizations.weight[0] for m in model]
     assert [float(p.density()) for p in layers] == pytest.approx([0.2, 0.2])
-    assert float(pruning.harp_rate_loss(model, 0.8)) == 0.0
+    assert float(harp_rate_loss(model, 0.8)) == 0.0
     with torch.no_grad():
         layers[1].rate.fill_(10.0)  # the big layer all but dense: k -> 1
     density = (100 * 0.2 + 300 * float(layers[1].density())) / 400
-    assert float(pruning.harp_rate_loss(model, 0.8)) == pytest.approx(density / 0.2 - 1, rel=1e-5)
+    assert float(harp_rate_loss(model, 0.8)) == pytest.approx(density / 0.2 - 1, rel=1e-5)
     scores = torch.randn(4, 5, requires_grad=True)
     rate = torch.tensor(0.5, requires_grad=True)
-    mask = pruning._RateTopK.apply(scores, rate)
+    mask = _RateTopK.apply(scores, rate)
     assert int(mask.sum()) == 10
     upstream = torch.randn(4, 5)
     mask.backward(upstream)
@@ -481,7 +503,7 @@ def test_harp_compression_loss_and_rate_gradient_follow_the_reference():
 def test_igq_keeps_small_layers_denser_and_meets_the_budget():
     """The Ideal Gas Quotas (sparselearning/igq.py): kept n / (f n + 1), the layers together at the
     target, a smaller layer never sparser than a bigger one."""
-    from apgrid.trainables.dynamic_sparsity import igq_sparsities
+    from apgrid.trainables.methods.dynamic import igq_sparsities
 
     sizes = [432, 36_864, 73_728, 5_120, 640]
     sparsities = igq_sparsities(sizes, 0.95)
@@ -506,7 +528,7 @@ def test_flying_bird_changes_its_mask_while_training_and_keeps_the_budget(digits
     for epoch in masks:
         assert [int(m.sum()) for m in epoch] == [int(m.sum()) for m in masks[0]]  # the budget
     assert any(not torch.equal(a, b) for a, b in zip(masks[0], masks[-1]))  # the topology moved
-    final = pruning.masks_of(job.model)
+    final = masks_of(job.model)
     assert all(torch.equal(a, b) for a, b in zip(final.values(), masks[-1]))
     assert metrics["measured_sparsity"] >= 0.9 - 0.005
 
@@ -516,7 +538,7 @@ def test_flying_bird_plus_triggers_follow_the_training_statistics(digits):
     adversarial loss did not fall (Masking.get_dst_ratio over the last epochs); forced on from the
     first update, the sparsity leaves the target."""
     from apgrid.trainables.data import with_validation
-    from apgrid.trainables.dynamic_sparsity import growth_and_pruning_triggers
+    from apgrid.trainables.methods.dynamic import growth_and_pruning_triggers
 
     assert growth_and_pruning_triggers([1.0, 0.9, 0.8], [0.1, 0.2, 0.3], window=2) == (True, False)
     assert growth_and_pruning_triggers([1.0, 1.1, 1.2], [0.3, 0.2, 0.1], window=2) == (False, True)
@@ -539,7 +561,7 @@ def test_robust_bird_stops_when_the_early_bird_mask_settles(digits):
     """Robust Bird (Chen et al. 2022): standard training until the global magnitude mask of the
     conv weights is within the Hamming distance of the last ones, then that network pruned by one
     global magnitude threshold and adversarially trained."""
-    from apgrid.trainables.dynamic_sparsity import global_magnitude_mask, mask_distances
+    from apgrid.trainables.methods.dynamic import global_magnitude_mask, mask_distances
 
     a, b = torch.tensor([1.0, 0, 1, 0]), torch.tensor([1.0, 1, 1, 0])
     assert mask_distances([a, b, b]) == [0.25, 0.0]
@@ -556,10 +578,10 @@ def test_robust_bird_stops_when_the_early_bird_mask_settles(digits):
     at_stop = build_digits_cnn(digits)
     at_stop.load_state_dict(states[len(searched) - 1]["model"])
     expected = copy.deepcopy(at_stop)
-    pruning.prune_magnitude(expected, 0.9, "global")
-    for name, mask in pruning.masks_of(job.model).items():
-        assert torch.equal(mask, pruning.masks_of(expected)[name]), name
-    convs = [m for _, m in pruning.prunable_layers(at_stop) if isinstance(m, nn.Conv2d)]
+    prune_magnitude(expected, 0.9, "global")
+    for name, mask in masks_of(job.model).items():
+        assert torch.equal(mask, masks_of(expected)[name]), name
+    convs = [m for _, m in prunable_layers(at_stop) if isinstance(m, nn.Conv2d)]
     assert torch.equal(global_magnitude_mask(convs, 0.9), states[len(searched) - 1]["early_bird_masks"][-1])
 
 
@@ -580,7 +602,7 @@ def test_mad_saliency_is_the_second_order_term_of_what_its_mask_removes(trained,
     row's saliencies sum to 1/2 G_ii dw_i A dw_i^T (its block of 1/2 dw^T (A x G) dw); a weight the
     mask keeps whole has none; and the pruned weights are the least salient (conv layers ranked
     together, linear rows each on their own)."""
-    from apgrid.trainables.saliency import batch_saliency, kfac_factors, mad_masks, saliency_of
+    from apgrid.trainables.methods.saliency import batch_saliency, kfac_factors, mad_masks, saliency_of
 
     torch.manual_seed(0)
     w, kept = torch.randn(3, 5), torch.rand(3, 5)
@@ -603,11 +625,11 @@ def test_mad_saliency_is_the_second_order_term_of_what_its_mask_removes(trained,
         model, digits.x_train[:64], digits.y_train[:64], eps=0.1, norm="Linf", mask_steps=5
     )
     masks = mad_masks(saliency, model, 0.9)
-    convs = [n for n, m in pruning.prunable_layers(model) if isinstance(m, nn.Conv2d)]
+    convs = [n for n, m in prunable_layers(model) if isinstance(m, nn.Conv2d)]
     kept_scores = torch.cat([saliency[n][masks[n] > 0] for n in convs])
     dropped_scores = torch.cat([saliency[n][masks[n] == 0] for n in convs])
     assert kept_scores.min() >= dropped_scores.max()
-    for n, m in pruning.prunable_layers(model):
+    for n, m in prunable_layers(model):
         if isinstance(m, nn.Linear):
             assert (masks[n].sum(1) == m.weight.shape[1] - int(0.9 * m.weight.shape[1])).all()
     job, metrics = run_job(trained, digits, "mad", 0.9, {"samples": 256, "mask_steps": 5})
@@ -621,7 +643,7 @@ def test_pwoa_prunes_without_adversarial_examples_by_distilling_its_dense_teache
     from the dense adversarially trained model plus the HSIC bottleneck, on clean inputs only;
     the student starts as its teacher, so the distillation term starts at zero."""
     from apgrid.trainables import training
-    from apgrid.trainables.hsic import hsic_normalized_cca
+    from apgrid.trainables.methods.admm import hsic_normalized_cca
 
     torch.manual_seed(0)
     z = torch.randn(64, 5)
@@ -634,7 +656,7 @@ def test_pwoa_prunes_without_adversarial_examples_by_distilling_its_dense_teache
     options = {"admm_epoch": 1, "layers": "all", "hsic_x": 0.0, "hsic_y": 0.0}
     settings = PruneSettings("pwoa", 0.9, 0, 0.1, "Linf", QUICK, SEARCH, options)
     job = PruneJob(settings, copy.deepcopy(trained), digits, "cpu")
-    first, _ = job.objective(job.model.train(), digits.x_train[:32], digits.y_train[:32])
+    first, _ = job.hooks.objective(job.model.train(), digits.x_train[:32], digits.y_train[:32])
     assert float(first) == pytest.approx(0.0, abs=1e-6)
     metrics = job.run()
     assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
@@ -642,7 +664,7 @@ def test_pwoa_prunes_without_adversarial_examples_by_distilling_its_dense_teache
     with_hsic = PruneJob(
         PruneSettings("pwoa", 0.9, 0, 0.1, "Linf", QUICK, SEARCH), copy.deepcopy(trained), digits, "cpu"
     )
-    loss, _ = with_hsic.objective(with_hsic.model.train(), digits.x_train[:32], digits.y_train[:32])
+    loss, _ = with_hsic.hooks.objective(with_hsic.model.train(), digits.x_train[:32], digits.y_train[:32])
     assert float(loss) != 0.0  # the HSIC terms on every layer's output
 
 
@@ -660,9 +682,7 @@ def test_twinrep_weight_decay_on_twins_acts_as_l1_and_sparsifies():
         layer = nn.Linear(20, 1, bias=False)
         nn.init.constant_(layer.weight, 0.1)  # one sign: a twin's weight does not cross zero
         if twins:
-            pruning.parametrize.register_parametrization(
-                layer, "weight", pruning.TwinProduct(layer.weight), unsafe=True
-            )
+            parametrize.register_parametrization(layer, "weight", TwinProduct(layer.weight), unsafe=True)
         optimizer = torch.optim.SGD(layer.parameters(), lr=0.05, weight_decay=0.05)
         for _ in range(3000):
             optimizer.zero_grad()
@@ -675,9 +695,7 @@ def test_twinrep_weight_decay_on_twins_acts_as_l1_and_sparsifies():
     assert (twin[:3] - truth[:3]).abs().max() < 0.3  # the relevant weights survive
     layer = nn.Linear(4, 3)
     before = layer.weight.detach().clone()
-    pruning.parametrize.register_parametrization(
-        layer, "weight", pruning.TwinProduct(layer.weight), unsafe=True
-    )
+    parametrize.register_parametrization(layer, "weight", TwinProduct(layer.weight), unsafe=True)
     assert torch.allclose(layer.weight, before)  # the split leaves the weight as it was
 
 
@@ -691,7 +709,9 @@ def test_twinrep_trains_twins_from_the_initial_weights_then_meets_the_target(dig
     assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
 
 
-RESUMABLE = {  # the search-phase methods that keep state of their own, with quick options
+RESUMABLE = {  # every search-phase method but R-ADMM (tested above), and MAD, with quick options
+    "hydra": {},
+    "rst": {},
     "harp": {},
     "flyingbird": {"update_every": 5},
     "flyingbird+": {"update_every": 5, "start": 0.0, "window": 1, "threshold": 0.0},
@@ -700,6 +720,7 @@ RESUMABLE = {  # the search-phase methods that keep state of their own, with qui
     "twinrep-channels": {},
     "pwoa": {"admm_epoch": 1, "layers": "all"},
     "mad": {"samples": 256, "mask_steps": 3},
+    "atmc": {"bits": 3, "admm_interval": 2},
 }
 
 
@@ -726,10 +747,10 @@ def test_new_methods_resume_mid_search_as_if_never_stopped(trained, digits, meth
     whole = job(checkpoint)
     whole.run()
     resumed = job()
-    resumed.run(torch.load(io.BytesIO(states[0]), weights_only=True))
-    for (key, a), b in zip(
-        pruning.plain_state_dict(resumed.model).items(), pruning.plain_state_dict(whole.model).values()
-    ):
+    first = torch.load(io.BytesIO(states[0]), weights_only=True)
+    assert first["phase"] == ("search" if PRUNING_METHODS[method].search_phase else "finetune")
+    resumed.run(first)
+    for (key, a), b in zip(plain_state_dict(resumed.model).items(), plain_state_dict(whole.model).values()):
         assert torch.allclose(a, b, atol=1e-5), key
 
 
@@ -746,8 +767,8 @@ def test_twinrep_channel_twins_zero_whole_channels():
     def fit(channels: bool) -> torch.Tensor:
         layer = nn.Linear(12, 8, bias=False)
         if channels:
-            twins = pruning.ChannelTwins(layer.weight)
-            pruning.parametrize.register_parametrization(layer, "weight", twins, unsafe=True)
+            twins = ChannelTwins(layer.weight)
+            parametrize.register_parametrization(layer, "weight", twins, unsafe=True)
         optimizer = torch.optim.SGD(layer.parameters(), lr=0.05, weight_decay=0.05)
         for _ in range(3000):
             optimizer.zero_grad()
@@ -760,7 +781,5 @@ def test_twinrep_channel_twins_zero_whole_channels():
     assert (grouped[:3] > 0.5).all()
     layer = nn.Conv2d(3, 4, 3)
     before = layer.weight.detach().clone()
-    pruning.parametrize.register_parametrization(
-        layer, "weight", pruning.ChannelTwins(layer.weight), unsafe=True
-    )
+    parametrize.register_parametrization(layer, "weight", ChannelTwins(layer.weight), unsafe=True)
     assert torch.allclose(layer.weight, before, atol=1e-6)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from apgrid.trainables import data, structured
+from apgrid.trainables import data, masks
+from apgrid.trainables.methods import filters
 from apgrid.trainables.models import ARCHITECTURES, build_model, fit_to_state, parameter_count
 
 # Published / reference counts for 10 classes (kuangliu/pytorch-cifar variants; WRN-28-10 from
@@ -48,8 +49,8 @@ def test_cifar_tiny_is_cifar_small_without_pooling():
 def test_filter_pruned_model_reloads_from_plain_state_dict(arch):
     torch.manual_seed(0)
     model = build_model(arch, 3, 10, (0.5,) * 3, (0.25,) * 3).eval()
-    original = structured.filter_counts(model)
-    structured.prune_filters(model, "fpgm", 0.5, original, torch.rand(1, 3, 32, 32))
+    original = masks.filter_counts(model)
+    filters.prune_filters(model, "fpgm", 0.5, original, torch.rand(1, 3, 32, 32))
     assert parameter_count(model) < 0.4 * parameter_count(build_model(arch, 3, 10, (0,) * 3, (1,) * 3))
     fresh = build_model(arch, 3, 10, (0.5,) * 3, (0.25,) * 3)
     fresh.load_state_dict(fit_to_state(fresh, model.state_dict()).state_dict())

@@ -5,7 +5,16 @@ import copy
 import pytest
 import torch
 
-from apgrid.trainables import pruning
+from apgrid.trainables.masks import (
+    apply_masks,
+    kept_count,
+    masks_of,
+    measured_sparsity,
+    plain_state_dict,
+    prunable_layers,
+)
+from apgrid.trainables.methods.magnitude import prune_magnitude, prune_random
+from apgrid.trainables.methods.scores import hydra_attach_scores, hydra_finalize
 from apgrid.trainables.training import Recipe
 from tests.helpers import train_on_digits
 
@@ -16,14 +25,14 @@ def finetune(model, digits, epochs=1):
 
 
 ONE_SHOT = {
-    "lwm-local": lambda model, s: pruning.prune_magnitude(model, s, "local"),
-    "lwm-global": lambda model, s: pruning.prune_magnitude(model, s, "global"),
-    "random": lambda model, s: pruning.prune_random(model, s, seed=0),
+    "lwm-local": lambda model, s: prune_magnitude(model, s, "local"),
+    "lwm-global": lambda model, s: prune_magnitude(model, s, "global"),
+    "random": lambda model, s: prune_random(model, s, seed=0),
 }
 
 
 def layer_sparsities(model):
-    return [(m.weight == 0).float().mean().item() for _, m in pruning.prunable_layers(model)]
+    return [(m.weight == 0).float().mean().item() for _, m in prunable_layers(model)]
 
 
 @pytest.mark.parametrize("method", ["lwm-local", "lwm-global", "random"])
@@ -31,12 +40,12 @@ def layer_sparsities(model):
 def test_one_shot_reaches_target_and_masks_survive_finetuning(trained, digits, method, sparsity):
     model = copy.deepcopy(trained)
     ONE_SHOT[method](model, sparsity)
-    assert pruning.measured_sparsity(model) == pytest.approx(sparsity, abs=0.005)
-    masks = pruning.masks_of(model)
+    assert measured_sparsity(model) == pytest.approx(sparsity, abs=0.005)
+    masks = masks_of(model)
     finetune(model, digits)
-    for name, m in pruning.prunable_layers(model):
+    for name, m in prunable_layers(model):
         assert torch.all(m.weight[masks[name] == 0] == 0), name
-    assert pruning.measured_sparsity(model) == pytest.approx(sparsity, abs=0.005)
+    assert measured_sparsity(model) == pytest.approx(sparsity, abs=0.005)
 
 
 def test_local_is_uniform_per_layer_and_global_is_not(trained):
@@ -46,47 +55,47 @@ def test_local_is_uniform_per_layer_and_global_is_not(trained):
     assert max(layer_sparsities(local)) - min(layer_sparsities(local)) < 0.01
     assert max(layer_sparsities(glob)) - min(layer_sparsities(glob)) > 0.1
     # global keeps exactly the largest |w| across layers
-    kept = torch.cat([m.weight_orig[m.weight_mask == 1].abs() for _, m in pruning.prunable_layers(glob)])
-    cut = torch.cat([m.weight_orig[m.weight_mask == 0].abs() for _, m in pruning.prunable_layers(glob)])
+    kept = torch.cat([m.weight_orig[m.weight_mask == 1].abs() for _, m in prunable_layers(glob)])
+    cut = torch.cat([m.weight_orig[m.weight_mask == 0].abs() for _, m in prunable_layers(glob)])
     assert kept.min() >= cut.max()
 
 
 def test_hydra_scores_change_while_weights_stay_frozen(trained, digits):
     model = copy.deepcopy(trained)
-    weights_before = {n: m.weight.detach().clone() for n, m in pruning.prunable_layers(model)}
-    scores = pruning.hydra_attach_scores(model, 0.9)
+    weights_before = {n: m.weight.detach().clone() for n, m in prunable_layers(model)}
+    scores = hydra_attach_scores(model, 0.9)
     scores_before = [s.detach().clone() for s in scores]
     # Sec. 3.4: scores start proportional to the weights
-    first = pruning.prunable_layers(model)[0][1]
+    first = prunable_layers(model)[0][1]
     ratio = scores_before[0] / first.parametrizations.weight.original
     assert torch.allclose(ratio[torch.isfinite(ratio)], ratio[torch.isfinite(ratio)].flatten()[0])
     train_on_digits(model, digits, Recipe(trainer="fgsm-rs", epochs=1, lr=0.1, batch_size=128), scores)
     assert any(not torch.equal(a, b.detach()) for a, b in zip(scores_before, scores))
-    for name, m in pruning.prunable_layers(model):
+    for name, m in prunable_layers(model):
         assert torch.equal(m.parametrizations.weight.original, weights_before[name]), name
-    learned = {n: s.detach().abs().clone() for (n, _), s in zip(pruning.prunable_layers(model), scores)}
-    pruning.hydra_finalize(model)
-    assert pruning.measured_sparsity(model) == pytest.approx(0.9, abs=0.005)
-    masks = pruning.masks_of(model)
-    for name, m in pruning.prunable_layers(model):
+    learned = {n: s.detach().abs().clone() for (n, _), s in zip(prunable_layers(model), scores)}
+    hydra_finalize(model)
+    assert measured_sparsity(model) == pytest.approx(0.9, abs=0.005)
+    masks = masks_of(model)
+    for name, m in prunable_layers(model):
         # Sec. 3.3: each layer keeps the weights of its k largest |scores|, the weights themselves
         # as the dense model had them
         k = int(masks[name].sum())
-        assert k == pruning.kept_count(m.weight_orig.numel(), 0.9)
+        assert k == kept_count(m.weight_orig.numel(), 0.9)
         assert learned[name][masks[name] == 1].min() >= learned[name][masks[name] == 0].max(), name
         assert torch.equal(m.weight_orig, weights_before[name])
     finetune(model, digits)
-    for name, m in pruning.prunable_layers(model):
+    for name, m in prunable_layers(model):
         assert torch.all(m.weight[masks[name] == 0] == 0)
 
 
 def test_plain_state_dict_round_trip(trained):
     model = copy.deepcopy(trained)
     ONE_SHOT["lwm-global"](model, 0.9)
-    state, masks = pruning.plain_state_dict(model), pruning.masks_of(model)
+    state, masks = plain_state_dict(model), masks_of(model)
     fresh = copy.deepcopy(trained)
     fresh.load_state_dict(state)
-    pruning.apply_masks(fresh, masks)
+    apply_masks(fresh, masks)
     x = torch.rand(4, 1, 8, 8)
     assert torch.equal(fresh(x), model(x))
 

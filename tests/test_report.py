@@ -20,8 +20,8 @@ from apgrid.analysis.report import AnalysisSettings, ModelAccess, write_report
 from apgrid.analysis.tables import leaderboard, seed_table, thin_ice_table
 from apgrid.analysis.thin_ice import auc_smaller, mcnemar
 from apgrid.analysis.transfer import transfer_table
-from apgrid.trainables import pruning
 from apgrid.trainables.data import load_dataset
+from apgrid.trainables.masks import apply_masks, prunable_layers
 from apgrid.trainables.methods import PRUNING_METHODS
 from apgrid.trainables.models import build_model
 from tests.helpers import thin_ice_rows
@@ -177,14 +177,14 @@ def tiny_models(ds):
     dense = make()
     masked = make()
     masked.load_state_dict(dense.state_dict())
-    pruning.apply_masks(
+    apply_masks(
         masked,
         {
             name: (layer.weight.abs() > layer.weight.abs().quantile(0.9)).float()
-            for name, layer in pruning.prunable_layers(masked)
+            for name, layer in prunable_layers(masked)
         },
     )
-    for _, layer in pruning.prunable_layers(masked):
+    for _, layer in prunable_layers(masked):
         torch.nn.utils.prune.remove(layer, "weight")
     return dense, masked
 

@@ -78,6 +78,49 @@ def test_bad_field_is_named(patch, field):
     assert "\n" not in message
 
 
+ONE_WORDING = [  # a spec field and a method option that fail alike say it alike
+    ({"evaluation": {"fmn_steps": 0}}, "evaluation.fmn_steps: 0 is below the minimum 1"),
+    (
+        {"prune": {"methods": [{"name": "atmc", "bits": 1}]}},
+        "prune.methods.atmc.bits: 1 is below the minimum 2; also allowed: 0",
+    ),
+    ({"dataset": {"download": "no"}}, "dataset.download: 'no' is not true or false"),
+    (
+        {"prune": {"methods": [{"name": "hydra", "freeze_bn": "no"}]}},
+        "prune.methods.hydra.freeze_bn: 'no' is not true or false",
+    ),
+    ({"resources": {"device": "tpu"}}, "resources.device: unknown 'tpu'; allowed: auto, cpu, cuda"),
+    (
+        {"prune": {"methods": [{"name": "r-admm", "layers": "some"}]}},
+        "prune.methods.r-admm.layers: unknown 'some'; allowed: all, conv",
+    ),
+    ({"threat_model": {"eps": float("inf")}}, "threat_model.eps: inf is not a finite number"),
+    (
+        {"prune": {"methods": [{"name": "harp", "gamma": float("nan")}]}},
+        "prune.methods.harp.gamma: nan is not a finite number",
+    ),
+    (
+        {"prune": {"methods": [{"name": "r-admm", "layer_sparsity": {"1.0": 1.0}}]}},
+        "prune.methods.r-admm.layer_sparsity.1.0: 1.0 is outside [0.0, 1.0)",
+    ),
+    ({"prune": {"sparsities": [1.0]}}, "prune.sparsities: 1.0 is outside [0.0, 1.0)"),
+    (
+        {"prune": {"methods": [{"name": "hydra", "options": {"colour": 1}}]}},
+        "prune.methods.hydra.colour: unknown field; allowed: freeze_bn",
+    ),
+]
+
+
+@pytest.mark.parametrize("patch, message", ONE_WORDING)
+def test_spec_fields_and_method_options_share_one_wording(patch, message):
+    """trainables/fields.py checks both: one error type, one wording."""
+    from apgrid.trainables.fields import FieldError
+
+    with pytest.raises(FieldError) as err:
+        parse_spec({**GOOD, **patch})
+    assert isinstance(err.value, SpecError) and str(err.value) == message
+
+
 def test_eps_fraction_is_exact():
     spec = parse_spec({**GOOD, "threat_model": {"eps": "8/255"}})
     assert spec.threat_model.eps == 8 / 255

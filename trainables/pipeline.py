@@ -3,8 +3,10 @@
 DenseJob: adversarial training of the dense model. PruneJob: [mask search] -> masks or removed
 filters -> adversarial fine-tuning; one epoch counter runs over both phases: epochs [0, S) are the
 search phase (HYDRA's scores, the ADMM phase of R-ADMM and ATMC), epochs [S, S + F) fine-tune the
-pruned weights. After every epoch `report(metrics, state)` receives a state from which
-`run(state)` continues exactly where it stopped; `on_finish(model, metrics, extra)` saves the model.
+pruned weights. The search is one loop here over the method's Search hooks (trainables/methods/).
+After every epoch `report(metrics, state)` receives a state, naming its phase ("search" or
+"finetune"), from which `run(state)` continues exactly where it stopped; `on_finish(model, metrics,
+extra)` saves the model.
 
 With a validation split (dataset.validation) every epoch is scored by PGD-10 accuracy on it:
 `select: best` keeps the best epoch's weights (the references' habit, e.g. HYDRA's), and a
@@ -18,11 +20,18 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from apgrid.trainables import pruning, structured
+from apgrid.trainables import masks
 from apgrid.trainables.data import Dataset
 from apgrid.trainables.methods import method as pruning_method
 from apgrid.trainables.models import fit_to_state
-from apgrid.trainables.training import Recipe, accuracy, make_optimizer, robust_accuracy, train_epoch
+from apgrid.trainables.training import (
+    Recipe,
+    TrainingHooks,
+    accuracy,
+    make_optimizer,
+    robust_accuracy,
+    train_epoch,
+)
 
 COLLAPSE = 0.2  # validation PGD accuracy below this share of its best: catastrophic overfitting
 
@@ -90,6 +99,15 @@ def selection_record(recipe: Recipe, selection: Selection, epochs: int) -> dict:
         "select": recipe.select,
         "catastrophic_overfitting_epoch": selection.overfit_epoch,
     }
+
+
+def iterative_ratios(ratio: float, steps: int) -> list[float]:
+    return [ratio * (k + 1) / steps for k in range(steps)]
+
+
+def step_epochs(finetune_epochs: int, steps: int) -> list[int]:
+    """Fine-tuning epoch before which each pruning step happens (all at 0 when there is none)."""
+    return [(k * finetune_epochs) // steps for k in range(steps)]
 
 
 def _ignore(*args):
@@ -193,7 +211,7 @@ class PruneSettings:
 
 class PruneJob:
     """Prunes `model` (holding the dense weights, on `device`) as `settings` say, calling the
-    method's hooks (trainables/methods.py)."""
+    method's hooks (trainables/methods/)."""
 
     def __init__(
         self,
@@ -224,12 +242,11 @@ class PruneJob:
         self.search = settings.search if self.method.search_phase else None
         self.search_epochs = self.search.epochs if self.search else 0
         self.total = self.search_epochs + self.finetune.epochs
-        self.dense_count = pruning.prunable_weight_count(model)
-        self.original_filters = structured.filter_counts(model)
-        self.sample_weights = self.method.sample_weights(self)  # from the dense model
-        self.objective = self.method.objective(self)  # PwoA: its teacher is the dense model
+        self.dense_count = masks.prunable_weight_count(model)
+        self.original_filters = masks.filter_counts(model)
+        self.hooks = self.method.training_hooks(self)  # from the dense model (PwoA's teacher)
 
-    def train(self, optimizer, recipe, epoch, offset=0, **kwargs) -> dict:
+    def train(self, optimizer, recipe: Recipe, epoch: int, hooks: TrainingHooks, offset: int = 0) -> dict:
         self.before_epoch(epoch)
         return train_epoch(
             self.model,
@@ -242,23 +259,47 @@ class PruneJob:
             seed=self.s.seed,
             epoch=epoch - offset,
             device=self.device,
-            objective=self.objective,
-            **kwargs,
+            hooks=hooks,
         )
 
     def run(self, state: dict | None = None) -> dict:
         """Run (or continue from `state`) to the end; returns the final metrics."""
-        if state is not None and "masks" in state:  # resuming fine-tuning
+        phase = state.get("phase") if state else None  # every saved state names its phase
+        if phase == "finetune":
             fit_to_state(self.model, state["model"])
             self.model.load_state_dict(state["model"])
             self.model.to(self.device)
-            pruning.apply_masks(self.model, state["masks"])
-        elif self.search:
-            self.method.search(self, state)
+            masks.apply_masks(self.model, state["masks"])
+        else:
+            if self.search:
+                self.search_phase(state if phase == "search" else None)
+            elif not self.method.iterative:
+                self.method.prune(self)
             state = None
-        elif not self.method.iterative:
-            self.method.prune(self)
         return self.finetune_phase(state)
+
+    def search_phase(self, saved: dict | None) -> None:
+        """The method's search, epoch by epoch, continued from `saved` (its last epoch's state)."""
+        search = self.method.start_search(self, saved)
+        if saved:
+            search.optimizer.load_state_dict(saved["optimizer"])
+        search.begin()
+        for epoch in range(saved["epoch"] if saved else 0, self.search_epochs):
+            if search.stopped():
+                break
+            search.begin_epoch(epoch)
+            metrics = self.train(search.optimizer, search.recipe, epoch, search)
+            search.end_epoch(epoch, metrics)
+            self.report(
+                {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
+                {
+                    **search.state(),
+                    "optimizer": search.optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "phase": "search",
+                },
+            )
+        search.finish()
 
     @property
     def is_structured(self) -> bool:
@@ -270,8 +311,8 @@ class PruneJob:
         """Apply every pruning step of an iterative method (filters removed, or masks tightened)
         scheduled at or before this fine-tuning epoch."""
         steps = self.options.get("steps", 1)
-        ratios = structured.iterative_ratios(self.s.sparsity, steps)
-        due = structured.step_epochs(self.finetune.epochs, steps)
+        ratios = iterative_ratios(self.s.sparsity, steps)
+        due = step_epochs(self.finetune.epochs, steps)
         while done_steps < steps and due[done_steps] <= finetune_epoch:
             self.method.prune_step(self, ratios[done_steps])
             done_steps += 1
@@ -291,7 +332,7 @@ class PruneJob:
             optimizer.load_state_dict(state["optimizer"])
         self.selection = Selection(state.get("selection") if state else None)
         keep = self.finetune.select == "best"
-        after_step = self.method.finetune_step(self)
+        hooks = self.method.finetune_hooks(self)
         metrics = {}
         for epoch in range(start, self.total):
             if self.method.iterative:
@@ -300,14 +341,7 @@ class PruneJob:
                 if done_steps != before:  # new parameters: a fresh optimiser, and only epochs
                     optimizer = self.optimizer()  # after the last step are candidates
                     self.selection = Selection()
-            metrics = self.train(
-                optimizer,
-                self.finetune,
-                epoch,
-                offset=self.search_epochs,
-                sample_weights=self.sample_weights,
-                after_step=after_step,
-            )
+            metrics = self.train(optimizer, self.finetune, epoch, hooks, offset=self.search_epochs)
             metrics.update(
                 self.selection.score(
                     epoch + 1, self.model, self.ds, self.s.eps, self.s.norm, self.device, keep
@@ -316,12 +350,13 @@ class PruneJob:
             metrics["epoch"] = epoch + 1
             last = epoch + 1 == self.total
             saved = {
-                "model": pruning.plain_state_dict(self.model),
-                "masks": pruning.masks_of(self.model),
+                "model": masks.plain_state_dict(self.model),
+                "masks": masks.masks_of(self.model),
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch + 1,
                 "structured_steps": done_steps,
                 "selection": self.selection.state(),
+                "phase": "finetune",
             }
             if last:
                 if keep:
@@ -340,12 +375,12 @@ class PruneJob:
 
     def finish(self, metrics: dict) -> dict:
         """ATMC's final quantisation, the model's costs, then `on_finish` (which saves it)."""
-        facts = pruning.model_facts(self.model, self.dense_count, self.method.finish(self))
+        facts = masks.model_facts(self.model, self.dense_count, self.method.finish(self))
         metrics = {**metrics, "test_clean_acc": self.test_accuracy(), **facts}
         extra = {
             **facts,
             "options": self.options,
-            "filters": structured.filter_counts(self.model) if self.is_structured else None,
+            "filters": masks.filter_counts(self.model) if self.is_structured else None,
             **selection_record(self.finetune, getattr(self, "selection", Selection()), self.total),
         }
         self.on_finish(self.model, metrics, extra)

@@ -88,6 +88,59 @@ def lr_at(recipe: Recipe, epoch: int) -> float:
     return 0.5 * recipe.lr * (1 + math.cos(math.pi * epoch / max(recipe.epochs, 1)))
 
 
+class TrainingHooks:
+    """How a pruning method changes an epoch of training, in the pattern of Torch-Pruning's
+    regularize / update_regularizer: train_epoch calls each hook where it applies, and every
+    default here leaves the recipe's adversarial training as it is."""
+
+    def learning_rate(self, recipe: Recipe, epoch: int) -> float:
+        """The epoch's learning rate (R-ADMM's cycle); default: the recipe's cosine schedule."""
+        return lr_at(recipe, epoch)
+
+    def objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        """(loss, logits) of a method's own on the clean batch in place of the recipe's adversarial
+        loss (PwoA trains without adversarial examples), or None."""
+        return None
+
+    def sample_losses(self, losses: torch.Tensor, model: nn.Module, x, y, idx) -> torch.Tensor:
+        """The batch's per-sample adversarial losses as the method weighs them (ATMC mixes in clean
+        cross-entropy, boundary-aware fine-tuning weighs samples; `idx`: their training indices)."""
+        return losses
+
+    def penalty(self):
+        """A term added to every batch's loss (ADMM's rho/2 ||W - Z + U||^2, HARP's rate loss)."""
+        return 0.0
+
+    def after_step(self, batch: int) -> None:
+        """Run after every optimiser step (projections, mask updates, codebooks)."""
+
+
+PLAIN = TrainingHooks()
+
+
+class LayeredHooks(TrainingHooks):
+    """Hooks laid over `base`: what they do not change, base does (a search phase's hooks over
+    PwoA's distillation, which holds in every phase)."""
+
+    def __init__(self, base: TrainingHooks):
+        self.base = base
+
+    def learning_rate(self, recipe, epoch):
+        return self.base.learning_rate(recipe, epoch)
+
+    def objective(self, model, x, y):
+        return self.base.objective(model, x, y)
+
+    def sample_losses(self, losses, model, x, y, idx):
+        return self.base.sample_losses(losses, model, x, y, idx)
+
+    def penalty(self):
+        return self.base.penalty()
+
+    def after_step(self, batch):
+        self.base.after_step(batch)
+
+
 def adversarial_examples(model, x, y, recipe: Recipe, eps: float, norm: str) -> torch.Tensor:
     if recipe.trainer == "clean" or eps == 0:
         return x
@@ -139,25 +192,14 @@ def train_epoch(
     seed: int,
     epoch: int,
     device: torch.device,
-    sample_weights: torch.Tensor | None = None,
-    penalty=None,
-    after_step=None,
-    lr: float | None = None,
-    clean_weight: float = 0.0,
-    objective=None,
+    hooks: TrainingHooks = PLAIN,
 ) -> dict:
     """One epoch of adversarial training on whatever `optimizer` holds (the weights, or HYDRA's
-    scores with the weights frozen); returns mean loss and accuracy on the adversarial batches.
-
-    sample_weights: a weight per training sample (boundary-aware fine-tuning); penalty(): a term
-    added to every batch loss (ADMM's rho/2 ||W - Z + U||^2); after_step(): run after every
-    optimiser step (projections); lr: this epoch's learning rate (default: the recipe's cosine
-    schedule); clean_weight: the share of clean cross-entropy mixed into the loss (ATMC: 0.5);
-    objective(model, x, y) -> (loss, logits): a method's own loss on the clean batch, in place of
-    the recipe's adversarial one (PwoA trains without adversarial examples)."""
+    scores with the weights frozen), changed where a pruning method's `hooks` change it; returns
+    mean loss and accuracy on the adversarial batches."""
     torch.manual_seed(seed * 10_007 + epoch)
     for group in optimizer.param_groups:
-        group["lr"] = lr_at(recipe, epoch) if lr is None else lr
+        group["lr"] = hooks.learning_rate(recipe, epoch)
     order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed + epoch))
     total_loss, correct, seen = 0.0, 0, 0
     for batch, start in enumerate(range(0, len(order), recipe.batch_size)):
@@ -167,27 +209,21 @@ def train_epoch(
             seed_of_batch = (seed * 1_000_003 + epoch) * 1_000_003 + batch
             x = augment_batch(x, recipe.augment, torch.Generator().manual_seed(seed_of_batch))
         x, y = x.to(device), y_train[idx].to(device)
-        if objective is not None:
-            model.train()
-            loss, logits = objective(model, x, y)
+        model.train()
+        own = hooks.objective(model, x, y)
+        if own is not None:
+            loss, logits = own
         else:
             model.eval()  # craft attacks with fixed BN statistics, as in most AT code
             x_adv = adversarial_examples(model, x, y, recipe, eps, norm)
             model.train()
             losses, logits = per_sample_loss(model, x, x_adv, y, recipe)
-            if clean_weight:
-                losses = (1 - clean_weight) * losses + clean_weight * F.cross_entropy(
-                    model(x), y, reduction="none"
-                )
-            if sample_weights is not None:
-                losses = losses * sample_weights[idx].to(device)
-            loss = losses.mean()
-        loss = loss + (penalty() if penalty else 0.0)
+            loss = hooks.sample_losses(losses, model, x, y, idx).mean()
+        loss = loss + hooks.penalty()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if after_step:
-            after_step(batch)
+        hooks.after_step(batch)
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)

@@ -9,13 +9,20 @@ target in `steps` equal increments of the ratio of the *original* filter count, 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ClassVar
+
 import torch
+import torch_pruning as tp
 from torch import nn
+
+from apgrid.trainables.fields import Whole
+from apgrid.trainables.methods.base import PruningMethod, register
+
+if TYPE_CHECKING:
+    from apgrid.trainables.pipeline import PruneJob
 
 
 def _importance(criterion: str):
-    import torch_pruning as tp
-
     if criterion == "l1":
         return tp.importance.MagnitudeImportance(p=1, group_reduction="first", normalizer=None)
     if criterion == "l2":
@@ -23,19 +30,6 @@ def _importance(criterion: str):
     if criterion == "fpgm":
         return tp.importance.FPGMImportance(p=2, group_reduction="first", normalizer=None)
     raise ValueError(f"criterion: unknown '{criterion}'; allowed: l1, l2, fpgm")
-
-
-def filter_counts(model: nn.Module) -> dict[str, int]:
-    """Output filters of every convolution (depthwise ones follow their input and are skipped)."""
-    return {
-        name: m.out_channels
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Conv2d) and not _depthwise(m)
-    }
-
-
-def _depthwise(m: nn.Conv2d) -> bool:
-    return m.groups > 1 and m.groups == m.in_channels
 
 
 def target_filters(original: int, ratio: float) -> int:
@@ -51,8 +45,6 @@ def prune_filters(
     The ratio refers to the original filter counts, so a resumed or iterative run lands on the
     same counts as a one-shot one. The last layer (the classifier) is never pruned.
     """
-    import torch_pruning as tp
-
     modules = dict(model.named_modules())
     classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     ratios = {}
@@ -75,10 +67,38 @@ def prune_filters(
     pruner.step()
 
 
-def iterative_ratios(ratio: float, steps: int) -> list[float]:
-    return [ratio * (k + 1) / steps for k in range(steps)]
+class FilterPruning(PruningMethod):
+    """Filters removed with torch-pruning (trainables/py), one-shot or in `steps`."""
+
+    pipeline, scope, structured, iterative = "A", "local", True, True
+    options = {"steps": Whole(1, 1)}
+    importance: ClassVar[str]  # torch-pruning importance: l1, l2, fpgm
+
+    def prune_step(self, job: PruneJob, ratio: float) -> None:
+        prune_filters(
+            job.model, self.importance, ratio, job.original_filters, job.ds.x_train[:1].to(job.device)
+        )
 
 
-def step_epochs(finetune_epochs: int, steps: int) -> list[int]:
-    """Fine-tuning epoch before which each pruning step happens (all at 0 when there is none)."""
-    return [(k * finetune_epochs) // steps for k in range(steps)]
+@register
+class FilterL1(FilterPruning):
+    name, criterion, importance = "filter-l1", "filter L1 norm", "l1"
+    description = (
+        "structured: remove the filters of smallest L1 norm (Li et al. 2017) with "
+        "torch-pruning, one-shot or iterative, fine-tuning after each step"
+    )
+
+
+@register
+class FilterL2(FilterPruning):
+    name, criterion, importance = "filter-l2", "filter L2 norm", "l2"
+    description = "structured: remove the filters of smallest L2 norm, one-shot or iterative"
+
+
+@register
+class FilterGeometricMedian(FilterPruning):
+    name, criterion, importance = "filter-gm", "geometric median (FPGM)", "fpgm"
+    description = (
+        "structured: remove the filters closest to the geometric median of their layer "
+        "(He et al. 2019), one-shot or iterative"
+    )

@@ -16,6 +16,7 @@ averaged over the batches. Weights of low saliency are pruned.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,12 @@ from torch import nn
 from torch.func import functional_call
 
 from apgrid.trainables.attacks import pgd
-from apgrid.trainables.pruning import prunable_layers
+from apgrid.trainables.fields import Number, Whole
+from apgrid.trainables.masks import apply_masks, prunable_layers
+from apgrid.trainables.methods.base import PruningMethod, register
+
+if TYPE_CHECKING:
+    from apgrid.trainables.pipeline import PruneJob
 
 MASK_ONE = math.log(math.e - 1)  # softplus^-1(1): the mask starts at 1
 MASK_ZERO = math.log(math.expm1(1e-4))  # softplus^-1(0.0001): f_inv(0) in models/operator/mask.py
@@ -162,3 +168,53 @@ def mad_masks(
             keep.scatter_(1, least_salient_first(s, m.weight, dim=1)[:, : int(sparsity * s.shape[1])], 0.0)
             masks[n] = keep
     return masks
+
+
+@register
+class Mad(PruningMethod):
+    """MAD as the authors prune (compute_saliency.py, main_mad_pretrain.py; batch_saliency above):
+    one pass over the training set, each batch's PGD examples, a soft mask per weight optimised
+    for 20 Adam steps (lr 0.1) to lower their loss, the K-FAC second-order saliency of what the
+    mask removes, averaged; then the lowest-saliency conv weights pruned by one global ranking
+    (each linear layer row by row) and the network fine-tuned."""
+
+    name, pipeline, scope = "mad", "A", "global"
+    criterion = "adversarial second-order saliency (K-FAC)"
+    description = (
+        "MAD (Lee et al. 2022): rank weights by the second-order change of the adversarial loss "
+        "when their learned soft mask removes them (K-FAC Hessian), prune the least salient "
+        "globally in one shot, then fine-tune"
+    )
+    # compute_saliency.py: --steps 10 (PGD), mask_epoch=20, Adam lr 0.1; samples 0: the whole set
+    options = {
+        "pgd_steps": Whole(10, 1),
+        "mask_steps": Whole(20, 1),
+        "mask_lr": Number(0.1, 0.0, 10.0),
+        "samples": Whole(0, 0),
+        "batch_size": Whole(128, 1),
+    }
+
+    def prune(self, job: PruneJob) -> None:
+        o = job.options
+        x, y = job.ds.x_train, job.ds.y_train
+        if o["samples"]:
+            x, y = x[: o["samples"]], y[: o["samples"]]
+        torch.manual_seed(job.s.seed)
+        starts = range(0, len(y), o["batch_size"])
+        total: dict[str, torch.Tensor] = {}
+        for start in starts:
+            xb = x[start : start + o["batch_size"]].to(job.device)
+            yb = y[start : start + o["batch_size"]].to(job.device)
+            batch = batch_saliency(
+                job.model,
+                xb,
+                yb,
+                eps=job.s.eps,
+                norm=job.s.norm,
+                pgd_steps=o["pgd_steps"],
+                mask_steps=o["mask_steps"],
+                mask_lr=o["mask_lr"],
+            )
+            for name, s in batch.items():
+                total[name] = total.get(name, 0) + s / len(starts)
+        apply_masks(job.model, mad_masks(total, job.model, job.s.sparsity))
