@@ -209,7 +209,7 @@ def train_epoch(
             seed_of_batch = (seed * 1_000_003 + epoch) * 1_000_003 + batch
             x = augment_batch(x, recipe.augment, torch.Generator().manual_seed(seed_of_batch))
         x, y = x.to(device), y_train[idx].to(device)
-        model.train()
+        model.train()  # a method's own loss trains in train mode; the attack below switches to eval
         own = hooks.objective(model, x, y)
         if own is not None:
             loss, logits = own
