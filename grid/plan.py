@@ -84,7 +84,7 @@ def method_deviations(spec: GridSpec, method) -> list[Deviation]:
         "search": method.search_recipe(spec) if entry.search_phase else None,
         "finetune": method.finetune_recipe(spec) if entry.finetunes else None,
     }
-    return deviations(entry.recipe, phases, spec.threat_model.eps)
+    return deviations(entry.recipe, phases, spec.threat_model.eps, entry.trains)
 
 
 def dense_plan(spec: GridSpec, arch: str, seed: int, recipe: Recipe) -> ModelPlan:

@@ -119,13 +119,36 @@ def test_cards_and_mlflow_tags_carry_the_deviations(hydra_with):
     assert dataclasses.replace(plan, deviations=()).config_hash == plan.config_hash  # ids unchanged
 
 
-def test_a_method_without_a_recorded_recipe_keeps_the_grids_recipes():
+def test_a_method_without_a_recorded_recipe_keeps_the_grids_recipes(monkeypatch):
+    monkeypatch.setattr(type(PRUNING_METHODS["hydra"]), "recipe", None)
     s = spec(finetune={"epochs": 3})
-    blank = type(PRUNING_METHODS["hydra"]).recipe is None
-    if blank:
-        m = s.prune.methods[0]
-        assert m.finetune is None and m.search is None and m.dense is None
-        assert method_deviations(s, m) == []
+    m = s.prune.methods[0]
+    assert m.finetune is None and m.search is None and m.dense is None
+    assert m.finetune_recipe(s).epochs == 3 and method_deviations(s, m) == []
+
+
+def test_every_method_carries_its_own_recipe():
+    recipes = [m.recipe for m in PRUNING_METHODS.values()]
+    assert all(r is not None for r in recipes)
+    assert len({id(r) for r in recipes}) == len(recipes)  # a variant never inherits its parent's
+
+
+def test_a_spec_that_sets_nothing_trains_hydra_as_its_authors():
+    """HYDRA's recipe (inspire-group/hydra): TRADES in every phase, a 100-epoch parent at lr 0.1,
+    20 score epochs at lr 0.1, 100 fine-tuning epochs at lr 0.01, weight decay 1e-4, batch 128."""
+    s = parse_spec({"name": "t", "output": "o", "prune": {"methods": ["hydra"]}})
+    m = s.prune.methods[0]
+    parent, search, finetune = m.dense_recipe(s), m.search_recipe(s), m.finetune_recipe(s)
+    assert {parent.trainer, search.trainer, finetune.trainer} == {"trades"}
+    assert (parent.epochs, parent.lr, search.epochs, search.lr) == (100, 0.1, 20, 0.1)
+    assert (finetune.epochs, finetune.lr) == (100, 0.01)
+    assert {r.weight_decay for r in (parent, search, finetune)} == {1e-4}
+    assert {r.batch_size for r in (parent, search, finetune)} == {128}
+    # what apgrid cannot do as they did is listed, never silent: eval-mode attacks match, the
+    # 0.031 ε is the threat model's
+    found = {f"{d.phase}.{d.key}" for d in method_deviations(s, m)}
+    assert "finetune.epochs" not in found and "parent.trainer" not in found
+    assert "parent.eps" in found
 
 
 def test_dry_run_and_list_print_the_recipes(hydra_with, capsys, tmp_path):

@@ -23,6 +23,7 @@ from torch import nn
 from apgrid.trainables.fields import Choice, LayerSparsity, Number, Whole
 from apgrid.trainables.masks import apply_masks, kept_count, prunable_layers
 from apgrid.trainables.methods.base import PruningMethod, Search, cpu_state, register
+from apgrid.trainables.methods.recipes import atmc, pwoa, r_admm
 from apgrid.trainables.training import LayeredHooks, Recipe, TrainingHooks
 
 if TYPE_CHECKING:
@@ -353,6 +354,8 @@ class RobustAdmm(PruningMethod):
     `admm_epoch` epochs and rho grows by `rho_factor` at each update."""
 
     name, pipeline, scope = "r-admm", "A", "local"
+    recipe = r_admm.RECIPE
+    trains = {"search": {"select": "last", "schedule": "admm-cycle"}}  # admm.py: its lr cycle
     criterion = "ADMM-optimised magnitude"
     description = (
         "R-ADMM (Ye et al. 2019): adversarial ADMM phase pulling W towards the sparse "
@@ -399,6 +402,11 @@ class Pwoa(RobustAdmm):
     layer's output as Z where the authors' networks return their blocks' outputs."""
 
     name, pipeline, scope = "pwoa", "A", "local"
+    recipe = pwoa.RECIPE
+    trains = {
+        "search": {"select": "last", "schedule": "admm-cycle", "trainer": "distill+hsic"},  # its objective
+        "finetune": {"trainer": "distill+hsic"},
+    }
     criterion = "ADMM-optimised magnitude, distilled without adversarial examples"
     description = (
         "PwoA (Jian et al. 2022): prune an adversarially trained network by ADMM and retrain it "
@@ -433,6 +441,8 @@ class Atmc(PruningMethod):
     is not implemented."""
 
     name, pipeline, scope = "atmc", "D", "global"
+    recipe = atmc.RECIPE
+    trains = {"search": {"select": "last", "trainer": "pgd+clean/2"}}  # clean_weight 0.5 in the search only
     criterion = "ADMM-optimised magnitude + quantisation"
     description = (
         "ATMC (Gui et al. 2019): adversarial training (half clean, half adversarial loss) with a "

@@ -20,6 +20,7 @@ from apgrid.trainables.fields import Number, Whole
 from apgrid.trainables.masks import apply_masks, prunable_layers
 from apgrid.trainables.methods.base import PruningMethod, Search, cpu_state, register
 from apgrid.trainables.methods.magnitude import prune_magnitude
+from apgrid.trainables.methods.recipes import flyingbird, flyingbird_plus, robustbird
 from apgrid.trainables.training import robust_loss_and_accuracy
 
 if TYPE_CHECKING:
@@ -276,6 +277,7 @@ class FlyingBird(PruningMethod):
     authors: the dense schedule, 200 epochs); no fine-tuning after."""
 
     name, pipeline, scope = "flyingbird", "D", "global"
+    recipe = flyingbird.RECIPE
     criterion = "dynamic sparse: magnitude drop, random regrowth"
     description = (
         "Flying Bird (Chen et al. 2022): sparse adversarial training from scratch whose mask "
@@ -305,6 +307,7 @@ class FlyingBirdPlus(FlyingBird):
     half of them; the sparsity moves with the training statistics."""
 
     name = "flyingbird+"
+    recipe = flyingbird_plus.RECIPE
     criterion = "dynamic sparse, adaptive sparsity: magnitude drop, random regrowth"
     description = (
         "Flying Bird+ (Chen et al. 2022): Flying Bird whose sparsity adapts, pruning more when "
@@ -337,6 +340,8 @@ class RobustBird(PruningMethod):
     the authors: 200 PGD-10 epochs)."""
 
     name, pipeline, scope = "robustbird", "B", "global"
+    recipe = robustbird.RECIPE
+    trains = {"search": {"select": "last", "trainer": "clean"}}  # EarlyBirdSearch trains clean
     criterion = "weight magnitude, early-bird mask from standard training"
     description = (
         "Robust Bird (Chen et al. 2022): find the early-bird mask with cheap standard training "

@@ -17,6 +17,7 @@ from torch import nn
 
 from apgrid.trainables.fields import Whole
 from apgrid.trainables.methods.base import PruningMethod, register
+from apgrid.trainables.methods.recipes import filter_gm, filter_l1, filter_l2
 
 if TYPE_CHECKING:
     from apgrid.trainables.pipeline import PruneJob
@@ -83,6 +84,7 @@ class FilterPruning(PruningMethod):
 @register
 class FilterL1(FilterPruning):
     name, criterion, importance = "filter-l1", "filter L1 norm", "l1"
+    recipe = filter_l1.RECIPE
     description = (
         "structured: remove the filters of smallest L1 norm (Li et al. 2017) with "
         "torch-pruning, one-shot or iterative, fine-tuning after each step"
@@ -92,12 +94,14 @@ class FilterL1(FilterPruning):
 @register
 class FilterL2(FilterPruning):
     name, criterion, importance = "filter-l2", "filter L2 norm", "l2"
+    recipe = filter_l2.RECIPE
     description = "structured: remove the filters of smallest L2 norm, one-shot or iterative"
 
 
 @register
 class FilterGeometricMedian(FilterPruning):
     name, criterion, importance = "filter-gm", "geometric median (FPGM)", "fpgm"
+    recipe = filter_gm.RECIPE
     description = (
         "structured: remove the filters closest to the geometric median of their layer "
         "(He et al. 2019), one-shot or iterative"

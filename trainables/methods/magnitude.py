@@ -14,6 +14,15 @@ from apgrid.trainables.attacks import logit_margin
 from apgrid.trainables.fields import Number, Whole
 from apgrid.trainables.masks import check_sparsity, kept_count, prunable_layers
 from apgrid.trainables.methods.base import PruningMethod, register
+from apgrid.trainables.methods.recipes import (
+    boundary_aware,
+    lamp,
+    li20,
+    lwm_global,
+    lwm_local,
+    random_masks,
+    sehwag19,
+)
 from apgrid.trainables.training import TrainingHooks
 
 if TYPE_CHECKING:
@@ -129,6 +138,7 @@ class SampleWeights(TrainingHooks):
 @register
 class LayerwiseMagnitude(PruningMethod):
     name, pipeline, scope, criterion = "lwm-local", "A", "local", "weight magnitude"
+    recipe = lwm_local.RECIPE
     description = "layer-wise magnitude: drop the smallest |w| of each layer, then fine-tune"
 
     def prune(self, job: PruneJob) -> None:
@@ -138,6 +148,7 @@ class LayerwiseMagnitude(PruningMethod):
 @register
 class GlobalMagnitude(PruningMethod):
     name, pipeline, scope, criterion = "lwm-global", "A", "global", "weight magnitude"
+    recipe = lwm_global.RECIPE
     description = "global magnitude: one |w| threshold across all layers, then fine-tune"
 
     def prune(self, job: PruneJob) -> None:
@@ -147,6 +158,7 @@ class GlobalMagnitude(PruningMethod):
 @register
 class Lamp(PruningMethod):
     name, pipeline, scope, criterion = "lamp", "A", "global", "LAMP score"
+    recipe = lamp.RECIPE
     description = (
         "LAMP (Lee et al. 2021): global ranking of layer-adaptive magnitude scores, i.e. "
         "LWM with a global LAMP allocation of per-layer sparsity, then fine-tune"
@@ -159,6 +171,7 @@ class Lamp(PruningMethod):
 @register
 class RandomMasks(PruningMethod):
     name, pipeline, scope, criterion = "random", "A", "local", "random"
+    recipe = random_masks.RECIPE
     description = "random unstructured masks per layer (a baseline), then fine-tune"
 
     def prune(self, job: PruneJob) -> None:
@@ -168,6 +181,7 @@ class RandomMasks(PruningMethod):
 @register
 class BoundaryAware(GlobalMagnitude):
     name, pipeline, scope = "boundary-aware", "A", "global"
+    recipe = boundary_aware.RECIPE
     criterion = "weight magnitude + boundary weighting"
     description = (
         "apgrid's boundary-aware fine-tuning: global magnitude masks, then adversarial "
@@ -184,6 +198,7 @@ class BoundaryAware(GlobalMagnitude):
 @register
 class IterativeMagnitude(PruningMethod):
     name, pipeline, scope = "sehwag19", "A", "local"
+    recipe = sehwag19.RECIPE
     criterion = "weight magnitude, iterative"
     description = (
         "Sehwag et al. 2019 (towards compact and robust networks): layer-wise magnitude pruning in "
@@ -205,6 +220,7 @@ class IterativeMagnitude(PruningMethod):
 class BoostingTickets(PruningMethod):
     # the survey's taxonomy (pralab/AdversarialPruningBenchmark taxonomy/taxonomy.json): B, global
     name, pipeline, scope = "li20", "B", "global"
+    recipe = li20.RECIPE
     criterion = "weight magnitude, rewound (lottery ticket)"
     description = (
         "Li et al. 2020 (boosting tickets under adversarial training): global magnitude mask of "

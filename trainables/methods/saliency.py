@@ -27,6 +27,7 @@ from apgrid.trainables.attacks import pgd
 from apgrid.trainables.fields import Number, Whole
 from apgrid.trainables.masks import apply_masks, prunable_layers
 from apgrid.trainables.methods.base import PruningMethod, register
+from apgrid.trainables.methods.recipes import mad
 
 if TYPE_CHECKING:
     from apgrid.trainables.pipeline import PruneJob
@@ -179,6 +180,7 @@ class Mad(PruningMethod):
     (each linear layer row by row) and the network fine-tuned."""
 
     name, pipeline, scope = "mad", "A", "global"
+    recipe = mad.RECIPE
     criterion = "adversarial second-order saliency (K-FAC)"
     description = (
         "MAD (Lee et al. 2022): rank weights by the second-order change of the adversarial loss "

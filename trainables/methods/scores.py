@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize, prune
 from apgrid.trainables.fields import Flag, Number
 from apgrid.trainables.masks import check_sparsity, kept_count, prunable_layers
 from apgrid.trainables.methods.base import PruningMethod, Search, register
+from apgrid.trainables.methods.recipes import harp, hydra, rst
 
 if TYPE_CHECKING:
     from apgrid.trainables.pipeline import PruneJob
@@ -214,6 +215,7 @@ class HarpSearch(ScoreSearch):
 @register
 class Hydra(PruningMethod):
     name, pipeline, scope = "hydra", "A", "local"
+    recipe = hydra.RECIPE
     criterion = "optimised importance score"
     description = (
         "HYDRA (Sehwag et al. 2020): learn scores under the adversarial loss with weights "
@@ -231,6 +233,7 @@ class Hydra(PruningMethod):
 @register
 class RobustScratchTicket(Hydra):
     name, pipeline, scope = "rst", "B", "local"
+    recipe = rst.RECIPE
     criterion = "optimised importance score on random weights"
     description = (
         "RST (Fu et al. 2021, robust scratch tickets): scores learned under the adversarial loss "
@@ -253,6 +256,7 @@ class Harp(PruningMethod):
     first met, then frozen; the weights stay frozen (batch norm trains), then fine-tuning."""
 
     name, pipeline, scope = "harp", "A", "global"
+    recipe = harp.RECIPE
     criterion = "optimised importance score + learned layer rates"
     description = (
         "HARP (Zhao & Wressnegger 2023): learn importance scores and each layer's pruning rate "

@@ -13,6 +13,7 @@ from apgrid.trainables.masks import prunable_layers
 from apgrid.trainables.methods.base import PruningMethod, Search, cpu_state, register
 from apgrid.trainables.methods.filters import FilterPruning
 from apgrid.trainables.methods.magnitude import prune_magnitude
+from apgrid.trainables.methods.recipes import twinrep, twinrep_channels
 
 if TYPE_CHECKING:
     from apgrid.trainables.pipeline import PruneJob
@@ -100,6 +101,7 @@ class TwinRep(PruningMethod):
     are apgrid's reading of the paper; `twinrep-channels` is its structured variant."""
 
     name, pipeline, scope = "twinrep", "D", "global"
+    recipe = twinrep.RECIPE
     criterion = "weight magnitude after twin (W1 * W2) reparametrised training"
     description = (
         "TwinRep (Li et al. 2023): adversarial training from scratch with each weight the product "
@@ -121,6 +123,7 @@ class TwinRepChannels(TwinRep, FilterPruning):
     at each layer's share (apgrid's filter pruning is per layer; the paper ranks globally)."""
 
     name, pipeline, scope, structured = "twinrep-channels", "D", "local", True
+    recipe = twinrep_channels.RECIPE
     criterion, importance = "filter L2 norm after channel-twin reparametrised training", "l2"
     description = (
         "TwinRep, structured (Li et al. 2023): adversarial training from scratch with a twin per "
