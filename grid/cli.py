@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("what", choices=("methods", "architectures", "datasets", "examples"))
     p.add_argument("name", nargs="?", help="with `methods`: one method's authors' recipe, a source per value")
+    p.add_argument(
+        "--markdown", action="store_true", help="with `methods`: docs/design.md's table (generated)"
+    )
     return parser
 
 
@@ -331,6 +334,11 @@ def cmd_list(args) -> int:
         raise SpecError(f"list {args.what}: takes no name (only `list methods NAME` does)")
     if args.what == "methods" and args.name is not None:
         return print_recipe(args.name)
+    if args.what == "methods" and args.markdown:
+        from apgrid.trainables.methods import methods_table
+
+        print(methods_table())
+        return 0
     if args.what == "methods":
         from apgrid.trainables.methods import PRUNING_METHODS
 

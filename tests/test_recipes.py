@@ -165,3 +165,15 @@ def test_dry_run_and_list_print_the_recipes(hydra_with, capsys, tmp_path):
     assert "epochs" in out and SOURCE in out and "[apgrid: trained]" in out
     assert main(["list", "methods", "no-such"]) == 2
     assert main(["list", "architectures", "x"]) == 2
+
+
+def test_the_docs_methods_table_is_the_registrys():
+    """docs/design.md's table is generated (`apgrid list methods --markdown`): no second source."""
+    from pathlib import Path
+
+    from apgrid.trainables.methods import methods_table
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
+    table = text.split("<!-- methods-table:")[1].split("-->", 1)[1].split("<!-- /methods-table -->")[0]
+    assert table.strip() == methods_table()
+    assert all(f"`{name}`" in table for name in PRUNING_METHODS)

@@ -35,7 +35,7 @@ import pkgutil
 
 from apgrid.trainables.methods.base import PRUNING_METHODS, PruningMethod, Search, method, register
 
-__all__ = ["PRUNING_METHODS", "PruningMethod", "Search", "method", "register"]
+__all__ = ["PRUNING_METHODS", "PruningMethod", "Search", "method", "methods_table", "register"]
 
 # The registry's order is the one `apgrid list methods` and the docs' table show: baselines first,
 # then the survey's families; a module not named here is imported (and listed) after them.
@@ -48,3 +48,21 @@ def _shown(name: str) -> tuple[int, str]:
 
 for _name in sorted((m.name for m in pkgutil.iter_modules(__path__)), key=_shown):
     importlib.import_module(f"{__name__}.{_name}")  # each family module registers its methods
+
+
+def methods_table() -> str:
+    """The methods table of docs/design.md, from the registry (`apgrid list methods --markdown`)."""
+    head = (
+        "method",
+        "pipeline",
+        "structured",
+        "scope",
+        "criterion",
+        "implemented from the paper",
+        "not implemented",
+    )
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for m in PRUNING_METHODS.values():
+        cells = (f"`{m.name}`", m.pipeline, "yes" if m.structured else "no", m.scope, m.criterion)
+        lines.append("| " + " | ".join((*cells, m.implemented, m.omitted or "—")) + " |")
+    return "\n".join(lines)

@@ -355,6 +355,16 @@ class RobustAdmm(PruningMethod):
 
     name, pipeline, scope = "r-admm", "A", "local"
     recipe = r_admm.RECIPE
+    implemented = (
+        "Ye et al. 2019 and its code's defaults: W/Z/U updates under the adversarial loss with Z/U every "
+        "`admm_epoch` (20) epochs, ρ from 0.001 ×`rho_factor` (1.3) at each update, the W-step lr reset "
+        "at each update and cut tenfold every third of `admm_epoch`, conv layers only (`layers: all` for "
+        "linear too); hard prune, masked retraining; irregular or filter sparsity, per-layer "
+        "`layer_sparsity`"
+    )
+    omitted = (
+        "the retraining phase uses apgrid's cosine schedule, not the reference's steps at epochs 80 and 150"
+    )
     trains = {"search": {"select": "last", "schedule": "admm-cycle"}}  # admm.py: its lr cycle
     criterion = "ADMM-optimised magnitude"
     description = (
@@ -403,6 +413,16 @@ class Pwoa(RobustAdmm):
 
     name, pipeline, scope = "pwoa", "A", "local"
     recipe = pwoa.RECIPE
+    implemented = (
+        "Jian et al. 2022 and neu-spiral/PwoA: R-ADMM's phases (ρ 0.01 ×1.35, Z/U every 3 epochs) where "
+        "every loss is self-distillation from the dense model (T = 30, weight 10, ×T²) plus the HSIC "
+        "bottleneck (2e-5 HSIC(Z, X) − 1e-4 HSIC(Z, Y), σ 5) on clean inputs; no cross-entropy, no "
+        "adversarial examples"
+    )
+    omitted = (
+        "Z = every conv and linear layer's output (the authors' networks return their blocks'); ρ not "
+        "capped at 1"
+    )
     trains = {
         "search": {"select": "last", "schedule": "admm-cycle", "trainer": "distill+hsic"},  # its objective
         "finetune": {"trainer": "distill+hsic"},
@@ -442,6 +462,17 @@ class Atmc(PruningMethod):
 
     name, pipeline, scope = "atmc", "D", "global"
     recipe = atmc.RECIPE
+    implemented = (
+        "Gui et al. 2019 and VITA-Group/ATMC: half clean, half adversarial loss; one global sparse "
+        "projection (l0proj) after every step; k-bit quantisation by ADMM every `admm_interval` (5) "
+        "batches with k-means levels and zero a fixed level (2^bits − 1 non-zero levels + 0), ρ 0.1; the "
+        "quantised model kept, its codebook enforced after every fine-tuning step; model size in bits"
+    )
+    omitted = (
+        "the low-rank part (W = AB + C); the reference's k-means starts at random, apgrid's at quantiles "
+        "(deterministic); the reference has 2^bits non-zero levels + 0, apgrid one fewer so that a weight"
+        " fits in `bits` bits"
+    )
     trains = {"search": {"select": "last", "trainer": "pgd+clean/2"}}  # clean_weight 0.5 in the search only
     criterion = "ADMM-optimised magnitude + quantisation"
     description = (

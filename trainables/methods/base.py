@@ -31,6 +31,8 @@ class PruningMethod:
     iterative: ClassVar[bool] = False  # prunes in `steps` between fine-tuning epochs (prune_step)
     needs_initial_state: ClassVar[bool] = False  # rewinds to / starts from the initial weights
     recipe: ClassVar[AuthorsRecipe | None] = None  # its authors' recipe, cited (methods/recipes/)
+    implemented: ClassVar[str] = ""  # what of its paper and code apgrid implements (the docs' table)
+    omitted: ClassVar[str] = ""  # and what it does not
     # per phase, what the method does beyond its Recipe, keyed as a recipe's phase facts (R-ADMM's
     # search: its ADMM learning-rate cycle, not the cosine schedule); a search keeps its last epoch
     trains: ClassVar[dict[str, dict[str, Any]]] = {"search": {"select": "last"}}

@@ -278,6 +278,17 @@ class FlyingBird(PruningMethod):
 
     name, pipeline, scope = "flyingbird", "D", "global"
     recipe = flyingbird.RECIPE
+    implemented = (
+        "Chen et al. 2022 and VITA-Group/Sparsity-Win-Robust-Generalization: adversarial training from "
+        "the initial weights (the search recipe is its whole training) under random masks at the Ideal "
+        "Gas Quotas' layer sparsities; every `update_every` (900) iterations, 1,200 after half the "
+        "epochs, each layer drops ceil(rate × active) smallest weights, rate cosine-annealed 0.5 → 0.005 "
+        "over all iterations, and regrows as many at random (regrown weights start at 0, momentum masked)"
+    )
+    omitted = (
+        "regrowth draws the exact count (the reference draws each position with a probability: right in "
+        "expectation)"
+    )
     criterion = "dynamic sparse: magnitude drop, random regrowth"
     description = (
         "Flying Bird (Chen et al. 2022): sparse adversarial training from scratch whose mask "
@@ -308,6 +319,11 @@ class FlyingBirdPlus(FlyingBird):
 
     name = "flyingbird+"
     recipe = flyingbird_plus.RECIPE
+    implemented = (
+        "the same, and from half the epochs on an update drops 0.4 × rate more when the "
+        "train-minus-validation robust accuracy gap widened in ≥ half of the last 4 epochs, and regrows 5"
+        " % more when the validation PGD loss did not fall in ≥ half of them; needs `dataset.validation`"
+    )
     criterion = "dynamic sparse, adaptive sparsity: magnitude drop, random regrowth"
     description = (
         "Flying Bird+ (Chen et al. 2022): Flying Bird whose sparsity adapts, pruning more when "
@@ -341,6 +357,13 @@ class RobustBird(PruningMethod):
 
     name, pipeline, scope = "robustbird", "B", "global"
     recipe = robustbird.RECIPE
+    implemented = (
+        "Chen et al. 2022 (Robust-Bird/): standard training from the initial weights until the newest "
+        "global conv-weight magnitude mask is within Hamming distance 0.08 of each of the last 4; one "
+        "global magnitude prune (conv and linear); adversarial training of the sparse network with the "
+        "fine-tuning recipe"
+    )
+    omitted = "channel pruning"
     trains = {"search": {"select": "last", "trainer": "clean"}}  # EarlyBirdSearch trains clean
     criterion = "weight magnitude, early-bird mask from standard training"
     description = (

@@ -85,6 +85,10 @@ class FilterPruning(PruningMethod):
 class FilterL1(FilterPruning):
     name, criterion, importance = "filter-l1", "filter L1 norm", "l1"
     recipe = filter_l1.RECIPE
+    implemented = (
+        "Li et al. 2017, FPGM (He et al. 2019); one-shot or `steps` iterative with fine-tuning between; "
+        "channels removed with torch-pruning"
+    )
     description = (
         "structured: remove the filters of smallest L1 norm (Li et al. 2017) with "
         "torch-pruning, one-shot or iterative, fine-tuning after each step"
@@ -95,6 +99,10 @@ class FilterL1(FilterPruning):
 class FilterL2(FilterPruning):
     name, criterion, importance = "filter-l2", "filter L2 norm", "l2"
     recipe = filter_l2.RECIPE
+    implemented = (
+        "Li et al. 2017, FPGM (He et al. 2019); one-shot or `steps` iterative with fine-tuning between; "
+        "channels removed with torch-pruning"
+    )
     description = "structured: remove the filters of smallest L2 norm, one-shot or iterative"
 
 
@@ -102,6 +110,10 @@ class FilterL2(FilterPruning):
 class FilterGeometricMedian(FilterPruning):
     name, criterion, importance = "filter-gm", "geometric median (FPGM)", "fpgm"
     recipe = filter_gm.RECIPE
+    implemented = (
+        "Li et al. 2017, FPGM (He et al. 2019); one-shot or `steps` iterative with fine-tuning between; "
+        "channels removed with torch-pruning"
+    )
     description = (
         "structured: remove the filters closest to the geometric median of their layer "
         "(He et al. 2019), one-shot or iterative"

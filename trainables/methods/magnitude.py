@@ -139,6 +139,7 @@ class SampleWeights(TrainingHooks):
 class LayerwiseMagnitude(PruningMethod):
     name, pipeline, scope, criterion = "lwm-local", "A", "local", "weight magnitude"
     recipe = lwm_local.RECIPE
+    implemented = "per-layer magnitude masks, adversarial fine-tuning"
     description = "layer-wise magnitude: drop the smallest |w| of each layer, then fine-tune"
 
     def prune(self, job: PruneJob) -> None:
@@ -149,6 +150,7 @@ class LayerwiseMagnitude(PruningMethod):
 class GlobalMagnitude(PruningMethod):
     name, pipeline, scope, criterion = "lwm-global", "A", "global", "weight magnitude"
     recipe = lwm_global.RECIPE
+    implemented = "one threshold across layers"
     description = "global magnitude: one |w| threshold across all layers, then fine-tune"
 
     def prune(self, job: PruneJob) -> None:
@@ -159,6 +161,7 @@ class GlobalMagnitude(PruningMethod):
 class Lamp(PruningMethod):
     name, pipeline, scope, criterion = "lamp", "A", "global", "LAMP score"
     recipe = lamp.RECIPE
+    implemented = "Lee et al. 2021, Eq. 2 scores, global ranking"
     description = (
         "LAMP (Lee et al. 2021): global ranking of layer-adaptive magnitude scores, i.e. "
         "LWM with a global LAMP allocation of per-layer sparsity, then fine-tune"
@@ -172,6 +175,7 @@ class Lamp(PruningMethod):
 class RandomMasks(PruningMethod):
     name, pipeline, scope, criterion = "random", "A", "local", "random"
     recipe = random_masks.RECIPE
+    implemented = "a baseline"
     description = "random unstructured masks per layer (a baseline), then fine-tune"
 
     def prune(self, job: PruneJob) -> None:
@@ -182,6 +186,7 @@ class RandomMasks(PruningMethod):
 class BoundaryAware(GlobalMagnitude):
     name, pipeline, scope = "boundary-aware", "A", "global"
     recipe = boundary_aware.RECIPE
+    implemented = "apgrid's own, below"
     criterion = "weight magnitude + boundary weighting"
     description = (
         "apgrid's boundary-aware fine-tuning: global magnitude masks, then adversarial "
@@ -199,6 +204,11 @@ class BoundaryAware(GlobalMagnitude):
 class IterativeMagnitude(PruningMethod):
     name, pipeline, scope = "sehwag19", "A", "local"
     recipe = sehwag19.RECIPE
+    implemented = (
+        "Sehwag et al. 2019: layer-wise magnitude pruning in `steps` (5) equal increments, adversarial "
+        "fine-tuning between; masks only tighten"
+    )
+    omitted = "the number of steps is apgrid's default, not the paper's"
     criterion = "weight magnitude, iterative"
     description = (
         "Sehwag et al. 2019 (towards compact and robust networks): layer-wise magnitude pruning in "
@@ -221,6 +231,11 @@ class BoostingTickets(PruningMethod):
     # the survey's taxonomy (pralab/AdversarialPruningBenchmark taxonomy/taxonomy.json): B, global
     name, pipeline, scope = "li20", "B", "global"
     recipe = li20.RECIPE
+    implemented = (
+        "Li et al. 2020 (boosting tickets): global magnitude mask of the adversarially trained network, "
+        "every weight rewound to its initialisation, retrained under the mask"
+    )
+    omitted = "the paper's early mask (after a few epochs): apgrid takes the fully trained parent's"
     criterion = "weight magnitude, rewound (lottery ticket)"
     description = (
         "Li et al. 2020 (boosting tickets under adversarial training): global magnitude mask of "

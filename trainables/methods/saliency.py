@@ -181,6 +181,13 @@ class Mad(PruningMethod):
 
     name, pipeline, scope = "mad", "A", "global"
     recipe = mad.RECIPE
+    implemented = (
+        "Lee et al. 2022 and its code: per training batch, PGD-10 examples, a softplus soft mask per "
+        "weight optimised by Adam (lr 0.1, 20 steps) on their loss, the K-FAC saliency ½ G_ii Δw_ij (Δw_i"
+        " A)_j of what the mask removes, averaged; conv weights ranked globally, each linear row on its "
+        "own; fine-tuning (`samples` limits the pass)"
+    )
+    omitted = "ties (saliency exactly 0) broken by"
     criterion = "adversarial second-order saliency (K-FAC)"
     description = (
         "MAD (Lee et al. 2022): rank weights by the second-order change of the adversarial loss "

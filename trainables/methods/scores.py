@@ -216,6 +216,12 @@ class HarpSearch(ScoreSearch):
 class Hydra(PruningMethod):
     name, pipeline, scope = "hydra", "A", "local"
     recipe = hydra.RECIPE
+    implemented = (
+        "Sehwag et al. 2020: scaled score init (Sec. 3.4), top-k straight-through (Sec. 3.3), weights "
+        "frozen and batch norm trained in the score phase (`freeze_bn` option), fine-tuning; TRADES "
+        "parent in `thin-ice.yaml`; best epoch on a held-out split (`select: best`)"
+    )
+    omitted = "the reference selects on the test set: apgrid never does"
     criterion = "optimised importance score"
     description = (
         "HYDRA (Sehwag et al. 2020): learn scores under the adversarial loss with weights "
@@ -234,6 +240,12 @@ class Hydra(PruningMethod):
 class RobustScratchTicket(Hydra):
     name, pipeline, scope = "rst", "B", "local"
     recipe = rst.RECIPE
+    implemented = (
+        "Fu et al. 2021 (robust scratch tickets): HYDRA-style scores learned under the adversarial loss "
+        "on the randomly initialised network (the dense trial's seeded initialisation), weights never "
+        "trained, no fine-tuning"
+    )
+    omitted = "RST's own score initialisation and schedule details"
     criterion = "optimised importance score on random weights"
     description = (
         "RST (Fu et al. 2021, robust scratch tickets): scores learned under the adversarial loss "
@@ -257,6 +269,17 @@ class Harp(PruningMethod):
 
     name, pipeline, scope = "harp", "A", "global"
     recipe = harp.RECIPE
+    implemented = (
+        "Zhao & Wressnegger 2023 and intellisec/harp: HYDRA's scores plus one density per layer, k = "
+        "sigmoid(r)(1 − k_min) + k_min with k_min = `alpha` (0.1) × target, started at the target "
+        "(uniform strategy); the rate gets the sum of its mask's gradient; loss + γ_t max(density/target "
+        "− 1, 0), γ_t = (epoch + 1) `gamma` (0.01) until the target is first met, then frozen; weights "
+        "frozen, batch norm trained; fine-tuning"
+    )
+    omitted = (
+        "if the learned rates still keep more than the target, every layer is scaled down alike so that "
+        "the model meets the grid's sparsity; channel pruning"
+    )
     criterion = "optimised importance score + learned layer rates"
     description = (
         "HARP (Zhao & Wressnegger 2023): learn importance scores and each layer's pruning rate "

@@ -102,6 +102,15 @@ class TwinRep(PruningMethod):
 
     name, pipeline, scope = "twinrep", "D", "global"
     recipe = twinrep.RECIPE
+    implemented = (
+        "Li et al. 2023 (AAAI): every weight the product of two twins, trained adversarially with weight "
+        "decay (an L1 penalty on the weight at balance), then one global magnitude threshold and "
+        "fine-tuning"
+    )
+    omitted = (
+        "no code of the authors' was found: the twins' split, training from the initial weights and the "
+        "fine-tuning are apgrid's reading of the paper"
+    )
     criterion = "weight magnitude after twin (W1 * W2) reparametrised training"
     description = (
         "TwinRep (Li et al. 2023): adversarial training from scratch with each weight the product "
@@ -124,6 +133,15 @@ class TwinRepChannels(TwinRep, FilterPruning):
 
     name, pipeline, scope, structured = "twinrep-channels", "D", "local", True
     recipe = twinrep_channels.RECIPE
+    implemented = (
+        "TwinRep's structured variant: each conv weight v ⊙ g with one twin g per output channel (the "
+        "classifier keeps elementwise twins), whose decay is a group penalty that zeroes whole filters; "
+        "then the weakest filters removed with torch-pruning, fine-tuning"
+    )
+    omitted = (
+        "apgrid's reading of the paper as above; filters are removed per layer at the target share, where"
+        " the paper ranks globally"
+    )
     criterion, importance = "filter L2 norm after channel-twin reparametrised training", "l2"
     description = (
         "TwinRep, structured (Li et al. 2023): adversarial training from scratch with a twin per "
