@@ -507,8 +507,9 @@ def check_value(value, where: str, hint, meta: dict):
     if hint is str:
         return choice(value, where, meta["choices"]) if "choices" in meta else _string(value, where)
     if typing.get_origin(hint) is tuple:
-        if isinstance(value, (list, tuple)) and not value and meta.get("choices") and args[0] is str:
-            return ()  # a list of names may be empty (analysis.transfer_attacks: none)
+        may_be_empty = meta.get("empty") or (meta.get("choices") and args[0] is str)
+        if isinstance(value, (list, tuple)) and not value and may_be_empty:
+            return ()  # a list of names may be empty (analysis.transfer_attacks: none), milestones too
         items = _list(list(value) if isinstance(value, tuple) else value, where)
         return tuple(check_value(v, where, args[0], meta) for v in items)
     raise TypeError(f"{where}: {hint} has no generic check; give it a parser")  # a programming error
@@ -686,8 +687,15 @@ def _authors_under_spec(entry, phase, grid: Recipe, own: dict, context, where, m
             authors.pop(key, None)
     if authors.get("select") == "best" and not context.validation:
         authors.pop("select")
-    if "epochs" in authors and context.budget != 1.0:
-        authors["epochs"] = max(min_epochs, round(authors["epochs"] * context.budget))
+    authors_epochs = authors.get("epochs")
+    if authors_epochs and context.budget != 1.0:
+        authors["epochs"] = max(min_epochs, round(authors_epochs * context.budget))
+    epochs = explicit.get("epochs", authors.get("epochs"))
+    if authors.get("milestones") and authors_epochs and epochs and epochs != authors_epochs:
+        # their step epochs at the same share of a shorter (or longer) schedule
+        authors["milestones"] = tuple(
+            max(1, round(m * epochs / authors_epochs)) for m in authors["milestones"]
+        )
     authors.pop("augment", None)  # augmentation follows the dataset
     if not authors and not own:
         return grid

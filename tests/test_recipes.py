@@ -177,3 +177,13 @@ def test_the_docs_methods_table_is_the_registrys():
     table = text.split("<!-- methods-table:")[1].split("-->", 1)[1].split("<!-- /methods-table -->")[0]
     assert table.strip() == methods_table()
     assert all(f"`{name}`" in table for name in PRUNING_METHODS)
+
+
+def test_the_authors_step_epochs_follow_a_shorter_schedule():
+    """MAD fine-tunes 60 epochs at lr 0.1 with steps at 30 and 45 (main_mad_pretrain.py): a grid
+    that gives it 6 epochs, or a budget of 0.1, steps at the same shares of its 6."""
+    for prune in ({"finetune": {"epochs": 6}}, {"budget": 0.1}):
+        s = parse_spec({"name": "t", "output": "o", "prune": {"methods": ["mad"], **prune}})
+        finetune = s.prune.methods[0].finetune_recipe(s)
+        assert (finetune.epochs, finetune.lr, finetune.schedule) == (6, 0.1, "step")
+        assert finetune.milestones == (3, 4)

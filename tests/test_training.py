@@ -178,3 +178,47 @@ def test_each_method_prunes_its_papers_parent_and_equal_recipes_share_one():
     trades = next(p.model_id for p in dense if p.config["recipe"]["trainer"] == "trades")
     assert parents["hydra"] == trades
     assert parents["lwm-global"] == parents["lamp"] != trades  # pgd is dense.recipe's trainer
+
+
+def test_a_step_schedule_decays_tenfold_at_each_milestone():
+    """MAD fine-tunes 60 epochs at lr 0.1, x0.1 at epochs 30 and 45 (torch's MultiStepLR)."""
+    from apgrid.trainables.training import lr_at
+
+    recipe = Recipe(epochs=60, lr=0.1, schedule="step", milestones=(30, 45))
+    rates = [lr_at(recipe, e) for e in range(60)]
+    assert rates[:30] == [0.1] * 30
+    assert rates[30:45] == pytest.approx([0.01] * 15) and rates[45:] == pytest.approx([0.001] * 15)
+    assert lr_at(Recipe(lr=0.1, schedule="constant"), 9) == 0.1
+    assert lr_at(Recipe(epochs=10, lr=0.1), 5) == pytest.approx(0.05)  # cosine, as before
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_the_training_attack_runs_in_the_mode_the_recipe_names(mode):
+    """R-ADMM, ATMC, RST and Flying Bird craft their training attack inside model.train() (batch
+    norm on the batch's statistics); most others in eval mode. Every batch-norm call of one epoch
+    is recorded: in eval mode the attack's steps run with training off, in train mode none does."""
+    from apgrid.trainables.training import train_epoch
+
+    ds = tiny_cifar(64)
+    torch.manual_seed(0)
+    model = build_model("cifar-small", 3, 10, ds.mean, ds.std)
+    calls = []
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.register_forward_pre_hook(lambda module, args: calls.append(module.training))
+    recipe = Recipe(epochs=1, batch_size=32, pgd_steps=3, attack_mode=mode)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    train_epoch(
+        model,
+        optimizer,
+        ds.x_train,
+        ds.y_train,
+        recipe=recipe,
+        eps=8 / 255,
+        norm="Linf",
+        seed=0,
+        epoch=0,
+        device=torch.device("cpu"),
+    )
+    attack_calls = 2 * 3  # two batches, three PGD steps each
+    assert calls.count(False) == (attack_calls if mode == "eval" else 0)
+    assert calls.count(True) == 2 + (attack_calls if mode == "train" else 0)

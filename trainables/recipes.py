@@ -17,12 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from apgrid.trainables.training import TRAINERS, Recipe
+from apgrid.trainables.training import Recipe
 
 PHASES = ("parent", "search", "finetune")
 # what apgrid's trainer does for the phase facts a Recipe has no field for
-APGRID_PHASE_FACTS = {"optimizer": "sgd", "schedule": "cosine", "milestones": (), "attack_mode": "eval"}
+APGRID_PHASE_FACTS = {"optimizer": "sgd"}
 RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
+CHOICES = {f.name: f.metadata["choices"] for f in fields(Recipe) if "choices" in f.metadata}
 PHASE_KEYS = RECIPE_FIELDS + ("eps", "random_start") + tuple(APGRID_PHASE_FACTS)
 # method-level facts: what apgrid does for them is stated beside the authors' value
 METHOD_KEYS = ("loss", "layers", "weight_init", "score_init", "batch_norm", "selection", "other")
@@ -72,13 +73,11 @@ class AuthorsRecipe:
         return getattr(self, name)
 
     def recipe_values(self, phase: str) -> dict:
-        """The phase's values a training.Recipe holds (what a grid takes by default); a trainer
-        apgrid does not have (MART, ATMC's clean + adversarial mix) is left to the grid and listed
-        as a deviation."""
+        """The phase's values a training.Recipe holds (what a grid takes by default); a choice
+        apgrid does not have (the MART trainer, ATMC's clean + adversarial mix, R-ADMM's ADMM
+        learning-rate cycle) is left to the grid and listed as a deviation."""
         values = {k: c.value for k, c in self.phase(phase).items() if k in RECIPE_FIELDS and not c.is_open}
-        if values.get("trainer") not in TRAINERS:
-            values.pop("trainer", None)
-        return values
+        return {k: v for k, v in values.items() if v in CHOICES.get(k, (v,))}
 
 
 # What apgrid trains a phase with when neither the authors nor the spec say (grid/spec.py's

@@ -20,6 +20,12 @@ TRAINERS = ("pgd", "trades", "fgsm-rs", "clean")
 # SVHN with crop only (HYDRA's data loaders; Madry et al. 2018; Rice et al. 2020), digits with none.
 AUGMENTATIONS = ("none", "crop", "crop-flip")
 SELECTIONS = ("last", "best")  # best: highest PGD accuracy on the validation split
+# cosine: annealed per epoch to 0; step: x0.1 at each milestone epoch (torch's MultiStepLR, the
+# references' usual decay); constant: the initial rate throughout
+SCHEDULES = ("cosine", "step", "constant")
+# eval: the training attack sees batch norm's running statistics (most AT code, HYDRA's); train: the
+# batch's own, as in R-ADMM, ATMC, RST, Flying Bird (their attack runs inside model.train())
+ATTACK_MODES = ("eval", "train")
 
 
 @dataclass(frozen=True)
@@ -43,11 +49,17 @@ class Recipe:
     augment: str = field(default="none", metadata={"choices": AUGMENTATIONS})
     # last | best (on the validation split; dataset.validation > 0)
     select: str = field(default="last", metadata={"choices": SELECTIONS})
+    schedule: str = field(default="cosine", metadata={"choices": SCHEDULES})
+    milestones: tuple[int, ...] = field(default=(), metadata={"min": 1, "empty": True})  # step epochs
+    attack_mode: str = field(default="eval", metadata={"choices": ATTACK_MODES})
+
+    def __post_init__(self):  # a config read back from JSON holds a list
+        object.__setattr__(self, "milestones", tuple(self.milestones))
 
 
 # Fields added after models were first trained: at these values a recipe computes what it computed
 # before they existed, so they stay out of its config (and of the content-addressed model ids).
-NEUTRAL = {"augment": "none", "select": "last"}
+NEUTRAL = {"augment": "none", "select": "last", "schedule": "cosine", "milestones": (), "attack_mode": "eval"}
 
 
 def recipe_config(recipe: Recipe) -> dict:
@@ -82,9 +94,14 @@ def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def lr_at(recipe: Recipe, epoch: int) -> float:
-    """Cosine decay per epoch (deterministic from the epoch number alone)."""
+    """The learning rate of an epoch under the recipe's schedule (deterministic from the epoch
+    number alone, so a resumed run continues it)."""
     import math
 
+    if recipe.schedule == "step":  # MultiStepLR(milestones, gamma=0.1), stepped once an epoch
+        return recipe.lr * 0.1 ** sum(epoch >= m for m in recipe.milestones)
+    if recipe.schedule == "constant":
+        return recipe.lr
     return 0.5 * recipe.lr * (1 + math.cos(math.pi * epoch / max(recipe.epochs, 1)))
 
 
@@ -214,7 +231,8 @@ def train_epoch(
         if own is not None:
             loss, logits = own
         else:
-            model.eval()  # craft attacks with fixed BN statistics, as in most AT code
+            if recipe.attack_mode == "eval":  # fixed BN statistics, as in most AT code
+                model.eval()
             x_adv = adversarial_examples(model, x, y, recipe, eps, norm)
             model.train()
             losses, logits = per_sample_loss(model, x, x_adv, y, recipe)
