@@ -222,6 +222,24 @@ def cmd_launch(args) -> int:
     return 0
 
 
+def example_summary(text: str, limit: int = 150) -> str:
+    """The first sentence of a spec's header comment, which may run over several lines, cut at a
+    word when long ("et al." and "e.g." end no sentence)."""
+    header = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").strip())
+    words = " ".join(header).split()
+    sentence = []
+    for word in words:
+        sentence.append(word)
+        if word.endswith(".") and word not in ("al.", "e.g.", "i.e.", "vs.") and len(sentence) > 2:
+            break
+    summary = " ".join(sentence)
+    return summary if len(summary) <= limit else summary[: summary.rfind(" ", 0, limit)] + " …"
+
+
 def print_recipe(name: str) -> int:
     from apgrid.grid.spec import SpecError
     from apgrid.trainables.methods import method
@@ -355,20 +373,22 @@ def cmd_list(args) -> int:
             "pipeline: A = prune after training, B = before training, D = during training (Piras et al. 2024)"
         )
     elif args.what == "architectures":
+        from apgrid.grid.spec import takes_images
+        from apgrid.trainables.data import DATASETS
         from apgrid.trainables.models import ARCHITECTURES, parameter_count
 
         for name, make in ARCHITECTURES.items():
-            print(f"{name:12s} {parameter_count(make(3, 10)) / 1e6:7.2f}M parameters (3x32x32, 10 classes)")
+            takes = [d for d in DATASETS if takes_images(name, d)]
+            channels = DATASETS[takes[0]].image_shape[0] if takes else 3
+            count = parameter_count(make(channels, 10)) / 1e6
+            print(f"{name:20s} {count:7.2f}M parameters (10 classes); takes {', '.join(takes) or 'none'}")
     elif args.what == "examples":
         from apgrid.grid.spec import EXAMPLES
 
         for path in sorted(EXAMPLES.glob("*.yaml")):
-            first = next(
-                (line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")),
-                "",
-            )
+            first = example_summary(path.read_text())
             print(f"{path.name:26s} {first}")
-        print(f"(in {EXAMPLES}; `apgrid launch {EXAMPLES / 'NAME.yaml'}`)")
+        print(f"(in {EXAMPLES}; `apgrid launch NAME.yaml` runs one)")
     else:
         from apgrid.trainables.data import DATASETS
 

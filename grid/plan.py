@@ -256,7 +256,7 @@ def forward_flops(arch: str, image_shape: tuple[int, int, int], num_classes: int
         )
         x = torch.empty(1, *image_shape)
     with FlopCounterMode(display=False) as counter:
-        model(x)
+        model.eval()(x)  # batch norm in training mode refuses a batch of one 1x1 map (resnet18 on digits)
     return float(counter.get_total_flops())
 
 

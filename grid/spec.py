@@ -240,8 +240,11 @@ def load_spec(
     """Read and validate a YAML spec (the demo when path is None); `output` overrides spec.output,
     and each override 'key.path=value' (value read as YAML) the field it names."""
     path = Path(path) if path else DEFAULT_SPEC
+    packaged = EXAMPLES / path.with_suffix(".yaml").name
+    if not path.is_file() and path.parent == Path(".") and packaged.is_file():
+        path = packaged  # `apgrid launch thin-ice.yaml` (or `thin-ice`): a packaged example by name
     if not path.is_file():
-        raise SpecError(f"spec: no such file {path}")
+        raise SpecError(f"spec: no such file {path} (packaged examples: `apgrid list examples`)")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:

@@ -379,3 +379,20 @@ def test_every_field_is_checked_from_its_type_and_metadata(section):
             node[f.name] = bound - 1
             with pytest.raises(SpecError, match=rf"^{re.escape(where)}: "):
                 parse_spec(raw)
+
+
+def test_packaged_examples_by_name_and_lists_that_say_true_things(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no grid/examples here: the name finds the packaged one
+    out = str(tmp_path / "o")
+    assert main(["launch", "thin-ice.yaml", "--dry-run", "--set", "dataset.root=/tmp", "--output", out]) == 0
+    assert main(["launch", "demo", "--dry-run", "--output", out]) == 0
+    assert main(["launch", "no-such-example.yaml", "--dry-run"]) == 2
+    assert "apgrid list examples" in capsys.readouterr().err
+    assert main(["list", "examples"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.endswith((".", "…"))]
+    assert len(lines) == len(list(DEFAULT_SPEC.parent.glob("*.yaml")))  # whole sentences, or marked cut
+    assert main(["list", "architectures"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert rows["digits-cnn"].endswith("takes digits") and "cifar10" in rows["resnet18"].split("takes")[1]
+    # an architecture that takes digits' 8x8 images plans without a traceback (BN on a 1x1 map)
+    assert main(["launch", "--dry-run", "--set", "dense.architectures=[resnet18]", "--output", out]) == 0
