@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from apgrid.trainables import pruning
+from apgrid.trainables import masks as masking
 from apgrid.trainables.evaluation import (
     EvalSettings,
     ThreatModel,
@@ -20,6 +20,8 @@ from apgrid.trainables.evaluation import (
     fit_batch_size,
     memory_budget,
 )
+from apgrid.trainables.methods.magnitude import prune_magnitude
+from apgrid.trainables.methods.scores import hydra_attach_scores, hydra_finalize
 from apgrid.trainables.models import ARCHITECTURES, build_model
 from apgrid.trainables.training import Recipe, train_epoch
 
@@ -82,23 +84,23 @@ def test_masks_stay_on_the_device_through_pruning_and_a_training_step():
     checkpoint all live on the model's device, and pruned weights stay zero after a step."""
     torch.manual_seed(0)
     magnitude = build_model("resnet18", 3, 10, MEAN, STD).to(CUDA)
-    pruning.prune_magnitude(magnitude, 0.9, "local")
+    prune_magnitude(magnitude, 0.9, "local")
     hydra = build_model("resnet18", 3, 10, MEAN, STD).to(CUDA)
-    pruning.hydra_attach_scores(hydra, 0.9)
-    pruning.hydra_finalize(hydra)
+    hydra_attach_scores(hydra, 0.9)
+    hydra_finalize(hydra)
     loaded = build_model("resnet18", 3, 10, MEAN, STD).to(CUDA)
-    pruning.apply_masks(loaded, {k: v.cpu() for k, v in pruning.masks_of(magnitude).items()})
+    masking.apply_masks(loaded, {k: v.cpu() for k, v in masking.masks_of(magnitude).items()})
     x, y = cifar_like(64)
     for model in (magnitude, hydra, loaded):
-        masks = pruning.masks_of(model)
+        masks = masking.masks_of(model)
         assert masks and all(m.device.type == CUDA.type for m in masks.values())
-        assert pruning.measured_sparsity(model) == pytest.approx(0.9, abs=0.01)
+        assert masking.measured_sparsity(model) == pytest.approx(0.9, abs=0.01)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         recipe = Recipe(epochs=1, batch_size=64, pgd_steps=2)
         train_epoch(
             model, optimizer, x, y, recipe=recipe, eps=THREAT.eps, norm="Linf", seed=0, epoch=0, device=CUDA
         )
-        assert pruning.measured_sparsity(model) == pytest.approx(0.9, abs=0.01)
+        assert masking.measured_sparsity(model) == pytest.approx(0.9, abs=0.01)
 
 
 def test_autoattack_and_fmn_on_cuda_match_the_cpu_on_one_block():
@@ -160,7 +162,7 @@ def test_two_evaluation_actors_share_one_card_at_half_a_gpu(ray_session, tmp_pat
         pytest.skip("Ray sees no GPU")
     model = trained_small(CUDA)
     ModelStore(tmp_path).save(
-        "m", pruning.plain_state_dict(model), pruning.masks_of(model), {"arch": "cifar-small"}
+        "m", masking.plain_state_dict(model), masking.masks_of(model), {"arch": "cifar-small"}
     )
     info = {"image_shape": SHAPE, "num_classes": 10, "mean": MEAN, "std": STD}
     actors = [
