@@ -249,6 +249,18 @@ def tune_fmn(
     return best, best_median, plain_median
 
 
+def _host_side(classifier_cls):
+    """secml-torch 1.5's FMN keeps its best distances and ε radii on the CPU whatever the model's
+    device, and fails on CUDA ("Expected all tensors to be on the same device", first seen on an
+    H200): the attack's state stays on the CPU and only the model's passes run on its device."""
+
+    class HostSide(classifier_cls):
+        def _decision_function(self, x: torch.Tensor) -> torch.Tensor:
+            return self._model(x.to(next(self._model.parameters()).device)).cpu()
+
+    return HostSide
+
+
 def fmn(
     model: nn.Module,
     x: torch.Tensor,
@@ -276,7 +288,7 @@ def fmn(
     model.eval()
     perturbation = {"Linf": "linf", "L2": "l2", "L1": "l1"}[norm]
     device = next(model.parameters()).device
-    classifier, x_adv = BasePyTorchClassifier(model), []
+    classifier, x_adv = _host_side(BasePyTorchClassifier)(model), []
     for start in range(0, len(y), batch_size):
         # a fresh attack per batch: secml-torch 1.x keeps per-batch state sized by the first
         # batch and fails on a shorter last one (tests/test_evaluation.py)
@@ -290,7 +302,7 @@ def fmn(
         if config is not None and not config.is_plain:
             _configure(attack, config, steps, step_size)
         chunk = slice(start, start + batch_size)
-        loader = DataLoader(TensorDataset(x[chunk].to(device), y[chunk].to(device)), batch_size=batch_size)
+        loader = DataLoader(TensorDataset(x[chunk].cpu(), y[chunk].cpu()), batch_size=batch_size)
         x_adv += [adv.detach().cpu() for adv, _ in attack(classifier, loader, stream=True)]
     x_adv = torch.cat(x_adv)
     with torch.no_grad():
