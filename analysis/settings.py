@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 from apgrid.analysis.transfer import TRANSFER_ATTACKS
 
+# How Table 2's AUC intervals are computed: DeLong's variance (the default: one sort a test) or a
+# percentile bootstrap of each population (a sort a resample, ~100x slower); thin_ice.auc_smaller
+AUC_INTERVALS = ("delong", "bootstrap")
+
 
 @dataclass(frozen=True)
 class AnalysisSettings:
@@ -24,4 +28,7 @@ class AnalysisSettings:
     slice_samples: int = field(
         default=2, metadata={"min": 0}
     )  # Figure 1: S10 and S01 samples sliced per pruned model
-    bootstrap_resamples: int = field(default=1000, metadata={"min": 0})  # for the AUC confidence intervals
+    # Table 2's AUC intervals: DeLong's variance (one sort a test), or a percentile bootstrap of
+    # `bootstrap_resamples` resamples of each population (as many sorts; 0: no interval)
+    auc_interval: str = field(default="delong", metadata={"choices": AUC_INTERVALS})
+    bootstrap_resamples: int = field(default=1000, metadata={"min": 0})  # with auc_interval: bootstrap
