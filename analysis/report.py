@@ -190,7 +190,8 @@ def statistics_sections(
         rows.append(
             thin_ice_row(model_id, first, joined, settings.bootstrap_resamples, settings.auc_interval)
         )
-        scatters.append(plots.thin_ice_scatter(joined, model_id, folder / f"fig2_{model_id}.png"))
+        if settings.figure2_models is None or len(scatters) < settings.figure2_models:
+            scatters.append(plots.thin_ice_scatter(joined, model_id, folder / f"fig2_{model_id}.png"))
     table2 = pd.DataFrame(rows)
     seeds = seed_table(models)
     taxonomy = {m.name: m.taxonomy for m in PRUNING_METHODS.values()}
@@ -253,6 +254,11 @@ def statistics_sections(
     )
     if not len(table2):
         s2.text.append("_No pruned model with its dense parent evaluated._")
+    elif len(scatters) < len(table2):
+        s2.text.append(
+            f"Figure 2 is drawn for the first {len(scatters)} of the {len(table2)} pruned models "
+            "(`analysis.figure2_models`); the table holds every one."
+        )
     s2.title += " (Figure 2: dense logit margin vs ε per population)"
     several = bool((seeds["seeds"] > 1).any())
     s3 = Section(

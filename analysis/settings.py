@@ -28,6 +28,9 @@ class AnalysisSettings:
     slice_samples: int = field(
         default=2, metadata={"min": 0}
     )  # Figure 1: S10 and S01 samples sliced per pruned model
+    # Figure 2 (a scatter per pruned model, ~0.15 s each) for at most this many pruned models, the
+    # first in the report's order; None: every one. Table 2 holds every model whatever it is
+    figure2_models: int | None = field(default=128, metadata={"min": 0})
     # Table 2's AUC intervals: DeLong's variance (one sort a test), or a percentile bootstrap of
     # `bootstrap_resamples` resamples of each population (as many sorts; 0: no interval)
     auc_interval: str = field(default="delong", metadata={"choices": AUC_INTERVALS})

@@ -132,8 +132,9 @@ def thin_ice_row(
 ) -> dict:
     """Table 2's row of one pruned model, from its rows joined with its dense parent's."""
     tests = thin_ice_tests(joined, resamples, interval=interval)
-    bounded = thin_ice_tests(joined, column="eps_bounded", interval=None)  # AUC and p only
-    untargeted = thin_ice_tests(joined, column="eps_untargeted", interval=None)
+    # the other readings of ε: their AUC and one-sided p only
+    bounded = thin_ice_tests(joined, column="eps_bounded", interval=None, two_sided=False)
+    untargeted = thin_ice_tests(joined, column="eps_untargeted", interval=None, two_sided=False)
     row = {
         "model_id": model_id,
         "method": first["method"],

@@ -65,18 +65,33 @@ def join_dense_pruned(dense: pd.DataFrame, pruned: pd.DataFrame) -> pd.DataFrame
             "pruned_aa": p["aa_correct"].astype("boolean") if "aa_correct" in p else pd.NA,
         }
     )
-    joined["population"] = (
-        "S"
-        + joined["dense_correct"].astype(int).astype(str)
-        + joined["pruned_correct"].astype(int).astype(str)
-    )
+    codes = 2 * joined["dense_correct"].to_numpy(dtype=int) + joined["pruned_correct"].to_numpy(dtype=int)
+    joined["population"] = np.array(POPULATIONS)[codes]  # S_ab: a dense correct, b pruned correct
     return joined.reset_index()
+
+
+# what join_dense_pruned reads of each model
+DENSE_COLUMNS = (
+    "sample_idx",
+    "label",
+    "clean_correct",
+    "pgd_correct",
+    "aa_correct",
+    "logit_margin",
+    "eps",
+    "fmn_eps",
+    "fmn_found",
+    "fmn_overstated",
+    "fmn_eps_bounded",
+    "fmn_eps_untargeted",
+)
+PRUNED_COLUMNS = ("sample_idx", "clean_correct", "aa_correct")
 
 
 def pruned_pairs(samples: pd.DataFrame | Samples):
     """(model_id, its first row, joined rows) for every pruned model whose dense parent was
-    evaluated too, in the order the models appear; one pair's rows read at a time (a dense
-    model's kept while its pruned children follow it)."""
+    evaluated too, in the order the models appear; one pair's rows read at a time, only the
+    columns the join takes (a dense model's kept while its pruned children follow it)."""
     samples = as_samples(samples)
     known = set(samples.model_ids)
     dense_id, dense = None, None
@@ -86,13 +101,13 @@ def pruned_pairs(samples: pd.DataFrame | Samples):
             continue
         if first["dense_model_id"] != dense_id:
             dense_id = first["dense_model_id"]
-            dense = samples.rows(dense_id)
-        yield model_id, first, join_dense_pruned(dense, samples.rows(model_id))
+            dense = samples.rows(dense_id, DENSE_COLUMNS)
+        yield model_id, first, join_dense_pruned(dense, samples.rows(model_id, PRUNED_COLUMNS))
 
 
 def population_shares(joined: pd.DataFrame) -> dict[str, float]:
-    counts = joined["population"].value_counts()
-    return {pop: counts.get(pop, 0) / len(joined) for pop in POPULATIONS}
+    population = joined["population"].to_numpy()
+    return {pop: int((population == pop).sum()) / len(joined) for pop in POPULATIONS}
 
 
 NAN = float("nan")
@@ -116,18 +131,24 @@ def _auc(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def auc_smaller(
-    x: np.ndarray, y: np.ndarray, resamples: int = 1000, seed: int = 0, interval: str | None = "delong"
+    x: np.ndarray,
+    y: np.ndarray,
+    resamples: int = 1000,
+    seed: int = 0,
+    interval: str | None = "delong",
+    two_sided: bool = True,
 ) -> AucTest:
-    """AUC that a value of x is smaller than one of y, the Mann-Whitney U tests behind it and a
-    95 % interval: DeLong's (`interval="delong"`), a bootstrap one with x and y resampled
-    independently (`"bootstrap"`, `resamples` times; 0 skips it) or none (None)."""
+    """AUC that a value of x is smaller than one of y, the Mann-Whitney U tests behind it (the
+    two-sided one unless `two_sided=False`) and a 95 % interval: DeLong's (`interval="delong"`),
+    a bootstrap one with x and y resampled independently (`"bootstrap"`, `resamples` times; 0
+    skips it) or none (None)."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     x, y = x[np.isfinite(x)], y[np.isfinite(y)]
     if len(x) == 0 or len(y) == 0:
         return AucTest(NAN, NAN, len(x), len(y))
     u_y, p = mannwhitneyu(y, x, alternative="greater")  # U of y = #pairs(y > x) + ties/2
-    two_sided = mannwhitneyu(y, x, alternative="two-sided").pvalue
+    p_two = mannwhitneyu(y, x, alternative="two-sided").pvalue if two_sided else NAN
     low = high = NAN
     if interval is not None and interval not in AUC_INTERVALS:
         raise ValueError(f"interval: {interval!r}; one of {', '.join(AUC_INTERVALS)} or None")
@@ -145,7 +166,7 @@ def auc_smaller(
                 rng=np.random.default_rng(seed),
             )
             low, high = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
-    return AucTest(float(u_y / (len(x) * len(y))), float(p), len(x), len(y), float(two_sided), low, high)
+    return AucTest(float(u_y / (len(x) * len(y))), float(p), len(x), len(y), float(p_two), low, high)
 
 
 def delong_interval(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -184,17 +205,22 @@ def mcnemar(dense_correct: np.ndarray, pruned_correct: np.ndarray) -> McNemarTes
 
 
 def thin_ice_tests(
-    joined: pd.DataFrame, resamples: int = 1000, column: str = "eps", interval: str | None = "delong"
+    joined: pd.DataFrame,
+    resamples: int = 1000,
+    column: str = "eps",
+    interval: str | None = "delong",
+    two_sided: bool = True,
 ) -> dict[str, AucTest]:
     """Table 2's two tests: ε(S10) < ε(S11) and |ε(S01)| < |ε(S00)| on one reading of ε
     (`column`: eps, eps_bounded or eps_untargeted); samples without a distance are left out and
     counted beside the table."""
-    eps = joined.set_index("population")[column]
+    eps = joined[column].to_numpy(dtype=float)
+    population = joined["population"].to_numpy()
 
-    def pick(pop):
-        return eps[eps.index == pop].to_numpy(dtype=float)
+    def test(x, y):
+        return auc_smaller(x, y, resamples, interval=interval, two_sided=two_sided)
 
     return {
-        "S10<S11": auc_smaller(pick("S10"), pick("S11"), resamples, interval=interval),
-        "|S01|<|S00|": auc_smaller(np.abs(pick("S01")), np.abs(pick("S00")), resamples, interval=interval),
+        "S10<S11": test(eps[population == "S10"], eps[population == "S11"]),
+        "|S01|<|S00|": test(np.abs(eps[population == "S01"]), np.abs(eps[population == "S00"])),
     }

@@ -450,3 +450,13 @@ def test_streamed_report_equals_the_one_from_every_row(tmp_path, interval):
     assert "HO-FMN" in md and "(apgd-ce, apgd-t only)" in md
     method = "bootstrap interval (100 resamples" if interval == "bootstrap" else "DeLong's variance"
     assert method in md
+
+
+def test_figure2_is_drawn_for_at_most_figure2_models(tmp_path):
+    """A scatter per pruned model costs ~0.15 s: a grid of hundreds draws the first N, says so,
+    and Table 2 keeps every model."""
+    settings = AnalysisSettings(figure2_models=1, transfer_attacks=(), costs=False)
+    paths = write_report(samples_fixture(), tmp_path / "report", "fixture", settings)
+    assert len(list((tmp_path / "report").glob("fig2_*.png"))) == 1
+    assert len(pd.read_csv(tmp_path / "report" / "table2_thin_ice.csv")) == 4
+    assert "Figure 2 is drawn for the first 1 of the 4 pruned models" in paths["report.md"].read_text()
