@@ -308,8 +308,13 @@ def analyze_once(output: Path, read: str) -> None:
     def peak_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
+    def cpu_seconds() -> float:  # this process's user + system time: what other work cannot inflate
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     settings = AnalysisSettings(bootstrap_resamples=200)
     imported = peak_mib()
+    cpu = cpu_seconds()
     began = time.perf_counter()
     if read == "frame":
         samples = read_samples(output)
@@ -319,7 +324,12 @@ def analyze_once(output: Path, read: str) -> None:
         samples = open_samples(output)
     write_report(samples, output / "report", "scale", settings)
     seconds = time.perf_counter() - began
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_mib(), "after_imports_mib": imported}))
+    cpu = cpu_seconds() - cpu
+    print(
+        json.dumps(
+            {"seconds": seconds, "cpu_s": cpu, "peak_rss_mib": peak_mib(), "after_imports_mib": imported}
+        )
+    )
 
 
 def run_analyze(row_counts: list[float], read: str, samples: int = 10_000) -> None:
@@ -328,8 +338,11 @@ def run_analyze(row_counts: list[float], read: str, samples: int = 10_000) -> No
     import json
 
     print(f"analysis: read = {read}")
-    print("| rows | models | written s | analysis s | per million rows s | peak RSS MiB | after imports MiB")
-    print("|---|---|---|---|---|---|---")
+    print(
+        "| rows | models | written s | analysis s | its CPU s | per million rows s | peak RSS MiB "
+        "| after imports MiB"
+    )
+    print("|---|---|---|---|---|---|---|---")
     for total in row_counts:
         models = int(total) // samples
         with tempfile.TemporaryDirectory() as tmp:
@@ -345,7 +358,7 @@ def run_analyze(row_counts: list[float], read: str, samples: int = 10_000) -> No
                 raise SystemExit(f"the analysis of {rows:,} rows failed:\n{done.stderr[-3000:]}")
             got = json.loads(done.stdout.strip().splitlines()[-1])
         print(
-            f"| {rows:,} | {models} | {written:.1f} | {got['seconds']:.1f} | "
+            f"| {rows:,} | {models} | {written:.1f} | {got['seconds']:.1f} | {got['cpu_s']:.1f} | "
             f"{got['seconds'] / (rows / 1e6):.2f} | {got['peak_rss_mib']:.0f} | "
             f"{got['after_imports_mib']:.0f}",
             flush=True,
