@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from apgrid.analysis.tables import security_curve
 from apgrid.analysis.thin_ice import POPULATIONS
 
 COLORS = {"S00": "tab:gray", "S01": "tab:green", "S10": "tab:red", "S11": "tab:blue"}
+LEGEND_MODELS = 12  # security curves: models named in the legend (more overflow its 4 inches)
 
 
 def thin_ice_scatter(joined: pd.DataFrame, title: str, path: Path) -> Path:
@@ -41,31 +41,36 @@ def thin_ice_scatter(joined: pd.DataFrame, title: str, path: Path) -> Path:
 
 
 def security_curves(
-    samples: pd.DataFrame, threat_eps: float, path: Path, aa_acc: dict[str, float] | None = None
+    lines: list[tuple[pd.Series, np.ndarray, float]], grid: np.ndarray, threat_eps: float, path: Path
 ) -> Path:
-    """Robust accuracy vs ε from FMN, every model of one architecture overlaid; AutoAttack's
-    accuracy at the threat ε (when given) as a cross in the model's colour."""
-    max_eps = max(threat_eps * 3, float(samples["fmn_eps"].abs().quantile(0.95)))
-    grid = np.linspace(0, max_eps, 200)
+    """Robust accuracy vs ε from FMN, every model of one architecture overlaid: per model its
+    first row (role, method, sparsity, norm), its curve over `grid` and its AutoAttack accuracy
+    at the threat ε, a cross in the model's colour (NaN: none). The legend names the first
+    LEGEND_MODELS models and counts the others (a legend of hundreds fills the figure and takes
+    seconds to lay out)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for model_id, rows in samples.groupby("model_id", sort=False):
-        first = rows.iloc[0]
+    for i, (first, curve, aa) in enumerate(lines):
         label = "dense" if first["role"] == "dense" else f"{first['method']} {first['sparsity']:.0%}"
+        if i >= LEGEND_MODELS:
+            label = "_nolegend_"
         (line,) = ax.plot(
             grid,
-            security_curve(rows, grid),
+            curve,
             lw=2 if first["role"] == "dense" else 1,
             color="black" if first["role"] == "dense" else None,
             label=label,
         )
-        aa = (aa_acc or {}).get(model_id, float("nan"))
         if np.isfinite(aa):
             ax.plot([threat_eps], [aa], marker="x", markersize=8, color=line.get_color())
+    if len(lines) > LEGEND_MODELS:
+        ax.plot([], [], " ", label=f"… {len(lines) - LEGEND_MODELS} more models")
     ax.axvline(threat_eps, color="tab:red", ls="--", lw=0.8, label=f"threat ε = {threat_eps:.4g}")
-    ax.set_xlabel(f"ε ({samples['norm'].iloc[0]})")
+    ax.set_xlabel(f"ε ({lines[0][0]['norm']})")
     ax.set_ylabel("robust accuracy (FMN)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
+    # "best" scans every line for the emptiest corner: seconds with hundreds of curves, which fall
+    # from the top left, so the top right is free
+    ax.legend(fontsize=7, loc="best" if len(lines) <= LEGEND_MODELS else "upper right")
     return _save(fig, path)
 
 

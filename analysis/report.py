@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from apgrid.analysis import plots
+from apgrid.analysis.samples import Samples, as_samples, streamed_quantile
 from apgrid.analysis.settings import AnalysisSettings
 from apgrid.analysis.tables import (
     comparison_table,
@@ -25,8 +26,9 @@ from apgrid.analysis.tables import (
     leaderboard,
     model_table,
     reevaluation_table,
+    security_curve,
     seed_table,
-    thin_ice_table,
+    thin_ice_row,
 )
 from apgrid.analysis.thin_ice import pruned_pairs
 
@@ -174,7 +176,7 @@ def _verdict_text(verdicts: pd.DataFrame) -> str:
 
 
 def statistics_sections(
-    samples: pd.DataFrame,
+    samples: Samples,
     models: pd.DataFrame,
     folder: Path,
     settings: AnalysisSettings,
@@ -183,7 +185,14 @@ def statistics_sections(
     from apgrid.trainables.methods import PRUNING_METHODS
 
     table1 = reevaluation_table(models, reported)
-    table2 = thin_ice_table(samples, settings.bootstrap_resamples)
+    rows, scatters = [], []  # Table 2 and Figure 2, one dense/pruned pair read at a time
+    for model_id, first, joined in pruned_pairs(samples):
+        rows.append(
+            thin_ice_row(model_id, first, joined, settings.bootstrap_resamples, settings.auc_interval)
+        )
+        if settings.figure2_models is None or len(scatters) < settings.figure2_models:
+            scatters.append(plots.thin_ice_scatter(joined, model_id, folder / f"fig2_{model_id}.png"))
+    table2 = pd.DataFrame(rows)
     seeds = seed_table(models)
     taxonomy = {m.name: m.taxonomy for m in PRUNING_METHODS.values()}
     leader = leaderboard(models, taxonomy, samples)
@@ -198,17 +207,8 @@ def statistics_sections(
         "comparisons": compare,
         "findings": verdicts,
     }
-
-    eps = float(samples["eps"].iloc[0])
-    aa = dict(zip(models["model_id"], models["aa_acc"]))
-    curves = [
-        plots.security_curves(rows, eps, folder / f"security_curve_{arch}.png", aa)
-        for arch, rows in samples.groupby("arch")
-    ]
-    scatters = [
-        plots.thin_ice_scatter(joined, model_id, folder / f"fig2_{model_id}.png")
-        for model_id, _, joined in pruned_pairs(samples)
-    ]
+    eps = float(samples.first(samples.model_ids[0])["eps"])
+    curves = security_curve_figures(samples, dict(zip(models["model_id"], models["aa_acc"])), eps, folder)
 
     weak = table1[table1["fmn_weaker_than_aa"]]["model_id"].tolist()
     s1 = Section(
@@ -235,8 +235,7 @@ def statistics_sections(
         [
             "Populations S_ab: a = dense model correct on the clean sample, b = pruned model correct "
             "(shares of the test samples). ε = the dense model's signed FMN distance. AUC = P(first "
-            "population's ε < second's), with a 95 % percentile bootstrap interval "
-            f"({settings.bootstrap_resamples} resamples of each population). The paper's hypotheses are "
+            f"population's ε < second's), with {_interval_text(settings)}. The paper's hypotheses are "
             "directional, so the test is the **one-sided** Mann-Whitney U; the two-sided p is beside it. "
             "McNemar: exact test that dense and pruned models err equally often (discordant pairs), on "
             "clean and on AutoAttack correctness. Samples whose dense FMN found nothing are left out of "
@@ -255,6 +254,11 @@ def statistics_sections(
     )
     if not len(table2):
         s2.text.append("_No pruned model with its dense parent evaluated._")
+    elif len(scatters) < len(table2):
+        s2.text.append(
+            f"Figure 2 is drawn for the first {len(scatters)} of the {len(table2)} pruned models "
+            "(`analysis.figure2_models`); the table holds every one."
+        )
     s2.title += " (Figure 2: dense logit margin vs ε per population)"
     several = bool((seeds["seeds"] > 1).any())
     s3 = Section(
@@ -295,6 +299,48 @@ def statistics_sections(
         figures=curves,
     )
     return [s1, s2, s3, s4, s5], tables
+
+
+def _interval_text(settings: AnalysisSettings) -> str:
+    if settings.auc_interval == "bootstrap":
+        return (
+            f"a 95 % percentile bootstrap interval ({settings.bootstrap_resamples} resamples of each "
+            "population)"
+        )
+    return (
+        "a 95 % interval from DeLong's variance (DeLong et al. 1988: the Mann-Whitney AUC's "
+        "variance from each sample's placement among the other population; normal approximation, "
+        "clipped to [0, 1]; `analysis.auc_interval: bootstrap` for a bootstrap one)"
+    )
+
+
+def security_curve_figures(
+    samples: Samples, aa_acc: dict[str, float], eps: float, folder: Path
+) -> list[Path]:
+    """One figure per architecture, its models' FMN security curves overlaid up to the larger of
+    3 ε and the 95th percentile of their |ε_FMN|: each model's rows read twice (the percentile,
+    then its curve), none held."""
+    by_arch: dict[str, list[str]] = {}
+    for model_id in samples.model_ids:
+        arch = samples.first(model_id)["arch"]
+        if not pd.isna(arch):
+            by_arch.setdefault(arch, []).append(model_id)
+    figures = []
+    for arch in sorted(by_arch):
+        ids = by_arch[arch]
+
+        def distances(ids=ids):
+            return (
+                np.abs(rows["fmn_eps"].to_numpy(dtype=float)) for _, rows in samples.each(["fmn_eps"], ids)
+            )
+
+        grid = np.linspace(0, max(eps * 3, streamed_quantile(distances, 0.95)), 200)
+        lines = [
+            (samples.first(model_id), security_curve(rows, grid), aa_acc.get(model_id, float("nan")))
+            for model_id, rows in samples.each(["clean_correct", "fmn_eps"], ids)
+        ]
+        figures.append(plots.security_curves(lines, grid, eps, folder / f"security_curve_{arch}.png"))
+    return figures
 
 
 def cost_section(
@@ -382,9 +428,7 @@ def transfer_section(
     ), table
 
 
-def slice_section(
-    samples: pd.DataFrame, access: ModelAccess, settings: AnalysisSettings, folder: Path
-) -> Section:
+def slice_section(samples: Samples, access: ModelAccess, settings: AnalysisSettings, folder: Path) -> Section:
     import torch
 
     from apgrid.trainables.attacks import fmn
@@ -455,7 +499,7 @@ def _cached(path: Path, compute, key: dict):
 
 
 def write_report(
-    samples: pd.DataFrame,
+    samples: pd.DataFrame | Samples,
     folder: Path,
     grid_name: str,
     settings: AnalysisSettings = AnalysisSettings(),
@@ -469,9 +513,11 @@ def write_report(
     authors (the model cards')."""
     folder.mkdir(parents=True, exist_ok=True)
     cache = folder.parent / "analysis_cache"
+    samples = as_samples(samples)
     models = model_table(samples)
     sections, tables = statistics_sections(samples, models, folder, settings, reported)
-    eps = float(samples["eps"].iloc[0])
+    first = samples.first(samples.model_ids[0])  # the grid's settings, as every row holds them
+    eps = float(first["eps"])
     if access is None:
         sections.append(
             Section(
@@ -492,16 +538,16 @@ def write_report(
         sections.append(section)
     sections.append(Section("Models", [], [("", models)]))
 
-    threat = f"{samples['norm'].iloc[0]}, ε = {eps:.6g}"
+    threat = f"{first['norm']}, ε = {eps:.6g}"
     intro = Section(
         "Summary",
         [
             f"{len(models)} model{'s' * (len(models) != 1)} ({(models['role'] == 'dense').sum()} dense, "
             f"{(models['role'] == 'pruned').sum()} pruned), {int(models['num_samples'].iloc[0])} test "
             f"samples each; threat model {threat}; AutoAttack "
-            f"`{samples['autoattack_version'].iloc[0]}`{_autoattack_subset(samples)}, "
-            f"PGD-{int(samples['pgd_steps'].iloc[0])}, "
-            f"FMN {int(samples['fmn_steps'].iloc[0])} steps{_which_fmn(samples, models)}. "
+            f"`{first['autoattack_version']}`{_autoattack_subset(first)}, "
+            f"PGD-{int(first['pgd_steps'])}, "
+            f"FMN {int(first['fmn_steps'])} steps{_which_fmn(samples, models)}. "
             f"Every table is also a CSV beside this page; settings: {json.dumps(asdict(settings))}."
         ],
     )
@@ -550,12 +596,16 @@ def _off_target(leader: pd.DataFrame) -> str:
     return f"**Not at their cell's sparsity** (their rank compares unlike budgets): {listed}."
 
 
-def _which_fmn(samples: pd.DataFrame, models: pd.DataFrame) -> str:
+def _which_fmn(samples: Samples, models: pd.DataFrame) -> str:
     """Which FMN ran: plain FMN alone, or HO-FMN beside it with each model's tuned configuration
     and, over `models` (the model table), the samples each overstated."""
-    if "fmn_ho_config" not in samples or samples["fmn_ho_config"].isna().all():
+    picks = {}
+    for model_id, rows in samples.each(["fmn_ho_config"]):
+        configs = rows["fmn_ho_config"].dropna() if "fmn_ho_config" in rows else ()
+        if len(configs):
+            picks[model_id] = configs.iloc[0]
+    if not picks:
         return " (plain FMN)"
-    picks = samples.groupby("model_id", sort=False)["fmn_ho_config"].first().dropna()
     listed = "; ".join(f"{m}: {c}" for m, c in picks.items())
     return (
         f" (plain FMN and HO-FMN, whose distance per sample is the smaller of plain FMN's and the "
@@ -565,13 +615,14 @@ def _which_fmn(samples: pd.DataFrame, models: pd.DataFrame) -> str:
     )
 
 
-def _autoattack_subset(samples: pd.DataFrame) -> str:
-    """' (apgd-ce, apgd-t only)' when the grid ran part of the version's ensemble, else ''."""
+def _autoattack_subset(first: pd.Series) -> str:
+    """' (apgd-ce, apgd-t only)' when the grid ran part of the version's ensemble (as the first
+    row says), else ''."""
     from apgrid.trainables.attacks import AUTOATTACK_ENSEMBLES
 
-    if "autoattack_attacks" not in samples:  # rows written before the column existed: all ran
+    if "autoattack_attacks" not in first:  # rows written before the column existed: all ran
         return ""
-    ran = samples["autoattack_attacks"].iloc[0].split(",")
-    if tuple(ran) == AUTOATTACK_ENSEMBLES[samples["autoattack_version"].iloc[0]]:
+    ran = first["autoattack_attacks"].split(",")
+    if tuple(ran) == AUTOATTACK_ENSEMBLES[first["autoattack_version"]]:
         return ""
     return f" ({', '.join(ran)} only)"

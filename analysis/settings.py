@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 from apgrid.analysis.transfer import TRANSFER_ATTACKS
 
+# How Table 2's AUC intervals are computed: DeLong's variance (the default: one sort a test) or a
+# percentile bootstrap of each population (a sort a resample, ~100x slower); thin_ice.auc_smaller
+AUC_INTERVALS = ("delong", "bootstrap")
+
 
 @dataclass(frozen=True)
 class AnalysisSettings:
@@ -24,4 +28,10 @@ class AnalysisSettings:
     slice_samples: int = field(
         default=2, metadata={"min": 0}
     )  # Figure 1: S10 and S01 samples sliced per pruned model
-    bootstrap_resamples: int = field(default=1000, metadata={"min": 0})  # for the AUC confidence intervals
+    # Figure 2 (a scatter per pruned model, ~0.15 s each) for at most this many pruned models, the
+    # first in the report's order; None: every one. Table 2 holds every model whatever it is
+    figure2_models: int | None = field(default=128, metadata={"min": 0})
+    # Table 2's AUC intervals: DeLong's variance (one sort a test), or a percentile bootstrap of
+    # `bootstrap_resamples` resamples of each population (as many sorts; 0: no interval)
+    auc_interval: str = field(default="delong", metadata={"choices": AUC_INTERVALS})
+    bootstrap_resamples: int = field(default=1000, metadata={"min": 0})  # with auc_interval: bootstrap

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from apgrid.analysis.samples import Samples, as_samples
 from apgrid.analysis.thin_ice import mcnemar, population_shares, pruned_pairs, thin_ice_tests, with_bounds
 from apgrid.trainables.methods import PRUNING_METHODS
 
@@ -74,10 +75,11 @@ def ho_fmn_metrics(rows: pd.DataFrame, correct: pd.Series, eps: float) -> dict[s
     }
 
 
-def model_table(samples: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: its identity columns and summary metrics."""
+def model_table(samples: pd.DataFrame | Samples) -> pd.DataFrame:
+    """One row per model: its identity columns and summary metrics (one model's rows read at a
+    time)."""
     out = []
-    for _, rows in samples.groupby("model_id", sort=False):
+    for _, rows in as_samples(samples).each():
         first = rows.iloc[0]
         out.append({**{c: first[c] for c in MODEL_COLUMNS}, **summarize(rows, float(first["eps"]))})
     table = pd.DataFrame(out)
@@ -114,64 +116,73 @@ def reevaluation_table(models: pd.DataFrame, reported: dict | None = None) -> pd
     return t
 
 
-def thin_ice_table(samples: pd.DataFrame, resamples: int = 1000) -> pd.DataFrame:
+def thin_ice_table(
+    samples: pd.DataFrame | Samples, resamples: int = 1000, interval: str = "delong"
+) -> pd.DataFrame:
     """Table 2 layout: for each pruned model vs its dense parent, population shares, the two AUC
-    tests with bootstrap 95 % intervals and one- and two-sided Mann-Whitney p-values, and McNemar's
-    test of dense-vs-pruned disagreement on clean and on AutoAttack correctness."""
-    rows = []
-    for model_id, first, joined in pruned_pairs(samples):
-        tests = thin_ice_tests(joined, resamples)
-        bounded = thin_ice_tests(joined, resamples, "eps_bounded")
-        untargeted = thin_ice_tests(joined, resamples, "eps_untargeted")
-        row = {
-            "model_id": model_id,
-            "method": first["method"],
-            "arch": first["arch"],
-            "sparsity": first["sparsity"],
-            "seed": first.get("seed"),
-            **population_shares(joined),
+    tests with 95 % intervals (DeLong's, or `interval="bootstrap"` with `resamples`) and one- and
+    two-sided Mann-Whitney p-values, and McNemar's test of dense-vs-pruned disagreement on clean and
+    on AutoAttack correctness."""
+    pairs = pruned_pairs(samples)
+    return pd.DataFrame([thin_ice_row(*pair, resamples, interval) for pair in pairs])
+
+
+def thin_ice_row(
+    model_id: str, first: pd.Series, joined: pd.DataFrame, resamples: int = 1000, interval: str = "delong"
+) -> dict:
+    """Table 2's row of one pruned model, from its rows joined with its dense parent's."""
+    tests = thin_ice_tests(joined, resamples, interval=interval)
+    # the other readings of ε: their AUC and one-sided p only
+    bounded = thin_ice_tests(joined, column="eps_bounded", interval=None, two_sided=False)
+    untargeted = thin_ice_tests(joined, column="eps_untargeted", interval=None, two_sided=False)
+    row = {
+        "model_id": model_id,
+        "method": first["method"],
+        "arch": first["arch"],
+        "sparsity": first["sparsity"],
+        "seed": first.get("seed"),
+        **population_shares(joined),
+    }
+    for name, test in tests.items():
+        row.update(
+            {
+                f"auc_{name}": test.auc,
+                f"ci_low_{name}": test.ci_low,
+                f"ci_high_{name}": test.ci_high,
+                f"p_{name}": test.p_value,
+                f"p2_{name}": test.p_two_sided,
+            }
+        )
+    # the same tests with distances bounded by what PGD / AutoAttack proved, and |S01|<|S00|
+    # with the untargeted reading of a misclassified sample's eps
+    row.update(
+        {
+            "auc_S10<S11_bounded": bounded["S10<S11"].auc,
+            "p_S10<S11_bounded": bounded["S10<S11"].p_value,
+            "auc_|S01|<|S00|_bounded": bounded["|S01|<|S00|"].auc,
+            "p_|S01|<|S00|_bounded": bounded["|S01|<|S00|"].p_value,
+            "auc_|S01|<|S00|_untargeted": untargeted["|S01|<|S00|"].auc,
+            "p_|S01|<|S00|_untargeted": untargeted["|S01|<|S00|"].p_value,
+            "dense_fmn_overstated": int(joined["eps_overstated"].sum()),
         }
-        for name, test in tests.items():
-            row.update(
-                {
-                    f"auc_{name}": test.auc,
-                    f"ci_low_{name}": test.ci_low,
-                    f"ci_high_{name}": test.ci_high,
-                    f"p_{name}": test.p_value,
-                    f"p2_{name}": test.p_two_sided,
-                }
-            )
-        # the same tests with distances bounded by what PGD / AutoAttack proved, and |S01|<|S00|
-        # with the untargeted reading of a misclassified sample's eps
-        row.update(
-            {
-                "auc_S10<S11_bounded": bounded["S10<S11"].auc,
-                "p_S10<S11_bounded": bounded["S10<S11"].p_value,
-                "auc_|S01|<|S00|_bounded": bounded["|S01|<|S00|"].auc,
-                "p_|S01|<|S00|_bounded": bounded["|S01|<|S00|"].p_value,
-                "auc_|S01|<|S00|_untargeted": untargeted["|S01|<|S00|"].auc,
-                "p_|S01|<|S00|_untargeted": untargeted["|S01|<|S00|"].p_value,
-                "dense_fmn_overstated": int(joined["eps_overstated"].sum()),
-            }
-        )
-        row.update(
-            {
-                "n_S10": tests["S10<S11"].n_x,
-                "n_S11": tests["S10<S11"].n_y,
-                "n_S01": tests["|S01|<|S00|"].n_x,
-                "n_S00": tests["|S01|<|S00|"].n_y,
-                "dense_fmn_not_found": int((~joined["eps_found"]).sum()),
-                "mcnemar_p_clean": mcnemar(joined["dense_correct"], joined["pruned_correct"]).p_value,
-            }
-        )
-        both = joined[joined["dense_aa"].notna() & joined["pruned_aa"].notna()]
-        row["mcnemar_p_aa"] = (
-            mcnemar(both["dense_aa"].astype(bool), both["pruned_aa"].astype(bool)).p_value
-            if len(both)
-            else float("nan")
-        )
-        rows.append(row)
-    return pd.DataFrame(rows)
+    )
+    row.update(
+        {
+            "n_S10": tests["S10<S11"].n_x,
+            "n_S11": tests["S10<S11"].n_y,
+            "n_S01": tests["|S01|<|S00|"].n_x,
+            "n_S00": tests["|S01|<|S00|"].n_y,
+            "dense_fmn_not_found": int((~joined["eps_found"]).sum()),
+            "mcnemar_p_clean": mcnemar(joined["dense_correct"], joined["pruned_correct"]).p_value,
+        }
+    )
+    both = joined[joined["dense_aa"].notna() & joined["pruned_aa"].notna()]
+    row["mcnemar_p_aa"] = (
+        mcnemar(both["dense_aa"].astype(bool), both["pruned_aa"].astype(bool)).p_value
+        if len(both)
+        else float("nan")
+    )
+    return row
 
 
 def seed_table(models: pd.DataFrame) -> pd.DataFrame:
@@ -188,7 +199,7 @@ CELL = ["dataset", "arch", "structure", "sparsity"]
 
 
 def leaderboard(
-    models: pd.DataFrame, taxonomy: dict[str, dict], samples: pd.DataFrame | None = None
+    models: pd.DataFrame, taxonomy: dict[str, dict], samples: pd.DataFrame | Samples | None = None
 ) -> pd.DataFrame:
     """The survey's leaderboard (Piras et al. 2024, Sec. 5): per dataset x architecture x structure
     and sparsity, methods ranked by AutoAttack robust accuracy (then clean), with their taxonomy.
@@ -223,7 +234,7 @@ def leaderboard(
     cells["clean / AA"] = [f"{c:.1%} / {a:.1%}" for c, a in zip(cells["clean_acc"], cells["aa_acc"])]
     extra = []
     if samples is not None:
-        cells = _intervals_and_adjacent_tests(cells.reset_index(drop=True), samples)
+        cells = _intervals_and_adjacent_tests(cells.reset_index(drop=True), models, samples)
         extra = ["aa_low", "aa_high", "p_above_next"]
     return cells[
         [
@@ -247,28 +258,60 @@ def leaderboard(
     ].reset_index(drop=True)
 
 
-def _aa_flags_by_cell(samples: pd.DataFrame) -> dict[tuple, pd.Series]:
-    """AutoAttack correctness of every pruned (method, arch, sparsity), indexed by (seed,
-    sample_idx): one pass over the rows for all the leaderboard's cells."""
-    rows = samples[(samples["role"] == "pruned") & samples["aa_correct"].notna()]
-    return {
-        key: group.set_index(["seed", "sample_idx"])["aa_correct"].astype(bool)
-        for key, group in rows.groupby(["method", "arch", "sparsity"])
-    }
+class CellFlags:
+    """AutoAttack correctness of the pruned models of a (method, arch, sparsity), indexed by
+    (seed, sample_idx), every seed's rows of the cell in the order the models appear; read when
+    asked (McNemar's tests pair two cells' samples) and the last few kept."""
+
+    def __init__(self, samples: pd.DataFrame | Samples):
+        self.samples = as_samples(samples)
+        self.members: dict[tuple, list[str]] = {}
+        for model_id in self.samples.model_ids:
+            first = self.samples.first(model_id)
+            if first["role"] == "pruned" and not pd.isna(first["sparsity"]):
+                key = (first["method"], first["arch"], first["sparsity"])
+                self.members.setdefault(key, []).append(model_id)
+        self._kept: dict[tuple, pd.Series] = {}
+
+    def __call__(self, cell: pd.Series) -> pd.Series:
+        key = (cell["method"], cell["arch"], cell["sparsity"])
+        if key not in self._kept:
+            if len(self._kept) >= 4:
+                self._kept.pop(next(iter(self._kept)))
+            self._kept[key] = self._read(key)
+        return self._kept[key]
+
+    def _read(self, key: tuple) -> pd.Series:
+        parts = [
+            rows[rows["aa_correct"].notna()]
+            for _, rows in self.samples.each(["seed", "sample_idx", "aa_correct"], self.members.get(key, []))
+        ]
+        if not parts:
+            index = pd.MultiIndex.from_arrays([[], []], names=["seed", "sample_idx"])
+            return pd.Series([], dtype=bool, index=index)
+        rows = pd.concat(parts) if len(parts) > 1 else parts[0]
+        return rows.set_index(["seed", "sample_idx"])["aa_correct"].astype(bool)
 
 
-def _flags(by_cell: dict, cell: pd.Series) -> pd.Series:
-    empty = pd.Series([], dtype=bool, index=pd.MultiIndex.from_arrays([[], []], names=["seed", "sample_idx"]))
-    return by_cell.get((cell["method"], cell["arch"], cell["sparsity"]), empty)
-
-
-def _intervals_and_adjacent_tests(cells: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+def _intervals_and_adjacent_tests(cells: pd.DataFrame, models: pd.DataFrame, samples) -> pd.DataFrame:
+    """Each cell's Wilson interval from its pruned models' AutoAttack counts (all seeds pooled,
+    from the model table: aa_acc on aa_samples) and McNemar's test against the next rank."""
     from apgrid.analysis.transfer import proportion_interval
 
-    by_cell = _aa_flags_by_cell(samples)
-    flags = [_flags(by_cell, cell) for _, cell in cells.iterrows()]
-    bounds = [proportion_interval(int(f.sum()), len(f)) if len(f) else (np.nan, np.nan) for f in flags]
+    pruned = models[models["role"] == "pruned"]
+    attacked = pruned["aa_samples"]
+    counts = (
+        pruned.assign(hits=(pruned["aa_acc"] * attacked).round().fillna(0), attacked=attacked)
+        .groupby(["method", "arch", "sparsity"])[["hits", "attacked"]]
+        .sum()
+    )
+    bounds = []
+    for _, cell in cells.iterrows():
+        key = (cell["method"], cell["arch"], cell["sparsity"])
+        hits, n = counts.loc[key] if key in counts.index else (0, 0)
+        bounds.append(proportion_interval(int(hits), int(n)) if n else (np.nan, np.nan))
     cells["aa_low"], cells["aa_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    flags = CellFlags(samples)
     p_next = []
     for i, cell in cells.iterrows():
         nxt = i + 1
@@ -276,13 +319,13 @@ def _intervals_and_adjacent_tests(cells: pd.DataFrame, samples: pd.DataFrame) ->
         if not same:
             p_next.append(np.nan)
             continue
-        a, b = flags[i].align(flags[nxt], join="inner")
+        a, b = flags(cell).align(flags(cells.loc[nxt]), join="inner")
         p_next.append(mcnemar(a.to_numpy(), b.to_numpy()).p_value if len(a) else np.nan)
     cells["p_above_next"] = p_next
     return cells
 
 
-def findings(leader: pd.DataFrame, samples: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+def findings(leader: pd.DataFrame, samples: pd.DataFrame | Samples, alpha: float = 0.05) -> pd.DataFrame:
     """The survey's two findings, tested on this grid's cells (Piras et al. 2024, Sec. 6):
     (a) methods that optimise layer-wise sparsity (global scope) beat uniform, layer-wise ones:
         per cell, the best global method against the best local one, McNemar's exact test;
@@ -293,7 +336,7 @@ def findings(leader: pd.DataFrame, samples: pd.DataFrame, alpha: float = 0.05) -
     if leader.empty or "aa_acc" not in leader:
         return pd.DataFrame()
     simple = {"lwm-global", "lamp"}
-    by_cell = _aa_flags_by_cell(samples)
+    flags = CellFlags(samples)
     for key, cell in leader.groupby(CELL):
         contests = []
         best_global = cell[cell["scope"] == "global"].head(1)
@@ -305,7 +348,7 @@ def findings(leader: pd.DataFrame, samples: pd.DataFrame, alpha: float = 0.05) -
         if len(lwm) and len(complex_):
             contests.append(("b: global LWM matches complex", lwm.iloc[0], complex_.iloc[0]))
         for finding, x, y in contests:
-            fx, fy = _flags(by_cell, x).align(_flags(by_cell, y), join="inner")
+            fx, fy = flags(x).align(flags(y), join="inner")
             test = mcnemar(fx.to_numpy(), fy.to_numpy())
             rows.append(
                 {

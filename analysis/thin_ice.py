@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest, bootstrap, mannwhitneyu
+from scipy.stats import binomtest, bootstrap, mannwhitneyu, norm, rankdata
+
+from apgrid.analysis.samples import Samples, as_samples
+from apgrid.analysis.settings import AUC_INTERVALS
 
 POPULATIONS = ("S00", "S01", "S10", "S11")
 
@@ -62,27 +65,49 @@ def join_dense_pruned(dense: pd.DataFrame, pruned: pd.DataFrame) -> pd.DataFrame
             "pruned_aa": p["aa_correct"].astype("boolean") if "aa_correct" in p else pd.NA,
         }
     )
-    joined["population"] = (
-        "S"
-        + joined["dense_correct"].astype(int).astype(str)
-        + joined["pruned_correct"].astype(int).astype(str)
-    )
+    codes = 2 * joined["dense_correct"].to_numpy(dtype=int) + joined["pruned_correct"].to_numpy(dtype=int)
+    joined["population"] = np.array(POPULATIONS)[codes]  # S_ab: a dense correct, b pruned correct
     return joined.reset_index()
 
 
-def pruned_pairs(samples: pd.DataFrame):
+# what join_dense_pruned reads of each model
+DENSE_COLUMNS = (
+    "sample_idx",
+    "label",
+    "clean_correct",
+    "pgd_correct",
+    "aa_correct",
+    "logit_margin",
+    "eps",
+    "fmn_eps",
+    "fmn_found",
+    "fmn_overstated",
+    "fmn_eps_bounded",
+    "fmn_eps_untargeted",
+)
+PRUNED_COLUMNS = ("sample_idx", "clean_correct", "aa_correct")
+
+
+def pruned_pairs(samples: pd.DataFrame | Samples):
     """(model_id, its first row, joined rows) for every pruned model whose dense parent was
-    evaluated too, in the order the models appear."""
-    by_model = dict(tuple(samples.groupby("model_id", sort=False)))
-    for model_id, pruned in by_model.items():
-        first = pruned.iloc[0]
-        if first["role"] == "pruned" and first["dense_model_id"] in by_model:
-            yield model_id, first, join_dense_pruned(by_model[first["dense_model_id"]], pruned)
+    evaluated too, in the order the models appear; one pair's rows read at a time, only the
+    columns the join takes (a dense model's kept while its pruned children follow it)."""
+    samples = as_samples(samples)
+    known = set(samples.model_ids)
+    dense_id, dense = None, None
+    for model_id in samples.model_ids:
+        first = samples.first(model_id)
+        if first["role"] != "pruned" or first["dense_model_id"] not in known:
+            continue
+        if first["dense_model_id"] != dense_id:
+            dense_id = first["dense_model_id"]
+            dense = samples.rows(dense_id, DENSE_COLUMNS)
+        yield model_id, first, join_dense_pruned(dense, samples.rows(model_id, PRUNED_COLUMNS))
 
 
 def population_shares(joined: pd.DataFrame) -> dict[str, float]:
-    counts = joined["population"].value_counts()
-    return {pop: counts.get(pop, 0) / len(joined) for pop in POPULATIONS}
+    population = joined["population"].to_numpy()
+    return {pop: int((population == pop).sum()) / len(joined) for pop in POPULATIONS}
 
 
 NAN = float("nan")
@@ -95,7 +120,7 @@ class AucTest:
     n_x: int
     n_y: int
     p_two_sided: float = NAN  # H1: the two distributions differ
-    ci_low: float = NAN  # bootstrap 95 % percentile interval of the AUC
+    ci_low: float = NAN  # 95 % interval of the AUC: DeLong's or the bootstrap's (AUC_INTERVALS)
     ci_high: float = NAN
 
 
@@ -105,29 +130,60 @@ def _auc(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
     return u_y / (x.shape[axis] * y.shape[axis])
 
 
-def auc_smaller(x: np.ndarray, y: np.ndarray, resamples: int = 1000, seed: int = 0) -> AucTest:
-    """AUC that a value of x is smaller than one of y, the Mann-Whitney U tests behind it and a
-    bootstrap confidence interval (x and y resampled independently; `resamples=0` skips it)."""
+def auc_smaller(
+    x: np.ndarray,
+    y: np.ndarray,
+    resamples: int = 1000,
+    seed: int = 0,
+    interval: str | None = "delong",
+    two_sided: bool = True,
+) -> AucTest:
+    """AUC that a value of x is smaller than one of y, the Mann-Whitney U tests behind it (the
+    two-sided one unless `two_sided=False`) and a 95 % interval: DeLong's (`interval="delong"`),
+    a bootstrap one with x and y resampled independently (`"bootstrap"`, `resamples` times; 0
+    skips it) or none (None)."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     x, y = x[np.isfinite(x)], y[np.isfinite(y)]
     if len(x) == 0 or len(y) == 0:
         return AucTest(NAN, NAN, len(x), len(y))
     u_y, p = mannwhitneyu(y, x, alternative="greater")  # U of y = #pairs(y > x) + ties/2
-    two_sided = mannwhitneyu(y, x, alternative="two-sided").pvalue
+    p_two = mannwhitneyu(y, x, alternative="two-sided").pvalue if two_sided else NAN
     low = high = NAN
-    if resamples and min(len(x), len(y)) >= 2:
-        ci = bootstrap(
-            (x, y),
-            _auc,
-            n_resamples=resamples,
-            method="percentile",
-            vectorized=True,
-            batch=max(1, 2_000_000 // (len(x) + len(y))),
-            rng=np.random.default_rng(seed),
-        )
-        low, high = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
-    return AucTest(float(u_y / (len(x) * len(y))), float(p), len(x), len(y), float(two_sided), low, high)
+    if interval is not None and interval not in AUC_INTERVALS:
+        raise ValueError(f"interval: {interval!r}; one of {', '.join(AUC_INTERVALS)} or None")
+    if min(len(x), len(y)) >= 2:
+        if interval == "delong":
+            low, high = delong_interval(x, y)
+        elif interval == "bootstrap" and resamples:
+            ci = bootstrap(
+                (x, y),
+                _auc,
+                n_resamples=resamples,
+                method="percentile",
+                vectorized=True,
+                batch=max(1, 2_000_000 // (len(x) + len(y))),
+                rng=np.random.default_rng(seed),
+            )
+            low, high = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
+    return AucTest(float(u_y / (len(x) * len(y))), float(p), len(x), len(y), float(p_two), low, high)
+
+
+def delong_interval(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The interval of AUC = P(X < Y) + P(X = Y)/2 from DeLong, DeLong & Clarke-Pearson (1988)'s
+    variance of the Mann-Whitney statistic for two independent samples: each y's placement (the
+    share of x below it, ties counting half) and each x's (the share of y above it) average to the
+    AUC, and var(AUC) = var(y placements)/n_y + var(x placements)/n_x. Placements from midranks
+    (Sun & Xu 2014): three sorts, no n_x * n_y matrix. Normal approximation, clipped to [0, 1]
+    (as R's pROC does); needs two values on each side."""
+    n_x, n_y = len(x), len(y)
+    ranks = rankdata(np.concatenate([x, y]))
+    y_placements = (ranks[n_x:] - rankdata(y)) / n_x
+    x_placements = 1.0 - (ranks[:n_x] - rankdata(x)) / n_y
+    auc = y_placements.mean()
+    variance = y_placements.var(ddof=1) / n_y + x_placements.var(ddof=1) / n_x
+    half = norm.ppf(0.5 + level / 2) * np.sqrt(variance)
+    return float(max(0.0, auc - half)), float(min(1.0, auc + half))
 
 
 @dataclass(frozen=True)
@@ -148,16 +204,23 @@ def mcnemar(dense_correct: np.ndarray, pruned_correct: np.ndarray) -> McNemarTes
     return McNemarTest(lost, gained, float(binomtest(lost, lost + gained, 0.5).pvalue))
 
 
-def thin_ice_tests(joined: pd.DataFrame, resamples: int = 1000, column: str = "eps") -> dict[str, AucTest]:
+def thin_ice_tests(
+    joined: pd.DataFrame,
+    resamples: int = 1000,
+    column: str = "eps",
+    interval: str | None = "delong",
+    two_sided: bool = True,
+) -> dict[str, AucTest]:
     """Table 2's two tests: ε(S10) < ε(S11) and |ε(S01)| < |ε(S00)| on one reading of ε
     (`column`: eps, eps_bounded or eps_untargeted); samples without a distance are left out and
     counted beside the table."""
-    eps = joined.set_index("population")[column]
+    eps = joined[column].to_numpy(dtype=float)
+    population = joined["population"].to_numpy()
 
-    def pick(pop):
-        return eps[eps.index == pop].to_numpy(dtype=float)
+    def test(x, y):
+        return auc_smaller(x, y, resamples, interval=interval, two_sided=two_sided)
 
     return {
-        "S10<S11": auc_smaller(pick("S10"), pick("S11"), resamples),
-        "|S01|<|S00|": auc_smaller(np.abs(pick("S01")), np.abs(pick("S00")), resamples),
+        "S10<S11": test(eps[population == "S10"], eps[population == "S11"]),
+        "|S01|<|S00|": test(np.abs(eps[population == "S01"]), np.abs(eps[population == "S00"])),
     }

@@ -3,7 +3,7 @@
     python benchmarks/scale.py grid --sizes 100 300 1000    # real grids of tiny models (Ray, MLflow)
     python benchmarks/scale.py mlflow --sizes 100 300 1000  # runs logged: SQLite vs `mlflow server`
     python benchmarks/scale.py merge --sizes 100 300 1000   # Parquet shards merged, the dataset read
-    python benchmarks/scale.py analyze --rows 1e6 3e6 1e7   # the report's statistics on synthetic rows
+    python benchmarks/scale.py analyze --rows 1e6 1e7       # the report on synthetic Parquet: time, peak RSS
     python benchmarks/scale.py project                      # thin-ice.yaml on 8 GPUs, from plan_cost
 
 `grid` runs dense-only grids of N digits CNNs (N seeds, one epoch of FGSM-RS, 10 test samples,
@@ -191,26 +191,23 @@ def run_mlflow(sizes: list[int]) -> None:
             print(f"| {n} | {local:.1f} | {n / local:.1f} | {remote:.1f} | {n / remote:.1f} |", flush=True)
 
 
-def synthetic_rows(models: int, samples: int, seed: int = 0) -> pd.DataFrame:
-    """Rows in SAMPLE_SCHEMA's columns for `models` models (one dense parent for every 10)."""
-    rng = np.random.default_rng(seed)
-    n = models * samples
-    model = np.repeat(np.arange(models), samples)
-    dense = model % 10 == 0
-    correct = rng.random(n) < 0.8
-    eps = rng.gamma(2, 0.02, n).astype(np.float32)
+def model_rows(m: int, samples: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Model m's rows in SAMPLE_SCHEMA's columns (models 0, 10, 20, ... are dense, each the parent
+    of the nine after it)."""
+    dense = m % 10 == 0
+    correct = rng.random(samples) < 0.8
+    eps = rng.gamma(2, 0.02, samples).astype(np.float32)
     robust = correct & (eps > 8 / 255)
-    ids = np.array([f"{'dense' if m % 10 == 0 else 'lwm-global'}-m{m}" for m in range(models)])
     return pd.DataFrame(
         {
             "grid": "scale",
-            "model_id": ids[model],
-            "sample_idx": np.tile(np.arange(samples), models),
-            "label": rng.integers(0, 10, n),
-            "clean_pred": rng.integers(0, 10, n),
+            "model_id": model_name(m),
+            "sample_idx": np.arange(samples),
+            "label": rng.integers(0, 10, samples),
+            "clean_pred": rng.integers(0, 10, samples),
             "clean_correct": correct,
-            "logit_margin": rng.normal(0, 1, n).astype(np.float32),
-            "pgd_correct": robust | (correct & (rng.random(n) < 0.05)),
+            "logit_margin": rng.normal(0, 1, samples).astype(np.float32),
+            "pgd_correct": robust | (correct & (rng.random(samples) < 0.05)),
             "aa_correct": robust,
             "aa_broken_by": np.where(robust, None, "apgd-ce"),
             "fmn_eps": np.where(dense & ~correct, -eps, eps),
@@ -218,16 +215,16 @@ def synthetic_rows(models: int, samples: int, seed: int = 0) -> pd.DataFrame:
             "fmn_overstated": False,
             "fmn_eps_bounded": eps,
             "fmn_eps_untargeted": np.where(dense & ~correct, -eps, np.nan).astype(np.float32),
-            "fmn_eps_ho": np.full(n, np.nan, np.float32),
-            "fmn_ho_config": pd.array([None] * n, dtype="string"),
-            "dense_model_id": ids[model - model % 10],
-            "role": np.where(dense, "dense", "pruned"),
+            "fmn_eps_ho": np.full(samples, np.nan, np.float32),
+            "fmn_ho_config": pd.array([None] * samples, dtype="string"),
+            "dense_model_id": model_name(m - m % 10),
+            "role": "dense" if dense else "pruned",
             "dataset": "cifar10",
             "arch": "resnet18",
-            "method": np.where(dense, "dense", "lwm-global"),
-            "sparsity": np.where(dense, 0.0, 0.9 + 0.01 * (model % 10 > 5)),
-            "sparsity_measured": np.where(dense, 0.0, 0.9),
-            "seed": model // 10,
+            "method": "dense" if dense else "lwm-global",
+            "sparsity": 0.0 if dense else 0.9 + 0.01 * (m % 10 > 5),
+            "sparsity_measured": 0.0 if dense else 0.9,
+            "seed": m // 10,
             "norm": "Linf",
             "eps": 8 / 255,
             "pgd_steps": 10,
@@ -239,6 +236,16 @@ def synthetic_rows(models: int, samples: int, seed: int = 0) -> pd.DataFrame:
             "eval_batch_size": 500,
         }
     )
+
+
+def model_name(m: int) -> str:
+    return f"{'dense' if m % 10 == 0 else 'lwm-global'}-m{m}"
+
+
+def synthetic_rows(models: int, samples: int, seed: int = 0) -> pd.DataFrame:
+    """Rows in SAMPLE_SCHEMA's columns for `models` models (one dense parent for every 10)."""
+    rng = np.random.default_rng(seed)
+    return pd.concat([model_rows(m, samples, rng) for m in range(models)], ignore_index=True)
 
 
 def run_merge(sizes: list[int], shards: int = 10, rows: int = 100) -> None:
@@ -270,26 +277,92 @@ def run_merge(sizes: list[int], shards: int = 10, rows: int = 100) -> None:
             )
 
 
-def run_analyze(row_counts: list[float], samples: int = 10_000) -> None:
+def write_dataset(output: Path, models: int, samples: int, seed: int = 0) -> int:
+    """A grid's per-sample Parquet under output/samples, written one model at a time (this process
+    never holds more than one model's rows); returns the number of rows."""
+    import pyarrow.parquet as pq
+
+    from apgrid.grid.store import SampleStore, _file_table
+
+    store = SampleStore(output, "scale")
+    rng = np.random.default_rng(seed)
+    for m in range(models):
+        path = store.partition(model_name(m)) / "part-0.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(_file_table(model_rows(m, samples, rng)), path)
+    return models * samples
+
+
+def analyze_once(output: Path, read: str) -> None:
+    """The analysis of output/samples in this (fresh) process, as `apgrid analyze` runs it without
+    the models; prints one JSON line: seconds, peak resident memory and that after the imports.
+    read = frame: every row read into one DataFrame first (read_samples, the code before 2026-12-04);
+    stream: the report reads one model (or one dense/pruned pair) at a time."""
+    import json
+    import resource
+
     from apgrid.analysis.report import write_report
     from apgrid.analysis.settings import AnalysisSettings
+    from apgrid.grid.store import read_samples
 
-    print("| rows | models | build s | report s | per million rows s |")
-    print("|---|---|---|---|---|")
+    def peak_mib() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    def cpu_seconds() -> float:  # this process's user + system time: what other work cannot inflate
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    settings = AnalysisSettings(bootstrap_resamples=200)
+    imported = peak_mib()
+    cpu = cpu_seconds()
+    began = time.perf_counter()
+    if read == "frame":
+        samples = read_samples(output)
+    else:
+        from apgrid.grid.store import open_samples
+
+        samples = open_samples(output)
+    write_report(samples, output / "report", "scale", settings)
+    seconds = time.perf_counter() - began
+    cpu = cpu_seconds() - cpu
+    print(
+        json.dumps(
+            {"seconds": seconds, "cpu_s": cpu, "peak_rss_mib": peak_mib(), "after_imports_mib": imported}
+        )
+    )
+
+
+def run_analyze(row_counts: list[float], read: str, samples: int = 10_000) -> None:
+    """Each size written as a grid's Parquet, then analysed in a fresh process (its peak memory is
+    the driver's): PYTHONPATH chooses the code, e.g. a checkout of an older commit."""
+    import json
+
+    print(f"analysis: read = {read}")
+    print(
+        "| rows | models | written s | analysis s | its CPU s | per million rows s | peak RSS MiB "
+        "| after imports MiB"
+    )
+    print("|---|---|---|---|---|---|---|---")
     for total in row_counts:
         models = int(total) // samples
-        began = time.perf_counter()
-        rows = synthetic_rows(models, samples)
-        built = time.perf_counter() - began
         with tempfile.TemporaryDirectory() as tmp:
             began = time.perf_counter()
-            write_report(rows, Path(tmp) / "report", "scale", AnalysisSettings(bootstrap_resamples=200))
-            seconds = time.perf_counter() - began
+            rows = write_dataset(Path(tmp), models, samples)
+            written = time.perf_counter() - began
+            done = subprocess.run(
+                [sys.executable, __file__, "analyze-once", "--output", tmp, "--read", read],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                raise SystemExit(f"the analysis of {rows:,} rows failed:\n{done.stderr[-3000:]}")
+            got = json.loads(done.stdout.strip().splitlines()[-1])
         print(
-            f"| {len(rows):,} | {models} | {built:.1f} | {seconds:.1f} | {seconds / (len(rows) / 1e6):.2f} |",
+            f"| {rows:,} | {models} | {written:.1f} | {got['seconds']:.1f} | {got['cpu_s']:.1f} | "
+            f"{got['seconds'] / (rows / 1e6):.2f} | {got['peak_rss_mib']:.0f} | "
+            f"{got['after_imports_mib']:.0f}",
             flush=True,
         )
-        del rows
 
 
 def run_project(gpus: int = 8) -> None:
@@ -317,15 +390,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("part", choices=("grid", "mlflow", "merge", "analyze", "project"))
+    parser.add_argument("part", choices=("grid", "mlflow", "merge", "analyze", "analyze-once", "project"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000], help="models per grid")
-    parser.add_argument("--rows", type=float, nargs="+", default=[1e6, 3e6, 1e7], help="rows for analyze")
+    parser.add_argument("--rows", type=float, nargs="+", default=[1e6, 1e7], help="rows for analyze")
+    parser.add_argument(
+        "--read", choices=("frame", "stream"), default="stream", help="analyze: all rows at once, or streamed"
+    )
+    parser.add_argument("--output", type=Path, help="analyze-once: the output folder (run by analyze)")
     args = parser.parse_args()
     {
         "grid": lambda: run_grid(args.sizes),
         "mlflow": lambda: run_mlflow(args.sizes),
         "merge": lambda: run_merge(args.sizes),
-        "analyze": lambda: run_analyze(args.rows),
+        "analyze": lambda: run_analyze(args.rows, args.read),
+        "analyze-once": lambda: analyze_once(args.output, args.read),
         "project": run_project,
     }[args.part]()
 

@@ -11,28 +11,29 @@ import torch
 from torch.nn.utils import prune
 
 from apgrid.analysis.report import ModelAccess, write_report
+from apgrid.analysis.samples import Samples
 from apgrid.errors import ApgridError
 from apgrid.grid.spec import GridSpec
-from apgrid.grid.store import ModelStore, read_samples
+from apgrid.grid.store import ModelStore, open_samples
 
 
 class AnalysisError(ApgridError, RuntimeError):
     pass
 
 
-def select_models(samples, patterns: list[str] | None):
-    """Rows of the models whose id matches any pattern (shell-style), and their dense parents,
-    which the thin-ice statistics need."""
+def select_models(samples: Samples, patterns: list[str] | None) -> Samples:
+    """The models whose id matches any pattern (shell-style), and their dense parents, which the
+    thin-ice statistics need."""
     if not patterns:
         return samples
-    ids = samples["model_id"].unique()
+    ids = samples.model_ids
     chosen = {m for m in ids if any(fnmatch.fnmatchcase(m, p) for p in patterns)}
     if not chosen:
         raise AnalysisError(
             f"--models: no model matches {' '.join(patterns)}; known: {', '.join(sorted(ids))}"
         )
-    parents = set(samples.loc[samples["model_id"].isin(chosen), "dense_model_id"].dropna())
-    return samples[samples["model_id"].isin(chosen | (parents & set(ids)))]
+    parents = {samples.first(m)["dense_model_id"] for m in chosen}
+    return samples.select(chosen | parents)
 
 
 def model_access(spec: GridSpec, log=print) -> ModelAccess:
@@ -91,14 +92,13 @@ def analyze(
 def _analyze(spec: GridSpec, models, log, with_models: bool) -> dict[str, Path]:
     from apgrid.grid import plan as planner
 
-    samples = read_samples(spec.output_dir)
-    if samples.empty:
+    samples = open_samples(spec.output_dir)  # read one model (or dense/pruned pair) at a time
+    if not samples.model_ids:
         raise AnalysisError(f"analyze: {spec.output_dir} has no evaluated models yet")
-    ids = {p.model_id for p in planner.all_models(spec)}
-    samples = select_models(samples[samples["model_id"].isin(ids)], models)
+    samples = select_models(samples.select(p.model_id for p in planner.all_models(spec)), models)
     access = model_access(spec, log) if with_models else None
     store = ModelStore(spec.output_dir)
-    cards = {m: store.card(m) for m in samples["model_id"].unique() if store.exists(m)}
+    cards = {m: store.card(m) for m in samples.model_ids if store.exists(m)}
     reported = {m: card["reported"] for m, card in cards.items() if card.get("reported")}
     deviations = {c["method"]: c["deviations"] for c in cards.values() if "deviations" in c}
     return write_report(

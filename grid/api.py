@@ -47,9 +47,10 @@ class Grid:
         """One row per evaluated model: identity, taxonomy-free summary metrics (clean_acc,
         pgd_acc, aa_acc, fmn_acc_at_eps, ...), as the report's `models` table."""
         from apgrid.analysis.tables import model_table
+        from apgrid.grid.store import open_samples
 
-        rows = self.samples()
-        return model_table(rows) if len(rows) else pd.DataFrame()
+        samples = open_samples(self.output)  # one model's rows at a time
+        return model_table(samples) if samples.model_ids else pd.DataFrame()
 
     def runs(self, where: str = "") -> pd.DataFrame:
         """The grid's MLflow model runs matching an MLflow filter (apgrid query's syntax)."""

@@ -22,12 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from apgrid.analysis.samples import PARTITION_KEYS, PartitionedSamples, read_partition
 from apgrid.trainables.checkpoints import CheckpointError, load_state
 
 # The per-sample table: one row per (model, test sample). `grid` and `model_id` are the hive
 # partition keys (folder names grid=<g>/model_id=<id>), so the files hold the other columns and
 # pandas, pyarrow.dataset(partitioning="hive"), DuckDB and Polars read the folder as one table.
-PARTITION_COLUMNS = ("grid", "model_id")
+PARTITION_COLUMNS = PARTITION_KEYS
 SAMPLE_SCHEMA = pa.schema(
     [
         ("sample_idx", pa.int64()),
@@ -74,16 +75,6 @@ def _file_table(rows: pd.DataFrame) -> pa.Table:
         schema=SAMPLE_SCHEMA,
         preserve_index=False,
     )
-
-
-def _read_partition_file(path: Path, grid: str, model_id: str) -> pd.DataFrame:
-    """A partition file as rows with their partition keys; files written before the keys left the
-    files (they held `grid` and `model_id` as columns) read the same."""
-    rows = pq.read_table(path).to_pandas()
-    rows = rows.drop(columns=[c for c in PARTITION_COLUMNS if c in rows.columns])
-    rows.insert(0, "model_id", model_id)
-    rows.insert(0, "grid", grid)
-    return rows
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -164,7 +155,9 @@ class SampleStore:
         return (self.partition(model_id) / "part-0.parquet").is_file()
 
     def read(self, model_id: str) -> pd.DataFrame:
-        return _read_partition_file(self.partition(model_id) / "part-0.parquet", self.grid, model_id)
+        return read_partition(
+            self.partition(model_id) / "part-0.parquet", {"grid": self.grid, "model_id": model_id}
+        )
 
     def shard_done(self, model_id: str, start: int, end: int) -> bool:
         return self.shard_path(model_id, start, end).is_file()
@@ -202,19 +195,28 @@ class SampleStore:
         return rows  # the shards' rows hold the partition keys too: no need to read the file back
 
 
+def partition_files(output: Path) -> list[tuple[str, str, Path]]:
+    """(grid, model_id, file) of every merged partition of a grid's output folder, sorted."""
+    files = sorted((Path(output) / "samples").glob("grid=*/model_id=*/part-0.parquet"))
+    return [
+        (f.parent.parent.name.removeprefix("grid="), f.parent.name.removeprefix("model_id="), f)
+        for f in files
+    ]
+
+
 def read_samples(output: Path) -> pd.DataFrame:
     """Every per-sample row of a grid's output folder (hive partitions grid=/model_id=), with the
-    partition keys as plain string columns."""
-    root = Path(output) / "samples"
-    files = sorted(root.glob("grid=*/model_id=*/part-0.parquet"))
+    partition keys as plain string columns: one DataFrame (open_samples reads a model at a time)."""
+    files = partition_files(output)
     if not files:
         return pd.DataFrame()
     return pd.concat(
-        [
-            _read_partition_file(
-                f, f.parent.parent.name.removeprefix("grid="), f.parent.name.removeprefix("model_id=")
-            )
-            for f in files
-        ],
+        [read_partition(f, {"grid": grid, "model_id": model_id}) for grid, model_id, f in files],
         ignore_index=True,
     )
+
+
+def open_samples(output: Path) -> PartitionedSamples:
+    """The per-sample rows of a grid's output folder, read one model's partition at a time (what
+    the analysis reads: its memory does not grow with the number of models)."""
+    return PartitionedSamples(partition_files(output))

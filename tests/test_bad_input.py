@@ -61,6 +61,7 @@ CASES = {  # case: (spec patch or raw text, text the one-line error must contain
     ),
     "binary spec file": (b"\x7fELF\x02\x01\x01\x00\xff\xfe", "not a YAML text file"),
     "unknown transfer attack": ({"analysis": {"transfer_attacks": ["laser"]}}, "analysis.transfer_attacks"),
+    "unknown AUC interval": ({"analysis": {"auc_interval": "jackknife"}}, "analysis.auc_interval"),
     "unreachable tracking URI": ({"tracking_uri": "http://127.0.0.1:9"}, "tracking_uri"),
 }
 CHECKPOINTS = ("corrupt", "truncated", "pickled-module", "wrong-arch")

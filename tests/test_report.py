@@ -53,13 +53,17 @@ def test_bootstrap_interval_covers_the_true_auc():
     covered, widths = 0, []
     for _ in range(40):
         t = auc_smaller(
-            rng.normal(0, 1, 60), rng.normal(0.5, 1, 60), resamples=400, seed=int(rng.integers(1 << 30))
+            rng.normal(0, 1, 60),
+            rng.normal(0.5, 1, 60),
+            resamples=400,
+            seed=int(rng.integers(1 << 30)),
+            interval="bootstrap",
         )
         assert t.ci_low <= t.auc <= t.ci_high
         covered += t.ci_low <= true_auc <= t.ci_high
         widths.append(t.ci_high - t.ci_low)
     assert covered >= 34
-    big = auc_smaller(rng.normal(0, 1, 960), rng.normal(0.5, 1, 960), resamples=400)
+    big = auc_smaller(rng.normal(0, 1, 960), rng.normal(0.5, 1, 960), resamples=400, interval="bootstrap")
     assert big.ci_high - big.ci_low < 0.5 * np.median(widths)
 
 
@@ -391,3 +395,68 @@ def test_leaderboard_intervals_adjacent_tests_and_findings():
     assert verdicts.loc["a: global beats local", "supports"]
     assert verdicts.loc["b: global LWM matches complex", "supports"]
     assert verdicts.loc["a: global beats local", "method_b"] == "hydra"
+
+
+# -- the report streamed from the Parquet folder ---------------------------------------------
+
+
+def write_partitions(samples: pd.DataFrame, output) -> None:
+    """The rows as a grid's samples folder: one hive partition a model."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for model_id, rows in samples.groupby("model_id"):
+        folder = output / "samples" / "grid=fixture" / f"model_id={model_id}"
+        folder.mkdir(parents=True)
+        table = pa.Table.from_pandas(rows.drop(columns=["model_id"]), preserve_index=False)
+        pq.write_table(table, folder / "part-0.parquet")
+
+
+@pytest.mark.parametrize("interval", ["delong", "bootstrap"])
+def test_streamed_report_equals_the_one_from_every_row(tmp_path, interval):
+    """`apgrid analyze` reads one model (or one dense/pruned pair) at a time: every table equals
+    the one computed from all rows in one DataFrame, as the analysis read them before; no read
+    holds more than one model's rows."""
+    from apgrid.analysis.samples import PartitionedSamples
+    from apgrid.grid.store import partition_files, read_samples
+
+    samples = samples_fixture()
+    tuned = samples["model_id"].str.contains("lwm")  # HO-FMN ran on these
+    samples["fmn_eps_ho"] = np.where(tuned, samples["fmn_eps"] * 0.9, np.nan)
+    samples["fmn_ho_config"] = np.where(tuned, "ce/sgd", None)
+    samples["autoattack_attacks"] = "apgd-ce,apgd-t"
+    write_partitions(samples, tmp_path)
+    reads = []
+
+    class Counted(PartitionedSamples):
+        def _read(self, model_id, columns):
+            rows = super()._read(model_id, columns)
+            reads.append(len(rows))
+            return rows
+
+    settings = AnalysisSettings(bootstrap_resamples=100, auc_interval=interval)
+    paths = write_report(Counted(partition_files(tmp_path)), tmp_path / "streamed", "fixture", settings)
+    write_report(read_samples(tmp_path), tmp_path / "frame", "fixture", settings)
+    assert max(reads) == 120 and len(reads) <= 8 * samples["model_id"].nunique()
+    for name in TABLES:
+        if (tmp_path / "frame" / f"{name}.csv").is_file():
+            a = (tmp_path / "streamed" / f"{name}.csv").read_text()
+            assert a == (tmp_path / "frame" / f"{name}.csv").read_text(), name
+    assert sorted(p.name for p in (tmp_path / "streamed").iterdir()) == sorted(
+        p.name for p in (tmp_path / "frame").iterdir()
+    )
+    md = paths["report.md"].read_text()
+    assert md == (tmp_path / "frame" / "report.md").read_text()
+    assert "HO-FMN" in md and "(apgd-ce, apgd-t only)" in md
+    method = "bootstrap interval (100 resamples" if interval == "bootstrap" else "DeLong's variance"
+    assert method in md
+
+
+def test_figure2_is_drawn_for_at_most_figure2_models(tmp_path):
+    """A scatter per pruned model costs ~0.15 s: a grid of hundreds draws the first N, says so,
+    and Table 2 keeps every model."""
+    settings = AnalysisSettings(figure2_models=1, transfer_attacks=(), costs=False)
+    paths = write_report(samples_fixture(), tmp_path / "report", "fixture", settings)
+    assert len(list((tmp_path / "report").glob("fig2_*.png"))) == 1
+    assert len(pd.read_csv(tmp_path / "report" / "table2_thin_ice.csv")) == 4
+    assert "Figure 2 is drawn for the first 1 of the 4 pruned models" in paths["report.md"].read_text()

@@ -6,7 +6,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from apgrid.grid.store import SAMPLE_SCHEMA, SampleStore, read_samples
+from apgrid.grid.store import SAMPLE_SCHEMA, SampleStore, open_samples, read_samples
 
 MODELS = {"dense-a-1": "dense", "hydra-sp90-a-2": "pruned"}
 
@@ -99,6 +99,24 @@ def test_read_samples_matches_pandas_and_reads_files_of_older_grids(output):
     pq.write_table(pq.read_table(old).append_column("model_id", pq.read_table(old)["role"]), old)
     again = read_samples(output)
     assert set(again["model_id"]) == set(MODELS) and len(again) == 40
+
+
+def test_open_samples_reads_a_model_at_a_time_what_read_samples_reads_at_once(output):
+    """The analysis' reader: each model's rows (or the columns asked for, partition keys
+    included) as read_samples holds them, files of older grids (keys in the file) alike."""
+    whole = read_samples(output)
+    samples = open_samples(output)
+    assert samples.model_ids == list(whole["model_id"].unique())
+    for model_id in samples.model_ids:
+        mine = whole[whole["model_id"] == model_id].reset_index(drop=True)
+        pd.testing.assert_frame_equal(samples.rows(model_id), mine)
+        assert samples.first(model_id).equals(mine.iloc[0])
+    part = samples.rows("hydra-sp90-a-2", ["fmn_eps", "model_id", "no-such-column"])
+    assert list(part.columns) == ["model_id", "fmn_eps"] and len(part) == 20
+    old = output / "samples" / "grid=g" / "model_id=dense-a-1" / "part-0.parquet"
+    pq.write_table(pq.read_table(old).append_column("model_id", pq.read_table(old)["role"]), old)
+    assert (open_samples(output).rows("dense-a-1", ["model_id"])["model_id"] == "dense-a-1").all()
+    assert open_samples(output).select(["dense-a-1", "unknown"]).model_ids == ["dense-a-1"]
 
 
 @pytest.mark.parametrize("reader", ["duckdb", "polars"])
