@@ -219,6 +219,7 @@ def synthetic_rows(models: int, samples: int, seed: int = 0) -> pd.DataFrame:
             "fmn_eps_bounded": eps,
             "fmn_eps_untargeted": np.where(dense & ~correct, -eps, np.nan).astype(np.float32),
             "fmn_eps_ho": np.full(n, np.nan, np.float32),
+            "fmn_eps_ensemble": np.full(n, np.nan, np.float32),
             "fmn_ho_config": pd.array([None] * n, dtype="string"),
             "dense_model_id": ids[model - model % 10],
             "role": np.where(dense, "dense", "pruned"),
