@@ -597,8 +597,9 @@ def _off_target(leader: pd.DataFrame) -> str:
 
 
 def _which_fmn(samples: Samples, models: pd.DataFrame) -> str:
-    """Which FMN ran: plain FMN alone, or HO-FMN beside it with each model's tuned configuration
-    and, over `models` (the model table), the samples each overstated."""
+    """Which FMN ran: plain FMN alone, or HO-FMN beside it with each model's tuned attack and,
+    over `models` (the model table), the samples each of FMN, HO-FMN and their ensemble
+    overstated."""
     picks = {}
     for model_id, rows in samples.each(["fmn_ho_config"]):
         configs = rows["fmn_ho_config"].dropna() if "fmn_ho_config" in rows else ()
@@ -607,11 +608,23 @@ def _which_fmn(samples: Samples, models: pd.DataFrame) -> str:
     if not picks:
         return " (plain FMN)"
     listed = "; ".join(f"{m}: {c}" for m, c in picks.items())
+
+    def count(column: str) -> int:
+        return int(models[column].sum()) if column in models else 0
+
+    own = (
+        f"HO-FMN's own distances give `fmn_ho_acc_at_eps` (closer than FMN's on "
+        f"{count('fmn_ho_closer_than_fmn')} samples, farther on {count('fmn_ho_farther_than_fmn')}), "
+        if "fmn_ho_acc_at_eps" in models and models["fmn_ho_acc_at_eps"].notna().any()
+        else "HO-FMN's own distances were not recorded (rows written before they were), "
+    )
+    ho = f"HO-FMN on {count('fmn_ho_overstated')}, " if "fmn_ho_overstated" in models else ""
     return (
-        f" (plain FMN and HO-FMN, whose distance per sample is the smaller of plain FMN's and the "
-        f"configuration it tuned per model: {listed}; `fmn_ho_acc_at_eps` in the tables; over all "
-        f"models FMN overstated the distance of {int(models['fmn_overstated'].sum())} samples that "
-        f"PGD or AutoAttack broke at ε, HO-FMN of {int(models['fmn_ho_overstated'].sum())})"
+        f" (plain FMN and HO-FMN, the attack tuned per model: {listed}; {own}and the ensemble of "
+        f"the two, the smaller distance per sample, `fmn_ensemble_acc_at_eps`; over all models the "
+        f"distance of samples that PGD or AutoAttack broke at ε was overstated by FMN on "
+        f"{count('fmn_overstated')}, {ho}the ensemble on "
+        f"{count('fmn_ensemble_overstated')})"
     )
 
 

@@ -54,25 +54,40 @@ def summarize(rows: pd.DataFrame, eps: float) -> dict[str, float]:
     }
 
 
+def ho_fmn_columns(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """HO-FMN's own distances and the ensemble's (the per-sample minimum of FMN's and HO-FMN's),
+    NaN where they did not run. Rows written before the ensemble had its column stored the
+    ensemble in fmn_eps_ho: there it is read as the ensemble, and HO-FMN's own is unknown."""
+    nan = pd.Series(np.nan, index=rows.index)
+    ho = rows["fmn_eps_ho"].astype(float) if "fmn_eps_ho" in rows else nan
+    ensemble = rows["fmn_eps_ensemble"].astype(float) if "fmn_eps_ensemble" in rows else nan
+    older = ensemble.isna() & ho.notna()  # a new row with HO-FMN's distance has an ensemble too
+    return ho.where(~older), ensemble.where(~older, ho)
+
+
 def ho_fmn_metrics(rows: pd.DataFrame, correct: pd.Series, eps: float) -> dict[str, float]:
-    """HO-FMN's robust accuracy at eps, how many samples it brought inside eps that FMN left
-    outside, and on how many it still overstates the distance (PGD or AutoAttack broke them at eps,
-    as `fmn_overstated` counts FMN's); nothing when it did not run (older rows have no column)."""
+    """HO-FMN's robust accuracy at eps from its own distances, on how many samples it found a
+    closer or a farther point than FMN, and on how many it overstates the distance (PGD or
+    AutoAttack broke them at eps, as `fmn_overstated` counts FMN's); the same accuracy and
+    overstatements for the ensemble of FMN and HO-FMN. Nothing for what did not run (older rows
+    have no HO-FMN of its own, or no column at all)."""
     from apgrid.trainables.evaluation import fmn_bounds
 
-    if "fmn_eps_ho" not in rows or rows["fmn_eps_ho"].isna().all():
-        return {}
-    ho = rows["fmn_eps_ho"].astype(float).fillna(np.inf)
     plain = rows["fmn_eps"].astype(float).fillna(np.inf)
     aa = rows["aa_correct"].astype("boolean").fillna(True).to_numpy(dtype=bool)
-    overstated, _ = fmn_bounds(
-        correct.to_numpy(dtype=bool), rows["pgd_correct"].to_numpy(dtype=bool), aa, ho.to_numpy(), eps
-    )
-    return {
-        "fmn_ho_acc_at_eps": (correct & (ho > eps)).sum() / len(rows),
-        "fmn_ho_closer_than_fmn": int((correct & (ho < plain)).sum()),
-        "fmn_ho_overstated": int(overstated.sum()),
-    }
+    right = correct.to_numpy(dtype=bool)
+    out = {}
+    for name, dist in zip(("ho", "ensemble"), ho_fmn_columns(rows)):
+        if dist.isna().all():
+            continue
+        dist = dist.fillna(np.inf)
+        overstated, _ = fmn_bounds(right, rows["pgd_correct"].to_numpy(dtype=bool), aa, dist.to_numpy(), eps)
+        out[f"fmn_{name}_acc_at_eps"] = (correct & (dist > eps)).sum() / len(rows)
+        out[f"fmn_{name}_overstated"] = int(overstated.sum())
+        if name == "ho":
+            out["fmn_ho_closer_than_fmn"] = int((correct & (dist < plain)).sum())
+            out["fmn_ho_farther_than_fmn"] = int((correct & (dist > plain)).sum())
+    return out
 
 
 def model_table(samples: pd.DataFrame | Samples) -> pd.DataFrame:

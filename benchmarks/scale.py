@@ -216,6 +216,7 @@ def model_rows(m: int, samples: int, rng: np.random.Generator) -> pd.DataFrame:
             "fmn_eps_bounded": eps,
             "fmn_eps_untargeted": np.where(dense & ~correct, -eps, np.nan).astype(np.float32),
             "fmn_eps_ho": np.full(samples, np.nan, np.float32),
+            "fmn_eps_ensemble": np.full(samples, np.nan, np.float32),
             "fmn_ho_config": pd.array([None] * samples, dtype="string"),
             "dense_model_id": model_name(m - m % 10),
             "role": "dense" if dense else "pruned",

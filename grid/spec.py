@@ -209,6 +209,9 @@ class GridSpec:
         settings = body["evaluation"]["settings"]
         if settings["autoattack_attacks"] is None:  # added later: grids launched before keep theirs
             del settings["autoattack_attacks"]
+        if not settings.get("fmn_tuning_trials"):  # HO-FMN off: its settings compute nothing
+            for key in [k for k in settings if k.startswith("fmn_tuning_")]:
+                del settings[key]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -221,8 +224,6 @@ def _without_neutral(body):
             **NEUTRAL,
             "validation": 0,
             "dense": None,
-            "fmn_tuning_trials": 0,
-            "fmn_tuning_samples": 32,
             "budget": 1.0,
         }
         return {k: _without_neutral(v) for k, v in body.items() if not (k in neutral and neutral[k] == v)}

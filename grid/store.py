@@ -45,7 +45,8 @@ SAMPLE_SCHEMA = pa.schema(
         ("fmn_eps_bounded", pa.float32()),  # min(fmn_eps, eps) where FMN overstated
         ("fmn_eps_untargeted", pa.float32()),  # dense, misclassified: minus the distance out of the
         # predicted class (fmn_eps: to the true label)
-        ("fmn_eps_ho", pa.float32()),  # HO-FMN: min of FMN's and the tuned FMN's; NaN when not run
+        ("fmn_eps_ho", pa.float32()),  # HO-FMN's own distance (its tuned attack); NaN when not run
+        ("fmn_eps_ensemble", pa.float32()),  # per sample the smaller of fmn_eps and fmn_eps_ho
         ("fmn_ho_config", pa.string()),  # the configuration HO-FMN picked for the model
         ("dense_model_id", pa.string()),
         ("role", pa.string()),

@@ -139,6 +139,24 @@ def test_autoattack_attacks_keep_the_versions_order_and_all_of_them_is_the_defau
     assert attacks(None, "rand").evaluation.settings.autoattack_ensemble == "apgd-ce,apgd-dlr"
 
 
+def test_ho_fmn_settings_are_the_grids_identity_only_when_it_runs():
+    """With fmn_tuning_trials 0 HO-FMN's other settings compute nothing, so they leave the grid's
+    fingerprint alone; once it runs, each of them is part of what the grid computes."""
+
+    def grid(**evaluation):
+        return parse_spec({**GOOD, "evaluation": evaluation})
+
+    base = parse_spec(GOOD).fingerprint()
+    assert grid(fmn_tuning_samples=64, fmn_tuning_steps=50).fingerprint() == base
+    on = grid(fmn_tuning_trials=32)
+    assert on.fingerprint() != base
+    assert grid(fmn_tuning_trials=32, fmn_tuning_steps=50).fingerprint() != on.fingerprint()
+    assert grid(fmn_tuning_trials=32, fmn_tuning_attacks=["dlr-sgd-calr"]).fingerprint() != on.fingerprint()
+    assert on.evaluation.settings.fmn_tuning_attacks is None  # all 18
+    with pytest.raises(SpecError, match="fmn_tuning_attacks"):
+        grid(fmn_tuning_trials=2, fmn_tuning_attacks=["dlr-sgd-rlrop"])
+
+
 @pytest.mark.parametrize(
     "text, field",
     [

@@ -30,6 +30,7 @@ def rows(model_id: str, start: int, end: int) -> pd.DataFrame:
             "fmn_eps_bounded": rng.random(n).astype(np.float32),
             "fmn_eps_untargeted": rng.random(n).astype(np.float32),
             "fmn_eps_ho": np.full(n, np.nan, np.float32),
+            "fmn_eps_ensemble": np.full(n, np.nan, np.float32),
             "fmn_ho_config": pd.array([None] * n, dtype="string"),
             "grid": "g",
             "model_id": model_id,

@@ -7,7 +7,6 @@ comes from `pyautoattack` and FMN from `secml-torch`, wrapped only to return per
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
@@ -161,92 +160,46 @@ class DLRLoss(nn.Module):
         return -(true - best_other) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
+# HO-FMN's modular FMN (pralab/HO-FMN src/utils/fmn_config.py LOSSES, OPTIMIZERS, SCHEDULERS): its
+# losses, optimisers and step-size schedulers. RLROP is left out: src/attacks/fmn.py FMN.forward scales
+# each sample's loss by that sample's step size and then takes the sign of the gradient, so the
+# step never changes and RLROP runs as "none" with two idle hyperparameters.
+HOFMN_LOSSES = ("logit", "ce", "dlr")  # LL, CE, DLR
+HOFMN_OPTIMIZERS = ("sgd", "adam", "adamax")
+HOFMN_SCHEDULERS = ("calr", "none")
+
+
 @dataclass(frozen=True)
 class FMNConfig:
-    """One FMN of HO-FMN's search space (Mura et al. 2024, "HO-FMN: Hyperparameter Optimization
-    for Fast Minimum-Norm Attacks"; pralab/HO-FMN src/ho_fmn/search_space.py): the loss, the
-    optimiser of the perturbation and its hyperparameters; the step size is cosine-annealed to a
-    hundredth, as in FMN. The defaults are plain FMN (logit loss, SGD without momentum)."""
+    """One attack of HO-FMN (Mura et al. 2024, "HO-FMN: Hyperparameter Optimization for Fast
+    Minimum-Norm Attacks"): FMN with a loss, an optimiser of the perturbation, a step-size
+    scheduler and the optimiser's hyperparameters, run as the authors' FMN runs them
+    (pralab/HO-FMN src/attacks/fmn.py FMN.forward): the optimiser is given the gradient's sign,
+    whatever the norm, so `lr` is a step per input feature, the unit of HO-FMN's lr range
+    [8/255, 10]; CALR anneals it to 0 over the run. The defaults are their FMN's (LL, SGD, CALR,
+    alpha_init 1)."""
 
-    loss: str = "logit"  # logit | ce | dlr
-    optimizer: str = "sgd"  # sgd | adam
-    lr: float | None = None  # None: the spec's fmn_step_size
-    momentum: float = 0.0
+    loss: str = "logit"  # HOFMN_LOSSES
+    optimizer: str = "sgd"  # HOFMN_OPTIMIZERS
+    scheduler: str = "calr"  # HOFMN_SCHEDULERS
+    lr: float = 1.0
+    momentum: float = 0.0  # SGD only
+    dampening: float = 0.0  # SGD only
     weight_decay: float = 0.0
-    dampening: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam, Adamax
 
     @property
-    def is_plain(self) -> bool:
-        """Plain FMN's loss and optimiser, whatever the step size."""
-        return self == FMNConfig(lr=self.lr)
+    def attack(self) -> str:
+        """The attack's name in the search: loss-optimiser-scheduler."""
+        return f"{self.loss}-{self.optimizer}-{self.scheduler}"
 
     def describe(self) -> str:
-        if self.is_plain:
-            return "plain FMN"
         extra = (
             f"momentum {self.momentum:.3g}, dampening {self.dampening:.3g}"
             if self.optimizer == "sgd"
             else f"betas {self.betas[0]:.3g}/{self.betas[1]:.3g}"
         )
-        return (
-            f"{self.loss} loss, {self.optimizer} lr {self.lr:.3g}, {extra}, "
-            f"weight decay {self.weight_decay:.3g}"
-        )
-
-
-def sample_fmn_configs(count: int, seed: int) -> list[FMNConfig]:
-    """`count` draws from HO-FMN's search space (its bounds: lr log-uniform in [8/255, 10],
-    SGD momentum [0, 0.9], dampening [0, 0.2], weight decay [0.01, 1], Adam betas [0, 0.999]),
-    with every loss and optimiser; a seeded random search where the authors run Ax's Bayesian
-    optimisation per (loss, optimiser), so that the pick is the same on every actor."""
-    g = torch.Generator().manual_seed(seed)
-
-    def uniform(low, high):
-        return float(low + (high - low) * torch.rand((), generator=g))
-
-    configs = []
-    for i in range(count):
-        loss, optimizer = ("logit", "ce", "dlr")[i % 3], ("sgd", "adam")[(i // 3) % 2]
-        lr = float(torch.exp(torch.tensor(uniform(math.log(8 / 255), math.log(10.0)))))
-        common = dict(loss=loss, optimizer=optimizer, lr=lr, weight_decay=uniform(0.01, 1.0))
-        if optimizer == "sgd":
-            configs.append(FMNConfig(**common, momentum=uniform(0.0, 0.9), dampening=uniform(0.0, 0.2)))
-        else:
-            configs.append(FMNConfig(**common, betas=(uniform(0.0, 0.999), uniform(0.0, 0.999))))
-    return configs
-
-
-def tune_fmn(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    norm: str,
-    steps: int,
-    step_size: float,
-    trials: int,
-    seed: int = 0,
-) -> tuple[FMNConfig, float, float]:
-    """HO-FMN's search: plain FMN and `trials` configurations run on the same samples (the
-    correctly classified ones); the configuration with the smallest median distance (samples
-    without an adversarial point count as infinitely far) wins, plain FMN on ties.
-    Returns (config, its median, plain FMN's median)."""
-    with torch.no_grad():
-        right = model(x.to(next(model.parameters()).device)).argmax(1).cpu() == y
-    x, y = x[right], y[right]
-    plain = FMNConfig(lr=step_size)
-    best, best_median, plain_median = plain, float("inf"), float("inf")
-    if not len(y):
-        return plain, best_median, plain_median
-    for config in [plain, *sample_fmn_configs(trials, seed)]:
-        distance, found, _ = fmn(model, x, y, norm=norm, steps=steps, step_size=step_size, config=config)
-        median = float(torch.where(found, distance, torch.inf).median())
-        if config == plain:
-            plain_median = median
-        if median < best_median:
-            best, best_median = config, median
-    return best, best_median, plain_median
+        return f"{self.attack}: lr {self.lr:.3g}, {extra}, weight decay {self.weight_decay:.3g}"
 
 
 def _host_side(classifier_cls):
@@ -279,7 +232,7 @@ def fmn(
     Targeted (target=c, one class for the batch): the smallest perturbation that makes it predict c.
     Returns (distance, found, x_adv). A failed search returns the input itself, so `found` is checked
     on the returned point and `distance` is NaN where nothing was found (never a fake 0).
-    `config`: one of HO-FMN's variants (loss, optimiser) instead of plain FMN.
+    `config`: one of HO-FMN's attacks (FMNConfig) instead of plain FMN.
     """
     from secmlt.adv.evasion.fmn import FMN
     from secmlt.models.pytorch.base_pytorch_nn import BasePyTorchClassifier
@@ -299,8 +252,8 @@ def fmn(
             y_target=target,
             backend="native",
         )
-        if config is not None and not config.is_plain:
-            _configure(attack, config, steps, step_size)
+        if config is not None:
+            _configure(attack, config, steps)
         chunk = slice(start, start + batch_size)
         loader = DataLoader(TensorDataset(x[chunk].cpu(), y[chunk].cpu()), batch_size=batch_size)
         x_adv += [adv.detach().cpu() for adv, _ in attack(classifier, loader, stream=True)]
@@ -313,22 +266,30 @@ def fmn(
     return distance, found, x_adv
 
 
-def _configure(attack, config: FMNConfig, steps: int, step_size: float) -> None:
-    """Give a secml-torch FMN another loss and optimiser (its modular attack reads these
-    attributes when it runs: optimizer_cls([delta], lr=step_size, **optim_kwargs), the loss
-    maximised per sample, a cosine schedule down to a hundredth of the step size)."""
+def _configure(attack, config: FMNConfig, steps: int) -> None:
+    """Make a secml-torch FMN the authors' modular FMN with `config` (its modular attack reads
+    these attributes when it runs: optimizer_cls([delta], lr=step_size, **optim_kwargs), the
+    scheduler, the loss maximised per sample, the gradient processing). secml-torch steps along
+    the L2-normalised gradient; HO-FMN along its sign (src/attacks/fmn.py FMN.forward), which for
+    every norm is what its search space's step sizes are for. The rest (the eps-ball's
+    adaptation, the best point kept) is secml-torch's FMN."""
+    from secmlt.optimization.gradient_processing import LinearProjectionGradientProcessing
     from secmlt.optimization.losses import LogitDifferenceLoss
+    from secmlt.optimization.scheduler_factory import NoScheduler
 
-    lr = config.lr if config.lr is not None else step_size
-    losses = {"logit": LogitDifferenceLoss, "ce": nn.CrossEntropyLoss, "dlr": DLRLoss}
-    attack.loss_function = losses[config.loss](reduction="none") if config.loss != "dlr" else DLRLoss()
-    attack.step_size, attack.min_step_size = lr, lr / 100
+    losses = {"logit": LogitDifferenceLoss(reduction="none"), "ce": nn.CrossEntropyLoss(reduction="none")}
+    attack.loss_function = losses.get(config.loss) or DLRLoss()
+    attack.gradient_processing = LinearProjectionGradientProcessing("linf")  # the sign
+    attack.step_size = config.lr
+    common = dict(weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
         attack.optimizer_cls = torch.optim.SGD
-        attack.optim_kwargs = dict(
-            momentum=config.momentum, dampening=config.dampening, weight_decay=config.weight_decay
-        )
+        attack.optim_kwargs = dict(momentum=config.momentum, dampening=config.dampening, **common)
     else:
-        attack.optimizer_cls = torch.optim.Adam
-        attack.optim_kwargs = dict(betas=config.betas, weight_decay=config.weight_decay)
-    attack.scheduler_kwargs = {"T_max": steps, "eta_min": lr / 100}
+        attack.optimizer_cls = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}[config.optimizer]
+        attack.optim_kwargs = dict(betas=config.betas, **common)
+    if config.scheduler == "calr":  # search_space.py SCHEDULER_PARAMS["CALR"]: T_max steps, eta_min 0
+        attack.scheduler_cls = torch.optim.lr_scheduler.CosineAnnealingLR
+        attack.scheduler_kwargs = {"T_max": steps, "eta_min": 0.0}
+    else:
+        attack.scheduler_cls, attack.scheduler_kwargs = NoScheduler, {}
