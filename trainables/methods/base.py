@@ -27,6 +27,9 @@ class PruningMethod:
     options: ClassVar[dict[str, Any]] = {}
     search_phase: ClassVar[bool] = False
     finetunes: ClassVar[bool] = True  # False: no fine-tuning phase (RST's ticket, Flying Bird)
+    # True: the fine-tuning phase defaults to the parent's recipe, not the grid's fine-tuning one
+    # (Li20 trains its rewound ticket on the dense schedule; grid/spec.py _method)
+    finetunes_like_parent: ClassVar[bool] = False
     needs_validation: ClassVar[bool] = False  # reads the validation split while it trains
     iterative: ClassVar[bool] = False  # prunes in `steps` between fine-tuning epochs (prune_step)
     needs_initial_state: ClassVar[bool] = False  # rewinds to / starts from the initial weights
