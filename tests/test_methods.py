@@ -3,6 +3,7 @@ right filters removed), a model that still runs, and each method's own defining 
 
 import copy
 import io
+from dataclasses import replace
 
 import pytest
 import torch
@@ -546,6 +547,67 @@ def test_flying_bird_changes_its_mask_while_training_and_keeps_the_budget(digits
     final = masks_of(job.model)
     assert all(torch.equal(a, b) for a, b in zip(final.values(), masks[-1]))
     assert metrics["measured_sparsity"] >= 0.9 - 0.005
+
+
+def test_flying_bird_keeps_its_best_validation_epoch_and_flying_bird_plus_attacks_with_pgd_20(
+    digits, monkeypatch
+):
+    """Flying Bird's training is its search, and the authors keep the epoch of best validation
+    robust accuracy (utils.py save_checkpoint model_RA_best): with `select: best` and a validation
+    split, the model that comes out is that epoch's weights under that epoch's masks (here the
+    validation scores are set to peak at epoch 2 of 3; the old search kept its last epoch). Flying
+    Bird+'s triggers read the validation loss under PGD-20 (main_adv.py --test_step 20)."""
+    from apgrid.trainables import pipeline
+    from apgrid.trainables.data import with_validation
+    from apgrid.trainables.methods import dynamic
+
+    scores = iter([0.5, 0.9, 0.3])
+    monkeypatch.setattr(pipeline, "validation_metrics", lambda *a: {"val_pgd_acc": next(scores)})
+    states = []
+    search = Recipe(trainer="fgsm-rs", epochs=3, lr=0.05, batch_size=128, select="best")
+    settings = PruneSettings(
+        "flyingbird", 0.9, 0, 0.1, "Linf", QUICK, search, {"update_every": 1, "update_every_late": 1}
+    )
+    job = scratch_job(
+        digits, settings, with_validation(digits, 300), report=lambda m, s: states.append(copy.deepcopy(s))
+    )
+    job.run()
+    best = states[1]
+    assert any(not torch.equal(a, b) for a, b in zip(best["sparse_masks"], states[2]["sparse_masks"]))
+    assert any(not torch.equal(best["model"][k], states[2]["model"][k]) for k in best["model"])
+    for (name, mask), kept in zip(masks_of(job.model).items(), best["sparse_masks"]):
+        assert torch.equal(mask, kept), name
+        assert torch.equal(
+            plain_state_dict(job.model)[f"{name}.weight"], best["model"][f"{name}.weight"] * kept
+        )
+
+    steps = []
+
+    def attack(*args, **kwargs):
+        steps.append(kwargs["steps"])
+        return 1.0, 0.5
+
+    monkeypatch.setattr(dynamic, "robust_loss_and_accuracy", attack)
+    settings = PruneSettings("flyingbird+", 0.9, 0, 0.1, "Linf", QUICK, replace(search, epochs=1), {})
+    scores = iter([0.5])
+    scratch_job(digits, settings, with_validation(digits, 300)).run()
+    assert steps == [20]
+
+
+def test_flying_bird_selecting_its_best_epoch_resumes_as_if_never_stopped(digits):
+    """The search's selection (best score, epoch, weights and masks) travels in its saved state."""
+    from apgrid.trainables.data import with_validation
+
+    ds, states = with_validation(digits, 300), []
+    search = Recipe(trainer="fgsm-rs", epochs=3, lr=0.2, batch_size=128, select="best")
+    options = {"update_every": 2, "update_every_late": 2}
+    settings = PruneSettings("flyingbird", 0.9, 0, 0.1, "Linf", QUICK, search, options)
+    whole = scratch_job(digits, settings, ds, report=serialising_into(states))
+    whole.run()
+    resumed = scratch_job(digits, settings, ds)
+    resumed.run(torch.load(io.BytesIO(states[1]), weights_only=True))
+    for (key, a), b in zip(plain_state_dict(resumed.model).items(), plain_state_dict(whole.model).values()):
+        assert torch.equal(a, b), key
 
 
 def test_flying_bird_plus_triggers_follow_the_training_statistics(digits):
