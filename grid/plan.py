@@ -279,7 +279,9 @@ class PlanCost:
 def recipe_passes(recipe: dict, train_size: int) -> float:
     """Forward + backward passes of a training run: each step attacks (k steps of a forward
     and a backward) and then trains (one forward, one backward)."""
-    steps = {"clean": 0, "fgsm-rs": 1}.get(recipe.get("trainer", "pgd"), recipe.get("pgd_steps", 7))
+    steps = {"clean": 0, "fgsm-rs": 1, "fgsm": 1}.get(
+        recipe.get("trainer", "pgd"), recipe.get("pgd_steps", 7)
+    )
     return recipe.get("epochs", 0) * train_size * 2 * (steps + 1)
 
 

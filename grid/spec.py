@@ -35,7 +35,7 @@ from apgrid.trainables.fields import (
 )
 from apgrid.trainables.methods import PRUNING_METHODS
 from apgrid.trainables.models import ARCHITECTURES
-from apgrid.trainables.training import NEUTRAL, Recipe
+from apgrid.trainables.training import LINF_ONLY, NEUTRAL, TRAINERS, Recipe
 
 AUTOATTACK_VERSIONS = tuple(AUTOATTACK_ENSEMBLES)
 EXAMPLES = Path(__file__).parent / "examples"
@@ -386,12 +386,13 @@ def _recipes(spec: GridSpec):
 
 def _check_recipes(spec: GridSpec) -> None:
     for where, recipe in _recipes(spec):
-        if recipe.trainer == "fgsm-rs" and spec.threat_model.norm != "Linf":
-            # Wong et al. 2020 define FGSM-RS for Linf (a signed gradient step from a uniform start)
+        if recipe.trainer in LINF_ONLY and spec.threat_model.norm != "Linf":
+            # FGSM (Goodfellow et al. 2015) and FGSM-RS (Wong et al. 2020) are Linf attacks: a signed
+            # gradient step of the threat's size
+            allowed = ", ".join(t for t in TRAINERS if t not in LINF_ONLY)
             raise SpecError(
-                f"{where}.trainer: fgsm-rs is an Linf attack and the threat model is "
-                f"{spec.threat_model.norm}; allowed under {spec.threat_model.norm}: "
-                f"pgd, trades, clean"
+                f"{where}.trainer: {recipe.trainer} is an Linf attack and the threat model is "
+                f"{spec.threat_model.norm}; allowed under {spec.threat_model.norm}: {allowed}"
             )
         if recipe.select == "best" and spec.dataset.validation == 0:
             raise SpecError(
@@ -644,7 +645,8 @@ def _method(raw, grid: dict[str, Recipe], context: _GridContext) -> MethodSpec:
     """A method name, or a mapping {name, architectures, sparsities, finetune, search, dense,
     <options>}. Each phase's recipe is the method's authors' (trainables/recipes.py; epochs scaled
     by prune.budget) under the fields the spec sets: the grid's prune.finetune / prune.search /
-    dense.recipe, then the method's own (`dense`: the parent it prunes is trained with that)."""
+    dense.recipe, then the method's own (`dense`: the parent it prunes is trained with that). A
+    method with `finetunes_like_parent` fine-tunes on its parent's recipe where the spec sets nothing."""
     if isinstance(raw, str):
         raw = {"name": raw}
     raw = _mapping(raw, "prune.methods")
@@ -658,9 +660,14 @@ def _method(raw, grid: dict[str, Recipe], context: _GridContext) -> MethodSpec:
     options = entry.check_options(given, where)
     phases = {}
     parts = (("dense", "parent", 1), ("finetune", "finetune", 0), ("search", "search", 1))
+    resolved = dict(grid)
     for part, phase, min_epochs in parts:
         own = _mapping(raw.get(part), f"{where}.{part}")
-        recipe = _authors_under_spec(entry, phase, grid[phase], own, context, f"{where}.{part}", min_epochs)
+        # a method that trains its pruned network as its parent was trained (Li20's rewound ticket)
+        # starts its fine-tuning from the parent's recipe, not the grid's fine-tuning one
+        base = resolved["parent"] if phase == "finetune" and entry.finetunes_like_parent else grid[phase]
+        recipe = _authors_under_spec(entry, phase, base, own, context, f"{where}.{part}", min_epochs)
+        resolved[phase] = recipe
         phases[part] = None if recipe == grid[phase] else recipe  # None: the grid's, as before
     return parse_fields(
         MethodSpec,
@@ -679,12 +686,18 @@ ATTACK_FIELDS = ("pgd_steps", "step_size", "beta")  # the authors' attack, only 
 def _authors_under_spec(entry, phase, grid: Recipe, own: dict, context, where, min_epochs) -> Recipe:
     """The method's authors' values for `phase` where the spec sets nothing, each only where this
     grid can train it (their attack with their trainer, best-epoch selection with a validation
-    split, FGSM-RS under Linf); what the spec sets — the grid's recipe, then the method's own — wins."""
+    split, FGSM and FGSM-RS under Linf); what the spec sets — the grid's recipe, then the method's
+    own — wins."""
     authors = dict(entry.recipe.recipe_values(phase)) if entry.recipe else {}
     explicit = {**context.given[phase], **own}
     trainer = explicit.get("trainer", authors.get("trainer", grid.trainer))
-    if authors.get("trainer") == "fgsm-rs" and context.norm != "Linf" and "trainer" not in explicit:
+    if authors.get("trainer") in LINF_ONLY and context.norm != "Linf" and "trainer" not in explicit:
         authors.pop("trainer")
+        trainer = grid.trainer
+    if entry.trains.get(phase, {}).get("trainer") == "pgd+clean/2" and "trainer" not in explicit:
+        # ATMC's search mixes its clean share in its own hooks (admm.py AtmcSearch.sample_losses):
+        # the recipe's pgd+clean/2 on top would mix it twice
+        authors.pop("trainer", None)
         trainer = grid.trainer
     if trainer != authors.get("trainer"):
         for key in ATTACK_FIELDS:

@@ -3,6 +3,7 @@ right filters removed), a model that still runs, and each method's own defining 
 
 import copy
 import io
+from dataclasses import replace
 
 import pytest
 import torch
@@ -148,6 +149,21 @@ def test_lamp_scores_follow_the_paper(trained):
         assert m.weight_mask.sum() >= 1, name
         kept, cut = m.weight_orig[m.weight_mask == 1].abs(), m.weight_orig[m.weight_mask == 0].abs()
         assert kept.min() >= cut.max()  # within a layer LAMP is magnitude pruning
+    # across layers it allocates: the global top-k of the scores, so the layers' sparsities differ,
+    # which the same sparsity per layer (lwm-local) cannot give, and the mask is not lwm-local's
+    layers = prunable_layers(model)
+    sparsities = [1 - float(m.weight_mask.mean()) for _, m in layers]
+    assert max(sparsities) - min(sparsities) > 0.05
+    flat = torch.cat([lamp_scores(m.weight_orig).flatten() for _, m in layers])
+    kept = torch.cat([m.weight_mask.flatten() for _, m in layers])
+    assert flat[kept == 1].min() >= flat[kept == 0].max()
+    assert int(kept.sum()) == kept.numel() - round(0.99 * kept.numel())
+    local = copy.deepcopy(trained)
+    prune_magnitude(local, 0.99, "local")
+    assert any(
+        not torch.equal(m.weight_mask, n.weight_mask)
+        for (_, m), (_, n) in zip(layers, prunable_layers(local))
+    )
 
 
 def test_admm_projections_and_convergence(trained, digits):
@@ -533,6 +549,67 @@ def test_flying_bird_changes_its_mask_while_training_and_keeps_the_budget(digits
     assert metrics["measured_sparsity"] >= 0.9 - 0.005
 
 
+def test_flying_bird_keeps_its_best_validation_epoch_and_flying_bird_plus_attacks_with_pgd_20(
+    digits, monkeypatch
+):
+    """Flying Bird's training is its search, and the authors keep the epoch of best validation
+    robust accuracy (utils.py save_checkpoint model_RA_best): with `select: best` and a validation
+    split, the model that comes out is that epoch's weights under that epoch's masks (here the
+    validation scores are set to peak at epoch 2 of 3; the old search kept its last epoch). Flying
+    Bird+'s triggers read the validation loss under PGD-20 (main_adv.py --test_step 20)."""
+    from apgrid.trainables import pipeline
+    from apgrid.trainables.data import with_validation
+    from apgrid.trainables.methods import dynamic
+
+    scores = iter([0.5, 0.9, 0.3])
+    monkeypatch.setattr(pipeline, "validation_metrics", lambda *a: {"val_pgd_acc": next(scores)})
+    states = []
+    search = Recipe(trainer="fgsm-rs", epochs=3, lr=0.05, batch_size=128, select="best")
+    settings = PruneSettings(
+        "flyingbird", 0.9, 0, 0.1, "Linf", QUICK, search, {"update_every": 1, "update_every_late": 1}
+    )
+    job = scratch_job(
+        digits, settings, with_validation(digits, 300), report=lambda m, s: states.append(copy.deepcopy(s))
+    )
+    job.run()
+    best = states[1]
+    assert any(not torch.equal(a, b) for a, b in zip(best["sparse_masks"], states[2]["sparse_masks"]))
+    assert any(not torch.equal(best["model"][k], states[2]["model"][k]) for k in best["model"])
+    for (name, mask), kept in zip(masks_of(job.model).items(), best["sparse_masks"]):
+        assert torch.equal(mask, kept), name
+        assert torch.equal(
+            plain_state_dict(job.model)[f"{name}.weight"], best["model"][f"{name}.weight"] * kept
+        )
+
+    steps = []
+
+    def attack(*args, **kwargs):
+        steps.append(kwargs["steps"])
+        return 1.0, 0.5
+
+    monkeypatch.setattr(dynamic, "robust_loss_and_accuracy", attack)
+    settings = PruneSettings("flyingbird+", 0.9, 0, 0.1, "Linf", QUICK, replace(search, epochs=1), {})
+    scores = iter([0.5])
+    scratch_job(digits, settings, with_validation(digits, 300)).run()
+    assert steps == [20]
+
+
+def test_flying_bird_selecting_its_best_epoch_resumes_as_if_never_stopped(digits):
+    """The search's selection (best score, epoch, weights and masks) travels in its saved state."""
+    from apgrid.trainables.data import with_validation
+
+    ds, states = with_validation(digits, 300), []
+    search = Recipe(trainer="fgsm-rs", epochs=3, lr=0.2, batch_size=128, select="best")
+    options = {"update_every": 2, "update_every_late": 2}
+    settings = PruneSettings("flyingbird", 0.9, 0, 0.1, "Linf", QUICK, search, options)
+    whole = scratch_job(digits, settings, ds, report=serialising_into(states))
+    whole.run()
+    resumed = scratch_job(digits, settings, ds)
+    resumed.run(torch.load(io.BytesIO(states[1]), weights_only=True))
+    for (key, a), b in zip(plain_state_dict(resumed.model).items(), plain_state_dict(whole.model).values()):
+        assert torch.equal(a, b), key
+
+
 def test_flying_bird_plus_triggers_follow_the_training_statistics(digits):
     """Flying Bird+: prune more when the robust gap widened, grow more when the validation
     adversarial loss did not fall (Masking.get_dst_ratio over the last epochs); forced on from the
@@ -600,8 +677,9 @@ def build_digits_cnn(digits):
 def test_mad_saliency_is_the_second_order_term_of_what_its_mask_removes(trained, digits):
     """MAD (Lee et al. 2022): saliency[i, j] = 1/2 G_ii dw_ij (dw_i A)_j with dw = w (1 - f(m)), so a
     row's saliencies sum to 1/2 G_ii dw_i A dw_i^T (its block of 1/2 dw^T (A x G) dw); a weight the
-    mask keeps whole has none; and the pruned weights are the least salient (conv layers ranked
-    together, linear rows each on their own)."""
+    mask keeps whole has none; and the pruned weights are the least salient (every layer but the
+    last ranked together, as list_to_concat takes adv_delta_L_avg[:-1]; the classifier's rows each
+    on their own)."""
     from apgrid.trainables.methods.saliency import batch_saliency, kfac_factors, mad_masks, saliency_of
 
     torch.manual_seed(0)
@@ -624,14 +702,21 @@ def test_mad_saliency_is_the_second_order_term_of_what_its_mask_removes(trained,
     saliency = batch_saliency(
         model, digits.x_train[:64], digits.y_train[:64], eps=0.1, norm="Linf", mask_steps=5
     )
+    layers = prunable_layers(model)
+    for name, _ in layers:  # the mask moved, so every layer has a positive second-order term
+        assert float(saliency[name].sum()) > 0, name
     masks = mad_masks(saliency, model, 0.9)
-    convs = [n for n, m in prunable_layers(model) if isinstance(m, nn.Conv2d)]
-    kept_scores = torch.cat([saliency[n][masks[n] > 0] for n in convs])
-    dropped_scores = torch.cat([saliency[n][masks[n] == 0] for n in convs])
-    assert kept_scores.min() >= dropped_scores.max()
-    for n, m in prunable_layers(model):
-        if isinstance(m, nn.Linear):
-            assert (masks[n].sum(1) == m.weight.shape[1] - int(0.9 * m.weight.shape[1])).all()
+    ranked, (last, classifier) = [n for n, _ in layers[:-1]], layers[-1]
+    kept_scores = torch.cat([saliency[n][masks[n] > 0] for n in ranked])
+    dropped_scores = torch.cat([saliency[n][masks[n] == 0] for n in ranked])
+    assert kept_scores.min() >= dropped_scores.max()  # every layer but the last ranked together
+    width = classifier.weight.shape[1]
+    assert (masks[last].sum(1) == width - int(0.9 * width)).all()  # the classifier row by row
+    for row, keep in zip(saliency[last], masks[last]):
+        assert row[keep > 0].min() >= row[keep == 0].max()
+    # not the magnitude order that all-equal saliencies would leave (ties are broken by |w|)
+    zeros = {n: torch.zeros_like(s) for n, s in saliency.items()}
+    assert any(not torch.equal(masks[n], m) for n, m in mad_masks(zeros, model, 0.9).items())
     job, metrics = run_job(trained, digits, "mad", 0.9, {"samples": 256, "mask_steps": 5})
     assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.01)
 

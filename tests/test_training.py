@@ -2,6 +2,7 @@
 for model selection (never the test set), catastrophic overfitting flagged, exact resume."""
 
 import copy
+import dataclasses
 import io
 
 import pytest
@@ -180,6 +181,24 @@ def test_each_method_prunes_its_papers_parent_and_equal_recipes_share_one():
     assert parents["lwm-global"] == parents["lamp"] != trades  # pgd is dense.recipe's trainer
 
 
+def test_li20_trains_its_ticket_on_the_parents_recipe_unless_the_spec_says_otherwise():
+    """Li et al. 2020 (survey taxonomy Li20): the ticket is found by FGSM training, and the rewound
+    ticket is trained with PGD-AT on the dense network's schedule, not on the (shorter) grid
+    fine-tuning recipe; a value the spec sets for fine-tuning still wins. Other methods keep the
+    grid's fine-tuning recipe."""
+    dense = {"recipe": {"epochs": 30, "lr": 0.1, "weight_decay": 2e-4}}
+    spec = parse_spec({**GOOD, "dense": dense, "prune": {"methods": ["li20", "lwm-global"]}})
+    li20, lwm = spec.prune.methods
+    assert li20.dense.trainer == "fgsm" and li20.finetune.trainer == "pgd"
+    assert dataclasses.replace(li20.finetune, trainer="fgsm") == li20.dense
+    assert lwm.finetune is None and spec.prune.finetune.epochs == 5  # the grid's, as before
+    spec = parse_spec(
+        {**GOOD, "dense": dense, "prune": {"finetune": {"epochs": 3}, "methods": [{"name": "li20"}]}}
+    )
+    (li20,) = spec.prune.methods
+    assert (li20.finetune.epochs, li20.finetune.lr, li20.finetune.weight_decay) == (3, 0.1, 2e-4)
+
+
 def test_a_step_schedule_decays_tenfold_at_each_milestone():
     """MAD fine-tunes 60 epochs at lr 0.1, x0.1 at epochs 30 and 45 (torch's MultiStepLR)."""
     from apgrid.trainables.training import lr_at
@@ -222,3 +241,102 @@ def test_the_training_attack_runs_in_the_mode_the_recipe_names(mode):
     attack_calls = 2 * 3  # two batches, three PGD steps each
     assert calls.count(False) == (attack_calls if mode == "eval" else 0)
     assert calls.count(True) == 2 + (attack_calls if mode == "train" else 0)
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+
+
+def tiny_batch():
+    gen = torch.Generator().manual_seed(1)
+    return torch.rand(8, 3, 2, 2, generator=gen), torch.randint(0, 4, (8,), generator=gen)
+
+
+def test_mart_loss_is_its_papers_formula_computed_by_hand():
+    """MART (Wang et al. 2020, Eq. 6; MAD's kfac_MAD_pruner.py loss_function): BCE(p(x'), y) =
+    -log p_y(x') - log(1 - max_{k != y} p_k(x')), plus beta KL(p(x) || p(x')) (1 - p_y(x)), per sample,
+    written out sample by sample here; a cross-entropy (pgd's loss) fails this."""
+    from apgrid.trainables.training import per_sample_loss
+
+    model, (x, y) = tiny_net(), tiny_batch()
+    x_adv = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
+    losses, _ = per_sample_loss(model, x, x_adv, y, Recipe(trainer="mart", beta=0.5))
+    losses = losses.detach()
+    with torch.no_grad():
+        p, q = model(x).softmax(1), model(x_adv).softmax(1)
+    for i in range(len(y)):
+        others = [q[i, k] for k in range(4) if k != y[i]]
+        bce = -torch.log(q[i, y[i]]) - torch.log(1 - max(others))
+        kl = sum(p[i, k] * torch.log(p[i, k] / q[i, k]) for k in range(4))
+        expected = bce + 0.5 * kl * (1 - p[i, y[i]])
+        assert float(losses[i]) == pytest.approx(float(expected), rel=1e-3)
+
+
+def test_pgd_plus_clean_half_is_the_mean_of_the_clean_and_adversarial_cross_entropies():
+    """ATMC (VITA-Group/ATMC util_trts.py): 0.5 CE(x) + 0.5 CE(x_adv), its PGD starting at x."""
+    import torch.nn.functional as F
+
+    from apgrid.trainables.training import adversarial_examples, per_sample_loss
+
+    model, (x, y) = tiny_net(), tiny_batch()
+    recipe = Recipe(trainer="pgd+clean/2", pgd_steps=3)
+    x_adv = adversarial_examples(model, x, y, recipe, 0.1, "Linf")
+    losses, _ = per_sample_loss(model, x, x_adv, y, recipe)
+    with torch.no_grad():
+        clean = F.cross_entropy(model(x), y, reduction="none")
+        adv = F.cross_entropy(model(x_adv), y, reduction="none")
+    assert torch.allclose(losses, (clean + adv) / 2)
+    assert (adv > clean).all()  # an attack, not the clean batch
+    again = adversarial_examples(model, x, y, recipe, 0.1, "Linf")
+    assert torch.equal(x_adv, again)  # no random start
+
+
+def test_fgsm_is_one_signed_gradient_step_of_eps_without_a_random_start():
+    """FGSM (Goodfellow et al. 2015): x' = clip(x + eps sign(grad_x CE(f(x), y))), deterministic
+    (FGSM-RS starts from uniform noise and steps 1.25 eps)."""
+    import torch.nn.functional as F
+
+    from apgrid.trainables.training import adversarial_examples
+
+    model, (x, y) = tiny_net(), tiny_batch()
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(xg), y), xg)
+    expected = (x + 0.1 * grad.sign()).clamp(0, 1)
+    out = adversarial_examples(model, x, y, Recipe(trainer="fgsm"), 0.1, "Linf")
+    assert torch.allclose(out, expected)
+
+
+def test_the_old_trainers_give_the_same_examples_and_losses_as_before():
+    """pgd, trades, fgsm-rs, clean: the values pinned from the code before mart, fgsm and
+    pgd+clean/2 were added (bit for bit)."""
+    from apgrid.trainables.training import adversarial_examples, per_sample_loss
+
+    model, (x, y) = tiny_net(), tiny_batch()
+    sums = {}
+    for trainer in ("pgd", "trades", "fgsm-rs", "clean"):
+        torch.manual_seed(3)
+        recipe = Recipe(trainer=trainer, pgd_steps=3)
+        x_adv = adversarial_examples(model, x, y, recipe, 0.1, "Linf")
+        losses, _ = per_sample_loss(model, x, x_adv, y, recipe)
+        sums[trainer] = (float(x_adv.double().sum()), float(losses.detach().double().sum()))
+    for trainer, pinned in PINNED_TRAINERS.items():
+        assert sums[trainer] == pytest.approx(pinned, rel=1e-12), trainer
+
+
+# adversarial_examples and per_sample_loss at 02c0f95 (before mart, fgsm and pgd+clean/2)
+PINNED_TRAINERS = {
+    "pgd": (48.515867091715336, 12.795677781105042),
+    "trades": (49.56764395534992, 11.702379941940308),
+    "fgsm-rs": (48.17180175334215, 12.602549314498901),
+    "clean": (48.65699064731598, 11.403399229049683),
+}
+
+
+@pytest.mark.parametrize("trainer", ["fgsm", "fgsm-rs"])
+def test_fgsm_trainers_are_refused_under_l2(trainer):
+    with pytest.raises(SpecError) as err:
+        parse_spec(
+            {**GOOD, "threat_model": {"norm": "L2", "eps": 0.5}, "dense": {"recipe": {"trainer": trainer}}}
+        )
+    assert str(err.value).startswith("dense.recipe.trainer: " + trainer)

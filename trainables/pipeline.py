@@ -283,6 +283,11 @@ class PruneJob:
         search = self.method.start_search(self, saved)
         if saved:
             search.optimizer.load_state_dict(saved["optimizer"])
+        # a method whose search is its whole training keeps its best epoch when its recipe says so
+        select = (
+            self.method.selects_in_search and search.recipe.select == "best" and self.ds.x_val is not None
+        )
+        self.search_selection = Selection(saved.get("selection") if saved else None)
         search.begin()
         for epoch in range(saved["epoch"] if saved else 0, self.search_epochs):
             if search.stopped():
@@ -290,6 +295,13 @@ class PruneJob:
             search.begin_epoch(epoch)
             metrics = self.train(search.optimizer, search.recipe, epoch, search)
             search.end_epoch(epoch, metrics)
+            if select:
+                sel = self.search_selection
+                metrics.update(
+                    sel.score(epoch + 1, self.model, self.ds, self.s.eps, self.s.norm, self.device, False)
+                )
+                if sel.best_epoch == epoch + 1:
+                    sel.best_weights = search.snapshot()
             self.report(
                 {**metrics, "phase": "search", "epoch": epoch + 1, "done": 0},
                 {
@@ -297,8 +309,11 @@ class PruneJob:
                     "optimizer": search.optimizer.state_dict(),
                     "epoch": epoch + 1,
                     "phase": "search",
+                    **({"selection": self.search_selection.state()} if select else {}),
                 },
             )
+        if select and self.search_selection.best_weights is not None:
+            search.restore(self.search_selection.best_weights)
         search.finish()
 
     @property
@@ -373,6 +388,12 @@ class PruneJob:
     def test_accuracy(self) -> float:
         return accuracy(self.model, self.ds.x_test, self.ds.y_test, self.device)
 
+    def selection_record(self) -> dict:
+        """The kept epoch: the search's when the search is the whole training (Flying Bird)."""
+        if self.search is not None and not self.method.finetunes and self.method.selects_in_search:
+            return selection_record(self.search, self.search_selection, self.search_epochs)
+        return selection_record(self.finetune, getattr(self, "selection", Selection()), self.total)
+
     def finish(self, metrics: dict) -> dict:
         """ATMC's final quantisation, the model's costs, then `on_finish` (which saves it)."""
         facts = masks.model_facts(self.model, self.dense_count, self.method.finish(self))
@@ -381,7 +402,7 @@ class PruneJob:
             **facts,
             "options": self.options,
             "filters": masks.filter_counts(self.model) if self.is_structured else None,
-            **selection_record(self.finetune, getattr(self, "selection", Selection()), self.total),
+            **self.selection_record(),
         }
         self.on_finish(self.model, metrics, extra)
         return metrics

@@ -74,7 +74,7 @@ class AuthorsRecipe:
 
     def recipe_values(self, phase: str) -> dict:
         """The phase's values a training.Recipe holds (what a grid takes by default); a choice
-        apgrid does not have (the MART trainer, ATMC's clean + adversarial mix, R-ADMM's ADMM
+        apgrid does not have (R-ADMM's ADMM
         learning-rate cycle) is left to the grid and listed as a deviation."""
         values = {k: c.value for k, c in self.phase(phase).items() if k in RECIPE_FIELDS and not c.is_open}
         return {k: v for k, v in values.items() if v in CHOICES.get(k, (v,))}
@@ -150,10 +150,12 @@ def phase_values(recipe: Recipe, eps: float, trains: Mapping | None = None) -> d
     learning-rate cycle in place of the cosine schedule, no epoch selection in a search)."""
     values = {f: getattr(recipe, f) for f in RECIPE_FIELDS}
     step = recipe.step_size
-    if step is None and recipe.trainer in ("pgd", "trades"):
+    if step is None and recipe.trainer in ("pgd", "trades", "mart", "pgd+clean/2"):
         step = 2.5 * eps / recipe.pgd_steps
     elif step is None and recipe.trainer == "fgsm-rs":
         step = 1.25 * eps
+    elif step is None and recipe.trainer == "fgsm":
+        step = eps
     values["step_size"] = step
     return {
         **values,

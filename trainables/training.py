@@ -15,7 +15,12 @@ from torch import nn
 
 from apgrid.trainables.attacks import fgsm_rs, pgd
 
-TRAINERS = ("pgd", "trades", "fgsm-rs", "clean")
+# pgd (Madry et al. 2018) | trades (Zhang et al. 2019) | fgsm-rs (Wong et al. 2020) | clean |
+# fgsm: one signed-gradient step of eps from x, no random start (Goodfellow et al. 2015) | mart
+# (Wang et al. 2020, as ByungKwanLee/Masking-Adversarial-Damage pruner/kfac_MAD_pruner.py
+# loss_function trains) | pgd+clean/2: 1/2 CE(x) + 1/2 CE(x_adv) (VITA-Group/ATMC cifar/util_trts.py)
+TRAINERS = ("pgd", "trades", "fgsm-rs", "clean", "fgsm", "mart", "pgd+clean/2")
+LINF_ONLY = ("fgsm-rs", "fgsm")  # signed-gradient steps: defined for an Linf threat
 # Data augmentation as the references train: CIFAR with random crop (padding 4) and horizontal flip,
 # SVHN with crop only (HYDRA's data loaders; Madry et al. 2018; Rice et al. 2020), digits with none.
 AUGMENTATIONS = ("none", "crop", "crop-flip")
@@ -33,7 +38,7 @@ class Recipe:
     """How to (re)train: the adversarial trainer and its optimiser. Each field's metadata bounds
     the values a spec may give it (grid/spec.py checks them generically)."""
 
-    # pgd (Madry et al. 2018) | trades (Zhang et al. 2019) | fgsm-rs (Wong et al. 2020) | clean
+    # one of TRAINERS (above)
     trainer: str = field(default="pgd", metadata={"choices": TRAINERS})
     epochs: int = field(default=10, metadata={"min": 1})
     lr: float = field(default=0.05, metadata={"low": 0.0, "high": 10.0})
@@ -43,7 +48,7 @@ class Recipe:
     pgd_steps: int = field(default=7, metadata={"min": 1})  # PGD-AT inner steps
     # default: 2.5 eps / steps for PGD/TRADES, 1.25 eps for FGSM-RS
     step_size: float | None = field(default=None, metadata={"low": 0.0, "high": 1.0})
-    # TRADES trade-off between clean CE and the robust KL term
+    # TRADES's trade-off between clean CE and the robust KL term; MART's weight of its KL term
     beta: float = field(default=6.0, metadata={"low": 0.0, "high": 100.0})
     # none | crop | crop-flip (the spec's default depends on the dataset)
     augment: str = field(default="none", metadata={"choices": AUGMENTATIONS})
@@ -163,38 +168,64 @@ def adversarial_examples(model, x, y, recipe: Recipe, eps: float, norm: str) -> 
         return x
     if recipe.trainer == "fgsm-rs":
         return fgsm_rs(model, x, y, eps=eps, step_size=recipe.step_size)
+    if recipe.trainer == "fgsm":  # x + eps sign(grad CE), no random start (Goodfellow et al. 2015)
+        return pgd(model, x, y, eps=eps, steps=1, step_size=recipe.step_size or eps, norm=norm)
     step = recipe.step_size or 2.5 * eps / recipe.pgd_steps
+    loss_fn = None
     if recipe.trainer == "trades":  # maximise KL(f(x) || f(x')) from x + 0.001 N(0, I) (Alg. 1)
         with torch.no_grad():
             p_clean = F.softmax(model(x), dim=1)
 
-        def kl(logits):
+        def loss_fn(logits):
             return F.kl_div(F.log_softmax(logits, 1), p_clean, reduction="sum")
 
-        return pgd(
-            model,
-            x,
-            y,
-            eps=eps,
-            steps=recipe.pgd_steps,
-            step_size=step,
-            norm=norm,
-            init_noise=0.001 * torch.randn_like(x),
-            loss_fn=kl,
-        )
-    noise = (torch.rand_like(x) * 2 - 1) * eps
-    return pgd(model, x, y, eps=eps, steps=recipe.pgd_steps, step_size=step, norm=norm, init_noise=noise)
+    if recipe.trainer in ("trades", "mart"):  # mart: kfac_MAD_pruner.py loss_function, CE from there
+        noise = 0.001 * torch.randn_like(x)
+    elif recipe.trainer == "pgd+clean/2":  # VITA-Group/ATMC cifar/util_unnormalize.py pgd_gt: from x
+        noise = None
+    else:
+        noise = (torch.rand_like(x) * 2 - 1) * eps
+    return pgd(
+        model,
+        x,
+        y,
+        eps=eps,
+        steps=recipe.pgd_steps,
+        step_size=step,
+        norm=norm,
+        init_noise=noise,
+        loss_fn=loss_fn,
+    )
 
 
 def per_sample_loss(model, x, x_adv, y, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
     """The training loss of each sample, and the logits it was computed on (for accuracy)."""
     logits_adv = model(x_adv)
+    if recipe.trainer == "mart":
+        return mart_losses(model(x), logits_adv, y, recipe.beta), logits_adv
+    if recipe.trainer == "pgd+clean/2":  # VITA-Group/ATMC cifar/util_trts.py: 0.5 CE(x) + 0.5 CE(x_adv)
+        clean = F.cross_entropy(model(x), y, reduction="none")
+        return 0.5 * clean + 0.5 * F.cross_entropy(logits_adv, y, reduction="none"), logits_adv
     if recipe.trainer != "trades":
         return F.cross_entropy(logits_adv, y, reduction="none"), logits_adv
     # TRADES (Zhang et al. 2019, Eq. 5): CE(f(x), y) + beta * KL(f(x) || f(x_adv))
     logits = model(x)
     kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="none").sum(1)
     return F.cross_entropy(logits, y, reduction="none") + recipe.beta * kl, logits_adv
+
+
+def mart_losses(logits: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """MART per sample (Wang et al. 2020, Eq. 6, as kfac_MAD_pruner.py loss_function computes it,
+    its constants included): BCE = CE(x_adv, y) - log(1.0001 - p_adv[y'] + 1e-12), y' the most likely
+    wrong class of x_adv, plus beta KL(p(x) || p(x_adv)) (1.0000001 - p(x)_y)."""
+    p_adv = F.softmax(logits_adv, dim=1)
+    top2 = p_adv.argsort(dim=1)[:, -2:]
+    wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+    margin = -torch.log(1.0001 - p_adv.gather(1, wrong[:, None]).squeeze(1) + 1e-12)
+    p_nat = F.softmax(logits, dim=1)
+    kl = F.kl_div(torch.log(p_adv + 1e-12), p_nat, reduction="none").sum(1)
+    robust = kl * (1.0000001 - p_nat.gather(1, y[:, None]).squeeze(1))
+    return F.cross_entropy(logits_adv, y, reduction="none") + margin + beta * robust
 
 
 def train_epoch(

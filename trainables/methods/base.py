@@ -27,6 +27,12 @@ class PruningMethod:
     options: ClassVar[dict[str, Any]] = {}
     search_phase: ClassVar[bool] = False
     finetunes: ClassVar[bool] = True  # False: no fine-tuning phase (RST's ticket, Flying Bird)
+    # True: the fine-tuning phase defaults to the parent's recipe, not the grid's fine-tuning one
+    # (Li20 trains its rewound ticket on the dense schedule; grid/spec.py _method)
+    finetunes_like_parent: ClassVar[bool] = False
+    # True: the search keeps its best epoch by validation PGD accuracy when its recipe says
+    # `select: best` and there is a validation split (Flying Bird: the search is its whole training)
+    selects_in_search: ClassVar[bool] = False
     needs_validation: ClassVar[bool] = False  # reads the validation split while it trains
     iterative: ClassVar[bool] = False  # prunes in `steps` between fine-tuning epochs (prune_step)
     needs_initial_state: ClassVar[bool] = False  # rewinds to / starts from the initial weights
@@ -111,6 +117,14 @@ class Search(LayeredHooks):
     def state(self) -> dict:
         """What a resumed search needs besides the optimiser, the epoch and the phase."""
         return {}
+
+    def snapshot(self) -> dict:
+        """What restore() needs to return the search to this epoch (the best one, for selection)."""
+        return {"model": {k: v.detach().cpu().clone() for k, v in self.job.model.state_dict().items()}}
+
+    def restore(self, snapshot: dict) -> None:
+        """Back to the epoch snapshot() took, before finish()."""
+        self.job.model.load_state_dict(snapshot["model"])
 
     def finish(self) -> None:
         """The search's masks on the model, after its last epoch."""

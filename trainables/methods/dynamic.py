@@ -201,6 +201,13 @@ class SparseTraining(Search):
             "generator": self.generator.get_state(),
         }
 
+    def snapshot(self) -> dict:
+        return {**super().snapshot(), "sparse_masks": [m.cpu().clone() for m in self.masks]}
+
+    def restore(self, snapshot: dict) -> None:
+        super().restore(snapshot)
+        self.masks = [m.to(self.job.device) for m in snapshot["sparse_masks"]]
+
     def finish(self) -> None:
         apply_masks(self.job.model, dict(zip(self.names, self.masks)))
 
@@ -227,7 +234,13 @@ class AdaptiveSparseTraining(SparseTraining):
         (main_adv.py: update_loss_info, update_train_val_diff)."""
         job = self.job
         loss, acc = robust_loss_and_accuracy(
-            job.model, job.ds.x_val, job.ds.y_val, eps=job.s.eps, norm=job.s.norm, device=job.device
+            job.model,
+            job.ds.x_val,
+            job.ds.y_val,
+            eps=job.s.eps,
+            norm=job.s.norm,
+            device=job.device,
+            steps=job.options["val_pgd_steps"],
         )
         self.history["val_loss"].append(loss)
         self.history["robust_gap"].append(metrics["train_adv_acc"] - acc)
@@ -283,7 +296,8 @@ class FlyingBird(PruningMethod):
         "the initial weights (the search recipe is its whole training) under random masks at the Ideal "
         "Gas Quotas' layer sparsities; every `update_every` (900) iterations, 1,200 after half the "
         "epochs, each layer drops ceil(rate × active) smallest weights, rate cosine-annealed 0.5 → 0.005 "
-        "over all iterations, and regrows as many at random (regrown weights start at 0, momentum masked)"
+        "over all iterations, and regrows as many at random (regrown weights start at 0, momentum masked); "
+        "the epoch of best validation PGD accuracy kept (`select: best`, their recipe's)"
     )
     omitted = (
         "regrowth draws the exact count (the reference draws each position with a probability: right in "
@@ -298,6 +312,9 @@ class FlyingBird(PruningMethod):
     search_phase = True
     finetunes = False
     needs_initial_state = True
+    # utils.py save_checkpoint model_RA_best: the epoch of best validation robust accuracy is kept
+    selects_in_search = True
+    trains = {"search": {}}  # the search recipe's `select` holds
     # main_adv.py: --death-rate 0.5, --update_frequency 900, --second_frequency 1200 (iterations)
     options = {
         "death_rate": Number(0.5, 0.0, 1.0),
@@ -322,7 +339,7 @@ class FlyingBirdPlus(FlyingBird):
     implemented = (
         "the same, and from half the epochs on an update drops 0.4 × rate more when the "
         "train-minus-validation robust accuracy gap widened in ≥ half of the last 4 epochs, and regrows 5"
-        " % more when the validation PGD loss did not fall in ≥ half of them; needs `dataset.validation`"
+        " % more when the validation PGD-20 loss did not fall in ≥ half of them; needs `dataset.validation`"
     )
     criterion = "dynamic sparse, adaptive sparsity: magnitude drop, random regrowth"
     description = (
@@ -340,6 +357,7 @@ class FlyingBirdPlus(FlyingBird):
         "window": Whole(4, 1),
         "threshold": Number(0.5, 0.0, 1.0),
         "start": Number(0.5, 0.0, 1.0),
+        "val_pgd_steps": Whole(20, 1),  # main_adv.py --test_step 20: test_adv(val_loader)'s PGD
     }
 
     def start_search(self, job: PruneJob, saved: dict | None) -> Search:

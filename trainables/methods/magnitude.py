@@ -232,17 +232,18 @@ class BoostingTickets(PruningMethod):
     name, pipeline, scope = "li20", "B", "global"
     recipe = li20.RECIPE
     implemented = (
-        "Li et al. 2020 (boosting tickets): global magnitude mask of the adversarially trained network, "
-        "every weight rewound to its initialisation, retrained under the mask"
+        "Li et al. 2020 (boosting tickets): global magnitude mask of the network trained with FGSM, every "
+        "weight rewound to its initialisation, retrained under the mask with PGD-AT on the parent's schedule"
     )
     omitted = "the paper's early mask (after a few epochs): apgrid takes the fully trained parent's"
     criterion = "weight magnitude, rewound (lottery ticket)"
     description = (
         "Li et al. 2020 (boosting tickets under adversarial training): global magnitude mask of "
-        "the adversarially trained network, weights rewound to their initialisation, then "
-        "retrained under the mask with the fine-tuning recipe"
+        "the FGSM-trained network, weights rewound to their initialisation, then "
+        "retrained under the mask with PGD-AT on the dense network's recipe"
     )
     needs_initial_state = True
+    finetunes_like_parent = True  # the ticket trains as the dense network did (survey taxonomy Li20)
 
     def prune(self, job: PruneJob) -> None:
         prune_magnitude(job.model, job.s.sparsity, "global")

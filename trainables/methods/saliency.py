@@ -150,24 +150,24 @@ def least_salient_first(saliency: torch.Tensor, weight: torch.Tensor, dim: int =
 def mad_masks(
     saliency: dict[str, torch.Tensor], model: nn.Module, sparsity: float
 ) -> dict[str, torch.Tensor]:
-    """The authors' _global_remove_weight: the conv layers' lowest-saliency `sparsity` share removed
-    by one global ranking; each row of a linear layer pruned at `sparsity` on its own."""
+    """The authors' _global_remove_weight: every layer but the last (utils/utils.py list_to_concat:
+    adv_delta_L_avg[:-1]) ranked together, its lowest-saliency `sparsity` share removed; each row
+    of the last layer (the classifier) pruned at `sparsity` on its own."""
     masks = {}
     layers = prunable_layers(model)
-    convs = [(n, m) for n, m in layers if isinstance(m, nn.Conv2d)]
-    if convs:
-        flat = torch.cat([saliency[n].flatten() for n, _ in convs])
-        weights = torch.cat([m.weight.flatten() for _, m in convs])
+    ranked, (last_name, last) = layers[:-1], layers[-1]
+    if ranked:
+        flat = torch.cat([saliency[n].flatten() for n, _ in ranked])
+        weights = torch.cat([m.weight.flatten() for _, m in ranked])
         keep = torch.ones_like(flat)
         keep[least_salient_first(flat, weights)[: int(sparsity * len(flat))]] = 0.0
-        for (n, m), chunk in zip(convs, keep.split([m.weight.numel() for _, m in convs])):
+        for (n, m), chunk in zip(ranked, keep.split([m.weight.numel() for _, m in ranked])):
             masks[n] = chunk.view_as(m.weight)
-    for n, m in layers:
-        if isinstance(m, nn.Linear):
-            s = saliency[n]
-            keep = torch.ones_like(s)
-            keep.scatter_(1, least_salient_first(s, m.weight, dim=1)[:, : int(sparsity * s.shape[1])], 0.0)
-            masks[n] = keep
+    rows = saliency[last_name].reshape(len(last.weight), -1)
+    keep = torch.ones_like(rows)
+    cut = int(sparsity * rows.shape[1])
+    keep.scatter_(1, least_salient_first(rows, last.weight.reshape(len(rows), -1), dim=1)[:, :cut], 0.0)
+    masks[last_name] = keep.view_as(last.weight)
     return masks
 
 
@@ -176,23 +176,26 @@ class Mad(PruningMethod):
     """MAD as the authors prune (compute_saliency.py, main_mad_pretrain.py; batch_saliency above):
     one pass over the training set, each batch's PGD examples, a soft mask per weight optimised
     for 20 Adam steps (lr 0.1) to lower their loss, the K-FAC second-order saliency of what the
-    mask removes, averaged; then the lowest-saliency conv weights pruned by one global ranking
-    (each linear layer row by row) and the network fine-tuned."""
+    mask removes, averaged; then the lowest-saliency weights of every layer but the last pruned by
+    one global ranking (the classifier row by row) and the network fine-tuned with MART."""
 
     name, pipeline, scope = "mad", "A", "global"
     recipe = mad.RECIPE
     implemented = (
         "Lee et al. 2022 and its code: per training batch, PGD-10 examples, a softplus soft mask per "
         "weight optimised by Adam (lr 0.1, 20 steps) on their loss, the K-FAC saliency ½ G_ii Δw_ij (Δw_i"
-        " A)_j of what the mask removes, averaged; conv weights ranked globally, each linear row on its "
-        "own; fine-tuning (`samples` limits the pass)"
+        " A)_j of what the mask removes, averaged; every layer but the last ranked globally, each row of the"
+        " last on its own; fine-tuning with MART (β 0.5) on their schedule (`samples` limits the pass)"
     )
-    omitted = "ties (saliency exactly 0) broken by"
+    omitted = (
+        "the last layer's bias stays dense (the reference ranks it with its row); ties (saliency exactly 0) "
+        "broken by weight magnitude, not the device's sort order"
+    )
     criterion = "adversarial second-order saliency (K-FAC)"
     description = (
         "MAD (Lee et al. 2022): rank weights by the second-order change of the adversarial loss "
         "when their learned soft mask removes them (K-FAC Hessian), prune the least salient "
-        "globally in one shot, then fine-tune"
+        "globally in one shot, then fine-tune with MART"
     )
     # compute_saliency.py: --steps 10 (PGD), mask_epoch=20, Adam lr 0.1; samples 0: the whole set
     options = {

@@ -81,8 +81,8 @@ RECIPE = AuthorsRecipe(
                 "(rho 0.1) while quantising",
                 f"{_UT}; {_TR} rho=0.1",
             ),
-            apgrid="0.5 CE(x) + 0.5 CE(PGD x) + rho/2 ||W - Z + U||^2 (rho 0.1) in the search only; parent and "
-            "fine-tuning plain PGD CE",
+            apgrid="0.5 CE(x) + 0.5 CE(PGD x) in every run (dense, sparse, quantised); + rho/2 ||W - Z + U||^2 "
+            "(rho 0.1) while quantising",
         ),
         "layers": Fact(
             C(

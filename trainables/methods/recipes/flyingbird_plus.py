@@ -25,7 +25,7 @@ RECIPE = AuthorsRecipe(
                 "recorded for the triggers",
                 f"{_M} test_adv(val_loader) -> mask.update_loss_info(val_loss), update_train_val_diff(train_acc, val_ra)",
             ),
-            apgrid="PGD CE; once an epoch the validation PGD-10 loss and (train robust acc - val robust acc) are "
+            apgrid="PGD CE; once an epoch the validation PGD-20 loss and (train robust acc - val robust acc) are "
             "recorded for the triggers",
         ),
         "other": Fact(

@@ -47,7 +47,7 @@ RECIPE = AuthorsRecipe(
         ),
         "other": Fact(
             C("the rewound ticket is trained with PGD-AT on the dense network's schedule", _WHY),
-            apgrid="the rewound ticket is trained with the grid's fine-tuning recipe",
+            apgrid="the rewound ticket is trained with PGD-AT on the dense network's schedule",
         ),
     },
 )

@@ -86,15 +86,18 @@ RECIPE = AuthorsRecipe(
     method={
         "loss": Fact(
             C("MART (beta 0.5) on PGD-10 examples from x + 0.001 N(0, I)", _FT_ATK),
-            apgrid="the fine-tuning recipe's trainer (pgd or trades)",
+            apgrid="MART (beta 0.5) on PGD-10 examples from x + 0.001 N(0, I)",
         ),
         "layers": Fact(
             C(
-                "conv weights ranked globally; each linear layer row by row (weights and bias) at the sparsity",
-                f"{_PR} _global_remove_weight (list_to_concat: convs concatenated, linear rows sorted; the onehot "
-                "also zeroes the linear bias); VGG/ResNet convs are bias-free (models/vgg.py, models/resnet.py)",
+                "every layer but the last ranked globally; the last (linear) layer row by row (weights and bias) "
+                "at the sparsity",
+                f"{_PR} _global_remove_weight ({_R} utils/utils.py list_to_concat: adv_delta_L_avg[:-1] concatenated, "
+                "the last layer's rows sorted; the onehot also zeroes its bias); VGG/ResNet convs are bias-free "
+                "(models/vgg.py, models/resnet.py)",
             ),
-            apgrid="conv weights ranked globally; each linear layer row by row (weights only, biases dense)",
+            apgrid="every layer but the last ranked globally; the last (linear) layer row by row (weights only, "
+            "its bias dense)",
         ),
         "selection": Fact(
             C(
