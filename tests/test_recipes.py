@@ -89,7 +89,7 @@ def test_the_spec_wins_and_every_departure_is_listed(hydra_with):
     found = {(d.phase, d.key): d for d in method_deviations(s, m)}
     assert found[("finetune", "epochs")].grid == 5 and found[("finetune", "epochs")].authors == 100
     assert ("finetune", "trainer") in found and ("parent", "trainer") in found
-    assert ("finetune", "attack_mode") in found  # apgrid crafts in eval mode
+    assert m.finetune.attack_mode == "train" and ("finetune", "attack_mode") not in found  # taken
     assert ("finetune", "momentum") not in found  # open values are never deviations
     assert ("method", "batch_norm") in found
     assert ("search", "epochs") not in found and ("search", "schedule") not in found

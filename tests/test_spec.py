@@ -319,7 +319,8 @@ def test_dry_run_plans_a_cluster_spec_without_its_data(tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert out.count("pruned ") == 12 and "plan: 17 models (5 dense trials, 12 prune trials" in out
+    # ATMC's parent is its own (½ clean + ½ adversarial, steps at 80/120/150), not R-ADMM's
+    assert out.count("pruned ") == 12 and "plan: 18 models (6 dense trials, 12 prune trials" in out
     assert "GPU-hours on one A100" in out
     assert not (tmp_path / "o").exists()
 
