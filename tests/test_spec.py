@@ -415,3 +415,12 @@ def test_packaged_examples_by_name_and_lists_that_say_true_things(tmp_path, caps
     assert rows["digits-cnn"].endswith("takes digits") and "cifar10" in rows["resnet18"].split("takes")[1]
     # an architecture that takes digits' 8x8 images plans without a traceback (BN on a 1x1 map)
     assert main(["launch", "--dry-run", "--set", "dense.architectures=[resnet18]", "--output", out]) == 0
+
+
+@pytest.mark.parametrize("example", ["compressed.yaml", "compressed-cifar100.yaml"])
+def test_the_compressed_models_grids_prune_every_criterion_on_one_schedule(example):
+    """The compressed-models paper compares filter criteria: one pruned in one shot and another in
+    five steps would confound the criterion with the schedule."""
+    spec = load_spec(DEFAULT_SPEC.parent / example, overrides=["dataset.root=/tmp"])
+    filters = [m for m in spec.prune.methods if m.name.startswith("filter-")]
+    assert len(filters) == 3 and len({m.options["steps"] for m in filters}) == 1
