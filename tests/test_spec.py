@@ -424,3 +424,14 @@ def test_the_compressed_models_grids_prune_every_criterion_on_one_schedule(examp
     spec = load_spec(DEFAULT_SPEC.parent / example, overrides=["dataset.root=/tmp"])
     filters = [m for m in spec.prune.methods if m.name.startswith("filter-")]
     assert len(filters) == 3 and len({m.options["steps"] for m in filters}) == 1
+
+
+def test_hydra_and_the_survey_build_hydras_vgg16():
+    """HYDRA (inspire-group/hydra models/vgg_cifar.py) and the survey's benchmark use VGG-16 with a
+    2048-256-256 head (apgrid's vgg16-hydra), not the one-linear-head vgg16."""
+    thin_ice = load_spec(DEFAULT_SPEC.parent / "thin-ice.yaml", overrides=["dataset.root=/tmp"])
+    (hydra,) = [m for m in thin_ice.prune.methods if m.name == "hydra"]
+    assert "vgg16-hydra" in hydra.architectures and "vgg16" not in hydra.architectures
+    for example in ("survey.yaml", "survey-svhn.yaml"):
+        spec = load_spec(DEFAULT_SPEC.parent / example, overrides=["dataset.root=/tmp"])
+        assert "vgg16-hydra" in spec.dense.architectures and "vgg16" not in spec.dense.architectures
