@@ -854,3 +854,36 @@ def test_twinrep_channel_twins_zero_whole_channels():
     before = layer.weight.detach().clone()
     parametrize.register_parametrization(layer, "weight", ChannelTwins(layer.weight), unsafe=True)
     assert torch.allclose(layer.weight, before, atol=1e-6)
+
+
+def test_harp_keeps_its_best_search_epoch_after_the_target_is_met(trained, digits, monkeypatch):
+    """intellisec/harp train.py: in harp_prune is_best only once the hw-loss reached 0, so the
+    kept mask is the best epoch's after the target is met; apgrid scores the validation split
+    (here scripted: epoch 2 best), never the test set; without a validation split, the last."""
+    from apgrid.trainables import pipeline
+    from apgrid.trainables.data import with_validation
+
+    def run(ds, epochs):
+        scores = iter([0.5, 0.9, 0.2, 0.3])
+        monkeypatch.setattr(pipeline, "validation_metrics", lambda *a: {"val_pgd_acc": next(scores)})
+        select = "best" if ds.x_val is not None else "last"
+        search = Recipe(
+            trainer="fgsm-rs", epochs=epochs, lr=0.05, batch_size=128, schedule="constant", select=select
+        )
+        job = PruneJob(
+            PruneSettings("harp", 0.8, 0, 0.1, "Linf", Recipe(epochs=0), search),
+            copy.deepcopy(trained),
+            ds,
+            "cpu",
+        )
+        job.run()
+        return masks_of(job.model)
+
+    ds = with_validation(digits, 300)
+    best, second, last = (
+        run(ds, 4),
+        run(ds, 2),
+        run(ds.__class__(**{**ds.__dict__, "x_val": None, "y_val": None}), 4),
+    )
+    assert all(torch.equal(best[k], second[k]) for k in best)
+    assert any(not torch.equal(best[k], last[k]) for k in best)
