@@ -428,9 +428,76 @@ def test_rst_ticket_keeps_its_random_weights_bit_for_bit(trained, digits):
     assert job.finetune.epochs == 0 and metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
     plain, masks = plain_state_dict(job.model), masks_of(job.model)
     for name, mask in masks.items():
-        assert torch.equal(plain[f"{name}.weight"], init[f"{name}.weight"] * mask), name
+        assert torch.equal(plain[f"{name}.weight"], signed_constant_of(init[f"{name}.weight"]) * mask), name
+        assert torch.equal(plain[f"{name}.bias"], init[f"{name}.bias"]), name
     with pytest.raises(ValueError, match="initial weights"):
         PruneJob(settings, copy.deepcopy(trained), digits, "cpu")
+
+
+def signed_constant_of(weight: torch.Tensor) -> torch.Tensor:
+    """utils/builder.py _init_conv 'signed_constant': sign(w) * sqrt(2) / sqrt(fan_in)."""
+    return weight.sign() * (2.0 / weight[0].numel()) ** 0.5
+
+
+def test_rst_searches_signed_constant_weights_under_non_affine_batch_norm():
+    """GATECH-EIC/Robust-Scratch-Ticket (config_rst/*.yaml: init signed_constant, bn_type
+    NonAffineBatchNorm, freeze_weights): after the search every batch-norm affine parameter (1 and
+    0) and every conv and linear weight and bias is bit-identical to the random network's, each
+    layer's weights are +-sqrt(2 / fan_in); batch norm's running statistics still update (train
+    mode), and travel with the scores when the search is resumed. The scores start at random
+    (kaiming-uniform, |s| <= 1 / sqrt(fan_in)), not at HYDRA's scaled weights."""
+    from apgrid.trainables.data import Dataset
+    from apgrid.trainables.methods.scores import rst_attach_scores, scaled_scores
+    from apgrid.trainables.models import build_model
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(96, 3, 32, 32, generator=g), torch.randint(0, 10, (96,), generator=g)
+    ds = Dataset("cifar10", x, y, x[:16], y[:16], 10, (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(0)
+    init = build_model("cifar-tiny", 3, 10, ds.mean, ds.std).state_dict()
+    batch_norm = [k for k in init if k.rsplit(".", 1)[-1] in ("running_mean", "running_var")]
+    layers = [k.rsplit(".", 1)[0] for k in batch_norm if k.endswith("mean")]
+    affine = [f"{layer}.{p}" for layer in layers for p in ("weight", "bias")]
+    for key in affine:  # an initial state whose batch norm is not at 1 / 0 already
+        init[key] = init[key] + 0.5
+    assert len(affine) == 6
+    search = Recipe(trainer="fgsm-rs", epochs=2, lr=0.1, batch_size=32)
+    settings = PruneSettings("rst", 0.9, 0, 8 / 255, "Linf", Recipe(epochs=0), search)
+    states = []
+
+    def job(report=lambda m, s: None):
+        torch.manual_seed(1)  # the parent: anything but the random network
+        model = build_model("cifar-tiny", 3, 10, ds.mean, ds.std)
+        return PruneJob(settings, model, ds, "cpu", initial_state=init, report=report)
+
+    whole = job(serialising_into(states))
+    whole.run()
+    plain, masks = plain_state_dict(whole.model), masks_of(whole.model)
+    assert len(masks) == 5
+    for name, mask in masks.items():
+        weight = plain[f"{name}.weight"]
+        assert torch.equal(weight, signed_constant_of(init[f"{name}.weight"]) * mask), name
+        magnitudes = weight[mask == 1].abs().unique().tolist()  # one constant per layer
+        assert magnitudes == [pytest.approx((2.0 / init[f"{name}.weight"][0].numel()) ** 0.5)], name
+        assert torch.equal(plain[f"{name}.bias"], init[f"{name}.bias"]), name
+    for m in whole.model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight))
+            assert torch.equal(m.bias, torch.zeros_like(m.bias))
+    assert all(not torch.equal(plain[k], init[k]) for k in batch_norm)  # running statistics moved
+    resumed = job()
+    resumed.run(torch.load(io.BytesIO(states[0]), weights_only=True))
+    for key, value in plain_state_dict(resumed.model).items():
+        assert torch.equal(value, plain[key]), key
+    torch.manual_seed(0)
+    model = build_model("cifar-tiny", 3, 10, ds.mean, ds.std)
+    model.load_state_dict(init)
+    scores = rst_attach_scores(model, 0.9, seed=0)
+    for (name, m), s in zip(prunable_layers(model), scores):
+        bound = 1 / m.parametrizations.weight.original[0].numel() ** 0.5
+        assert float(s.abs().max()) <= bound and float(s.abs().max()) > 0.9 * bound, name
+        assert not torch.allclose(s, scaled_scores(m.parametrizations.weight.original)), name
+    assert [p.requires_grad for p in model.parameters()].count(True) == len(scores) == 5
 
 
 def test_li20_rewinds_the_kept_weights_to_the_stored_initial_ones(trained, digits):
@@ -499,13 +566,17 @@ def test_harp_compression_loss_and_rate_gradient_follow_the_reference():
     """utils/hw.py: loss = max(density / target - 1, 0) over the weights the rates keep; the rate
     of a layer gets the sum of its mask's gradient (models/layers.py GetSubnet.backward)."""
     model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 30))
+    far = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 30))
+    harp_attach_scores(far, 0.99, alpha=0.1)  # strategy 010_uni: density 0.1 whatever the target
+    assert [float(m.parametrizations.weight[0].density()) for m in far] == pytest.approx([0.1, 0.1])
+    assert float(harp_rate_loss(far, 0.99)) == pytest.approx(0.1 / 0.01 - 1, rel=1e-5)
     harp_attach_scores(model, 0.8, alpha=0.1)
     layers = [m.parametrizations.weight[0] for m in model]
-    assert [float(p.density()) for p in layers] == pytest.approx([0.2, 0.2])
+    assert [float(p.density()) for p in layers] == pytest.approx([0.1, 0.1])
     assert float(harp_rate_loss(model, 0.8)) == 0.0
     with torch.no_grad():
         layers[1].rate.fill_(10.0)  # the big layer all but dense: k -> 1
-    density = (100 * 0.2 + 300 * float(layers[1].density())) / 400
+    density = (100 * 0.1 + 300 * float(layers[1].density())) / 400
     assert float(harp_rate_loss(model, 0.8)) == pytest.approx(density / 0.2 - 1, rel=1e-5)
     scores = torch.randn(4, 5, requires_grad=True)
     rate = torch.tensor(0.5, requires_grad=True)
@@ -868,3 +939,36 @@ def test_twinrep_channel_twins_zero_whole_channels():
     before = layer.weight.detach().clone()
     parametrize.register_parametrization(layer, "weight", ChannelTwins(layer.weight), unsafe=True)
     assert torch.allclose(layer.weight, before, atol=1e-6)
+
+
+def test_harp_keeps_its_best_search_epoch_after_the_target_is_met(trained, digits, monkeypatch):
+    """intellisec/harp train.py: in harp_prune is_best only once the hw-loss reached 0, so the
+    kept mask is the best epoch's after the target is met; apgrid scores the validation split
+    (here scripted: epoch 2 best), never the test set; without a validation split, the last."""
+    from apgrid.trainables import pipeline
+    from apgrid.trainables.data import with_validation
+
+    def run(ds, epochs):
+        scores = iter([0.5, 0.9, 0.2, 0.3])
+        monkeypatch.setattr(pipeline, "validation_metrics", lambda *a: {"val_pgd_acc": next(scores)})
+        select = "best" if ds.x_val is not None else "last"
+        search = Recipe(
+            trainer="fgsm-rs", epochs=epochs, lr=0.05, batch_size=128, schedule="constant", select=select
+        )
+        job = PruneJob(
+            PruneSettings("harp", 0.8, 0, 0.1, "Linf", Recipe(epochs=0), search),
+            copy.deepcopy(trained),
+            ds,
+            "cpu",
+        )
+        job.run()
+        return masks_of(job.model)
+
+    ds = with_validation(digits, 300)
+    best, second, last = (
+        run(ds, 4),
+        run(ds, 2),
+        run(ds.__class__(**{**ds.__dict__, "x_val": None, "y_val": None}), 4),
+    )
+    assert all(torch.equal(best[k], second[k]) for k in best)
+    assert any(not torch.equal(best[k], last[k]) for k in best)

@@ -69,6 +69,10 @@ def test_hydra_scores_change_while_weights_stay_frozen(trained, digits):
     first = prunable_layers(model)[0][1]
     ratio = scores_before[0] / first.parametrizations.weight.original
     assert torch.allclose(ratio[torch.isfinite(ratio)], ratio[torch.isfinite(ratio)].flatten()[0])
+    # utils/model.py initialize_scaled_score: the constant is sqrt(6 / fan_in) / max|w|
+    w = first.parametrizations.weight.original
+    fan_in = first.in_channels * first.kernel_size[0] * first.kernel_size[1]
+    assert torch.allclose(scores_before[0], (6 / fan_in) ** 0.5 * w / w.abs().max(), rtol=1e-6, atol=0)
     train_on_digits(model, digits, Recipe(trainer="fgsm-rs", epochs=1, lr=0.1, batch_size=128), scores)
     assert any(not torch.equal(a, b.detach()) for a, b in zip(scores_before, scores))
     for name, m in prunable_layers(model):

@@ -124,7 +124,8 @@ RECIPE = AuthorsRecipe(
                 f"{_RM} --stg_id '010_uni'; {_R} configs/strategies.json vgg16_bn/resnet18 weight 010_uni = 0.1 per "
                 "layer; utils/model.py initialize_stg_rate, utils/utils.py rate_init_func",
             ),
-            apgrid="every layer starts at the target density; the last epoch's rates, every layer scaled down "
+            apgrid="every layer starts at density 0.1 whatever the target (strategy 010_uni); the mask of the "
+            "best epoch after the target is met (validation split; else the last epoch), every layer scaled down "
             "alike when the model still keeps more than the target",
         ),
     },

@@ -66,14 +66,14 @@ RECIPE = AuthorsRecipe(
                 "signed constant: sign(w) * gain / sqrt(fan_in), gain sqrt(2)",
                 f"{_YML} init signed_constant, mode fan_in, nonlinearity relu; {_R} utils/builder.py _init_conv",
             ),
-            apgrid="PyTorch default (kaiming-uniform, a = sqrt(5))",
+            apgrid="signed constant: sign(w) * gain / sqrt(fan_in), gain sqrt(2)",
         ),
         "score_init": Fact(
             C(
                 "kaiming-uniform (a = sqrt(5)), independent of the weights",
                 f"{_R} utils/conv_type.py SubnetConv.__init__: nn.init.kaiming_uniform_(scores, a=sqrt(5))",
             ),
-            apgrid="sqrt(6 / fan_in) * w / max|w| of the random weights (HYDRA's scaled init)",
+            apgrid="kaiming-uniform (a = sqrt(5)), independent of the weights",
         ),
         "batch_norm": Fact(
             C(
@@ -81,7 +81,7 @@ RECIPE = AuthorsRecipe(
                 f"{_YML} bn_type NonAffineBatchNorm, freeze_weights True; {_R} utils/bn_type.py; "
                 "utils/net_utils.py freeze_model_weights",
             ),
-            apgrid="affine, trained with the scores (HYDRA's default)",
+            apgrid="non-affine (affine=False), running statistics only; every conv weight and bias frozen",
         ),
         "selection": Fact(
             C(
