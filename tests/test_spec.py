@@ -259,7 +259,7 @@ def test_method_mapping_sets_options_and_recipes():
         }
     )
     atmc, gm, lamp = spec.prune.methods
-    assert atmc.options == {"bits": 4, "rho": 0.1, "admm_interval": 5, "clean_weight": 0.5}
+    assert atmc.options == {"bits": 4, "rho": 0.1, "admm_interval": 10, "clean_weight": 0.5}
     assert gm.options == {"steps": 3} and gm.sparsities == (0.5,)
     assert lamp.options == {} and lamp.sparsities is None
 
