@@ -324,6 +324,40 @@ def test_atmc_is_sparse_globally_and_quantised_through_fine_tuning(trained, digi
     assert metrics["model_size_bits"] < model_size_bits(job.model, 32) / 8
 
 
+def test_atmc_projects_every_step_and_fine_tunes_on_half_clean_half_adversarial_loss(
+    trained, digits, monkeypatch
+):
+    """VITA-Group/ATMC cifar/util_trts.py model_train_proj_prune_admm_quant: l0proj after every
+    optimiser step; 0.5 CE(x) + 0.5 CE(x_adv) in every stage, the quantised fine-tuning included
+    (apgrid's fine-tuning was plain PGD CE); the quantisation's Z/U every 10 batches (README run 4
+    --quant_interval 10; apgrid took 5)."""
+    import torch.nn.functional as F
+
+    assert PRUNING_METHODS["atmc"].defaults()["admm_interval"] == 10
+    kept = []
+    original = admm.AtmcSearch.after_step
+
+    def after_step(self, batch):
+        original(self, batch)
+        kept.append(sum(int((m.weight != 0).sum()) for m in self.layers))
+
+    monkeypatch.setattr(admm.AtmcSearch, "after_step", after_step)
+    for bits in (3, 0):
+        settings = PruneSettings("atmc", 0.9, 0, 0.1, "Linf", QUICK, SEARCH, {"bits": bits})
+        job = PruneJob(settings, copy.deepcopy(trained), digits, "cpu")
+        job.search_phase(None)
+        total = prunable_weight_count(job.model)
+        assert len(kept) > 1 and set(kept) == {round(total * 0.1)}  # the budget after every step
+        kept.clear()
+        hooks = job.method.finetune_hooks(job)
+        model = job.model.eval()
+        x, y = digits.x_train[:16], digits.y_train[:16]
+        losses = torch.rand(16)
+        mixed = hooks.sample_losses(losses, model, x, y, torch.arange(16))
+        clean = F.cross_entropy(model(x), y, reduction="none")
+        assert torch.allclose(mixed, 0.5 * losses + 0.5 * clean), bits
+
+
 def test_boundary_weights_favour_samples_near_the_boundary(trained, digits):
     d = linearized_distance(trained, digits.x_test, digits.y_test, "Linf", "cpu")
     assert (d[trained(digits.x_test).argmax(1) != digits.y_test] < 0).all()
@@ -822,6 +856,56 @@ def test_pwoa_prunes_without_adversarial_examples_by_distilling_its_dense_teache
     )
     loss, _ = with_hsic.hooks.objective(with_hsic.model.train(), digits.x_train[:32], digits.y_train[:32])
     assert float(loss) != 0.0  # the HSIC terms on every layer's output
+
+
+def test_pwoa_adds_hsic_only_in_retraining_on_the_blocks_outputs(trained, digits):
+    """neu-spiral/PwoA: the ADMM phase's loss is distillation + the ADMM penalty (cifar10.sh passes
+    no -lx/-ly: lambda_x = lambda_y = 0), the retraining's adds 2e-5 HSIC(Z, X) - 1e-4 HSIC(Z, Y)
+    (-relx/-rely), with Z the stem's, every residual block's and the pooled features' outputs
+    (model/resnet.py, wideresnet.py forward output_list), not every conv's. Fails on apgrid's old
+    PwoA, which added HSIC in the ADMM phase too, on all 21 conv and linear outputs of ResNet-18."""
+    from types import SimpleNamespace
+
+    from apgrid.trainables.models import WideResNet, build_model
+
+    settings = PruneSettings("pwoa", 0.9, 0, 0.1, "Linf", QUICK, SEARCH, {"layers": "all"})
+    job = PruneJob(settings, copy.deepcopy(trained), digits, "cpu")
+    search = job.method.start_search(job, None)
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    search_loss, _ = search.objective(job.model.train(), x, y)
+    retrain_loss, _ = job.hooks.objective(job.model.train(), x, y)
+    assert float(search_loss) == pytest.approx(0.0, abs=1e-6)  # the student is its teacher
+    assert float(retrain_loss) != 0.0
+
+    model = build_model("resnet18", 3, 10, (0.5,) * 3, (0.25,) * 3)
+    hooks = admm.Distillation(SimpleNamespace(model=model, options=PRUNING_METHODS["pwoa"].defaults()))
+    model.train()(torch.rand(4, 3, 32, 32))
+    shapes = [tuple(z.shape) for z in hooks.outputs]
+    assert hooks.blocks and len(shapes) == 1 + 8 + 1  # stem, 2 x 4 basic blocks, pooled features
+    assert shapes[0] == (4, 64, 32, 32) and shapes[-2] == (4, 512, 4, 4) and shapes[-1] == (4, 512)
+    assert float(hooks.outputs[0].min()) >= 0.0  # the stem's output is after its ReLU
+    taps, blocks = admm.hsic_taps(WideResNet(16, 1))
+    assert blocks and len(taps) == 1 + 6 + 1
+    assert not admm.hsic_taps(trained)[1]  # no residual blocks: every conv and linear output
+
+
+def test_pwoa_resets_z_to_the_projection_every_epoch_and_caps_rho_at_one(trained, digits):
+    """neu-spiral/PwoA core/train_hsic_prune.py calls math/admm.py admm_initialization (Z = Proj(W))
+    at the start of every ADMM epoch, and admm_multi_rho_scheduler sets rho = min(1, 1.35 rho).
+    Fails on apgrid's old PwoA, whose Z stayed Proj(W_dense) until the first update and whose rho
+    grew to 1.215."""
+    states = []
+    search = Recipe(trainer="fgsm-rs", epochs=4, lr=0.05, batch_size=128)
+    options = {"layers": "all", "rho": 0.9}
+    settings = PruneSettings("pwoa", 0.9, 0, 0.1, "Linf", QUICK, search, options)
+    PruneJob(
+        settings, copy.deepcopy(trained), digits, "cpu", report=lambda m, s: states.append(copy.deepcopy(s))
+    ).run()
+    for state in states[:2]:  # after epochs 1 and 2: no Z/U update yet (admm_epoch 3)
+        for name, z in state["admm"]["z"].items():
+            w = state["model"][f"{name}.weight"]
+            assert torch.equal(z, admm.project_irregular(w, 0.9)), name
+    assert [s["admm"]["rho"] for s in states[:4]] == pytest.approx([0.9, 0.9, 1.0, 1.0])
 
 
 def test_twinrep_weight_decay_on_twins_acts_as_l1_and_sparsifies():

@@ -257,7 +257,7 @@ def test_thin_ice_example_is_the_papers_twelve_models(tmp_path):
         ("r-admm", "resnet18"),
         ("r-admm", "vgg16"),
         ("hydra", "wrn-28-4"),
-        ("hydra", "vgg16"),
+        ("hydra", "vgg16-hydra"),
     }
     hydra = next(p for p in pruned if p.method == "hydra")
     assert hydra.config["finetune"]["trainer"] == "trades"  # the method's own recipe wins
@@ -277,7 +277,7 @@ def test_method_mapping_sets_options_and_recipes():
         }
     )
     atmc, gm, lamp = spec.prune.methods
-    assert atmc.options == {"bits": 4, "rho": 0.1, "admm_interval": 5, "clean_weight": 0.5}
+    assert atmc.options == {"bits": 4, "rho": 0.1, "admm_interval": 10, "clean_weight": 0.5}
     assert gm.options == {"steps": 3} and gm.sparsities == (0.5,)
     assert lamp.options == {} and lamp.sparsities is None
 

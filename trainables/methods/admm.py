@@ -14,6 +14,7 @@ global sparse set after every step and puts the k-bit quantisation in the ADMM s
 from __future__ import annotations
 
 import copy
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,6 +25,7 @@ from apgrid.trainables.fields import Choice, LayerSparsity, Number, Whole
 from apgrid.trainables.masks import apply_masks, kept_count, prunable_layers
 from apgrid.trainables.methods.base import PruningMethod, Search, cpu_state, register
 from apgrid.trainables.methods.recipes import atmc, pwoa, r_admm
+from apgrid.trainables.models import BasicBlock, Bottleneck, CifarResNet, WideBlock, WideResNet
 from apgrid.trainables.training import LayeredHooks, Recipe, TrainingHooks
 
 if TYPE_CHECKING:
@@ -125,10 +127,12 @@ class Admm:
         sparsity_type: str = "irregular",
         layers: str = "all",
         rho_factor: float = 1.0,
+        rho_max: float = math.inf,
     ):
         self.layers = admm_layers(model, sparsity_type, layers)
         self.sparsity = {n: layer_sparsity.get(n, sparsity) for n, _ in self.layers}
         self.rho, self.rho_factor, self.project = rho, rho_factor, project
+        self.rho_max = rho_max
         self.z = {n: project(m.weight.detach(), self.sparsity[n]) for n, m in self.layers}
         self.u = {n: torch.zeros_like(m.weight) for n, m in self.layers}
 
@@ -138,16 +142,21 @@ class Admm:
 
     @torch.no_grad()
     def update(self) -> float:
-        """Z- and U-steps, then rho *= rho_factor (R-ADMM's multi-rho scheduler: "it works better
-        to make rho monotonically increasing", admm/admm.py); returns the primal residual
-        sum_l ||W_l - Z_l||^2, which ADMM drives towards 0."""
+        """Z- and U-steps, then rho *= rho_factor up to rho_max (R-ADMM's multi-rho scheduler: "it
+        works better to make rho monotonically increasing", admm/admm.py; PwoA's caps it at 1);
+        returns the primal residual sum_l ||W_l - Z_l||^2, which ADMM drives towards 0."""
         residual = 0.0
         for n, m in self.layers:
             self.z[n] = self.project(m.weight + self.u[n], self.sparsity[n])
             self.u[n] += m.weight - self.z[n]
             residual += float((m.weight - self.z[n]).pow(2).sum())
-        self.rho *= self.rho_factor
+        self.rho = min(self.rho * self.rho_factor, self.rho_max)
         return residual
+
+    @torch.no_grad()
+    def reset_z(self) -> None:
+        """Z = Proj_S(W), U kept (PwoA's admm_initialization at the start of every epoch)."""
+        self.z = {n: self.project(m.weight.detach(), self.sparsity[n]) for n, m in self.layers}
 
     def residual(self) -> float:
         """sum_l ||W_l - Z_l||^2 at the current weights."""
@@ -239,9 +248,40 @@ class AdmmSearch(Search):
         apply_masks(self.job.model, self.admm.hard_masks())
 
 
+def _output(inputs, output):
+    return output
+
+
+def _input(inputs, output):
+    return inputs[0]
+
+
+def _relu_of_output(inputs, output):
+    return torch.relu(output)
+
+
+def hsic_taps(model: nn.Module) -> tuple[list[tuple[nn.Module, object]], bool]:
+    """PwoA's Z of the HSIC bottleneck as (module, take(inputs, output)) forward-hook taps, and
+    whether they are the authors' (neu-spiral/PwoA source/hsicbt/model/resnet.py and
+    wideresnet.py forward output_list): the stem's output, every residual block's output and
+    the pooled features (the classifier's input). A network without residual blocks (VGG, the
+    small CNNs, DenseNet, MobileNet: apgrid's VGG is one flat `features` sequence) falls back to
+    every conv and linear layer's output."""
+    for net in model.modules():
+        if isinstance(net, CifarResNet):  # stem relu(bn1(conv1 x)), computed functionally
+            blocks = [m for m in net.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+            return [(net.bn1, _relu_of_output), *[(b, _output) for b in blocks], (net.linear, _input)], True
+        if isinstance(net, WideResNet):  # stem conv1 x; pooled relu(bn1 x), the classifier's input
+            blocks = [m for m in net.modules() if isinstance(m, WideBlock)]
+            return [(net.conv1, _output), *[(b, _output) for b in blocks], (net.fc, _input)], True
+    return [(m, _output) for _, m in prunable_layers(model)], False
+
+
 class Distillation(TrainingHooks):
-    """PwoA's loss in every phase, on clean inputs: self-distillation from the dense model (taken
-    when the job starts) plus the HSIC bottleneck on every conv and linear layer's output."""
+    """PwoA's loss on clean inputs: self-distillation from the dense model (taken when the job
+    starts) plus the HSIC bottleneck on the network's representations (hsic_taps); the HSIC
+    weights are the phase's (neu-spiral/PwoA core/train_hsic_prune.py hsic_prune: lambda_x /
+    lambda_y in the ADMM phase, retrain_lx / retrain_ly under the masks)."""
 
     def __init__(self, job: PruneJob):
         self.options = job.options
@@ -249,10 +289,22 @@ class Distillation(TrainingHooks):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.outputs: list[torch.Tensor] = []
-        for _, m in prunable_layers(job.model):
-            m.register_forward_hook(lambda mod, inp, out: self.outputs.append(out) if mod.training else None)
+        taps, self.blocks = hsic_taps(job.model)
+        for module, take in taps:
+            module.register_forward_hook(self._tap(take))
+
+    def _tap(self, take):
+        def hook(module, inputs, output):
+            if module.training:
+                self.outputs.append(take(inputs, output))
+
+        return hook
 
     def objective(self, model, x, y):
+        """The retraining phase's loss (hsic_x, hsic_y)."""
+        return self.loss(model, x, y, self.options["hsic_x"], self.options["hsic_y"])
+
+    def loss(self, model, x, y, hsic_x: float, hsic_y: float):
         o = self.options
         self.outputs.clear()
         logits = model(x)
@@ -263,13 +315,38 @@ class Distillation(TrainingHooks):
             F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1), reduction="none", log_target=True
         ).mean()
         total = o["distill_weight"] * t * t * distill
-        if o["hsic_x"] or o["hsic_y"]:  # the input's and labels' resolvents serve every layer
+        if hsic_x or hsic_y:  # the input's and labels' resolvents serve every representation
             r_x = resolvent(x, o["sigma"])
             r_y = resolvent(F.one_hot(y, logits.shape[1]).float(), o["sigma"], "linear")
             for z in self.outputs:
                 r_z = resolvent(z, o["sigma"])
-                total = total + o["hsic_x"] * hsic_from(r_z, r_x) - o["hsic_y"] * hsic_from(r_z, r_y)
+                total = total + hsic_x * hsic_from(r_z, r_x) - hsic_y * hsic_from(r_z, r_y)
         return total, logits
+
+
+class PwoaSearch(AdmmSearch):
+    """PwoA's ADMM phase (neu-spiral/PwoA core/train_hsic_prune.py hsic_prune, math/admm.py):
+    R-ADMM's, with the ADMM phase's HSIC weights (search_hsic_x, search_hsic_y: 0 in the authors'
+    runs), and Z = Proj(W) again at the start of every epoch (admm_initialization, called by
+    hsic_prune every epoch, before that epoch's Z/U update)."""
+
+    def objective(self, model, x, y):
+        o = self.job.options
+        return self.base.loss(model, x, y, o["search_hsic_x"], o["search_hsic_y"])
+
+    def end_epoch(self, epoch: int, metrics: dict) -> None:
+        super().end_epoch(epoch, metrics)
+        if "admm_rho" not in metrics:  # no Z/U update before the next epoch: Z = Proj(W)
+            self.admm.reset_z()
+
+
+def with_clean(losses: torch.Tensor, model, x, y, clean_weight: float) -> torch.Tensor:
+    """ATMC's loss in every stage (VITA-Group/ATMC cifar/util_trts.py
+    model_train_proj_prune_admm_quant): (1 - w) CE(x_adv) + w CE(x), w = 0.5 there."""
+    if not clean_weight:
+        return losses
+    clean = F.cross_entropy(model(x), y, reduction="none")
+    return (1 - clean_weight) * losses + clean_weight * clean
 
 
 class AtmcSearch(Search):
@@ -291,10 +368,7 @@ class AtmcSearch(Search):
         self.clean_weight = o["clean_weight"]
 
     def sample_losses(self, losses, model, x, y, idx):
-        if self.clean_weight:  # util_trts.py: a share of clean cross-entropy
-            losses = (1 - self.clean_weight) * losses + self.clean_weight * F.cross_entropy(
-                model(x), y, reduction="none"
-            )
+        losses = with_clean(losses, model, x, y, self.clean_weight)
         return super().sample_losses(losses, model, x, y, idx)
 
     def penalty(self):
@@ -330,11 +404,25 @@ class AtmcSearch(Search):
         apply_masks(model, masks)
 
 
-class Codebook(LayeredHooks):
-    """ATMC's fine-tuning: each layer kept on the levels it left ADMM with, after every step."""
+class CleanMix(LayeredHooks):
+    """ATMC's fine-tuning loss: `clean_weight` clean cross-entropy mixed into the adversarial one,
+    as in its search (the reference trains every stage on 0.5 CE(x) + 0.5 CE(x_adv))."""
 
     def __init__(self, job: PruneJob):
         super().__init__(job.hooks)
+        self.clean_weight = job.options["clean_weight"]
+
+    def sample_losses(self, losses, model, x, y, idx):
+        losses = with_clean(losses, model, x, y, self.clean_weight)
+        return super().sample_losses(losses, model, x, y, idx)
+
+
+class Codebook(CleanMix):
+    """ATMC's fine-tuning with quantisation: each layer kept on the levels it left ADMM with,
+    after every step."""
+
+    def __init__(self, job: PruneJob):
+        super().__init__(job)
         self.layers = [m for _, m in prunable_layers(job.model)]
         self.books = [torch.unique(m.weight_orig.detach() * m.weight_mask) for m in self.layers]
 
@@ -362,9 +450,7 @@ class RobustAdmm(PruningMethod):
         "linear too); hard prune, masked retraining; irregular or filter sparsity, per-layer "
         "`layer_sparsity`"
     )
-    omitted = (
-        "the retraining phase uses apgrid's cosine schedule, not the reference's steps at epochs 80 and 150"
-    )
+    omitted = ""
     trains = {"search": {"select": "last", "schedule": "admm-cycle"}}  # admm.py: its lr cycle
     criterion = "ADMM-optimised magnitude"
     description = (
@@ -404,27 +490,30 @@ class RobustAdmm(PruningMethod):
 class Pwoa(RobustAdmm):
     """PwoA as the authors run it (scripts/cifar10.sh, core/train_hsic_prune.py, math/admm.py):
     R-ADMM's phases (layer-wise irregular sparsity, Z/U every `admm_epoch` epochs from rho 0.01
-    growing x1.35, the ADMM learning-rate cycle) where every loss, in the ADMM phase and in the
-    masked retraining, is self-distillation from the adversarially trained dense model at
-    temperature 30 (weight 10, KLDivLoss(log_target) x T^2) plus the HSIC bottleneck on each
-    layer's output, 2e-5 HSIC(Z, X) - 1e-4 HSIC(Z, Y), on clean inputs: no cross-entropy, no
-    adversarial examples (xentropy_weight 0, mix_ratio 0). apgrid takes every conv and linear
-    layer's output as Z where the authors' networks return their blocks' outputs."""
+    growing x1.35 up to 1, Z = Proj(W) again at the start of every epoch, the ADMM learning-rate
+    cycle) where every loss is self-distillation from the adversarially trained dense model at
+    temperature 30 (weight 10, KLDivLoss(log_target) x T^2) on clean inputs: no cross-entropy, no
+    adversarial examples (xentropy_weight 0, mix_ratio 0). The masked retraining adds the HSIC
+    bottleneck, 2e-5 HSIC(Z, X) - 1e-4 HSIC(Z, Y), on the stem's, every residual block's and the
+    pooled features' outputs (hsic_taps); the ADMM phase's HSIC weights are 0, as the authors'
+    scripts leave them."""
 
     name, pipeline, scope = "pwoa", "A", "local"
     recipe = pwoa.RECIPE
     implemented = (
-        "Jian et al. 2022 and neu-spiral/PwoA: R-ADMM's phases (ρ 0.01 ×1.35, Z/U every 3 epochs) where "
-        "every loss is self-distillation from the dense model (T = 30, weight 10, ×T²) plus the HSIC "
-        "bottleneck (2e-5 HSIC(Z, X) − 1e-4 HSIC(Z, Y), σ 5) on clean inputs; no cross-entropy, no "
+        "Jian et al. 2022 and neu-spiral/PwoA: R-ADMM's phases (ρ 0.01 ×1.35 capped at 1, Z/U every 3 "
+        "epochs, Z = Proj(W) again every epoch) where every loss is self-distillation from the dense model "
+        "(T = 30, weight 10, ×T²) on clean inputs, the retraining's plus the HSIC bottleneck "
+        "(2e-5 HSIC(Z, X) − 1e-4 HSIC(Z, Y), σ 5; `search_hsic_x`/`search_hsic_y` 0 in the ADMM phase) "
+        "on the stem's, each residual block's and the pooled features' outputs; no cross-entropy, no "
         "adversarial examples"
     )
     omitted = (
-        "Z = every conv and linear layer's output (the authors' networks return their blocks'); ρ not "
-        "capped at 1"
+        "networks without residual blocks (VGG, the small CNNs, DenseNet, MobileNet) take every conv and "
+        "linear layer's output as HSIC's Z"
     )
     trains = {
-        "search": {"select": "last", "schedule": "admm-cycle", "trainer": "distill+hsic"},  # its objective
+        "search": {"select": "last", "schedule": "admm-cycle", "trainer": "distill"},  # its objective
         "finetune": {"trainer": "distill+hsic"},
     }
     criterion = "ADMM-optimised magnitude, distilled without adversarial examples"
@@ -437,13 +526,25 @@ class Pwoa(RobustAdmm):
         **RobustAdmm.options,
         "rho": Number(0.01, 0.0, 1e3),  # cifar10.sh: --rho 0.01
         "rho_factor": Number(1.35, 1.0, 100.0),  # admm_multi_rho_scheduler: x1.35
+        "rho_max": Number(1.0, 0.0, 1e6),  # math/admm.py admm_multi_rho_scheduler: min(1, 1.35 rho)
         "admm_epoch": Whole(3, 1),  # --admm-epochs 3
         "temperature": Number(30.0, 0.01, 1e3),  # --distill_temp 30
         "distill_weight": Number(10.0, 0.0, 1e3),  # --distill_alpha 10
-        "hsic_x": Number(2e-5, 0.0, 1e3),  # lx
-        "hsic_y": Number(1e-4, 0.0, 1e3),  # ly
+        # general-prune-hsicbt-cifar10.yaml lambda_x 0, lambda_y 0 (cifar10.sh passes no -lx/-ly)
+        "search_hsic_x": Number(0.0, 0.0, 1e3),
+        "search_hsic_y": Number(0.0, 0.0, 1e3),
+        "hsic_x": Number(2e-5, 0.0, 1e3),  # cifar10.sh: -relx 0.00002 (retraining)
+        "hsic_y": Number(1e-4, 0.0, 1e3),  # cifar10.sh: -rely 0.0001 (retraining)
         "sigma": Number(5.0, 1e-6, 1e6),  # general-prune-hsicbt-cifar10.yaml: sigma 5, k_type_y linear
     }
+
+    def admm(self, job: PruneJob) -> Admm:
+        admm = super().admm(job)
+        admm.rho_max = job.options["rho_max"]
+        return admm
+
+    def start_search(self, job: PruneJob, saved: dict | None) -> Search:
+        return PwoaSearch(job, saved, self.admm(job))
 
     def training_hooks(self, job: PruneJob) -> TrainingHooks:
         return Distillation(job)
@@ -452,8 +553,9 @@ class Pwoa(RobustAdmm):
 @register
 class Atmc(PruningMethod):
     """ATMC as VITA-Group/ATMC trains it (cifar/train_proj_admm_quant.py, cifar/util_trts.py
-    model_train_proj_prune_admm_quant): the loss is half clean, half adversarial cross-entropy;
-    after every optimiser step the weights are projected onto the global sparse set (l0proj, one
+    model_train_proj_prune_admm_quant): the loss is half clean, half adversarial cross-entropy, in
+    the search and the fine-tuning (the parent's training is the grid's dense recipe); after every
+    optimiser step the weights are projected onto the global sparse set (l0proj, one
     ranking across layers); every `admm_interval` batches the quantisation's ADMM variables move,
     Z = k-means-quantise(W + U) on W's support with zero a fixed level, U += W - Z, and the loss
     carries rho/2 ||W - Z + U||^2 (rho 0.1). The model that comes out is Z, its codebook then
@@ -463,17 +565,20 @@ class Atmc(PruningMethod):
     name, pipeline, scope = "atmc", "D", "global"
     recipe = atmc.RECIPE
     implemented = (
-        "Gui et al. 2019 and VITA-Group/ATMC: half clean, half adversarial loss; one global sparse "
-        "projection (l0proj) after every step; k-bit quantisation by ADMM every `admm_interval` (5) "
+        "Gui et al. 2019 and VITA-Group/ATMC: half clean, half adversarial loss (`clean_weight` 0.5) in the "
+        "search and fine-tuning; one global sparse projection (l0proj) after every step; k-bit quantisation "
+        "by ADMM every `admm_interval` (10) "
         "batches with k-means levels and zero a fixed level (2^bits − 1 non-zero levels + 0), ρ 0.1; the "
         "quantised model kept, its codebook enforced after every fine-tuning step; model size in bits"
     )
     omitted = (
-        "the low-rank part (W = AB + C); the reference's k-means starts at random, apgrid's at quantiles "
+        "the low-rank part (W = AB + C); the dense parent's half-clean loss (the parent is the grid's dense "
+        "recipe, not the method's); the reference's k-means starts at random, apgrid's at quantiles "
         "(deterministic); the reference has 2^bits non-zero levels + 0, apgrid one fewer so that a weight"
         " fits in `bits` bits"
     )
-    trains = {"search": {"select": "last", "trainer": "pgd+clean/2"}}  # clean_weight 0.5 in the search only
+    # clean_weight 0.5 in the search and the fine-tuning (the parent is the grid's dense recipe)
+    trains = {"search": {"select": "last", "trainer": "pgd+clean/2"}, "finetune": {"trainer": "pgd+clean/2"}}
     criterion = "ADMM-optimised magnitude + quantisation"
     description = (
         "ATMC (Gui et al. 2019): adversarial training (half clean, half adversarial loss) with a "
@@ -484,7 +589,7 @@ class Atmc(PruningMethod):
     options = {
         "bits": Whole(8, 2, 16, also=(0,)),  # 0: sparse only
         "rho": Number(0.1, 0.0, 1e3),  # train_proj_admm_quant.py: rho=0.1
-        "admm_interval": Whole(5, 1),  # --quant_interval 5 (batches)
+        "admm_interval": Whole(10, 1),  # README.md run 4 (8-bit ATMC): --quant_interval 10 (batches)
         "clean_weight": Number(0.5, 0.0, 1.0),  # util_trts.py: 0.5 clean + 0.5 adversarial
     }
 
@@ -492,7 +597,7 @@ class Atmc(PruningMethod):
         return AtmcSearch(job, saved)
 
     def finetune_hooks(self, job: PruneJob) -> TrainingHooks:
-        return Codebook(job) if job.options["bits"] else job.hooks
+        return Codebook(job) if job.options["bits"] else CleanMix(job)
 
     def finish(self, job: PruneJob) -> int:
         return job.options["bits"] or 32

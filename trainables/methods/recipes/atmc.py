@@ -81,8 +81,9 @@ RECIPE = AuthorsRecipe(
                 "(rho 0.1) while quantising",
                 f"{_UT}; {_TR} rho=0.1",
             ),
-            apgrid="0.5 CE(x) + 0.5 CE(PGD x) in every run (dense, sparse, quantised); + rho/2 ||W - Z + U||^2 "
-            "(rho 0.1) while quantising",
+            apgrid="0.5 CE(x) + 0.5 CE(PGD x) in the search and the fine-tuning (its hooks), + rho/2 "
+            "||W - Z + U||^2 (rho 0.1) in the search; the parent too where the grid leaves its trainer to "
+            "this recipe (pgd+clean/2)",
         ),
         "layers": Fact(
             C(
@@ -107,7 +108,7 @@ RECIPE = AuthorsRecipe(
                 f"{_RM} runs 2-4; {_R} utee/quantize.py quantize_kmeans_nnz_fixed_0_center; "
                 f"{_R} super_module/super_class.py duplicate_plus / duplicate_update",
             ),
-            apgrid="one search from the dense parent: projection + 8-bit k-means ADMM every 5 batches; no "
+            apgrid="one search from the dense parent: projection + 8-bit k-means ADMM every 10 batches; no "
             "low-rank part; output Z, then fine-tuning with the codebook snapped after every step",
         ),
     },

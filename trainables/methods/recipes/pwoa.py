@@ -106,8 +106,8 @@ RECIPE = AuthorsRecipe(
                 f"{_LOOP}; {_SH} --distill_temp 30 --distill_alpha 10 -relx 0.00002 -rely 0.0001 (no -lx/-ly); "
                 f"{_YAML} lambda_x 0, lambda_y 0, sigma 5, k_type_y linear",
             ),
-            apgrid="both phases: 10 T^2 KL(teacher||student), T=30, + 2e-5 HSIC(Z, X) - 1e-4 HSIC(Z, Y) "
-            "(+ ADMM penalty in the ADMM phase); clean inputs, no CE",
+            apgrid="ADMM phase: 10 T^2 KL(teacher||student), T=30, + ADMM penalty (no HSIC); retraining: the same KL "
+            "+ 2e-5 HSIC(Z, X) - 1e-4 HSIC(Z, Y); clean inputs, no CE",
         ),
         "layers": Fact(
             C(
@@ -139,8 +139,9 @@ RECIPE = AuthorsRecipe(
                 f"{_R} source/hsicbt/model/resnet.py forward output_list; {_LOOP} calls {_ADMM} admm_initialization "
                 "every epoch; z_u_update, admm_multi_rho_scheduler; --admm-epochs 3 --rho 0.01",
             ),
-            apgrid="HSIC Z = every conv and linear output; Z = Proj(W) only at the start; Z/U update every 3 epochs "
-            "with rho = 1.35 rho (no cap), rho0 0.01",
+            apgrid="HSIC Z = stem output, every residual block's output and the pooled features (not each conv); "
+            "Z = Proj(W) re-set at the start of every epoch; Z/U update every 3 epochs with rho = min(1, 1.35 rho), "
+            "rho0 0.01",
         ),
     },
 )
