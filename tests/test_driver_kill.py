@@ -16,7 +16,7 @@ import yaml
 from apgrid.grid.runner import launch
 from apgrid.grid.state import read_state
 from apgrid.grid.store import read_samples
-from tests.helpers import quick_evaluation, tiny_grid
+from tests.helpers import quick_evaluation, stated, tiny_grid
 
 pytestmark = pytest.mark.slow  # end-to-end grids beyond test_grid's: `make test`, not `make check`
 
@@ -42,12 +42,12 @@ KILL_POINTS = [  # (stage, a line of the driver's output after which it is kille
 def grid_raw(output):
     return tiny_grid(
         output,
-        dense={"recipe": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.05, "batch_size": 64}},
+        dense={"recipe": stated(trainer="fgsm-rs", epochs=2, lr=0.05, batch_size=64)},
         prune={
             "methods": ["lwm-global", "hydra"],
             "sparsities": [0.9],
-            "finetune": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.01, "batch_size": 128},
-            "search": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.1, "batch_size": 128},
+            "finetune": stated(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128),
+            "search": stated(trainer="fgsm-rs", epochs=1, lr=0.1, batch_size=128, weight_decay=1e-4),
         },
         evaluation=quick_evaluation(num_samples=20, block_size=5, shards=4, pgd_steps=2, fmn_steps=20),
         analysis={

@@ -16,7 +16,7 @@ import yaml
 
 from apgrid.grid.state import read_state
 from apgrid.grid.store import read_samples
-from tests.helpers import quick_evaluation, tiny_grid
+from tests.helpers import quick_evaluation, stated, tiny_grid
 from tests.ray_nodes import LocalRayCluster
 
 pytestmark = pytest.mark.slow
@@ -35,11 +35,11 @@ def grid_raw(output, address):
         output,
         name="multinode",
         ray_address=address,
-        dense={"recipe": {"trainer": "fgsm-rs", "epochs": 1, "lr": 0.05, "batch_size": 64}},
+        dense={"recipe": stated(trainer="fgsm-rs", epochs=1, lr=0.05, batch_size=64)},
         prune={  # 4 one-CPU trials fill both 2-CPU workers: they cannot all land on one node
             "methods": ["lwm-global", "lwm-local"],
             "sparsities": [0.5, 0.9],
-            "finetune": {"trainer": "fgsm-rs", "epochs": 2, "lr": 0.01, "batch_size": 128},
+            "finetune": stated(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128),
         },
         evaluation=quick_evaluation(num_samples=N_SAMPLES, block_size=5, shards=4, pgd_steps=2, fmn_steps=20),
         # half a GPU per actor: both actors fit on the one GPU node, and only there; the device

@@ -16,6 +16,7 @@ from apgrid.grid.cli import main
 from apgrid.grid.runner import launch
 from apgrid.grid.spec import parse_spec
 from apgrid.grid.store import read_samples
+from tests.helpers import stated
 
 pytestmark = pytest.mark.slow  # an end-to-end grid beyond test_grid's
 
@@ -59,7 +60,7 @@ def checkpoint_grid(ray_session, tmp_path_factory, trained):
             "prune": {
                 "methods": ["lwm-global", "lamp"],
                 "sparsities": [0.9],
-                "finetune": {"trainer": "fgsm-rs", "epochs": 1, "batch_size": 128},
+                "finetune": stated(trainer="fgsm-rs", epochs=1, batch_size=128),
             },
             "evaluation": {
                 "num_samples": 20,
