@@ -36,6 +36,7 @@ def test_shard_ranges_cover_every_sample_once():
     assert block_ranges(25, 47, 10) == [(25, 30), (30, 40), (40, 47)]
 
 
+@pytest.mark.slow  # a full evaluation (AutoAttack, FMN, HO-FMN columns): `make test`, not `make check`
 def test_one_shard_equals_three_shards_row_for_row(trained, digits):
     x, y = digits.x_test[:N], digits.y_test[:N]
     whole = evaluate_samples(trained, x, y, 0, THREAT, SETTINGS, signed_fmn=True)
@@ -198,6 +199,7 @@ def test_fmn_bounds_never_exceed_what_an_attack_proved():
     np.testing.assert_allclose(bounded, [0.3, 0.1, 0.05, 0.1, -0.1])
 
 
+@pytest.mark.slow  # a full evaluation (AutoAttack, FMN, HO-FMN columns): `make test`, not `make check`
 def test_evaluated_rows_carry_the_bound_and_both_readings_of_a_negative_eps(trained, digits):
     x, y = digits.x_test[:N], digits.y_test[:N]
     rows = evaluate_samples(trained, x, y, 0, THREAT, SETTINGS, True, "cpu")
