@@ -27,7 +27,8 @@ _SAVE = (
 )
 
 
-def _phase(trainer, epochs, lr, epochs_src, lr_src, select):
+def phase(trainer, epochs, lr, epochs_src, lr_src, select):
+    """One phase of HYDRA's train.py (its LWM baseline trains the same way, recipes/lwm_local.py)."""
     return {
         "trainer": C(trainer, _TRADES),
         "epochs": C(epochs, epochs_src),
@@ -56,7 +57,7 @@ RECIPE = AuthorsRecipe(
         "CIFAR-10 VGG-16 is models/vgg_cifar.py vgg16_bn (bias-free convs, 2x2 avg pool, 2048-256-256 head: "
         "apgrid's vgg16-hydra)"
     ),
-    parent=_phase(
+    parent=phase(
         "trades",
         100,
         0.1,
@@ -68,7 +69,7 @@ RECIPE = AuthorsRecipe(
             "in get_compact_net_adv_train.sh",
         ),
     ),
-    search=_phase(
+    search=phase(
         "trades",
         20,
         0.1,
@@ -80,7 +81,7 @@ RECIPE = AuthorsRecipe(
             "in get_compact_net_adv_train.sh",
         ),
     ),
-    finetune=_phase(
+    finetune=phase(
         "trades",
         100,
         0.01,

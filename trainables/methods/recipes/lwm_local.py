@@ -1,5 +1,6 @@
 """lwm-local: its authors' recipe, a source per value (trainables/recipes.py)."""
 
+from apgrid.trainables.methods.recipes.hydra import phase
 from apgrid.trainables.recipes import AuthorsRecipe, Fact
 from apgrid.trainables.recipes import Cited as C
 
@@ -11,40 +12,10 @@ _LWM = (
     f"{_R} README.md 'Least weight magnitude (LWM) based pruning' / get_compact_net_adv_train.sh 'weight base "
     "pruning': train.py --exp-mode finetune --scaled-score-init --source-net <pretrain checkpoint> --lr 0.01"
 )
-_ATK = f"{_CFG} epsilon 0.031, num_steps 10, step_size 0.0078; {_R} utils/adv.py trades_loss"
-_TRADES = (
-    f"{_R} trainer/adv.py train(): trades_loss for --trainer adv; survey taxonomy.json "
-    "HYDRA_Sehwag2020Hydra 'Pretraining: AT TRADES' (the benchmark's LWM compares against these parents)"
-)
-_OPT = f"{_R} utils/schedules.py get_optimizer: SGD; {_CFG} momentum 0.9, wd 1e-4, batch_size 128"
-_COS = f"{_R} utils/schedules.py cosine_schedule, per epoch, no warmup ({_CFG} lr_schedule cosine)"
-_AUG = f"{_R} data/cifar.py tr_train RandomCrop(32, padding=4), RandomHorizontalFlip"
 _SAVE = (
     f"{_R} utils/logging.py save_checkpoint: checkpoint.pth.tar (last) and model_best.pth.tar (best PGD test "
     "accuracy)"
 )
-
-
-def _phase(epochs, lr, epochs_src, lr_src, select):
-    return {
-        "trainer": C("trades", _TRADES),
-        "epochs": C(epochs, epochs_src),
-        "lr": C(lr, lr_src),
-        "momentum": C(0.9, _OPT),
-        "weight_decay": C(1e-4, _OPT),
-        "batch_size": C(128, _OPT),
-        "pgd_steps": C(10, _ATK),
-        "step_size": C(0.0078, _ATK),
-        "beta": C(6.0, f"{_CFG} beta 6.0"),
-        "eps": C(0.031, _ATK),
-        "random_start": C(False, f"{_R} utils/adv.py trades_loss: x + 0.001 N(0, I)"),
-        "attack_mode": C("eval", f"{_R} utils/adv.py trades_loss: model.eval() while crafting"),
-        "optimizer": C("sgd", f"{_CFG} optimizer sgd"),
-        "schedule": C("cosine", _COS),
-        "milestones": C((), _COS),
-        "select": select,
-        "augment": C("crop-flip", _AUG),
-    }
 
 
 RECIPE = AuthorsRecipe(
@@ -52,7 +23,8 @@ RECIPE = AuthorsRecipe(
         "Layer-wise least-weight-magnitude pruning as the HYDRA authors' baseline (Sehwag et al. 2020, Sec. 4, "
         f"LWM); code: {_R} (README 'Least weight magnitude (LWM) based pruning')"
     ),
-    parent=_phase(
+    parent=phase(
+        "trades",
         100,
         0.1,
         f"{_CFG} epochs 100",
@@ -63,7 +35,8 @@ RECIPE = AuthorsRecipe(
         ),
     ),
     search={},
-    finetune=_phase(
+    finetune=phase(
+        "trades",
         100,
         0.01,
         f"{_CFG} epochs 100 (the LWM command sets none)",
