@@ -115,15 +115,6 @@ class Deviation:
         where = self.key if self.phase == "method" else f"{self.phase}.{self.key}"
         return f"{where} {show(self.grid)} — authors {show(self.authors)} ({self.source})"
 
-    def record(self) -> dict:
-        return {
-            "phase": self.phase,
-            "key": self.key,
-            "grid": show(self.grid),
-            "authors": show(self.authors),
-            "source": self.source,
-        }
-
 
 def show(value) -> str:
     if isinstance(value, float):
