@@ -292,6 +292,7 @@ def parse_spec(raw: Any) -> GridSpec:
     dense = _dense(raw.get("dense", {}), augment)
     if "dense" not in raw and raw.get("checkpoints"):  # a grid of checkpoints trains nothing
         dense = dataclasses.replace(dense, architectures=())
+    threat = _threat(raw.get("threat_model", {}))  # FGSM's recipes are Linf-only: prune reads it
     spec = parse_fields(
         GridSpec,
         raw,
@@ -302,9 +303,9 @@ def parse_spec(raw: Any) -> GridSpec:
             raw.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None, "tracking_uri"
         ),
         dataset=dataset,
-        threat_model=_threat(raw.get("threat_model", {})),
+        threat_model=threat,
         dense=dense,
-        prune=_prune(raw.get("prune", {}), augment, dense.recipe, _grid_context(raw, dataset)),
+        prune=_prune(raw.get("prune", {}), augment, dense.recipe, _grid_context(raw, dataset, threat)),
         evaluation=_evaluation(raw.get("evaluation", {})),
         resources=parse_fields(Resources, raw.get("resources", {}), "resources"),
         checkpoints=_checkpoints(raw.get("checkpoints", [])),
@@ -608,15 +609,14 @@ class _GridContext:
     budget: float = 1.0
 
 
-def _grid_context(raw: dict, dataset: DatasetSpec) -> _GridContext:
+def _grid_context(raw: dict, dataset: DatasetSpec, threat: ThreatModel) -> _GridContext:
     prune = _mapping(raw.get("prune", {}), "prune")
     given = {
         "finetune": _mapping(prune.get("finetune"), "prune.finetune"),
         "search": _mapping(prune.get("search"), "prune.search"),
         "parent": _mapping(_mapping(raw.get("dense", {}), "dense").get("recipe"), "dense.recipe"),
     }
-    norm = _mapping(raw.get("threat_model", {}), "threat_model").get("norm", ThreatModel.norm)
-    return _GridContext(given, DATASETS[dataset.name].augment, dataset.validation, norm)
+    return _GridContext(given, DATASETS[dataset.name].augment, dataset.validation, threat.norm)
 
 
 def _prune(raw, augment: str, dense: Recipe, context: _GridContext) -> PruneSpec:
