@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from apgrid.analysis import plots
+from apgrid.analysis.parallel import map_models
 from apgrid.analysis.samples import Samples, as_samples, streamed_quantile
 from apgrid.analysis.settings import AnalysisSettings
 from apgrid.analysis.tables import (
@@ -28,7 +29,7 @@ from apgrid.analysis.tables import (
     reevaluation_table,
     security_curve,
     seed_table,
-    thin_ice_row,
+    thin_ice_rows,
 )
 from apgrid.analysis.thin_ice import pruned_pairs
 
@@ -185,14 +186,19 @@ def statistics_sections(
     from apgrid.trainables.methods import PRUNING_METHODS
 
     table1 = reevaluation_table(models, reported)
-    rows, scatters = [], []  # Table 2 and Figure 2, one dense/pruned pair read at a time
-    for model_id, first, joined in pruned_pairs(samples):
-        rows.append(
-            thin_ice_row(model_id, first, joined, settings.bootstrap_resamples, settings.auc_interval)
-        )
-        if settings.figure2_models is None or len(scatters) < settings.figure2_models:
-            scatters.append(plots.thin_ice_scatter(joined, model_id, folder / f"fig2_{model_id}.png"))
-    table2 = pd.DataFrame(rows)
+    limit = settings.figure2_models
+
+    def figure2(i: int, model_id: str, joined: pd.DataFrame) -> Path | None:
+        if limit is not None and i >= limit:
+            return None
+        return plots.thin_ice_scatter(joined, model_id, folder / f"fig2_{model_id}.png")
+
+    # Table 2 and Figure 2, one dense parent and its pruned models read at a time, per process
+    pairs = thin_ice_rows(
+        samples, settings.bootstrap_resamples, settings.auc_interval, figure2, settings.workers
+    )
+    table2 = pd.DataFrame([row for row, _ in pairs])
+    scatters = [path for _, path in pairs if path is not None]
     seeds = seed_table(models)
     taxonomy = {m.name: m.taxonomy for m in PRUNING_METHODS.values()}
     leader = leaderboard(models, taxonomy, samples)
@@ -208,7 +214,8 @@ def statistics_sections(
         "findings": verdicts,
     }
     eps = float(samples.first(samples.model_ids[0])["eps"])
-    curves = security_curve_figures(samples, dict(zip(models["model_id"], models["aa_acc"])), eps, folder)
+    aa_acc = dict(zip(models["model_id"], models["aa_acc"]))
+    curves = security_curve_figures(samples, aa_acc, eps, folder, settings.workers)
 
     weak = table1[table1["fmn_weaker_than_aa"]]["model_id"].tolist()
     s1 = Section(
@@ -315,7 +322,7 @@ def _interval_text(settings: AnalysisSettings) -> str:
 
 
 def security_curve_figures(
-    samples: Samples, aa_acc: dict[str, float], eps: float, folder: Path
+    samples: Samples, aa_acc: dict[str, float], eps: float, folder: Path, workers: int | None = None
 ) -> list[Path]:
     """One figure per architecture, its models' FMN security curves overlaid up to the larger of
     3 ε and the 95th percentile of their |ε_FMN|: each model's rows read twice (the percentile,
@@ -329,18 +336,27 @@ def security_curve_figures(
     for arch in sorted(by_arch):
         ids = by_arch[arch]
 
-        def distances(ids=ids):
-            return (
-                np.abs(rows["fmn_eps"].to_numpy(dtype=float)) for _, rows in samples.each(["fmn_eps"], ids)
-            )
+        def each(fn, ids=ids):  # fn of each model's |ε_FMN|, in the workers
+            return map_models(_of_distances, ids, (samples, fn), workers)
 
-        grid = np.linspace(0, max(eps * 3, streamed_quantile(distances, 0.95)), 200)
+        grid = np.linspace(0, max(eps * 3, streamed_quantile(None, 0.95, each)), 200)
+        curves = map_models(_security_curve_of, ids, (samples, grid), workers)
         lines = [
-            (samples.first(model_id), security_curve(rows, grid), aa_acc.get(model_id, float("nan")))
-            for model_id, rows in samples.each(["clean_correct", "fmn_eps"], ids)
+            (samples.first(model_id), curve, aa_acc.get(model_id, float("nan")))
+            for model_id, curve in zip(ids, curves)
         ]
         figures.append(plots.security_curves(lines, grid, eps, folder / f"security_curve_{arch}.png"))
     return figures
+
+
+def _of_distances(shared: tuple[Samples, Callable], model_id: str):
+    samples, fn = shared
+    return fn(np.abs(samples.rows(model_id, ["fmn_eps"])["fmn_eps"].to_numpy(dtype=float)))
+
+
+def _security_curve_of(shared: tuple[Samples, np.ndarray], model_id: str) -> np.ndarray:
+    samples, grid = shared
+    return security_curve(samples.rows(model_id, ["clean_correct", "fmn_eps"]), grid)
 
 
 def cost_section(
@@ -514,7 +530,7 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     cache = folder.parent / "analysis_cache"
     samples = as_samples(samples)
-    models = model_table(samples)
+    models = model_table(samples, settings.workers)
     sections, tables = statistics_sections(samples, models, folder, settings, reported)
     first = samples.first(samples.model_ids[0])  # the grid's settings, as every row holds them
     eps = float(first["eps"])
@@ -547,7 +563,7 @@ def write_report(
             f"samples each; threat model {threat}; AutoAttack "
             f"`{first['autoattack_version']}`{_autoattack_subset(first)}, "
             f"PGD-{int(first['pgd_steps'])}, "
-            f"FMN {int(first['fmn_steps'])} steps{_which_fmn(samples, models)}. "
+            f"FMN {int(first['fmn_steps'])} steps{_which_fmn(samples, models, settings.workers)}. "
             f"Every table is also a CSV beside this page; settings: {json.dumps(asdict(settings))}."
         ],
     )
@@ -596,15 +612,18 @@ def _off_target(leader: pd.DataFrame) -> str:
     return f"**Not at their cell's sparsity** (their rank compares unlike budgets): {listed}."
 
 
-def _which_fmn(samples: Samples, models: pd.DataFrame) -> str:
+def _ho_fmn_config(samples: Samples, model_id: str) -> str | None:
+    rows = samples.rows(model_id, ["fmn_ho_config"])
+    configs = rows["fmn_ho_config"].dropna() if "fmn_ho_config" in rows else ()
+    return configs.iloc[0] if len(configs) else None
+
+
+def _which_fmn(samples: Samples, models: pd.DataFrame, workers: int | None = None) -> str:
     """Which FMN ran: plain FMN alone, or HO-FMN beside it with each model's tuned attack and,
     over `models` (the model table), the samples each of FMN, HO-FMN and their ensemble
     overstated."""
-    picks = {}
-    for model_id, rows in samples.each(["fmn_ho_config"]):
-        configs = rows["fmn_ho_config"].dropna() if "fmn_ho_config" in rows else ()
-        if len(configs):
-            picks[model_id] = configs.iloc[0]
+    configs = map_models(_ho_fmn_config, samples.model_ids, samples, workers)
+    picks = {m: c for m, c in zip(samples.model_ids, configs) if c is not None}
     if not picks:
         return " (plain FMN)"
     listed = "; ".join(f"{m}: {c}" for m, c in picks.items())

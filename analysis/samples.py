@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,10 @@ class Samples:
         if model_id not in self._first:
             self.rows(model_id)
         return self._first[model_id]
+
+    def remember_first(self, model_id: str, first: pd.Series) -> None:
+        """Keep a first row read elsewhere (by a worker process) so that first() need not read it."""
+        self._first[model_id] = first
 
     def each(
         self, columns: Sequence[str] | None = None, model_ids=None
@@ -113,17 +118,26 @@ def as_samples(samples: pd.DataFrame | Samples) -> Samples:
     return samples if isinstance(samples, Samples) else FrameSamples(samples)
 
 
-def streamed_quantile(chunks: Callable[[], Iterable[np.ndarray]], q: float) -> float:
+def streamed_quantile(
+    chunks: Callable[[], Iterable[np.ndarray]] | None,
+    q: float,
+    each: Callable[[Callable[[np.ndarray], object]], list] | None = None,
+) -> float:
     """The q-quantile of the non-negative values that `chunks()` yields (NaN left out), numpy's
     linear interpolation between two order statistics, computed in float64 without holding the
     values: a first pass counts them by their leading 24 bits (a float's order is its bits'
     order), a second keeps the values of the one or two bins that hold the two order statistics
     (bins 2^-12 of a value wide). The order statistics are exact; pandas interpolates float32
-    values in float32, so its quantile of them can differ in the 8th digit. NaN when no value."""
+    values in float32, so its quantile of them can differ in the 8th digit. NaN when no value.
+    `each(fn)`, in place of `chunks`: fn of every chunk, as a list (e.g. computed in workers)."""
+    if each is None:
+
+        def each(fn):
+            return [fn(values) for values in chunks()]
+
     counts: Counter = Counter()
-    for values in chunks():
-        keys, n = np.unique(_leading_bits(_present(values)), return_counts=True)
-        counts.update(dict(zip(keys.tolist(), n.tolist())))
+    for chunk_counts in each(_bit_counts):
+        counts.update(chunk_counts)
     total = sum(counts.values())
     if total == 0:
         return float("nan")
@@ -136,15 +150,21 @@ def streamed_quantile(chunks: Callable[[], Iterable[np.ndarray]], q: float) -> f
             if below <= rank < below + counts[key]:
                 holding.setdefault(key, below)
         below += counts[key]
-    kept = []
-    for values in chunks():
-        values = _present(values)
-        kept.append(values[np.isin(_leading_bits(values), list(holding))])
-    picked = np.sort(np.concatenate(kept))
+    picked = np.sort(np.concatenate(each(partial(_in_bins, bins=tuple(holding)))))
     offset = min(holding.values())
     a, b = picked[low - offset], picked[high - offset]
     gamma = virtual - low
     return float(b - (b - a) * (1 - gamma) if gamma >= 0.5 else a + (b - a) * gamma)  # numpy's _lerp
+
+
+def _bit_counts(values) -> dict[int, int]:
+    keys, n = np.unique(_leading_bits(_present(values)), return_counts=True)
+    return dict(zip(keys.tolist(), n.tolist()))
+
+
+def _in_bins(values, bins: tuple[int, ...]) -> np.ndarray:
+    values = _present(values)
+    return values[np.isin(_leading_bits(values), list(bins))]
 
 
 def _present(values) -> np.ndarray:

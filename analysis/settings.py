@@ -35,3 +35,5 @@ class AnalysisSettings:
     # `bootstrap_resamples` resamples of each population (as many sorts; 0: no interval)
     auc_interval: str = field(default="delong", metadata={"choices": AUC_INTERVALS})
     bootstrap_resamples: int = field(default=1000, metadata={"min": 0})  # with auc_interval: bootstrap
+    # processes for the per-model statistics (analysis.parallel): None: every core, up to 8
+    workers: int | None = field(default=None, metadata={"min": 1})

@@ -3,11 +3,21 @@ thin-ice paper) and the thin-ice table (its Table 2)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
+from apgrid.analysis.parallel import map_models
 from apgrid.analysis.samples import Samples, as_samples
-from apgrid.analysis.thin_ice import mcnemar, population_shares, pruned_pairs, thin_ice_tests, with_bounds
+from apgrid.analysis.thin_ice import (
+    group_pairs,
+    mcnemar,
+    pair_groups,
+    population_shares,
+    thin_ice_tests,
+    with_bounds,
+)
 from apgrid.trainables.methods import PRUNING_METHODS
 
 MODEL_COLUMNS = [
@@ -90,15 +100,24 @@ def ho_fmn_metrics(rows: pd.DataFrame, correct: pd.Series, eps: float) -> dict[s
     return out
 
 
-def model_table(samples: pd.DataFrame | Samples) -> pd.DataFrame:
+def model_table(samples: pd.DataFrame | Samples, workers: int | None = None) -> pd.DataFrame:
     """One row per model: its identity columns and summary metrics (one model's rows read at a
-    time)."""
+    time, on `workers` processes: analysis.parallel)."""
+    samples = as_samples(samples)
     out = []
-    for _, rows in as_samples(samples).each():
-        first = rows.iloc[0]
-        out.append({**{c: first[c] for c in MODEL_COLUMNS}, **summarize(rows, float(first["eps"]))})
+    for model_id, (first, summary) in zip(
+        samples.model_ids, map_models(_model_summary, samples.model_ids, samples, workers)
+    ):
+        samples.remember_first(model_id, first)  # read in a worker: later steps need not read it again
+        out.append(summary)
     table = pd.DataFrame(out)
     return table.sort_values(["role", "arch", "method", "sparsity", "seed"], ignore_index=True)
+
+
+def _model_summary(samples: Samples, model_id: str) -> tuple[pd.Series, dict]:
+    rows = samples.rows(model_id)
+    first = rows.iloc[0]
+    return first, {**{c: first[c] for c in MODEL_COLUMNS}, **summarize(rows, float(first["eps"]))}
 
 
 def reevaluation_table(models: pd.DataFrame, reported: dict | None = None) -> pd.DataFrame:
@@ -138,8 +157,36 @@ def thin_ice_table(
     tests with 95 % intervals (DeLong's, or `interval="bootstrap"` with `resamples`) and one- and
     two-sided Mann-Whitney p-values, and McNemar's test of dense-vs-pruned disagreement on clean and
     on AutoAttack correctness."""
-    pairs = pruned_pairs(samples)
-    return pd.DataFrame([thin_ice_row(*pair, resamples, interval) for pair in pairs])
+    return pd.DataFrame([row for row, _ in thin_ice_rows(samples, resamples, interval)])
+
+
+def thin_ice_rows(
+    samples: pd.DataFrame | Samples,
+    resamples: int = 1000,
+    interval: str = "delong",
+    draw: Callable[[int, str, pd.DataFrame], object] | None = None,
+    workers: int | None = None,
+) -> list[tuple[dict, object]]:
+    """Table 2's row of every pruned model with its dense parent, and what `draw(i, model_id,
+    joined)` returned for the i-th (a figure's path, or None), on `workers` processes, a dense
+    parent and its children to a task."""
+    samples = as_samples(samples)
+    tasks, first = [], 0
+    for dense_id, pruned_ids in pair_groups(samples):
+        tasks.append((first, dense_id, pruned_ids))
+        first += len(pruned_ids)
+    done = map_models(_group_rows, tasks, (samples, resamples, interval, draw), workers)
+    return [pair for group in done for pair in group]
+
+
+def _group_rows(shared, task) -> list[tuple[dict, object]]:
+    samples, resamples, interval, draw = shared
+    first, dense_id, pruned_ids = task
+    out = []
+    for i, (model_id, row, joined) in enumerate(group_pairs(samples, dense_id, pruned_ids), first):
+        drawn = draw(i, model_id, joined) if draw is not None else None
+        out.append((thin_ice_row(model_id, row, joined, resamples, interval), drawn))
+    return out
 
 
 def thin_ice_row(

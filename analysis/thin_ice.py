@@ -88,21 +88,37 @@ DENSE_COLUMNS = (
 PRUNED_COLUMNS = ("sample_idx", "clean_correct", "aa_correct")
 
 
-def pruned_pairs(samples: pd.DataFrame | Samples):
-    """(model_id, its first row, joined rows) for every pruned model whose dense parent was
-    evaluated too, in the order the models appear; one pair's rows read at a time, only the
-    columns the join takes (a dense model's kept while its pruned children follow it)."""
-    samples = as_samples(samples)
+def pair_groups(samples: Samples) -> list[tuple[str, list[str]]]:
+    """(dense parent, its pruned models) for every pruned model whose dense parent was evaluated
+    too, in the order the models appear; a parent is listed again when other models came between
+    its children."""
     known = set(samples.model_ids)
-    dense_id, dense = None, None
+    groups: list[tuple[str, list[str]]] = []
     for model_id in samples.model_ids:
         first = samples.first(model_id)
         if first["role"] != "pruned" or first["dense_model_id"] not in known:
             continue
-        if first["dense_model_id"] != dense_id:
-            dense_id = first["dense_model_id"]
-            dense = samples.rows(dense_id, DENSE_COLUMNS)
-        yield model_id, first, join_dense_pruned(dense, samples.rows(model_id, PRUNED_COLUMNS))
+        if not groups or groups[-1][0] != first["dense_model_id"]:
+            groups.append((first["dense_model_id"], []))
+        groups[-1][1].append(model_id)
+    return groups
+
+
+def group_pairs(samples: Samples, dense_id: str, pruned_ids: list[str]):
+    """(model_id, its first row, joined rows) of each of one dense parent's pruned models: the
+    parent's rows read once, only the columns the join takes."""
+    dense = samples.rows(dense_id, DENSE_COLUMNS)
+    for model_id in pruned_ids:
+        pruned = samples.rows(model_id, PRUNED_COLUMNS)
+        yield model_id, samples.first(model_id), join_dense_pruned(dense, pruned)
+
+
+def pruned_pairs(samples: pd.DataFrame | Samples):
+    """(model_id, its first row, joined rows) for every pruned model whose dense parent was
+    evaluated too, in the order the models appear; one pair's rows read at a time."""
+    samples = as_samples(samples)
+    for dense_id, pruned_ids in pair_groups(samples):
+        yield from group_pairs(samples, dense_id, pruned_ids)
 
 
 def population_shares(joined: pd.DataFrame) -> dict[str, float]:

@@ -294,11 +294,12 @@ def write_dataset(output: Path, models: int, samples: int, seed: int = 0) -> int
     return models * samples
 
 
-def analyze_once(output: Path, read: str) -> None:
+def analyze_once(output: Path, read: str, workers: int | None = None) -> None:
     """The analysis of output/samples in this (fresh) process, as `apgrid analyze` runs it without
     the models; prints one JSON line: seconds, peak resident memory and that after the imports.
     read = frame: every row read into one DataFrame first (read_samples, the code before 2026-12-04);
-    stream: the report reads one model (or one dense/pruned pair) at a time."""
+    stream: the report reads one model (or one dense/pruned pair) at a time, on `workers`
+    processes (None: every core, analysis.parallel); their CPU time counts with this process's."""
     import json
     import resource
 
@@ -309,11 +310,12 @@ def analyze_once(output: Path, read: str) -> None:
     def peak_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
-    def cpu_seconds() -> float:  # this process's user + system time: what other work cannot inflate
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
+    def cpu_seconds() -> float:  # user + system time of this process and its workers: what other
+        # work cannot inflate
+        whose = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        return sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime for w in whose)
 
-    settings = AnalysisSettings(bootstrap_resamples=200)
+    settings = AnalysisSettings(bootstrap_resamples=200, workers=workers)
     imported = peak_mib()
     cpu = cpu_seconds()
     began = time.perf_counter()
@@ -333,12 +335,12 @@ def analyze_once(output: Path, read: str) -> None:
     )
 
 
-def run_analyze(row_counts: list[float], read: str, samples: int = 10_000) -> None:
+def run_analyze(row_counts: list[float], read: str, workers: int | None, samples: int = 10_000) -> None:
     """Each size written as a grid's Parquet, then analysed in a fresh process (its peak memory is
     the driver's): PYTHONPATH chooses the code, e.g. a checkout of an older commit."""
     import json
 
-    print(f"analysis: read = {read}")
+    print(f"analysis: read = {read}, workers = {workers or 'every core'}")
     print(
         "| rows | models | written s | analysis s | its CPU s | per million rows s | peak RSS MiB "
         "| after imports MiB"
@@ -351,7 +353,8 @@ def run_analyze(row_counts: list[float], read: str, samples: int = 10_000) -> No
             rows = write_dataset(Path(tmp), models, samples)
             written = time.perf_counter() - began
             done = subprocess.run(
-                [sys.executable, __file__, "analyze-once", "--output", tmp, "--read", read],
+                [sys.executable, __file__, "analyze-once", "--output", tmp, "--read", read]
+                + (["--workers", str(workers)] if workers else []),
                 capture_output=True,
                 text=True,
             )
@@ -398,13 +401,14 @@ def main() -> None:
         "--read", choices=("frame", "stream"), default="stream", help="analyze: all rows at once, or streamed"
     )
     parser.add_argument("--output", type=Path, help="analyze-once: the output folder (run by analyze)")
+    parser.add_argument("--workers", type=int, help="analyze: processes (default: every core)")
     args = parser.parse_args()
     {
         "grid": lambda: run_grid(args.sizes),
         "mlflow": lambda: run_mlflow(args.sizes),
         "merge": lambda: run_merge(args.sizes),
-        "analyze": lambda: run_analyze(args.rows, args.read),
-        "analyze-once": lambda: analyze_once(args.output, args.read),
+        "analyze": lambda: run_analyze(args.rows, args.read, args.workers),
+        "analyze-once": lambda: analyze_once(args.output, args.read, args.workers),
         "project": run_project,
     }[args.part]()
 

@@ -460,3 +460,38 @@ def test_figure2_is_drawn_for_at_most_figure2_models(tmp_path):
     assert len(list((tmp_path / "report").glob("fig2_*.png"))) == 1
     assert len(pd.read_csv(tmp_path / "report" / "table2_thin_ice.csv")) == 4
     assert "Figure 2 is drawn for the first 1 of the 4 pruned models" in paths["report.md"].read_text()
+
+
+def test_report_on_several_processes_equals_the_one_in_this_process(tmp_path):
+    """analysis.workers: the per-model statistics and figures run in forked processes that each
+    read their own partitions; every table, figure and the report's text are those of one
+    process (only the settings line differs), and the work did run in other processes."""
+    import resource
+
+    from apgrid.analysis.parallel import MIN_ITEMS
+    from apgrid.grid.store import open_samples
+
+    one = samples_fixture()
+    copies = [
+        one.assign(model_id=one["model_id"] + f"-{k}", dense_model_id=one["dense_model_id"] + f"-{k}")
+        for k in range(4)
+    ]
+    samples = pd.concat(copies, ignore_index=True)
+    assert samples["model_id"].nunique() >= MIN_ITEMS
+    write_partitions(samples, tmp_path)
+    reports = {}
+    for workers in (1, 2):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+        settings = AnalysisSettings(workers=workers, transfer_attacks=(), costs=False)
+        folder = tmp_path / f"workers{workers}"
+        paths = write_report(open_samples(tmp_path), folder, "fixture", settings)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - before
+        assert (children > 0) == (workers > 1)
+        reports[workers] = folder, paths["report.md"].read_text().replace(f'"workers": {workers}', "")
+    (serial, text1), (parallel, text2) = reports[1], reports[2]
+    assert text1 == text2
+    assert len(pd.read_csv(serial / "table2_thin_ice.csv")) == 16
+    for path in serial.iterdir():
+        if path.suffix == ".csv":
+            assert path.read_text() == (parallel / path.name).read_text(), path.name
+    assert sorted(p.name for p in serial.iterdir()) == sorted(p.name for p in parallel.iterdir())
