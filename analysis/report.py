@@ -2,7 +2,10 @@
 Parquet, plus (when the models can be loaded) model costs, transfer attacks and decision slices.
 
 The report is a list of sections (text, tables, figures) rendered twice: Markdown beside the PNGs,
-and one self-contained HTML page with the PNGs embedded, readable offline.
+and one self-contained HTML page with the PNGs embedded, readable offline; for a paper, every table
+is also a booktabs LaTeX file (NAME.tex) and every figure a PDF and an SVG, with figures.tex holding
+their captions. Models are named by short labels (method, sparsity, architecture, seed), the Models
+section keys them to their ids; accuracies are fractions (0-1) everywhere, with 95 % Wilson intervals.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from apgrid.analysis import plots
+from apgrid.analysis.names import MODEL_ID_COLUMNS, model_labels
 from apgrid.analysis.parallel import map_models
 from apgrid.analysis.samples import Samples, as_samples, streamed_quantile
 from apgrid.analysis.settings import AnalysisSettings
@@ -47,11 +51,21 @@ class ModelAccess:
 
 
 @dataclass
+class Figure:
+    path: Path  # the PNG; its PDF and SVG beside it
+    caption: str
+
+
+@dataclass
 class Section:
     title: str
     text: list[str] = field(default_factory=list)
-    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
-    figures: list[Path] = field(default_factory=list)
+    # (caption, table, name): the table is also written as NAME.tex
+    tables: list[tuple[str, pd.DataFrame, str]] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+UNITS = "Accuracies are fractions of the test samples (0–1); brackets: 95 % Wilson intervals."
 
 
 def _cell(v) -> str:
@@ -87,14 +101,16 @@ def render_markdown(title: str, sections: list[Section]) -> str:
     lines = [f"# {title}", ""]
     for s in sections:
         lines += [f"## {s.title}", "", *[t + "\n" for t in s.text]]
-        for caption, table in s.tables:
+        for caption, table, _ in s.tables:
             lines += [
                 f"**{caption}**" if caption else "",
                 "",
                 _markdown_table(table) if len(table) else "_(empty)_",
                 "",
             ]
-        lines += [f"![{p.stem}]({p.name})" for p in s.figures] + [""]
+        for f in s.figures:
+            lines += [f"![{f.path.stem}]({f.path.name})", "", f"*{f.caption}*", ""]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -102,13 +118,14 @@ STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:
 table{border-collapse:collapse;font-size:12px;margin:.5em 0 1.5em;display:block;overflow-x:auto}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f0f0f0}
 td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.3em}
-nav a{margin-right:1em}figure{display:inline-block;margin:.3em;max-width:100%;vertical-align:top}"""
+nav a{margin-right:1em}figure{display:inline-block;margin:.3em;max-width:100%;vertical-align:top}
+figcaption{font-size:12px;color:#444;max-width:660px}"""
 
 
 def render_html(title: str, sections: list[Section]) -> str:
-    def image(p: Path) -> str:
-        data = base64.b64encode(p.read_bytes()).decode()
-        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(p.stem)}">'
+    def image(f: Figure) -> str:
+        data = base64.b64encode(f.path.read_bytes()).decode()
+        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(f.caption)}">'
 
     nav = "".join(f'<a href="#s{i}">{html.escape(s.title)}</a>' for i, s in enumerate(sections))
     parts = [
@@ -119,11 +136,13 @@ def render_html(title: str, sections: list[Section]) -> str:
     for i, s in enumerate(sections):
         parts.append(f'<section id="s{i}"><h2>{html.escape(s.title)}</h2>')
         parts += [f"<p>{_inline(t)}</p>" for t in s.text]
-        for caption, table in s.tables:
+        for caption, table, _ in s.tables:
             if caption:
                 parts.append(f"<h3>{html.escape(caption)}</h3>")
             parts.append(_html_table(table) if len(table) else "<p><em>(empty)</em></p>")
-        parts += [f"<figure>{image(p)}</figure>" for p in s.figures]
+        parts += [
+            f"<figure>{image(f)}<figcaption>{html.escape(f.caption)}</figcaption></figure>" for f in s.figures
+        ]
         parts.append("</section>")
     return "\n".join(parts + ["</body></html>"])
 
@@ -144,7 +163,7 @@ def _thin_ice_display(table2: pd.DataFrame) -> pd.DataFrame:
     def auc(row, name):
         return f"{row[f'auc_{name}']:.3f} [{row[f'ci_low_{name}']:.3f}, {row[f'ci_high_{name}']:.3f}]"
 
-    out = table2[["model_id", "method", "arch", "sparsity", "S00", "S01", "S10", "S11"]].copy()
+    out = table2[["model_id", "S00", "S01", "S10", "S11"]].copy()  # the label names method, arch, sparsity
     out["AUC ε(S10)<ε(S11) [95% CI]"] = [auc(r, "S10<S11") for _, r in table2.iterrows()]
     out["p (1-sided)"] = table2["p_S10<S11"]
     out["p (2-sided)"] = table2["p2_S10<S11"]
@@ -158,6 +177,43 @@ def _thin_ice_display(table2: pd.DataFrame) -> pd.DataFrame:
     out["AUC |S01|<|S00| untargeted"] = table2["auc_|S01|<|S00|_untargeted"]
     out["dense FMN overstated"] = table2["dense_fmn_overstated"]
     return out
+
+
+def _with_interval(value: float, low: float, high: float) -> str:
+    return "–" if pd.isna(value) else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _table1_display(table1: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 as it fits a page: the model's label (its id in the key), each accuracy with its
+    95 % Wilson interval; the reported columns only when a model has them, the clean accuracy
+    on AutoAttack's samples only when AutoAttack ran on fewer than all."""
+
+    def interval(column):
+        return [
+            _with_interval(r[column], r[f"{column}_low"], r[f"{column}_high"]) for _, r in table1.iterrows()
+        ]
+
+    out = pd.DataFrame({"model_id": table1["model_id"], "sparsity measured": table1["sparsity_measured"]})
+    out["clean [95% CI]"] = interval("clean_acc")
+    if (table1["clean_acc_on_aa_samples"] != table1["clean_acc"]).any():
+        out["clean on AA samples [95% CI]"] = interval("clean_acc_on_aa_samples")
+    out["AutoAttack [95% CI]"] = interval("aa_acc")
+    out["PGD [95% CI]"] = interval("pgd_acc")
+    out["FMN at ε [95% CI]"] = interval("fmn_acc_at_eps")
+    if table1["reported_robust"].notna().any():
+        out["reported robust"] = table1["reported_robust"]
+        out["reported − AA"] = table1["drop_reported_minus_aa"]
+    out["PGD − AA"] = table1["pgd10_minus_aa"]
+    out["FMN weaker than AA"] = table1["fmn_weaker_than_aa"]
+    return out
+
+
+def _figure2_caption(label: str, eps: float) -> str:
+    return (
+        f"Figure 2, {label}: the dense parent's logit margin against its signed FMN distance ε of each "
+        f"test sample, one colour per population S_ab (a: dense correct, b: pruned correct; counts "
+        f"in the legend); dashed red: the threat model's ε = ±{eps:.4g}."
+    )
 
 
 def _verdict_text(verdicts: pd.DataFrame) -> str:
@@ -182,23 +238,28 @@ def statistics_sections(
     folder: Path,
     settings: AnalysisSettings,
     reported: dict | None = None,
+    labels: dict[str, str] | None = None,
 ) -> tuple[list[Section], dict[str, pd.DataFrame]]:
     from apgrid.trainables.methods import PRUNING_METHODS
 
+    labels = labels or {}
+    eps = float(samples.first(samples.model_ids[0])["eps"])
     table1 = reevaluation_table(models, reported)
     limit = settings.figure2_models
 
-    def figure2(i: int, model_id: str, joined: pd.DataFrame) -> Path | None:
+    def figure2(i: int, model_id: str, joined: pd.DataFrame) -> Figure | None:
         if limit is not None and i >= limit:
             return None
-        return plots.thin_ice_scatter(joined, model_id, folder / f"fig2_{model_id}.png")
+        label = labels.get(model_id, model_id)
+        path = plots.thin_ice_scatter(joined, label, eps, folder / f"fig2_{model_id}.png")
+        return Figure(path, _figure2_caption(label, eps))
 
     # Table 2 and Figure 2, one dense parent and its pruned models read at a time, per process
     pairs = thin_ice_rows(
         samples, settings.bootstrap_resamples, settings.auc_interval, figure2, settings.workers
     )
     table2 = pd.DataFrame([row for row, _ in pairs])
-    scatters = [path for _, path in pairs if path is not None]
+    scatters = [figure for _, figure in pairs if figure is not None]
     seeds = seed_table(models)
     taxonomy = {m.name: m.taxonomy for m in PRUNING_METHODS.values()}
     leader = leaderboard(models, taxonomy, samples)
@@ -213,24 +274,28 @@ def statistics_sections(
         "comparisons": compare,
         "findings": verdicts,
     }
-    eps = float(samples.first(samples.model_ids[0])["eps"])
     aa_acc = dict(zip(models["model_id"], models["aa_acc"]))
     curves = security_curve_figures(samples, aa_acc, eps, folder, settings.workers)
 
-    weak = table1[table1["fmn_weaker_than_aa"]]["model_id"].tolist()
+    weak = [labels.get(m, m) for m in table1[table1["fmn_weaker_than_aa"]]["model_id"]]
     s1 = Section(
         "Table 1: robustness as reported vs AutoAttack",
         [
+            UNITS,
             "`drop_reported_minus_aa` = the robust accuracy the model's paper reported (`reported_robust`, "
             "with its attack) − AutoAttack's on the same model: the thin-ice paper's drop, for checkpoints "
             "whose entry carries `reported`. `pgd10_minus_aa` = apgrid's PGD accuracy − AutoAttack's on "
             "the samples AutoAttack ran on: a different quantity (no paper reported it). "
             "`clean_acc_on_aa_samples` is the clean accuracy on those same `aa_samples` (the paper's "
             "A.A. Acc. beside its A.A. Rob.). "
-            "`fmn_acc_at_eps` is read off the FMN security curve at the threat ε."
+            "`fmn_acc_at_eps` is read off the FMN security curve at the threat ε. "
+            "The columns of the CSV that do not fit a page (intervals' bounds, reported attacks) are "
+            "in table1_reevaluation.csv.",
         ],
-        [("", table1)],
+        [("Robustness as reported vs AutoAttack", _table1_display(table1), "table1_reevaluation")],
     )
+    if table1["reported_robust"].isna().all():
+        s1.text.append("No model carries a reported robust accuracy, so the reported columns are left out.")
     if weak:
         s1.text.append(
             f"**FMN is weaker than AutoAttack** (higher accuracy at the threat ε) on: "
@@ -256,7 +321,7 @@ def statistics_sections(
             "and minus the distance out of its predicted class (untargeted: how far from its current "
             "boundary); the *untargeted* AUC tests |S01| < |S00| under the second.",
         ],
-        [("", _thin_ice_display(table2))] if len(table2) else [],
+        [("Samples on thin ice", _thin_ice_display(table2), "table2_thin_ice")] if len(table2) else [],
         scatters,
     )
     if not len(table2):
@@ -276,7 +341,7 @@ def statistics_sections(
             else "Every cell of this grid has one seed, so there is no spread to show; "
             "add seeds to `dense.seeds` for mean ± std."
         ],
-        [("", seeds)] if several else [],
+        [("Mean and standard deviation over seeds", seeds, "seeds")] if several else [],
     )
     s4 = Section(
         "Leaderboard (taxonomy)",
@@ -284,23 +349,25 @@ def statistics_sections(
             "Per dataset × architecture × structure × sparsity, methods ranked by AutoAttack robust "
             "accuracy (ties: clean accuracy), mean over seeds, with the survey's taxonomy. "
             "The comparison table pits local vs global scope and criteria against each other on the "
-            "cells where both exist (best method of each group per cell). `aa_low`–`aa_high`: 95 % "
-            "Wilson interval of the AutoAttack accuracy; `p_above_next`: McNemar's exact test of a "
+            "cells where both exist (best method of each group per cell). `aa_low`–`aa_high` and "
+            "`clean_low`–`clean_high`: 95 % Wilson intervals of the AutoAttack and clean accuracies "
+            "(fractions, as everywhere in this report); `p_above_next`: McNemar's exact test of a "
             "rank against the next on their shared samples (small: the order is real).",
             _off_target(leader),
             _verdict_text(verdicts),
         ],
         [
-            ("Ranking", leader),
-            ("Local vs global, criterion vs criterion", compare),
-            ("The survey's findings, cell by cell", verdicts),
+            ("Ranking", leader, "leaderboard"),
+            ("Local vs global, criterion vs criterion", compare, "comparisons"),
+            ("The survey's findings, cell by cell", verdicts, "findings"),
         ],
     )
     s5 = Section(
         "Security curves",
         [
             "Robust accuracy vs ε from the per-sample FMN distances, dense (black) and pruned overlaid "
-            "per architecture; × marks AutoAttack's accuracy at the threat ε. A curve above its × at "
+            "per architecture (accuracy as a fraction of the test samples); × marks AutoAttack's "
+            "accuracy at the threat ε. A curve above its × at "
             "the threat ε means FMN was weaker than AutoAttack there."
         ],
         figures=curves,
@@ -323,7 +390,7 @@ def _interval_text(settings: AnalysisSettings) -> str:
 
 def security_curve_figures(
     samples: Samples, aa_acc: dict[str, float], eps: float, folder: Path, workers: int | None = None
-) -> list[Path]:
+) -> list[Figure]:
     """One figure per architecture, its models' FMN security curves overlaid up to the larger of
     3 ε and the 95th percentile of their |ε_FMN|: each model's rows read twice (the percentile,
     then its curve), none held."""
@@ -345,7 +412,14 @@ def security_curve_figures(
             (samples.first(model_id), curve, aa_acc.get(model_id, float("nan")))
             for model_id, curve in zip(ids, curves)
         ]
-        figures.append(plots.security_curves(lines, grid, eps, folder / f"security_curve_{arch}.png"))
+        path = plots.security_curves(lines, grid, eps, folder / f"security_curve_{arch}.png")
+        norm = lines[0][0]["norm"]
+        caption = (
+            f"Security curves of the {arch} models: robust accuracy (fraction of the test samples) "
+            f"against the {norm} radius ε from the per-sample FMN distances, the dense model in black; "
+            f"×: AutoAttack's accuracy at the threat ε = {eps:.4g} (dashed)."
+        )
+        figures.append(Figure(path, caption))
     return figures
 
 
@@ -388,12 +462,13 @@ def cost_section(
         "Parameters and non-zeros counted on the stored weights; `file_MB` = the fp32 state dict "
         "as saved, `sparse_MB` = one bit per weight plus the fp32 non-zeros, `quantized_MB` = "
         "ATMC's k-bit size where recorded. Latency = median of 10 forward passes on a batch "
-        f"of {settings.cost_batch_size} on `{access.device}`; speed-up vs the dense parent.",
+        f"of {settings.cost_batch_size} on `{access.device}`, `throughput_samples_per_s` = that batch "
+        "over that latency; speed-up vs the dense parent.",
         "**Structured pruning** removes filters: the dense file and the kernels really shrink. "
         "**Unstructured** masks only zero weights: dense kernels run at the same speed, so a "
         "speed-up near 1× is the honest result, and the size gain needs a sparse format.",
     ]
-    return Section("Cost of the models", text, [("", table)]), table
+    return Section("Cost of the models", text, [("Cost of the models", table, "costs")]), table
 
 
 def transfer_section(
@@ -404,8 +479,9 @@ def transfer_section(
     cache: Path,
     eps: float,
 ) -> tuple[Section, pd.DataFrame]:
-    from apgrid.analysis.transfer import transfer_table
+    from apgrid.analysis.transfer import UNBOUNDED_ATTACKS, transfer_table
 
+    labels = dict(zip(models["model_id"], models["label"])) if "label" in models else {}
     dense = models[models["role"] == "dense"]["model_id"].tolist()
     targets = models["model_id"].tolist()
     n = settings.transfer_samples or int(models["num_samples"].min())  # default: every evaluated
@@ -419,14 +495,24 @@ def transfer_section(
         ).to_dict("records")
 
     table = pd.DataFrame(_cached(cache / "transfer.json", compute, key))
-    figures = [plots.transfer_heatmap(table, source, folder / f"transfer_{source}.png") for source in dense]
+    figures = [
+        Figure(
+            plots.transfer_heatmap(table, source, folder / f"transfer_{source}.png", labels),
+            f"Accuracy (fraction) of every model on adversarial examples crafted on "
+            f"{labels.get(source, source)}: the attacks bounded by the threat ε = {eps:.4g} above the "
+            f"rule, the unbounded minimum-norm CW-L2 and DeepFool-L2 below it, marked (unbounded).",
+        )
+        for source in dense
+    ]
     text = [
         f"Adversarial examples crafted on each dense (base) model — FGSM, BIM, PGD, APGD-CE "
         f"and a universal perturbation within the threat ε; CW-L2 (κ = 5) and DeepFool-L2 "
         f"unbounded — on the first {n} test samples, and each model's "
         f"accuracy on them (`adv_acc`, with its 95 % Wilson interval `adv_acc_low`–"
         f"`adv_acc_high`; the source's own row is the white-box accuracy). "
-        f"`fooled` = share of the samples the target got right clean that it gets wrong."
+        f"`fooled` = share of the samples the target got right clean that it gets wrong. "
+        f"CW and DeepFool are marked (unbounded): their accuracies are not comparable with the "
+        f"bounded attacks'. {UNITS}"
     ]
     matrix = (
         table.pivot_table(
@@ -435,16 +521,27 @@ def transfer_section(
         if len(table)
         else table
     )
-    matrix.columns = [plots._short(str(c)) for c in matrix.columns]
+    matrix.columns = [labels.get(str(c), str(c)) for c in matrix.columns]
+    if "attack" in matrix:
+        matrix["attack"] = [f"{a} (unbounded)" if a in UNBOUNDED_ATTACKS else a for a in matrix["attack"]]
     return Section(
         "Transfer attacks",
         text,
-        [("accuracy on transferred examples", matrix), ("every cell", table)],
+        [
+            ("Accuracy on transferred examples", matrix, "transfer_matrix"),
+            ("Transfer attacks, every cell", table, "transfer"),
+        ],
         figures,
     ), table
 
 
-def slice_section(samples: Samples, access: ModelAccess, settings: AnalysisSettings, folder: Path) -> Section:
+def slice_section(
+    samples: Samples,
+    access: ModelAccess,
+    settings: AnalysisSettings,
+    folder: Path,
+    labels: dict[str, str] | None = None,
+) -> Section:
     import torch
 
     from apgrid.trainables.attacks import fmn
@@ -475,18 +572,24 @@ def slice_section(samples: Samples, access: ModelAccess, settings: AnalysisSetti
                 for i, pop in enumerate(picked["population"])
             ]
         )
-        figures.append(
-            plots.decision_slices(
-                dense,
-                access.load(model_id),
-                x,
-                y,
-                x_adv,
-                picked["population"].tolist(),
-                model_id,
-                folder / f"fig1_{model_id}.png",
-            )
+        label = (labels or {}).get(model_id, model_id)
+        path = plots.decision_slices(
+            dense,
+            access.load(model_id),
+            x,
+            y,
+            x_adv,
+            picked["population"].tolist(),
+            label,
+            folder / f"fig1_{model_id}.png",
         )
+        caption = (
+            f"Figure 1, {label}: decision regions in the plane through each sample spanned by its FMN "
+            f"direction on the dense parent and a random orthogonal direction (input units); shaded "
+            f"where the dense model is right (black: its boundary), hatched where the pruned one is "
+            f"(red dashed: its boundary)."
+        )
+        figures.append(Figure(path, caption))
     return Section(
         "Figure 1: decision regions around samples on thin ice",
         [
@@ -523,15 +626,18 @@ def write_report(
     reported: dict | None = None,
     deviations: dict[str, list[str]] | None = None,
 ) -> dict[str, Path]:
-    """Write CSV tables, PNG figures, report.md and a self-contained index.html; returns the
-    paths written. Without `access` (no models at hand) the sections that need models are left
-    out, and the report says so. `deviations`: per method, where the grid trained it unlike its
+    """Write CSV tables (and each table as LaTeX), figures (PNG, PDF, SVG; captions in
+    figures.tex), report.md and a self-contained index.html; returns the paths written. Without
+    `access` (no models at hand) the sections that need models are left out, and the report says
+    so. `deviations`: per method, where the grid trained it unlike its
     authors (the model cards')."""
     folder.mkdir(parents=True, exist_ok=True)
     cache = folder.parent / "analysis_cache"
     samples = as_samples(samples)
     models = model_table(samples, settings.workers)
-    sections, tables = statistics_sections(samples, models, folder, settings, reported)
+    labels = model_labels(models.to_dict("records"))
+    models.insert(1, "label", models["model_id"].map(labels))
+    sections, tables = statistics_sections(samples, models, folder, settings, reported, labels)
     first = samples.first(samples.model_ids[0])  # the grid's settings, as every row holds them
     eps = float(first["eps"])
     if access is None:
@@ -542,7 +648,7 @@ def write_report(
             )
         )
     else:
-        sections.append(slice_section(samples, access, settings, folder))
+        sections.append(slice_section(samples, access, settings, folder, labels))
         if settings.transfer_attacks:
             section, tables["transfer"] = transfer_section(models, access, settings, folder, cache, eps)
             sections.append(section)
@@ -552,7 +658,11 @@ def write_report(
     if deviations:
         section, tables["methods"] = methods_section(deviations)
         sections.append(section)
-    sections.append(Section("Models", [], [("", models)]))
+    for section in sections:
+        section.tables = [
+            (caption, _labelled(table, labels), name) for caption, table, name in section.tables
+        ]
+    sections.append(_key_section(models))
 
     threat = f"{first['norm']}, ε = {eps:.6g}"
     intro = Section(
@@ -564,7 +674,10 @@ def write_report(
             f"`{first['autoattack_version']}`{_autoattack_subset(first)}, "
             f"PGD-{int(first['pgd_steps'])}, "
             f"FMN {int(first['fmn_steps'])} steps{_which_fmn(samples, models, settings.workers)}. "
-            f"Every table is also a CSV beside this page; settings: {json.dumps(asdict(settings))}."
+            f"Every table is also a CSV and a LaTeX file (booktabs) beside this page, every figure a "
+            f"PNG, a PDF and an SVG (captions in figures.tex); models are named by their labels "
+            f"(method, sparsity, architecture, seed), keyed to their ids in the Models section. "
+            f"{UNITS} Settings: {json.dumps(asdict(settings))}."
         ],
     )
     sections.insert(0, intro)
@@ -573,13 +686,117 @@ def write_report(
     for name, table in tables.items():
         paths[f"{name}.csv"] = folder / f"{name}.csv"
         table.to_csv(paths[f"{name}.csv"], index=False)
+    paths.update(write_latex(sections, folder))
     for i, figure in enumerate(f for s in sections for f in s.figures):
-        paths[f"figure{i}"] = figure
+        paths[f"figure{i}"] = figure.path
     title = f"apgrid report: {grid_name}"
     paths["report.md"] = folder / "report.md"
     paths["report.md"].write_text(render_markdown(title, sections))
     paths["index.html"] = folder / "index.html"
     paths["index.html"].write_text(render_html(title, sections))
+    return paths
+
+
+def _labelled(table: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """The table as shown: model ids in its id columns replaced by the models' labels."""
+    present = {c: shown for c, shown in MODEL_ID_COLUMNS.items() if c in table}
+    if not present:
+        return table
+    table = table.assign(**{c: table[c].map(lambda m: labels.get(m, m)) for c in present})
+    return table.rename(columns=present)
+
+
+def _key_section(models: pd.DataFrame) -> Section:
+    """The key from the labels the report names models by to their ids (and their parents)."""
+    labels = dict(zip(models["model_id"], models["label"]))
+    key = models[["label", "model_id", "role"]].assign(
+        dense_parent=models["dense_model_id"].map(lambda m: labels.get(m, m)),
+        samples=models["num_samples"],
+    )
+    text = (
+        "The label of each model in the tables and figures, and its id (the MLflow run's "
+        "`model_id` tag, the Parquet partition, `apgrid query --where \"model_id='…'\"`). Every "
+        "model's metrics are in models.csv."
+    )
+    return Section("Models", [text], [("Model key: labels and ids", key, "model_key")])
+
+
+# -- LaTeX ----------------------------------------------------------------------------------------
+
+LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "|": r"\textbar{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+}
+LATEX_UNICODE = {
+    "ε": r"$\varepsilon$",
+    "−": "$-$",
+    "–": "--",
+    "×": r"$\times$",
+    "≤": r"$\leq$",
+    "≥": r"$\geq$",
+    "±": r"$\pm$",
+    "→": r"$\rightarrow$",
+}
+LATEX_PREAMBLE = "% needs \\usepackage{booktabs} and \\usepackage{adjustbox}; written by apgrid analyze\n"
+
+
+def latex_text(text) -> str:
+    """Text as LaTeX: its special characters escaped, ε and the dashes spelt out."""
+    out = "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+    for char, spelt in LATEX_UNICODE.items():
+        out = out.replace(char, spelt)
+    return out
+
+
+def latex_table(table: pd.DataFrame, caption: str, name: str) -> str:
+    """A booktabs table (pandas' Styler) with its caption and label tab:NAME, its cells formatted
+    as the report's and shrunk to the line width when wider."""
+    shown = table.map(lambda v: latex_text(_cell(v)))
+    shown.columns = [latex_text(c) for c in table.columns]
+    styler = shown.style.hide(axis="index")
+    body = styler.to_latex(
+        column_format="l" + "r" * (len(table.columns) - 1),
+        hrules=True,
+        caption=latex_text(caption),
+        label=f"tab:{name}",
+        position_float="centering",
+    )
+    body = body.replace("\\begin{tabular}", "\\begin{adjustbox}{max width=\\linewidth}\n\\begin{tabular}")
+    return LATEX_PREAMBLE + body.replace("\\end{tabular}", "\\end{tabular}\n\\end{adjustbox}")
+
+
+def latex_figures(figures: list[Figure]) -> str:
+    """A figure environment per figure: its PDF and its caption."""
+    parts = [
+        f"\\begin{{figure}}[htbp]\n\\centering\n"
+        f"\\includegraphics[width=\\linewidth]{{{f.path.with_suffix('.pdf').name}}}\n"
+        f"\\caption{{{latex_text(f.caption)}}}\n\\label{{fig:{f.path.stem}}}\n\\end{{figure}}\n"
+        for f in figures
+    ]
+    return "% needs \\usepackage{graphicx}; written by apgrid analyze\n" + "\n".join(parts)
+
+
+def write_latex(sections: list[Section], folder: Path) -> dict[str, Path]:
+    """NAME.tex for every non-empty table shown, figures.tex for every figure."""
+    paths = {}
+    for section in sections:
+        for caption, table, name in section.tables:
+            if len(table):
+                paths[f"{name}.tex"] = folder / f"{name}.tex"
+                paths[f"{name}.tex"].write_text(latex_table(table, caption or section.title, name))
+    paths["figures.tex"] = folder / "figures.tex"
+    paths["figures.tex"].write_text(latex_figures([f for s in sections for f in s.figures]))
     return paths
 
 
@@ -595,7 +812,8 @@ def methods_section(deviations: dict[str, list[str]]) -> tuple[Section, pd.DataF
         "Each method's recipe as its authors run it is recorded with a source per value "
         "(`apgrid list methods NAME`); this grid departs from it where listed (grid value — authors')."
     )
-    return Section("Methods against their authors' recipes", [text], [("", table)]), table
+    caption = "Methods against their authors' recipes"
+    return Section(caption, [text], [(caption, table, "methods")]), table
 
 
 def _off_target(leader: pd.DataFrame) -> str:

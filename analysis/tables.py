@@ -147,7 +147,24 @@ def reevaluation_table(models: pd.DataFrame, reported: dict | None = None) -> pd
     t["drop_reported_minus_aa"] = t["reported_robust"] - t["aa_acc"]
     t["pgd10_minus_aa"] = models["pgd_acc_on_aa_samples"] - t["aa_acc"]  # on the same samples
     t["fmn_weaker_than_aa"] = t["fmn_acc_at_eps"] > t["aa_acc"]
+    samples_of = {"clean_acc_on_aa_samples": "aa_samples", "aa_acc": "aa_samples"}
+    for column in ("clean_acc", "clean_acc_on_aa_samples", "pgd_acc", "aa_acc", "fmn_acc_at_eps"):
+        t[f"{column}_low"], t[f"{column}_high"] = wilson_intervals(
+            t[column], models[samples_of.get(column, "num_samples")]
+        )
     return t
+
+
+def wilson_intervals(accuracy: pd.Series, n: pd.Series) -> tuple[list[float], list[float]]:
+    """95 % Wilson intervals of accuracies measured on n samples each (the leaderboard's and the
+    transfer table's); NaN where nothing was measured."""
+    from apgrid.analysis.transfer import proportion_interval
+
+    bounds = [
+        proportion_interval(int(round(a * k)), int(k)) if k and not np.isnan(a) else (np.nan, np.nan)
+        for a, k in zip(accuracy.astype(float), n.fillna(0).astype(int))
+    ]
+    return [b[0] for b in bounds], [b[1] for b in bounds]
 
 
 def thin_ice_table(
@@ -293,11 +310,12 @@ def leaderboard(
     dense = models[models["role"] == "dense"].groupby("arch")[["clean_acc", "aa_acc"]].mean()
     cells["dense_clean_acc"] = cells["arch"].map(dense["clean_acc"])
     cells["dense_aa_acc"] = cells["arch"].map(dense["aa_acc"])
-    cells["clean / AA"] = [f"{c:.1%} / {a:.1%}" for c, a in zip(cells["clean_acc"], cells["aa_acc"])]
+    # fractions, as every accuracy of the report
+    cells["clean / AA"] = [f"{c:.3f} / {a:.3f}" for c, a in zip(cells["clean_acc"], cells["aa_acc"])]
     extra = []
     if samples is not None:
         cells = _intervals_and_adjacent_tests(cells.reset_index(drop=True), models, samples)
-        extra = ["aa_low", "aa_high", "p_above_next"]
+        extra = ["clean_low", "clean_high", "aa_low", "aa_high", "p_above_next"]
     return cells[
         [
             "dataset",
@@ -356,23 +374,25 @@ class CellFlags:
 
 
 def _intervals_and_adjacent_tests(cells: pd.DataFrame, models: pd.DataFrame, samples) -> pd.DataFrame:
-    """Each cell's Wilson interval from its pruned models' AutoAttack counts (all seeds pooled,
-    from the model table: aa_acc on aa_samples) and McNemar's test against the next rank."""
-    from apgrid.analysis.transfer import proportion_interval
-
+    """Each cell's Wilson intervals of its AutoAttack and clean accuracies (its pruned models'
+    counts, all seeds pooled, from the model table: aa_acc on aa_samples, clean_acc on
+    num_samples) and McNemar's test against the next rank."""
     pruned = models[models["role"] == "pruned"]
-    attacked = pruned["aa_samples"]
     counts = (
-        pruned.assign(hits=(pruned["aa_acc"] * attacked).round().fillna(0), attacked=attacked)
-        .groupby(["method", "arch", "sparsity"])[["hits", "attacked"]]
+        pruned.assign(
+            aa_hits=(pruned["aa_acc"] * pruned["aa_samples"]).round().fillna(0),
+            clean_hits=(pruned["clean_acc"] * pruned["num_samples"]).round(),
+        )
+        .groupby(["method", "arch", "sparsity"])[["aa_hits", "aa_samples", "clean_hits", "num_samples"]]
         .sum()
     )
-    bounds = []
-    for _, cell in cells.iterrows():
-        key = (cell["method"], cell["arch"], cell["sparsity"])
-        hits, n = counts.loc[key] if key in counts.index else (0, 0)
-        bounds.append(proportion_interval(int(hits), int(n)) if n else (np.nan, np.nan))
-    cells["aa_low"], cells["aa_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    keys = list(zip(cells["method"], cells["arch"], cells["sparsity"]))
+    for name, n in (("aa", "aa_samples"), ("clean", "num_samples")):
+        pooled = counts.reindex(keys)
+        accuracy = (pooled[f"{name}_hits"] / pooled[n]).reset_index(drop=True)
+        cells[f"{name}_low"], cells[f"{name}_high"] = wilson_intervals(
+            accuracy, pooled[n].reset_index(drop=True)
+        )
     flags = CellFlags(samples)
     p_next = []
     for i, cell in cells.iterrows():
@@ -491,6 +511,7 @@ def cost_table(models: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
     t["params_kept"] = t["nonzero"] / base.map(parent["nonzero"])
     t["file_ratio"] = t["file_bytes"] / base.map(parent["file_bytes"])
     t["speedup"] = base.map(parent["latency_ms"]) / t["latency_ms"]
+    t["throughput_samples_per_s"] = t["throughput"]  # the unit in the name, as latency_ms's
     structured = t["method"].map(lambda m: getattr(PRUNING_METHODS.get(m), "structured", None))
     t["kind"] = np.where(
         t["role"] == "dense",
@@ -516,7 +537,7 @@ def cost_table(models: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
             "quantized_MB",
             "file_ratio",
             "latency_ms",
-            "throughput",
+            "throughput_samples_per_s",
             "speedup",
             "device",
         ]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 TRANSFER_ATTACKS = ("fgsm", "bim", "pgd", "apgd", "cw", "deepfool", "universal")
+UNBOUNDED_ATTACKS = ("cw", "deepfool")  # minimum-norm: not held within the threat ε
 
 
 def _secml(attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size=250) -> torch.Tensor:

@@ -337,6 +337,182 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert pixels.std() > 10  # not a blank page
 
 
+# -- a report to publish from: vector figures, captions, labels, intervals, units, LaTeX -------
+
+
+def _capture_figures(monkeypatch) -> list:
+    """The figures the plots draw, kept open (plots close each once saved)."""
+    from apgrid.analysis import plots
+
+    kept = []
+    monkeypatch.setattr(plots.plt, "close", kept.append)
+    return kept
+
+
+def test_every_figure_has_a_pdf_and_an_svg_with_text_and_a_caption(report):
+    import xml.etree.ElementTree as ET
+
+    folder, paths = report
+    pngs = sorted(folder.glob("*.png"))
+    for png in pngs:
+        assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+        svg = ET.parse(png.with_suffix(".svg")).getroot()  # valid XML
+        words = " ".join(t.text or "" for t in svg.iter("{http://www.w3.org/2000/svg}text"))
+        assert words.strip(), f"{png.stem}: its SVG's text is outlines, not text"
+    page = paths["index.html"].read_text()
+    assert page.count("<figcaption>") == len(pngs)
+    latex = paths["figures.tex"].read_text()
+    assert latex.count("\\caption{") == len(pngs)
+    assert all(f"\\includegraphics[width=\\linewidth]{{{p.stem}.pdf}}" in latex for p in pngs)
+    assert paths["report.md"].read_text().count("*Figure 2, ") == len(list(folder.glob("fig2_*.png")))
+
+
+def test_every_table_has_a_booktabs_latex_file(report):
+    """No TeX here: the structure a booktabs table needs, and nothing LaTeX would choke on."""
+    folder, paths = report
+    tables = {p.stem for p in folder.glob("*.csv") if p.stat().st_size > 1}  # not the empty ones
+    shown = tables - {"models"} | {"model_key", "transfer_matrix"}
+    assert {p.stem for p in folder.glob("*.tex")} == shown | {"figures"}
+    for name in shown:
+        tex = (folder / f"{name}.tex").read_text()
+        for command in ("\\begin{tabular}", "\\toprule", "\\midrule", "\\bottomrule", "\\caption{"):
+            assert tex.count(command) == 1, (name, command)
+        body = re.sub(r"\\label\{[^}]*\}", "", tex.split("\n", 1)[1])  # past the comment line
+        assert not re.search(r"(?<!\\)[_%#]", body), name  # escaped (& separates cells)
+        assert not re.search("[εΔ−×]", body), name  # spelt out for pdflatex
+    assert "lwm-global 90\\% digits-cnn s0" in (folder / "table1_reevaluation.tex").read_text()
+
+
+def test_model_labels_are_short_and_unique():
+    from apgrid.analysis.names import model_labels
+
+    rows = [
+        {"model_id": "dense-cifar-tiny-s0-1a2b3c4d", "role": "dense", "method": "dense", "arch": "cifar-tiny"}
+        | {"sparsity": float("nan"), "seed": 0},
+        {"model_id": "hydra-sp95-cifar-tiny-s0-5e6f7a8b", "role": "pruned", "method": "hydra"}
+        | {"arch": "cifar-tiny", "sparsity": 0.95, "seed": 0},
+        {"model_id": "hydra-sp95-cifar-tiny-s0-99990000", "role": "pruned", "method": "hydra"}
+        | {"arch": "cifar-tiny", "sparsity": 0.95, "seed": 0},
+        {"model_id": "ckpt-rn18-77", "role": "pruned", "method": "checkpoint", "arch": "resnet18"}
+        | {"sparsity": 0.995, "seed": None},
+    ]
+    labels = model_labels(rows)
+    assert labels["dense-cifar-tiny-s0-1a2b3c4d"] == "dense cifar-tiny s0"
+    assert labels["ckpt-rn18-77"] == "checkpoint 99.5% resnet18"
+    twins = [labels["hydra-sp95-cifar-tiny-s0-5e6f7a8b"], labels["hydra-sp95-cifar-tiny-s0-99990000"]]
+    assert twins == ["hydra 95% cifar-tiny s0 #5e6f7a", "hydra 95% cifar-tiny s0 #999900"]
+
+
+def test_tables_and_figures_name_models_by_label_and_the_key_gives_the_ids(report):
+    """Hashed ids wrapped over five lines of Table 1: the page names models by label, and only
+    the key (label -> id) holds the ids."""
+    folder, paths = report
+    ids = pd.read_csv(folder / "models.csv")[["model_id", "label"]]
+    page = paths["index.html"].read_text()
+    body, key = page.split("<h3>Model key", 1)
+    for model_id, label in ids.itertuples(index=False):
+        assert model_id not in body, model_id
+        assert f"<td>{label}</td><td>{model_id}</td>" in key
+    table1 = body.split("<h3>Robustness as reported vs AutoAttack</h3>", 1)[1].split("</table>")[0]
+    assert "<td>lwm-global 90% digits-cnn s0</td>" in table1
+    fig2 = next(folder.glob("fig2_prune-lwm-global-0-*.svg")).read_text()
+    assert "lwm-global 90% digits-cnn s0" in fig2
+
+
+def test_table1_shows_each_accuracy_with_its_wilson_interval(report):
+    from apgrid.analysis.transfer import proportion_interval
+
+    folder, paths = report
+    t = pd.read_csv(folder / "table1_reevaluation.csv")
+    models = pd.read_csv(folder / "models.csv").set_index("model_id")
+    for _, row in t.iterrows():
+        for column, n in (("clean_acc", "num_samples"), ("aa_acc", "aa_samples"), ("pgd_acc", "num_samples")):
+            k = models.loc[row["model_id"], n]
+            expected = proportion_interval(round(row[column] * k), k)
+            assert (row[f"{column}_low"], row[f"{column}_high"]) == pytest.approx(expected)
+    page = paths["index.html"].read_text()
+    table1 = page.split("<h3>Robustness as reported vs AutoAttack</h3>", 1)[1].split("</table>")[0]
+    for header in ("clean [95% CI]", "AutoAttack [95% CI]", "PGD [95% CI]", "FMN at ε [95% CI]"):
+        assert f"<th>{header}</th>" in table1
+    row = t.iloc[0]
+    shown = f"{row['aa_acc']:.3f} [{row['aa_acc_low']:.3f}, {row['aa_acc_high']:.3f}]"
+    assert f"<td>{shown}</td>" in table1
+    assert table1.count("<th>") <= 10  # fits a page
+
+
+def test_accuracies_are_fractions_everywhere_as_the_captions_say(report):
+    """The leaderboard wrote percentages ("91.2% / 45.0%"), every other table fractions."""
+    folder, paths = report
+    for csv in (p for p in folder.glob("*.csv") if p.stat().st_size > 1):
+        table = pd.read_csv(csv)
+        for column in table.columns:
+            if ("acc" in column or column.startswith("aa_")) and table[column].dtype.kind == "f":
+                assert table[column].dropna().between(0, 1).all(), (csv.stem, column)
+    leader = pd.read_csv(folder / "leaderboard.csv")
+    assert not leader["clean / AA"].str.contains("%").any()
+    assert {"clean_low", "clean_high", "aa_low", "aa_high"} <= set(leader.columns)
+    assert "Accuracies are fractions of the test samples" in paths["index.html"].read_text()
+
+
+def test_cost_table_names_the_throughput_unit(report):
+    folder, _ = report
+    costs = pd.read_csv(folder / "costs.csv")
+    assert "throughput" not in costs.columns and (costs["throughput_samples_per_s"] > 0).all()
+
+
+def test_decision_slices_keep_every_label_and_title_inside_the_image(digits, tmp_path):
+    """Figure 1's x labels ran off the bottom of the PNG ("FMN direction (Linf"): the image's
+    outer pixels are blank on every side (nothing cut at an edge), and the SVG holds the label."""
+    from PIL import Image
+
+    from apgrid.analysis import plots
+
+    dense, masked = tiny_models(digits)
+    x, y = digits.x_test[:2], digits.y_test[:2]
+    x_adv = x + torch.tensor([0.0075, 0.12]).view(2, 1, 1, 1)  # a small and a large FMN step
+    title = "hydra-sp95-digits-cnn-seed0-db406dcd"
+    path = plots.decision_slices(dense, masked, x, y, x_adv, ["S10", "S10"], title, tmp_path / "f.png")
+    pixels = np.asarray(Image.open(path).convert("L"))
+    for side in (pixels[:3], pixels[-3:], pixels[:, :3], pixels[:, -3:]):
+        assert side.min() == 255
+    assert ">FMN direction (Linf)</text>" in path.with_suffix(".svg").read_text()
+
+
+def test_figure2_marks_the_threat_eps(tmp_path, monkeypatch):
+    from apgrid.analysis import plots
+
+    kept = _capture_figures(monkeypatch)
+    rng = np.random.default_rng(0)
+    joined = pd.DataFrame(
+        {"population": rng.choice(["S00", "S01", "S10", "S11"], 80), "eps": rng.normal(0, 0.2, 80)}
+    ).assign(dense_margin=lambda d: d["eps"] * 10)
+    plots.thin_ice_scatter(joined, "hydra 95% cifar-tiny s0", 0.031, tmp_path / "f.png")
+    vertical = {
+        line.get_xdata()[0] for line in kept[0].axes[0].get_lines() if len(set(line.get_xdata())) == 1
+    }
+    assert {0.031, -0.031} <= vertical
+    legend = [t.get_text() for t in kept[0].axes[0].get_legend().get_texts()]
+    assert "threat ε = ±0.031" in legend
+
+
+def test_transfer_heatmap_sets_unbounded_attacks_apart_and_marks_them(tmp_path, monkeypatch):
+    """CW and DeepFool are minimum-norm, unbounded: their rows go below a rule, marked."""
+    from apgrid.analysis import plots
+
+    kept = _capture_figures(monkeypatch)
+    attacks = ["cw", "fgsm", "deepfool", "pgd"]
+    table = pd.DataFrame(
+        {"source": "d-1", "attack": attacks, "target": "d-1", "adv_acc": [0.0, 0.5, 0.1, 0.4]}
+    )
+    plots.transfer_heatmap(table, "d-1", tmp_path / "heat.png", {"d-1": "dense digits-cnn s0"})
+    ax = kept[0].axes[0]
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    assert rows == ["fgsm (≤ ε)", "pgd (≤ ε)", "cw (unbounded)", "deepfool (unbounded)"]
+    rules = [line.get_ydata()[0] for line in ax.get_lines() if len(set(line.get_ydata())) == 1]
+    assert rules == [1.5]
+    assert "dense digits-cnn s0" in ax.get_title()
+
+
 @pytest.mark.filterwarnings("error::UserWarning")
 def test_transfer_heatmap_leaves_room_for_one_attack_and_long_model_names(tmp_path):
     """A one-row heatmap used to be too short for its 45-degree target names: matplotlib gave up
