@@ -7,6 +7,8 @@ The public Python API is small:
     g.samples(method="hydra")               # per-sample rows as a DataFrame (filters: column=value)
     g.models(), g.runs(), g.table("table2_thin_ice")
     apgrid.launch("grid/examples/demo.yaml", output="runs/demo")
+    model = g.load_model(model_id)          # a stored model, masks applied, eval mode, CPU
+    apgrid.evaluate(model, dataset="digits", threat_model="Linf:0.1", num_samples=100)
 
 The packages under it: `apgrid.trainables` (data, models, attacks, training, masks, pruning
 methods, evaluation: no Ray, no MLflow), `apgrid.analysis` (statistics and report from Parquet)
@@ -46,4 +48,20 @@ def launch(spec=None, output: str | Path | None = None, until: str | None = None
     return _launch(spec, output=output, until=until, log=log)
 
 
-__all__ = ["__version__", "open", "launch"]
+def evaluate(model, dataset: str = "cifar10", threat_model=None, **options):
+    """The grid's evaluation of any torch.nn.Module, no spec needed: one row per test sample
+    (clean, PGD, AutoAttack, FMN; the columns of a grid's Parquet rows) as a DataFrame.
+
+    dataset: digits, cifar10, cifar100 or svhn (`root=` the folder its files are in, `download=`);
+    threat_model: "Linf:8/255", {"norm": "L2", "eps": 0.5}, or None for the dataset's usual
+    (Linf 8/255; 0.1 on digits); options: num_samples (default: the whole test split), device
+    ("auto": CUDA when present), batch_size, name and arch (the rows' model_id and arch),
+    signed_fmn (the dense models' signed FMN distances; False: as a pruned model's), and any
+    field of a spec's evaluation section (pgd_steps, autoattack_attacks, fmn_steps, ...).
+    Bad values get the spec's one-line errors. The model is left on its device and mode."""
+    from apgrid.grid.api import evaluate as _evaluate
+
+    return _evaluate(model, dataset, threat_model, **options)
+
+
+__all__ = ["__version__", "open", "launch", "evaluate"]

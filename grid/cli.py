@@ -138,15 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="one RobustBench model-info JSON per evaluated model",
-        description="Write OUTDIR/<model_id>.json for every evaluated model of the "
-        "grid in DIR, in RobustBench's model-info shape (clean and "
-        "AutoAttack accuracy, threat model, eps, architecture, what "
-        "its paper reported) plus apgrid's fields (method, sparsity, "
-        "taxonomy, FMN distance quantiles), for a leaderboard.",
+        help="RobustBench model-info JSON per evaluated model, in RobustBench's tree",
+        description="Write OUTDIR/<dataset>/<threat model>/<name>.json for every "
+        "evaluated model of the grid in DIR, as RobustBench's model_info "
+        "tree holds them (cifar10/Linf/Carmon2019Unlabeled.json): "
+        "every field its files carry (clean and AutoAttack accuracy in "
+        "percent, eps, architecture, what the paper reported, external, "
+        "unreliable, footnote) plus apgrid's under 'apgrid' (method, "
+        "sparsity, taxonomy, FMN distance quantiles). A paper's title, "
+        "authors, venue and link are empty unless --names gives them.",
     )
     p.add_argument("dir", help="the grid's output folder")
-    p.add_argument("outdir", help="where the JSON files go")
+    p.add_argument("outdir", help="where the tree of JSON files goes")
+    p.add_argument(
+        "--names",
+        metavar="FILE",
+        help="YAML or JSON mapping model ids to RobustBench's fields: file (the JSON's "
+        "name, e.g. Sehwag2020Hydra), name, authors, venue, link, footnote, "
+        "additional_data, unreliable, reported, number_forward_passes",
+    )
 
     p = sub.add_parser(
         "compare",
@@ -399,7 +409,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from apgrid.analysis.export import export
+    from apgrid.analysis.export import export, load_names
     from apgrid.grid.state import read_state
     from apgrid.grid.store import ModelStore, read_samples
 
@@ -408,10 +418,13 @@ def cmd_export(args) -> int:
     samples = read_samples(output)
     if samples.empty:
         raise GridError(f"export: {output} has no evaluated models yet")
+    names = load_names(Path(args.names).expanduser(), set(samples["model_id"])) if args.names else {}
     store = ModelStore(output)
     cards = {m: store.card(m) for m in samples["model_id"].unique() if store.exists(m)}
-    paths = export(samples, cards, Path(args.outdir).expanduser())
-    print(f"wrote {len(paths)} model-info files to {Path(args.outdir).expanduser()}")
+    folder = Path(args.outdir).expanduser()
+    paths = export(samples, cards, folder, names)
+    trees = sorted({str(p.parent.relative_to(folder)) for p in paths})
+    print(f"wrote {len(paths)} model-info files to {folder} ({', '.join(trees)})")
     return 0
 
 

@@ -32,6 +32,7 @@ from apgrid.trainables.evaluation import (
     evaluate_samples,
     fit_batch_size,
     memory_budget,
+    settings_columns,
     shard_ranges,
     tune_model_fmn,
 )
@@ -132,7 +133,6 @@ class ShardTask:
 
 
 def metadata_columns(spec: GridSpec, plan: ModelPlan, card: dict, batch_size: int) -> dict:
-    s, t = spec.evaluation.settings, spec.threat_model
     return {
         "grid": spec.name,
         "model_id": plan.model_id,
@@ -144,15 +144,7 @@ def metadata_columns(spec: GridSpec, plan: ModelPlan, card: dict, batch_size: in
         "sparsity": plan.sparsity,
         "sparsity_measured": card.get("measured_sparsity", 0.0),
         "seed": plan.seed,
-        "norm": t.norm,
-        "eps": t.eps,
-        "pgd_steps": s.pgd_steps,
-        "autoattack_version": s.autoattack_version,
-        "autoattack_attacks": s.autoattack_ensemble,
-        "fmn_steps": s.fmn_steps,
-        "fmn_step_size": s.fmn_step_size,
-        "eval_seed": s.seed,
-        "eval_batch_size": batch_size,
+        **settings_columns(spec.threat_model, spec.evaluation.settings, batch_size),
     }
 
 

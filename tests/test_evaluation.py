@@ -386,3 +386,52 @@ def test_tuned_evaluation_runs_the_pick_of_the_search(trained, digits):
     )
     assert config == expected and config.attack == "ce-adamax-calr"
     assert tune_model_fmn(trained, x, y, THREAT, dataclasses.replace(settings, fmn_tuning_trials=0)) is None
+
+
+# -- apgrid.evaluate: the grid's evaluation of any module ----------------------------------------
+
+QUICK = dict(num_samples=12, block_size=10, pgd_steps=3, fmn_steps=10, autoattack_attacks=["apgd-ce"])
+
+
+def test_apgrid_evaluate_gives_the_grids_rows_for_any_module_and_leaves_it_as_it_was(trained, digits):
+    import apgrid
+    from apgrid.grid.store import SAMPLE_SCHEMA
+
+    trained.train()  # the caller's mode and device come back
+    rows = apgrid.evaluate(trained, "digits", "Linf:0.1", device="cpu", name="mine", **QUICK)
+    assert trained.training
+    trained.eval()
+    assert list(rows.columns) == ["grid", "model_id", *SAMPLE_SCHEMA.names]
+    assert list(rows["sample_idx"]) == list(range(12)) and set(rows["model_id"]) == {"mine"}
+    with torch.inference_mode():
+        predicted = trained(digits.x_test[:12]).argmax(1)
+    assert (rows["clean_pred"].to_numpy() == predicted.numpy()).all()
+    assert rows["eps"].iloc[0] == 0.1 and rows["autoattack_attacks"].iloc[0] == "apgd-ce"
+    assert rows["aa_correct"].notna().all() and rows["role"].iloc[0] == "dense"
+    assert (rows["pgd_correct"] <= rows["clean_correct"]).all()  # PGD counts only the correct
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (dict(dataset="mnist"), "dataset.name: unknown 'mnist'; allowed: cifar10, cifar100, digits, svhn"),
+        (dict(threat_model="Linf"), "threat_model: 'Linf' is not NORM:EPS, like Linf:8/255"),
+        (dict(threat_model="Linf:lots"), "threat_model.eps: 'lots' is not a number or a fraction like 8/255"),
+        (dict(threat_model={"norm": "L3", "eps": 0.1}), "threat_model.norm: unknown 'L3'; allowed: L2, Linf"),
+        (dict(pgd_steps=0), "evaluation.pgd_steps: 0 is below the minimum 1"),
+        (dict(colour="red"), "evaluation.colour: unknown field; allowed: num_samples"),
+        (dict(num_samples=1000), "num_samples: 1000 is above digits's 360 test samples"),
+        (dict(device="tpu"), "device: unknown 'tpu'; allowed: auto, cpu, cuda"),
+        (dict(model="a string"), "model: must be a torch.nn.Module, got str"),
+        (dict(model=torch.nn.Linear(3, 10)), "model: does not take digits's 1x8x8 images"),
+        (dict(model=torch.nn.Flatten()), "model: gives outputs of shape (1, 64) on one image; digits needs"),
+    ],
+)
+def test_apgrid_evaluate_refuses_bad_input_in_one_line(trained, given, message):
+    import apgrid
+    from apgrid.errors import ApgridError
+
+    given = {"model": trained, "dataset": "digits", **given}
+    with pytest.raises(ApgridError) as caught:
+        apgrid.evaluate(given.pop("model"), **given)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)

@@ -16,7 +16,7 @@ from apgrid.grid.runner import launch, load_grid_spec, resume
 from apgrid.grid.spec import load_spec
 from apgrid.grid.store import read_samples
 from tests.conftest import SIGINT_AT_START  # imported at collection, before any test runs Tune
-from tests.helpers import tiny_spec
+from tests.helpers import tiny_grid, tiny_spec
 
 N_SAMPLES = 30  # tiny_grid's evaluation.num_samples
 
@@ -521,12 +521,138 @@ def test_the_readmes_python_api_example_runs(finished_grid, capsys):
     assert len(namespace["hydra"]) == N_SAMPLES
     out = capsys.readouterr().out
     assert "aa_acc" in out and out.count("hydra") >= 2
+    assert len(namespace["rows"]) == 10 and "clean_correct" in out  # apgrid.evaluate, load_model
+    assert namespace["model"].training is False
     import apgrid
 
     g = apgrid.open(output)
     assert "tiny" in repr(g) and len(g.table("table2_thin_ice")) == 2
     with pytest.raises(GridError, match="no column 'colour'"):
         g.samples(colour="red")
+
+
+def test_load_model_and_apgrid_evaluate_reproduce_the_grids_rows(finished_grid):
+    import apgrid
+    from apgrid.trainables.masks import masks_of
+
+    spec, output, _ = finished_grid
+    g = apgrid.open(output)
+    stored = g.samples()
+    evaluation = {k: v for k, v in tiny_grid(output)["evaluation"].items() if k not in ("shards", "actors")}
+    for plan in [p for p in all_models(spec) if p.method in ("dense", "hydra")]:
+        model = g.load_model(plan.model_id)
+        assert not model.training and next(model.parameters()).device.type == "cpu"
+        assert bool(masks_of(model)) == (plan.method == "hydra")  # masks applied, pruned weights 0
+        grid_rows = stored[stored["model_id"] == plan.model_id].reset_index(drop=True)
+        rows = apgrid.evaluate(
+            model,
+            "digits",
+            {"norm": "Linf", "eps": 0.1},
+            device="cpu",
+            name=plan.model_id,
+            signed_fmn=plan.role == "dense",
+            batch_size=int(grid_rows["eval_batch_size"].iloc[0]),
+            **evaluation,
+        )
+        assert list(rows.columns) == list(grid_rows.columns)
+        exact = ["sample_idx", "label", "clean_pred", "clean_correct", "pgd_correct", "aa_correct"]
+        exact += ["fmn_found", "role", "dataset", "norm", "eps", "pgd_steps", "autoattack_attacks"]
+        pd.testing.assert_frame_equal(rows[exact], grid_rows[exact])
+        for column in ("logit_margin", "fmn_eps", "fmn_eps_bounded", "fmn_eps_untargeted"):
+            np.testing.assert_allclose(rows[column], grid_rows[column], rtol=1e-4, atol=1e-5)
+
+
+def test_load_model_of_an_unknown_id_names_the_closest_ones(finished_grid):
+    import apgrid
+
+    spec, output, _ = finished_grid
+    hydra = next(p.model_id for p in all_models(spec) if p.method == "hydra")
+    with pytest.raises(GridError, match=f"no model '{hydra[:-1]}' in .*; closest ids.*{hydra}"):
+        apgrid.open(output).load_model(hydra[:-1])
+
+
+ROBUSTBENCH_FIELDS = {  # RobustBench/robustbench model_info/cifar10/Linf/*.json, leaderboard.html.j2
+    "link",
+    "name",
+    "authors",
+    "additional_data",
+    "number_forward_passes",
+    "dataset",
+    "venue",
+    "architecture",
+    "eps",
+    "clean_acc",
+    "reported",
+    "autoattack_acc",
+    "external",
+    "footnote",
+    "unreliable",
+}
+
+
+def test_export_writes_robustbench_tree_with_every_field_and_the_users_names(finished_grid, tmp_path, capsys):
+    import re
+
+    spec, output, _ = finished_grid
+    hydra = next(p.model_id for p in all_models(spec) if p.method == "hydra")
+    names = tmp_path / "names.yaml"
+    names.write_text(
+        yaml.safe_dump(
+            {
+                hydra: {
+                    "file": "Sehwag2020Hydra_tiny",
+                    "name": "HYDRA: Pruning Adversarially Robust Neural Networks",
+                    "authors": "Vikash Sehwag, Shiqi Wang, Prateek Mittal, Suman Jana",
+                    "venue": "NeurIPS 2020",
+                    "link": "https://arxiv.org/abs/2002.10509",
+                    "reported": 62.24,
+                }
+            }
+        )
+    )
+    out = tmp_path / "model_info"
+    assert main(["export", str(output), str(out), "--names", str(names)]) == 0
+    files = sorted(out.rglob("*.json"))
+    assert len(files) == 3 and {f.parent.relative_to(out).as_posix() for f in files} == {"digits/Linf"}
+    infos = {f.stem: json.loads(f.read_text()) for f in files}
+    for info in infos.values():
+        assert ROBUSTBENCH_FIELDS <= set(info), ROBUSTBENCH_FIELDS - set(info)
+        for key in ("clean_acc", "autoattack_acc", "external"):
+            assert re.fullmatch(r"\d{1,3}\.\d\d", info[key]), (key, info[key])
+        assert float(info["external"]) <= float(info["autoattack_acc"])  # more attacks, never more robust
+        assert info["eps"] == "0.1" and info["dataset"] == "digits" and info["number_forward_passes"] == 1
+        assert info["unreliable"] is True and "apgd-ce,apgd-t" in info["footnote"]  # a subset of AA
+    named = infos["Sehwag2020Hydra_tiny"]
+    assert named["venue"] == "NeurIPS 2020" and named["authors"].startswith("Vikash Sehwag")
+    assert named["reported"] == "62.24" and named["apgrid"]["model_id"] == hydra
+    dense = next(i for i in infos.values() if i["apgrid"]["role"] == "dense")
+    assert dense["link"] == dense["authors"] == dense["venue"] == "" and dense["reported"] == ""
+    assert dense["name"] != dense["apgrid"]["model_id"] and "seed" in dense["name"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[a, b", "is not YAML or JSON"),
+        ("- a\n- b\n", "must map model ids to their fields, got list"),
+        ("nope: {name: x}", "no model 'nope' in the grid; closest:"),
+        ("HYDRA: {venu: NeurIPS}", "HYDRA.venu: unknown field; allowed: file, name"),
+        ("HYDRA: {authors: 3}", "HYDRA.authors: must be text, got 3"),
+        ("HYDRA: {unreliable: maybe}", "HYDRA.unreliable: 'maybe' is not true or false"),
+        ("HYDRA: {file: ../up}", "HYDRA.file: '../up' is not a file name"),
+        ("HYDRA: {file: same}\nDENSE: {file: same}", "two models would write"),
+    ],
+)
+def test_export_refuses_a_bad_names_file_in_one_line(finished_grid, tmp_path, capsys, text, message):
+    spec, output, _ = finished_grid
+    ids = {p.method: p.model_id for p in all_models(spec)}
+    names = tmp_path / "names.yaml"
+    names.write_text(text.replace("HYDRA", ids["hydra"]).replace("DENSE", ids["dense"]))
+    message = message.replace("HYDRA", ids["hydra"])
+    out = tmp_path / "model_info"
+    assert main(["export", str(output), str(out), "--names", str(names)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not out.exists()
 
 
 def test_compare_two_grids_and_two_models(finished_grid, capsys, tmp_path):

@@ -110,14 +110,13 @@ def test_the_published_pair_and_the_prunings_of_a_published_model_are_in_table2(
 def test_export_writes_robustbench_model_info(checkpoint_grid, tmp_path, capsys):
     spec, _ = checkpoint_grid
     assert main(["export", str(spec.output_dir), str(tmp_path / "info")]) == 0
-    files = sorted((tmp_path / "info").glob("*.json"))
+    files = sorted((tmp_path / "info" / "digits" / "Linf").glob("*.json"))  # RobustBench's tree
     assert len(files) == 4
     for path in files:
         info = json.loads(path.read_text())
         for key in (
             "name",
             "dataset",
-            "threat_model",
             "eps",
             "architecture",
             "clean_acc",
@@ -125,9 +124,11 @@ def test_export_writes_robustbench_model_info(checkpoint_grid, tmp_path, capsys)
             "reported",
             "number_forward_passes",
             "additional_data",
+            "unreliable",
+            "external",
         ):
             assert key in info, key
-        assert 0 <= float(info["clean_acc"]) <= 100 and info["threat_model"] == "Linf"
+        assert 0 <= float(info["clean_acc"]) <= 100 and info["apgrid"]["norm"] == "Linf"
         assert info["eps"] == "0.1" and set(info["apgrid"]["fmn_eps_quantiles"]) == {
             "q10",
             "q25",

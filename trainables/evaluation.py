@@ -117,6 +117,43 @@ def evaluate_samples(
     return pd.concat(frames, ignore_index=True)
 
 
+def evaluate_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    settings: EvalSettings,
+    signed_fmn: bool,
+    device: torch.device | str = "cpu",
+) -> pd.DataFrame:
+    """Samples 0 .. len(y)-1 as the grid's evaluate stage computes them, in this process: the
+    batch size fixed once for the model, HO-FMN tuned on the first samples (as every actor
+    does), then block by block. The rows carry the settings' columns (settings_columns)."""
+    device = torch.device(device)
+    batch = effective_batch_size(settings) if settings.batch_size != "auto" else None
+    if batch is None:
+        batch = auto_batch_size(model, tuple(x.shape[1:]), settings.block_size, device)
+    settings = replace(settings, batch_size=batch)
+    config = tune_model_fmn(model, x, y, threat, settings)
+    rows = evaluate_samples(model, x, y, 0, threat, settings, signed_fmn, device, config)
+    return rows.assign(**settings_columns(threat, settings, batch))
+
+
+def settings_columns(threat: ThreatModel, settings: EvalSettings, batch_size: int) -> dict:
+    """The columns every row of a model records of how it was evaluated."""
+    return {
+        "norm": threat.norm,
+        "eps": threat.eps,
+        "pgd_steps": settings.pgd_steps,
+        "autoattack_version": settings.autoattack_version,
+        "autoattack_attacks": settings.autoattack_ensemble,
+        "fmn_steps": settings.fmn_steps,
+        "fmn_step_size": settings.fmn_step_size,
+        "eval_seed": settings.seed,
+        "eval_batch_size": batch_size,
+    }
+
+
 # -- batch size ----------------------------------------------------------------------------------
 
 
