@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from difflib import get_close_matches
 
 import pandas as pd
 
@@ -314,9 +315,44 @@ def mlflow_filters(groups: list[list[Clause]]) -> list[str]:
 
 def query_runs(uri: str, experiment: str | None, where: str, columns: str | None) -> pd.DataFrame:
     """The grid's model runs that match `where`, filtered by the tracking server, page by page,
-    with the named columns (default: DEFAULT_COLUMNS)."""
+    with the named columns (default: DEFAULT_COLUMNS). A column the matched runs lack (a metric
+    of another stage, a tag no run has yet) is shown empty; a name no run could hold is refused."""
     flat = search_model_runs(uri, experiment, where)
-    return _columns(flat, columns, [c for c in DEFAULT_COLUMNS if c in flat.columns])
+    if not columns:
+        return _columns(flat, None, [c for c in DEFAULT_COLUMNS if c in flat.columns])
+    written = [c.strip() for c in columns.split(",")]
+    for name in written:
+        if _bare(name) not in flat.columns and not _run_field(name):
+            raise QueryError(_unknown_column(name, [*flat.columns, *SHORT_NAMES]))
+    return flat.reindex(columns=[_bare(c) for c in written]).reset_index(drop=True)
+
+
+SHORT_NAMES = TAG_NAMES + METRIC_NAMES + ATTRIBUTE_NAMES
+# MLflow keys that hold numbers written as text: one type in runs(), models() and JSON
+INTEGER_TAGS = ("seed", "attempt")
+
+
+def _bare(name: str) -> str:
+    """The flat column of a name: `tags.method` -> `method`, `params.lr` -> `lr`."""
+    if name.lower().startswith(PREFIXES):
+        name = name.split(".", 1)[1]
+    return name.strip('`"')
+
+
+def _run_field(name: str) -> bool:
+    """Whether some run could hold this column: one of apgrid's short names, an MLflow key
+    named with its prefix (tags.NAME, params.NAME, ...), or a spec parameter (dotted)."""
+    return name in SHORT_NAMES or "." in name
+
+
+def _unknown_column(name: str, known) -> str:
+    close = get_close_matches(name, sorted(set(map(str, known))), n=3)
+    hint = (
+        f"; did you mean {', '.join(close)}?"
+        if close
+        else f"; known: {', '.join(sorted(set(map(str, known))))}"
+    )
+    return f"--columns: unknown column '{name}'{hint}"
 
 
 def search_model_runs(uri: str, experiment: str | None, where: str = "") -> pd.DataFrame:
@@ -358,12 +394,16 @@ def search_model_runs(uri: str, experiment: str | None, where: str = "") -> pd.D
 def _flatten(runs) -> pd.DataFrame:
     rows = []
     for run in runs:
-        row = {"run_id": run.info.run_id, "status": run.info.status, "start_time": run.info.start_time}
+        row = {name: getattr(run.info, name, None) for name in ATTRIBUTE_NAMES}
         row.update({k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")})
         row.update(run.data.params)
         row.update(run.data.metrics)
         rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else DEFAULT_COLUMNS)
+    table = pd.DataFrame(rows, columns=None if rows else DEFAULT_COLUMNS)
+    for name in INTEGER_TAGS:
+        if name in table.columns:
+            table[name] = pd.to_numeric(table[name], errors="coerce").astype("Int64")
+    return table
 
 
 # -- report tables ----------------------------------------------------------------------------------
@@ -420,12 +460,10 @@ def _matches(table: pd.DataFrame, clause: Clause) -> pd.Series:
 
 
 def _columns(table: pd.DataFrame, columns: str | None, default: list[str]) -> pd.DataFrame:
-    cols = [c.strip() for c in columns.split(",")] if columns else default
-    missing = [c for c in cols if c not in table.columns]
-    if missing:
-        raise QueryError(
-            f"--columns: unknown {', '.join(missing)}; known: {', '.join(sorted(map(str, table.columns)))}"
-        )
+    cols = [_bare(c.strip()) for c in columns.split(",")] if columns else default
+    for name in cols:
+        if name not in table.columns:
+            raise QueryError(_unknown_column(name, table.columns))
     return table[cols].reset_index(drop=True)
 
 
@@ -437,3 +475,24 @@ def format_runs(runs: pd.DataFrame, fmt: str) -> str:
     if runs.empty:
         return "(no runs match)"
     return runs.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def resolve_model(selector: str, ids) -> str:
+    """A model id from what a user types: the id itself, or a unique prefix or shell pattern
+    (`hydra-sp95`, `dense-*seed1*`); an ambiguous or unmatched selector is refused, with the
+    candidates."""
+    import fnmatch
+
+    ids = sorted(set(ids))
+    if selector in ids:
+        return selector
+    found = [m for m in ids if m.startswith(selector) or fnmatch.fnmatchcase(m, selector)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise QueryError(f"model '{selector}' is ambiguous: it matches {', '.join(found)}")
+    close = get_close_matches(selector, ids, n=3, cutoff=0.4)
+    raise QueryError(
+        f"no model '{selector}'; "
+        + (f"did you mean {', '.join(close)}?" if close else f"models: {', '.join(ids)}")
+    )

@@ -1,11 +1,13 @@
 """`apgrid query` against a real MLflow store: every operator, `or` and IN done correctly, and
 what MLflow cannot express refused in one line (exit 2), never an empty answer."""
 
+import json
+
 import pytest
 from mlflow import MlflowClient
 
 from apgrid.grid.cli import main
-from apgrid.grid.query import QueryError, mlflow_filters, parse_where, query_runs
+from apgrid.grid.query import QueryError, format_runs, mlflow_filters, parse_where, query_runs, resolve_model
 
 RUNS = [  # (method, arch, sparsity, aa_acc, status)
     ("hydra", "resnet18", 0.9, 0.41, "FINISHED"),
@@ -24,8 +26,12 @@ def store(tmp_path_factory):
     experiment = client.create_experiment("g", artifact_location=(folder / "art").as_uri())
     for method, arch, sparsity, aa, status in RUNS:
         run = client.create_run(
-            experiment, tags={"level": "model", "method": method, "arch": arch, "stage": "evaluate"}
+            experiment,
+            tags={"level": "model", "method": method, "arch": arch, "stage": "evaluate"},
+            run_name=f"evaluate {method} {arch}",
         )
+        client.set_tag(run.info.run_id, "seed", "0")  # MLflow holds tags as text
+        client.set_tag(run.info.run_id, "attempt", "1")
         client.log_metric(run.info.run_id, "sparsity", sparsity)
         client.log_metric(run.info.run_id, "aa_acc", aa)
         client.log_param(run.info.run_id, "prune.method", method)
@@ -98,3 +104,53 @@ def test_in_over_tags_becomes_one_server_filter_per_value():
         "tags.level = 'model' and tags.method = 'a' and metrics.sparsity > 0.5",
         "tags.level = 'model' and tags.method = 'b' and metrics.sparsity > 0.5",
     ]
+
+
+def test_columns_the_matched_runs_lack_are_shown_empty(store):
+    runs = query_runs(store, "g", "method = 'dense'", "method,aa_acc,pgd_acc,tags.dense_model_id")
+    assert list(runs.columns) == ["method", "aa_acc", "pgd_acc", "dense_model_id"]
+    assert runs["method"].tolist() == ["dense"] and runs["pgd_acc"].isna().all()
+
+
+def test_run_name_is_a_column_as_it_is_a_filter(store):
+    runs = query_runs(store, "g", "run_name LIKE '%vgg16'", "run_name,method")
+    assert runs.to_dict("records") == [{"run_name": "evaluate hydra vgg16", "method": "hydra"}]
+
+
+def test_an_unknown_column_gets_one_line_with_close_names(store, capsys):
+    with pytest.raises(QueryError, match="unknown column 'aa_ac'; did you mean aa_acc"):
+        query_runs(store, "g", "", "method,aa_ac")
+    assert main(["query", "--tracking-uri", store, "--experiment", "g", "--columns", "aa_ac"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("apgrid: error: --columns") and len(err.splitlines()) == 1, err
+
+
+def test_seed_and_attempt_are_integers_in_runs_and_json(store):
+    runs = query_runs(store, "g", "method = 'dense'", "seed,attempt")
+    assert runs["seed"].tolist() == [0] and runs["attempt"].tolist() == [1]
+    assert json.loads(format_runs(runs, "json")) == [{"seed": 0, "attempt": 1}]
+
+
+@pytest.mark.parametrize(
+    "selector, found",
+    [
+        ("hydra-sp95-digits-cnn-seed0-aa11", "hydra-sp95-digits-cnn-seed0-aa11"),
+        ("hydra-sp95-digits-cnn-seed1", "hydra-sp95-digits-cnn-seed1-bb22"),
+        ("dense-*", "dense-digits-cnn-seed0-cc33"),
+        ("*-bb22", "hydra-sp95-digits-cnn-seed1-bb22"),
+    ],
+)
+def test_a_model_is_named_by_a_unique_prefix_or_pattern(selector, found):
+    assert resolve_model(selector, IDS) == found
+
+
+def test_an_ambiguous_model_selector_lists_its_candidates():
+    with pytest.raises(
+        QueryError, match="'hydra-sp95' is ambiguous: it matches hydra-sp95-digits-cnn-seed0-aa11, "
+    ):
+        resolve_model("hydra-sp95", IDS)
+    with pytest.raises(QueryError, match="no model 'lamp'"):
+        resolve_model("lamp", IDS)
+
+
+IDS = ["hydra-sp95-digits-cnn-seed0-aa11", "hydra-sp95-digits-cnn-seed1-bb22", "dense-digits-cnn-seed0-cc33"]
