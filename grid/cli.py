@@ -158,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         "differ, McNemar's exact test on AutoAttack correctness, and "
         "FMN distances that differ.",
     )
-    p.add_argument("a", help="a grid's output folder, or a model id (with --grid)")
-    p.add_argument("b", help="another grid's output folder, or another model id (with --grid)")
+    p.add_argument(
+        "a", help="a grid's output folder, or (with --grid) a model: its id, a unique prefix or a pattern"
+    )
+    p.add_argument("b", help="another grid's output folder, or (with --grid) another model")
     p.add_argument("--grid", help="the output folder holding models A and B")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
@@ -417,7 +419,7 @@ def cmd_export(args) -> int:
 
 def cmd_compare(args) -> int:
     from apgrid.analysis.compare import compare_models
-    from apgrid.grid.query import format_runs
+    from apgrid.grid.query import QueryError, format_runs, resolve_model
     from apgrid.grid.store import read_samples
 
     def rows_of(folder):
@@ -428,13 +430,11 @@ def cmd_compare(args) -> int:
 
     if args.grid:
         rows = rows_of(args.grid)
-        ids = set(rows["model_id"])
-        for model in (args.a, args.b):
-            if model not in ids:
-                raise GridError(
-                    f"compare: no model '{model}' in {args.grid}; models: {', '.join(sorted(ids))}"
-                )
-        table = compare_models(rows, rows, [(args.a, args.b)])
+        try:
+            a, b = (resolve_model(m, rows["model_id"].unique()) for m in (args.a, args.b))
+        except QueryError as exc:
+            raise GridError(f"compare: {exc} (in {args.grid})") from None
+        table = compare_models(rows, rows, [(a, b)])
     else:
         for folder in (args.a, args.b):
             if not (Path(folder) / "grid.json").is_file():
