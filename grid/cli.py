@@ -267,8 +267,8 @@ def cmd_resume(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from apgrid.grid.runlist import model_runs
     from apgrid.grid.state import STAGES, read_state, tracking_uri
-    from apgrid.grid.tracking import Tracker
 
     output = Path(args.dir).expanduser().resolve()
     state = read_state(output)
@@ -279,21 +279,16 @@ def cmd_status(args) -> int:
     if uri is None:
         print("  MLflow: no runs logged yet")
         return 0
-    tracker = Tracker(uri, state["name"], create=False)
-    runs = tracker.runs("tags.level = 'model'")
+    runs = model_runs(uri, state["name"])
     counts: dict[tuple[str, str], int] = {}
     for run in runs:
-        key = (run.data.tags.get("stage", "?"), run.info.status)
-        counts[key] = counts.get(key, 0) + 1
+        counts[(run.stage, run.status)] = counts.get((run.stage, run.status), 0) + 1
     print("  MLflow runs by stage and status:")
     for (stage, status), n in sorted(counts.items()):
         print(f"    {stage:9s} {status:9s} {n}")
-    retried = [r for r in runs if int(r.data.tags.get("attempt", "1")) > 1]
-    for run in retried:
-        print(
-            f"    attempt {run.data.tags['attempt']}: {run.data.tags.get('model_id')} "
-            f"({run.data.tags.get('stage')}, {run.info.status})"
-        )
+    for run in runs:
+        if run.attempt > 1:
+            print(f"    attempt {run.attempt}: {run.model_id} ({run.stage}, {run.status})")
     return 0
 
 
