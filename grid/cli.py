@@ -121,8 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         nargs="+",
         metavar="PATTERN",
-        help="only these model ids (shell patterns, e.g. 'prune-hydra-*'); their dense "
-        "parents come along for the thin-ice statistics",
+        help="a partial report of these model ids only (shell patterns, e.g. 'hydra-sp95-*' "
+        "'dense-*'); their dense parents come along for the thin-ice statistics. It goes to "
+        "--output, by default OUTPUT/report-partial/<patterns>, never into OUTPUT/report",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        metavar="DIR",
+        help="write the report here (a new or empty folder, or a previous report's, which is replaced)",
     )
     p.add_argument(
         "--format",
@@ -328,7 +335,11 @@ def cmd_analyze(args) -> int:
 
     spec = load_grid_spec(Path(args.dir))
     paths = analyze(
-        spec, args.models, log=lambda m: print(m, file=sys.stderr), with_models=not args.no_models
+        spec,
+        args.models,
+        log=lambda m: print(m, file=sys.stderr),
+        with_models=not args.no_models,
+        output=args.output,
     )
     if args.format == "md":
         print(paths["report.md"].read_text())
