@@ -16,7 +16,9 @@ become `or` / `and` of equalities; parentheses group clauses (`(a or b) and c` r
 
 from __future__ import annotations
 
+import operator
 import re
+import sqlite3
 from dataclasses import dataclass
 from difflib import get_close_matches
 
@@ -24,6 +26,7 @@ import pandas as pd
 
 from apgrid.errors import ApgridError, short_reason
 from apgrid.grid.errors import GridError
+from apgrid.grid.runlist import StoredRun, sqlite_store, stored_model_runs
 
 DEFAULT_COLUMNS = [
     "stage",
@@ -356,12 +359,29 @@ def _unknown_column(name: str, known) -> str:
 
 
 def search_model_runs(uri: str, experiment: str | None, where: str = "") -> pd.DataFrame:
-    """Every column of the model runs matching `where`: run_id, status, start_time, tags,
-    params and metrics by their names."""
+    """Every column of the model runs matching `where`: run attributes (run_id, run_name, status,
+    start_time, ...), tags, params and metrics by their names. A grid's own SQLite store is read
+    directly when MLflow's search would answer the filter alike (importing MLflow and opening its
+    store take seconds); a filter MLflow might refuse, and any other store, go to MLflow."""
+    groups = parse_where(where)
+    filters = mlflow_filters(groups)  # unknown names refused here, whichever reader answers
+    path = sqlite_store(uri)
+    if path is not None and all(_local_key(c) for group in groups for c in group):
+        try:
+            runs = stored_model_runs(path, experiment)
+        except sqlite3.Error:  # not laid out as this MLflow's schema: MLflow reads it
+            runs = False
+        if runs is None:
+            raise QueryError(f"--experiment: no experiment '{experiment}' at {uri}")
+        if runs is not False:
+            return _table([r for r in runs if any(all(_holds(r, c) for c in g) for g in groups or [[]])])
+    return _table(_mlflow_search(uri, experiment, filters))
+
+
+def _mlflow_search(uri: str, experiment: str | None, filters: list[str]) -> list[StoredRun]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    filters = mlflow_filters(parse_where(where))
     client = mlflow.MlflowClient(uri)
     try:
         if experiment:
@@ -388,16 +408,77 @@ def search_model_runs(uri: str, experiment: str | None, where: str = "") -> pd.D
         raise
     except Exception as exc:
         raise GridError(f"tracking_uri: {uri} cannot be queried ({short_reason(exc)})") from None
-    return _flatten(sorted(runs.values(), key=lambda r: r.info.start_time))
+    return [
+        StoredRun(
+            {name: getattr(run.info, name, None) for name in ATTRIBUTE_NAMES},
+            run.data.tags,
+            run.data.params,
+            run.data.metrics,
+        )
+        for run in sorted(runs.values(), key=lambda r: r.info.start_time)
+    ]
 
 
-def _flatten(runs) -> pd.DataFrame:
+COMPARE = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+NUMBER_OPS = tuple(COMPARE)
+TEXT_OPS = ("=", "!=", "LIKE", "ILIKE", "IN", "NOT IN")
+KINDS = {
+    "tag": "tags",
+    "param": "params",
+    "metric": "metrics",
+    "attribute": "attributes",
+    "attr": "attributes",
+}
+
+
+def _local_key(clause: Clause) -> tuple[str, str] | None:
+    """(kind, key) of a clause that is answered here exactly as MLflow's search answers it:
+    numbers compared with metrics and times, text with tags, params and text attributes. None
+    for the rest (IS NULL, datasets, a type MLflow refuses), which MLflow answers or refuses."""
+    kind, key = mlflow_name(clause).split(".", 1)
+    kind, key = KINDS.get(kind.lower().rstrip("s"), kind.lower()), key.strip('`"')
+    numbers = all(isinstance(v, float) for v in clause.values)
+    texts = all(isinstance(v, str) for v in clause.values)
+    if kind == "metrics" or (kind == "attributes" and key in ("start_time", "end_time")):
+        return (kind, key) if numbers and clause.op in NUMBER_OPS else None
+    if kind in ("tags", "params") or (kind == "attributes" and key in ATTRIBUTE_NAMES):
+        return (kind, key) if texts and clause.op in TEXT_OPS else None
+    return None
+
+
+def _holds(run: StoredRun, clause: Clause) -> bool:
+    kind, key = _local_key(clause)
+    value = getattr(run, kind).get(key)
+    if value is None or value != value:  # absent (or NaN): no comparison holds, as in SQL
+        return False
+    op, values = clause.op, clause.values
+    if op in ("IN", "NOT IN"):
+        return (value in values) == (op == "IN")
+    if op in ("LIKE", "ILIKE"):
+        return re.fullmatch(like_pattern(values[0]), value, re.S | (re.I if op == "ILIKE" else 0)) is not None
+    return COMPARE[op](value, values[0])
+
+
+def like_pattern(pattern: str) -> str:
+    """SQL's LIKE pattern as a regular expression: % any run of characters, _ one."""
+    return "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+
+
+def _table(runs: list[StoredRun]) -> pd.DataFrame:
+    """One row per run: attributes, then tags (MLflow's own left out), params and metrics."""
     rows = []
     for run in runs:
-        row = {name: getattr(run.info, name, None) for name in ATTRIBUTE_NAMES}
-        row.update({k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")})
-        row.update(run.data.params)
-        row.update(run.data.metrics)
+        row = {name: run.attributes.get(name) for name in ATTRIBUTE_NAMES}
+        row.update({k: v for k, v in run.tags.items() if not k.startswith("mlflow.")})
+        row.update(run.params)
+        row.update(run.metrics)
         rows.append(row)
     table = pd.DataFrame(rows, columns=None if rows else DEFAULT_COLUMNS)
     for name in INTEGER_TAGS:
@@ -451,9 +532,7 @@ def _matches(table: pd.DataFrame, clause: Clause) -> pd.Series:
         hit = column.isin(values)
         return (hit if op == "IN" else ~hit).fillna(False).astype(bool)
     if op in ("LIKE", "ILIKE"):
-        pattern = (
-            "^" + "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in values[0]) + "$"
-        )
+        pattern = "^" + like_pattern(values[0]) + "$"
         return column.str.match(pattern, case=op == "LIKE").fillna(False).astype(bool)
     ops = {"=": column.eq, "!=": column.ne, "<": column.lt, "<=": column.le, ">": column.gt, ">=": column.ge}
     return ops[op](values[0]).fillna(False).astype(bool)
