@@ -548,6 +548,13 @@ def test_compare_two_grids_and_two_models(finished_grid, capsys, tmp_path):
     (row,) = json.loads(capsys.readouterr().out)
     assert row["model_a"] == dense and row["aa_only_a"] + row["aa_only_b"] == row["aa_differ"]
     assert main(["compare", dense, "nope", "--grid", str(output)]) == 2
+    # short selectors: a unique prefix, a pattern; an ambiguous one names its candidates
+    assert main(["compare", "dense", "hydra-sp90-*", "--grid", str(output), "--format", "json"]) == 0
+    (short,) = json.loads(capsys.readouterr().out)
+    assert (short["model_a"], short["model_b"]) == (dense, hydra)
+    assert main(["compare", "dense", "*-sp90-*", "--grid", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "'*-sp90-*' is ambiguous: it matches " in err and hydra in err and len(err.splitlines()) == 1
 
 
 def test_a_copied_output_folder_queries_its_own_store(finished_grid, tmp_path, capsys):
