@@ -625,14 +625,15 @@ def write_report(
     access: ModelAccess | None = None,
     reported: dict | None = None,
     deviations: dict[str, list[str]] | None = None,
+    cache: Path | None = None,
 ) -> dict[str, Path]:
     """Write CSV tables (and each table as LaTeX), figures (PNG, PDF, SVG; captions in
     figures.tex), report.md and a self-contained index.html; returns the paths written. Without
     `access` (no models at hand) the sections that need models are left out, and the report says
     so. `deviations`: per method, where the grid trained it unlike its
-    authors (the model cards')."""
+    authors (the model cards'). `cache`: where measurements are kept (default: beside `folder`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    cache = folder.parent / "analysis_cache"
+    cache = cache or folder.parent / "analysis_cache"
     samples = as_samples(samples)
     models = model_table(samples, settings.workers)
     labels = model_labels(models.to_dict("records"))

@@ -4,6 +4,8 @@ decision slices, into OUTPUT/report. Used by the grid's last stage and by `apgri
 from __future__ import annotations
 
 import fnmatch
+import re
+import shutil
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -74,22 +76,46 @@ def model_access(spec: GridSpec, log=print) -> ModelAccess:
     )
 
 
+def report_folder(spec: GridSpec, models: list[str] | None, output: Path | None) -> Path:
+    """Where a report goes. The full report is OUTPUT/report; a partial one (`models`) never goes
+    there: it goes to `output`, by default OUTPUT/report-partial/<the patterns>."""
+    full = spec.output_dir / "report"
+    if output is None:
+        if not models:
+            return full
+        name = "+".join(re.sub(r"[^A-Za-z0-9._-]+", "", p).strip("-_.") or "all" for p in models)
+        return spec.output_dir / "report-partial" / name
+    output = Path(output).expanduser().resolve()
+    if models and (output == full or full in output.parents):
+        raise AnalysisError(
+            f"--output: {output} is the full report's folder; a partial report goes elsewhere"
+        )
+    if output.is_dir() and any(output.iterdir()) and not (output / "report.md").is_file():
+        raise AnalysisError(f"--output: {output} holds files and no report; give an empty or new folder")
+    return output
+
+
 def analyze(
-    spec: GridSpec, models: list[str] | None = None, log=print, with_models: bool = True
+    spec: GridSpec,
+    models: list[str] | None = None,
+    log=print,
+    with_models: bool = True,
+    output: Path | None = None,
 ) -> dict[str, Path]:
-    """Write OUTPUT/report for the grid's evaluated models (or those matching `models`)."""
+    """Write OUTPUT/report for the grid's evaluated models, or a partial report of those matching
+    `models` to `output` (see report_folder): a report folder holds one report's files only."""
     # Small tensor operations oversubscribe the cores at torch's default thread count when other
     # processes share the machine (14 s quiet, several minutes under load); trials and actors
     # set theirs, and the analysis takes a trial's share.
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(spec.resources.trial_cpus)))
     try:
-        return _analyze(spec, models, log, with_models)
+        return _analyze(spec, models, log, with_models, report_folder(spec, models, output))
     finally:
         torch.set_num_threads(threads)
 
 
-def _analyze(spec: GridSpec, models, log, with_models: bool) -> dict[str, Path]:
+def _analyze(spec: GridSpec, models, log, with_models: bool, folder: Path) -> dict[str, Path]:
     from apgrid.grid import plan as planner
 
     samples = open_samples(spec.output_dir)  # read one model (or dense/pruned pair) at a time
@@ -101,6 +127,8 @@ def _analyze(spec: GridSpec, models, log, with_models: bool) -> dict[str, Path]:
     cards = {m: store.card(m) for m in samples.model_ids if store.exists(m)}
     reported = {m: card["reported"] for m, card in cards.items() if card.get("reported")}
     deviations = {c["method"]: c["deviations"] for c in cards.values() if "deviations" in c}
-    return write_report(
-        samples, spec.output_dir / "report", spec.name, spec.analysis, access, reported, deviations
-    )
+    partial = folder != spec.output_dir / "report"
+    if partial and folder.is_dir():
+        shutil.rmtree(folder)  # a previous partial report's figures would stay beside the new tables
+    cache = spec.output_dir / "analysis_cache" / ("partial" if partial else "")
+    return write_report(samples, folder, spec.name, spec.analysis, access, reported, deviations, cache=cache)

@@ -121,8 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         nargs="+",
         metavar="PATTERN",
-        help="only these model ids (shell patterns, e.g. 'prune-hydra-*'); their dense "
-        "parents come along for the thin-ice statistics",
+        help="a partial report of these model ids only (shell patterns, e.g. 'hydra-sp95-*' "
+        "'dense-*'); their dense parents come along for the thin-ice statistics. It goes to "
+        "--output, by default OUTPUT/report-partial/<patterns>, never into OUTPUT/report",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        metavar="DIR",
+        help="write the report here (a new or empty folder, or a previous report's, which is replaced)",
     )
     p.add_argument(
         "--format",
@@ -168,8 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
         "differ, McNemar's exact test on AutoAttack correctness, and "
         "FMN distances that differ.",
     )
-    p.add_argument("a", help="a grid's output folder, or a model id (with --grid)")
-    p.add_argument("b", help="another grid's output folder, or another model id (with --grid)")
+    p.add_argument(
+        "a", help="a grid's output folder, or (with --grid) a model: its id, a unique prefix or a pattern"
+    )
+    p.add_argument("b", help="another grid's output folder, or (with --grid) another model")
     p.add_argument("--grid", help="the output folder holding models A and B")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
@@ -275,8 +284,8 @@ def cmd_resume(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from apgrid.grid.runlist import model_runs
     from apgrid.grid.state import STAGES, read_state, tracking_uri
-    from apgrid.grid.tracking import Tracker
 
     output = Path(args.dir).expanduser().resolve()
     state = read_state(output)
@@ -287,21 +296,16 @@ def cmd_status(args) -> int:
     if uri is None:
         print("  MLflow: no runs logged yet")
         return 0
-    tracker = Tracker(uri, state["name"], create=False)
-    runs = tracker.runs("tags.level = 'model'")
+    runs = model_runs(uri, state["name"])
     counts: dict[tuple[str, str], int] = {}
     for run in runs:
-        key = (run.data.tags.get("stage", "?"), run.info.status)
-        counts[key] = counts.get(key, 0) + 1
+        counts[(run.stage, run.status)] = counts.get((run.stage, run.status), 0) + 1
     print("  MLflow runs by stage and status:")
     for (stage, status), n in sorted(counts.items()):
         print(f"    {stage:9s} {status:9s} {n}")
-    retried = [r for r in runs if int(r.data.tags.get("attempt", "1")) > 1]
-    for run in retried:
-        print(
-            f"    attempt {run.data.tags['attempt']}: {run.data.tags.get('model_id')} "
-            f"({run.data.tags.get('stage')}, {run.info.status})"
-        )
+    for run in runs:
+        if run.attempt > 1:
+            print(f"    attempt {run.attempt}: {run.model_id} ({run.stage}, {run.status})")
     return 0
 
 
@@ -341,7 +345,11 @@ def cmd_analyze(args) -> int:
 
     spec = load_grid_spec(Path(args.dir))
     paths = analyze(
-        spec, args.models, log=lambda m: print(m, file=sys.stderr), with_models=not args.no_models
+        spec,
+        args.models,
+        log=lambda m: print(m, file=sys.stderr),
+        with_models=not args.no_models,
+        output=args.output,
     )
     if args.format == "md":
         print(paths["report.md"].read_text())
@@ -430,7 +438,7 @@ def cmd_export(args) -> int:
 
 def cmd_compare(args) -> int:
     from apgrid.analysis.compare import compare_models
-    from apgrid.grid.query import format_runs
+    from apgrid.grid.query import QueryError, format_runs, resolve_model
     from apgrid.grid.store import read_samples
 
     def rows_of(folder):
@@ -441,13 +449,11 @@ def cmd_compare(args) -> int:
 
     if args.grid:
         rows = rows_of(args.grid)
-        ids = set(rows["model_id"])
-        for model in (args.a, args.b):
-            if model not in ids:
-                raise GridError(
-                    f"compare: no model '{model}' in {args.grid}; models: {', '.join(sorted(ids))}"
-                )
-        table = compare_models(rows, rows, [(args.a, args.b)])
+        try:
+            a, b = (resolve_model(m, rows["model_id"].unique()) for m in (args.a, args.b))
+        except QueryError as exc:
+            raise GridError(f"compare: {exc} (in {args.grid})") from None
+        table = compare_models(rows, rows, [(a, b)])
     else:
         for folder in (args.a, args.b):
             if not (Path(folder) / "grid.json").is_file():

@@ -20,8 +20,8 @@ import torch
 from apgrid.errors import short_reason
 from apgrid.grid.errors import GridError, ResumableError
 from apgrid.grid.faults import maybe_fail
-from apgrid.grid.plan import ModelPlan
-from apgrid.grid.progress import eta
+from apgrid.grid.plan import ModelPlan, fewer_shards_note
+from apgrid.grid.progress import StageBar, eta
 from apgrid.grid.spec import GridSpec
 from apgrid.grid.store import ModelStore, SampleStore
 from apgrid.trainables.evaluation import (
@@ -354,13 +354,16 @@ def run_evaluation(
         spec = replace(spec, evaluation=replace(spec.evaluation, actors=max(1, fit)))
     info = {**dataset_info, "image_shape": tuple(test_x.shape[1:])}
     pool = ShardScheduler(spec, tasks, ray.put({"x": test_x, "y": test_y}), info, fault, log)
+    asked, block = spec.evaluation.shards, spec.evaluation.settings.block_size
     log(
-        f"[evaluate] {len(todo)} models x {len(ranges)} shards = {len(tasks)} shard tasks "
+        f"[evaluate] {len(todo)} models x {len(ranges)} shards"
+        f"{fewer_shards_note(asked, len(ranges), len(test_y), block)} = {len(tasks)} shard tasks "
         f"on {len(pool.actors)} actors"
     )
     cards = {p.model_id: models.card(p.model_id) for p in todo}
     remaining = {p.model_id: sum(1 for t in tasks if t.plan.model_id == p.model_id) for p in todo}
     done, started = 0, time.time()
+    bar = StageBar("evaluate", len(tasks), "shards", log)
     try:
         archs = sorted({p.arch for p in todo})
         batch_sizes = resolve_batch_sizes(spec, archs, samples, pool.actors, log)
@@ -382,11 +385,14 @@ def run_evaluation(
             done += 1
             remaining[model_id] -= 1
             elapsed = time.time() - started
-            log(
-                f"[evaluate] {done}/{len(tasks)} shards  {model_id} "
-                f"[{task.start}, {task.end}) in {seconds:.1f}s  ({elapsed:.0f}s elapsed"
-                f"{eta(elapsed, done, len(tasks))})"
-            )
+            if bar:
+                bar.advance(f"{model_id} [{task.start}, {task.end})")
+            else:
+                log(
+                    f"[evaluate] {done}/{len(tasks)} shards  {model_id} "
+                    f"[{task.start}, {task.end}) in {seconds:.1f}s  ({elapsed:.0f}s elapsed"
+                    f"{eta(elapsed, done, len(tasks))})"
+                )
             if remaining[model_id] == 0:
                 placement = {
                     "nodes": pool.nodes.get(model_id, set()),
@@ -397,6 +403,7 @@ def run_evaluation(
             raise pool.stopping
         report.actor_peak_rss_mb = pool.stop(report=True)
     finally:  # a stopped evaluation must not leave actors holding CPUs in a long-lived Ray
+        bar.close()
         pool.stop(report=False)
     peaks = report.actor_peak_rss_mb
     if peaks:

@@ -313,6 +313,13 @@ def plan_cost(spec: GridSpec) -> PlanCost:
     return PlanCost(training, evaluation, gpu_seconds / 3600)
 
 
+def fewer_shards_note(asked: int, made: int, n: int, block: int) -> str:
+    """Why a grid makes fewer shards than evaluation.shards: a shard holds whole blocks."""
+    if made >= asked:
+        return ""
+    return f" (evaluation.shards {asked} asked: {n} samples make {made} blocks of {block})"
+
+
 def describe(spec: GridSpec) -> str:
     """The plan in a few lines: trials, shards, the model passes of training and evaluation and
     their A100 GPU-hours (see plan_cost), without reading any data."""
@@ -330,10 +337,7 @@ def describe(spec: GridSpec) -> str:
     def count(k, what):
         return f"{k} {what}{'s' * (k != 1)}"
 
-    shards_note = ""
-    if shards < ev.shards:  # a shard holds whole blocks
-        block = ev.settings.block_size
-        shards_note = f" (evaluation.shards {ev.shards} asked: {n} samples make {shards} blocks of {block})"
+    shards_note = fewer_shards_note(ev.shards, shards, n, ev.settings.block_size)
 
     return (
         f"plan: {count(models, 'model')} ({count(len(dense), 'dense trial')}, "

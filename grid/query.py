@@ -16,13 +16,17 @@ become `or` / `and` of equalities; parentheses group clauses (`(a or b) and c` r
 
 from __future__ import annotations
 
+import operator
 import re
+import sqlite3
 from dataclasses import dataclass
+from difflib import get_close_matches
 
 import pandas as pd
 
 from apgrid.errors import ApgridError, short_reason
 from apgrid.grid.errors import GridError
+from apgrid.grid.runlist import StoredRun, sqlite_store, stored_model_runs
 
 DEFAULT_COLUMNS = [
     "stage",
@@ -314,18 +318,70 @@ def mlflow_filters(groups: list[list[Clause]]) -> list[str]:
 
 def query_runs(uri: str, experiment: str | None, where: str, columns: str | None) -> pd.DataFrame:
     """The grid's model runs that match `where`, filtered by the tracking server, page by page,
-    with the named columns (default: DEFAULT_COLUMNS)."""
+    with the named columns (default: DEFAULT_COLUMNS). A column the matched runs lack (a metric
+    of another stage, a tag no run has yet) is shown empty; a name no run could hold is refused."""
     flat = search_model_runs(uri, experiment, where)
-    return _columns(flat, columns, [c for c in DEFAULT_COLUMNS if c in flat.columns])
+    if not columns:
+        return _columns(flat, None, [c for c in DEFAULT_COLUMNS if c in flat.columns])
+    written = [c.strip() for c in columns.split(",")]
+    for name in written:
+        if _bare(name) not in flat.columns and not _run_field(name):
+            raise QueryError(_unknown_column(name, [*flat.columns, *SHORT_NAMES]))
+    return flat.reindex(columns=[_bare(c) for c in written]).reset_index(drop=True)
+
+
+SHORT_NAMES = TAG_NAMES + METRIC_NAMES + ATTRIBUTE_NAMES
+# MLflow keys that hold numbers written as text: one type in runs(), models() and JSON
+INTEGER_TAGS = ("seed", "attempt")
+
+
+def _bare(name: str) -> str:
+    """The flat column of a name: `tags.method` -> `method`, `params.lr` -> `lr`."""
+    if name.lower().startswith(PREFIXES):
+        name = name.split(".", 1)[1]
+    return name.strip('`"')
+
+
+def _run_field(name: str) -> bool:
+    """Whether some run could hold this column: one of apgrid's short names, an MLflow key
+    named with its prefix (tags.NAME, params.NAME, ...), or a spec parameter (dotted)."""
+    return name in SHORT_NAMES or "." in name
+
+
+def _unknown_column(name: str, known) -> str:
+    close = get_close_matches(name, sorted(set(map(str, known))), n=3)
+    hint = (
+        f"; did you mean {', '.join(close)}?"
+        if close
+        else f"; known: {', '.join(sorted(set(map(str, known))))}"
+    )
+    return f"--columns: unknown column '{name}'{hint}"
 
 
 def search_model_runs(uri: str, experiment: str | None, where: str = "") -> pd.DataFrame:
-    """Every column of the model runs matching `where`: run_id, status, start_time, tags,
-    params and metrics by their names."""
+    """Every column of the model runs matching `where`: run attributes (run_id, run_name, status,
+    start_time, ...), tags, params and metrics by their names. A grid's own SQLite store is read
+    directly when MLflow's search would answer the filter alike (importing MLflow and opening its
+    store take seconds); a filter MLflow might refuse, and any other store, go to MLflow."""
+    groups = parse_where(where)
+    filters = mlflow_filters(groups)  # unknown names refused here, whichever reader answers
+    path = sqlite_store(uri)
+    if path is not None and all(_local_key(c) for group in groups for c in group):
+        try:
+            runs = stored_model_runs(path, experiment)
+        except sqlite3.Error:  # not laid out as this MLflow's schema: MLflow reads it
+            runs = False
+        if runs is None:
+            raise QueryError(f"--experiment: no experiment '{experiment}' at {uri}")
+        if runs is not False:
+            return _table([r for r in runs if any(all(_holds(r, c) for c in g) for g in groups or [[]])])
+    return _table(_mlflow_search(uri, experiment, filters))
+
+
+def _mlflow_search(uri: str, experiment: str | None, filters: list[str]) -> list[StoredRun]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    filters = mlflow_filters(parse_where(where))
     client = mlflow.MlflowClient(uri)
     try:
         if experiment:
@@ -352,18 +408,83 @@ def search_model_runs(uri: str, experiment: str | None, where: str = "") -> pd.D
         raise
     except Exception as exc:
         raise GridError(f"tracking_uri: {uri} cannot be queried ({short_reason(exc)})") from None
-    return _flatten(sorted(runs.values(), key=lambda r: r.info.start_time))
+    return [
+        StoredRun(
+            {name: getattr(run.info, name, None) for name in ATTRIBUTE_NAMES},
+            run.data.tags,
+            run.data.params,
+            run.data.metrics,
+        )
+        for run in sorted(runs.values(), key=lambda r: r.info.start_time)
+    ]
 
 
-def _flatten(runs) -> pd.DataFrame:
+COMPARE = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+NUMBER_OPS = tuple(COMPARE)
+TEXT_OPS = ("=", "!=", "LIKE", "ILIKE", "IN", "NOT IN")
+KINDS = {
+    "tag": "tags",
+    "param": "params",
+    "metric": "metrics",
+    "attribute": "attributes",
+    "attr": "attributes",
+}
+
+
+def _local_key(clause: Clause) -> tuple[str, str] | None:
+    """(kind, key) of a clause that is answered here exactly as MLflow's search answers it:
+    numbers compared with metrics and times, text with tags, params and text attributes. None
+    for the rest (IS NULL, datasets, a type MLflow refuses), which MLflow answers or refuses."""
+    kind, key = mlflow_name(clause).split(".", 1)
+    kind, key = KINDS.get(kind.lower().rstrip("s"), kind.lower()), key.strip('`"')
+    numbers = all(isinstance(v, float) for v in clause.values)
+    texts = all(isinstance(v, str) for v in clause.values)
+    if kind == "metrics" or (kind == "attributes" and key in ("start_time", "end_time")):
+        return (kind, key) if numbers and clause.op in NUMBER_OPS else None
+    if kind in ("tags", "params") or (kind == "attributes" and key in ATTRIBUTE_NAMES):
+        return (kind, key) if texts and clause.op in TEXT_OPS else None
+    return None
+
+
+def _holds(run: StoredRun, clause: Clause) -> bool:
+    kind, key = _local_key(clause)
+    value = getattr(run, kind).get(key)
+    if value is None or value != value:  # absent (or NaN): no comparison holds, as in SQL
+        return False
+    op, values = clause.op, clause.values
+    if op in ("IN", "NOT IN"):
+        return (value in values) == (op == "IN")
+    if op in ("LIKE", "ILIKE"):
+        return re.fullmatch(like_pattern(values[0]), value, re.S | (re.I if op == "ILIKE" else 0)) is not None
+    return COMPARE[op](value, values[0])
+
+
+def like_pattern(pattern: str) -> str:
+    """SQL's LIKE pattern as a regular expression: % any run of characters, _ one."""
+    return "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+
+
+def _table(runs: list[StoredRun]) -> pd.DataFrame:
+    """One row per run: attributes, then tags (MLflow's own left out), params and metrics."""
     rows = []
     for run in runs:
-        row = {"run_id": run.info.run_id, "status": run.info.status, "start_time": run.info.start_time}
-        row.update({k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")})
-        row.update(run.data.params)
-        row.update(run.data.metrics)
+        row = {name: run.attributes.get(name) for name in ATTRIBUTE_NAMES}
+        row.update({k: v for k, v in run.tags.items() if not k.startswith("mlflow.")})
+        row.update(run.params)
+        row.update(run.metrics)
         rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else DEFAULT_COLUMNS)
+    table = pd.DataFrame(rows, columns=None if rows else DEFAULT_COLUMNS)
+    for name in INTEGER_TAGS:
+        if name in table.columns:
+            table[name] = pd.to_numeric(table[name], errors="coerce").astype("Int64")
+    return table
 
 
 # -- report tables ----------------------------------------------------------------------------------
@@ -411,21 +532,17 @@ def _matches(table: pd.DataFrame, clause: Clause) -> pd.Series:
         hit = column.isin(values)
         return (hit if op == "IN" else ~hit).fillna(False).astype(bool)
     if op in ("LIKE", "ILIKE"):
-        pattern = (
-            "^" + "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in values[0]) + "$"
-        )
+        pattern = "^" + like_pattern(values[0]) + "$"
         return column.str.match(pattern, case=op == "LIKE").fillna(False).astype(bool)
     ops = {"=": column.eq, "!=": column.ne, "<": column.lt, "<=": column.le, ">": column.gt, ">=": column.ge}
     return ops[op](values[0]).fillna(False).astype(bool)
 
 
 def _columns(table: pd.DataFrame, columns: str | None, default: list[str]) -> pd.DataFrame:
-    cols = [c.strip() for c in columns.split(",")] if columns else default
-    missing = [c for c in cols if c not in table.columns]
-    if missing:
-        raise QueryError(
-            f"--columns: unknown {', '.join(missing)}; known: {', '.join(sorted(map(str, table.columns)))}"
-        )
+    cols = [_bare(c.strip()) for c in columns.split(",")] if columns else default
+    for name in cols:
+        if name not in table.columns:
+            raise QueryError(_unknown_column(name, table.columns))
     return table[cols].reset_index(drop=True)
 
 
@@ -437,3 +554,24 @@ def format_runs(runs: pd.DataFrame, fmt: str) -> str:
     if runs.empty:
         return "(no runs match)"
     return runs.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def resolve_model(selector: str, ids) -> str:
+    """A model id from what a user types: the id itself, or a unique prefix or shell pattern
+    (`hydra-sp95`, `dense-*seed1*`); an ambiguous or unmatched selector is refused, with the
+    candidates."""
+    import fnmatch
+
+    ids = sorted(set(ids))
+    if selector in ids:
+        return selector
+    found = [m for m in ids if m.startswith(selector) or fnmatch.fnmatchcase(m, selector)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise QueryError(f"model '{selector}' is ambiguous: it matches {', '.join(found)}")
+    close = get_close_matches(selector, ids, n=3, cutoff=0.4)
+    raise QueryError(
+        f"no model '{selector}'; "
+        + (f"did you mean {', '.join(close)}?" if close else f"models: {', '.join(ids)}")
+    )

@@ -292,6 +292,7 @@ def _tune_stage(run: GridRun, stage: str, trainable, plans) -> None:
     if todo:
         r = spec.resources
         tracking = TrialTracking(tracker, run.parent, spec.dataset.name, stage, log)
+        progress = StageProgress(stage, log, len(todo))
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": r.trial_cpus, "gpu": r.trial_gpus}),
             param_space={
@@ -308,7 +309,7 @@ def _tune_stage(run: GridRun, stage: str, trainable, plans) -> None:
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[tracking, StageProgress(stage, log, len(todo))],
+                callbacks=[tracking, progress],
             ),
         )
         previous = signal.getsignal(signal.SIGINT)
@@ -316,6 +317,7 @@ def _tune_stage(run: GridRun, stage: str, trainable, plans) -> None:
             results = tuner.fit()
         finally:  # Tune leaves its own Ctrl-C handler behind, which would swallow it in evaluate
             signal.signal(signal.SIGINT, previous)
+            progress.bar.close()
     _sync_runs(
         run,
         stage,

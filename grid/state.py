@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from apgrid.grid.errors import GridError
-from apgrid.grid.store import atomic_write_json
 
 STAGES = ("checkpoints", "dense", "prune", "evaluate", "analyze")
 
@@ -27,6 +26,8 @@ def read_state(output: Path) -> dict:
 
 
 def write_state(output: Path, state: dict) -> None:
+    from apgrid.grid.store import atomic_write_json  # here: the store imports torch; readers need not
+
     atomic_write_json(state_path(output), state)
 
 

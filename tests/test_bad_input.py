@@ -47,7 +47,6 @@ CASES = {  # case: (spec patch or raw text, text the one-line error must contain
         {"prune": {"methods": [{"name": "atmc", "bits": 1}]}},
         "prune.methods.atmc.bits: 1 is below the minimum 2; also allowed: 0",
     ),
-    "more shards than samples": ({"evaluation": {"num_samples": 4, "shards": 8}}, "evaluation.shards"),
     "missing dataset root": (
         {
             "dataset": {"name": "cifar10", "root": "/no/such/folder"},

@@ -256,32 +256,33 @@ def test_report_is_written_and_logged(finished_grid):
     assert "report/index.html" in logged and "report/costs.csv" in logged
 
 
-def test_analyze_selects_models_and_prints_tables(finished_grid, capsys):
+def test_analyze_selects_models_and_prints_tables(finished_grid, capsys, tmp_path):
     _, output, _ = finished_grid
-    assert main(["analyze", str(output), "--models", "hydra-*", "--format", "csv", "--no-models"]) == 0
+    full = {p.name: p.read_bytes() for p in (output / "report").iterdir() if p.is_file()}
+    hydra = next(m for m in read_samples(output)["model_id"].unique() if m.startswith("hydra-"))
+    pattern = hydra.rsplit("-", 1)[0] + "-*"  # the help's shape: hydra-sp95-*
+    assert main(["analyze", str(output), "--models", pattern, "--format", "csv", "--no-models"]) == 0
     out = capsys.readouterr().out
     table2 = out.split("# table2_thin_ice\n")[1].split("\n# ")[0].strip().splitlines()
     assert len(table2) == 2 and ",hydra," in table2[1]  # header + the one HYDRA model
-    assert (
-        main(
-            [
-                "query",
-                str(output),
-                "--table",
-                "table2_thin_ice",
-                "--format",
-                "json",
-                "--columns",
-                "method,S10",
-            ]
-        )
-        == 0
-    )
+    partial = output / "report-partial" / pattern.rstrip("-*")
+    assert (partial / "models.csv").read_text().count("\n") == 3  # header, HYDRA, its dense parent
+    # the full report is untouched: same files, same bytes, nothing of the partial one beside them
+    assert {p.name: p.read_bytes() for p in (output / "report").iterdir() if p.is_file()} == full
+
+    elsewhere = tmp_path / "partial"
+    assert main(["analyze", str(output), "--models", "dense-*", "-o", str(elsewhere), "--no-models"]) == 0
+    assert "hydra" not in (elsewhere / "models.csv").read_text()
+    assert main(["analyze", str(output), "--models", "hydra-*", "-o", str(output / "report")]) == 2
+    assert "is the full report's folder" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (output / "report").iterdir() if p.is_file()} == full
+
+    args = ["query", str(output), "--table", "table2_thin_ice", "--format", "json"]
+    assert main([*args, "--where", "method = 'hydra'", "--columns", "method,S10"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in rows] == ["hydra"] and 0 <= rows[0]["S10"] <= 1
     assert main(["analyze", str(output), "--models", "nothing-*"]) == 2
     assert main(["query", str(output), "--table", "nonsense"]) == 2
-    main(["analyze", str(output)])  # leave the full report for the tests after this one
 
 
 def test_query_lists_runs(finished_grid, capsys):
@@ -673,6 +674,13 @@ def test_compare_two_grids_and_two_models(finished_grid, capsys, tmp_path):
     (row,) = json.loads(capsys.readouterr().out)
     assert row["model_a"] == dense and row["aa_only_a"] + row["aa_only_b"] == row["aa_differ"]
     assert main(["compare", dense, "nope", "--grid", str(output)]) == 2
+    # short selectors: a unique prefix, a pattern; an ambiguous one names its candidates
+    assert main(["compare", "dense", "hydra-sp90-*", "--grid", str(output), "--format", "json"]) == 0
+    (short,) = json.loads(capsys.readouterr().out)
+    assert (short["model_a"], short["model_b"]) == (dense, hydra)
+    assert main(["compare", "dense", "*-sp90-*", "--grid", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "'*-sp90-*' is ambiguous: it matches " in err and hydra in err and len(err.splitlines()) == 1
 
 
 def test_a_copied_output_folder_queries_its_own_store(finished_grid, tmp_path, capsys):

@@ -30,7 +30,6 @@ def test_demo_spec_is_valid():
         ({"threat_model": {"eps": 2}}, "threat_model.eps"),
         ({"threat_model": {"eps": "8/0x"}}, "threat_model.eps"),
         ({"evaluation": {"pgd_steps": 0}}, "evaluation.pgd_steps"),
-        ({"evaluation": {"num_samples": 5, "shards": 6}}, "evaluation.shards"),
         ({"evaluation": {"autoattack_version": "turbo"}}, "evaluation.autoattack_version"),
         ({"evaluation": {"autoattack_attacks": ["fab"]}}, "evaluation.autoattack_attacks"),
         (
@@ -435,3 +434,13 @@ def test_hydra_and_the_survey_build_hydras_vgg16():
     for example in ("survey.yaml", "survey-svhn.yaml"):
         spec = load_spec(DEFAULT_SPEC.parent / example, overrides=["dataset.root=/tmp"])
         assert "vgg16-hydra" in spec.dense.architectures and "vgg16" not in spec.dense.architectures
+
+
+@pytest.mark.parametrize("shards", [6, 1000])
+def test_more_shards_than_blocks_or_samples_are_made_as_many_as_the_blocks(tmp_path, capsys, shards):
+    """evaluation.shards is an upper bound, alike beyond the blocks and beyond the samples: the
+    plan says how many shards it makes, and why, instead of one refused and the other clamped."""
+    args = ["launch", "--dry-run", "--output", str(tmp_path / "o"), "--set", "evaluation.num_samples=5"]
+    assert main([*args, "--set", "evaluation.block_size=5", "--set", f"evaluation.shards={shards}"]) == 0
+    out = capsys.readouterr().out
+    assert f"1 shards a model (evaluation.shards {shards} asked: 5 samples make 1 blocks of 5)" in out
