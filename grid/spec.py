@@ -718,11 +718,6 @@ def _authors_under_spec(entry, phase, grid: Recipe, own: dict, context, where, m
     if authors.get("trainer") in LINF_ONLY and context.norm != "Linf" and "trainer" not in explicit:
         authors.pop("trainer")
         trainer = grid.trainer
-    if entry.trains.get(phase, {}).get("trainer") == "pgd+clean/2" and "trainer" not in explicit:
-        # ATMC's search mixes its clean share in its own hooks (admm.py AtmcSearch.sample_losses):
-        # the recipe's pgd+clean/2 on top would mix it twice
-        authors.pop("trainer", None)
-        trainer = grid.trainer
     if trainer != authors.get("trainer"):
         for key in ATTACK_FIELDS:
             authors.pop(key, None)

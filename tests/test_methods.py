@@ -358,6 +358,32 @@ def test_atmc_projects_every_step_and_fine_tunes_on_half_clean_half_adversarial_
         assert torch.allclose(mixed, 0.5 * losses + 0.5 * clean), bits
 
 
+def test_atmc_counts_the_clean_term_once_whichever_trainer_mixes_it(trained, digits):
+    """ATMC's phase loss is 0.5 CE(x) + 0.5 CE(x_adv) exactly once: under its recipe's trainer
+    pgd+clean/2 the trainer mixes and the hooks add nothing (they mixed again: 0.75 clean), under
+    plain PGD the hooks mix. Its search takes the recipe's trainer by default (the spec dropped it)."""
+    import torch.nn.functional as F
+
+    from apgrid.grid.spec import parse_spec
+    from apgrid.trainables.training import per_sample_loss
+
+    model = trained.eval()
+    x, y = digits.x_train[:16], digits.y_train[:16]
+    x_adv = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    clean = F.cross_entropy(model(x), y, reduction="none")
+    adv = F.cross_entropy(model(x_adv), y, reduction="none")
+    for trainer in ("pgd+clean/2", "pgd"):
+        recipe = Recipe(trainer=trainer, epochs=1, lr=0.01, batch_size=128)
+        settings = PruneSettings("atmc", 0.9, 0, 0.1, "Linf", recipe, recipe, {"bits": 0})
+        job = PruneJob(settings, copy.deepcopy(trained), digits, "cpu")
+        losses = per_sample_loss(model, x, x_adv, y, recipe)[0]
+        for hooks in (admm.AtmcSearch(job, None), job.method.finetune_hooks(job)):
+            total = hooks.sample_losses(losses, model, x, y, torch.arange(16))
+            assert torch.allclose(total, 0.5 * clean + 0.5 * adv, atol=1e-6), (trainer, type(hooks))
+    spec = parse_spec({"name": "t", "output": "/tmp/t", "prune": {"methods": ["atmc"]}})
+    assert spec.prune.methods[0].search_recipe(spec).trainer == "pgd+clean/2"
+
+
 def test_boundary_weights_favour_samples_near_the_boundary(trained, digits):
     d = linearized_distance(trained, digits.x_test, digits.y_test, "Linf", "cpu")
     assert (d[trained(digits.x_test).argmax(1) != digits.y_test] < 0).all()
