@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apgrid.grid.spec import GridSpec
-from apgrid.trainables.recipes import Deviation, deviations
+from apgrid.trainables.recipes import Deviation, deviations, reason_for
 from apgrid.trainables.training import Recipe, recipe_config
 
 
@@ -87,6 +87,26 @@ def method_deviations(spec: GridSpec, method) -> list[Deviation]:
     return deviations(entry.recipe, phases, spec.threat_model.eps, entry.trains)
 
 
+def explained_deviations(spec: GridSpec, method) -> list[tuple[Deviation, str | None]]:
+    """Each deviation of `method` with the spec's reason for it (the method's `because`, then
+    prune.because), None where the spec gives none."""
+    return [(d, reason_for(d, method.because, spec.prune.because)) for d in method_deviations(spec, method)]
+
+
+def unexplained_deviations(spec: GridSpec) -> list[str]:
+    """'method: field' for every deviation the spec gives no reason for."""
+    return [
+        f"{m.name}: {d.where}"
+        for m in spec.prune.methods
+        for d, reason in explained_deviations(spec, m)
+        if reason is None
+    ]
+
+
+def _with_reason(deviation: Deviation, reason: str | None) -> str:
+    return str(deviation) if reason is None else f"{deviation} — because {reason}"
+
+
 def dense_plan(spec: GridSpec, arch: str, seed: int, recipe: Recipe) -> ModelPlan:
     config = {
         "dataset": spec.dataset.name,
@@ -145,7 +165,7 @@ def pruned_models(spec: GridSpec) -> list[ModelPlan]:
 
 def _pruned(spec: GridSpec, dense: ModelPlan, method, search_phase: bool) -> list[ModelPlan]:
     plans = []
-    found = tuple(str(d) for d in method_deviations(spec, method))
+    found = tuple(_with_reason(d, r) for d, r in explained_deviations(spec, method))
     if "checkpoint" in dense.config:  # a published parent: its training is not the grid's
         found = tuple(d for d in found if not d.startswith("parent."))
     for sparsity in method.sparsities or spec.prune.sparsities:
@@ -355,17 +375,21 @@ def describe_deviations(spec: GridSpec) -> str:
     """Per method, where the grid trains it unlike its authors (what the dry run lists)."""
     from apgrid.trainables.methods import PRUNING_METHODS
 
-    lines, total = [], 0
+    lines, total, unexplained = [], 0, 0
     for method in spec.prune.methods:
         if PRUNING_METHODS[method.name].recipe is None:
             lines.append(f"  {method.name}: no authors' recipe recorded")
             continue
-        found = method_deviations(spec, method)
+        found = explained_deviations(spec, method)
         total += len(found)
+        unexplained += sum(reason is None for _, reason in found)
         lines.append(f"  {method.name}: {len(found) or 'no'} deviation{'s' * (len(found) != 1)}")
-        lines += [f"    {d}" for d in found]
+        lines += [f"    {_with_reason(d, r)}" if r else f"    UNEXPLAINED {d}" for d, r in found]
     budget = f" (prune.budget {spec.prune.budget:g}: the authors' epochs scaled)" * (spec.prune.budget != 1)
-    head = f"deviations from the methods' authors: {total}{budget}"
+    head = (
+        f"deviations from the methods' authors: {total}, {unexplained} unexplained"
+        f" (prune.because / a method's because: gives the reason){budget}"
+    )
     return "\n".join([head, *lines]) if spec.prune.methods else "deviations: none (no method)"
 
 

@@ -82,6 +82,7 @@ def launch(spec: GridSpec, fault: dict | None = None, log=print, until: str | No
     `until` stops after that stage (train here, evaluate elsewhere); `resume` runs the rest."""
     stages = stages_until(until)
     preflight(spec)
+    _warn_unexplained(spec, log)
     output = spec.output_dir
     output.mkdir(parents=True, exist_ok=True)
     existing = state_path(output).is_file()
@@ -156,6 +157,19 @@ def resume(output: str | Path, fault: dict | None = None, log=print, until: str 
     except TrackingError as exc:
         raise GridError(str(exc)) from None
     return _run(spec, fault, log, stages)
+
+
+def _warn_unexplained(spec: GridSpec, log) -> None:
+    """One line when the spec trains a method unlike its authors without saying why."""
+    from apgrid.grid.plan import unexplained_deviations
+
+    found = unexplained_deviations(spec)
+    if found:
+        shown = "; ".join(found[:5]) + (f"; … {len(found) - 5} more" if len(found) > 5 else "")
+        log(
+            f"[apgrid] warning: {len(found)} deviation(s) from the methods' authors without a reason "
+            f"in the spec's because: ({shown}); apgrid launch --dry-run lists them"
+        )
 
 
 def stages_until(until: str | None) -> tuple[str, ...]:

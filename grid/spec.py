@@ -87,6 +87,10 @@ class MethodSpec:
     finetune: Recipe | None = None  # None: prune.finetune
     search: Recipe | None = None  # None: prune.search
     dense: Recipe | None = None  # the parent's recipe; None: dense.recipe
+    # why this grid departs from the method's authors: {deviation pattern: one-line reason}, the
+    # pattern a deviation's field as the dry run names it (finetune.epochs, selection) or a
+    # shell-style wildcard (finetune.*, *.eps); over prune.because. Outside the grid's identity.
+    because: dict = field(default_factory=dict)
 
     def dense_recipe(self, spec: GridSpec) -> Recipe:
         """The recipe of the dense parent this method prunes (its paper's: HYDRA a TRADES parent)."""
@@ -109,6 +113,8 @@ class PruneSpec:
     # the share of each method's authors' epochs a grid trains for (CPU-scale grids: 0.05); values
     # the spec sets itself are not scaled. Every scaled value is listed as a deviation.
     budget: float = field(default=1.0, metadata={"low": 0.001, "high": 1.0})
+    # why every method departs from its authors where it does (MethodSpec.because's layout)
+    because: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,8 @@ class GridSpec:
         in the layout grids were first fingerprinted in (evaluation settings nested), so that
         folders written before the spec mirrored its YAML keep their identity."""
         body = _without_neutral(self.to_dict())
+        for section in (body["prune"], *body["prune"]["methods"]):  # reasons compute nothing
+            section.pop("because", None)
         evaluation = body["evaluation"]
         own = {f.name for f in dataclasses.fields(EvalSettings)}
         body["evaluation"] = {
@@ -634,8 +642,23 @@ def _prune(raw, augment: str, dense: Recipe, context: _GridContext) -> PruneSpec
     if len(set(seen)) != len(seen):
         raise SpecError(f"prune.methods: a method is listed twice ({', '.join(seen)})")
     return parse_fields(
-        PruneSpec, raw, "prune", methods=methods, finetune=finetune, search=search, budget=budget
+        PruneSpec,
+        raw,
+        "prune",
+        methods=methods,
+        finetune=finetune,
+        search=search,
+        budget=budget,
+        because=_because(raw.get("because"), "prune.because"),
     )
+
+
+def _because(raw, where: str) -> dict:
+    """{deviation pattern: reason}, both non-empty one-line strings."""
+    out = {}
+    for pattern, reason in _mapping(raw, where).items():
+        out[_string(pattern, where)] = _string(reason, f"{where}.{pattern}")
+    return out
 
 
 def _method(raw, grid: dict[str, Recipe], context: _GridContext) -> MethodSpec:
@@ -673,6 +696,7 @@ def _method(raw, grid: dict[str, Recipe], context: _GridContext) -> MethodSpec:
         extra=tuple(entry.options),  # read above: the fields' loop leaves them
         name=name,
         options=options,
+        because=_because(raw.get("because"), f"{where}.because"),
         **phases,
     )
 
@@ -690,11 +714,6 @@ def _authors_under_spec(entry, phase, grid: Recipe, own: dict, context, where, m
     trainer = explicit.get("trainer", authors.get("trainer", grid.trainer))
     if authors.get("trainer") in LINF_ONLY and context.norm != "Linf" and "trainer" not in explicit:
         authors.pop("trainer")
-        trainer = grid.trainer
-    if entry.trains.get(phase, {}).get("trainer") == "pgd+clean/2" and "trainer" not in explicit:
-        # ATMC's search mixes its clean share in its own hooks (admm.py AtmcSearch.sample_losses):
-        # the recipe's pgd+clean/2 on top would mix it twice
-        authors.pop("trainer", None)
         trainer = grid.trainer
     if trainer != authors.get("trainer"):
         for key in ATTACK_FIELDS:

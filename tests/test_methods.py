@@ -358,6 +358,32 @@ def test_atmc_projects_every_step_and_fine_tunes_on_half_clean_half_adversarial_
         assert torch.allclose(mixed, 0.5 * losses + 0.5 * clean), bits
 
 
+def test_atmc_counts_the_clean_term_once_whichever_trainer_mixes_it(trained, digits):
+    """ATMC's phase loss is 0.5 CE(x) + 0.5 CE(x_adv) exactly once: under its recipe's trainer
+    pgd+clean/2 the trainer mixes and the hooks add nothing (they mixed again: 0.75 clean), under
+    plain PGD the hooks mix. Its search takes the recipe's trainer by default (the spec dropped it)."""
+    import torch.nn.functional as F
+
+    from apgrid.grid.spec import parse_spec
+    from apgrid.trainables.training import per_sample_loss
+
+    model = trained.eval()
+    x, y = digits.x_train[:16], digits.y_train[:16]
+    x_adv = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    clean = F.cross_entropy(model(x), y, reduction="none")
+    adv = F.cross_entropy(model(x_adv), y, reduction="none")
+    for trainer in ("pgd+clean/2", "pgd"):
+        recipe = Recipe(trainer=trainer, epochs=1, lr=0.01, batch_size=128)
+        settings = PruneSettings("atmc", 0.9, 0, 0.1, "Linf", recipe, recipe, {"bits": 0})
+        job = PruneJob(settings, copy.deepcopy(trained), digits, "cpu")
+        losses = per_sample_loss(model, x, x_adv, y, recipe)[0]
+        for hooks in (admm.AtmcSearch(job, None), job.method.finetune_hooks(job)):
+            total = hooks.sample_losses(losses, model, x, y, torch.arange(16))
+            assert torch.allclose(total, 0.5 * clean + 0.5 * adv, atol=1e-6), (trainer, type(hooks))
+    spec = parse_spec({"name": "t", "output": "/tmp/t", "prune": {"methods": ["atmc"]}})
+    assert spec.prune.methods[0].search_recipe(spec).trainer == "pgd+clean/2"
+
+
 def test_boundary_weights_favour_samples_near_the_boundary(trained, digits):
     d = linearized_distance(trained, digits.x_test, digits.y_test, "Linf", "cpu")
     assert (d[trained(digits.x_test).argmax(1) != digits.y_test] < 0).all()
@@ -561,7 +587,7 @@ def test_sehwag19_prunes_in_steps_between_finetuning_epochs_and_masks_only_tight
         digits,
         "sehwag19",
         0.9,
-        {"steps": 3},
+        {"steps": 3, "scope": "local"},
         finetune=Recipe(trainer="fgsm-rs", epochs=3, lr=0.01, batch_size=128),
         report=lambda m, s: states.append(s),
     )
@@ -579,6 +605,42 @@ def test_sehwag19_prunes_in_steps_between_finetuning_epochs_and_masks_only_tight
         for name in before["masks"]:
             assert not torch.any((before["masks"][name] == 0) & (after["masks"][name] == 1)), name
     assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
+
+
+def test_sehwag19_is_global_by_default_and_prunes_whole_filters_when_asked(trained, digits):
+    """The survey's taxonomy classes Sehwag et al. 2019 global, unstructured and filter: by default
+    one threshold across layers, so the layers' sparsities differ and together meet the target;
+    with granularity filters every conv loses whole filters (each kept filter dense)."""
+    assert PRUNING_METHODS["sehwag19"].defaults()["scope"] == "global"
+    quick = Recipe(trainer="fgsm-rs", epochs=2, lr=0.01, batch_size=128)
+    job, metrics = run_job(trained, digits, "sehwag19", 0.9, {"steps": 2}, finetune=quick)
+    masks = masks_of(job.model)
+    per_layer = [1 - float(m.mean()) for m in masks.values()]
+    assert max(per_layer) - min(per_layer) > 0.05  # not the same share in every layer
+    kept = sum(float(m.sum()) for m in masks.values())
+    assert 1 - kept / sum(m.numel() for m in masks.values()) == pytest.approx(0.9, abs=0.005)
+    assert metrics["measured_sparsity"] == pytest.approx(0.9, abs=0.005)
+    for scope in ("local", "global"):
+        job, _ = run_job(
+            trained,
+            digits,
+            "sehwag19",
+            0.5,
+            {"steps": 2, "scope": scope, "granularity": "filters"},
+            finetune=quick,
+        )
+        convs = {n: m for n, m in masks_of(job.model).items() if m.dim() == 4}
+        assert convs
+        for name, mask in convs.items():
+            per_filter = mask.flatten(1).mean(1)
+            assert set(per_filter.tolist()) <= {0.0, 1.0}, name  # whole filters, nothing else
+            assert per_filter.sum() >= 1, name
+        removed = [1 - float(m.flatten(1).mean(1).mean()) for m in convs.values()]
+        total = sum(m.shape[0] for m in convs.values())
+        gone = sum(float((m.flatten(1).mean(1) == 0).sum()) for m in convs.values())
+        assert gone / total == pytest.approx(0.5, abs=0.1), scope
+        if scope == "local":
+            assert removed == pytest.approx([0.5] * len(removed), abs=0.1)
 
 
 def test_harp_learns_layer_rates_that_differ_and_meet_the_global_target(trained, digits):

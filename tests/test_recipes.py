@@ -187,3 +187,50 @@ def test_the_authors_step_epochs_follow_a_shorter_schedule():
         finetune = s.prune.methods[0].finetune_recipe(s)
         assert (finetune.epochs, finetune.lr, finetune.schedule) == (6, 0.1, "step")
         assert finetune.milestones == (3, 4)
+
+
+@pytest.mark.parametrize("example", ["survey.yaml", "thin-ice.yaml", "compressed.yaml"])
+def test_the_example_grids_explain_every_deviation(example, tmp_path):
+    """Each deviation of survey, thin-ice and compressed from the methods' authors carries the
+    spec's reason (`because:`); taking one reason out leaves exactly that deviation unexplained.
+    Reasons are outside the grid's identity: fingerprint and model ids stay."""
+    import yaml
+
+    from apgrid.grid.plan import all_models, unexplained_deviations
+    from apgrid.grid.spec import DEFAULT_SPEC
+
+    raw = yaml.safe_load((DEFAULT_SPEC.parent / example).read_text())
+    raw["dataset"]["root"] = str(tmp_path)
+    spec = parse_spec(raw)
+    assert unexplained_deviations(spec) == []
+    if example == "thin-ice.yaml":
+        hydra = next(m for m in raw["prune"]["methods"] if isinstance(m, dict) and m["name"] == "hydra")
+        del hydra["because"]["*.eps"]
+        missing = ["hydra: parent.eps", "hydra: search.eps", "hydra: finetune.eps"]
+    else:
+        key = next(iter(raw["prune"]["because"]))
+        del raw["prune"]["because"][key]
+        missing = None
+    bare = parse_spec(raw)
+    found = unexplained_deviations(bare)
+    assert found and (missing is None or found == missing)
+    assert bare.fingerprint() == spec.fingerprint()
+    assert [p.model_id for p in all_models(bare)] == [p.model_id for p in all_models(spec)]
+
+
+def test_the_dry_run_prints_each_reason_and_launch_warns_on_the_unexplained(hydra_with):
+    from apgrid.grid.plan import describe_deviations
+    from apgrid.grid.runner import _warn_unexplained
+
+    bare = spec(finetune={"epochs": 7})
+    assert "UNEXPLAINED finetune.epochs 7" in describe_deviations(bare)
+    lines = []
+    _warn_unexplained(bare, lines.append)
+    assert len(lines) == 1 and "without a reason" in lines[0]
+    explained = spec(finetune={"epochs": 7}, because={"finetune.epochs": "a shorter budget", "*": "a test"})
+    text = describe_deviations(explained)
+    assert "finetune.epochs 7 — authors 100" in text and "because a shorter budget" in text
+    assert ", 0 unexplained" in text and "UNEXPLAINED" not in text
+    lines.clear()
+    _warn_unexplained(explained, lines.append)
+    assert lines == []

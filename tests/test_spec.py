@@ -240,6 +240,33 @@ def test_the_published_example_is_hydras_zoo_with_its_reported_figures(tmp_path,
     assert by_name["hydra-wrn28-10-90"].reported == {"clean": 0.8897, "robust": 0.6224, "attack": "PGD-50"}
 
 
+def test_the_published_example_carries_the_thin_ice_papers_table_1(tmp_path, monkeypatch):
+    """HYDRA's four pruned VGG-16 / WRN-28-4 models report the thin-ice paper's Table 1 (Rep. Acc.,
+    Rep. Rob.) and are evaluated with the AutoAttack it ran (plus, Sect. 3.1) on 1,000 samples."""
+    import yaml
+
+    from tests.helpers import write_published_checkpoints
+
+    raw = yaml.safe_load((DEFAULT_SPEC.parent / "published.yaml").read_text())
+    raw["dataset"]["root"] = str(tmp_path)
+    write_published_checkpoints(raw, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec(raw)
+    table_1 = {  # thin-ice-2310.08073.md Table 1, HYDRA rows: Rep. Acc. %, Rep. Rob. %
+        "hydra-wrn28-4-90": (83.70, 55.20),
+        "hydra-wrn28-4-95": (82.70, 54.20),
+        "hydra-vgg16-90": (80.50, 49.50),
+        "hydra-vgg16-95": (78.90, 48.70),
+    }
+    reported = {c.name: c.reported for c in spec.checkpoints}
+    for name, (clean, robust) in table_1.items():
+        assert reported[name]["clean"] == pytest.approx(clean / 100)
+        assert reported[name]["robust"] == pytest.approx(robust / 100)
+        assert "Table 1" in reported[name]["source"]
+    assert spec.evaluation.autoattack_version == "plus"
+    assert spec.evaluation.autoattack_samples == 1000
+
+
 def test_thin_ice_example_is_the_papers_twelve_models(tmp_path):
     import yaml
 

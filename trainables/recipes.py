@@ -13,6 +13,7 @@ listed by `apgrid launch --dry-run`, in the model card, as an MLflow tag and in 
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -111,9 +112,25 @@ class Deviation:
     authors: Any
     source: str
 
+    @property
+    def where(self) -> str:
+        """The field as a spec's `because` names it: finetune.epochs, or a method fact (layers)."""
+        return self.key if self.phase == "method" else f"{self.phase}.{self.key}"
+
     def __str__(self) -> str:
-        where = self.key if self.phase == "method" else f"{self.phase}.{self.key}"
-        return f"{where} {show(self.grid)} — authors {show(self.authors)} ({self.source})"
+        return f"{self.where} {show(self.grid)} — authors {show(self.authors)} ({self.source})"
+
+
+def reason_for(deviation: Deviation, *because: Mapping[str, str]) -> str | None:
+    """Why a grid departs there: the first mapping (the method's, then the grid's) with a pattern
+    matching the deviation's field, an exact name before a wildcard; None if unexplained."""
+    for reasons in because:
+        if deviation.where in reasons:
+            return reasons[deviation.where]
+        for pattern, reason in reasons.items():
+            if fnmatch.fnmatchcase(deviation.where, pattern):
+                return reason
+    return None
 
 
 def show(value) -> str:

@@ -340,6 +340,12 @@ class PwoaSearch(AdmmSearch):
             self.admm.reset_z()
 
 
+def clean_share(recipe: Recipe, clean_weight: float) -> float:
+    """The clean share ATMC's hooks mix in: none when the phase's trainer (pgd+clean/2, the
+    recipe's) already mixes it, so the clean term is counted exactly once."""
+    return 0.0 if recipe.trainer == "pgd+clean/2" else clean_weight
+
+
 def with_clean(losses: torch.Tensor, model, x, y, clean_weight: float) -> torch.Tensor:
     """ATMC's loss in every stage (VITA-Group/ATMC cifar/util_trts.py
     model_train_proj_prune_admm_quant): (1 - w) CE(x_adv) + w CE(x), w = 0.5 there."""
@@ -365,7 +371,7 @@ class AtmcSearch(Search):
         super().__init__(job, job.model.parameters())
         o = job.options
         self.bits, self.rho, self.every = o["bits"], o["rho"], o["admm_interval"]
-        self.clean_weight = o["clean_weight"]
+        self.clean_weight = clean_share(job.search, o["clean_weight"])
 
     def sample_losses(self, losses, model, x, y, idx):
         losses = with_clean(losses, model, x, y, self.clean_weight)
@@ -410,7 +416,7 @@ class CleanMix(LayeredHooks):
 
     def __init__(self, job: PruneJob):
         super().__init__(job.hooks)
-        self.clean_weight = job.options["clean_weight"]
+        self.clean_weight = clean_share(job.finetune, job.options["clean_weight"])
 
     def sample_losses(self, losses, model, x, y, idx):
         losses = with_clean(losses, model, x, y, self.clean_weight)
@@ -577,8 +583,9 @@ class Atmc(PruningMethod):
         "(deterministic); the reference has 2^bits non-zero levels + 0, apgrid one fewer so that a weight"
         " fits in `bits` bits"
     )
-    # clean_weight 0.5 in the search and the fine-tuning (the parent is the grid's dense recipe)
-    trains = {"search": {"select": "last", "trainer": "pgd+clean/2"}, "finetune": {"trainer": "pgd+clean/2"}}
+    # the clean half: the recipe's trainer pgd+clean/2 mixes it; under any other trainer the
+    # hooks mix clean_weight in (clean_share), never both
+    trains = {"search": {"select": "last"}}
     criterion = "ADMM-optimised magnitude + quantisation"
     description = (
         "ATMC (Gui et al. 2019): adversarial training (half clean, half adversarial loss) with a "

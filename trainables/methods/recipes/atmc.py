@@ -81,7 +81,8 @@ RECIPE = AuthorsRecipe(
                 "(rho 0.1) while quantising",
                 f"{_UT}; {_TR} rho=0.1",
             ),
-            apgrid="0.5 CE(x) + 0.5 CE(PGD x) in the search and the fine-tuning (its hooks), + rho/2 "
+            apgrid="0.5 CE(x) + 0.5 CE(PGD x) in the search and the fine-tuning (the pgd+clean/2 trainer, else "
+            "ATMC's hooks mix the clean half, never both), + rho/2 "
             "||W - Z + U||^2 (rho 0.1) in the search; the parent too where the grid leaves its trainer to "
             "this recipe (pgd+clean/2)",
         ),

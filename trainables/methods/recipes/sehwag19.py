@@ -29,14 +29,17 @@ RECIPE = AuthorsRecipe(
                 "global |w| (one threshold across layers), iterative with adversarial fine-tuning between steps",
                 f"{_TAX}: 'Pruning locality: Global Pruning (G)', 'criterion: LWM', 'Iterative (IT)'",
             ),
-            apgrid="per-layer |w| (the same share in every layer), `steps` increments with fine-tuning between them",
+            apgrid=(
+                "global |w| (one threshold across layers), iterative with adversarial fine-tuning between "
+                "steps"
+            ),
         ),
         "other": Fact(
             C(
                 "unstructured and filter variants",
                 f"{_TAX}: 'Pruning structure: Unstructured (US), Structured (S) filters'",
             ),
-            apgrid="unstructured only (filter pruning is the separate filter-l1/-l2 methods)",
+            apgrid="unstructured and filter variants",
         ),
     },
 )
