@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from apgrid.grid.errors import GridError
+from apgrid.trainables.fields import output_folder
 
 
 class Grid:
@@ -15,7 +16,7 @@ class Grid:
     def __init__(self, output: str | Path):
         from apgrid.grid.state import read_state
 
-        self.output = Path(output).expanduser().resolve()
+        self.output = output_folder(output)
         self.state = read_state(self.output)
         self.name = self.state["name"]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from apgrid.analysis.names import SUMMARY_TABLES, TABLES
 from apgrid.errors import ApgridError
 from apgrid.grid.errors import STORAGE_ERRNOS, GridError
+from apgrid.trainables.fields import output_folder
 
 EXIT_STOPPED = 1  # stopped part-way by its environment (disk, tracking server, failing trials)
 EXIT_BAD_INPUT = 2  # bad input: nothing started, nothing written
@@ -268,7 +269,7 @@ def cmd_status(args) -> int:
     from apgrid.grid.state import STAGES, read_state, tracking_uri
     from apgrid.grid.tracking import Tracker
 
-    output = Path(args.dir).expanduser().resolve()
+    output = output_folder(args.dir)
     state = read_state(output)
     print(f"grid {state['name']}  ({output})  driver runs: {state.get('driver_runs', 0)}")
     for stage in STAGES:
@@ -303,7 +304,7 @@ def cmd_query(args) -> int:
             raise GridError("query --table: give the grid's output folder")
         print(
             format_runs(
-                read_table(Path(args.dir).expanduser().resolve(), args.table, args.where, args.columns),
+                read_table(output_folder(args.dir), args.table, args.where, args.columns),
                 args.format,
             )
         )
@@ -313,7 +314,7 @@ def cmd_query(args) -> int:
     elif args.dir:
         from apgrid.grid.state import read_state, tracking_uri
 
-        output = Path(args.dir).expanduser().resolve()
+        output = output_folder(args.dir)
         state = read_state(output)
         uri, experiment = tracking_uri(output, state), args.experiment or state["name"]
         if uri is None:
@@ -329,7 +330,7 @@ def cmd_analyze(args) -> int:
     from apgrid.grid.analyze import analyze
     from apgrid.grid.runner import load_grid_spec
 
-    spec = load_grid_spec(Path(args.dir))
+    spec = load_grid_spec(args.dir)
     paths = analyze(
         spec, args.models, log=lambda m: print(m, file=sys.stderr), with_models=not args.no_models
     )
@@ -403,7 +404,7 @@ def cmd_export(args) -> int:
     from apgrid.grid.state import read_state
     from apgrid.grid.store import ModelStore, read_samples
 
-    output = Path(args.dir).expanduser().resolve()
+    output = output_folder(args.dir)
     read_state(output)
     samples = read_samples(output)
     if samples.empty:
@@ -421,7 +422,7 @@ def cmd_compare(args) -> int:
     from apgrid.grid.store import read_samples
 
     def rows_of(folder):
-        rows = read_samples(Path(folder).expanduser().resolve())
+        rows = read_samples(output_folder(folder))
         if rows.empty:
             raise GridError(f"compare: {folder} has no evaluated models")
         return rows

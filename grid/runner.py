@@ -27,6 +27,7 @@ from apgrid.grid.store import ModelStore, SampleStore, atomic_write_bytes
 from apgrid.grid.tracking import Tracker, TrackingError, check_reachable, grid_params
 from apgrid.trainables.checkpoints import published_model
 from apgrid.trainables.datacache import is_uri
+from apgrid.trainables.fields import output_folder
 
 # Tune warns on every epoch checkpoint of small models; our own progress lines replace its tables.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -137,9 +138,9 @@ def _changes(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix[:-1]}: {old} -> {new}"]
 
 
-def load_grid_spec(output: Path) -> GridSpec:
+def load_grid_spec(output: str | Path) -> GridSpec:
     """The spec a grid's output folder was launched with."""
-    output = Path(output).expanduser().resolve()
+    output = output_folder(output)
     read_state(output)
     try:
         return load_spec(output / "spec.yaml", output=str(output))
@@ -149,7 +150,7 @@ def load_grid_spec(output: Path) -> GridSpec:
 
 def resume(output: str | Path, fault: dict | None = None, log=print, until: str | None = None) -> Path:
     stages = stages_until(until)
-    output = Path(output).expanduser().resolve()
+    output = output_folder(output)
     spec = load_grid_spec(output)
     try:
         check_reachable(spec.resolved_tracking_uri)

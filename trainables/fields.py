@@ -5,11 +5,16 @@ it one way, in one line: 'field: what is wrong; what is allowed'. No Ray, no MLf
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from apgrid.errors import ApgridError, show_value
 
 MAX_INT = 2**31 - 1  # counts, sizes, steps: what torch and Ray take as C ints
+# `scheme://...`: a URI (s3://bucket/runs/x, gs://, file://), not a folder name; Path() would
+# make it the local folder ./s3:/bucket/runs/x.
+URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 class FieldError(ApgridError, ValueError):
@@ -41,6 +46,18 @@ def number(value, where: str, low: float, high: float, high_open: bool = False) 
         bracket = ")" if high_open else "]"
         raise FieldError(f"{where}: {show_value(value)} is outside [{low}, {high}{bracket}")
     return float(value)
+
+
+def output_folder(output: str | Path) -> Path:
+    """A grid's output folder as an absolute local path (a shared volume's on a cluster); a URI is
+    refused until its scheme is supported, rather than made a folder named after it."""
+    scheme = URI_SCHEME.match(str(output))
+    if scheme:
+        raise FieldError(
+            f"output: {show_value(str(output))} is a URI ({scheme.group(1)}://), not supported: "
+            f"object storage is not yet an output; give a local or shared-volume folder (docs/cluster.md)"
+        )
+    return Path(output).expanduser().resolve()
 
 
 def flag(value, where: str) -> bool:
