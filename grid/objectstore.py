@@ -1,0 +1,126 @@
+"""A grid's durable results under an object-store URI (s3://bucket/runs/x), exactly once without
+rename: object stores have no atomic rename, and a killed writer may leave half its objects.
+
+    URI/samples/grid=<g>/model_id=<id>/part-<attempt>-<uuid>.parquet   one attempt's rows
+    URI/models/<id>/<name>-<attempt>-<uuid>.<ext>                      model.pt, card.json
+    URI/_manifests/<kind>/<id>.json                                    written last: committed
+
+Every object is written under a name no other attempt uses, then the model's manifest (a small
+JSON object listing its committed objects) is written last. Readers read only what a manifest
+lists, so a killed attempt's objects are never read; a resumed grid skips every model whose
+manifest exists and overwrites nothing. Two attempts racing to commit one model each list only
+their own objects: the last manifest wins whole, never a mix, so no row is read twice.
+
+The URI follows dataset roots' conventions (trainables/datacache.py): pyarrow's
+FileSystem.from_uri, S3 options in the URI's query (`?endpoint_override=host:9000&scheme=http`),
+credentials from the environment. No Ray, no MLflow, no torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Callable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from apgrid.analysis.samples import PartitionedSamples
+from apgrid.errors import short_reason
+from apgrid.trainables.fields import FieldError
+
+KINDS = ("samples", "models")
+
+
+class ObjectResults:
+    """The committed results under one URI (see the module's docstring)."""
+
+    def __init__(self, uri: str, grid: str):
+        from pyarrow import fs
+
+        try:
+            self.fs, base = fs.FileSystem.from_uri(uri)
+        except Exception as exc:  # an unknown scheme, a malformed URI
+            raise FieldError(f"output: cannot open {uri} ({short_reason(exc)})") from None
+        self.base, self.uri, self.grid = base.rstrip("/"), uri, grid
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _unique(self, folder: str, stem: str, suffix: str, attempt: int) -> str:
+        return f"{self.base}/{folder}/{stem}-{attempt}-{uuid.uuid4().hex[:12]}{suffix}"
+
+    def _put(self, key: str, write: Callable[[io.BufferedIOBase], object]) -> str:
+        buffer = io.BytesIO()
+        write(buffer)
+        with self.fs.open_output_stream(key) as out:
+            out.write(buffer.getvalue())
+        return key
+
+    def _relative(self, key: str) -> str:
+        return key[len(self.base) + 1 :]
+
+    def write_samples(self, model_id: str, table: pa.Table, attempt: int) -> str:
+        """One attempt's rows of a model, under a name of its own; not read until committed."""
+        folder = f"samples/grid={self.grid}/model_id={model_id}"
+        key = self._unique(folder, "part", ".parquet", attempt)
+        return self._relative(self._put(key, lambda out: pq.write_table(table, out)))
+
+    def write_model_file(self, model_id: str, name: str, write, attempt: int) -> str:
+        """One of a model's files (`name`: model.pt, card.json), under a name of its own."""
+        stem, _, ext = name.rpartition(".")
+        key = self._unique(f"models/{model_id}", stem, f".{ext}", attempt)
+        return self._relative(self._put(key, write))
+
+    def commit(self, kind: str, model_id: str, objects: dict[str, str]) -> bool:
+        """Write the model's manifest listing `objects` ({role: relative key}); False, and nothing
+        written, when the model is already committed (a resumed or duplicated attempt)."""
+        if self.committed(kind, model_id) is not None:
+            return False
+        record = json.dumps({"model_id": model_id, "objects": objects}, sort_keys=True).encode()
+        self._put(self._manifest(kind, model_id), lambda out: out.write(record))
+        return True
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _manifest(self, kind: str, model_id: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"manifest kind {kind!r}; kinds: {', '.join(KINDS)}")
+        return f"{self.base}/_manifests/{kind}/{model_id}.json"
+
+    def committed(self, kind: str, model_id: str) -> dict[str, str] | None:
+        """The committed objects of a model ({role: relative key}), None if not committed."""
+        from pyarrow import fs
+
+        key = self._manifest(kind, model_id)
+        if self.fs.get_file_info(key).type != fs.FileType.File:
+            return None
+        with self.fs.open_input_stream(key) as stream:
+            return json.loads(stream.read())["objects"]
+
+    def committed_models(self, kind: str) -> list[str]:
+        from pyarrow import fs
+
+        folder = f"{self.base}/_manifests/{kind}"
+        infos = self.fs.get_file_info(fs.FileSelector(folder, allow_not_found=True))
+        return sorted(i.base_name.removesuffix(".json") for i in infos if i.type == fs.FileType.File)
+
+    def read_bytes(self, relative: str) -> bytes:
+        with self.fs.open_input_stream(f"{self.base}/{relative}") as stream:
+            return stream.read()
+
+    def open_samples(self) -> PartitionedSamples:
+        """The committed per-sample rows, one model's partition at a time (as
+        apgrid.grid.store.open_samples reads a local folder)."""
+        files = [
+            (self.grid, model_id, f"{self.base}/{key}")
+            for model_id in self.committed_models("samples")
+            for key in self.committed("samples", model_id).values()
+        ]
+        return PartitionedSamples(files, filesystem=self.fs)
+
+    def read_samples(self) -> pd.DataFrame:
+        samples = self.open_samples()
+        frames = [rows for _, rows in samples.each()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
