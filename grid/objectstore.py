@@ -2,7 +2,7 @@
 rename: object stores have no atomic rename, and a killed writer may leave half its objects.
 
     URI/samples/grid=<g>/model_id=<id>/part-<attempt>-<uuid>.parquet   one attempt's rows
-    URI/models/<id>/<name>-<attempt>-<uuid>.<ext>                      model.pt, card.json
+    URI/models/<id>/{model,card}-<attempt>-<uuid>.{pt,json}            its model and card
     URI/_manifests/<kind>/<id>.json                                    written last: committed
 
 Every object is written under a name no other attempt uses, then the model's manifest (a small
@@ -18,14 +18,11 @@ credentials from the environment. No Ray, no MLflow, no torch.
 
 from __future__ import annotations
 
-import io
 import json
 import uuid
-from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from apgrid.analysis.samples import PartitionedSamples
 from apgrid.errors import short_reason
@@ -48,30 +45,27 @@ class ObjectResults:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _unique(self, folder: str, stem: str, suffix: str, attempt: int) -> str:
-        return f"{self.base}/{folder}/{stem}-{attempt}-{uuid.uuid4().hex[:12]}{suffix}"
+    def _folder(self, kind: str, model_id: str) -> str:
+        if kind == "samples":
+            return f"samples/grid={self.grid}/model_id={model_id}"
+        return f"models/{model_id}"
 
-    def _put(self, key: str, write: Callable[[io.BufferedIOBase], object]) -> str:
-        buffer = io.BytesIO()
-        write(buffer)
-        with self.fs.open_output_stream(key) as out:
-            out.write(buffer.getvalue())
+    def put(self, kind: str, model_id: str, name: str, data: bytes, attempt: int = 0) -> str:
+        """One of a model's objects (`name`: part.parquet, model.pt, card.json) under a name no
+        other attempt uses; its key relative to the URI. Not read until committed."""
+        stem, _, ext = name.rpartition(".")
+        key = f"{self._folder(kind, model_id)}/{stem}-{attempt}-{uuid.uuid4().hex[:12]}.{ext}"
+        with self.fs.open_output_stream(f"{self.base}/{key}") as out:
+            out.write(data)
         return key
 
-    def _relative(self, key: str) -> str:
-        return key[len(self.base) + 1 :]
-
-    def write_samples(self, model_id: str, table: pa.Table, attempt: int) -> str:
-        """One attempt's rows of a model, under a name of its own; not read until committed."""
-        folder = f"samples/grid={self.grid}/model_id={model_id}"
-        key = self._unique(folder, "part", ".parquet", attempt)
-        return self._relative(self._put(key, lambda out: pq.write_table(table, out)))
-
-    def write_model_file(self, model_id: str, name: str, write, attempt: int) -> str:
-        """One of a model's files (`name`: model.pt, card.json), under a name of its own."""
-        stem, _, ext = name.rpartition(".")
-        key = self._unique(f"models/{model_id}", stem, f".{ext}", attempt)
-        return self._relative(self._put(key, write))
+    def commit_files(self, kind: str, model_id: str, files: dict[str, Path], attempt: int = 0) -> bool:
+        """Upload a model's local files and commit them; False, nothing written, when the model
+        is already committed."""
+        if self.committed(kind, model_id) is not None:
+            return False
+        objects = {n: self.put(kind, model_id, n, Path(f).read_bytes(), attempt) for n, f in files.items()}
+        return self.commit(kind, model_id, objects)
 
     def commit(self, kind: str, model_id: str, objects: dict[str, str]) -> bool:
         """Write the model's manifest listing `objects` ({role: relative key}); False, and nothing
@@ -79,7 +73,8 @@ class ObjectResults:
         if self.committed(kind, model_id) is not None:
             return False
         record = json.dumps({"model_id": model_id, "objects": objects}, sort_keys=True).encode()
-        self._put(self._manifest(kind, model_id), lambda out: out.write(record))
+        with self.fs.open_output_stream(self._manifest(kind, model_id)) as out:
+            out.write(record)
         return True
 
     # -- reading -------------------------------------------------------------------------------

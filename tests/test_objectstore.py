@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from apgrid.grid.objectstore import ObjectResults
@@ -30,6 +31,12 @@ def rows(model: str, n: int = 5, offset: float = 0.0) -> pa.Table:
     return pa.table({"sample_idx": list(range(n)), "margin": [i + offset for i in range(n)]})
 
 
+def write_samples(store: ObjectResults, model: str, table: pa.Table, attempt: int) -> str:
+    out = pa.BufferOutputStream()
+    pq.write_table(table, out)
+    return store.put("samples", model, "part.parquet", out.getvalue().to_pybytes(), attempt)
+
+
 def keys(s3, bucket: str) -> list[str]:  # noqa: F811
     listing = s3[0].list_objects_v2(Bucket=bucket).get("Contents", [])
     return sorted(o["Key"] for o in listing)
@@ -37,13 +44,13 @@ def keys(s3, bucket: str) -> list[str]:  # noqa: F811
 
 def test_a_killed_attempts_rows_are_never_read_and_a_commit_is_never_overwritten(s3):  # noqa: F811
     store = results(s3, "killed")
-    store.write_samples("m1", rows("m1", offset=100), attempt=1)  # killed before its commit
+    write_samples(store, "m1", rows("m1", offset=100), attempt=1)  # killed before its commit
     assert store.committed("samples", "m1") is None and store.read_samples().empty
-    part = store.write_samples("m1", rows("m1"), attempt=2)
+    part = write_samples(store, "m1", rows("m1"), attempt=2)
     assert store.commit("samples", "m1", {"part": part})
-    late = store.write_samples("m1", rows("m1", offset=200), attempt=3)  # a duplicate attempt
+    late = write_samples(store, "m1", rows("m1", offset=200), attempt=3)  # a duplicate attempt
     assert not store.commit("samples", "m1", {"part": late})
-    store.commit("samples", "m2", {"part": store.write_samples("m2", rows("m2", 3), attempt=1)})
+    store.commit("samples", "m2", {"part": write_samples(store, "m2", rows("m2", 3), attempt=1)})
 
     read = store.read_samples()
     expected = pd.concat(
@@ -67,8 +74,8 @@ def test_a_killed_attempts_rows_are_never_read_and_a_commit_is_never_overwritten
 def test_a_models_files_are_read_from_its_manifest(s3):  # noqa: F811
     store = results(s3, "models")
     card = json.dumps({"arch": "digits-cnn"}).encode()
-    weights = store.write_model_file("m1", "model.pt", lambda out: out.write(b"weights"), attempt=1)
-    card_key = store.write_model_file("m1", "card.json", lambda out: out.write(card), attempt=1)
+    weights = store.put("models", "m1", "model.pt", b"weights", attempt=1)
+    card_key = store.put("models", "m1", "card.json", card, attempt=1)
     assert store.committed_models("models") == []
     assert store.commit("models", "m1", {"model.pt": weights, "card.json": card_key})
     committed = store.committed("models", "m1")
@@ -82,3 +89,36 @@ def test_an_unknown_scheme_is_one_line():
 
     with pytest.raises(FieldError, match=r"^output: cannot open nope://x \("):
         ObjectResults("nope://x", "g")
+
+
+def test_the_grids_stores_commit_to_s3_and_another_machine_reads_them(s3, tmp_path):  # noqa: F811
+    """The stores' remote mode: models and partitions committed on one machine are found, read and
+    never recomputed or rewritten from another machine's empty local folder."""
+    import torch
+
+    from apgrid.grid.store import ModelStore, SampleStore
+    from tests.test_store import rows as sample_rows
+
+    remote = results(s3, "stores")
+    here, there = tmp_path / "here", tmp_path / "there"
+    models = ModelStore(here, remote)
+    models.save("dense-a-1", {"w": torch.ones(2)}, {}, {"arch": "digits-cnn", "metrics": {"a": 1}})
+    samples = SampleStore(here, "g", remote)
+    for start, end in ((0, 4), (4, 8)):
+        samples.write_shard("dense-a-1", start, end, sample_rows("dense-a-1", start, end))
+    written = samples.finalize("dense-a-1", [(0, 4), (4, 8)])
+    before = keys(s3, "stores")
+
+    models_there, samples_there = ModelStore(there, remote), SampleStore(there, "g", remote)
+    assert models_there.exists("dense-a-1") and not ModelStore(there).exists("dense-a-1")
+    assert models_there.card("dense-a-1")["metrics"] == {"a": 1}
+    state, masks = models_there.load_weights("dense-a-1")
+    assert torch.equal(state["w"], torch.ones(2)) and masks == {}
+    assert samples_there.is_done("dense-a-1") and not SampleStore(there, "g").is_done("dense-a-1")
+    read = samples_there.read("dense-a-1")
+    assert len(read) == 8 and read["sample_idx"].tolist() == list(range(8))
+    assert read["clean_pred"].tolist() == written["clean_pred"].tolist()
+    # a resumed attempt of a committed model writes nothing
+    models_there.save("dense-a-1", {"w": torch.zeros(2)}, {}, {"arch": "digits-cnn", "metrics": {}})
+    assert keys(s3, "stores") == before
+    assert ObjectResults(remote.uri, "g").read_samples()["sample_idx"].tolist() == list(range(8))
