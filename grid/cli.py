@@ -266,10 +266,11 @@ def cmd_resume(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from apgrid.grid.objectstore import grid_folder
     from apgrid.grid.state import STAGES, read_state, tracking_uri
     from apgrid.grid.tracking import Tracker
 
-    output = output_folder(args.dir)
+    output = grid_folder(args.dir)
     state = read_state(output)
     print(f"grid {state['name']}  ({output})  driver runs: {state.get('driver_runs', 0)}")
     for stage in STAGES:
@@ -312,9 +313,10 @@ def cmd_query(args) -> int:
     if args.tracking_uri:
         uri, experiment = args.tracking_uri, args.experiment
     elif args.dir:
+        from apgrid.grid.objectstore import grid_folder
         from apgrid.grid.state import read_state, tracking_uri
 
-        output = output_folder(args.dir)
+        output = grid_folder(args.dir)
         state = read_state(output)
         uri, experiment = tracking_uri(output, state), args.experiment or state["name"]
         if uri is None:

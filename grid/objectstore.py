@@ -26,7 +26,7 @@ import pandas as pd
 
 from apgrid.analysis.samples import PartitionedSamples
 from apgrid.errors import short_reason
-from apgrid.trainables.fields import FieldError
+from apgrid.trainables.fields import FieldError, output_folder, remote_output
 
 KINDS = ("samples", "models")
 
@@ -119,3 +119,48 @@ class ObjectResults:
         samples = self.open_samples()
         frames = [rows for _, rows in samples.each()]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# The grid's state (grid.json) and validated spec (spec.yaml): small objects rewritten in place
+# (an object PUT replaces the whole object or nothing), mirrored from the local working folder.
+STATE_FILES = ("spec.yaml", "grid.json")  # grid.json last: its presence means both
+
+
+def remote_results(output: str, grid: str) -> ObjectResults | None:
+    """The object store a grid's `output` names, None for a local folder."""
+    return ObjectResults(output, grid) if remote_output(output) else None
+
+
+def push_state(output: str, workdir: Path) -> None:
+    """Copy the working folder's grid.json and spec.yaml to an object-store output."""
+    if not remote_output(output):
+        return
+    remote = ObjectResults(output, "")
+    for name in STATE_FILES:
+        if (workdir / name).is_file():
+            with remote.fs.open_output_stream(f"{remote.base}/{name}") as out:
+                out.write((workdir / name).read_bytes())
+
+
+def pull_state(output: str, workdir: Path) -> None:
+    """A grid on object storage opened on a machine whose working folder lacks it: its grid.json
+    and spec.yaml, fetched (when the store holds them)."""
+    from pyarrow import fs
+
+    if not remote_output(output) or (workdir / "grid.json").is_file():
+        return
+    remote = ObjectResults(output, "")
+    for name in STATE_FILES:
+        key = f"{remote.base}/{name}"
+        if remote.fs.get_file_info(key).type == fs.FileType.File:
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / name).write_bytes(remote.read_bytes(name))
+
+
+def grid_folder(output: str | Path) -> Path:
+    """The local folder of the grid at `output`: the folder itself, or for an s3:// URI its
+    working folder, holding the grid's state fetched from the store if it lacked it."""
+    folder = output_folder(output)
+    if remote_output(output):
+        pull_state(str(output), folder)
+    return folder

@@ -136,16 +136,16 @@ def test_output_into_a_closed_pipe_ends_quietly():
     assert done.returncode == 141 and done.stderr == ""
 
 
-URI_OUTPUTS = ("s3://bucket/runs/x", "gs://bucket/runs/x", "file:///tmp/runs/x", "hdfs://nn/runs/x")
+URI_OUTPUTS = ("gs://bucket/runs/x", "file:///tmp/runs/x", "hdfs://nn/runs/x")  # s3:// is supported
 
 
 @pytest.mark.parametrize("uri", URI_OUTPUTS)
 def test_output_uri_is_refused_in_one_line_not_made_a_local_folder(uri, tmp_path, capsys, monkeypatch):
-    """`output: s3://bucket/runs/x` used to become the local folder ./s3:/bucket/runs/x."""
+    """`output: gs://bucket/runs/x` used to become the local folder ./gs:/bucket/runs/x."""
     monkeypatch.chdir(tmp_path)
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({**BASE, "output": uri}))
-    calls = (  # dry runs first: today a full launch runs the whole grid into ./s3:/...
+    calls = (  # dry runs first: today a full launch runs the whole grid into ./gs:/...
         ["launch", str(spec), "--dry-run"],
         ["launch", "--output", uri, "--dry-run"],
         ["launch", str(spec)],
