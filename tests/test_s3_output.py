@@ -2,10 +2,14 @@
 SIGKILLed mid-evaluate, `apgrid resume URI` finishes it, and the rows read back from S3 equal an
 uninterrupted local run's, each (model, sample) once."""
 
+import json
+
 import pandas as pd
 import pytest
 import yaml
 
+import apgrid
+from apgrid.grid.cli import main
 from apgrid.grid.objectstore import ObjectResults
 from apgrid.grid.runner import launch
 from apgrid.grid.spec import parse_spec
@@ -37,7 +41,12 @@ def environment(monkeypatch, tmp_path):
     monkeypatch.setenv("APGRID_WORKDIR", str(tmp_path / "workdir"))
 
 
-def test_a_grid_on_s3_killed_mid_evaluate_resumes_to_an_uninterrupted_runs_rows(s3, ray_session, tmp_path):  # noqa: F811
+def test_a_grid_on_s3_killed_mid_evaluate_resumes_to_an_uninterrupted_runs_rows(
+    s3,  # noqa: F811
+    ray_session,
+    tmp_path,
+    monkeypatch,
+):
     client, endpoint = s3
     client.create_bucket(Bucket="bucket")
     uri = f"s3://bucket/runs/x?endpoint_override={endpoint}&scheme=http&region=us-east-1"
@@ -54,6 +63,18 @@ def test_a_grid_on_s3_killed_mid_evaluate_resumes_to_an_uninterrupted_runs_rows(
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="bucket")["Contents"]]
     assert {"runs/x/grid.json", "runs/x/spec.yaml"} <= set(keys)
     assert not (tmp_path / "s3:").exists()
+    state = json.loads(client.get_object(Bucket="bucket", Key="runs/x/grid.json")["Body"].read())
+    assert state["stages"]["evaluate"] == "done" and state["driver_runs"] == 2
+
+    # another machine (an empty working folder) reads the grid from the URI alone
+    monkeypatch.setenv("APGRID_WORKDIR", str(tmp_path / "elsewhere"))
+    elsewhere = apgrid.open(uri).samples()
+    pd.testing.assert_frame_equal(
+        elsewhere[COLUMNS].sort_values(["model_id", "sample_idx"], ignore_index=True),
+        rows[COLUMNS].sort_values(["model_id", "sample_idx"], ignore_index=True),
+    )
+    assert main(["analyze", uri, "--no-models", "--format", "html"]) == 0
+    assert list((tmp_path / "elsewhere").glob("*/report/index.html"))
 
     local = tmp_path / "local"
     launch(parse_spec(grid_raw(local)), log=lambda m: None, until="evaluate")
