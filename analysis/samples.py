@@ -84,10 +84,13 @@ class FrameSamples(Samples):
         return rows[[c for c in rows.columns if c in wanted]]
 
 
-def read_partition(path: Path, keys: dict[str, str], columns: Sequence[str] | None = None) -> pd.DataFrame:
+def read_partition(
+    path: Path | str, keys: dict[str, str], columns: Sequence[str] | None = None, filesystem=None
+) -> pd.DataFrame:
     """A partition file's rows with its partition keys as leading string columns (files written
-    before the keys left the files, which held them as columns, read the same)."""
-    file = pq.ParquetFile(path)
+    before the keys left the files, which held them as columns, read the same); `filesystem`: a
+    pyarrow filesystem the path is on (an object store's), else the local one."""
+    file = pq.ParquetFile(str(path), filesystem=filesystem) if filesystem else pq.ParquetFile(path)
     names = file.schema_arrow.names
     wanted = set(names if columns is None else columns)
     rows = file.read(columns=[c for c in names if c in wanted and c not in keys]).to_pandas()
@@ -98,17 +101,19 @@ def read_partition(path: Path, keys: dict[str, str], columns: Sequence[str] | No
 
 class PartitionedSamples(Samples):
     """Parquet files, each one model's rows: [(grid, model_id, path)] in the order to read them
-    (a model under two grids reads as both files' rows, as one concatenated table would)."""
+    (a model under two grids reads as both files' rows, as one concatenated table would); on
+    `filesystem` (pyarrow's: an object store's), else local files."""
 
-    def __init__(self, files: Sequence[tuple[str, str, Path]]):
-        self.files: dict[str, list[tuple[str, Path]]] = {}
+    def __init__(self, files: Sequence[tuple[str, str, Path | str]], filesystem=None):
+        self.files: dict[str, list[tuple[str, Path | str]]] = {}
+        self.filesystem = filesystem
         for grid, model_id, path in files:
-            self.files.setdefault(model_id, []).append((grid, Path(path)))
+            self.files.setdefault(model_id, []).append((grid, path if filesystem else Path(path)))
         super().__init__(self.files)
 
     def _read(self, model_id, columns):
         parts = [
-            read_partition(path, {"grid": grid, "model_id": model_id}, columns)
+            read_partition(path, {"grid": grid, "model_id": model_id}, columns, self.filesystem)
             for grid, path in self.files[model_id]
         ]
         return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)

@@ -15,6 +15,7 @@ from torch.nn.utils import prune
 from apgrid.analysis.report import ModelAccess, write_report
 from apgrid.analysis.samples import Samples
 from apgrid.errors import ApgridError
+from apgrid.grid.objectstore import remote_results
 from apgrid.grid.spec import GridSpec
 from apgrid.grid.store import ModelStore, open_samples
 
@@ -44,7 +45,7 @@ def model_access(spec: GridSpec, log=print) -> ModelAccess:
     from apgrid.trainables.data import load_dataset
     from apgrid.trainables.models import resolve_device
 
-    store = ModelStore(spec.output_dir)
+    store = ModelStore(spec.output_dir, remote_results(spec.output, spec.name))
     device = resolve_device(spec.resources.device)
     dataset = lru_cache(maxsize=1)(
         lambda: load_dataset(spec.dataset.name, spec.dataset.root, spec.dataset.download)
@@ -118,12 +119,14 @@ def analyze(
 def _analyze(spec: GridSpec, models, log, with_models: bool, folder: Path) -> dict[str, Path]:
     from apgrid.grid import plan as planner
 
-    samples = open_samples(spec.output_dir)  # read one model (or dense/pruned pair) at a time
+    remote = remote_results(spec.output, spec.name)
+    # read one model (or dense/pruned pair) at a time
+    samples = remote.open_samples() if remote else open_samples(spec.output_dir)
     if not samples.model_ids:
         raise AnalysisError(f"analyze: {spec.output_dir} has no evaluated models yet")
     samples = select_models(samples.select(p.model_id for p in planner.all_models(spec)), models)
     access = model_access(spec, log) if with_models else None
-    store = ModelStore(spec.output_dir)
+    store = ModelStore(spec.output_dir, remote)
     cards = {m: store.card(m) for m in samples.model_ids if store.exists(m)}
     reported = {m: card["reported"] for m, card in cards.items() if card.get("reported")}
     deviations = {c["method"]: c["deviations"] for c in cards.values() if "deviations" in c}

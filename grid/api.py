@@ -8,15 +8,18 @@ from pathlib import Path
 import pandas as pd
 
 from apgrid.grid.errors import GridError
+from apgrid.trainables.fields import remote_output
 
 
 class Grid:
     """A grid's output folder, read: per-sample rows, models, MLflow runs, report tables."""
 
     def __init__(self, output: str | Path):
+        from apgrid.grid.objectstore import grid_folder
         from apgrid.grid.state import read_state
 
-        self.output = Path(output).expanduser().resolve()
+        self.output = grid_folder(output)  # for an s3:// URI, its local working folder
+        self.uri = str(output) if remote_output(output) else None
         self.state = read_state(self.output)
         self.name = self.state["name"]
 
@@ -29,14 +32,15 @@ class Grid:
         """The validated spec the grid was launched with (apgrid.grid.spec.GridSpec)."""
         from apgrid.grid.runner import load_grid_spec
 
-        return load_grid_spec(self.output)
+        return load_grid_spec(self.uri or self.output)
 
     def samples(self, **where) -> pd.DataFrame:
         """One row per (model, test sample); keyword filters keep rows whose column equals the
         value, or is one of a list of values: g.samples(method=["hydra", "lamp"], sparsity=0.9)."""
+        from apgrid.grid.objectstore import ObjectResults
         from apgrid.grid.store import read_samples
 
-        rows = read_samples(self.output)
+        rows = ObjectResults(self.uri, self.name).read_samples() if self.uri else read_samples(self.output)
         for column, value in where.items():
             if column not in rows.columns:
                 raise GridError(f"samples: no column '{column}'; columns: {', '.join(rows.columns)}")
@@ -48,10 +52,15 @@ class Grid:
         """One row per evaluated model: identity, taxonomy-free summary metrics (clean_acc,
         pgd_acc, aa_acc, fmn_acc_at_eps, ...), as the report's `models` table."""
         from apgrid.analysis.tables import model_table
+
+        samples = self._samples()  # one model's rows at a time
+        return model_table(samples) if samples.model_ids else pd.DataFrame()
+
+    def _samples(self):
+        from apgrid.grid.objectstore import ObjectResults
         from apgrid.grid.store import open_samples
 
-        samples = open_samples(self.output)  # one model's rows at a time
-        return model_table(samples) if samples.model_ids else pd.DataFrame()
+        return ObjectResults(self.uri, self.name).open_samples() if self.uri else open_samples(self.output)
 
     def runs(self, where: str = "") -> pd.DataFrame:
         """The grid's MLflow model runs matching an MLflow filter (apgrid query's syntax)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from apgrid.analysis.names import SUMMARY_TABLES, TABLES
 from apgrid.errors import ApgridError
 from apgrid.grid.errors import STORAGE_ERRNOS, GridError
+from apgrid.trainables.fields import output_folder
 
 EXIT_STOPPED = 1  # stopped part-way by its environment (disk, tracking server, failing trials)
 EXIT_BAD_INPUT = 2  # bad input: nothing started, nothing written
@@ -284,10 +285,11 @@ def cmd_resume(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from apgrid.grid.objectstore import grid_folder
     from apgrid.grid.runlist import model_runs
     from apgrid.grid.state import STAGES, read_state, tracking_uri
 
-    output = Path(args.dir).expanduser().resolve()
+    output = grid_folder(args.dir)
     state = read_state(output)
     print(f"grid {state['name']}  ({output})  driver runs: {state.get('driver_runs', 0)}")
     for stage in STAGES:
@@ -317,7 +319,7 @@ def cmd_query(args) -> int:
             raise GridError("query --table: give the grid's output folder")
         print(
             format_runs(
-                read_table(Path(args.dir).expanduser().resolve(), args.table, args.where, args.columns),
+                read_table(output_folder(args.dir), args.table, args.where, args.columns),
                 args.format,
             )
         )
@@ -325,9 +327,10 @@ def cmd_query(args) -> int:
     if args.tracking_uri:
         uri, experiment = args.tracking_uri, args.experiment
     elif args.dir:
+        from apgrid.grid.objectstore import grid_folder
         from apgrid.grid.state import read_state, tracking_uri
 
-        output = Path(args.dir).expanduser().resolve()
+        output = grid_folder(args.dir)
         state = read_state(output)
         uri, experiment = tracking_uri(output, state), args.experiment or state["name"]
         if uri is None:
@@ -343,7 +346,7 @@ def cmd_analyze(args) -> int:
     from apgrid.grid.analyze import analyze
     from apgrid.grid.runner import load_grid_spec
 
-    spec = load_grid_spec(Path(args.dir))
+    spec = load_grid_spec(args.dir)
     paths = analyze(
         spec,
         args.models,
@@ -421,7 +424,7 @@ def cmd_export(args) -> int:
     from apgrid.grid.state import read_state
     from apgrid.grid.store import ModelStore, read_samples
 
-    output = Path(args.dir).expanduser().resolve()
+    output = output_folder(args.dir)
     read_state(output)
     samples = read_samples(output)
     if samples.empty:
@@ -442,7 +445,7 @@ def cmd_compare(args) -> int:
     from apgrid.grid.store import read_samples
 
     def rows_of(folder):
-        rows = read_samples(Path(folder).expanduser().resolve())
+        rows = read_samples(output_folder(folder))
         if rows.empty:
             raise GridError(f"compare: {folder} has no evaluated models")
         return rows

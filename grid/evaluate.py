@@ -20,6 +20,7 @@ import torch
 from apgrid.errors import short_reason
 from apgrid.grid.errors import GridError, ResumableError
 from apgrid.grid.faults import maybe_fail
+from apgrid.grid.objectstore import remote_results
 from apgrid.grid.plan import ModelPlan, fewer_shards_note
 from apgrid.grid.progress import StageBar, eta
 from apgrid.grid.spec import GridSpec
@@ -44,12 +45,19 @@ class EvalWorker:
     """Holds the test set and every model it has been given, each loaded once."""
 
     def __init__(
-        self, output: str, dataset_info: dict, threads: int, device: str, gpus: float = 0, fault=None
+        self,
+        output: str,
+        dataset_info: dict,
+        threads: int,
+        device: str,
+        gpus: float = 0,
+        fault=None,
+        results: tuple[str, str] | None = None,
     ):
         torch.set_num_threads(max(1, threads))
         self.threads, self.gpus = threads, gpus
         self.fault = fault
-        self.store = ModelStore(Path(output))
+        self.store = ModelStore(Path(output), remote_results(*results) if results else None)
         self.info = dataset_info  # image shape, classes, normalisation: what models are built from
         self.data = None  # the test set itself, fetched from the object store by the first shard
         self.device = resolve_device(device)
@@ -243,6 +251,7 @@ class ShardScheduler:
             res.device,
             res.actor_gpus,
             self.fault,
+            (self.spec.output, self.spec.name),
         )
         self.actors.append(actor)
         self.idle.append(actor)
@@ -334,7 +343,8 @@ def run_evaluation(
     actor dies is retried by Ray on the restarted actor (max_task_retries); past that, on a
     fresh actor that replaces the dead one."""
     output = spec.output_dir
-    samples, models = SampleStore(output, spec.name), ModelStore(output)
+    remote = remote_results(spec.output, spec.name)
+    samples, models = SampleStore(output, spec.name, remote), ModelStore(output, remote)
     ranges = shard_ranges(len(test_y), spec.evaluation.settings.block_size, spec.evaluation.shards)
     todo = [p for p in plans if not samples.is_done(p.model_id)]
     tasks = [ShardTask(p, s, e) for p in todo for s, e in ranges if not samples.shard_done(p.model_id, s, e)]

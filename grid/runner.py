@@ -21,12 +21,14 @@ import yaml
 from apgrid.errors import short_reason
 from apgrid.grid import plan as planner
 from apgrid.grid.errors import STORAGE_ERRNOS, GridError, ResumableError
+from apgrid.grid.objectstore import grid_folder, pull_state, push_state, remote_results
 from apgrid.grid.spec import NOT_IDENTITY, GridSpec, SpecError, load_spec
 from apgrid.grid.state import STAGES, read_state, set_stage, state_path, write_state
 from apgrid.grid.store import ModelStore, SampleStore, atomic_write_bytes
 from apgrid.grid.tracking import Tracker, TrackingError, check_reachable, grid_params
 from apgrid.trainables.checkpoints import published_model
 from apgrid.trainables.datacache import is_uri
+from apgrid.trainables.fields import remote_output
 
 # Tune warns on every epoch checkpoint of small models; our own progress lines replace its tables.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -38,6 +40,11 @@ def preflight(spec: GridSpec, dry_run: bool = False) -> None:
     the output folder and the checkpoints, but reads no data and asks no tracking server (a
     cluster's spec can be planned on a laptop)."""
     output = spec.output_dir
+    if remote_output(spec.output):  # the grid already there, if any, decides as a local one would
+        try:
+            pull_state(spec.output, output)
+        except OSError as exc:
+            raise GridError(f"output: cannot read {spec.output} ({short_reason(exc)})") from None
     if output.exists() and not output.is_dir():
         raise GridError(f"output: {output} exists and is not a folder")
     if state_path(output).is_file():
@@ -106,6 +113,12 @@ def launch(spec: GridSpec, fault: dict | None = None, log=print, until: str | No
         }
     )
     write_state(output, {**state, "fingerprint": spec.fingerprint()})
+    if remote_output(spec.output):
+        push_state(spec.output, output)
+        log(
+            f"[apgrid] results (models, cards, Parquet, grid state) go to {spec.output}; Ray Tune's "
+            f"trial folders, MLflow's store and the report stay in the working folder {output}"
+        )
     return _run(spec, fault, log, stages)
 
 
@@ -138,20 +151,21 @@ def _changes(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix[:-1]}: {old} -> {new}"]
 
 
-def load_grid_spec(output: Path) -> GridSpec:
-    """The spec a grid's output folder was launched with."""
-    output = Path(output).expanduser().resolve()
+def load_grid_spec(output: str | Path) -> GridSpec:
+    """The spec a grid's output folder (or object-store URI) was launched with."""
+    given = str(output) if remote_output(output) else None
+    output = grid_folder(output)
     read_state(output)
     try:
-        return load_spec(output / "spec.yaml", output=str(output))
+        return load_spec(output / "spec.yaml", output=given or str(output))
     except SpecError as exc:
         raise GridError(f"{output / 'spec.yaml'}: {exc}") from None
 
 
 def resume(output: str | Path, fault: dict | None = None, log=print, until: str | None = None) -> Path:
     stages = stages_until(until)
-    output = Path(output).expanduser().resolve()
     spec = load_grid_spec(output)
+    output = spec.output_dir
     try:
         check_reachable(spec.resolved_tracking_uri)
     except TrackingError as exc:
@@ -207,11 +221,11 @@ class GridRun:
 
     @cached_property
     def models(self) -> ModelStore:
-        return ModelStore(self.output)
+        return ModelStore(self.output, remote_results(self.spec.output, self.spec.name))
 
     @cached_property
     def samples(self) -> SampleStore:
-        return SampleStore(self.output, self.spec.name)
+        return SampleStore(self.output, self.spec.name, remote_results(self.spec.output, self.spec.name))
 
 
 def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAGES) -> Path:
@@ -251,6 +265,7 @@ def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAG
             log(f"[apgrid] stage {stage} ({time.time() - started:.0f}s)")
             STAGE_FUNCTIONS[stage](GridRun(spec, tracker, parent, log, state["driver_runs"], fault))
             set_stage(output, stage, "done")
+            push_state(spec.output, output)
         done = [s for s in STAGES if read_state(output)["stages"].get(s) == "done"]
         tracker.set_tag(parent, "last_stage", done[-1])  # a finished grid's stays analyze
         tracker.end(parent, "FINISHED")

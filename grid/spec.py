@@ -31,6 +31,7 @@ from apgrid.trainables.fields import (
     flag,
     mapping,
     number,
+    output_folder,
     whole,
 )
 from apgrid.trainables.methods import PRUNING_METHODS
@@ -178,7 +179,7 @@ class GridSpec:
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.output).expanduser().resolve()
+        return output_folder(self.output)
 
     @property
     def resolved_tracking_uri(self) -> str:
@@ -306,6 +307,7 @@ def parse_spec(raw: Any) -> GridSpec:
         raw,
         "",
         name=_name(raw["name"]) if "name" in raw else dataclasses.MISSING,
+        output=_output(raw["output"]) if "output" in raw else dataclasses.MISSING,
         # default: MLflow's own variable, else a SQLite store in the output folder
         tracking_uri=_optional_string(
             raw.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None, "tracking_uri"
@@ -539,6 +541,12 @@ def _name(value) -> str:
     if not (name.isascii() and name.replace("-", "").replace("_", "").isalnum()):
         raise SpecError(f"name: {_show(name)} may hold only letters, digits, '-' and '_'")
     return name
+
+
+def _output(value) -> str:
+    output = _string(value, "output")
+    output_folder(output)
+    return output
 
 
 def _string(value, where: str) -> str:

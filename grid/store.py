@@ -16,11 +16,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+if TYPE_CHECKING:
+    from apgrid.grid.objectstore import ObjectResults
 
 from apgrid.analysis.samples import PARTITION_KEYS, PartitionedSamples, read_partition
 from apgrid.trainables.checkpoints import CheckpointError, load_state
@@ -96,14 +100,23 @@ def atomic_write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, lambda fh: fh.write(json.dumps(data, indent=2, default=str).encode()))
 
 
+MODEL_FILES = ("model.pt", "card.json")  # card.json written last: its presence means done
+
+
 class ModelStore:
-    def __init__(self, output: Path):
+    """Models in OUTPUT/models; with `remote` (grid/objectstore.py) the committed models live on
+    object storage, and the local folder is this machine's copy of them."""
+
+    def __init__(self, output: Path, remote: ObjectResults | None = None):
         self.root = Path(output) / "models"
+        self.remote = remote
 
     def folder(self, model_id: str) -> Path:
         return self.root / model_id
 
     def exists(self, model_id: str) -> bool:
+        if self.remote is not None:
+            return self.remote.committed("models", model_id) is not None
         return (self.folder(model_id) / "card.json").is_file()
 
     def save(self, model_id: str, state_dict: dict, masks: dict, card: dict) -> None:
@@ -111,10 +124,21 @@ class ModelStore:
         atomic_write_bytes(
             folder / "model.pt", lambda fh: torch.save({"state_dict": state_dict, "masks": masks}, fh)
         )
-        atomic_write_json(folder / "card.json", card)  # written last: its presence means done
+        atomic_write_json(folder / "card.json", card)
+        if self.remote is not None:
+            self.remote.commit_files("models", model_id, {n: folder / n for n in MODEL_FILES})
+
+    def _local(self, model_id: str, name: str) -> Path:
+        """The model's file on this machine, copied from the object store the first time."""
+        path = self.folder(model_id) / name
+        committed = self.remote.committed("models", model_id) if self.remote else None
+        if committed is not None and not path.is_file():
+            data = self.remote.read_bytes(committed[name])
+            atomic_write_bytes(path, lambda fh: fh.write(data))
+        return path
 
     def load_weights(self, model_id: str) -> tuple[dict, dict]:
-        state = load_state(self.folder(model_id) / "model.pt")
+        state = load_state(self._local(model_id, "model.pt"))
         if "state_dict" not in state:
             raise CheckpointError(f"checkpoint: {self.folder(model_id) / 'model.pt'} has no state_dict")
         return state["state_dict"], state.get("masks", {})
@@ -135,13 +159,17 @@ class ModelStore:
         return model
 
     def card(self, model_id: str) -> dict:
-        return json.loads((self.folder(model_id) / "card.json").read_text())
+        return json.loads(self._local(model_id, "card.json").read_text())
 
 
 class SampleStore:
-    def __init__(self, output: Path, grid_name: str):
+    """Partitions in OUTPUT/samples; with `remote` the committed partitions live on object storage
+    (grid/objectstore.py) and the shards are staged in the local folder."""
+
+    def __init__(self, output: Path, grid_name: str, remote: ObjectResults | None = None):
         self.root = Path(output) / "samples"
         self.grid = grid_name
+        self.remote = remote
 
     def partition(self, model_id: str) -> Path:
         return self.root / f"grid={self.grid}" / f"model_id={model_id}"
@@ -153,9 +181,13 @@ class SampleStore:
         return self.staging(model_id) / f"shard-{start:07d}-{end:07d}.parquet"
 
     def is_done(self, model_id: str) -> bool:
+        if self.remote is not None:
+            return self.remote.committed("samples", model_id) is not None
         return (self.partition(model_id) / "part-0.parquet").is_file()
 
     def read(self, model_id: str) -> pd.DataFrame:
+        if self.remote is not None:
+            return self.remote.open_samples().rows(model_id)
         return read_partition(
             self.partition(model_id) / "part-0.parquet", {"grid": self.grid, "model_id": model_id}
         )
@@ -191,7 +223,10 @@ class SampleStore:
         if len(rows) != expected or rows["sample_idx"].duplicated().any():
             raise RuntimeError(f"{model_id}: merged {len(rows)} rows for {expected} samples")
         table = _file_table(rows)
-        atomic_write_bytes(self.partition(model_id) / "part-0.parquet", lambda fh: pq.write_table(table, fh))
+        part = self.partition(model_id) / "part-0.parquet"
+        atomic_write_bytes(part, lambda fh: pq.write_table(table, fh))
+        if self.remote is not None:
+            self.remote.commit_files("samples", model_id, {"part.parquet": part})
         shutil.rmtree(self.staging(model_id), ignore_errors=True)
         return rows  # the shards' rows hold the partition keys too: no need to read the file back
 

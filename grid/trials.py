@@ -17,12 +17,14 @@ import torch
 from ray import tune
 
 from apgrid.grid.faults import maybe_fail
+from apgrid.grid.objectstore import remote_results
 from apgrid.grid.plan import ModelPlan, model_card
 from apgrid.grid.spec import DatasetSpec, GridSpec
 from apgrid.grid.store import ModelStore, atomic_write_bytes, load_state
 from apgrid.trainables import masks
 from apgrid.trainables.data import load_dataset, with_validation
 from apgrid.trainables.evaluation import ThreatModel
+from apgrid.trainables.fields import remote_output
 from apgrid.trainables.models import build_model, resolve_device
 from apgrid.trainables.pipeline import DenseJob, PruneJob, PruneSettings
 from apgrid.trainables.training import Recipe
@@ -38,17 +40,23 @@ class TrialContext:
     threat_model: ThreatModel
     device: str
     trial_cpus: float
+    results: str | None = None  # the object-store URI that holds the models (None: `output`)
+    name: str = ""
 
     @classmethod
     def of(cls, spec: GridSpec) -> TrialContext:
         r = spec.resources
-        return cls(str(spec.output_dir), spec.dataset, spec.threat_model, r.device, r.trial_cpus)
+        results = spec.output if remote_output(spec.output) else None
+        return cls(
+            str(spec.output_dir), spec.dataset, spec.threat_model, r.device, r.trial_cpus, results, spec.name
+        )
 
 
 def _context(config: dict) -> tuple[TrialContext, ModelPlan, ModelStore]:
     _reset_peak_rss()
     grid: TrialContext = config["grid"]
-    return grid, ModelPlan.from_dict(config["model"]), ModelStore(Path(grid.output))
+    remote = remote_results(grid.results, grid.name) if grid.results else None
+    return grid, ModelPlan.from_dict(config["model"]), ModelStore(Path(grid.output), remote)
 
 
 def _data_and_model(grid: TrialContext, arch: str, seed: int):

@@ -133,3 +133,46 @@ def test_output_into_a_closed_pipe_ends_quietly():
     finally:
         os.close(write)
     assert done.returncode == 141 and done.stderr == ""
+
+
+URI_OUTPUTS = ("gs://bucket/runs/x", "file:///tmp/runs/x", "hdfs://nn/runs/x")  # s3:// is supported
+
+
+@pytest.mark.parametrize("uri", URI_OUTPUTS)
+def test_output_uri_is_refused_in_one_line_not_made_a_local_folder(uri, tmp_path, capsys, monkeypatch):
+    """`output: gs://bucket/runs/x` used to become the local folder ./gs:/bucket/runs/x."""
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**BASE, "output": uri}))
+    calls = (  # dry runs first: today a full launch runs the whole grid into ./gs:/...
+        ["launch", str(spec), "--dry-run"],
+        ["launch", "--output", uri, "--dry-run"],
+        ["launch", str(spec)],
+        ["resume", uri],
+        ["status", uri],
+        ["analyze", uri],
+        ["query", uri],
+        ["export", uri, str(tmp_path / "exported")],
+    )
+    for argv in calls:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("apgrid: error: output: "), (argv, err)
+        assert uri in err and "not supported" in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # nothing written
+
+
+@pytest.mark.parametrize("uri", URI_OUTPUTS[:1])
+def test_output_uri_is_refused_by_the_python_api(uri, tmp_path, monkeypatch):
+    import apgrid
+    from apgrid.trainables.fields import FieldError
+
+    monkeypatch.chdir(tmp_path)
+    for call in (
+        lambda: apgrid.launch({**BASE, "output": uri}, until="checkpoints"),
+        lambda: apgrid.launch(output=uri),
+        lambda: apgrid.open(uri),
+    ):
+        with pytest.raises(FieldError, match=r"^output: .*not supported"):
+            call()
+    assert list(tmp_path.iterdir()) == []

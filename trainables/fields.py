@@ -4,12 +4,32 @@ it one way, in one line: 'field: what is wrong; what is allowed'. No Ray, no MLf
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from apgrid.errors import ApgridError, show_value
 
 MAX_INT = 2**31 - 1  # counts, sizes, steps: what torch and Ray take as C ints
+# `scheme://...`: a URI (s3://bucket/runs/x, gs://, file://), not a folder name; Path() would
+# make it the local folder ./s3:/bucket/runs/x.
+URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+OUTPUT_SCHEMES = ("s3",)  # object stores a grid writes its results to (grid/objectstore.py)
+
+
+def remote_output(output: str | Path) -> bool:
+    """Whether `output` is an object-store URI (its durable results there, a local working folder
+    beside); raises FieldError for a URI whose scheme is not supported."""
+    scheme = URI_SCHEME.match(str(output))
+    if scheme and scheme.group(1) not in OUTPUT_SCHEMES:
+        raise FieldError(
+            f"output: {show_value(str(output))} is a URI ({scheme.group(1)}://), not supported: "
+            f"give an s3:// URI, or a local or shared-volume folder (docs/cluster.md)"
+        )
+    return bool(scheme)
 
 
 class FieldError(ApgridError, ValueError):
@@ -41,6 +61,17 @@ def number(value, where: str, low: float, high: float, high_open: bool = False) 
         bracket = ")" if high_open else "]"
         raise FieldError(f"{where}: {show_value(value)} is outside [{low}, {high}{bracket}")
     return float(value)
+
+
+def output_folder(output: str | Path) -> Path:
+    """A grid's output folder as an absolute local path (a shared volume's on a cluster); for an
+    s3:// URI, the local working folder of the grid stored there (Ray Tune's trial folders,
+    MLflow's SQLite store, staged shards, the report): APGRID_WORKDIR/<hash of the URI>. Any other
+    URI is refused, rather than made a folder named after it."""
+    if remote_output(output):
+        key = hashlib.sha256(str(output).encode()).hexdigest()[:16]
+        return Path(os.environ.get("APGRID_WORKDIR", "~/.cache/apgrid/runs")).expanduser() / key
+    return Path(output).expanduser().resolve()
 
 
 def flag(value, where: str) -> bool:
