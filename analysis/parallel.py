@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 # Below this many items a pool's start (~0.1 s) costs more than it saves.
@@ -38,16 +38,23 @@ def default_workers() -> int:
 def map_models(fn: Callable, items: Iterable, shared, workers: int | None = None) -> list:
     """[fn(shared, item) for item in items], in order, on `workers` forked processes (None: every
     core; 1, few items, or no fork on this platform: in this process)."""
+    return list(iter_models(fn, items, shared, workers))
+
+
+def iter_models(fn: Callable, items: Iterable, shared, workers: int | None = None) -> Iterator:
+    """map_models' results one at a time, in order, as the workers return them: a caller that
+    folds them (counts, sums) never holds them all."""
     items = list(items)
     workers = default_workers() if workers is None else workers
     if workers <= 1 or len(items) < MIN_ITEMS or "fork" not in multiprocessing.get_all_start_methods():
-        return [fn(shared, item) for item in items]
+        yield from (fn(shared, item) for item in items)
+        return
     _shared["value"] = shared  # set before the pool forks: the workers inherit it
     try:
         context = multiprocessing.get_context("fork")
         chunk = max(1, len(items) // (workers * 8))  # few round trips, yet a balanced tail
         with ProcessPoolExecutor(min(workers, len(items)), mp_context=context) as pool:
-            return list(pool.map(_call, [(fn, item) for item in items], chunksize=chunk))
+            yield from pool.map(_call, [(fn, item) for item in items], chunksize=chunk)
     finally:
         _shared.clear()
 

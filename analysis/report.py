@@ -22,7 +22,7 @@ import pandas as pd
 
 from apgrid.analysis import plots
 from apgrid.analysis.names import MODEL_ID_COLUMNS, model_labels
-from apgrid.analysis.parallel import map_models
+from apgrid.analysis.parallel import iter_models, map_models
 from apgrid.analysis.samples import Samples, as_samples, streamed_quantile
 from apgrid.analysis.settings import AnalysisSettings
 from apgrid.analysis.tables import (
@@ -403,8 +403,8 @@ def security_curve_figures(
     for arch in sorted(by_arch):
         ids = by_arch[arch]
 
-        def each(fn, ids=ids):  # fn of each model's |ε_FMN|, in the workers
-            return map_models(_of_distances, ids, (samples, fn), workers)
+        def each(fn, ids=ids):  # fn of each model's |ε_FMN|, in the workers, folded as they come
+            return iter_models(_of_distances, ids, (samples, fn), workers)
 
         grid = np.linspace(0, max(eps * 3, streamed_quantile(None, 0.95, each)), 200)
         curves = map_models(_security_curve_of, ids, (samples, grid), workers)

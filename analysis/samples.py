@@ -126,7 +126,7 @@ def as_samples(samples: pd.DataFrame | Samples) -> Samples:
 def streamed_quantile(
     chunks: Callable[[], Iterable[np.ndarray]] | None,
     q: float,
-    each: Callable[[Callable[[np.ndarray], object]], list] | None = None,
+    each: Callable[[Callable[[np.ndarray], object]], Iterable] | None = None,
 ) -> float:
     """The q-quantile of the non-negative values that `chunks()` yields (NaN left out), numpy's
     linear interpolation between two order statistics, computed in float64 without holding the
@@ -134,11 +134,11 @@ def streamed_quantile(
     order), a second keeps the values of the one or two bins that hold the two order statistics
     (bins 2^-12 of a value wide). The order statistics are exact; pandas interpolates float32
     values in float32, so its quantile of them can differ in the 8th digit. NaN when no value.
-    `each(fn)`, in place of `chunks`: fn of every chunk, as a list (e.g. computed in workers)."""
+    `each(fn)`, in place of `chunks`: fn of every chunk, one at a time (e.g. from workers)."""
     if each is None:
 
         def each(fn):
-            return [fn(values) for values in chunks()]
+            return (fn(values) for values in chunks())
 
     counts: Counter = Counter()
     for chunk_counts in each(_bit_counts):
@@ -155,7 +155,7 @@ def streamed_quantile(
             if below <= rank < below + counts[key]:
                 holding.setdefault(key, below)
         below += counts[key]
-    picked = np.sort(np.concatenate(each(partial(_in_bins, bins=tuple(holding)))))
+    picked = np.sort(np.concatenate(list(each(partial(_in_bins, bins=tuple(holding))))))
     offset = min(holding.values())
     a, b = picked[low - offset], picked[high - offset]
     gamma = virtual - low
