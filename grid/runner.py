@@ -23,7 +23,15 @@ from apgrid.grid import plan as planner
 from apgrid.grid.errors import STORAGE_ERRNOS, GridError, ResumableError
 from apgrid.grid.objectstore import grid_folder, pull_state, push_state, remote_results
 from apgrid.grid.spec import NOT_IDENTITY, GridSpec, SpecError, load_spec
-from apgrid.grid.state import STAGES, read_state, set_stage, state_path, write_state
+from apgrid.grid.state import (
+    ARTIFACTS,
+    STAGES,
+    follow_folder,
+    read_state,
+    set_stage,
+    state_path,
+    write_state,
+)
 from apgrid.grid.store import ModelStore, SampleStore, atomic_write_bytes
 from apgrid.grid.tracking import Tracker, TrackingError, check_reachable, grid_params
 from apgrid.trainables.checkpoints import published_model
@@ -240,9 +248,9 @@ def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAG
         state = read_state(output)
         state["driver_runs"] = state.get("driver_runs", 0) + 1
         write_state(output, state)
-        tracker = Tracker(
-            spec.resolved_tracking_uri, spec.name, output / "mlartifacts" if local_store else None
-        )
+        if spec.tracking_uri is None:  # the folder's own store: a copy logs into itself
+            follow_folder(output)
+        tracker = Tracker(spec.resolved_tracking_uri, spec.name, output / ARTIFACTS if local_store else None)
         tracker.grid_params = grid_params(spec.dataset, spec.threat_model)
         closed = tracker.close_stale_runs()
         if closed:
@@ -464,7 +472,10 @@ def stage_evaluate(run: GridRun) -> None:
                 "measured_sparsity": float(rows["sparsity_measured"].iloc[0]),
             },
         )
-        tracker.set_tag(run_id, "samples_uri", samples.partition(plan.model_id))
+        # relative to the output folder, which may move (docs/results.md)
+        tracker.set_tag(
+            run_id, "samples_uri", samples.partition(plan.model_id).relative_to(run.output).as_posix()
+        )
         tracker.log_artifact(run_id, models.folder(plan.model_id) / "card.json")
         tracker.log_artifact(run_id, samples.partition(plan.model_id) / "part-0.parquet", "samples")
 

@@ -36,6 +36,15 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def forget_artifact_locations() -> None:
+    """MLflow caches each run's artifact location by run id alone, for the whole process. A copied
+    grid's runs have the original's ids: without this, a process that touched one folder would log
+    the other's artifacts into it (apgrid.launch or resume of a copy, in one Python session)."""
+    from mlflow.tracking._tracking_service import utils
+
+    getattr(utils, "_artifact_repos_cache", {}).clear()
+
+
 def check_reachable(uri: str) -> None:
     """Fail fast, before anything starts, when the tracking URI cannot be used."""
     if uri.startswith("sqlite:///"):
@@ -88,6 +97,7 @@ class Tracker:
         (readers: status) never creates the experiment; a missing one raises TrackingError."""
         self.uri = uri
         self.client = _client(uri)
+        forget_artifact_locations()
         self.source = source_tags()
         self.grid_params: dict[str, str] = {}  # set by the runner: grid_params(spec...)
         self.grid_name = grid_name
