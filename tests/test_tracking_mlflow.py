@@ -3,16 +3,22 @@ evaluate runs span their evaluation, runs carry their data, user and source, the
 the spec and a summary. And an output folder that travels: a copy resumed and analysed writes
 only into itself, a moved folder's artifacts list and download from where it is now."""
 
+import getpass
 import hashlib
 import shutil
+import statistics
 
 import mlflow
 import mlflow.pytorch
 import pytest
+import torch
 from mlflow import MlflowClient
 
+import apgrid
 from apgrid.grid.cli import main
 from apgrid.grid.runner import launch, resume
+from apgrid.trainables.data import load_digits
+from apgrid.trainables.masks import prunable_layers
 from tests.helpers import small_grid
 
 
@@ -30,6 +36,65 @@ def client(output) -> MlflowClient:
 def runs(output, where: str) -> list:
     c = client(output)
     return c.search_runs([c.get_experiment_by_name("tiny").experiment_id], where)
+
+
+def test_each_trained_model_loads_from_its_run_with_its_masks_applied(grid):
+    mlflow.set_tracking_uri(f"sqlite:///{grid / 'mlflow.db'}")
+    finished = runs(grid, "tags.level = 'model' and attributes.status = 'FINISHED'")
+    trained = [r for r in finished if r.data.tags["stage"] != "evaluate"]
+    assert sorted(r.data.tags["stage"] for r in trained) == ["dense", "prune"]
+    x = load_digits().x_test[:16]
+    for run in trained:
+        logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model").eval()
+        stored = apgrid.open(grid).load_model(run.data.tags["model_id"])
+        with torch.no_grad():
+            torch.testing.assert_close(logged(x), stored(x))
+        assert not any(name.endswith("_mask") for name, _ in logged.named_buffers())  # folded in
+        weights = torch.cat([m.weight.flatten() for _, m in prunable_layers(logged)])
+        zeros = float((weights == 0).float().mean())
+        assert zeros == pytest.approx(float(run.data.tags["sparsity"]), abs=0.01)
+
+
+def test_evaluate_runs_span_their_evaluation(grid):
+    """A run starts when its model's first shard is sent and ends once its rows are merged."""
+    evaluate = runs(grid, "tags.stage = 'evaluate'")
+    assert len(evaluate) == 2
+    for run in evaluate:
+        merged = (grid / run.data.tags["samples_uri"] / "part-0.parquet").stat().st_mtime_ns / 1e6
+        assert run.info.start_time <= merged <= run.info.end_time
+
+
+def test_runs_carry_their_data_user_and_source(grid):
+    model_runs = runs(grid, "tags.level = 'model'")
+    digests = {}
+    for run in model_runs:
+        tags = run.data.tags
+        assert tags["mlflow.user"] == run.info.user_id == getpass.getuser()
+        assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+        (used,) = run.inputs.dataset_inputs
+        assert used.dataset.name == "digits" and used.dataset.source_type == "code"
+        context = {t.key: t.value for t in used.tags}["mlflow.data.context"]
+        assert context == ("evaluation" if tags["stage"] == "evaluate" else "training")
+        digests.setdefault(context, set()).add(used.dataset.digest)
+    assert [len(d) for d in digests.values()] == [1, 1] and digests["training"] != digests["evaluation"]
+
+
+def test_the_grid_run_holds_the_specs_params_and_a_summary(grid):
+    (parent,) = runs(grid, "tags.level = 'grid'")
+    params = parent.data.params
+    assert params["threat_model.eps"] == "0.1" and params["prune.sparsities"] == "0.9"
+    assert params["dense.recipe.epochs"] == "1" and params["evaluation.num_samples"] == "20"
+    assert params["prune.methods.lwm-global.name"] == "lwm-global"
+    assert not [k for k in params if k.startswith(("output", "resources.", "analysis."))]  # not identity
+    evaluated = runs(grid, "tags.stage = 'evaluate'")
+    metrics = parent.data.metrics
+    assert metrics["models_planned"] == metrics["models_evaluated"] == 2
+    assert metrics["mean_aa_acc"] == pytest.approx(
+        statistics.mean(r.data.metrics["aa_acc"] for r in evaluated)
+    )
+    assert metrics["mean_clean_acc"] == pytest.approx(
+        statistics.mean(r.data.metrics["clean_acc"] for r in evaluated)
+    )
 
 
 def tree_digest(folder) -> dict:
