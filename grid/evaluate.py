@@ -237,6 +237,7 @@ class ShardScheduler:
         self.stopping: ResumableError | None = None
         self.nodes: dict[str, set[str]] = {}  # model id -> Ray node ids its shards ran on
         self.gpu_ids: dict[str, set[str]] = {}  # model id -> the GPU ids Ray gave its actors
+        self.started: dict[str, float] = {}  # model id -> when its first shard was dispatched
         n_actors = min(spec.evaluation.actors, len(tasks))
         for _ in range(n_actors):
             self.add_actor()
@@ -260,6 +261,7 @@ class ShardScheduler:
         """Give every idle actor a shard while any are queued."""
         while self.idle and self.queue:
             actor, task = self.idle.pop(), self.queue.pop(0)
+            self.started.setdefault(task.plan.model_id, time.time())
             ref = actor.evaluate.remote(
                 [self.data_ref],
                 task.plan.model_id,
@@ -339,7 +341,8 @@ def run_evaluation(
 ) -> EvaluationReport:
     """Evaluate every plan whose Parquet partition is missing; call on_model_done(plan, rows,
     placement), placement being {"nodes": Ray node ids, "gpu_ids": GPU ids} of the actors that
-    ran its shards now (empty for a model merged from shards written before). A shard whose
+    ran its shards now and "started", when its first shard was dispatched (empty for a model
+    merged from shards written before). A shard whose
     actor dies is retried by Ray on the restarted actor (max_task_retries); past that, on a
     fresh actor that replaces the dead one."""
     output = spec.output_dir
@@ -407,6 +410,7 @@ def run_evaluation(
                 placement = {
                     "nodes": pool.nodes.get(model_id, set()),
                     "gpu_ids": pool.gpu_ids.get(model_id, set()),
+                    "started": pool.started[model_id],
                 }
                 on_model_done(task.plan, samples.finalize(model_id, ranges), placement)
         if pool.stopping:

@@ -23,9 +23,24 @@ from apgrid.grid import plan as planner
 from apgrid.grid.errors import STORAGE_ERRNOS, GridError, ResumableError
 from apgrid.grid.objectstore import grid_folder, pull_state, push_state, remote_results
 from apgrid.grid.spec import NOT_IDENTITY, GridSpec, SpecError, load_spec
-from apgrid.grid.state import STAGES, read_state, set_stage, state_path, write_state
+from apgrid.grid.state import (
+    ARTIFACTS,
+    STAGES,
+    follow_folder,
+    read_state,
+    set_stage,
+    state_path,
+    write_state,
+)
 from apgrid.grid.store import ModelStore, SampleStore, atomic_write_bytes
-from apgrid.grid.tracking import Tracker, TrackingError, check_reachable, grid_params
+from apgrid.grid.tracking import (
+    Tracker,
+    TrackingError,
+    check_reachable,
+    datasets,
+    grid_params,
+    spec_params,
+)
 from apgrid.trainables.checkpoints import published_model
 from apgrid.trainables.datacache import is_uri
 from apgrid.trainables.fields import remote_output
@@ -240,14 +255,15 @@ def _run(spec: GridSpec, fault: dict | None, log, stages: tuple[str, ...] = STAG
         state = read_state(output)
         state["driver_runs"] = state.get("driver_runs", 0) + 1
         write_state(output, state)
-        tracker = Tracker(
-            spec.resolved_tracking_uri, spec.name, output / "mlartifacts" if local_store else None
-        )
+        if spec.tracking_uri is None:  # the folder's own store: a copy logs into itself
+            follow_folder(output)
+        tracker = Tracker(spec.resolved_tracking_uri, spec.name, output / ARTIFACTS if local_store else None)
         tracker.grid_params = grid_params(spec.dataset, spec.threat_model)
+        tracker.datasets = datasets(spec)
         closed = tracker.close_stale_runs()
         if closed:
             log(f"[apgrid] closed {closed} MLflow runs left RUNNING by a killed driver as KILLED")
-        parent = tracker.grid_run(spec.fingerprint())
+        parent = tracker.grid_run(spec.fingerprint(), spec_params(spec))
         tracker.log_artifact(parent, output / "spec.yaml")  # the validated spec the grid ran
         state.update(
             grid_run_id=parent, experiment_id=tracker.experiment_id, tracking_uri=spec.tracking_uri
@@ -320,7 +336,14 @@ def _tune_stage(run: GridRun, stage: str, trainable, plans) -> None:
     log(f"[{stage}] {len(plans)} models, {len(plans) - len(todo)} already done, {len(todo)} to run")
     if todo:
         r = spec.resources
-        tracking = TrialTracking(tracker, run.parent, spec.dataset.name, stage, log)
+        tracking = TrialTracking(
+            tracker,
+            run.parent,
+            spec.dataset.name,
+            stage,
+            log,
+            lambda plan, run_id: tracker.log_model(run_id, _plain_model(store, plan, spec.dataset.name)),
+        )
         progress = StageProgress(stage, log, len(todo))
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": r.trial_cpus, "gpu": r.trial_gpus}),
@@ -351,7 +374,7 @@ def _tune_stage(run: GridRun, stage: str, trainable, plans) -> None:
         run,
         stage,
         [p for p in plans if store.exists(p.model_id)],
-        lambda plan, run_id: tracker.log_metrics(run_id, store.card(plan.model_id).get("metrics", {})),
+        lambda plan, run_id: _log_trained(tracker, run_id, store, plan, spec.dataset.name),
     )
     failed = [p.model_id for p in todo if not store.exists(p.model_id)]
     if failed:
@@ -363,6 +386,21 @@ def _tune_stage(run: GridRun, stage: str, trainable, plans) -> None:
             f"retries ({'; '.join(errors[:3])}); fix the cause, then `apgrid "
             f"resume {spec.output_dir}`"
         )
+
+
+def _plain_model(store: ModelStore, plan, dataset: str):
+    """The stored model with its masks folded into the weights: a plain module, in eval mode."""
+    from apgrid.trainables.data import DATASETS
+    from apgrid.trainables.masks import fold_masks
+
+    info = DATASETS[dataset]
+    return fold_masks(store.load_model(plan.model_id, info.image_shape, info.num_classes)).eval()
+
+
+def _log_trained(tracker: Tracker, run_id: str, store: ModelStore, plan, dataset: str) -> None:
+    """A trained model's run logged from the output folder: its card's metrics and its model."""
+    tracker.log_metrics(run_id, store.card(plan.model_id).get("metrics", {}))
+    tracker.log_model(run_id, _plain_model(store, plan, dataset))
 
 
 def _sync_runs(run: GridRun, stage: str, done_plans, fill) -> None:
@@ -464,11 +502,15 @@ def stage_evaluate(run: GridRun) -> None:
                 "measured_sparsity": float(rows["sparsity_measured"].iloc[0]),
             },
         )
-        tracker.set_tag(run_id, "samples_uri", samples.partition(plan.model_id))
+        # relative to the output folder, which may move (docs/results.md)
+        tracker.set_tag(
+            run_id, "samples_uri", samples.partition(plan.model_id).relative_to(run.output).as_posix()
+        )
         tracker.log_artifact(run_id, models.folder(plan.model_id) / "card.json")
         tracker.log_artifact(run_id, samples.partition(plan.model_id) / "part-0.parquet", "samples")
 
     def on_model_done(plan, rows, placement):
+        started = placement.pop("started", None)  # its first shard's dispatch, in this driver
         metrics = summarize(rows, spec.threat_model.eps)
         log(
             f"[evaluate] {plan.model_id}: clean {metrics['clean_acc']:.3f}  "
@@ -478,7 +520,9 @@ def stage_evaluate(run: GridRun) -> None:
         if outage:
             return  # logged by the sync below once the server answers
         try:
-            run_id = tracker.start_model_run(run.parent, plan, spec.dataset.name, "evaluate")
+            run_id = tracker.start_model_run(
+                run.parent, plan, spec.dataset.name, "evaluate", start_time=started
+            )
             log_run(plan, run_id, rows)
             for key, values in placement.items():  # where its shards ran: Ray node and GPU ids
                 if values:
@@ -507,6 +551,7 @@ def stage_evaluate(run: GridRun) -> None:
         [p for p in plans if samples.is_done(p.model_id)],
         lambda plan, run_id: log_run(plan, run_id, samples.read(plan.model_id)),
     )
+    tracker.summarize_grid(run.parent, len(plans))  # the sync above raised if MLflow is still away
 
 
 def stage_analyze(run: GridRun) -> None:

@@ -24,6 +24,9 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 PAGE_SIZE = 1000  # runs per search call; every search pages until the store has no more
+PARAMS_PER_CALL = 100  # MLflow's limit on the params of one log_batch
+MODEL_FOLDER = "model"  # a trained model's run artifact: mlflow.pytorch.load_model("runs:/<id>/model")
+DATASET_CONTEXT = {"dense": "training", "prune": "training", "evaluate": "evaluation"}
 
 
 class TrackingError(ApgridError, RuntimeError):
@@ -34,6 +37,15 @@ def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+def forget_artifact_locations() -> None:
+    """MLflow caches each run's artifact location by run id alone, for the whole process. A copied
+    grid's runs have the original's ids: without this, a process that touched one folder would log
+    the other's artifacts into it (apgrid.launch or resume of a copy, in one Python session)."""
+    from mlflow.tracking._tracking_service import utils
+
+    getattr(utils, "_artifact_repos_cache", {}).clear()
 
 
 def check_reachable(uri: str) -> None:
@@ -88,8 +100,10 @@ class Tracker:
         (readers: status) never creates the experiment; a missing one raises TrackingError."""
         self.uri = uri
         self.client = _client(uri)
+        forget_artifact_locations()
         self.source = source_tags()
         self.grid_params: dict[str, str] = {}  # set by the runner: grid_params(spec...)
+        self.datasets: dict = {}  # context -> mlflow Dataset, set by the runner: datasets(spec)
         self.grid_name = grid_name
         location = artifact_root.resolve().as_uri() if artifact_root is not None else None
         try:
@@ -106,8 +120,9 @@ class Tracker:
         except Exception as exc:
             raise TrackingError(f"tracking_uri: {uri} cannot be used ({short_reason(exc)})") from None
 
-    def grid_run(self, fingerprint: str) -> str:
-        """The grid's parent run, created once and found again on resume."""
+    def grid_run(self, fingerprint: str, params: dict[str, str] | None = None) -> str:
+        """The grid's parent run, created once and found again on resume. `params` (the spec's
+        identity, which a resume cannot change) are logged once, also on a grid that predates them."""
         found = self.client.search_runs(
             [self.experiment_id], filter_string="tags.level = 'grid'", max_results=1
         )
@@ -115,12 +130,15 @@ class Tracker:
             run_id = found[0].info.run_id
             if found[0].info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
+            if params and not found[0].data.params:
+                self.log_params(run_id, params)
             return run_id
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"grid-{self.grid_name}",
             tags={"level": "grid", "grid": self.grid_name, "fingerprint": fingerprint, **self.source},
         )
+        self.log_params(run.info.run_id, params or {})
         return run.info.run_id
 
     def runs(self, filter_string: str) -> list:
@@ -140,8 +158,15 @@ class Tracker:
         return len(self.runs(f"tags.model_id = '{model_id}' and tags.stage = '{stage}'"))
 
     def start_model_run(
-        self, parent: str, plan: ModelPlan, dataset: str, stage: str, extra_tags: dict | None = None
+        self,
+        parent: str,
+        plan: ModelPlan,
+        dataset: str,
+        stage: str,
+        extra_tags: dict | None = None,
+        start_time: float | None = None,
     ) -> str:
+        """`start_time` (seconds since the epoch): when the work began, for runs opened after it."""
         attempt = self.attempts(plan.model_id, stage) + 1
         tags = {
             "level": "model",
@@ -152,8 +177,11 @@ class Tracker:
             **model_tags(plan, dataset, stage),
             **(extra_tags or {}),
         }
-        run = self.client.create_run(self.experiment_id, run_name=f"{stage}:{plan.model_id}", tags=tags)
+        run = self.client.create_run(
+            self.experiment_id, start_time=_ms(start_time), run_name=f"{stage}:{plan.model_id}", tags=tags
+        )
         self.log_params(run.info.run_id, {**self.grid_params, **flat_params(plan)})
+        self.log_dataset(run.info.run_id, DATASET_CONTEXT.get(stage))
         self.client.log_dict(run.info.run_id, plan.config, "config.json")
         # a number MLflow filters on (tags are text): `metrics.sparsity >= 0.9`, `apgrid query`
         self.log_metrics(run.info.run_id, {"sparsity": plan.sparsity})
@@ -172,7 +200,44 @@ class Tracker:
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        batch = [Param(k, str(v)) for k, v in params.items()]
+        for start in range(0, len(batch), PARAMS_PER_CALL):
+            self.client.log_batch(run_id, params=batch[start : start + PARAMS_PER_CALL])
+
+    def log_dataset(self, run_id: str, context: str | None) -> None:
+        """The data the run trained or was evaluated on, as an MLflow dataset input."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        dataset = self.datasets.get(context)
+        if dataset is not None:
+            tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+            self.client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), tags)])
+
+    def log_model(self, run_id: str, model) -> None:
+        """A model (masks folded into its weights) as the run's MLflow PyTorch model."""
+        import logging
+        import tempfile
+
+        import mlflow.pytorch
+        import torch
+
+        from apgrid import __version__
+
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"apgrid=={__version__}"]
+        pytorch_log = logging.getLogger("mlflow.pytorch")
+        level = pytorch_log.level
+        pytorch_log.setLevel(logging.ERROR)  # its pickle warning, once per model, would bury the log
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp) / MODEL_FOLDER
+                # pickle: the model is apgrid's own module (pt2 would trace every model, seconds each)
+                mlflow.pytorch.save_model(
+                    model, folder, pip_requirements=requirements, serialization_format="pickle"
+                )
+                self.client.log_artifacts(run_id, str(folder), MODEL_FOLDER)
+        finally:
+            pytorch_log.setLevel(level)
 
     def set_tag(self, run_id: str, key: str, value) -> None:
         self.client.set_tag(run_id, key, str(value))
@@ -180,8 +245,23 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path=folder)
 
-    def end(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+    def end(self, run_id: str, status: str = "FINISHED", end_time: float | None = None) -> None:
+        self.client.set_terminated(run_id, status=status, end_time=_ms(end_time))
+
+    def summarize_grid(self, parent: str, planned: int) -> None:
+        """The grid run's summary: models planned and evaluated, and the mean of every accuracy
+        over the evaluated models (their latest FINISHED evaluate run each)."""
+        latest = {}
+        for run in self.runs("tags.stage = 'evaluate' and attributes.status = 'FINISHED'"):
+            model = run.data.tags.get("model_id")
+            if model not in latest or run.info.start_time > latest[model].info.start_time:
+                latest[model] = run
+        metrics = {"models_planned": planned, "models_evaluated": len(latest)}
+        names = {k for run in latest.values() for k in run.data.metrics if k.endswith("_acc")}
+        for name in sorted(names):
+            values = [r.data.metrics[name] for r in latest.values() if name in r.data.metrics]
+            metrics[f"mean_{name}"] = sum(values) / len(values)
+        self.log_metrics(parent, metrics)
 
     def finished_models(self, stage: str) -> set[str]:
         """Model ids with a FINISHED run for `stage`."""
@@ -239,6 +319,74 @@ def flat_params(plan: ModelPlan) -> dict[str, str]:
     return {k: _param(v) for k, v in _flatten(prefix, config).items()}
 
 
+def spec_params(spec) -> dict[str, str]:
+    """The grid's spec as dotted params (threat_model.eps, prune.sparsities, prune.methods.hydra.
+    options.rho, ...): its identity only, so that a resume, which may change the rest, logs the
+    same values. Methods and checkpoints are keyed by name; lists of values join with commas."""
+    from apgrid.grid.spec import NOT_IDENTITY
+
+    body = spec.to_dict()
+    for path in NOT_IDENTITY:
+        *parents, leaf = path.split(".")
+        node = body
+        for key in parents:
+            node = node[key]
+        node.pop(leaf, None)
+    return {k: _param(v) for k, v in _flatten_spec("", body).items()}
+
+
+def _flatten_spec(prefix: str, value) -> dict:
+    if isinstance(value, dict):
+        items = {k: v for k, v in value.items() if k != "because"}  # reasons compute nothing
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, dict) for v in value):
+        items = {v.get("name", str(i)): v for i, v in enumerate(value)}
+    else:
+        return {prefix: value}
+    return {
+        k: v
+        for key, item in items.items()
+        for k, v in _flatten_spec(f"{prefix}.{key}" if prefix else key, item).items()
+    }
+
+
+def datasets(spec) -> dict:
+    """The spec's training and evaluation data as MLflow datasets (name, digest, source), by the
+    context they are logged in. The digest names the split (dataset, held-out validation,
+    evaluated test samples), so runs on the same data share one dataset."""
+    import hashlib
+    import json
+
+    from mlflow.data.meta_dataset import MetaDataset
+
+    d = spec.dataset
+    source = _dataset_source(d.name, d.root)
+    splits = {
+        "training": {"dataset": d.name, "split": "train", "validation_held_out": d.validation},
+        "evaluation": {"dataset": d.name, "split": "test", "samples": spec.evaluation.settings.num_samples},
+    }
+    return {
+        context: MetaDataset(
+            source, name=d.name, digest=hashlib.sha256(json.dumps(split).encode()).hexdigest()[:16]
+        )
+        for context, split in splits.items()
+    }
+
+
+def _dataset_source(name: str, root: str | None):
+    """Where the data comes from: the spec's root (a folder or an object-store URI), else apgrid's
+    loader (digits ships with scikit-learn; the others download to torchvision's default)."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    if root:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+        try:
+            return resolve_dataset_source(root)
+        except Exception:  # a scheme MLflow has no source for
+            pass
+    return CodeDatasetSource({"loader": "apgrid.trainables.data.load_dataset", "dataset": name, "root": root})
+
+
 def grid_params(dataset, threat_model) -> dict[str, str]:
     """The params every model run of a grid shares: its dataset and threat model."""
     out = {
@@ -263,12 +411,19 @@ def _param(value) -> str:
 
 
 def source_tags() -> dict[str, str]:
-    """apgrid's version, and the git commit of its source when it runs from a checkout."""
+    """What MLflow's own runs carry (mlflow.user, mlflow.source.name and .type), apgrid's version,
+    and the git commit of its source when it runs from a checkout."""
     import subprocess
+
+    from mlflow.tracking.context.default_context import DefaultRunContext
 
     from apgrid import __version__
 
-    tags = {"apgrid.version": __version__}
+    try:
+        tags = dict(DefaultRunContext().tags())
+    except Exception:  # getpass finds no user name (a container's uid without a passwd entry)
+        tags = {}
+    tags["apgrid.version"] = __version__
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
@@ -281,6 +436,10 @@ def source_tags() -> dict[str, str]:
     return tags
 
 
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
+
+
 class TrialTracking(DriverCallback):
     """Opens an MLflow run for every attempt of a Tune trial and closes it with the outcome.
 
@@ -288,8 +447,13 @@ class TrialTracking(DriverCallback):
     reported, later ones are skipped, and the runner logs the missing runs from the model cards
     once the server answers again (at the end of the stage, or on `apgrid resume`)."""
 
-    def __init__(self, tracker: Tracker, parent_run: str, dataset: str, stage: str, log=print):
+    def __init__(
+        self, tracker: Tracker, parent_run: str, dataset: str, stage: str, log=print, on_finished=None
+    ):
+        """`on_finished(plan, run_id)`: logs what a finished trial left (its model) before its run
+        is closed."""
         self.tracker, self.parent, self.dataset, self.stage = tracker, parent_run, dataset, stage
+        self.on_finished = on_finished
         self.runs: dict[str, str] = {}
         self.placed: set[str] = set()  # trials whose run has its Ray node tag
         self.log = log
@@ -319,6 +483,8 @@ class TrialTracking(DriverCallback):
         self.placed.discard(trial.trial_id)  # a retried trial may land on another node
         run_id = self.runs.pop(trial.trial_id, None)
         if run_id is not None:
+            if status == "FINISHED" and self.on_finished is not None:
+                self.on_finished(ModelPlan.from_dict(trial.config["model"]), run_id)
             self.tracker.end(run_id, status)
 
     def _log_result(self, trial, result) -> None:

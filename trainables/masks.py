@@ -45,6 +45,15 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             prune.custom_from_mask(m, "weight", masks[name].to(m.weight.device))
 
 
+def fold_masks(model: nn.Module) -> nn.Module:
+    """Make the masks permanent: weight = weight_orig * mask, with no mask or hook left behind
+    (a plain module that any code, or a pickle, loads without torch's pruning)."""
+    for _, layer in prunable_layers(model):
+        if prune.is_pruned(layer):
+            prune.remove(layer, "weight")
+    return model
+
+
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict with masks folded into the weights (loadable into an unpruned model)."""
     full, state = model.state_dict(), {}
