@@ -42,18 +42,14 @@ def benchmark_spec(
 ):
     """The grid's spec writing to `output`, on the first `samples` test samples."""
     spec = load_grid_spec(grid)
-    s = spec.evaluation.settings
+    s = spec.evaluation
     n = samples or s.num_samples
     aa = min(n, aa_samples or s.autoattack_samples or n)
-    settings = dataclasses.replace(
+    evaluation = dataclasses.replace(
         s, num_samples=n, autoattack_samples=aa, block_size=block_size or s.block_size
     )
     return dataclasses.replace(
-        spec,
-        output=str(output),
-        tracking_uri=None,
-        storage=None,
-        evaluation=dataclasses.replace(spec.evaluation, settings=settings),
+        spec, output=str(output), tracking_uri=None, storage=None, evaluation=evaluation
     )
 
 
@@ -62,7 +58,7 @@ def apgrid_stage(grid: Path, spec, log) -> float:
     links to the grid's trained models."""
     import ray
 
-    from apgrid.grid.runner import stage_evaluate
+    from apgrid.grid.runner import GridRun, stage_evaluate
     from apgrid.grid.tracking import Tracker
 
     output = spec.output_dir
@@ -70,7 +66,7 @@ def apgrid_stage(grid: Path, spec, log) -> float:
     (output / "models").symlink_to(Path(grid).resolve() / "models")
     start = time.perf_counter()
     tracker = Tracker(spec.resolved_tracking_uri, spec.name, output / "mlartifacts")
-    stage_evaluate(spec, tracker, tracker.grid_run(spec.fingerprint()), None, log, 1)
+    stage_evaluate(GridRun(spec, tracker, tracker.grid_run(spec.fingerprint()), log))
     elapsed = time.perf_counter() - start
     assert ray.is_initialized()
     return elapsed
