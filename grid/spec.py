@@ -48,6 +48,18 @@ HOW_IT_RUNS = ("resources", "max_failures", "evaluation.actors")
 NOT_IDENTITY = WHERE_AND_REPORT + HOW_IT_RUNS  # dotted paths into the spec's layout
 
 
+def drop_paths(body: dict, paths) -> dict:
+    """`body` (a spec's to_dict) without the dotted `paths`, in place: a grid's identity is the
+    spec less NOT_IDENTITY (the fingerprint; the grid run's MLflow params)."""
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = body
+        for key in parents:
+            node = node[key]
+        node.pop(leaf, None)
+    return body
+
+
 MAX_SEED = 2**32 - 1  # seeds: what numpy and torch generators accept
 SPARSITY = {"low": 0.0, "high": 1.0, "high_open": True}  # a pruned fraction
 SHARE = {"low": 0.0, "high": 1024.0}  # CPUs or GPUs per trial or actor
@@ -209,12 +221,7 @@ class GridSpec:
             "settings": {k: v for k, v in evaluation.items() if k in own},
             **{k: v for k, v in evaluation.items() if k not in own},
         }
-        for path in NOT_IDENTITY:
-            *parents, leaf = path.split(".")
-            node = body
-            for key in parents:
-                node = node[key]
-            del node[leaf]
+        drop_paths(body, NOT_IDENTITY)
         settings = body["evaluation"]["settings"]
         if settings["autoattack_attacks"] is None:  # added later: grids launched before keep theirs
             del settings["autoattack_attacks"]

@@ -323,15 +323,9 @@ def spec_params(spec) -> dict[str, str]:
     """The grid's spec as dotted params (threat_model.eps, prune.sparsities, prune.methods.hydra.
     options.rho, ...): its identity only, so that a resume, which may change the rest, logs the
     same values. Methods and checkpoints are keyed by name; lists of values join with commas."""
-    from apgrid.grid.spec import NOT_IDENTITY
+    from apgrid.grid.spec import NOT_IDENTITY, drop_paths
 
-    body = spec.to_dict()
-    for path in NOT_IDENTITY:
-        *parents, leaf = path.split(".")
-        node = body
-        for key in parents:
-            node = node[key]
-        node.pop(leaf, None)
+    body = drop_paths(spec.to_dict(), NOT_IDENTITY)
     return {k: _param(v) for k, v in _flatten_spec("", body).items()}
 
 
