@@ -86,6 +86,9 @@ class DenseSpec:
     )
     seeds: tuple[int, ...] = field(default=(0,), metadata={"min": 0, "max": MAX_SEED})
     recipe: Recipe = Recipe()
+    # true: every method prunes the one parent `recipe` trains (a benchmark that compares pruning
+    # alone); false: each method's parent follows its authors' where `recipe` leaves a field unset
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,7 @@ def _without_neutral(body):
             "validation": 0,
             "dense": None,
             "budget": 1.0,
+            "shared": False,
         }
         return {k: _without_neutral(v) for k, v in body.items() if not (k in neutral and neutral[k] == v)}
     if isinstance(body, (list, tuple)):
@@ -322,7 +326,7 @@ def parse_spec(raw: Any) -> GridSpec:
         dataset=dataset,
         threat_model=threat,
         dense=dense,
-        prune=_prune(raw.get("prune", {}), augment, dense.recipe, _grid_context(raw, dataset, threat)),
+        prune=_prune(raw.get("prune", {}), augment, dense.recipe, _grid_context(raw, dataset, threat, dense)),
         evaluation=_evaluation(raw.get("evaluation", {})),
         resources=parse_fields(Resources, raw.get("resources", {}), "resources"),
         checkpoints=_checkpoints(raw.get("checkpoints", [])),
@@ -627,16 +631,23 @@ class _GridContext:
     validation: int
     norm: str
     budget: float = 1.0
+    shared_parent: bool = False  # dense.shared: no method's parent follows its authors'
 
 
-def _grid_context(raw: dict, dataset: DatasetSpec, threat: ThreatModel) -> _GridContext:
+def _grid_context(raw: dict, dataset: DatasetSpec, threat: ThreatModel, dense: DenseSpec) -> _GridContext:
     prune = _mapping(raw.get("prune", {}), "prune")
     given = {
         "finetune": _mapping(prune.get("finetune"), "prune.finetune"),
         "search": _mapping(prune.get("search"), "prune.search"),
         "parent": _mapping(_mapping(raw.get("dense", {}), "dense").get("recipe"), "dense.recipe"),
     }
-    return _GridContext(given, DATASETS[dataset.name].augment, dataset.validation, threat.norm)
+    return _GridContext(
+        given,
+        DATASETS[dataset.name].augment,
+        dataset.validation,
+        threat.norm,
+        shared_parent=dense.shared,
+    )
 
 
 def _prune(raw, augment: str, dense: Recipe, context: _GridContext) -> PruneSpec:
@@ -698,6 +709,11 @@ def _method(raw, grid: dict[str, Recipe], context: _GridContext) -> MethodSpec:
     resolved = dict(grid)
     for part, phase, min_epochs in parts:
         own = _mapping(raw.get(part), f"{where}.{part}")
+        if part == "dense" and context.shared_parent:
+            if own:
+                raise SpecError(f"{where}.dense: with dense.shared every method prunes dense.recipe's model")
+            phases["dense"] = None  # the grid's, as dense_recipe reads it
+            continue
         # a method that trains its pruned network as its parent was trained (Li20's rewound ticket)
         # starts its fine-tuning from the parent's recipe, not the grid's fine-tuning one
         base = resolved["parent"] if phase == "finetune" and entry.finetunes_like_parent else grid[phase]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 from apgrid.errors import ApgridError, short_reason
@@ -339,8 +340,14 @@ def _flatten_spec(prefix: str, value) -> dict:
     return {
         k: v
         for key, item in items.items()
-        for k, v in _flatten_spec(f"{prefix}.{key}" if prefix else key, item).items()
+        for k, v in _flatten_spec(f"{prefix}.{_key(key)}" if prefix else _key(key), item).items()
     }
+
+
+def _key(name: str) -> str:
+    """A spec name as a part of an MLflow param key, which allows only alphanumerics and `_-. :/`
+    (flyingbird+ -> flyingbird_plus)."""
+    return re.sub(r"[^\w\-. :/]", "_", str(name).replace("+", "_plus"))
 
 
 def datasets(spec) -> dict:

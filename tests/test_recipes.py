@@ -234,3 +234,34 @@ def test_the_dry_run_prints_each_reason_and_launch_warns_on_the_unexplained(hydr
     lines.clear()
     _warn_unexplained(explained, lines.append)
     assert lines == []
+
+
+def test_a_shared_parent_is_one_model_every_method_prunes_and_its_departures_are_listed(hydra_with):
+    """dense.shared: HYDRA prunes dense.recipe's model, not its authors' TRADES parent, and the
+    departure is listed; the survey grids, which compare the pruning alone, plan one parent."""
+    import yaml
+
+    from apgrid.grid.plan import dense_models
+    from apgrid.grid.spec import DEFAULT_SPEC
+
+    dense = {"recipe": {"epochs": 2}}
+    methods = {"methods": ["hydra", "lwm-global"], "sparsities": [0.9]}
+    own = parse_spec({"name": "t", "output": "o", "dense": dense, "prune": methods})
+    assert len(dense_models(own)) == 2 and own.prune.methods[0].dense_recipe(own).trainer == "trades"
+    raw = {"name": "t", "output": "o", "dense": {**dense, "shared": True}}
+    shared = parse_spec({**raw, "prune": methods})
+    (parent,) = dense_models(shared)
+    assert parent.config["recipe"]["trainer"] == shared.dense.recipe.trainer != "trades"
+    assert {p.dense_model_id for p in pruned_models(shared)} == {parent.model_id}
+    found = {f"{d.phase}.{d.key}": d for d in method_deviations(shared, shared.prune.methods[0])}
+    assert (found["parent.trainer"].grid, found["parent.trainer"].authors) == (
+        parent.config["recipe"]["trainer"],
+        "trades",
+    )
+    with pytest.raises(SpecError, match="prune.methods.hydra.dense: with dense.shared"):
+        parse_spec({**raw, "prune": {"methods": [{"name": "hydra", "dense": {"epochs": 3}}]}})
+    for example in ("survey.yaml", "survey-svhn.yaml", "survey-cifar-tiny.yaml"):
+        grid = yaml.safe_load((DEFAULT_SPEC.parent / example).read_text())
+        grid["dataset"]["root"] = "."
+        grid = parse_spec(grid)
+        assert len(dense_models(grid)) == len(grid.dense.architectures) * len(grid.dense.seeds), example

@@ -17,6 +17,8 @@ from mlflow import MlflowClient
 import apgrid
 from apgrid.grid.cli import main
 from apgrid.grid.runner import launch, resume
+from apgrid.grid.spec import EXAMPLES, load_spec
+from apgrid.grid.tracking import Tracker, spec_params
 from apgrid.trainables.data import load_digits
 from apgrid.trainables.masks import prunable_layers
 from tests.helpers import small_grid
@@ -142,3 +144,15 @@ def test_a_moved_grids_artifacts_list_and_download_from_where_it_is(grid, tmp_pa
         moved.rename(grid)
         main(["status", str(grid)])  # and back, for any test after this one
         capsys.readouterr()
+
+
+@pytest.mark.parametrize("example", ["survey-cifar-tiny", "survey", "thin-ice", "compressed"])
+def test_every_example_grids_params_are_keys_mlflow_accepts(example, tmp_path):
+    # flyingbird+ as a key part made MLflow refuse the survey grids' parent run at launch
+    spec = load_spec(EXAMPLES / f"{example}.yaml")
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", spec.name, artifact_root=tmp_path / "artifacts")
+    run_id = tracker.grid_run(spec.fingerprint(), spec_params(spec))
+    params = MlflowClient(tracker.uri).get_run(run_id).data.params
+    assert len(params) == len(spec_params(spec))
+    if example.startswith("survey"):
+        assert params["prune.methods.flyingbird_plus.name"] == "flyingbird+"
