@@ -189,7 +189,7 @@ def test_the_authors_step_epochs_follow_a_shorter_schedule():
         assert finetune.milestones == (3, 4)
 
 
-@pytest.mark.parametrize("example", ["survey.yaml", "thin-ice.yaml", "compressed.yaml"])
+@pytest.mark.parametrize("example", ["survey.yaml", "survey-svhn.yaml", "thin-ice.yaml", "compressed.yaml"])
 def test_the_example_grids_explain_every_deviation(example, tmp_path):
     """Each deviation of survey, thin-ice and compressed from the methods' authors carries the
     spec's reason (`because:`); taking one reason out leaves exactly that deviation unexplained.
