@@ -1,23 +1,12 @@
-"""A grid's model runs as (stage, status, attempt, model id), for `apgrid status`: read straight
-from the default SQLite store when the grid has one (no MLflow import, which costs seconds), else
-through MLflow's client."""
+"""A grid's model runs read straight from the default SQLite store when the grid has one (no MLflow
+import, which costs seconds), else through MLflow's client: as (stage, status, attempt, model id)
+for `apgrid status`, and whole (attributes, tags, params, metrics) for `apgrid query`."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 from typing import NamedTuple
-
-MODEL_RUNS = """
-SELECT r.status,
-       (SELECT value FROM tags WHERE run_uuid = r.run_uuid AND key = 'stage'),
-       (SELECT value FROM tags WHERE run_uuid = r.run_uuid AND key = 'attempt'),
-       (SELECT value FROM tags WHERE run_uuid = r.run_uuid AND key = 'model_id')
-FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id
-WHERE e.name = ? AND r.lifecycle_stage = 'active'
-  AND EXISTS (SELECT 1 FROM tags WHERE run_uuid = r.run_uuid AND key = 'level' AND value = 'model')
-ORDER BY r.start_time
-"""
 
 
 class ModelRun(NamedTuple):
@@ -28,25 +17,23 @@ class ModelRun(NamedTuple):
 
 
 def model_runs(uri: str, experiment: str) -> list[ModelRun]:
-    path = uri.removeprefix("sqlite:///")
-    if uri.startswith("sqlite:///") and Path(path).is_file():
+    path = sqlite_store(uri)
+    if path is not None:
         try:
-            return _from_sqlite(Path(path), experiment)
+            stored = stored_model_runs(path, experiment) or []
         except sqlite3.Error:  # a store MLflow laid out otherwise: ask MLflow
             pass
+        else:
+            return [
+                ModelRun(
+                    r.tags.get("stage", "?"),
+                    r.attributes["status"],
+                    int(r.tags.get("attempt", "1")),
+                    r.tags.get("model_id"),
+                )
+                for r in stored
+            ]
     return _from_mlflow(uri, experiment)
-
-
-def _from_sqlite(path: Path, experiment: str) -> list[ModelRun]:
-    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
-    try:
-        rows = db.execute(MODEL_RUNS, (experiment,)).fetchall()
-    finally:
-        db.close()
-    return [
-        ModelRun(stage or "?", status, int(attempt or 1), model_id)
-        for status, stage, attempt, model_id in rows
-    ]
 
 
 def _from_mlflow(uri: str, experiment: str) -> list[ModelRun]:
