@@ -79,13 +79,21 @@ class Grid:
 
         return read_table(self.output, name)
 
+    @property
+    def model_store(self):
+        """The grid's models (apgrid.grid.store.ModelStore); on object storage, fetched into the
+        working folder as they are read."""
+        from apgrid.grid.objectstore import ObjectResults
+        from apgrid.grid.store import ModelStore
+
+        return ModelStore(self.output, ObjectResults(self.uri, self.name) if self.uri else None)
+
     def load_model(self, model_id: str, device: str = "cpu"):
         """The model `model_id` as the grid stored it: a torch.nn.Module with its masks applied
         (pruned weights stay zero), in eval mode, on `device`."""
-        from apgrid.grid.store import ModelStore
         from apgrid.trainables.data import DATASETS
 
-        store = ModelStore(self.output)
+        store = self.model_store
         if not store.exists(model_id):
             raise GridError(unknown_model(model_id, store, self.output))
         info = DATASETS[self.spec.dataset.name]
@@ -113,7 +121,10 @@ def unknown_model(model_id: str, store, output: Path) -> str:
     """One line for an id the grid does not hold: the closest ids it does (else a few of them)."""
     import difflib
 
-    ids = sorted(p.parent.name for p in store.root.glob("*/card.json"))
+    if store.remote is not None:
+        ids = store.remote.committed_models("models")
+    else:
+        ids = sorted(p.parent.name for p in store.root.glob("*/card.json"))
     if not ids:
         return f"load_model: {output} holds no trained model yet"
     close = difflib.get_close_matches(str(model_id), ids, n=3, cutoff=0.3) or ids[:3]

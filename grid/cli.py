@@ -10,7 +10,7 @@ from pathlib import Path
 from apgrid.analysis.names import SUMMARY_TABLES, TABLES
 from apgrid.errors import ApgridError
 from apgrid.grid.errors import STORAGE_ERRNOS, GridError
-from apgrid.trainables.fields import output_folder
+from apgrid.trainables.fields import output_folder, remote_output
 
 EXIT_STOPPED = 1  # stopped part-way by its environment (disk, tracking server, failing trials)
 EXIT_BAD_INPUT = 2  # bad input: nothing started, nothing written
@@ -421,16 +421,14 @@ def cmd_list(args) -> int:
 
 def cmd_export(args) -> int:
     from apgrid.analysis.export import export, load_names
-    from apgrid.grid.state import read_state
-    from apgrid.grid.store import ModelStore, read_samples
+    from apgrid.grid.api import Grid
 
-    output = output_folder(args.dir)
-    read_state(output)
-    samples = read_samples(output)
+    grid = Grid(args.dir)  # a folder or an s3:// URI
+    samples = grid.samples()
     if samples.empty:
-        raise GridError(f"export: {output} has no evaluated models yet")
+        raise GridError(f"export: {args.dir} has no evaluated models yet")
     names = load_names(Path(args.names).expanduser(), set(samples["model_id"])) if args.names else {}
-    store = ModelStore(output)
+    store = grid.model_store
     cards = {m: store.card(m) for m in samples["model_id"].unique() if store.exists(m)}
     folder = Path(args.outdir).expanduser()
     paths = export(samples, cards, folder, names)
@@ -441,11 +439,11 @@ def cmd_export(args) -> int:
 
 def cmd_compare(args) -> int:
     from apgrid.analysis.compare import compare_models
+    from apgrid.grid.api import Grid
     from apgrid.grid.query import QueryError, format_runs, resolve_model
-    from apgrid.grid.store import read_samples
 
     def rows_of(folder):
-        rows = read_samples(output_folder(folder))
+        rows = Grid(folder).samples()  # a folder or an s3:// URI
         if rows.empty:
             raise GridError(f"compare: {folder} has no evaluated models")
         return rows
@@ -459,7 +457,7 @@ def cmd_compare(args) -> int:
         table = compare_models(rows, rows, [(a, b)])
     else:
         for folder in (args.a, args.b):
-            if not (Path(folder) / "grid.json").is_file():
+            if not remote_output(folder) and not (Path(folder) / "grid.json").is_file():
                 raise GridError(
                     f"compare: {folder} is not a grid's output folder (give two "
                     f"folders, or two model ids with --grid DIR)"

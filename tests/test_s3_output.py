@@ -75,6 +75,13 @@ def test_a_grid_on_s3_killed_mid_evaluate_resumes_to_an_uninterrupted_runs_rows(
     )
     assert main(["analyze", uri, "--no-models", "--format", "html"]) == 0
     assert list((tmp_path / "elsewhere").glob("*/report/index.html"))
+    # its models, their RobustBench files and a comparison, from the URI alone
+    pruned = next(m for m in rows["model_id"].unique() if m.startswith("lwm-global"))
+    model = apgrid.open(uri).load_model(pruned)
+    assert sum(int((p == 0).sum()) for p in model.parameters()) > 0
+    assert main(["export", uri, str(tmp_path / "robustbench")]) == 0
+    assert len(list((tmp_path / "robustbench").rglob("*.json"))) == 2
+    assert main(["compare", "--grid", uri, "dense", "lwm-global"]) == 0
 
     local = tmp_path / "local"
     launch(parse_spec(grid_raw(local)), log=lambda m: None, until="evaluate")
