@@ -64,8 +64,12 @@ def preflight(spec: GridSpec, dry_run: bool = False) -> None:
         raise GridError(f"output: {output} exists and is not a folder")
     if state_path(output).is_file():
         owner = read_state(output)
-        if owner.get("fingerprint") != spec.fingerprint():
-            differ = [c for c in _spec_changes(output, spec) if not c.startswith(NOT_IDENTITY)]
+        differ = [c for c in _spec_changes(output, spec) if not c.startswith(NOT_IDENTITY)]
+        # the data's place may change (the grid moved); equal fields under another fingerprint are
+        # a grid an older apgrid fingerprinted otherwise (e.g. with its data's place)
+        differ = [c for c in differ if not c.startswith("dataset.root:")]
+        same_fields = (output / "spec.yaml").is_file() and not differ
+        if owner.get("fingerprint") != spec.fingerprint() and not same_fields:
             why = f"; it differs in {'; '.join(differ[:3])}" if differ else ""
             raise GridError(
                 f"output: {output} belongs to another grid ('{owner.get('name')}'"

@@ -225,6 +225,9 @@ class GridSpec:
             **{k: v for k, v in evaluation.items() if k not in own},
         }
         drop_paths(body, NOT_IDENTITY)
+        # where the data lives is not what the grid computes: a grid moved to a machine that keeps
+        # CIFAR-10 elsewhere is the same grid (None, so grids without a root keep their identity)
+        body["dataset"]["root"] = None
         settings = body["evaluation"]["settings"]
         if settings["autoattack_attacks"] is None:  # added later: grids launched before keep theirs
             del settings["autoattack_attacks"]

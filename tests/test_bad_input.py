@@ -115,6 +115,29 @@ def test_output_of_another_grid_is_neither_used_nor_overwritten(tmp_path, capsys
     assert json.loads((out / "grid.json").read_text()) == state
 
 
+def test_a_grid_fingerprinted_with_its_datas_old_place_is_the_same_grid(tmp_path, capsys):
+    """Where the data lives is not the grid's identity: a folder whose grid.json holds the
+    fingerprint an older apgrid computed (with dataset.root) and whose spec.yaml equals the spec
+    but for the data's place is continued; a change in what it computes is still refused."""
+    from apgrid.grid.spec import load_spec
+
+    out = tmp_path / "out"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**BASE, "output": str(out), "dataset": {"name": "digits", "root": "a"}}))
+    assert main(["launch", str(spec), "--dry-run"]) == 0
+    out.mkdir()
+    stored = load_spec(spec).to_dict()
+    stored["dataset"]["root"] = "/elsewhere/digits"
+    (out / "spec.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(stored))))
+    (out / "grid.json").write_text(json.dumps({"name": "bad", "fingerprint": "0" * 16, "stages": {}}))
+    capsys.readouterr()
+    assert main(["launch", str(spec), "--dry-run"]) == 0, capsys.readouterr().err
+    threat = {"norm": "Linf", "eps": 0.2}
+    spec.write_text(yaml.safe_dump({**BASE, "output": str(out), "threat_model": threat}))
+    assert main(["launch", str(spec), "--dry-run"]) == 2
+    assert "it differs in threat_model.eps: 0.1 -> 0.2" in capsys.readouterr().err
+
+
 def test_output_into_a_closed_pipe_ends_quietly():
     """`apgrid list examples | head -1`: the reader is gone; exit 141 (SIGPIPE's), no traceback."""
     import os

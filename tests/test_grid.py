@@ -461,6 +461,9 @@ def test_a_grids_identity_is_what_it_computes_not_where_or_on_what(tmp_path):
     other = tiny_spec(tmp_path / "out", resources={"actor_cpus": 2})
     assert other.fingerprint() == spec.fingerprint()
     assert tiny_spec(tmp_path / "elsewhere").fingerprint() == spec.fingerprint()
+    data_here, data_there = ({"name": "digits", "root": str(tmp_path / d)} for d in ("a", "b"))
+    here = tiny_spec(tmp_path / "out", dataset=data_here)
+    assert here.fingerprint() == tiny_spec(tmp_path / "out", dataset=data_there).fingerprint()
     assert (
         tiny_spec(tmp_path / "out", threat_model={"norm": "Linf", "eps": 0.2}).fingerprint()
         != spec.fingerprint()
