@@ -145,6 +145,9 @@ def reevaluation_table(models: pd.DataFrame, reported: dict | None = None) -> pd
     t["reported_robust"] = [reported.get(m, {}).get("robust", np.nan) for m in t["model_id"]]
     t["reported_attack"] = [reported.get(m, {}).get("attack", "") for m in t["model_id"]]
     t["drop_reported_minus_aa"] = t["reported_robust"] - t["aa_acc"]
+    # the paper's own drop, where the entry carries its AutoAttack figure for the authors' model
+    t["reported_aa_robust"] = [reported.get(m, {}).get("aa_robust", np.nan) for m in t["model_id"]]
+    t["paper_drop"] = t["reported_robust"] - t["reported_aa_robust"]
     t["pgd10_minus_aa"] = models["pgd_acc_on_aa_samples"] - t["aa_acc"]  # on the same samples
     t["fmn_weaker_than_aa"] = t["fmn_acc_at_eps"] > t["aa_acc"]
     samples_of = {"clean_acc_on_aa_samples": "aa_samples", "aa_acc": "aa_samples"}

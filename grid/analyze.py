@@ -129,9 +129,24 @@ def _analyze(spec: GridSpec, models, log, with_models: bool, folder: Path) -> di
     store = ModelStore(spec.output_dir, remote)
     cards = {m: store.card(m) for m in samples.model_ids if store.exists(m)}
     reported = {m: card["reported"] for m, card in cards.items() if card.get("reported")}
+    reported.update(_reported_by_methods(spec, samples.model_ids))
     deviations = {c["method"]: c["deviations"] for c in cards.values() if "deviations" in c}
     partial = folder != spec.output_dir / "report"
     if partial and folder.is_dir():
         shutil.rmtree(folder)  # a previous partial report's figures would stay beside the new tables
     cache = spec.output_dir / "analysis_cache" / ("partial" if partial else "")
     return write_report(samples, folder, spec.name, spec.analysis, access, reported, deviations, cache=cache)
+
+
+def _reported_by_methods(spec: GridSpec, model_ids) -> dict[str, dict]:
+    """{model id: its paper's figures} for the pruned models whose method's `reported` names
+    their architecture and sparsity (thin-ice.yaml carries the seed paper's Table 1 so)."""
+    from apgrid.grid import plan as planner
+
+    methods = {m.name: m for m in spec.prune.methods}
+    found = {}
+    for p in planner.pruned_models(spec):
+        figures = methods[p.method].reported_for(p.arch, p.sparsity) if p.method in methods else None
+        if figures and p.model_id in model_ids:
+            found[p.model_id] = figures
+    return found

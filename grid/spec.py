@@ -107,6 +107,17 @@ class MethodSpec:
     # pattern a deviation's field as the dry run names it (finetune.epochs, selection) or a
     # shell-style wildcard (finetune.*, *.eps); over prune.because. Outside the grid's identity.
     because: dict = field(default_factory=dict)
+    # what the method's paper reported for the models it prunes: ({arch, sparsity, clean, robust,
+    # attack, source}, ...), shown in Table 1 beside AutoAttack's; computes nothing, so outside
+    # the grid's identity like `because`
+    reported: tuple[dict, ...] = ()
+
+    def reported_for(self, arch: str, sparsity: float) -> dict | None:
+        """The paper's figures for this method's model of `arch` at `sparsity`, if given."""
+        for entry in self.reported:
+            if entry["arch"] == arch and entry["sparsity"] == sparsity:
+                return {k: v for k, v in entry.items() if k not in ("arch", "sparsity")}
+        return None
 
     def dense_recipe(self, spec: GridSpec) -> Recipe:
         """The recipe of the dense parent this method prunes (its paper's: HYDRA a TRADES parent)."""
@@ -216,8 +227,9 @@ class GridSpec:
         in the layout grids were first fingerprinted in (evaluation settings nested), so that
         folders written before the spec mirrored its YAML keep their identity."""
         body = _without_neutral(self.to_dict())
-        for section in (body["prune"], *body["prune"]["methods"]):  # reasons compute nothing
-            section.pop("because", None)
+        for section in (body["prune"], *body["prune"]["methods"]):  # reasons and papers' figures
+            section.pop("because", None)  # compute nothing
+            section.pop("reported", None)
         evaluation = body["evaluation"]
         own = {f.name for f in dataclasses.fields(EvalSettings)}
         body["evaluation"] = {
@@ -367,6 +379,14 @@ def _check_cross_fields(spec: GridSpec) -> None:
                 raise SpecError(
                     f"prune.methods.{m.name}.architectures: '{arch}' is not in "
                     f"dense.architectures ({', '.join(spec.dense.architectures)})"
+                )
+        archs, sparsities = m.architectures or tuple(parents), m.sparsities or spec.prune.sparsities
+        for entry in m.reported:
+            if entry["arch"] not in archs or entry["sparsity"] not in sparsities:
+                raise SpecError(
+                    f"prune.methods.{m.name}.reported: {entry['arch']} at {entry['sparsity']:g} is "
+                    f"no model of this grid (architectures {', '.join(archs)}; sparsities "
+                    f"{', '.join(f'{x:g}' for x in sparsities)})"
                 )
         if PRUNING_METHODS[m.name].needs_validation and spec.dataset.validation == 0:
             raise SpecError(
@@ -731,6 +751,7 @@ def _method(raw, grid: dict[str, Recipe], context: _GridContext) -> MethodSpec:
         name=name,
         options=options,
         because=_because(raw.get("because"), f"{where}.because"),
+        reported=_method_reported(raw.get("reported"), f"{where}.reported"),
         **phases,
     )
 
@@ -816,13 +837,37 @@ def _normalization(value, where: str):
     return out
 
 
+def _method_reported(value, where: str) -> tuple[dict, ...]:
+    """A method's `reported`: one {arch, sparsity, clean, robust, attack, source} per model."""
+    if value is None:
+        return ()
+    out = []
+    for i, item in enumerate(_list(value, where)):
+        at = f"{where}[{i}]"
+        item = _mapping(item, at)
+        for key in ("arch", "sparsity"):
+            if key not in item:
+                raise SpecError(f"{at}: names the model by arch and sparsity (missing {key})")
+        arch = choice(item["arch"], f"{at}.arch", ARCHITECTURES)
+        sparsity = number(item["sparsity"], f"{at}.sparsity", 0.0, 1.0, high_open=True)
+        figures = _reported({k: v for k, v in item.items() if k not in ("arch", "sparsity")}, at)
+        out.append({"arch": arch, "sparsity": sparsity, **figures})
+    seen = [(e["arch"], e["sparsity"]) for e in out]
+    if len(set(seen)) != len(seen):
+        raise SpecError(f"{where}: a model (arch, sparsity) is listed twice")
+    return tuple(out)
+
+
 def _reported(value, where: str):
-    """What the checkpoint's paper reported: accuracies in [0, 1] and the attack's name."""
+    """What the model's paper reported: accuracies in [0, 1] (`clean`, `robust`; `aa_clean`,
+    `aa_robust`: what a re-evaluation with AutoAttack measured on the authors' model, as the
+    thin-ice paper's A.A. columns), the attack's name and the source."""
     if value is None:
         return None
     value = _mapping(value, where)
-    check_keys(value, ("clean", "robust", "attack", "source"), f"{where}.")
-    out = {k: number(value[k], f"{where}.{k}", 0.0, 1.0) for k in ("clean", "robust") if k in value}
+    figures = ("clean", "robust", "aa_clean", "aa_robust")
+    check_keys(value, (*figures, "attack", "source"), f"{where}.")
+    out = {k: number(value[k], f"{where}.{k}", 0.0, 1.0) for k in figures if k in value}
     for k in ("attack", "source"):
         if k in value:
             out[k] = _string(value[k], f"{where}.{k}")

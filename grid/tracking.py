@@ -332,7 +332,8 @@ def spec_params(spec) -> dict[str, str]:
 
 def _flatten_spec(prefix: str, value) -> dict:
     if isinstance(value, dict):
-        items = {k: v for k, v in value.items() if k != "because"}  # reasons compute nothing
+        # reasons and papers' figures compute nothing
+        items = {k: v for k, v in value.items() if k not in ("because", "reported")}
     elif isinstance(value, (list, tuple)) and value and all(isinstance(v, dict) for v in value):
         items = {v.get("name", str(i)): v for i, v in enumerate(value)}
     else:

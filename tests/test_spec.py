@@ -267,6 +267,80 @@ def test_the_published_example_carries_the_thin_ice_papers_table_1(tmp_path, mon
     assert spec.evaluation.autoattack_samples == 1000
 
 
+def test_the_thin_ice_example_carries_its_table_1_for_every_model_and_table_1_shows_both_drops(tmp_path):
+    """thin-ice.yaml: each of the paper's twelve models has its Table 1 row (Rep. Acc./Rob., A.A.
+    Acc./Rob.) as its method's `reported`, outside the grid's identity; the analysis gives each
+    pruned model its row, and Table 1 prints the paper's drop beside apgrid's."""
+    import pandas as pd
+    import yaml
+
+    from apgrid.analysis.tables import reevaluation_table
+    from apgrid.grid.analyze import _reported_by_methods
+    from apgrid.grid.plan import pruned_models
+
+    raw = yaml.safe_load((DEFAULT_SPEC.parent / "thin-ice.yaml").read_text())
+    raw["dataset"]["root"] = str(tmp_path)
+    spec = parse_spec(raw)
+    table_1 = {  # thin-ice-2310.08073.md Table 1: Rep. Acc., A.A. Acc., Rep. Rob., A.A. Rob. (%)
+        ("atmc", "resnet34", 0.9): (84.83, 85.60, 43.78, 38.20),
+        ("atmc", "resnet18", 0.95): (84.47, 84.60, 42.75, 35.70),
+        ("r-admm", "resnet18", 0.9): (81.43, 81.30, 43.37, 44.07),
+        ("r-admm", "vgg16", 0.95): (73.14, 73.20, 43.96, 38.20),
+        ("hydra", "wrn-28-4", 0.9): (83.70, 84.60, 55.20, 52.80),
+        ("hydra", "vgg16-hydra", 0.95): (78.90, 79.30, 48.70, 45.10),
+    }
+    plans = pruned_models(spec)
+    found = _reported_by_methods(spec, [p.model_id for p in plans])
+    assert len(found) == len(plans) == 12
+    for p in plans:
+        if (p.method, p.arch, p.sparsity) in table_1:
+            clean, aa_clean, robust, aa_robust = table_1[(p.method, p.arch, p.sparsity)]
+            figures = found[p.model_id]
+            assert (figures["clean"], figures["aa_clean"]) == pytest.approx((clean / 100, aa_clean / 100))
+            assert (figures["robust"], figures["aa_robust"]) == pytest.approx((robust / 100, aa_robust / 100))
+    bare = {
+        **raw,
+        "prune": {
+            **raw["prune"],
+            "methods": [{k: v for k, v in m.items() if k != "reported"} for m in raw["prune"]["methods"]],
+        },
+    }
+    assert parse_spec(bare).fingerprint() == spec.fingerprint()
+    model = next(p.model_id for p in plans if (p.method, p.arch, p.sparsity) == ("r-admm", "resnet18", 0.9))
+    models = pd.DataFrame(
+        [
+            {
+                "model_id": model,
+                "method": "r-admm",
+                "arch": "resnet18",
+                "sparsity": 0.9,
+                "sparsity_measured": 0.9,
+                "clean_acc": 0.8,
+                "clean_acc_on_aa_samples": 0.8,
+                "aa_samples": 1000,
+                "num_samples": 1000,
+                "pgd_acc": 0.45,
+                "pgd_acc_on_aa_samples": 0.45,
+                "aa_acc": 0.40,
+                "fmn_acc_at_eps": 0.41,
+            }
+        ]
+    )
+    row = reevaluation_table(models, found).iloc[0]
+    assert row["paper_drop"] == pytest.approx(0.4337 - 0.4407)  # the paper's -0.70
+    assert row["drop_reported_minus_aa"] == pytest.approx(0.4337 - 0.40)
+
+
+def test_a_methods_reported_entry_must_name_a_model_of_the_grid():
+    entry = {"arch": "vgg16", "sparsity": 0.9, "clean": 0.8, "robust": 0.4}
+    with pytest.raises(
+        SpecError, match=r"prune.methods.hydra.reported: vgg16 at 0.9 is no model of this grid"
+    ):
+        parse_spec(
+            {"name": "t", "output": "o", "prune": {"methods": [{"name": "hydra", "reported": [entry]}]}}
+        )
+
+
 def test_thin_ice_example_is_the_papers_twelve_models(tmp_path):
     import yaml
 
