@@ -722,14 +722,20 @@ def test_flying_bird_keeps_its_best_validation_epoch_and_flying_bird_plus_attack
     """Flying Bird's training is its search, and the authors keep the epoch of best validation
     robust accuracy (utils.py save_checkpoint model_RA_best): with `select: best` and a validation
     split, the model that comes out is that epoch's weights under that epoch's masks (here the
-    validation scores are set to peak at epoch 2 of 3; the old search kept its last epoch). Flying
-    Bird+'s triggers read the validation loss under PGD-20 (main_adv.py --test_step 20)."""
+    validation scores are set to peak at epoch 2 of 3; the old search kept its last epoch), scored
+    under PGD-20 as the authors' (main_adv.py --test_step 20; it was PGD-10). Flying Bird+'s
+    triggers read the validation loss under PGD-20 too."""
     from apgrid.trainables import pipeline
     from apgrid.trainables.data import with_validation
     from apgrid.trainables.methods import dynamic
 
-    scores = iter([0.5, 0.9, 0.3])
-    monkeypatch.setattr(pipeline, "validation_metrics", lambda *a: {"val_pgd_acc": next(scores)})
+    scores, selecting = iter([0.5, 0.9, 0.3]), []
+
+    def validation_metrics(model, ds, eps, norm, device, steps=10):
+        selecting.append(steps)
+        return {"val_pgd_acc": next(scores)}
+
+    monkeypatch.setattr(pipeline, "validation_metrics", validation_metrics)
     states = []
     search = Recipe(trainer="fgsm-rs", epochs=3, lr=0.05, batch_size=128, select="best")
     settings = PruneSettings(
@@ -739,6 +745,7 @@ def test_flying_bird_keeps_its_best_validation_epoch_and_flying_bird_plus_attack
         digits, settings, with_validation(digits, 300), report=lambda m, s: states.append(copy.deepcopy(s))
     )
     job.run()
+    assert selecting == [20, 20, 20]  # model_RA_best reads PGD-20 (main_adv.py --test_step 20)
     best = states[1]
     assert any(not torch.equal(a, b) for a, b in zip(best["sparse_masks"], states[2]["sparse_masks"]))
     assert any(not torch.equal(best["model"][k], states[2]["model"][k]) for k in best["model"])

@@ -67,10 +67,12 @@ class Selection:
             self.overfit_epoch = epoch
         return collapsed
 
-    def score(self, epoch: int, model, ds: Dataset, eps: float, norm: str, device, keep: bool) -> dict:
-        """An epoch's validation metrics (none without a validation split), recorded; with
-        `catastrophic_overfitting` 1 at the first collapse."""
-        metrics = validation_metrics(model, ds, eps, norm, device)
+    def score(
+        self, epoch: int, model, ds: Dataset, eps: float, norm: str, device, keep: bool, steps: int = 10
+    ) -> dict:
+        """An epoch's validation metrics (none without a validation split) under PGD-`steps`,
+        recorded; with `catastrophic_overfitting` 1 at the first collapse."""
+        metrics = validation_metrics(model, ds, eps, norm, device, steps)
         if metrics:
             collapsed = self.update(epoch, metrics["val_pgd_acc"], model, keep)
             metrics["catastrophic_overfitting"] = int(collapsed)
@@ -81,13 +83,15 @@ class Selection:
             model.load_state_dict(self.best_weights)
 
 
-def validation_metrics(model, ds: Dataset, eps: float, norm: str, device) -> dict:
-    """Clean and PGD-10 accuracy on the validation split (none without one)."""
+def validation_metrics(model, ds: Dataset, eps: float, norm: str, device, steps: int = 10) -> dict:
+    """Clean and PGD-`steps` accuracy on the validation split (none without one)."""
     if ds.x_val is None:
         return {}
     return {
         "val_clean_acc": accuracy(model, ds.x_val, ds.y_val, device),
-        "val_pgd_acc": robust_accuracy(model, ds.x_val, ds.y_val, eps=eps, norm=norm, device=device),
+        "val_pgd_acc": robust_accuracy(
+            model, ds.x_val, ds.y_val, eps=eps, norm=norm, device=device, steps=steps
+        ),
     }
 
 
@@ -297,9 +301,9 @@ class PruneJob:
             search.end_epoch(epoch, metrics)
             if select:
                 sel = self.search_selection
-                metrics.update(
-                    sel.score(epoch + 1, self.model, self.ds, self.s.eps, self.s.norm, self.device, False)
-                )
+                steps = self.options.get("val_pgd_steps", 10)  # the method's selecting attack
+                s, at = self.s, epoch + 1
+                metrics.update(sel.score(at, self.model, self.ds, s.eps, s.norm, self.device, False, steps))
                 if sel.best_epoch == epoch + 1:
                     sel.best_weights = search.snapshot()
             self.report(

@@ -320,6 +320,9 @@ class FlyingBird(PruningMethod):
         "death_rate": Number(0.5, 0.0, 1.0),
         "update_every": Whole(900, 1),
         "update_every_late": Whole(1200, 1),
+        # main_adv.py --test_step 20: the PGD of test_adv(val_loader), whose robust accuracy picks
+        # model_RA_best (and Flying Bird+'s triggers read)
+        "val_pgd_steps": Whole(20, 1),
     }
 
     def start_search(self, job: PruneJob, saved: dict | None) -> Search:
@@ -357,7 +360,6 @@ class FlyingBirdPlus(FlyingBird):
         "window": Whole(4, 1),
         "threshold": Number(0.5, 0.0, 1.0),
         "start": Number(0.5, 0.0, 1.0),
-        "val_pgd_steps": Whole(20, 1),  # main_adv.py --test_step 20: test_adv(val_loader)'s PGD
     }
 
     def start_search(self, job: PruneJob, saved: dict | None) -> Search:
