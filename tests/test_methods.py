@@ -1125,3 +1125,22 @@ def test_harp_keeps_its_best_search_epoch_after_the_target_is_met(trained, digit
     )
     assert all(torch.equal(best[k], second[k]) for k in best)
     assert any(not torch.equal(best[k], last[k]) for k in best)
+
+
+def test_harp_ramps_gamma_with_the_epoch_until_the_target_is_met_then_holds_it(trained, digits):
+    """intellisec/harp train.py: the compression loss's weight grows as (epoch + 1) x gamma while
+    the density is above the target (its "robustness first" dynamic: every layer starts at 0.1)
+    and stays where it was once the target is met."""
+    reported = []
+    search = Recipe(trainer="fgsm-rs", epochs=5, lr=0.05, batch_size=128, schedule="constant")
+    settings = PruneSettings("harp", 0.95, 0, 0.1, "Linf", Recipe(epochs=0), search, {"gamma": 0.1})
+    job = PruneJob(settings, copy.deepcopy(trained), digits, "cpu", report=lambda m, s: reported.append(m))
+    job.run()
+    epochs = [m for m in reported if m.get("phase") == "search" and "harp_gamma" in m]
+    gammas, densities = [m["harp_gamma"] for m in epochs], [m["harp_density"] for m in epochs]
+    assert len(gammas) == 5 and densities[0] > 0.05  # above the target at first: the ramp acts
+    met = next(i for i, d in enumerate(densities) if round(d, 4) <= 0.05)
+    assert 0 < met < 4  # here at the third epoch, then above the target again
+    assert gammas[: met + 1] == pytest.approx([0.1 * (i + 1) for i in range(met + 1)])
+    assert gammas[met:] == [gammas[met]] * (5 - met)  # held, though the density rose again
+    assert max(densities[met + 1 :]) > 0.05

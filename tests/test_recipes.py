@@ -273,3 +273,64 @@ def test_a_shared_parent_is_one_model_every_method_prunes_and_its_departures_are
         grid["dataset"]["root"] = "."
         grid = parse_spec(grid)
         assert len(dense_models(grid)) == len(grid.dense.architectures) * len(grid.dense.seeds), example
+
+
+# the issue-33 review of each method against its authors' code (the values, not the recipe files)
+AUTHORS_VALUES = {
+    "rst": {"search": {"epochs": 160, "lr": 0.1}},
+    "mad": {
+        "finetune": {"trainer": "mart", "epochs": 60, "lr": 0.1, "milestones": (30, 45), "weight_decay": 2e-4}
+    },
+    "flyingbird": {"search": {"epochs": 200, "milestones": (100, 150), "select": "best"}},
+    "pwoa": {"parent": {"trainer": "trades"}},
+    "harp": {"parent": {"trainer": "trades"}, "finetune": {"epochs": 100}},
+    "r-admm": {
+        "search": {"lr": 0.01},
+        "finetune": {"epochs": 200, "milestones": (80, 150), "select": "best"},
+    },
+    "li20": {"parent": {"trainer": "fgsm"}},
+    "atmc": {"parent": {"trainer": "pgd+clean/2"}, "search": {"trainer": "pgd+clean/2"}},
+}
+
+
+@pytest.mark.parametrize("method", sorted(AUTHORS_VALUES))
+def test_a_spec_that_sets_nothing_trains_each_method_on_its_authors_values(method):
+    s = parse_spec(
+        {
+            "name": "t",
+            "output": "o",
+            "dataset": {"name": "digits", "validation": 100},
+            "prune": {"methods": [method]},
+        }
+    )
+    m = s.prune.methods[0]
+    recipes = {"parent": m.dense_recipe(s), "search": m.search_recipe(s), "finetune": m.finetune_recipe(s)}
+    for phase, values in AUTHORS_VALUES[method].items():
+        for key, value in values.items():
+            assert getattr(recipes[phase], key) == value, f"{method} {phase}.{key}"
+
+
+def test_the_example_grids_schedule_the_admm_dual_and_ho_fmn_as_they_say():
+    """R-ADMM's Z/U update acts 10 times in each grid's ADMM phase (the reference: every 20 of 200
+    epochs), survey.yaml runs HO-FMN as its authors (32 trials, 64 samples, 100 steps), and
+    thin-ice.yaml holds 1,000 training images out to select on."""
+    import yaml
+
+    from apgrid.grid.spec import DEFAULT_SPEC
+
+    def load(example):
+        raw = yaml.safe_load((DEFAULT_SPEC.parent / example).read_text())
+        raw["dataset"]["root"] = "."
+        return parse_spec(raw)
+
+    for example in ("survey.yaml", "survey-svhn.yaml", "thin-ice.yaml"):
+        spec = load(example)
+        admm = next(m for m in spec.prune.methods if m.name == "r-admm")
+        assert admm.search_recipe(spec).epochs // admm.options["admm_epoch"] == 10, example
+    settings = load("survey.yaml").evaluation.settings
+    assert (settings.fmn_tuning_trials, settings.fmn_tuning_samples, settings.fmn_tuning_steps) == (
+        32,
+        64,
+        100,
+    )
+    assert load("thin-ice.yaml").dataset.validation == 1000
