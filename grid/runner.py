@@ -64,12 +64,8 @@ def preflight(spec: GridSpec, dry_run: bool = False) -> None:
         raise GridError(f"output: {output} exists and is not a folder")
     if state_path(output).is_file():
         owner = read_state(output)
-        differ = [c for c in _spec_changes(output, spec) if not c.startswith(NOT_IDENTITY)]
-        # the data's place may change (the grid moved); equal fields under another fingerprint are
-        # a grid an older apgrid fingerprinted otherwise (e.g. with its data's place)
-        differ = [c for c in differ if not c.startswith("dataset.root:")]
-        same_fields = (output / "spec.yaml").is_file() and not differ
-        if owner.get("fingerprint") != spec.fingerprint() and not same_fields:
+        if owner.get("fingerprint") != spec.fingerprint() and not _same_grid(output, spec):
+            differ = [c for c in _spec_changes(output, spec) if _computes(c)]
             why = f"; it differs in {'; '.join(differ[:3])}" if differ else ""
             raise GridError(
                 f"output: {output} belongs to another grid ('{owner.get('name')}'"
@@ -141,13 +137,42 @@ def launch(spec: GridSpec, fault: dict | None = None, log=print, until: str | No
     return _run(spec, fault, log, stages)
 
 
+def _same_grid(output: Path, spec: GridSpec) -> bool:
+    """Whether the spec the grid in `output` was launched with, read by this apgrid, is `spec`'s
+    grid: its grid.json may hold the fingerprint an older apgrid computed (with the data's place,
+    or before a field with a neutral default existed)."""
+    try:
+        stored = load_spec(output / "spec.yaml", output=str(output))
+    except (SpecError, OSError):  # gone, or no longer valid here (e.g. a checkpoint's path)
+        return False
+    return stored.fingerprint() == spec.fingerprint()
+
+
 def _spec_changes(output: Path, spec: GridSpec) -> list[str]:
     """What `spec` changes against the spec the grid in `output` was launched with."""
     before = output / "spec.yaml"
     if not before.is_file():
         return []
-    old = yaml.safe_load(before.read_text()) or {}
+    try:  # read by this apgrid: fields added since hold their defaults, as in `spec`
+        old = _as_lists(_spec_yaml(load_spec(before, output=str(output))))
+    except (SpecError, OSError):
+        old = yaml.safe_load(before.read_text()) or {}
     return _changes({**old, "output": None}, {**_as_lists(_spec_yaml(spec)), "output": None})
+
+
+def _computes(change: str) -> bool:
+    """Whether a spec change ('field: old -> new') changes what the grid computes."""
+    field = change.split(":", 1)[0]
+    return not (
+        field.startswith((*NOT_IDENTITY, "dataset.root"))
+        or field.split(".")[-1] in ("because", "reported")
+        or ".because." in field
+        or ".reported" in field
+    )
+
+
+def _named_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value) and bool(value)
 
 
 def _as_lists(value):
@@ -161,6 +186,8 @@ def _as_lists(value):
 
 def _changes(old, new, prefix: str = "") -> list[str]:
     """'field: old -> new' for every leaf that differs between two specs' YAML layouts."""
+    if _named_list(old) and _named_list(new):  # methods, checkpoints: compared by name
+        old, new = ({item["name"]: item for item in v} for v in (old, new))
     if isinstance(old, dict) and isinstance(new, dict):
         return [
             change

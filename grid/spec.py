@@ -238,8 +238,11 @@ class GridSpec:
         }
         drop_paths(body, NOT_IDENTITY)
         # where the data lives is not what the grid computes: a grid moved to a machine that keeps
-        # CIFAR-10 elsewhere is the same grid (None, so grids without a root keep their identity)
+        # CIFAR-10 elsewhere is the same grid (None, so grids without a root keep their identity);
+        # nor is what a checkpoint's paper reported
         body["dataset"]["root"] = None
+        for checkpoint in body["checkpoints"]:
+            checkpoint.pop("reported", None)
         settings = body["evaluation"]["settings"]
         if settings["autoattack_attacks"] is None:  # added later: grids launched before keep theirs
             del settings["autoattack_attacks"]

@@ -326,7 +326,7 @@ def spec_params(spec) -> dict[str, str]:
     same values. Methods and checkpoints are keyed by name; lists of values join with commas."""
     from apgrid.grid.spec import NOT_IDENTITY, drop_paths
 
-    body = drop_paths(spec.to_dict(), NOT_IDENTITY)
+    body = drop_paths(spec.to_dict(), [*NOT_IDENTITY, "dataset.root"])  # the data's place: not identity
     return {k: _param(v) for k, v in _flatten_spec("", body).items()}
 
 
