@@ -285,11 +285,12 @@ def statistics_sections(
         [
             UNITS,
             "`drop_reported_minus_aa` = the robust accuracy the model's paper reported (`reported_robust`, "
-            "with its attack) − AutoAttack's on apgrid's model: the thin-ice paper's drop for a checkpoint "
-            "(the same model), for a method's `reported` entry the paper's figure against apgrid's "
-            "retraining of its recipe; `paper_drop` = `reported_robust` − the AutoAttack "
-            "accuracy the paper measured on the authors' own model (`reported_aa_robust`), the paper's "
-            "drop beside apgrid's. `pgd10_minus_aa` = apgrid's PGD accuracy − AutoAttack's on "
+            "with its attack) − AutoAttack's on the same model: the thin-ice paper's drop, for checkpoints "
+            "whose entry carries `reported`; for a model apgrid retrained from a method's `reported` "
+            "entry it is left empty (the paper's model is the authors'), and `paper_drop` = "
+            "`reported_robust` − the AutoAttack accuracy the paper measured on the authors' own model "
+            "(`reported_aa_robust`): the paper's drop, beside apgrid's `pgd10_minus_aa`. "
+            "`pgd10_minus_aa` = apgrid's PGD accuracy − AutoAttack's on "
             "the samples AutoAttack ran on: a different quantity (no paper reported it). "
             "`clean_acc_on_aa_samples` is the clean accuracy on those same `aa_samples` (the paper's "
             "A.A. Acc. beside its A.A. Rob.). "

@@ -122,7 +122,9 @@ def _model_summary(samples: Samples, model_id: str) -> tuple[pd.Series, dict]:
 
 def reevaluation_table(models: pd.DataFrame, reported: dict | None = None) -> pd.DataFrame:
     """Table 1 of the thin-ice paper: the robust accuracy a model's paper reported against
-    AutoAttack's on the same model, and the drop reported - AutoAttack (the paper's quantity).
+    AutoAttack's on the same model, and the drop reported - AutoAttack (the paper's quantity);
+    for a model apgrid retrained (a method's `reported`), the paper's own drop (`paper_drop`,
+    reported - the paper's AutoAttack on the authors' model) instead.
     A model with no reported number (trained by apgrid) has no drop; its PGD-10 - AutoAttack gap
     on the same samples is another quantity and is named so."""
     reported = reported or {}
@@ -144,7 +146,10 @@ def reevaluation_table(models: pd.DataFrame, reported: dict | None = None) -> pd
     t["reported_clean"] = [reported.get(m, {}).get("clean", np.nan) for m in t["model_id"]]
     t["reported_robust"] = [reported.get(m, {}).get("robust", np.nan) for m in t["model_id"]]
     t["reported_attack"] = [reported.get(m, {}).get("attack", "") for m in t["model_id"]]
-    t["drop_reported_minus_aa"] = t["reported_robust"] - t["aa_acc"]
+    # the paper's drop on this very model: a checkpoint's, not a retraining's (its paper's model
+    # is the authors', so reported - AA would mix two models)
+    same_model = [not reported.get(m, {}).get("retrained", False) for m in t["model_id"]]
+    t["drop_reported_minus_aa"] = (t["reported_robust"] - t["aa_acc"]).where(same_model)
     # the paper's own drop, where the entry carries its AutoAttack figure for the authors' model
     t["reported_aa_robust"] = [reported.get(m, {}).get("aa_robust", np.nan) for m in t["model_id"]]
     t["paper_drop"] = t["reported_robust"] - t["reported_aa_robust"]

@@ -49,6 +49,9 @@ def findings(before: pd.DataFrame, after: pd.DataFrame) -> str:
         "|---|---|---|---|---|---|",
     ]
 
+    def verdict(r) -> str:
+        return "—" if pd.isna(r.supports) else str(bool(r.supports))
+
     def says(r) -> str:
         pair = f"{r.method_a} vs {r.method_b}: {r.aa_a:.3f} vs {r.aa_b:.3f}"
         return f"{pair}, {r.only_a}/{r.only_b}, p = {r.p:.3g}"
@@ -57,7 +60,7 @@ def findings(before: pd.DataFrame, after: pd.DataFrame) -> str:
     for _, r in both.sort_values(["finding", "sparsity"]).iterrows():
         b = pd.Series({k.removesuffix("_b"): v for k, v in r.items() if k.endswith("_b")})
         a = pd.Series({k.removesuffix("_a"): v for k, v in r.items() if k.endswith("_a")})
-        sides = f"{says(b)} | {bool(b.supports)} | {says(a)} | {bool(a.supports)}"
+        sides = f"{says(b)} | {verdict(b)} | {says(a)} | {verdict(a)}"
         lines.append(f"| {r.finding} | {r.sparsity:g} | {sides} |")
     return "\n".join(lines)
 
@@ -70,11 +73,13 @@ def main(argv=None) -> int:
     parser.add_argument("after", type=Path, help="the re-run's report folder")
     args = parser.parse_args(argv)
     board_b, board_a = read(args.before, "leaderboard"), read(args.after, "leaderboard")
-    dense = [
-        f"{t}: clean {d.dense_clean_acc:.3f}, AA {d.dense_aa_acc:.3f}"
-        for t, d in (("before", board_b.iloc[0]), ("after", board_a.iloc[0]))
-    ]
-    print("Dense parent: " + "; ".join(dense) + "\n")
+    for arch in sorted(set(board_a["arch"])):
+        dense = [
+            f"{t}: clean {d.dense_clean_acc:.3f}, AA {d.dense_aa_acc:.3f}"
+            for t, board in (("before", board_b), ("after", board_a))
+            for d in board[board["arch"] == arch].head(1).itertuples()
+        ]
+        print(f"Dense parent ({arch}): " + "; ".join(dense) + "\n")
     print(leaderboard(board_b, board_a) + "\n")
     print(findings(read(args.before, "findings"), read(args.after, "findings")))
     return 0

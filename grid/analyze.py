@@ -148,5 +148,5 @@ def _reported_by_methods(spec: GridSpec, model_ids) -> dict[str, dict]:
     for p in planner.pruned_models(spec):
         figures = methods[p.method].reported_for(p.arch, p.sparsity) if p.method in methods else None
         if figures and p.model_id in model_ids:
-            found[p.model_id] = figures
+            found[p.model_id] = {**figures, "retrained": True}  # the paper's model is not this one
     return found

@@ -28,7 +28,7 @@ def model_runs(uri: str, experiment: str) -> list[ModelRun]:
                 ModelRun(
                     r.tags.get("stage", "?"),
                     r.attributes["status"],
-                    int(r.tags.get("attempt", "1")),
+                    int(r.tags.get("attempt") or 1),
                     r.tags.get("model_id"),
                 )
                 for r in stored
