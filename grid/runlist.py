@@ -20,7 +20,7 @@ def model_runs(uri: str, experiment: str) -> list[ModelRun]:
     path = sqlite_store(uri)
     if path is not None:
         try:
-            stored = stored_model_runs(path, experiment) or []
+            stored = stored_model_runs(path, experiment, kinds=("tags",)) or []
         except sqlite3.Error:  # a store MLflow laid out otherwise: ask MLflow
             pass
         else:
@@ -66,10 +66,13 @@ def sqlite_store(uri: str) -> Path | None:
     return path if uri.startswith("sqlite:///") and path.is_file() else None
 
 
-def stored_model_runs(path: Path, experiment: str | None) -> list[StoredRun] | None:
+def stored_model_runs(
+    path: Path, experiment: str | None, kinds=("tags", "params", "metrics")
+) -> list[StoredRun] | None:
     """The active model runs of `experiment` (every active experiment when None), oldest first,
-    read from the SQLite file as MLflow's search would return them; None when there is no such
-    experiment. sqlite3.Error when the file is not laid out as MLflow's schema."""
+    read from the SQLite file as MLflow's search would return them, with the `kinds` of values
+    asked (status needs tags only); None when there is no such experiment. sqlite3.Error when
+    the file is not laid out as MLflow's schema."""
     db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
     try:
         if experiment is None:
@@ -100,6 +103,8 @@ def stored_model_runs(path: Path, experiment: str | None) -> list[StoredRun] | N
                 "SELECT run_uuid, key, CASE WHEN is_nan THEN 'NaN' ELSE value END FROM latest_metrics",
             ),
         ):
+            if kind not in kinds:
+                continue
             for run, key, value in db.execute(f"{sql} WHERE run_uuid IN ({chosen})", ids):
                 values.setdefault((kind, run), {})[key] = float(value) if kind == "metrics" else value
     finally:
