@@ -841,8 +841,9 @@ def _normalization(value, where: str):
 
 
 def _method_reported(value, where: str) -> tuple[dict, ...]:
-    """A method's `reported`: one {arch, sparsity, clean, robust, attack, source} per model."""
-    if value is None:
+    """A method's `reported`: one {arch, sparsity, clean, robust, attack, source} per model (none:
+    absent, or [] as a grid's spec.yaml writes it)."""
+    if value is None or value == []:
         return ()
     out = []
     for i, item in enumerate(_list(value, where)):

@@ -545,3 +545,23 @@ def test_more_shards_than_blocks_or_samples_are_made_as_many_as_the_blocks(tmp_p
     assert main([*args, "--set", "evaluation.block_size=5", "--set", f"evaluation.shards={shards}"]) == 0
     out = capsys.readouterr().out
     assert f"1 shards a model (evaluation.shards {shards} asked: 5 samples make 1 blocks of 5)" in out
+
+
+@pytest.mark.parametrize(
+    "example", sorted(p.name for p in DEFAULT_SPEC.parent.glob("*.yaml") if p.name != "published.yaml")
+)
+def test_each_example_reads_back_from_the_spec_yaml_a_grid_writes(example, tmp_path):
+    """`resume` runs the spec.yaml a launch wrote: it must read back as the same grid (an empty
+    `reported: []` once made every such file invalid)."""
+    import yaml
+
+    from apgrid.grid.runner import _spec_yaml
+
+    raw = yaml.safe_load((DEFAULT_SPEC.parent / example).read_text())
+    raw["dataset"]["root"] = str(tmp_path)
+    spec = parse_spec(raw)
+    written = tmp_path / "spec.yaml"
+    written.write_text(yaml.safe_dump(_spec_yaml(spec), sort_keys=False))
+    again = load_spec(written)
+    assert again.fingerprint() == spec.fingerprint()
+    assert again.to_dict() == spec.to_dict()
