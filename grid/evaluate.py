@@ -62,7 +62,6 @@ class EvalWorker:
         self.data = None  # the test set itself, fetched from the object store by the first shard
         self.device = resolve_device(device)
         self.models: dict[str, torch.nn.Module] = {}
-        self.fmn_configs: dict = {}  # model id -> HO-FMN's pick, searched once per actor
 
     def _build(self, arch: str) -> torch.nn.Module:
         d = self.info
@@ -96,10 +95,12 @@ class EvalWorker:
         end: int,
         threat: ThreatModel,
         settings: EvalSettings,
+        fmn_config=None,
     ) -> tuple[pd.DataFrame, float, float, str, list[str]]:
         """The shard's rows, the seconds it took here (queueing and transfer excluded), the CPU
         seconds this process spent meanwhile (below the seconds: it waited for a core), and where
         it ran: the Ray node id and the GPU ids Ray assigned this actor (fake ones included).
+        `fmn_config`: HO-FMN's pick for the model (`tune` searched it once, on one actor).
         `data` is [the test set's ref]: each call carries it, so a restarted actor fetches it
         again, and the constructor takes none (Ray warns that restarts may fail when it does,
         ray#53727). The list keeps Ray from fetching the whole set for every shard."""
@@ -108,16 +109,19 @@ class EvalWorker:
         began, cpu_began = time.perf_counter(), time.process_time()
         model = self._model(model_id, arch)
         maybe_fail(self.fault, "evaluate", start, model_id, key="shard")  # tests: die mid-shard
-        if model_id not in self.fmn_configs:  # the same first samples and seed on every actor
-            x0, y0 = self.data["x"], self.data["y"]
-            self.fmn_configs = {model_id: tune_model_fmn(model, x0, y0, threat, settings)}
         x, y = self.data["x"][start:end], self.data["y"][start:end]
-        rows = evaluate_samples(
-            model, x, y, start, threat, settings, signed, self.device, self.fmn_configs[model_id]
-        )
+        rows = evaluate_samples(model, x, y, start, threat, settings, signed, self.device, fmn_config)
         context = ray.get_runtime_context()
         node, gpus = context.get_node_id(), [str(g) for g in ray.get_gpu_ids()]
         return rows, time.perf_counter() - began, time.process_time() - cpu_began, node, gpus
+
+    def tune(self, data: list, model_id: str, arch: str, threat: ThreatModel, settings: EvalSettings):
+        """HO-FMN's pick for the model, searched on the first test samples (tune_model_fmn): once
+        per model, whichever actor runs it; the scheduler hands it to every shard of the model."""
+        if self.data is None:
+            self.data = ray.get(data[0])
+        model = self._model(model_id, arch)
+        return tune_model_fmn(model, self.data["x"], self.data["y"], threat, settings)
 
 
 @dataclass
@@ -128,6 +132,7 @@ class EvaluationReport:
     peak memory."""
 
     startup_seconds: float = 0.0
+    hofmn_searches: int = 0  # HO-FMN searches run: one per model evaluated now, when tuning is on
     shard_seconds: list[float] = field(default_factory=list)
     shard_cpu_seconds: list[float] = field(default_factory=list)
     actor_peak_rss_mb: list[float] = field(default_factory=list)
@@ -238,6 +243,12 @@ class ShardScheduler:
         self.nodes: dict[str, set[str]] = {}  # model id -> Ray node ids its shards ran on
         self.gpu_ids: dict[str, set[str]] = {}  # model id -> the GPU ids Ray gave its actors
         self.started: dict[str, float] = {}  # model id -> when its first shard was dispatched
+        # HO-FMN's pick per model: one actor searches it (EvalWorker.tune) before the model's
+        # shards go, each carrying it, so a model is searched once, not once per actor it meets
+        self.tuning = bool(spec.evaluation.settings.fmn_tuning_trials)
+        self.fmn_configs: dict[str, object] = {}
+        self.searching: dict = {}  # the ref of a search in flight -> its model id
+        self.searches = 0
         n_actors = min(spec.evaluation.actors, len(tasks))
         for _ in range(n_actors):
             self.add_actor()
@@ -257,21 +268,46 @@ class ShardScheduler:
         self.actors.append(actor)
         self.idle.append(actor)
 
+    def _next(self) -> tuple[str, ShardTask] | None:
+        """What an idle actor does next: ("shard", the first queued shard whose model's HO-FMN
+        pick is known, or every shard when HO-FMN is off), else ("tune", a shard of the first
+        model nobody searches yet: search its pick), else None (every queued model is searched
+        now; its shards wait)."""
+        searched = set(self.searching.values())
+        waiting = None
+        for i, task in enumerate(self.queue):
+            model_id = task.plan.model_id
+            if not self.tuning or model_id in self.fmn_configs:
+                return "shard", self.queue.pop(i)
+            if waiting is None and model_id not in searched:
+                waiting = task
+        return ("tune", waiting) if waiting is not None else None
+
     def fill(self) -> None:
-        """Give every idle actor a shard while any are queued."""
+        """Give every idle actor a shard, or a model's HO-FMN search, while any can go."""
         while self.idle and self.queue:
-            actor, task = self.idle.pop(), self.queue.pop(0)
-            self.started.setdefault(task.plan.model_id, time.time())
-            ref = actor.evaluate.remote(
-                [self.data_ref],
-                task.plan.model_id,
-                task.plan.arch,
-                task.plan.role == "dense",
-                task.start,
-                task.end,
-                self.spec.threat_model,
-                self.settings[task.plan.arch],
-            )
+            found = self._next()
+            if found is None:
+                return
+            (kind, task), actor = found, self.idle.pop()
+            plan, settings = task.plan, self.settings[task.plan.arch]
+            self.started.setdefault(plan.model_id, time.time())  # its search is its evaluation's
+            if kind == "tune":
+                threat = self.spec.threat_model
+                ref = actor.tune.remote([self.data_ref], plan.model_id, plan.arch, threat, settings)
+                self.searching[ref] = plan.model_id
+            else:
+                ref = actor.evaluate.remote(
+                    [self.data_ref],
+                    plan.model_id,
+                    plan.arch,
+                    plan.role == "dense",
+                    task.start,
+                    task.end,
+                    self.spec.threat_model,
+                    settings,
+                    self.fmn_configs.get(plan.model_id),
+                )
             self.in_flight[ref] = (actor, task)
 
     @property
@@ -284,15 +320,22 @@ class ShardScheduler:
         self.fill()
         ready, _ = ray.wait(list(self.in_flight), num_returns=1)
         actor, task = self.in_flight.pop(ready[0])
+        searched = self.searching.pop(ready[0], None)  # a search, not a shard: nothing to write
         try:
-            rows, seconds, cpu_seconds, node_id, gpu_ids = ray.get(ready[0])
+            result = ray.get(ready[0])
         except ray.exceptions.RayTaskError as exc:
             self._out_of_memory(exc, task)
             self.idle.append(actor)
             return None
         except ray.exceptions.RayActorError:
-            self._actor_lost(actor, task)
+            self._actor_lost(actor, None if searched else task)  # a lost search is asked again
             return None
+        if searched is not None:
+            self.fmn_configs[searched] = result
+            self.searches += 1
+            self.idle.append(actor)
+            return None
+        rows, seconds, cpu_seconds, node_id, gpu_ids = result
         self.nodes.setdefault(task.plan.model_id, set()).add(node_id)
         self.gpu_ids.setdefault(task.plan.model_id, set()).update(gpu_ids)
         self.idle.append(actor)
@@ -308,15 +351,20 @@ class ShardScheduler:
         self.stopping = self.stopping or oom
         self.queue.clear()  # the other actors' shards in flight are still written
 
-    def _actor_lost(self, actor, task: ShardTask) -> None:
+    def _actor_lost(self, actor, task: ShardTask | None) -> None:
+        """`task`: the shard it held, requeued; None for a search, which its model's shards,
+        still queued, ask again."""
         # Ray may be restarting it (max_restarts): stop that, or the restarted actor would hold
         # the resources its replacement needs (on a full GPU node the replacement would wait forever)
         ray.kill(actor, no_restart=True)
-        self.log(
-            f"[evaluate] actor lost on {task.plan.model_id} [{task.start}, {task.end}); "
-            f"requeued on a new actor"
-        )
-        self.queue.insert(0, task)
+        if task is None:
+            self.log("[evaluate] actor lost during an HO-FMN search; searched again on another actor")
+        else:
+            self.log(
+                f"[evaluate] actor lost on {task.plan.model_id} [{task.start}, {task.end}); "
+                f"requeued on a new actor"
+            )
+            self.queue.insert(0, task)
         if self.replacements_left > 0:
             self.replacements_left -= 1
             self.add_actor()
@@ -415,6 +463,7 @@ def run_evaluation(
                 on_model_done(task.plan, samples.finalize(model_id, ranges), placement)
         if pool.stopping:
             raise pool.stopping
+        report.hofmn_searches = pool.searches
         report.actor_peak_rss_mb = pool.stop(report=True)
     finally:  # a stopped evaluation must not leave actors holding CPUs in a long-lived Ray
         bar.close()
@@ -422,6 +471,9 @@ def run_evaluation(
     peaks = report.actor_peak_rss_mb
     if peaks:
         log(f"[evaluate] actors' peak RSS {max(peaks):.0f} MB (max of {len(peaks)})")
+    if pool.tuning:
+        evaluated = len({t.plan.model_id for t in tasks})
+        log(f"[evaluate] HO-FMN searched {report.hofmn_searches} times for {evaluated} models")
     return report
 
 

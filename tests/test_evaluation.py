@@ -435,3 +435,33 @@ def test_apgrid_evaluate_refuses_bad_input_in_one_line(trained, given, message):
     with pytest.raises(ApgridError) as caught:
         apgrid.evaluate(given.pop("model"), **given)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_ho_fmn_is_searched_once_per_model_and_every_shard_runs_that_pick(ray_session, tmp_path):
+    """One actor searches a model's HO-FMN attack (EvalWorker.tune) before its shards go, and every
+    shard, on whichever actor, runs that pick: one search per model (before, each actor searched
+    every model it met: up to one per actor), the pick tune_model_fmn makes in this process."""
+    from apgrid.grid.api import Grid
+    from apgrid.grid.runner import launch
+    from apgrid.grid.spec import parse_spec
+    from apgrid.grid.store import read_samples
+    from apgrid.trainables.data import load_digits
+    from apgrid.trainables.evaluation import tune_model_fmn
+    from tests.helpers import quick_evaluation, tiny_grid
+
+    tuning = {"fmn_tuning_trials": 2, "fmn_tuning_samples": 8, "fmn_tuning_steps": 5}
+    evaluation = quick_evaluation(num_samples=40, shards=4, fmn_steps=10, **tuning)
+    raw = tiny_grid(tmp_path / "out", evaluation={**evaluation, "fmn_tuning_attacks": ["ce-sgd-calr"]})
+    raw["prune"]["methods"] = ["lwm-global"]
+    log: list[str] = []
+    launch(parse_spec(raw), log=log.append, until="evaluate")
+    assert "[evaluate] HO-FMN searched 2 times for 2 models" in log
+    rows, grid = read_samples(tmp_path / "out"), Grid(tmp_path / "out")
+    spec = grid.spec
+    ds = load_digits()
+    x, y = ds.x_test[:40], ds.y_test[:40]
+    for model_id, own in rows.groupby("model_id"):
+        assert own["fmn_ho_config"].nunique() == 1 and len(own) == 40
+        pick = tune_model_fmn(grid.load_model(model_id), x, y, spec.threat_model, spec.evaluation.settings)
+        assert own["fmn_ho_config"].iloc[0] == pick.describe()

@@ -127,8 +127,9 @@ def evaluate_model(
     device: torch.device | str = "cpu",
 ) -> pd.DataFrame:
     """Samples 0 .. len(y)-1 as the grid's evaluate stage computes them, in this process: the
-    batch size fixed once for the model, HO-FMN tuned on the first samples (as every actor
-    does), then block by block. The rows carry the settings' columns (settings_columns)."""
+    batch size fixed once for the model, HO-FMN tuned on the first samples (as the grid's
+    first shard of the model does), then block by block. The rows carry the settings' columns
+    (settings_columns)."""
     device = torch.device(device)
     batch = effective_batch_size(settings) if settings.batch_size != "auto" else None
     if batch is None:
