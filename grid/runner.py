@@ -22,7 +22,7 @@ from apgrid.errors import short_reason
 from apgrid.grid import plan as planner
 from apgrid.grid.errors import STORAGE_ERRNOS, GridError, ResumableError
 from apgrid.grid.objectstore import grid_folder, pull_state, push_state, remote_results
-from apgrid.grid.spec import NOT_IDENTITY, GridSpec, SpecError, load_spec
+from apgrid.grid.spec import NOT_IDENTITY, GridSpec, SpecError, identity, load_spec
 from apgrid.grid.state import (
     ARTIFACTS,
     STAGES,
@@ -64,13 +64,17 @@ def preflight(spec: GridSpec, dry_run: bool = False) -> None:
         raise GridError(f"output: {output} exists and is not a folder")
     if state_path(output).is_file():
         owner = read_state(output)
-        if owner.get("fingerprint") != spec.fingerprint() and not _same_grid(output, spec):
-            differ = [c for c in _spec_changes(output, spec) if _computes(c)]
-            why = f"; it differs in {'; '.join(differ[:3])}" if differ else ""
-            raise GridError(
-                f"output: {output} belongs to another grid ('{owner.get('name')}'"
-                f"{why}); choose another --output, or `apgrid resume {output}`"
-            )
+        if owner.get("fingerprint") != spec.fingerprint():
+            # grid.json may hold the fingerprint an older apgrid computed (with the data's place,
+            # or before a field with a neutral default existed): its spec.yaml, read now, decides
+            stored = _stored_spec(output)
+            if stored is None or stored.fingerprint() != spec.fingerprint():
+                differ = _identity_changes(output, stored, spec)
+                why = f"; it differs in {'; '.join(differ[:3])}" if differ else ""
+                raise GridError(
+                    f"output: {output} belongs to another grid ('{owner.get('name')}'"
+                    f"{why}); choose another --output, or `apgrid resume {output}`"
+                )
     elif output.is_dir() and any(output.iterdir()):
         raise GridError(f"output: {output} is not empty and holds no apgrid grid")
     parent = output if output.exists() else next(p for p in output.parents if p.exists())
@@ -137,15 +141,13 @@ def launch(spec: GridSpec, fault: dict | None = None, log=print, until: str | No
     return _run(spec, fault, log, stages)
 
 
-def _same_grid(output: Path, spec: GridSpec) -> bool:
-    """Whether the spec the grid in `output` was launched with, read by this apgrid, is `spec`'s
-    grid: its grid.json may hold the fingerprint an older apgrid computed (with the data's place,
-    or before a field with a neutral default existed)."""
+def _stored_spec(output: Path) -> GridSpec | None:
+    """The spec the grid in `output` was launched with, read by this apgrid (fields added since
+    hold their defaults); None when it is gone or no longer valid here (e.g. a checkpoint's path)."""
     try:
-        stored = load_spec(output / "spec.yaml", output=str(output))
-    except (SpecError, OSError):  # gone, or no longer valid here (e.g. a checkpoint's path)
-        return False
-    return stored.fingerprint() == spec.fingerprint()
+        return load_spec(output / "spec.yaml", output=str(output))
+    except (SpecError, OSError):
+        return None
 
 
 def _spec_changes(output: Path, spec: GridSpec) -> list[str]:
@@ -153,22 +155,17 @@ def _spec_changes(output: Path, spec: GridSpec) -> list[str]:
     before = output / "spec.yaml"
     if not before.is_file():
         return []
-    try:  # read by this apgrid: fields added since hold their defaults, as in `spec`
-        old = _as_lists(_spec_yaml(load_spec(before, output=str(output))))
-    except (SpecError, OSError):
-        old = yaml.safe_load(before.read_text()) or {}
+    stored = _stored_spec(output)
+    old = _as_lists(_spec_yaml(stored)) if stored else yaml.safe_load(before.read_text()) or {}
     return _changes({**old, "output": None}, {**_as_lists(_spec_yaml(spec)), "output": None})
 
 
-def _computes(change: str) -> bool:
-    """Whether a spec change ('field: old -> new') changes what the grid computes."""
-    field = change.split(":", 1)[0]
-    return not (
-        field.startswith((*NOT_IDENTITY, "dataset.root"))
-        or field.split(".")[-1] in ("because", "reported")
-        or ".because." in field
-        or ".reported" in field
-    )
+def _identity_changes(output: Path, stored: GridSpec | None, spec: GridSpec) -> list[str]:
+    """What `spec` changes in what the grid computes (spec.identity's fields)."""
+    if stored is None:  # its YAML as written: leave out the paths that are not identity
+        return [c for c in _spec_changes(output, spec) if not c.startswith(NOT_IDENTITY)]
+    old, new = (_as_lists(identity(_spec_yaml(s))) for s in (stored, spec))
+    return _changes(old, new)
 
 
 def _named_list(value) -> bool:

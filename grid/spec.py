@@ -48,15 +48,21 @@ HOW_IT_RUNS = ("resources", "max_failures", "evaluation.actors")
 NOT_IDENTITY = WHERE_AND_REPORT + HOW_IT_RUNS  # dotted paths into the spec's layout
 
 
-def drop_paths(body: dict, paths) -> dict:
-    """`body` (a spec's to_dict) without the dotted `paths`, in place: a grid's identity is the
-    spec less NOT_IDENTITY (the fingerprint; the grid run's MLflow params)."""
-    for path in paths:
+def identity(body: dict) -> dict:
+    """`body` (a spec's to_dict) less what computes nothing, in place: where the grid is written,
+    tracked and run (NOT_IDENTITY), where its data lives (None, so grids without a root keep their
+    fingerprint), the reasons for its deviations and what papers reported. The fingerprint, the
+    grid run's MLflow params and a refused launch's "it differs in" read this."""
+    for path in NOT_IDENTITY:
         *parents, leaf = path.split(".")
         node = body
         for key in parents:
             node = node[key]
         node.pop(leaf, None)
+    body["dataset"]["root"] = None
+    for section in (body["prune"], *body["prune"]["methods"], *body["checkpoints"]):
+        section.pop("because", None)
+        section.pop("reported", None)
     return body
 
 
@@ -226,23 +232,13 @@ class GridSpec:
         what it runs on, so a grid can move to other machines and keep its finished work. Hashed
         in the layout grids were first fingerprinted in (evaluation settings nested), so that
         folders written before the spec mirrored its YAML keep their identity."""
-        body = _without_neutral(self.to_dict())
-        for section in (body["prune"], *body["prune"]["methods"]):  # reasons and papers' figures
-            section.pop("because", None)  # compute nothing
-            section.pop("reported", None)
+        body = identity(_without_neutral(self.to_dict()))
         evaluation = body["evaluation"]
         own = {f.name for f in dataclasses.fields(EvalSettings)}
         body["evaluation"] = {
             "settings": {k: v for k, v in evaluation.items() if k in own},
             **{k: v for k, v in evaluation.items() if k not in own},
         }
-        drop_paths(body, NOT_IDENTITY)
-        # where the data lives is not what the grid computes: a grid moved to a machine that keeps
-        # CIFAR-10 elsewhere is the same grid (None, so grids without a root keep their identity);
-        # nor is what a checkpoint's paper reported
-        body["dataset"]["root"] = None
-        for checkpoint in body["checkpoints"]:
-            checkpoint.pop("reported", None)
         settings = body["evaluation"]["settings"]
         if settings["autoattack_attacks"] is None:  # added later: grids launched before keep theirs
             del settings["autoattack_attacks"]

@@ -324,16 +324,16 @@ def spec_params(spec) -> dict[str, str]:
     """The grid's spec as dotted params (threat_model.eps, prune.sparsities, prune.methods.hydra.
     options.rho, ...): its identity only, so that a resume, which may change the rest, logs the
     same values. Methods and checkpoints are keyed by name; lists of values join with commas."""
-    from apgrid.grid.spec import NOT_IDENTITY, drop_paths
+    from apgrid.grid.spec import identity
 
-    body = drop_paths(spec.to_dict(), [*NOT_IDENTITY, "dataset.root"])  # the data's place: not identity
+    body = identity(spec.to_dict())
+    del body["dataset"]["root"]  # None there: not a param
     return {k: _param(v) for k, v in _flatten_spec("", body).items()}
 
 
 def _flatten_spec(prefix: str, value) -> dict:
     if isinstance(value, dict):
-        # reasons and papers' figures compute nothing
-        items = {k: v for k, v in value.items() if k not in ("because", "reported")}
+        items = value
     elif isinstance(value, (list, tuple)) and value and all(isinstance(v, dict) for v in value):
         items = {v.get("name", str(i)): v for i, v in enumerate(value)}
     else:
