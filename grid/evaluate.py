@@ -76,6 +76,11 @@ class EvalWorker:
         budget = memory_budget(self.device, share)
         return fit_batch_size(block_size, per_sample, budget), per_sample, budget
 
+    def _fetch(self, data: list) -> None:
+        """The test set, from the object store the first time (see evaluate's `data`)."""
+        if self.data is None:
+            self.data = ray.get(data[0])
+
     def _model(self, model_id: str, arch: str) -> torch.nn.Module:
         if model_id not in self.models:
             model = self.store.load_model(model_id, self.info["image_shape"], self.info["num_classes"])
@@ -104,8 +109,7 @@ class EvalWorker:
         `data` is [the test set's ref]: each call carries it, so a restarted actor fetches it
         again, and the constructor takes none (Ray warns that restarts may fail when it does,
         ray#53727). The list keeps Ray from fetching the whole set for every shard."""
-        if self.data is None:
-            self.data = ray.get(data[0])
+        self._fetch(data)
         began, cpu_began = time.perf_counter(), time.process_time()
         model = self._model(model_id, arch)
         maybe_fail(self.fault, "evaluate", start, model_id, key="shard")  # tests: die mid-shard
@@ -118,8 +122,7 @@ class EvalWorker:
     def tune(self, data: list, model_id: str, arch: str, threat: ThreatModel, settings: EvalSettings):
         """HO-FMN's pick for the model, searched on the first test samples (tune_model_fmn): once
         per model, whichever actor runs it; the scheduler hands it to every shard of the model."""
-        if self.data is None:
-            self.data = ray.get(data[0])
+        self._fetch(data)
         model = self._model(model_id, arch)
         return tune_model_fmn(model, self.data["x"], self.data["y"], threat, settings)
 
@@ -248,7 +251,7 @@ class ShardScheduler:
         self.tuning = bool(spec.evaluation.settings.fmn_tuning_trials)
         self.fmn_configs: dict[str, object] = {}
         self.searching: dict = {}  # the ref of a search in flight -> its model id
-        self.searches = 0
+        self.searches = 0  # made, counted apart from the picks: a model searched twice shows
         n_actors = min(spec.evaluation.actors, len(tasks))
         for _ in range(n_actors):
             self.add_actor()

@@ -128,7 +128,7 @@ def evaluate_model(
 ) -> pd.DataFrame:
     """Samples 0 .. len(y)-1 as the grid's evaluate stage computes them, in this process: the
     batch size fixed once for the model, HO-FMN tuned on the first samples (as the grid's
-    first shard of the model does), then block by block. The rows carry the settings' columns
+    evaluate stage does, once per model), then block by block. The rows carry the settings' columns
     (settings_columns)."""
     device = torch.device(device)
     batch = effective_batch_size(settings) if settings.batch_size != "auto" else None
