@@ -121,10 +121,7 @@ def unknown_model(model_id: str, store, output: Path) -> str:
     """One line for an id the grid does not hold: the closest ids it does (else a few of them)."""
     import difflib
 
-    if store.remote is not None:
-        ids = store.remote.committed_models("models")
-    else:
-        ids = sorted(p.parent.name for p in store.root.glob("*/card.json"))
+    ids = store.ids()
     if not ids:
         return f"load_model: {output} holds no trained model yet"
     close = difflib.get_close_matches(str(model_id), ids, n=3, cutoff=0.3) or ids[:3]

@@ -119,6 +119,12 @@ class ModelStore:
             return self.remote.committed("models", model_id) is not None
         return (self.folder(model_id) / "card.json").is_file()
 
+    def ids(self) -> list[str]:
+        """The stored (on object storage: committed) models' ids, sorted."""
+        if self.remote is not None:
+            return self.remote.committed_models("models")
+        return sorted(p.parent.name for p in self.root.glob("*/card.json"))
+
     def save(self, model_id: str, state_dict: dict, masks: dict, card: dict) -> None:
         folder = self.folder(model_id)
         atomic_write_bytes(
